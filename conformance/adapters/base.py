@@ -1,0 +1,97 @@
+"""The interface every framework adapter implements.
+
+An adapter turns one canonical call (NHWC input, HWIO kernel, NumPy arrays in the case dtype)
+into its framework's own API call and hands back an NHWC NumPy array of the framework's output
+dtype. It imports its framework lazily, on first use, so collecting tests costs no imports and a
+missing framework only skips that framework's items.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from conformance.semantics import Geometry, PaddingSpec
+
+DEVICES = ("cpu", "gpu")
+# strict: TF32 and reduced-precision reductions off; defaults: whatever the framework does out of the box.
+PRECISION_MODES = ("strict", "defaults")
+
+
+@dataclass(frozen=True)
+class ConvCall:
+    x: np.ndarray  # NHWC, case dtype
+    w: np.ndarray  # HWIO, case dtype
+    rate: tuple[int, int]
+    stride: tuple[int, int]
+    padding: PaddingSpec  # as the case states it: adapters use native SAME/VALID where they have them
+    geometry: Geometry  # the resolved pads, for adapters that need explicit ones
+    groups: int
+    dtype: str
+
+
+class Unavailable(Exception):
+    """The framework or device is not present here: the item is skipped with this reason."""
+
+
+class Adapter(ABC):
+    framework: str  # "torch", "tensorflow", "jax", "numpy"
+    op: str  # the API under test, e.g. "conv2d", "atrous_conv2d"
+    devices: tuple[str, ...] = DEVICES
+
+    @property
+    def name(self) -> str:
+        return f"{self.framework}.{self.op}"
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        """Why this API cannot express the case (decided without importing anything), or None."""
+        return None
+
+    @abstractmethod
+    def check_available(self, device: str) -> None:
+        """Raise `Unavailable` with a reason if the framework or device is missing."""
+
+    @abstractmethod
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        """The framework's output, as an NHWC NumPy array in the framework's output dtype."""
+
+    @abstractmethod
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        """Python source that repeats the call with the framework's own API (after `x`, `w` exist)."""
+
+    @abstractmethod
+    def environment(self) -> dict[str, Any]:
+        """Versions, devices and precision flags, read at run time (only after the framework is loaded)."""
+
+
+@dataclass(frozen=True)
+class CallParams:
+    """The static part of a call: enough to decide support without any data."""
+
+    input_shape: tuple[int, int, int, int]
+    kernel_shape: tuple[int, int, int, int]
+    rate: tuple[int, int]
+    stride: tuple[int, int]
+    padding: PaddingSpec
+    geometry: Geometry
+    groups: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Target:
+    adapter: Adapter
+    device: str
+    precision: str
+
+    @property
+    def id(self) -> str:
+        suffix = "" if self.precision == "strict" else f"-{self.precision}"
+        return f"{self.adapter.name}-{self.device}{suffix}"
+
+
+def pads_text(geometry: Geometry) -> str:
+    return repr([list(geometry.pads[0]), list(geometry.pads[1])])

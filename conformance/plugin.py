@@ -1,0 +1,240 @@
+"""pytest plugin: one test item per case x target x dtype, results collected xdist-safely.
+
+Workers run items and attach each result record to its report (`user_properties`, builtin types
+only); the controller, and only the controller, streams those records to disk and writes the
+final JSON. Framework details travel from the workers through `config.workeroutput`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import runner
+from conformance.adapters import Target, all_targets
+from conformance.cases import NON_CASE_FILES, Case, CaseError, load_file
+from conformance.compare import CONFORMANT, NOT_RUN, Outcome
+from conformance.results import ResultsWriter, base_environment
+
+RECORD_KEY = "conformance"
+CASE_ERROR_KEY = "conformance_case_error"
+ENV_KEY = "conformance_environment"
+MARKERS = {
+    "numpy": "NumPy im2col target",
+    "torch": "PyTorch targets",
+    "tensorflow": "TensorFlow targets",
+    "jax": "JAX targets",
+    "cpu": "targets on the CPU",
+    "gpu": "targets on a GPU",
+    "conformance": "every case x target x dtype check",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "dilated-convolution conformance")
+    group.addoption(
+        "--cases",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="case file or directory to run instead of the default cases/ (repeatable)",
+    )
+    group.addoption(
+        "--conformance-json",
+        default="reports/results.json",
+        metavar="PATH",
+        help="where to write the results JSON (default: reports/results.json; a .jsonl stream sits beside it)",
+    )
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    default_root = Path(config.rootpath, "cases")
+    requested = [Path(p).resolve() for p in config.getoption("cases")]
+    config.stash[_roots_key] = requested or [default_root]
+    if requested:
+        # --cases replaces the default corpus: drop cases/ if it only came from testpaths.
+        from_testpaths = config.args_source == pytest.Config.ArgsSource.TESTPATHS
+        kept = [a for a in config.args if not (from_testpaths and Path(a).resolve() == default_root)]
+        config.args[:] = kept + [str(p) for p in requested if str(p) not in kept]
+    if not _is_worker(config):
+        json_path = Path(config.getoption("conformance_json"))
+        if not json_path.is_absolute():
+            json_path = Path(config.invocation_params.dir, json_path)
+        config.pluginmanager.register(ResultCollector(json_path), "conformance-collector")
+
+
+_roots_key = pytest.StashKey[list[Path]]()
+
+
+def _root_of(config: pytest.Config, path: Path) -> Path | None:
+    for root in config.stash[_roots_key]:
+        if path.resolve() == root or path.resolve().is_relative_to(root):
+            return root
+    return None
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix != ".toml" or file_path.name in NON_CASE_FILES:
+        return None
+    root = _root_of(parent.config, file_path)
+    if root is None:
+        return None
+    return CaseFile.from_parent(parent, path=file_path, root=root if root.is_dir() else root.parent)
+
+
+class CaseFile(pytest.File):
+    def __init__(self, *, root: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = root
+
+    def collect(self) -> Any:
+        loaded = load_file(self.path, self.root.parent)
+        for error in loaded.errors:
+            name = f"{error.case or '(file)'}[case-file-error]"
+            yield InvalidCaseItem.from_parent(self, name=name, error=error)
+        targets = all_targets()
+        for case in loaded.cases:
+            for dtype in case.dtypes:
+                for target in targets:
+                    item = ConformanceItem.from_parent(
+                        self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype
+                    )
+                    yield item
+
+
+class ConformanceFailure(Exception):
+    pass
+
+
+class ConformanceItem(pytest.Item):
+    def __init__(self, *, case: Case, target: Target, dtype: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case, self.target, self.dtype = case, target, dtype
+        self.add_marker("conformance")
+        self.add_marker(target.adapter.framework)
+        self.add_marker(target.device)
+        self.extra_keyword_matches.update(case.tags)
+        self.extra_keyword_matches.update({dtype, target.adapter.op, target.precision})
+
+    def runtest(self) -> None:
+        record = runner.run_check(self.case, self.target, self.dtype)
+        self.user_properties.append((RECORD_KEY, record))
+        outcome = Outcome(record["outcome"])
+        if outcome in NOT_RUN:
+            # Report the skip at the case's line in its file, not inside the plugin.
+            raise pytest.skip.Exception(f"{outcome.value}: {record['message']}", _use_item_location=True)
+        if outcome not in CONFORMANT:
+            raise ConformanceFailure(record)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ConformanceFailure):
+            return failure_text(excinfo.value.args[0])
+        return str(super().repr_failure(excinfo, style))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return (
+            self.path,
+            (self.case.line - 1 if self.case.line else None),
+            f"{self.case.qualified_id} {self.target.id} {self.dtype}",
+        )
+
+
+def failure_text(record: dict[str, Any]) -> str:
+    lines = [
+        f"{record['outcome']}: case {record['case']} ({record['case_file']}) on {record['target']}, {record['dtype']}",
+        f"  input {record['input_shape']} NHWC, kernel {record['kernel_shape']} HWIO, rate {record['rate']}, "
+        f"stride {record['stride']}, padding {record['padding']} -> pads {record['pads']}, groups {record['groups']}",
+        f"  {record['message']}",
+    ]
+    if record.get("error_ratio") is not None or record.get("max_abs_error") is not None:
+        lines.append(
+            f"  max |error| {record['max_abs_error']}, max rel error {record['max_rel_error']}, "
+            f"max ulp {record['max_ulp']}, error/bound {record['error_ratio']}"
+        )
+    if record.get("reproduction"):
+        lines += ["", "reproduction:", record["reproduction"]]
+    return "\n".join(lines)
+
+
+class InvalidCaseItem(pytest.Item):
+    """A case (or file) that failed validation: fails with the precise error, nothing else stops."""
+
+    def __init__(self, *, error: CaseError, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error = error
+
+    def runtest(self) -> None:
+        self.user_properties.append((CASE_ERROR_KEY, {k: v for k, v in vars(self.error).items()}))
+        raise ConformanceFailure(str(self.error))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        return f"invalid case file: {self.error}"
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return (
+            self.path,
+            (self.error.line - 1 if self.error.line else None),
+            f"invalid case: {self.error.case or self.error.file}",
+        )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if _is_worker(config):
+        config.workeroutput[ENV_KEY] = json.dumps(runner.loaded_environments())  # type: ignore[attr-defined]
+
+
+class ResultCollector:
+    """Lives on the controller only (or in the single process without xdist)."""
+
+    def __init__(self, json_path: Path) -> None:
+        self.writer = ResultsWriter(json_path)
+        self.frameworks: dict[str, Any] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        for key, value in report.user_properties:
+            if key == RECORD_KEY:
+                self.writer.add(value)
+            elif key == CASE_ERROR_KEY:
+                self.writer.add_case_error(value)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        payload = getattr(node, "workeroutput", {}).get(ENV_KEY)
+        if payload:
+            for name, info in json.loads(payload).items():
+                self.frameworks.setdefault(name, info)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        environment = base_environment()
+        self.frameworks.update({k: v for k, v in runner.loaded_environments().items() if k not in self.frameworks})
+        environment["frameworks"] = dict(sorted(self.frameworks.items()))
+        if not self.writer.records and not self.writer.case_errors:
+            return  # a run of the harness's own tests only: leave the last results alone
+        self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]])
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        document = getattr(self, "document", None)
+        if document is None:
+            return
+        summary = document["summary"]
+        counts = ", ".join(f"{n} {o}" for o, n in summary["by_outcome"].items())
+        terminalreporter.write_sep("-", "conformance")
+        terminalreporter.write_line(f"{summary['total']} checks: {counts}")
+        if document["case_errors"]:
+            terminalreporter.write_line(f"{len(document['case_errors'])} invalid case(s) or file(s)")
+        terminalreporter.write_line(f"results: {self.writer.json_path}")

@@ -1,0 +1,222 @@
+"""Run one check (case x target x dtype) and describe it as a result record.
+
+Independent of pytest: the plugin, the CLI and the harness's own tests all call `run_check`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from conformance import reference
+from conformance.adapters import CallParams, ConvCall, Target, Unavailable
+from conformance.cases import Case, CaseData, materialize
+from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify
+from conformance.dtypes import float_format
+from conformance.semantics import Geometry
+
+# Frameworks that have run at least once in this process, for the environment block.
+_loaded_adapters: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Data and reference for one (case, dtype), shared by every target of it."""
+
+    data: CaseData
+    reference: np.ndarray | None  # float64 answer; None when no valid output exists
+    abs_products: np.ndarray | None  # sum |x||w| per output element
+
+
+# Data and the reference are made once per (case, dtype), not once per target. Items of one case
+# run back to back (also per xdist worker), so a small cache suffices and bounds memory.
+@lru_cache(maxsize=16)
+def prepare(case: Case, dtype: str) -> Prepared:
+    data = materialize(case, dtype)
+    geo = case.geometry
+    if not geo.has_valid_output:
+        return Prepared(data, None, None)
+    x64, w64 = data.x.astype(np.float64), data.w.astype(np.float64)
+    if case.expected_values is not None:
+        values = case.expected_values
+    else:
+        values = reference.conv2d_resolved(x64, w64, geo, case.groups)
+    with np.errstate(invalid="ignore"):  # inf * 0 in S is NaN, and S then says "unbounded"
+        abs_products = reference.conv2d_resolved(np.abs(x64), np.abs(w64), geo, case.groups)
+    return Prepared(data, values, np.nan_to_num(abs_products, nan=np.inf))
+
+
+def call_params(case: Case, dtype: str) -> CallParams:
+    return CallParams(
+        input_shape=case.input_shape,
+        kernel_shape=case.kernel_shape,
+        rate=case.rate,
+        stride=case.stride,
+        padding=case.padding,
+        geometry=case.geometry,
+        groups=case.groups,
+        dtype=dtype,
+    )
+
+
+def accumulation_length(case: Case) -> int:
+    k_h, k_w, c_per_group, _ = case.kernel_shape
+    return k_h * k_w * c_per_group
+
+
+def error_model(case: Case, dtype: str, target: Target) -> ErrorModel:
+    # "defaults" on a GPU may run float32 through TF32: judge it against TF32's bound.
+    tf32 = target.precision == "defaults" and dtype == "float32"
+    return ErrorModel(float_format(dtype), accumulation_length(case), tf32=tf32)
+
+
+def expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) -> Expected:
+    model = error_model(case, dtype, target)
+    geo: Geometry = case.geometry
+    no_output_axes = tuple(axis + 1 for axis in range(2) if geo.padded_hw[axis] < geo.effective_kernel_hw[axis])
+    exact = prepared.abs_products is not None and model.requires_exact(
+        prepared.data.x, prepared.data.w, prepared.abs_products
+    )
+    return Expected(
+        values=prepared.reference,
+        abs_products=prepared.abs_products,
+        output_shape=case.output_shape,
+        model=model,
+        exact=exact,
+        no_output_axes=no_output_axes,
+    )
+
+
+def run_check(case: Case, target: Target, dtype: str) -> dict[str, Any]:
+    """Run one check and return its result record (builtin types only: it crosses processes)."""
+    started = time.perf_counter()
+    adapter = target.adapter
+    params = call_params(case, dtype)
+    prepared: Prepared | None = None
+    reproduction = ""
+    reason = adapter.unsupported_reason(params)
+    if reason:
+        verdict = Verdict(Outcome.UNSUPPORTED, reason)
+    else:
+        try:
+            adapter.check_available(target.device)
+            prepared = prepare(case, dtype)
+            call = ConvCall(
+                x=prepared.data.x,
+                w=prepared.data.w,
+                rate=case.rate,
+                stride=case.stride,
+                padding=case.padding,
+                geometry=case.geometry,
+                groups=case.groups,
+                dtype=dtype,
+            )
+            reproduction = adapter.reproduction(call, target.device, target.precision)
+            raised: Exception | None = None
+            got = None
+            try:
+                got = adapter.run(call, target.device, target.precision)
+            except Unavailable:
+                raise
+            except Exception as exc:  # a framework error is a finding, not a harness failure
+                raised = exc
+            _loaded_adapters.setdefault(adapter.framework, adapter)
+            verdict = classify(expected_answer(case, dtype, target, prepared), got, raised)
+        except Unavailable as exc:
+            verdict = Verdict(Outcome.SKIP, str(exc))
+    return make_record(case, target, dtype, verdict, prepared, reproduction, time.perf_counter() - started)
+
+
+def make_record(
+    case: Case,
+    target: Target,
+    dtype: str,
+    verdict: Verdict,
+    prepared: Prepared | None,
+    reproduction: str,
+    duration_s: float,
+) -> dict[str, Any]:
+    geo = case.geometry
+    return {
+        "case": case.qualified_id,
+        "case_file": case.file,
+        "target": target.id,
+        "framework": target.adapter.framework,
+        "op": target.adapter.op,
+        "device": target.device,
+        "precision": target.precision,
+        "dtype": dtype,
+        "outcome": verdict.outcome.value,
+        "input_shape": list(case.input_shape),
+        "kernel_shape": list(case.kernel_shape),
+        "output_shape": list(case.output_shape),
+        "got_shape": verdict.got_shape,
+        "got_dtype": verdict.got_dtype,
+        "rate": list(case.rate),
+        "stride": list(case.stride),
+        "padding": case.padding if isinstance(case.padding, (str, int)) else [list(p) for p in case.padding],
+        "pads": [list(geo.pads[0]), list(geo.pads[1])],
+        "groups": case.groups,
+        "expect": "no-valid-output" if case.expects_no_output else case.expect_kind,
+        "exact": verdict.exact,
+        "max_abs_error": verdict.max_abs_error,
+        "max_rel_error": verdict.max_rel_error,
+        "max_ulp": verdict.max_ulp,
+        "error_ratio": verdict.error_ratio,
+        "worst": verdict.worst,
+        "message": verdict.message,
+        "reproduction": _full_reproduction(case, dtype, reproduction) if reproduction else "",
+        "input_sha256": prepared.data.x_hash if prepared else None,
+        "kernel_sha256": prepared.data.w_hash if prepared else None,
+        "tags": list(case.tags),
+        "duration_s": round(duration_s, 6),
+    }
+
+
+def _full_reproduction(case: Case, dtype: str, call_source: str) -> str:
+    """Copy-paste source: the case's tensors (inline when small) followed by the framework call."""
+    lines = ["import numpy as np"]
+    for name, spec, shape in (("x", case.input_spec, case.input_shape), ("w", case.kernel_spec, case.kernel_shape)):
+        lines.append(f"{name} = {_tensor_source(spec, shape)}  # {'NHWC' if name == 'x' else 'HWIO'}")
+    lines.append(f"# case {case.qualified_id} ({case.file}), dtype {dtype}")
+    return "\n".join(lines) + "\n" + call_source
+
+
+INLINE_LIMIT = 256  # elements; larger tensors are rebuilt from their generator spec
+
+
+def _tensor_source(spec: Any, shape: tuple[int, ...]) -> str:
+    if "values" in spec:
+        return f"np.array({spec['values']!r}, dtype=np.float64)"
+    if spec["generator"] in ("ones", "zeros"):
+        return f"np.{spec['generator']}({list(shape)}, dtype=np.float64)"
+    if spec["generator"] == "full":
+        return f"np.full({list(shape)}, {spec['value']!r}, dtype=np.float64)"
+    if spec["generator"] == "arange":
+        start, step = spec.get("start", 0), spec.get("step", 1)
+        count = int(np.prod(shape))
+        return f"({start!r} + {step!r} * np.arange({count}, dtype=np.float64)).reshape({list(shape)})"
+    if int(np.prod(shape)) <= INLINE_LIMIT:
+        from conformance.generators import generate
+
+        return f"np.array({generate(spec, shape).tolist()!r}, dtype=np.float64)"
+    spec_text = "{" + ", ".join(f"{k!r}: {v!r}" for k, v in spec.items()) + "}"
+    return (
+        f"__import__('conformance.generators').generators.generate({spec_text}, {tuple(shape)})"
+        "  # pip install this suite for the pinned generator"
+    )
+
+
+def loaded_environments() -> dict[str, Any]:
+    """Runtime details of every framework this process has run (never imports one for it)."""
+    info: dict[str, Any] = {}
+    for framework, adapter in _loaded_adapters.items():
+        try:
+            info[framework] = adapter.environment()
+        except Exception as exc:  # the report should still be written
+            info[framework] = {"error": f"{type(exc).__name__}: {exc}"}
+    return info

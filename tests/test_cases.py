@@ -1,0 +1,174 @@
+"""Case-file loading: valid files load, every kind of mistake is named precisely, the rest still loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance.cases import load_file, load_paths, materialize
+from conformance.generators import content_hash, generate
+
+GOOD = """
+[[case]]
+id = "good"
+input = { generator = "uniform", seed = 1, shape = [1, 5, 5, 1] }
+kernel = { generator = "ones", shape = [3, 3, 1, 1] }
+"""
+
+
+def load_text(tmp_path: Path, text: str, name: str = "sample.toml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return load_file(path, tmp_path)
+
+
+def only_error(tmp_path: Path, text: str):
+    loaded = load_text(tmp_path, text)
+    assert len(loaded.errors) == 1, loaded.errors
+    return loaded, loaded.errors[0]
+
+
+def test_every_shipped_case_file_is_valid(repo: Path) -> None:
+    loaded = load_paths([repo / "cases"])
+    assert loaded.errors == []
+    assert len(loaded.cases) >= 20
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    loaded, error = only_error(
+        tmp_path,
+        GOOD + '\n[[case]]\nid = "typo"\ndilaton = 2\n'
+        'input = { generator = "ones", shape = [1, 5, 5, 1] }\n'
+        'kernel = { generator = "ones", shape = [3, 3, 1, 1] }\n',
+    )
+    assert error.case == "typo" and error.field == "dilaton" and error.line == 8
+    assert "unknown key 'dilaton'" in error.message
+    assert [c.id for c in loaded.cases] == ["good"]  # the valid case still loads
+
+
+def test_close_misspelling_gets_a_suggestion(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, GOOD.replace('id = "good"', 'id = "good"\nstirde = 2'))
+    assert "did you mean 'stride'?" in error.message
+
+
+@pytest.mark.parametrize(
+    ("snippet", "field", "words"),
+    [
+        ("rate = 0", "rate", "rate"),
+        ("stride = -1", "stride", "stride"),
+        ("rate = 1.5", "rate", "rate"),
+        ('padding = "FULL"', "padding", "padding"),
+        ('dtypes = ["float8"]', "dtypes.0", "float8"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path: Path, snippet: str, field: str, words: str) -> None:
+    _, error = only_error(tmp_path, GOOD.replace('id = "good"', f'id = "good"\n{snippet}'))
+    assert error.case == "good" and error.field == field, error
+    assert str(error).startswith("sample.toml:")
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    _, error = only_error(
+        tmp_path, '[[case]]\nid = "no-kernel"\ninput = { generator = "ones", shape = [1, 5, 5, 1] }\n'
+    )
+    assert error.case == "no-kernel" and error.field == "kernel" and "required" in error.message
+
+
+def test_generator_without_seed(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, GOOD.replace("seed = 1, ", ""))
+    assert error.case == "good" and "seed" in error.message
+
+
+def test_channel_mismatch(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, GOOD.replace("[3, 3, 1, 1]", "[3, 3, 2, 1]"))
+    assert error.field == "kernel.shape" and "input channels 1" in error.message
+
+
+def test_ragged_values(tmp_path: Path) -> None:
+    text = GOOD.replace('{ generator = "ones", shape = [3, 3, 1, 1] }', "{ values = [[[[1]], [[1], [2]]]] }")
+    _, error = only_error(tmp_path, text)
+    assert error.field == "kernel.values" and "ragged" in error.message
+
+
+def test_values_that_contradict_the_declared_shape(tmp_path: Path) -> None:
+    text = GOOD.replace('{ generator = "ones", shape = [3, 3, 1, 1] }', "{ values = [[[[1]]]], shape = [1, 1, 1, 2] }")
+    _, error = only_error(tmp_path, text)
+    assert error.field == "kernel.shape" and "[1, 1, 1, 1]" in error.message
+
+
+def test_expected_values_of_the_wrong_shape(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, GOOD + 'expect = { kind = "values", plane = [[1, 2], [3, 4]] }\n')
+    assert error.field == "expect.plane" and "[3, 3]" in error.message
+
+
+def test_no_valid_output_claim_is_checked(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, GOOD + 'expect = { kind = "no-valid-output" }\n')
+    assert error.field == "expect.kind" and "output shape [1, 3, 3, 1]" in error.message
+
+
+def test_output_shape_claim_is_checked(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, GOOD + 'expect = { kind = "reference", output_shape = [1, 5, 5, 1] }\n')
+    assert error.field == "expect.output_shape" and "[1, 3, 3, 1]" in error.message
+
+
+def test_duplicate_ids(tmp_path: Path) -> None:
+    loaded, error = only_error(tmp_path, GOOD + GOOD)
+    assert error.field == "id" and "duplicate" in error.message and len(loaded.cases) == 1
+
+
+def test_absurd_size_is_refused_before_allocation(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, GOOD.replace("[1, 5, 5, 1]", "[64, 4096, 4096, 1]"))
+    assert error.field == "input.shape" and "exceeds the limit of 67108864" in error.message
+
+
+def test_syntax_error_gives_the_line(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, GOOD + "rate = = 2\n")
+    assert error.line == 6 and "TOML syntax error" in error.message
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, "\n")
+    assert "empty" in error.message
+
+
+def test_defaults_apply_and_cases_override(tmp_path: Path) -> None:
+    text = (
+        '[defaults]\nrate = 2\ndtypes = ["float16"]\ntags = ["x"]\n'
+        + GOOD
+        + GOOD.replace('"good"', '"own"').replace("[[case]]", '[[case]]\nrate = 1\ntags = ["y"]')
+    )
+    loaded = load_text(tmp_path, text)
+    assert not loaded.errors
+    first, second = loaded.cases
+    assert first.rate == (2, 2) and first.dtypes == ("float16",) and first.tags == ("x",)
+    assert second.rate == (1, 1) and second.tags == ("x", "y")
+
+
+def test_generators_are_pinned() -> None:
+    # Golden hashes: if these change, every recorded result's input changed. Never update casually.
+    assert (
+        content_hash(generate({"generator": "normal", "seed": 7}, (2, 3, 4, 5)).astype(np.float32))
+        == "623fd8f9baa40d1a"
+    )
+    assert (
+        content_hash(generate({"generator": "uniform", "seed": 7, "low": -2, "high": 2}, (3, 3))) == "d81e6734d056aecd"
+    )
+    assert (
+        content_hash(generate({"generator": "integers", "seed": 7, "low": -3, "high": 3}, (10,))) == "80929939a50ef6e2"
+    )
+
+
+def test_normal_generator_has_unit_variance() -> None:
+    sample = generate({"generator": "normal", "seed": 3}, (200_000,))
+    assert abs(sample.mean()) < 0.01 and abs(sample.std() - 1) < 0.01
+
+
+def test_materialize_rounds_once_to_the_case_dtype(tmp_path: Path) -> None:
+    (case,) = load_text(tmp_path, GOOD).cases
+    data = materialize(case, "bfloat16")
+    assert data.x.dtype.name == "bfloat16"
+    np.testing.assert_array_equal(
+        data.x.astype(np.float64), generate(case.input_spec, (1, 5, 5, 1)).astype(data.x.dtype)
+    )

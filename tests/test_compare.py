@@ -1,0 +1,138 @@
+"""The tolerance model and the value comparison: sound for real rounding, tight enough to fail."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conformance import reference
+from conformance.compare import ErrorModel, Expected, Outcome, classify, gamma, ulp_distance
+from conformance.dtypes import float_format
+
+
+def expected_for(x: np.ndarray, w: np.ndarray, dtype: str, *, tf32: bool = False, **conv) -> Expected:
+    fmt = float_format(dtype)
+    x = x.astype(fmt.numpy_dtype).astype(np.float64)
+    w = w.astype(fmt.numpy_dtype).astype(np.float64)
+    y = reference.conv2d(x, w, **conv)
+    s = reference.conv2d(np.abs(x), np.abs(w), **conv)
+    model = ErrorModel(fmt, w.shape[0] * w.shape[1] * w.shape[2], tf32=tf32)
+    return Expected(y, s, y.shape, model, exact=model.requires_exact(x, w, s))
+
+
+def sequential_low_precision_conv(x: np.ndarray, w: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """VALID, rate 1, stride 1 conv that rounds after every multiply and add: a worst-ish order."""
+    k_h, k_w, c_in, c_out = w.shape
+    o_h, o_w = x.shape[1] - k_h + 1, x.shape[2] - k_w + 1
+    acc = np.zeros((x.shape[0], o_h, o_w, c_out), dtype=dtype)
+    xd, wd = x.astype(dtype), w.astype(dtype)
+    for u in range(k_h):
+        for v in range(k_w):
+            for c in range(c_in):
+                acc = (acc + (xd[:, u : u + o_h, v : v + o_w, c, None] * wd[u, v, c]).astype(dtype)).astype(dtype)
+    return acc
+
+
+def test_gamma() -> None:
+    assert gamma(1, 2.0**-24) == 2.0**-24 / (1 - 2.0**-24)
+    assert gamma(2**24, 2.0**-24) == float("inf")
+
+
+def test_bound_holds_for_naive_accumulation_in_every_format() -> None:
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((2, 9, 9, 6)), rng.standard_normal((3, 3, 6, 4))
+    for dtype in ("float16", "float32", "bfloat16"):
+        expected = expected_for(x, w, dtype)
+        got = sequential_low_precision_conv(
+            x.astype(expected.model.fmt.numpy_dtype).astype(np.float64), w, expected.model.fmt.numpy_dtype
+        )
+        verdict = classify(expected, got)
+        assert verdict.outcome is Outcome.PASS, verdict.message
+        assert 0 < verdict.error_ratio < 1
+
+
+def test_an_error_a_little_beyond_the_bound_is_a_mismatch() -> None:
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((1, 6, 6, 3)), rng.standard_normal((3, 3, 3, 2))
+    expected = expected_for(x, w, "float32", rate=2, padding="SAME")
+    bound = expected.model.bound(expected.values, expected.abs_products)
+    got = expected.values.astype(np.float32)
+    got[0, 2, 3, 1] = np.float32(expected.values[0, 2, 3, 1] + 1.5 * bound[0, 2, 3, 1])
+    verdict = classify(expected, got)
+    assert verdict.outcome is Outcome.MISMATCH
+    assert verdict.worst["index"] == [0, 2, 3, 1]
+    assert "1 of 72 elements beyond the bound" in verdict.message
+
+
+def test_float32_bound_is_much_tighter_than_float16() -> None:
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((1, 6, 6, 3)), rng.standard_normal((3, 3, 3, 2))
+    got16 = expected_for(x, w, "float16").values.astype(np.float16)  # float16-accurate only
+    expected32 = expected_for(x.astype(np.float16), w.astype(np.float16), "float32")
+    assert classify(expected32, got16.astype(np.float32)).outcome is Outcome.MISMATCH
+
+
+def test_tf32_bound_admits_tf32_rounding_and_strict_does_not() -> None:
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((1, 8, 8, 16)), rng.standard_normal((3, 3, 16, 4))
+
+    def to_tf32(a: np.ndarray) -> np.ndarray:  # round to 10 explicit mantissa bits
+        bits = a.astype(np.float32).view(np.uint32)
+        return ((bits + 0x1000) & 0xFFFFE000).view(np.float32).astype(np.float64)
+
+    got = reference.conv2d(to_tf32(x), to_tf32(w)).astype(np.float32)
+    assert classify(expected_for(x, w, "float32", tf32=True), got).outcome is Outcome.PASS
+    assert classify(expected_for(x, w, "float32"), got).outcome is Outcome.MISMATCH
+
+
+def test_integer_data_demands_bit_exactness() -> None:
+    x = np.arange(25.0).reshape(1, 5, 5, 1)
+    w = np.ones((2, 2, 1, 1))
+    expected = expected_for(x, w, "float32")
+    assert expected.exact
+    got = expected.values.astype(np.float32)
+    assert classify(expected, got).outcome is Outcome.PASS
+    got[0, 1, 1, 0] = np.nextafter(got[0, 1, 1, 0], np.float32(np.inf))  # one ulp off
+    verdict = classify(expected, got)
+    assert verdict.outcome is Outcome.MISMATCH and verdict.max_ulp == 1.0
+    assert "bit-exact" in verdict.message
+
+
+def test_exactness_needs_every_partial_sum_to_fit() -> None:
+    x = np.full((1, 4, 4, 1), 200.0)
+    w = np.ones((2, 2, 1, 1))
+    assert expected_for(x, w, "float32").exact  # sums of 800 fit 24 bits
+    assert not expected_for(x, w, "bfloat16").exact  # 800 > 2**8
+    assert not expected_for(x + 0.5, w, "float32").exact  # not integers
+
+
+def test_nan_and_inf_positions_and_signs_must_match() -> None:
+    x = np.ones((1, 3, 3, 1))
+    x[0, 0, 0, 0] = np.inf
+    x[0, 2, 2, 0] = -np.inf
+    w = np.ones((1, 1, 1, 1))
+    expected = expected_for(x, w, "float32")
+    got = expected.values.astype(np.float32)
+    assert classify(expected, got).outcome is Outcome.PASS
+    flipped = got.copy()
+    flipped[0, 2, 2, 0] = np.inf
+    assert classify(expected, flipped).outcome is Outcome.MISMATCH
+    nan_inserted = got.copy()
+    nan_inserted[0, 1, 1, 0] = np.nan
+    verdict = classify(expected, nan_inserted)
+    assert verdict.outcome is Outcome.MISMATCH and "NaN/Inf" in verdict.message
+
+
+def test_overflow_to_infinity_is_allowed_only_near_the_format_limit() -> None:
+    x = np.full((1, 1, 2, 1), 40000.0)
+    w = np.ones((1, 2, 1, 1))
+    expected = expected_for(x, w, "float16")  # 80000 overflows float16
+    assert classify(expected, np.array([[[[np.inf]]]], dtype=np.float16)).outcome is Outcome.PASS
+    assert classify(expected, np.array([[[[-np.inf]]]], dtype=np.float16)).outcome is Outcome.MISMATCH
+
+
+def test_ulp_distance() -> None:
+    a = np.array([1.0, -0.0, 1.0], dtype=np.float32)
+    b = np.array([np.nextafter(np.float32(1), np.float32(2)), 0.0, 1.0], dtype=np.float32)
+    np.testing.assert_array_equal(ulp_distance(a, b), [1, 0, 0])
+    tiny = np.array([np.float32(1e-45)], dtype=np.float32)
+    np.testing.assert_array_equal(ulp_distance(-tiny, tiny), [2])
