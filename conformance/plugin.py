@@ -172,6 +172,9 @@ class InvalidCaseItem(pytest.Item):
     def __init__(self, *, error: CaseError, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.error = error
+        # The broken case would have run on every target: keep it in any -m selection of them.
+        for marker in MARKERS:
+            self.add_marker(marker)
 
     def runtest(self) -> None:
         self.user_properties.append((CASE_ERROR_KEY, {k: v for k, v in vars(self.error).items()}))

@@ -1,0 +1,66 @@
+"""The pytest plugin end to end, in a subprocess: --cases, xdist, the JSON file, invalid cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+CORPUS = """
+[[case]]
+id = "ok-rate2"
+tags = ["mine"]
+input = { generator = "normal", seed = 1, shape = [1, 6, 6, 2] }
+kernel = { generator = "normal", seed = 2, shape = [3, 3, 2, 2] }
+rate = 2
+padding = "SAME"
+
+[[case]]
+id = "broken"
+dilaton = 2
+input = { generator = "ones", shape = [1, 6, 6, 1] }
+kernel = { generator = "ones", shape = [3, 3, 1, 1] }
+"""
+
+
+@pytest.fixture
+def corpus(pytester: pytest.Pytester) -> Path:
+    directory = pytester.mkdir("mycases")
+    (directory / "mine.toml").write_text(CORPUS)
+    return directory
+
+
+def run(pytester: pytest.Pytester, corpus: Path, *args: str) -> tuple[pytest.RunResult, dict]:
+    out = pytester.path / "out" / "results.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "conformance.plugin", "--cases", str(corpus), "--conformance-json", str(out), "-m", "numpy", *args
+    )
+    return result, json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_results_json_and_invalid_cases(pytester: pytest.Pytester, corpus: Path, workers: list[str]) -> None:
+    result, document = run(pytester, corpus, *workers)
+    # One valid case x one dtype on the numpy target passes; the broken case fails on its own.
+    result.assert_outcomes(passed=1, failed=1, deselected=result.parseoutcomes().get("deselected", 0))
+    result.stdout.fnmatch_lines(["*mine.toml:11: case 'broken': field 'dilaton': unknown key 'dilaton'*"])
+    assert document["schema_version"] == 1
+    (record,) = document["results"]
+    assert record["case"] == "mine/ok-rate2" and record["target"] == "numpy.im2col-cpu"
+    assert record["outcome"] == "pass" and 0 <= record["error_ratio"] < 1
+    assert document["case_errors"][0]["field"] == "dilaton"
+    assert document["summary"]["by_outcome"] == {"pass": 1}
+    assert "numpy" in document["environment"]["frameworks"]
+    stream = (pytester.path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(stream) == 2  # the result and the case error, streamed as they arrived
+
+
+def test_ids_markers_and_keywords(pytester: pytest.Pytester, corpus: Path) -> None:
+    result = pytester.runpytest_subprocess(
+        "-p", "conformance.plugin", "--cases", str(corpus), "--collect-only", "-q", "-k", "mine and float32 and gpu"
+    )
+    result.stdout.fnmatch_lines(["*mine.toml::ok-rate2[[]torch.conv2d-gpu-defaults-float32[]]*"])
+    assert "numpy.im2col" not in result.stdout.str()  # the numpy target has no GPU
