@@ -172,3 +172,12 @@ def test_materialize_rounds_once_to_the_case_dtype(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         data.x.astype(np.float64), generate(case.input_spec, (1, 5, 5, 1)).astype(data.x.dtype)
     )
+
+
+def test_cli_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str], repo: Path) -> None:
+    from conformance.cli import main
+
+    assert main(["validate", str(repo / "cases")]) == 0
+    (tmp_path / "bad.toml").write_text(GOOD.replace('id = "good"', 'id = "good"\nrate = 0'))
+    assert main(["validate", str(tmp_path)]) == 1
+    assert "case 'good': field 'rate'" in capsys.readouterr().err
