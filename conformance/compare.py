@@ -14,7 +14,7 @@ Exact-integer data whose every partial sum is representable must match bit for b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -109,7 +109,6 @@ class Verdict:
     worst: dict[str, Any] | None = None
     got_shape: list[int] | None = None
     got_dtype: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

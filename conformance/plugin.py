@@ -7,6 +7,7 @@ final JSON. Framework details travel from the workers through `config.workeroutp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -106,10 +107,9 @@ class CaseFile(pytest.File):
         for case in loaded.cases:
             for dtype in case.dtypes:
                 for target in targets:
-                    item = ConformanceItem.from_parent(
+                    yield ConformanceItem.from_parent(
                         self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype
                     )
-                    yield item
 
 
 class ConformanceFailure(Exception):
@@ -177,7 +177,7 @@ class InvalidCaseItem(pytest.Item):
             self.add_marker(marker)
 
     def runtest(self) -> None:
-        self.user_properties.append((CASE_ERROR_KEY, {k: v for k, v in vars(self.error).items()}))
+        self.user_properties.append((CASE_ERROR_KEY, dataclasses.asdict(self.error)))
         raise ConformanceFailure(str(self.error))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:

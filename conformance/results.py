@@ -135,24 +135,3 @@ class ResultsWriter:
         document = self.document(environment, command)
         atomic_write_text(self.json_path, json.dumps(document, indent=1, allow_nan=False) + "\n")
         return document
-
-
-def read_stream(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Records and case errors from a JSONL stream, skipping a torn last line of a killed run."""
-    records, errors = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        kind = entry.pop("kind", "result")
-        (errors if kind == "case_error" else records).append(entry)
-    return records, errors
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    document = json.loads(path.read_text(encoding="utf-8"))
-    version = document.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema_version {version!r}, this tool reads {SCHEMA_VERSION}")
-    return document
