@@ -119,7 +119,7 @@ def _nested_shape(values: Any, where: str) -> tuple[int, ...]:
     return (len(values), *shapes.pop())
 
 
-def _case_lines(text: str) -> dict[str, int]:
+def id_lines(text: str) -> dict[str, int]:
     """Line of each `id = "..."` in the file, so errors can point at the case."""
     lines = {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -171,7 +171,7 @@ def _suggest(name: str, allowed: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def _explain(error: jsonschema.ValidationError) -> tuple[str, list[Any]]:
+def explain_schema_error(error: jsonschema.ValidationError) -> tuple[str, list[Any]]:
     """A readable message and the path of the offending field for a schema violation."""
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
@@ -193,11 +193,11 @@ def _explain(error: jsonschema.ValidationError) -> tuple[str, list[Any]]:
             branches.setdefault(sub.relative_schema_path[0], []).append(sub)
         meant = [errs for errs in branches.values() if not any(_wrong_alternative(e) for e in errs)]
         meant = meant or list(branches.values())
-        return _explain(jsonschema.exceptions.best_match(min(meant, key=len)))
+        return explain_schema_error(jsonschema.exceptions.best_match(min(meant, key=len)))
     return error.message, path
 
 
-def _field_path(path: list[Any]) -> str:
+def field_path(path: list[Any]) -> str:
     return ".".join(str(p) for p in path)
 
 
@@ -217,7 +217,7 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
         return LoadResult(
             [], [CaseError(label, f"TOML syntax error: {exc}", line=int(line.group(1)) if line else None)]
         )
-    lines = _case_lines(text)
+    lines = id_lines(text)
     errors: list[CaseError] = []
 
     raw_cases = document.get("case")
@@ -226,7 +226,7 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
     # Schema errors are attributed to the case they occur in; that case is then dropped.
     bad_indices: set[int] = set()
     for error in sorted(_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
-        message, path_parts = _explain(error)
+        message, path_parts = explain_schema_error(error)
         case_id = None
         if len(path_parts) >= 2 and path_parts[0] == "case" and isinstance(path_parts[1], int):
             index = path_parts[1]
@@ -236,7 +236,7 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
             field_parts = path_parts[2:]
         else:
             field_parts = path_parts
-        field_name = _field_path(field_parts)
+        field_name = field_path(field_parts)
         errors.append(CaseError(label, message, case=case_id, field=field_name or None, line=lines.get(case_id or "")))
     if errors and not bad_indices:  # a file-level problem (e.g. no [[case]] at all): nothing to load
         return LoadResult([], errors)

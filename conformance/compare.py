@@ -109,6 +109,7 @@ class Verdict:
     worst: dict[str, Any] | None = None
     got_shape: list[int] | None = None
     got_dtype: str | None = None
+    error_map: dict[str, Any] | None = None  # where a mismatch sits, for the report's heatmap
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
     if special_bad.any():
         index = tuple(int(i) for i in np.argwhere(special_bad)[0])
         verdict.outcome = Outcome.MISMATCH
+        verdict.error_map = error_map(np.where(special_bad, np.inf, ratio), "error/bound (inf: NaN/Inf differs)")
         verdict.worst = _element(index, ref, got64, bound)
         verdict.message = (
             f"{int(special_bad.sum())} element(s) differ in NaN/Inf: first at {list(index)} (n, h, w, c): "
@@ -240,6 +242,7 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
     failing = error > 0 if expected.exact else ratio > 1.0
     if failing.any():
         verdict.outcome = Outcome.MISMATCH
+        verdict.error_map = error_map(error, "|error| (bit-exact required)") if expected.exact else error_map(ratio)
         model = expected.model
         rule = (
             f"bit-exact required: integer data whose every partial sum is exact in {fmt.name}"
@@ -253,6 +256,26 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
             f"{ratio_text} ({rule})"
         )
     return verdict
+
+
+ERROR_MAP_MAX_SIDE = 48  # cells per side: enough to see a border or a stripe, small enough for 20k-row reports
+
+
+def error_map(per_element: np.ndarray, quantity: str = "error/bound") -> dict[str, Any]:
+    """Max over batch and channels, then max-pooled to at most 48x48 cells over (H, W).
+
+    Max, not mean, at both steps: one bad pixel must stay visible after downsampling.
+    Non-finite cells (a NaN/Inf mismatch, or an error where the bound is zero) become null.
+    """
+    plane = per_element.max(axis=(0, 3)) if per_element.size else np.zeros((0, 0))
+    height, width = plane.shape
+    block = (max(1, -(-height // ERROR_MAP_MAX_SIDE)), max(1, -(-width // ERROR_MAP_MAX_SIDE)))
+    rows, cols = -(-height // block[0]), -(-width // block[1])
+    padded = np.full((rows * block[0], cols * block[1]), -np.inf)
+    padded[:height, :width] = plane
+    pooled = padded.reshape(rows, block[0], cols, block[1]).max(axis=(1, 3))
+    values = [[float(f"{v:.3g}") if np.isfinite(v) else None for v in row] for row in pooled]
+    return {"quantity": quantity, "hw": [height, width], "block": list(block), "values": values}
 
 
 def _element(index: tuple[int, ...], ref: np.ndarray, got: np.ndarray, bound: np.ndarray) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conformance import runner
+from conformance import expectations, report, runner
 from conformance.adapters import Target, all_targets
 from conformance.cases import NON_CASE_FILES, Case, CaseError, load_file
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
@@ -50,6 +50,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="where to write the results JSON (default: reports/results.json; a .jsonl stream sits beside it)",
     )
+    group.addoption(
+        "--conformance-html",
+        default="reports/index.html",
+        metavar="PATH",
+        help="where to write the HTML report (default: reports/index.html; 'none' to skip it)",
+    )
+    group.addoption(
+        "--expectations",
+        default=None,
+        metavar="PATH",
+        help="known divergences file (default: cases/expectations.toml under the rootdir; 'none' for none)",
+    )
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -67,14 +79,32 @@ def pytest_configure(config: pytest.Config) -> None:
         from_testpaths = config.args_source == pytest.Config.ArgsSource.TESTPATHS
         kept = [a for a in config.args if not (from_testpaths and Path(a).resolve() == default_root)]
         config.args[:] = kept + [str(p) for p in requested if str(p) not in kept]
+    expectations_option = config.getoption("expectations")
+    expectations_path = None
+    if expectations_option != "none":
+        expectations_path = _invocation_path(config, expectations_option) if expectations_option else None
+        expectations_path = expectations_path or Path(config.rootpath, "cases", expectations.FILE_NAME)
+    loaded = expectations.load(expectations_path) if expectations_path else expectations.LoadedExpectations([], [])
+    config.stash[_expectations_key] = (expectations_path, loaded)
     if not _is_worker(config):
-        json_path = Path(config.getoption("conformance_json"))
-        if not json_path.is_absolute():
-            json_path = Path(config.invocation_params.dir, json_path)
-        config.pluginmanager.register(ResultCollector(json_path), "conformance-collector")
+        html_option = config.getoption("conformance_html")
+        config.pluginmanager.register(
+            ResultCollector(
+                _invocation_path(config, config.getoption("conformance_json")),
+                None if html_option == "none" else _invocation_path(config, html_option),
+                loaded,
+            ),
+            "conformance-collector",
+        )
+
+
+def _invocation_path(config: pytest.Config, option: str) -> Path:
+    path = Path(option)
+    return path if path.is_absolute() else Path(config.invocation_params.dir, path)
 
 
 _roots_key = pytest.StashKey[list[Path]]()
+_expectations_key = pytest.StashKey[tuple[Path | None, expectations.LoadedExpectations]]()
 
 
 def _root_of(config: pytest.Config, path: Path) -> Path | None:
@@ -85,6 +115,9 @@ def _root_of(config: pytest.Config, path: Path) -> Path | None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    expectations_path, loaded = parent.config.stash[_expectations_key]
+    if expectations_path is not None and file_path.resolve() == expectations_path.resolve():
+        return ExpectationsFile.from_parent(parent, path=file_path, errors=loaded.errors)
     if file_path.suffix != ".toml" or file_path.name in NON_CASE_FILES:
         return None
     root = _root_of(parent.config, file_path)
@@ -112,6 +145,18 @@ class CaseFile(pytest.File):
                     )
 
 
+class ExpectationsFile(pytest.File):
+    """The known-divergences file: one failing item per invalid entry (valid entries still apply)."""
+
+    def __init__(self, *, errors: list[CaseError], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.errors = errors
+
+    def collect(self) -> Any:
+        for error in self.errors:
+            yield InvalidCaseItem.from_parent(self, name=f"{error.case or '(file)'}[expectations-error]", error=error)
+
+
 class ConformanceFailure(Exception):
     pass
 
@@ -128,11 +173,19 @@ class ConformanceItem(pytest.Item):
 
     def runtest(self) -> None:
         record = runner.run_check(self.case, self.target, self.dtype)
+        expectations.apply(record, self.config.stash[_expectations_key][1].entries)
         self.user_properties.append((RECORD_KEY, record))
         outcome = Outcome(record["outcome"])
         if outcome in NOT_RUN:
             # Report the skip at the case's line in its file, not inside the plugin.
             raise pytest.skip.Exception(f"{outcome.value}: {record['message']}", _use_item_location=True)
+        if outcome == Outcome.XFAIL:
+            known = record["expectation"]
+            raise pytest.xfail.Exception(
+                f"known divergence {known['id']} ({record['observed_outcome']}): {known['reason']} {known['link']}"
+            )
+        if outcome == Outcome.XPASS and not record["expectation"]["strict"]:
+            return
         if outcome not in CONFORMANT:
             raise ConformanceFailure(record)
 
@@ -201,8 +254,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 class ResultCollector:
     """Lives on the controller only (or in the single process without xdist)."""
 
-    def __init__(self, json_path: Path) -> None:
+    def __init__(self, json_path: Path, html_path: Path | None, known: expectations.LoadedExpectations) -> None:
         self.writer = ResultsWriter(json_path)
+        self.html_path = html_path
+        self.known = known
         self.frameworks: dict[str, Any] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -223,12 +278,17 @@ class ResultCollector:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        environment = base_environment()
-        self.frameworks.update({k: v for k, v in runner.loaded_environments().items() if k not in self.frameworks})
-        environment["frameworks"] = dict(sorted(self.frameworks.items()))
         if not self.writer.records and not self.writer.case_errors:
             return  # a run of the harness's own tests only: leave the last results alone
-        self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]])
+        environment = base_environment()
+        self.frameworks.update({k: v for k, v in runner.loaded_environments().items() if k not in self.frameworks})
+        # Only frameworks that produced results: harness tests in the same process run fake adapters.
+        ran = {record["framework"] for record in self.writer.records}
+        environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k in ran}
+        known = expectations.statuses(self.known.entries, self.writer.records)
+        self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known)
+        if self.html_path is not None:
+            report.write_report(self.document, self.html_path)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         document = getattr(self, "document", None)
@@ -240,4 +300,13 @@ class ResultCollector:
         terminalreporter.write_line(f"{summary['total']} checks: {counts}")
         if document["case_errors"]:
             terminalreporter.write_line(f"{len(document['case_errors'])} invalid case(s) or file(s)")
+        for entry in document["expectations"]:
+            if entry["status"] in ("fixed", "partly fixed", "stale", "changed"):
+                terminalreporter.write_line(
+                    f"known divergence {entry['id']}: {entry['status']} "
+                    f"({entry['xfail']} xfail, {entry['xpass']} xpass, {entry['other']} other failures)",
+                    yellow=True,
+                )
         terminalreporter.write_line(f"results: {self.writer.json_path}")
+        if self.html_path is not None:
+            terminalreporter.write_line(f"report: {self.html_path}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from conformance import __version__
+from conformance.expectations import status_from_counts
 
 SCHEMA_VERSION = 1
 FRAMEWORK_PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "ml_dtypes")
@@ -115,7 +116,9 @@ class ResultsWriter:
             self.case_errors.append(error)
             self._append("case_error", error)
 
-    def document(self, environment: dict[str, Any], command: list[str]) -> dict[str, Any]:
+    def document(
+        self, environment: dict[str, Any], command: list[str], expectations: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         records = sorted(self.records, key=result_key)
         return {
             "schema_version": SCHEMA_VERSION,
@@ -125,13 +128,118 @@ class ResultsWriter:
             "environment": environment,
             "summary": summarize(records),
             "case_errors": self.case_errors,
+            "expectations": expectations or [],
             "results": records,
         }
 
-    def finish(self, environment: dict[str, Any], command: list[str]) -> dict[str, Any]:
+    def finish(
+        self, environment: dict[str, Any], command: list[str], expectations: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
-        document = self.document(environment, command)
+        document = self.document(environment, command, expectations)
         atomic_write_text(self.json_path, json.dumps(document, indent=1, allow_nan=False) + "\n")
         return document
+
+
+def run_label(environment: dict[str, Any]) -> str:
+    """A short name for a run: its machine and the framework versions it ran."""
+    packages = environment.get("packages", {})
+    versions = " ".join(
+        f"{name} {packages[name]}" for name in ("torch", "tensorflow", "tensorflow-cpu", "jax") if name in packages
+    )
+    gpus = [
+        d
+        for info in environment.get("frameworks", {}).values()
+        for d in info.get("devices", [])
+        if "cpu" not in str(d).lower()
+    ]
+    return f"{environment.get('cpu', '?')}{' + ' + gpus[0] if gpus else ''}; {versions}".strip()
+
+
+def runs_of(document: dict[str, Any], label: str | None = None) -> list[dict[str, Any]]:
+    """The runs behind a document: one for a pytest run, several for a merged file."""
+    if "runs" in document:
+        return document["runs"]
+    environment = document.get("environment", {})
+    return [
+        {
+            "label": label or run_label(environment),
+            "environment": environment,
+            "command": document.get("command", []),
+            "created": document.get("created"),
+            "summary": document.get("summary", {}),
+        }
+    ]
+
+
+# Worst last: when merged runs disagree on a result, the matrix shows the worse one (and lists the conflict).
+SEVERITY = (
+    "skip", "unsupported", "pass", "expected-error", "xfail", "xpass",
+    "mismatch", "shape", "missing-error", "error", "timeout", "crash",
+)  # fmt: skip
+
+
+def observed(record: dict[str, Any]) -> str:
+    """What the target did, before known divergences relabel it (xfail/xpass)."""
+    return record.get("observed_outcome") or record["outcome"]
+
+
+def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One document from several runs (shards, machines, framework versions).
+
+    Results are keyed by case, target, dtype and framework version, so each version gets its own
+    column. A result that was not run (skip) gives way to a run of the same check elsewhere, e.g.
+    the GPU targets that a CPU machine skipped. Two runs that evaluated the same key differently
+    are kept as the worse one and listed under `conflicts`.
+    """
+    runs: list[dict[str, Any]] = []
+    chosen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    disagreements: dict[tuple[Any, ...], dict[str, str]] = {}
+    case_errors: list[dict[str, Any]] = []
+    known: dict[str, dict[str, Any]] = {}
+    for source, document in documents:
+        offset = len(runs)
+        for run in runs_of(document, source):
+            runs.append({**run, "source": run.get("source", source)})
+        for record in document["results"]:
+            record = {**record, "run": offset + record.get("run", 0)}
+            key = (*result_key(record), record.get("framework_version"))
+            kept = chosen.get(key)
+            if kept is None or (kept["outcome"] == "skip" and record["outcome"] != "skip"):
+                chosen[key] = record
+            elif record["outcome"] != "skip" and observed(record) != observed(kept):
+                seen = disagreements.setdefault(key, {runs[kept["run"]]["label"]: observed(kept)})
+                seen[runs[record["run"]]["label"]] = observed(record)
+                if SEVERITY.index(record["outcome"]) > SEVERITY.index(kept["outcome"]):
+                    chosen[key] = record
+        case_errors += [e for e in document.get("case_errors", []) if e not in case_errors]
+        for entry in document.get("expectations", []):
+            total = known.setdefault(entry["id"], {**entry, "xfail": 0, "xpass": 0, "not_run": 0, "other": 0})
+            for count in ("xfail", "xpass", "not_run", "other"):
+                total[count] += entry.get(count, 0)
+    evaluated = {result_key(r) for r in chosen.values() if r["outcome"] != "skip"}
+    records = [r for r in chosen.values() if r["outcome"] != "skip" or result_key(r) not in evaluated]
+    records.sort(key=lambda r: (*result_key(r), r.get("framework_version") or ""))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "merged",
+        "tool": {"name": "dilated-conv-conformance", "version": __version__},
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "runs": runs,
+        "summary": summarize(records),
+        "case_errors": case_errors,
+        "expectations": [{**e, "status": status_from_counts(e)} for e in known.values()],
+        "conflicts": [
+            {
+                "case": k[0],
+                "target": k[1],
+                "dtype": k[2],
+                "framework_version": k[3],
+                "outcomes": [{"run": run, "outcome": outcome} for run, outcome in v.items()],
+            }
+            for k, v in sorted(disagreements.items(), key=lambda kv: tuple(str(p) for p in kv[0]))
+        ],
+        "results": records,
+    }

@@ -5,6 +5,7 @@ Independent of pytest: the plugin, the CLI and the harness's own tests all call 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -98,6 +99,7 @@ def run_check(case: Case, target: Target, dtype: str) -> dict[str, Any]:
     params = call_params(case, dtype)
     prepared: Prepared | None = None
     reproduction = ""
+    output_hash: str | None = None
     reason = adapter.unsupported_reason(params)
     if reason:
         verdict = Verdict(Outcome.UNSUPPORTED, reason)
@@ -126,9 +128,20 @@ def run_check(case: Case, target: Target, dtype: str) -> dict[str, Any]:
                 raised = exc
             _loaded_adapters.setdefault(adapter.framework, adapter)
             verdict = classify(expected_answer(case, dtype, target, prepared), got, raised)
+            output_hash = _output_hash(got)
         except Unavailable as exc:
             verdict = Verdict(Outcome.SKIP, str(exc))
-    return make_record(case, target, dtype, verdict, prepared, reproduction, time.perf_counter() - started)
+    record = make_record(case, target, dtype, verdict, prepared, reproduction, time.perf_counter() - started)
+    record["output_sha256"] = output_hash
+    return record
+
+
+def _output_hash(got: Any) -> str | None:
+    """Hash of the output's bits: run-to-run and version-to-version diffs see changes inside the bound."""
+    if got is None:
+        return None
+    array = np.ascontiguousarray(got)
+    return hashlib.sha256(f"{array.dtype.str}{array.shape}".encode() + array.tobytes()).hexdigest()[:16]
 
 
 def make_record(
@@ -146,6 +159,7 @@ def make_record(
         "case_file": case.file,
         "target": target.id,
         "framework": target.adapter.framework,
+        "framework_version": target.adapter.version(),
         "op": target.adapter.op,
         "device": target.device,
         "precision": target.precision,
@@ -168,10 +182,12 @@ def make_record(
         "max_ulp": verdict.max_ulp,
         "error_ratio": verdict.error_ratio,
         "worst": verdict.worst,
+        "error_map": verdict.error_map,
         "message": verdict.message,
         "reproduction": _full_reproduction(case, dtype, reproduction) if reproduction else "",
         "input_sha256": prepared.data.x_hash if prepared else None,
         "kernel_sha256": prepared.data.w_hash if prepared else None,
+        "description": case.description,
         "tags": list(case.tags),
         "duration_s": round(duration_s, 6),
     }

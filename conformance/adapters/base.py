@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,16 @@ from conformance.semantics import Geometry, PaddingSpec
 DEVICES = ("cpu", "gpu")
 # strict: TF32 and reduced-precision reductions off; defaults: whatever the framework does out of the box.
 PRECISION_MODES = ("strict", "defaults")
+
+
+@cache
+def installed_version(distributions: tuple[str, ...]) -> str | None:
+    for distribution in distributions:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 @dataclass(frozen=True)
@@ -41,10 +53,15 @@ class Adapter(ABC):
     framework: str  # "torch", "tensorflow", "jax", "numpy"
     op: str  # the API under test, e.g. "conv2d", "atrous_conv2d"
     devices: tuple[str, ...] = DEVICES
+    distributions: tuple[str, ...] = ()  # pip names that provide the framework, first installed wins
 
     @property
     def name(self) -> str:
         return f"{self.framework}.{self.op}"
+
+    def version(self) -> str | None:
+        """The installed framework version, from package metadata (no import, so skips know it too)."""
+        return installed_version(self.distributions)
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         """Why this API cannot express the case (decided without importing anything), or None."""

@@ -44,6 +44,7 @@ def _padding_argument(call: ConvCall) -> str | list[tuple[int, int]]:
 
 class JaxConvGeneralDilated(Adapter):
     framework = "jax"
+    distributions = ("jax",)
     op = "conv_general_dilated"
 
     def check_available(self, device: str) -> None:

@@ -19,6 +19,7 @@ from conformance.dtypes import float_format
 
 class NumpyIm2col(Adapter):
     framework = "numpy"
+    distributions = ("numpy",)
     op = "im2col"
     devices = ("cpu",)
 

@@ -62,6 +62,7 @@ def _padding_argument(call: CallParams | ConvCall) -> tuple[str | tuple[int, int
 
 class TorchConv2d(Adapter):
     framework = "torch"
+    distributions = ("torch",)
     op = "conv2d"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:

@@ -52,6 +52,7 @@ def _padding_argument(call: CallParams | ConvCall) -> str | list[list[int]]:
 
 class _TensorFlowAdapter(Adapter):
     framework = "tensorflow"
+    distributions = ("tensorflow", "tensorflow-cpu")
 
     def check_available(self, device: str) -> None:
         tf = _tf()

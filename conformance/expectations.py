@@ -1,0 +1,239 @@
+"""Known divergences (`cases/expectations.toml`): which failures are known, and which entries went stale.
+
+An entry names case-id globs, target-id globs and optional dtypes, framework version ranges (PEP 440),
+device, precision mode, machine and environment variables. A failing result it matches becomes
+`xfail`; a conformant one becomes `xpass` (the divergence no longer reproduces). After a run, each
+entry gets a status: reproduced, fixed, partly fixed, not evaluated (matched only skipped results,
+e.g. GPU entries on a CPU machine), changed (fails, but
+not as documented) or stale (matched no result at all).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import platform
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from conformance.adapters.base import installed_version
+from conformance.cases import CaseError, explain_schema_error, field_path, id_lines
+from conformance.compare import CONFORMANT, NOT_RUN, Outcome
+
+SCHEMA_PATH = Path(__file__).with_name("schema") / "expectations.schema.json"
+FILE_NAME = "expectations.toml"
+# Framework names in records -> the pip distributions that carry them (for version conditions).
+DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu"),
+    "jax": ("jax",),
+    "numpy": ("numpy",),
+}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    id: str
+    file: str
+    line: int | None
+    cases: tuple[str, ...]
+    targets: tuple[str, ...]
+    reason: str
+    link: str
+    dtypes: tuple[str, ...] = ()
+    versions: tuple[tuple[str, SpecifierSet], ...] = ()
+    device: str | None = None
+    precision: str | None = None
+    machine: str | None = None
+    env: tuple[tuple[str, str | bool], ...] = ()
+    outcomes: tuple[str, ...] = ()
+    strict: bool = True
+
+    def matches_check(self, case: str, target: str, dtype: str) -> bool:
+        """The static part: case, target and dtype (what `validate` can check without running)."""
+        return (
+            any(fnmatch.fnmatchcase(case, g) for g in self.cases)
+            and any(fnmatch.fnmatchcase(target, g) for g in self.targets)
+            and (not self.dtypes or dtype in self.dtypes)
+        )
+
+    def matches(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+        if not self.matches_check(record["case"], record["target"], record["dtype"]):
+            return False
+        if self.device and record.get("device") != self.device:
+            return False
+        if self.precision and record.get("precision") != self.precision:
+            return False
+        if self.machine and platform.machine() != self.machine:
+            return False
+        for name, wanted in self.env:
+            value = environ.get(name)
+            if (value is not None) if wanted is False else (value != wanted):
+                return False
+        for name, specifier in self.versions:
+            version = (
+                record.get("framework_version")
+                if name == record.get("framework")
+                else installed_version(DISTRIBUTIONS.get(name, (name,)))
+            )
+            if version is None or not specifier.contains(version, prereleases=True):
+                return False
+        return True
+
+    def summary(self) -> dict[str, str]:
+        return {"id": self.id, "reason": self.reason, "link": self.link}
+
+
+@dataclass
+class LoadedExpectations:
+    entries: list[Expectation]
+    errors: list[CaseError]
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+
+
+def load(path: Path, label: str | None = None) -> LoadedExpectations:
+    """Every valid entry, and an error naming file, entry and field for each invalid one."""
+    label = label or str(path)
+    if not path.exists():
+        return LoadedExpectations([], [])
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return LoadedExpectations([], [CaseError(label, f"cannot read known divergences: {exc}")])
+    lines = id_lines(text)
+    raw_entries = document.get("divergence") if isinstance(document.get("divergence"), list) else []
+    errors: list[CaseError] = []
+    bad: set[int] = set()
+    for error in _validator().iter_errors(document):
+        message, parts = explain_schema_error(error)
+        entry_id = None
+        if len(parts) >= 2 and parts[0] == "divergence" and isinstance(parts[1], int):
+            bad.add(parts[1])
+            raw = raw_entries[parts[1]] if parts[1] < len(raw_entries) else {}
+            entry_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else f"#{parts[1] + 1}"
+            parts = parts[2:]
+        errors.append(CaseError(label, message, entry_id, field_path(parts) or None, lines.get(entry_id or "")))
+    if errors and not bad:
+        return LoadedExpectations([], errors)
+    entries: list[Expectation] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_entries):
+        if index in bad:
+            continue
+        line = lines.get(raw["id"])
+        if raw["id"] in seen:
+            errors.append(CaseError(label, "duplicate divergence id", raw["id"], "id", line))
+            continue
+        seen.add(raw["id"])
+        try:
+            versions = tuple((name, SpecifierSet(spec)) for name, spec in sorted(raw.get("versions", {}).items()))
+        except InvalidSpecifier as exc:
+            errors.append(CaseError(label, f"not a PEP 440 version range: {exc}", raw["id"], "versions", line))
+            continue
+        entries.append(
+            Expectation(
+                id=raw["id"],
+                file=label,
+                line=line,
+                cases=tuple(raw["cases"]),
+                targets=tuple(raw["targets"]),
+                reason=raw["reason"],
+                link=raw["link"],
+                dtypes=tuple(raw.get("dtypes", ())),
+                versions=versions,
+                device=raw.get("device"),
+                precision=raw.get("precision"),
+                machine=raw.get("machine"),
+                env=tuple(sorted(raw.get("env", {}).items())),
+                outcomes=tuple(raw.get("outcomes", ())),
+                strict=raw.get("strict", True),
+            )
+        )
+    return LoadedExpectations(entries, errors)
+
+
+def unmatched_globs(entries: Iterable[Expectation], case_ids: list[str], target_ids: list[str]) -> list[CaseError]:
+    """Globs that match no case or no target of the corpus: a typo, or an entry for a removed case."""
+    errors = []
+    for entry in entries:
+        for field, globs, known in (("cases", entry.cases, case_ids), ("targets", entry.targets, target_ids)):
+            for glob in globs:
+                if not any(fnmatch.fnmatchcase(k, glob) for k in known):
+                    errors.append(
+                        CaseError(entry.file, f"{glob!r} matches no known {field[:-1]}", entry.id, field, entry.line)
+                    )
+    return errors
+
+
+def apply(
+    record: dict[str, Any], entries: Iterable[Expectation], environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Turn a matched failure into xfail and a matched success into xpass (in place; returns the record)."""
+    environ = os.environ if environ is None else environ
+    entry = next((e for e in entries if e.matches(record, environ)), None)
+    if entry is None:
+        return record
+    observed = Outcome(record["outcome"])
+    record["expectation"] = {**entry.summary(), "strict": entry.strict}
+    if observed in NOT_RUN:
+        return record
+    if observed in CONFORMANT:
+        record["observed_outcome"] = observed.value
+        record["outcome"] = Outcome.XPASS.value
+        record["message"] = (
+            f"known divergence {entry.id!r} no longer reproduces ({observed.value}); "
+            f"narrow its version range or remove it from {entry.file}. {record['message']}"
+        ).strip()
+    elif not entry.outcomes or observed.value in entry.outcomes:
+        record["observed_outcome"] = observed.value
+        record["outcome"] = Outcome.XFAIL.value
+    else:
+        record["message"] = (
+            f"{record['message']} (known divergence {entry.id!r} expects {'/'.join(entry.outcomes)}, "
+            f"this is {observed.value}: not excused)"
+        )
+    return record
+
+
+def statuses(entries: Iterable[Expectation], records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per entry: how many results it turned into xfail/xpass, how many it matched unevaluated, and a status."""
+    counts: dict[str, dict[str, int]] = {}
+    for record in records:
+        matched = record.get("expectation")
+        if matched:
+            bucket = counts.setdefault(matched["id"], {"xfail": 0, "xpass": 0, "not_run": 0, "other": 0})
+            outcome = record["outcome"]
+            key = outcome if outcome in ("xfail", "xpass") else "not_run" if outcome in NOT_RUN else "other"
+            bucket[key] += 1
+    result = []
+    for entry in entries:
+        bucket = counts.get(entry.id, {"xfail": 0, "xpass": 0, "not_run": 0, "other": 0})
+        result.append({**entry.summary(), "status": status_from_counts(bucket), **bucket})
+    return result
+
+
+def status_from_counts(counts: Mapping[str, int]) -> str:
+    if counts["xfail"] and counts["xpass"]:
+        return "partly fixed"
+    if counts["xfail"]:
+        return "reproduced"
+    if counts["other"]:
+        return "changed"  # still failing, but not in the way the entry documents
+    if counts["xpass"]:
+        return "fixed"
+    if counts["not_run"]:
+        return "not evaluated"
+    return "stale"
