@@ -1,23 +1,134 @@
-"""`python -m conformance validate PATH...`: check case files without running anything."""
+"""`python -m conformance COMMAND`: validate case files, diff and merge results, render reports.
+
+validate [PATHS]                  check case files and cases/expectations.toml without running anything
+diff BASE.json NEW.json           what regressed, improved, appeared, disappeared or drifted; exit 1 on regression
+merge A.json B.json ... -o OUT    one results file from shards, machines or framework versions
+report RESULTS.json -o OUT.html   render the HTML report of any results file (merged ones included)
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
+from conformance import diff as diffing
+from conformance import expectations
+from conformance.adapters import all_targets
 from conformance.cases import load_paths
+from conformance.report import write_report
+from conformance.results import atomic_write_text, merge
+
+
+def _load_results(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read a results file: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise SystemExit(f"{path}: not a results file (no 'results' list)")
+    return document
+
+
+def _validate(args: argparse.Namespace) -> int:
+    loaded = load_paths(args.paths)
+    errors = list(loaded.errors)
+    known = expectations.load(args.expectations, str(args.expectations))
+    errors += known.errors
+    # Globs are checked against the whole corpus only: a subset of case files would make them look unmatched.
+    if args.paths == [Path("cases")]:
+        case_ids = [case.qualified_id for case in loaded.cases]
+        errors += expectations.unmatched_globs(known.entries, case_ids, [t.id for t in all_targets()])
+    for error in errors:
+        print(error, file=sys.stderr)
+    checks = sum(len(case.dtypes) for case in loaded.cases)
+    print(
+        f"{len(loaded.cases)} valid case(s), {checks} case x dtype combination(s), "
+        f"{len(known.entries)} known divergence(s), {len(errors)} error(s)"
+    )
+    return 1 if errors else 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    base, new = _load_results(args.base), _load_results(args.new)
+    try:
+        result = diffing.diff(base, new, drift_factor=args.drift_factor, drift_floor=args.drift_floor)
+    except diffing.AmbiguousResults as exc:
+        raise SystemExit(str(exc)) from None
+    print(diffing.text_report(result, limit=args.limit))
+    if args.html:
+        atomic_write_text(args.html, diffing.html_report(result, str(args.base), str(args.new)))
+        print(f"diff page: {args.html}")
+    fail_on = tuple(args.fail_on.split(","))
+    unknown = set(fail_on) - set(diffing.CATEGORIES)
+    if unknown:
+        raise SystemExit(
+            f"--fail-on: unknown categories {sorted(unknown)}; choose from {', '.join(diffing.CATEGORIES)}"
+        )
+    return 1 if result.failed(fail_on) else 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    documents = [(path.stem, _load_results(path)) for path in args.inputs]
+    merged = merge(documents)
+    atomic_write_text(args.output, json.dumps(merged, indent=1, allow_nan=False) + "\n")
+    summary = merged["summary"]
+    print(
+        f"merged {len(documents)} file(s), {len(merged['runs'])} run(s): {summary['total']} results, "
+        f"{len(merged['conflicts'])} conflict(s) -> {args.output}"
+    )
+    if args.html:
+        write_report(merged, args.html)
+        print(f"report: {args.html}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    write_report(_load_results(args.results), args.output)
+    print(f"report: {args.output}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="conformance", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="conformance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+
     validate = commands.add_parser("validate", help="load and check case files; exit 1 on any error")
     validate.add_argument("paths", nargs="*", type=Path, default=[Path("cases")])
+    validate.add_argument("--expectations", type=Path, default=Path("cases", expectations.FILE_NAME))
+    validate.set_defaults(run=_validate)
+
+    compare = commands.add_parser("diff", help="compare two results files; exit 1 when anything regressed")
+    compare.add_argument("base", type=Path)
+    compare.add_argument("new", type=Path)
+    compare.add_argument("--html", type=Path, help="also write the diff as an HTML page")
+    compare.add_argument(
+        "--drift-factor", type=float, default=2.0, help="report a pass whose error/bound grew by more than this"
+    )
+    compare.add_argument("--drift-floor", type=float, default=0.05, help="ignore drift below this error/bound")
+    compare.add_argument(
+        "--fail-on",
+        default=",".join(diffing.DEFAULT_FAIL_ON),
+        help=f"comma-separated categories that make the exit status 1 (default: regressed); any of "
+        f"{', '.join(diffing.CATEGORIES)}",
+    )
+    compare.add_argument("--limit", type=int, default=50, help="lines per category in the terminal")
+    compare.set_defaults(run=_diff)
+
+    combine = commands.add_parser("merge", help="merge results files into one")
+    combine.add_argument("inputs", nargs="+", type=Path)
+    combine.add_argument("-o", "--output", type=Path, required=True)
+    combine.add_argument("--html", type=Path, help="also render the merged report")
+    combine.set_defaults(run=_merge)
+
+    render = commands.add_parser("report", help="render the HTML report of a results file")
+    render.add_argument("results", type=Path)
+    render.add_argument("-o", "--output", type=Path, default=Path("reports/index.html"))
+    render.set_defaults(run=_report)
+
     args = parser.parse_args(argv)
-    loaded = load_paths(args.paths)
-    for error in loaded.errors:
-        print(error, file=sys.stderr)
-    checks = sum(len(case.dtypes) for case in loaded.cases)
-    print(f"{len(loaded.cases)} valid case(s), {checks} case x dtype combination(s), {len(loaded.errors)} error(s)")
-    return 1 if loaded.errors else 0
+    return args.run(args)

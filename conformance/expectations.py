@@ -50,6 +50,7 @@ class Expectation:
     link: str
     dtypes: tuple[str, ...] = ()
     versions: tuple[tuple[str, SpecifierSet], ...] = ()
+    expect: str | None = None
     device: str | None = None
     precision: str | None = None
     machine: str | None = None
@@ -67,6 +68,8 @@ class Expectation:
 
     def matches(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
         if not self.matches_check(record["case"], record["target"], record["dtype"]):
+            return False
+        if self.expect and record.get("expect") != self.expect:
             return False
         if self.device and record.get("device") != self.device:
             return False
@@ -154,6 +157,7 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
                 link=raw["link"],
                 dtypes=tuple(raw.get("dtypes", ())),
                 versions=versions,
+                expect=raw.get("expect"),
                 device=raw.get("device"),
                 precision=raw.get("precision"),
                 machine=raw.get("machine"),

@@ -1,8 +1,11 @@
-"""TensorFlow: `tf.nn.atrous_conv2d` and `tf.nn.conv2d(..., dilations=)` (NHWC input, HWIO kernel).
+"""TensorFlow: `tf.nn.atrous_conv2d`, `tf.nn.conv2d(..., dilations=)` and `tf.nn.depthwise_conv2d`
+(NHWC input, HWIO kernel).
 
 `atrous_conv2d` is the API the reference documents use; it has one integer rate, no stride, no
 groups and only "SAME"/"VALID", so everything else is `unsupported` there. `conv2d` takes
 per-axis dilations, strides, explicit pads and infers groups from the kernel's in-channels.
+`depthwise_conv2d` is the separate kernel TF (and Keras' DepthwiseConv2D) uses when groups equal
+the input channels: it gets every depthwise case.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ def _padding_argument(call: CallParams | ConvCall) -> str | list[list[int]]:
         return str(call.padding)
     (top, bottom), (left, right) = call.geometry.pads
     return [[0, 0], [top, bottom], [left, right], [0, 0]]
+
+
+def _onednn_enabled() -> bool | None:
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # private, but the only runtime answer
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 class _TensorFlowAdapter(Adapter):
@@ -99,7 +110,9 @@ class _TensorFlowAdapter(Adapter):
             "cuda_build": build.get("cuda_version"),
             "cudnn": build.get("cudnn_version"),
             "flags": {
-                "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset: oneDNN on for x86 CPUs)"),
+                # Unset means on only for x86 CPUs with AVX512_VNNI/BF16 or AMX: record what is in effect.
+                "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),
+                "onednn_enabled": _onednn_enabled(),
                 "tensor_float_32_execution (default)": _tf32_default(),
             },
         }
@@ -140,4 +153,38 @@ class TensorFlowConv2d(_TensorFlowAdapter):
         )
 
 
-ADAPTERS = (TensorFlowAtrousConv2d(), TensorFlowConv2d())
+class TensorFlowDepthwiseConv2d(_TensorFlowAdapter):
+    """Our HWIO kernel (k_h, k_w, 1, C*m) is TF's depthwise filter (k_h, k_w, C, m): output channel
+    c*m + j reads input channel c in both layouts, so a reshape is the whole translation."""
+
+    op = "depthwise_conv2d"
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        reasons = []
+        channels = call_params.input_shape[3]
+        if call_params.groups != channels or call_params.kernel_shape[2] != 1:
+            reasons.append("is only for depthwise convolution (groups = input channels)")
+        if call_params.stride[0] != call_params.stride[1]:
+            reasons.append("takes one stride for both axes")
+        return "tf.nn.depthwise_conv2d " + "; ".join(reasons) if reasons else None
+
+    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
+        filters = tf.reshape(w, _depthwise_filter_shape(call))
+        strides = [1, call.stride[0], call.stride[1], 1]
+        return tf.nn.depthwise_conv2d(x, filters, strides, padding=_padding_argument(call), dilations=list(call.rate))
+
+    def _source(self, call: ConvCall) -> str:
+        return (
+            f"tf.nn.depthwise_conv2d(x_t, tf.reshape(w_t, {_depthwise_filter_shape(call)}), "
+            f"strides={[1, call.stride[0], call.stride[1], 1]}, padding={_padding_argument(call)!r}, "
+            f"dilations={list(call.rate)})"
+        )
+
+
+def _depthwise_filter_shape(call: ConvCall) -> list[int]:
+    k_h, k_w, _, out_channels = call.w.shape
+    channels = call.x.shape[3]
+    return [k_h, k_w, channels, out_channels // channels]
+
+
+ADAPTERS = (TensorFlowAtrousConv2d(), TensorFlowConv2d(), TensorFlowDepthwiseConv2d())

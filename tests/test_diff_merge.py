@@ -1,0 +1,187 @@
+"""`diff` and `merge` on results files written by real runs of the plugin (numpy target, in subprocesses).
+
+The regressed run monkeypatches the NumPy adapter through a conftest, so the second results file
+differs from the first in exactly the cells the patch touches.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import diff as diffing
+from conformance.cli import main as cli_main
+from conformance.results import merge
+
+CORPUS = """
+[defaults]
+dtypes = ["float32", "float64"]
+
+[[case]]
+id = "victim"
+input = { generator = "normal", seed = 1, shape = [1, 7, 7, 2] }
+kernel = { generator = "normal", seed = 2, shape = [3, 3, 2, 2] }
+rate = 2
+padding = "SAME"
+
+[[case]]
+id = "bystander"
+input = { generator = "normal", seed = 3, shape = [1, 8, 6, 1] }
+kernel = { generator = "normal", seed = 4, shape = [2, 2, 1, 3] }
+rate = 3
+padding = "VALID"
+"""
+
+# Breaks one output pixel, only for the input shape of case "victim", only when asked to.
+REGRESSING_CONFTEST = """
+import os
+import numpy as np
+from conformance.adapters import numpy as numpy_adapter
+
+if os.environ.get("BREAK_VICTIM"):
+    original = numpy_adapter.NumpyIm2col.run
+
+    def broken(self, call, device, precision):
+        y = original(self, call, device, precision)
+        if call.x.shape == (1, 7, 7, 2):
+            y = y.copy()
+            y[0, 3, 3, 1] += 0.5
+        return y
+
+    numpy_adapter.NumpyIm2col.run = broken
+"""
+
+
+def run_suite(directory: Path, name: str, *, broken: bool) -> Path:
+    out = directory / f"{name}.json"
+    env = {k: v for k, v in os.environ.items() if k != "BREAK_VICTIM"}
+    if broken:
+        env["BREAK_VICTIM"] = "1"
+    command = [sys.executable, "-m", "pytest", "-p", "conformance.plugin", "-p", "no:cacheprovider"]
+    command += ["--cases", "mycases", "--conformance-json", str(out), "--conformance-html", "none", "-m", "numpy"]
+    subprocess.run(command, cwd=directory, env=env, capture_output=True, timeout=300, check=False)
+    assert out.exists(), f"the {name} run wrote no results"
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three real runs, made once for the module: two clean, one with the victim broken."""
+    directory = tmp_path_factory.mktemp("runs")
+    (directory / "mycases").mkdir()
+    (directory / "mycases" / "mine.toml").write_text(CORPUS)
+    (directory / "conftest.py").write_text(REGRESSING_CONFTEST)
+    (directory / "pytest.ini").write_text("[pytest]\n")  # keep this directory its own rootdir
+    return {name: run_suite(directory, name, broken=name == "broken") for name in ("clean1", "clean2", "broken")}
+
+
+def test_diff_names_exactly_the_regressed_cells_and_exits_1(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = tmp_path / "diff.html"
+    status = cli_main(["diff", str(runs["clean1"]), str(runs["broken"]), "--html", str(page)])
+    out = capsys.readouterr().out
+    assert status == 1
+    section = out.split("REGRESSED")[1].split("\n\n")[0].split("diff page:")[0]
+    regressed = [line.strip() for line in section.splitlines()[1:] if line.strip()]
+    assert len(regressed) == 2
+    for line, dtype in zip(regressed, ("float32", "float64"), strict=True):
+        assert line.startswith(f"mine/victim [numpy.im2col-cpu, {dtype}]: pass (error/bound ")
+        assert "-> mismatch (error/bound " in line
+    assert "bystander" not in out
+    assert "mine/victim" in page.read_text()
+
+
+def test_two_clean_runs_report_nothing_and_exit_0(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["diff", str(runs["clean1"]), str(runs["clean2"])]) == 0
+    assert "no differences" in capsys.readouterr().out
+
+
+def test_the_fix_shows_as_improved(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["diff", str(runs["broken"]), str(runs["clean1"])]) == 0
+    out = capsys.readouterr().out
+    assert "2 improved" in out and "regressed" not in out.lower().replace("no differences", "")
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def test_drift_coverage_and_presence_categories(runs: dict[str, Path]) -> None:
+    base = load(runs["clean1"])
+    new = copy.deepcopy(base)
+    passing = [r for r in new["results"] if r["outcome"] == "pass" and r["error_ratio"]]
+    passing[0]["error_ratio"] = max(0.5, passing[0]["error_ratio"] * 10)  # grew 10x, still passing
+    passing[1]["outcome"], passing[1]["message"] = "skip", "framework missing"
+    removed = new["results"].pop(new["results"].index(passing[2]))
+    added = {**removed, "case": "mine/new-case"}
+    new["results"].append(added)
+    result = diffing.diff(base, new, drift_factor=2.0)
+    assert [c.key for c in result.changes["drift"]] == [(passing[0]["case"], passing[0]["target"], passing[0]["dtype"])]
+    assert [c.key[0] for c in result.changes["coverage-lost"]] == [passing[1]["case"]]
+    assert [c.key[0] for c in result.changes["disappeared"]] == [removed["case"]]
+    assert [c.key[0] for c in result.changes["appeared"]] == ["mine/new-case"]
+    assert not result.failed() and result.failed(("drift",))
+    # Known divergences do not hide a change: the observed outcome is compared.
+    known = copy.deepcopy(base)
+    target = next(r for r in known["results"] if r["outcome"] == "pass")
+    target.update(outcome="xfail", observed_outcome="mismatch")
+    assert len(diffing.diff(base, known).changes["regressed"]) == 1
+
+
+def test_merge_keeps_a_column_per_version_and_prefers_evaluated_over_skipped(runs: dict[str, Path]) -> None:
+    cpu_box = load(runs["clean1"])
+    other_version = copy.deepcopy(cpu_box)
+    for record in other_version["results"]:
+        record["framework_version"] = "9.9.9"
+    gpu_box = copy.deepcopy(cpu_box)
+    for record in cpu_box["results"]:
+        if record["device"] == "gpu":
+            assert record["outcome"] == "skip"
+    for record in gpu_box["results"]:
+        if record["device"] == "gpu":
+            record["outcome"] = "pass"
+    merged = merge([("cpu", cpu_box), ("gpu", gpu_box), ("newer", other_version)])
+    assert [r["label"] for r in merged["runs"]][-1] == "newer" or merged["runs"][-1]["source"] == "newer"
+    versions = {r["framework_version"] for r in merged["results"]}
+    assert versions == {cpu_box["results"][0]["framework_version"], "9.9.9"}
+    same_version = [r for r in merged["results"] if r["framework_version"] != "9.9.9"]
+    assert len(same_version) == len(cpu_box["results"])
+    assert all(r["outcome"] != "skip" for r in same_version), "the GPU box's results replace the CPU box's skips"
+    assert merged["conflicts"] == []
+    # Two runs that evaluated the same check differently: kept as the worse, listed as a conflict.
+    flaky = copy.deepcopy(gpu_box)
+    victim = next(r for r in flaky["results"] if r["device"] == "cpu" and r["outcome"] == "pass")
+    victim["outcome"] = "mismatch"
+    merged = merge([("a", gpu_box), ("b", flaky)])
+    assert len(merged["conflicts"]) == 1
+    kept = [
+        r
+        for r in merged["results"]
+        if (r["case"], r["target"], r["dtype"]) == (victim["case"], victim["target"], victim["dtype"])
+    ]
+    assert [r["outcome"] for r in kept] == ["mismatch"]
+    assert merged["summary"]["total"] == len(gpu_box["results"])
+
+
+def test_merge_cli_writes_file_and_report(runs: dict[str, Path], tmp_path: Path) -> None:
+    out, page = tmp_path / "merged.json", tmp_path / "merged.html"
+    assert cli_main(["merge", str(runs["clean1"]), str(runs["broken"]), "-o", str(out), "--html", str(page)]) == 0
+    merged = load(out)
+    assert merged["kind"] == "merged" and len(merged["runs"]) == 2
+    assert len(merged["conflicts"]) == 2  # same versions, victim differs: both dtypes
+    assert page.stat().st_size > 0
+
+
+def test_diff_refuses_unreadable_input(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match="cannot read a results file"):
+        cli_main(["diff", str(bad), str(bad)])

@@ -1,0 +1,209 @@
+"""Known divergences: loading with precise errors, matching conditions, xfail/xpass/stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import expectations
+from conformance.cli import main as cli_main
+
+ENTRIES = """
+[[divergence]]
+id = "tf-depthwise"
+cases = ["depthwise/stride*"]
+targets = ["tensorflow.depthwise_conv2d-*"]
+versions = { tensorflow = ">=2.4,<3" }
+outcomes = ["mismatch", "shape"]
+reason = "strides and rate together"
+link = "https://github.com/tensorflow/tensorflow/issues/100237"
+
+[[divergence]]
+id = "onednn-empty"
+cases = ["*"]
+expect = "no-valid-output"
+targets = ["tensorflow.conv2d-cpu"]
+dtypes = ["float32"]
+env = { TF_ENABLE_ONEDNN_OPTS = "1" }
+reason = "garbage instead of empty"
+link = "https://github.com/tensorflow/tensorflow/issues/64396"
+
+[[divergence]]
+id = "gpu-only"
+cases = ["basics/*"]
+targets = ["torch.conv2d-gpu"]
+device = "gpu"
+env = { SOME_FLAG = false }
+reason = "only on a GPU"
+link = "https://example.org/gpu"
+"""
+
+
+def record(**fields: Any) -> dict[str, Any]:
+    base = {
+        "case": "depthwise/stride2-rate2-valid",
+        "target": "tensorflow.depthwise_conv2d-cpu",
+        "framework": "tensorflow",
+        "framework_version": "2.21.0",
+        "device": "cpu",
+        "precision": "strict",
+        "dtype": "float32",
+        "expect": "reference",
+        "outcome": "mismatch",
+        "message": "3 of 16 elements beyond the bound",
+    }
+    return {**base, **fields}
+
+
+@pytest.fixture
+def entries(tmp_path: Path) -> list[expectations.Expectation]:
+    path = tmp_path / "expectations.toml"
+    path.write_text(ENTRIES)
+    loaded = expectations.load(path)
+    assert loaded.errors == []
+    return loaded.entries
+
+
+def test_a_matching_failure_is_xfail_and_keeps_what_was_observed(entries: list[expectations.Expectation]) -> None:
+    result = expectations.apply(record(), entries, environ={})
+    assert result["outcome"] == "xfail"
+    assert result["observed_outcome"] == "mismatch"
+    assert result["expectation"]["id"] == "tf-depthwise"
+    assert result["expectation"]["link"].endswith("/100237")
+
+
+def test_a_matching_pass_is_xpass_and_says_what_to_do(entries: list[expectations.Expectation]) -> None:
+    result = expectations.apply(record(outcome="pass", message=""), entries, environ={})
+    assert result["outcome"] == "xpass"
+    assert "no longer reproduces" in result["message"]
+    assert "narrow its version range" in result["message"]
+
+
+def test_a_different_failure_is_not_excused(entries: list[expectations.Expectation]) -> None:
+    result = expectations.apply(record(outcome="error"), entries, environ={})
+    assert result["outcome"] == "error"
+    assert "not excused" in result["message"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"case": "basics/stride2-rate2-same"}, "case glob"),
+        ({"target": "tensorflow.conv2d-cpu"}, "target glob"),
+        ({"framework_version": "2.3.1"}, "below the version range"),
+        ({"framework_version": "3.0.0"}, "above the version range"),
+    ],
+)
+def test_conditions_that_do_not_hold_leave_the_result_alone(
+    entries: list[expectations.Expectation], fields: dict[str, Any], why: str
+) -> None:
+    result = expectations.apply(record(**fields), entries, environ={})
+    assert result["outcome"] == "mismatch", why
+    assert "expectation" not in result, why
+
+
+def test_environment_dtype_and_expect_conditions(entries: list[expectations.Expectation]) -> None:
+    empty = record(case="documents/tf-4x4-rate2-valid", target="tensorflow.conv2d-cpu", expect="no-valid-output")
+    empty["outcome"] = "shape"
+    assert expectations.apply(dict(empty), entries, environ={})["outcome"] == "shape"  # oneDNN not forced on
+    assert expectations.apply(dict(empty), entries, environ={"TF_ENABLE_ONEDNN_OPTS": "0"})["outcome"] == "shape"
+    assert expectations.apply(dict(empty), entries, environ={"TF_ENABLE_ONEDNN_OPTS": "1"})["outcome"] == "xfail"
+    other_dtype = {**empty, "dtype": "bfloat16"}
+    assert expectations.apply(other_dtype, entries, environ={"TF_ENABLE_ONEDNN_OPTS": "1"})["outcome"] == "shape"
+    values_case = {**empty, "expect": "reference"}
+    assert expectations.apply(values_case, entries, environ={"TF_ENABLE_ONEDNN_OPTS": "1"})["outcome"] == "shape"
+
+
+def test_an_unset_condition_and_the_device(entries: list[expectations.Expectation]) -> None:
+    gpu = record(case="basics/x", target="torch.conv2d-gpu", framework="torch", device="gpu")
+    assert expectations.apply(dict(gpu), entries, environ={})["outcome"] == "xfail"
+    assert expectations.apply(dict(gpu), entries, environ={"SOME_FLAG": "1"})["outcome"] == "mismatch"
+
+
+def test_statuses_reproduced_fixed_not_evaluated_and_stale(entries: list[expectations.Expectation]) -> None:
+    records = [
+        expectations.apply(record(), entries, environ={}),
+        expectations.apply(record(case="depthwise/stride2-rate3-same", outcome="pass"), entries, environ={}),
+        expectations.apply(
+            record(case="basics/x", target="torch.conv2d-gpu", framework="torch", device="gpu", outcome="skip"),
+            entries,
+            environ={},
+        ),
+    ]
+    by_id = {s["id"]: s for s in expectations.statuses(entries, records)}
+    assert by_id["tf-depthwise"]["status"] == "partly fixed"
+    assert (by_id["tf-depthwise"]["xfail"], by_id["tf-depthwise"]["xpass"]) == (1, 1)
+    assert by_id["gpu-only"]["status"] == "not evaluated"
+    assert by_id["onednn-empty"]["status"] == "stale"
+    assert expectations.status_from_counts({"xfail": 0, "xpass": 2, "not_run": 0, "other": 0}) == "fixed"
+    assert expectations.status_from_counts({"xfail": 3, "xpass": 0, "not_run": 1, "other": 0}) == "reproduced"
+
+
+def test_invalid_entries_are_named_and_the_valid_ones_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "expectations.toml"
+    path.write_text(
+        ENTRIES
+        + """
+[[divergence]]
+id = "typo"
+case = ["x/*"]
+targets = ["*"]
+reason = "r"
+link = "https://example.org"
+
+[[divergence]]
+id = "bad-range"
+cases = ["*"]
+targets = ["*"]
+versions = { torch = "newer than 2" }
+reason = "r"
+link = "https://example.org"
+
+[[divergence]]
+id = "no-link"
+cases = ["*"]
+targets = ["*"]
+reason = "r"
+link = "see the forum"
+"""
+    )
+    loaded = expectations.load(path, "cases/expectations.toml")
+    assert [e.id for e in loaded.entries] == ["tf-depthwise", "onednn-empty", "gpu-only"]
+    text = "\n".join(str(e) for e in loaded.errors)
+    assert "case 'typo': field 'case': unknown key 'case' (did you mean 'cases'?)" in text
+    assert "case 'bad-range': field 'versions': not a PEP 440 version range" in text
+    assert "case 'no-link': field 'link'" in text
+    assert all(e.file == "cases/expectations.toml" and e.line for e in loaded.errors)
+
+
+def test_unreadable_file_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "expectations.toml"
+    path.write_text("[[divergence]\nid = ")
+    loaded = expectations.load(path)
+    assert loaded.entries == [] and len(loaded.errors) == 1
+    assert "cannot read known divergences" in loaded.errors[0].message
+
+
+def test_globs_that_match_nothing_are_reported(entries: list[expectations.Expectation]) -> None:
+    errors = expectations.unmatched_globs(entries, ["depthwise/stride2-rate2-valid"], ["tensorflow.conv2d-cpu"])
+    text = [str(e) for e in errors]
+    assert any("'tensorflow.depthwise_conv2d-*' matches no known target" in t for t in text)
+    assert any("'basics/*' matches no known case" in t for t in text)
+    assert not any("'depthwise/stride*'" in t for t in text)
+
+
+def test_the_shipped_file_is_valid_and_every_glob_matches(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(repo)
+    assert cli_main(["validate"]) == 0
+
+
+def test_validate_fails_on_a_glob_that_matches_no_case(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(repo)
+    path = tmp_path / "expectations.toml"
+    path.write_text(ENTRIES.replace("depthwise/stride*", "depthwise/strde*"))
+    assert cli_main(["validate", "--expectations", str(path)]) == 1
+    assert "'depthwise/strde*' matches no known case" in capsys.readouterr().err
