@@ -5,7 +5,8 @@ device, precision mode, machine and environment variables. A failing result it m
 `xfail`; a conformant one becomes `xpass` (the divergence no longer reproduces). After a run, each
 entry gets a status: reproduced, fixed, partly fixed, not evaluated (matched only skipped results,
 e.g. GPU entries on a CPU machine), changed (fails, but
-not as documented) or stale (matched no result at all).
+not as documented), not applicable here (its checks ran but its version/env/device conditions did
+not hold), not in this run (its checks were deselected) or stale (it matches no check of the corpus).
 """
 
 from __future__ import annotations
@@ -212,19 +213,33 @@ def apply(
     return record
 
 
-def statuses(entries: Iterable[Expectation], records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per entry: how many results it turned into xfail/xpass, how many it matched unevaluated, and a status."""
-    counts: dict[str, dict[str, int]] = {}
-    for record in records:
-        matched = record.get("expectation")
-        if matched:
-            bucket = counts.setdefault(matched["id"], {"xfail": 0, "xpass": 0, "not_run": 0, "other": 0})
-            outcome = record["outcome"]
-            key = outcome if outcome in ("xfail", "xpass") else "not_run" if outcome in NOT_RUN else "other"
-            bucket[key] += 1
+COUNTS = ("xfail", "xpass", "not_run", "other", "conditions_unmet", "in_corpus")
+
+
+def statuses(
+    entries: Iterable[Expectation],
+    records: Iterable[Mapping[str, Any]],
+    corpus_checks: Iterable[tuple[str, str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Per entry: what it did to this run's results, and a status.
+
+    `corpus_checks` (case, target, dtype) of the whole corpus tell a stale entry (its globs match no
+    check at all: a renamed or removed case) from one whose checks were merely not selected this run.
+    """
+    records = list(records)
+    corpus = list(corpus_checks) if corpus_checks is not None else None
     result = []
     for entry in entries:
-        bucket = counts.get(entry.id, {"xfail": 0, "xpass": 0, "not_run": 0, "other": 0})
+        bucket = dict.fromkeys(COUNTS, 0)
+        for record in records:
+            matched = record.get("expectation")
+            if matched and matched["id"] == entry.id:
+                outcome = record["outcome"]
+                bucket[outcome if outcome in ("xfail", "xpass") else "not_run" if outcome in NOT_RUN else "other"] += 1
+            elif not matched and entry.matches_check(record["case"], record["target"], record["dtype"]):
+                bucket["conditions_unmet"] += 1  # its checks ran, but version/env/device/... did not hold
+        in_corpus = corpus is None or any(entry.matches_check(*check) for check in corpus)
+        bucket["in_corpus"] = int(in_corpus or any(bucket[k] for k in COUNTS[:5]))
         result.append({**entry.summary(), "status": status_from_counts(bucket), **bucket})
     return result
 
@@ -240,4 +255,8 @@ def status_from_counts(counts: Mapping[str, int]) -> str:
         return "fixed"
     if counts["not_run"]:
         return "not evaluated"
+    if counts.get("conditions_unmet"):
+        return "not applicable here"
+    if counts.get("in_corpus", 1):
+        return "not in this run"
     return "stale"

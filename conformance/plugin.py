@@ -17,7 +17,7 @@ import pytest
 
 from conformance import expectations, report, runner
 from conformance.adapters import Target, all_targets
-from conformance.cases import NON_CASE_FILES, Case, CaseError, load_file
+from conformance.cases import NON_CASE_FILES, Case, CaseError, case_files, load_file
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 from conformance.results import ResultsWriter, base_environment
 
@@ -84,7 +84,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if expectations_option != "none":
         expectations_path = _invocation_path(config, expectations_option) if expectations_option else None
         expectations_path = expectations_path or Path(config.rootpath, "cases", expectations.FILE_NAME)
-    loaded = expectations.load(expectations_path) if expectations_path else expectations.LoadedExpectations([], [])
+    loaded = expectations.LoadedExpectations([], [])
+    if expectations_path is not None:
+        label = expectations_path
+        if expectations_path.resolve().is_relative_to(config.rootpath):
+            label = expectations_path.resolve().relative_to(config.rootpath)
+        loaded = expectations.load(expectations_path, str(label))
     config.stash[_expectations_key] = (expectations_path, loaded)
     if not _is_worker(config):
         html_option = config.getoption("conformance_html")
@@ -115,9 +120,6 @@ def _root_of(config: pytest.Config, path: Path) -> Path | None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    expectations_path, loaded = parent.config.stash[_expectations_key]
-    if expectations_path is not None and file_path.resolve() == expectations_path.resolve():
-        return ExpectationsFile.from_parent(parent, path=file_path, errors=loaded.errors)
     if file_path.suffix != ".toml" or file_path.name in NON_CASE_FILES:
         return None
     root = _root_of(parent.config, file_path)
@@ -145,16 +147,18 @@ class CaseFile(pytest.File):
                     )
 
 
-class ExpectationsFile(pytest.File):
-    """The known-divergences file: one failing item per invalid entry (valid entries still apply)."""
-
-    def __init__(self, *, errors: list[CaseError], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.errors = errors
-
-    def collect(self) -> Any:
-        for error in self.errors:
-            yield InvalidCaseItem.from_parent(self, name=f"{error.case or '(file)'}[expectations-error]", error=error)
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """An invalid known-divergence entry fails as its own item, whatever -k/-m selected: a typo there
+    would otherwise silently stop excusing (or start hiding) results. Valid entries still apply."""
+    path, loaded = config.stash[_expectations_key]
+    if path is None:
+        return
+    for error in loaded.errors:
+        name = f"{error.case or '(file)'}[expectations-error]"
+        items.append(
+            InvalidCaseItem.from_parent(session, name=name, path=path, nodeid=f"{error.file}::{name}", error=error)
+        )
 
 
 class ConformanceFailure(Exception):
@@ -182,7 +186,7 @@ class ConformanceItem(pytest.Item):
         if outcome == Outcome.XFAIL:
             known = record["expectation"]
             raise pytest.xfail.Exception(
-                f"known divergence {known['id']} ({record['observed_outcome']}): {known['reason']} {known['link']}"
+                f"known divergence {known['id']} ({record['observed_outcome']}), {known['link']}"
             )
         if outcome == Outcome.XPASS and not record["expectation"]["strict"]:
             return
@@ -251,6 +255,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         config.workeroutput[ENV_KEY] = json.dumps(runner.loaded_environments())  # type: ignore[attr-defined]
 
 
+def _corpus_checks(config: pytest.Config) -> list[tuple[str, str, str]]:
+    """Every (case, target, dtype) of the corpus, selected or not: what 'stale' is judged against.
+
+    The corpus is what this run was given plus the directory the expectations file sits in (cases/),
+    so running one case file does not make the entries for the others look stale.
+    """
+    targets = [t.id for t in all_targets()]
+    roots = list(config.stash[_roots_key])
+    expectations_path = config.stash[_expectations_key][0]
+    if expectations_path is not None and expectations_path.parent.is_dir():
+        roots.append(expectations_path.parent)
+    checks = []
+    for path, root in dict(case_files(roots)).items():
+        for case in load_file(path, root).cases:
+            checks += [(case.qualified_id, t, d) for t in targets for d in case.dtypes]
+    return checks
+
+
 class ResultCollector:
     """Lives on the controller only (or in the single process without xdist)."""
 
@@ -285,7 +307,7 @@ class ResultCollector:
         # Only frameworks that produced results: harness tests in the same process run fake adapters.
         ran = {record["framework"] for record in self.writer.records}
         environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k in ran}
-        known = expectations.statuses(self.known.entries, self.writer.records)
+        known = expectations.statuses(self.known.entries, self.writer.records, _corpus_checks(session.config))
         self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known)
         if self.html_path is not None:
             report.write_report(self.document, self.html_path)
@@ -301,7 +323,7 @@ class ResultCollector:
         if document["case_errors"]:
             terminalreporter.write_line(f"{len(document['case_errors'])} invalid case(s) or file(s)")
         for entry in document["expectations"]:
-            if entry["status"] in ("fixed", "partly fixed", "stale", "changed"):
+            if entry["status"] in ("fixed", "partly fixed", "stale", "changed"):  # the ones that need an edit
                 terminalreporter.write_line(
                     f"known divergence {entry['id']}: {entry['status']} "
                     f"({entry['xfail']} xfail, {entry['xpass']} xpass, {entry['other']} other failures)",

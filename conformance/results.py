@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from conformance import __version__
-from conformance.expectations import status_from_counts
+from conformance.expectations import COUNTS, status_from_counts
 
 SCHEMA_VERSION = 1
 FRAMEWORK_PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "ml_dtypes")
@@ -216,8 +216,8 @@ def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                     chosen[key] = record
         case_errors += [e for e in document.get("case_errors", []) if e not in case_errors]
         for entry in document.get("expectations", []):
-            total = known.setdefault(entry["id"], {**entry, "xfail": 0, "xpass": 0, "not_run": 0, "other": 0})
-            for count in ("xfail", "xpass", "not_run", "other"):
+            total = known.setdefault(entry["id"], {**entry, **dict.fromkeys(COUNTS, 0)})
+            for count in COUNTS:
                 total[count] += entry.get(count, 0)
     evaluated = {result_key(r) for r in chosen.values() if r["outcome"] != "skip"}
     records = [r for r in chosen.values() if r["outcome"] != "skip" or result_key(r) not in evaluated]

@@ -132,13 +132,26 @@ def test_statuses_reproduced_fixed_not_evaluated_and_stale(entries: list[expecta
             environ={},
         ),
     ]
-    by_id = {s["id"]: s for s in expectations.statuses(entries, records)}
+    corpus = [(r["case"], r["target"], r["dtype"]) for r in records]
+    by_id = {s["id"]: s for s in expectations.statuses(entries, records, corpus)}
     assert by_id["tf-depthwise"]["status"] == "partly fixed"
     assert (by_id["tf-depthwise"]["xfail"], by_id["tf-depthwise"]["xpass"]) == (1, 1)
     assert by_id["gpu-only"]["status"] == "not evaluated"
-    assert by_id["onednn-empty"]["status"] == "stale"
-    assert expectations.status_from_counts({"xfail": 0, "xpass": 2, "not_run": 0, "other": 0}) == "fixed"
-    assert expectations.status_from_counts({"xfail": 3, "xpass": 0, "not_run": 1, "other": 0}) == "reproduced"
+    assert by_id["onednn-empty"]["status"] == "stale", "its globs match no check of the corpus"
+
+    # The same entry when the corpus has its checks but this run deselected them, or its env did not hold.
+    corpus.append(("documents/tf-4x4-rate2-valid", "tensorflow.conv2d-cpu", "float32"))
+    by_id = {s["id"]: s for s in expectations.statuses(entries, records, corpus)}
+    assert by_id["onednn-empty"]["status"] == "not in this run"
+    oned = record(case="documents/tf-4x4-rate2-valid", target="tensorflow.conv2d-cpu", expect="no-valid-output")
+    ran = [*records, expectations.apply(oned, entries, environ={})]  # TF_ENABLE_ONEDNN_OPTS unset
+    by_id = {s["id"]: s for s in expectations.statuses(entries, ran, corpus)}
+    assert by_id["onednn-empty"]["status"] == "not applicable here"
+
+    counts = dict.fromkeys(expectations.COUNTS, 0)
+    assert expectations.status_from_counts({**counts, "xpass": 2}) == "fixed"
+    assert expectations.status_from_counts({**counts, "xfail": 3, "not_run": 1}) == "reproduced"
+    assert expectations.status_from_counts({**counts, "other": 1}) == "changed"
 
 
 def test_invalid_entries_are_named_and_the_valid_ones_still_load(tmp_path: Path) -> None:

@@ -64,3 +64,60 @@ def test_ids_markers_and_keywords(pytester: pytest.Pytester, corpus: Path) -> No
     )
     result.stdout.fnmatch_lines(["*mine.toml::ok-rate2[[]torch.conv2d-gpu-defaults-float32[]]*"])
     assert "numpy.im2col" not in result.stdout.str()  # the numpy target has no GPU
+
+
+KNOWN = """
+[[divergence]]
+id = "numpy-listed"
+cases = ["mine/ok-*"]
+targets = ["numpy.im2col-cpu"]
+strict = {strict}
+reason = "listed to prove xpass"
+link = "https://example.org/xpass"
+
+[[divergence]]
+id = "broken-entry"
+cases = ["*"]
+targets = ["*"]
+reason = "no link"
+"""
+
+
+@pytest.mark.parametrize("strict", ["true", "false"])
+def test_a_listed_divergence_that_passes_is_xpass(pytester: pytest.Pytester, corpus: Path, strict: str) -> None:
+    known = pytester.path / "known.toml"
+    known.write_text(KNOWN.format(strict=strict))
+    result, document = run(pytester, corpus, "--expectations", str(known), "-k", "ok-rate2")
+    (record,) = document["results"]
+    assert record["outcome"] == "xpass" and record["observed_outcome"] == "pass"
+    (status,) = [e for e in document["expectations"] if e["id"] == "numpy-listed"]
+    assert status["status"] == "fixed"
+    result.stdout.fnmatch_lines(["*known divergence numpy-listed: fixed (0 xfail, 1 xpass*"])
+    # The invalid entry fails on its own, naming the file, entry and field.
+    result.stdout.fnmatch_lines(["*known.toml*case 'broken-entry'*'link' is a required property*"])
+    if strict == "true":
+        result.assert_outcomes(failed=2, deselected=result.parseoutcomes().get("deselected", 0))
+        result.stdout.fnmatch_lines(["*no longer reproduces*"])
+    else:
+        result.assert_outcomes(passed=1, failed=1, deselected=result.parseoutcomes().get("deselected", 0))
+
+
+def test_a_listed_divergence_that_fails_is_xfail(pytester: pytest.Pytester, corpus: Path) -> None:
+    known = pytester.path / "known.toml"
+    known.write_text(KNOWN.format(strict="true").split('[[divergence]]\nid = "broken-entry"')[0])
+    pytester.makeconftest(
+        """
+from conformance.adapters import numpy as numpy_adapter
+original = numpy_adapter.NumpyIm2col.run
+def broken(self, call, device, precision):
+    return original(self, call, device, precision) * 2
+numpy_adapter.NumpyIm2col.run = broken
+"""
+    )
+    result, document = run(pytester, corpus, "--expectations", str(known), "-k", "ok-rate2")
+    result.assert_outcomes(xfailed=1, deselected=result.parseoutcomes().get("deselected", 0))
+    (record,) = document["results"]
+    assert (record["outcome"], record["observed_outcome"]) == ("xfail", "mismatch")
+    assert record["expectation"]["link"] == "https://example.org/xpass"
+    assert document["expectations"][0]["status"] == "reproduced"
+    assert (pytester.path / "reports" / "index.html").exists()

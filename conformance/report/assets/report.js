@@ -395,6 +395,7 @@ async function main() {
   document.getElementById("detail-close").addEventListener("click", closeDetail);
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeDetail(); });
   openFromHash();
+  window.addEventListener("hashchange", openFromHash);
   document.body.dataset.ready = "true";
   document.body.dataset.renderMs = String(Math.round(performance.now() - started));
 }

@@ -1,0 +1,219 @@
+"""The HTML report in a real browser (Debian's headless Chromium, driven through chromedriver).
+
+The report is rendered from real `run_check` records (the NumPy target, plus fake adapters that break
+one pixel or raise with markup in the message) and from a synthetic 20,000-result file. Without
+Chromium the tests skip, unless CONFORMANCE_REQUIRE_BROWSER=1 (set by .ci/run) makes that a failure.
+A screenshot of each run is kept under reports/artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.report_load import chromium, synthetic_document, wait_ready
+from conformance.adapters import Adapter, ConvCall, Target
+from conformance.adapters.numpy import NumpyIm2col
+from conformance.adapters.pytorch import TorchConv2d
+from conformance.cases import load_file
+from conformance.report import write_report
+from conformance.results import ResultsWriter, base_environment
+from conformance.runner import run_check
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "reports" / "artifacts"
+XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+CASES = f"""
+[defaults]
+dtypes = ["float32", "float64"]
+tags = ["browser"]
+
+[[case]]
+id = "hostile-description"
+description = '{XSS}'
+input = {{ generator = "normal", seed = 1, shape = [1, 9, 9, 2] }}
+kernel = {{ generator = "normal", seed = 2, shape = [3, 3, 2, 2] }}
+rate = 2
+padding = "SAME"
+
+[[case]]
+id = "plain-valid"
+description = "An ordinary VALID case."
+tags = ["browser", "other-tag"]
+input = {{ generator = "uniform", seed = 3, shape = [1, 8, 8, 1] }}
+kernel = {{ generator = "uniform", seed = 4, shape = [2, 2, 1, 1] }}
+rate = 3
+padding = "VALID"
+"""
+
+
+class BreaksOnePixel(Adapter):
+    framework, op = "fakefw", "broken_pixel"
+    devices = ("cpu",)
+
+    def check_available(self, device: str) -> None:
+        return None
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        y = NumpyIm2col().run(call, device, precision)
+        y[0, y.shape[1] // 2, 1, 0] += 1.0
+        return y
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        return "fakefw.broken_pixel(x, w)"
+
+    def environment(self) -> dict[str, Any]:
+        return {"version": "0"}
+
+
+class RaisesMarkup(BreaksOnePixel):
+    op = "raises_markup"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        raise RuntimeError("<b id='injected'>bold</b> & friends")
+
+
+def browser_available() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install '.[test]')"
+    for program in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(program).exists():
+            return f"{program} is missing (apt-get install chromium chromium-driver)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    missing = browser_available()
+    if missing:
+        if os.environ.get("CONFORMANCE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser test is required here but cannot run: {missing}")
+        pytest.skip(missing)
+    browser = chromium(str(tmp_path_factory.mktemp("chromium-profile")))
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("report")
+    (directory / "browser.toml").write_text(CASES)
+    loaded = load_file(directory / "browser.toml", directory)
+    assert not loaded.errors
+    writer = ResultsWriter(directory / "results.json")
+    targets = [Target(NumpyIm2col(), "cpu", "strict"), Target(BreaksOnePixel(), "cpu", "strict")]
+    targets += [Target(RaisesMarkup(), "cpu", "strict"), Target(TorchConv2d(), "gpu", "strict")]  # skipped here
+    for case in loaded.cases:
+        for dtype in case.dtypes:
+            for target in targets:
+                writer.add(run_check(case, target, dtype))
+    document = writer.finish(base_environment(), ["test_report_browser"])
+    path = directory / "index.html"
+    write_report(document, path)
+    return path
+
+
+def rows(driver: Any) -> list[Any]:
+    return driver.find_elements("css selector", "#matrix-body .mrow:not(.group)")
+
+
+def wait_for(condition: Any, timeout_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def screenshot(driver: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / name))
+
+
+def test_matrix_filters_and_detail_view(driver: Any, report: Path) -> None:
+    driver.get(report.as_uri())
+    assert wait_ready(driver, 60) == "true"
+    assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0, "loaded nothing"
+
+    assert len(rows(driver)) == 4  # 2 cases x 2 dtypes
+    header = driver.find_element("css selector", "#matrix-head").text
+    for name in ("numpy", "im2col", "fakefw", "broken_pixel", "raises_markup"):
+        assert name in header
+    outcomes = [c.get_attribute("class") for c in driver.find_elements("css selector", "#matrix-body .cell")]
+    assert outcomes.count("cell o-mismatch") == 4 and outcomes.count("cell o-error") == 4
+    assert outcomes.count("cell o-pass") == 4 and outcomes.count("cell o-skip") == 4
+
+    # Free text hides rows; the count line says so.
+    search = driver.find_element("id", "filter-text")
+    search.send_keys("plain-valid")
+    wait_for(lambda: len(rows(driver)) == 2)
+    assert "2 of 4 rows" in driver.find_element("id", "matrix-count").text
+    search.clear()
+    search.send_keys(" ")  # clear() fires no input event; a space does (and matches everything)
+    wait_for(lambda: len(rows(driver)) == 4)
+
+    # The framework filter removes columns; the dtype filter removes rows.
+    driver.find_element("css selector", "#filter-framework input[value=fakefw]").click()
+    assert "fakefw" not in driver.find_element("css selector", "#matrix-head").text
+    driver.find_element("css selector", "#filter-framework input[value=fakefw]").click()
+    driver.find_element("css selector", "#filter-dtype option[value=float64]").click()
+    wait_for(lambda: len(rows(driver)) == 2)
+    assert {r.get_attribute("data-dtype") for r in rows(driver)} == {"float64"}
+
+    # Case text is text: the hostile description renders literally and runs nothing.
+    target_row = next(r for r in rows(driver) if r.get_attribute("data-case") == "browser/hostile-description")
+    target_row.click()
+    wait_for(lambda: driver.find_element("id", "detail").is_displayed())
+    assert driver.find_element("id", "detail-title").text.startswith("browser/hostile-description")
+    assert driver.find_element("css selector", "#detail-content .description").text == XSS
+    assert driver.execute_script("return window.__pwned") is None
+    assert driver.find_elements("id", "injected") == []
+    messages = [m.text for m in driver.find_elements("css selector", "#detail-content .message")]
+    assert any("<b id='injected'>bold</b> & friends" in m for m in messages)
+
+    # The mismatch has its heatmap: one cell per output pixel (9x9 fits without pooling), one of them hot.
+    heatmap = driver.find_element("css selector", "#detail-content svg.heatmap")
+    cells = heatmap.find_elements("css selector", "rect")
+    assert len(cells) == 81
+    hot = [c for c in cells if c.get_attribute("fill") not in ("#fff", "#000") and "210" not in c.get_attribute("fill")]
+    assert len(hot) == 1
+    reproductions = driver.find_elements("css selector", "#detail-content pre.reproduction")
+    assert any("fakefw.broken_pixel(x, w)" in r.get_attribute("textContent") for r in reproductions)
+    assert "case=browser%2Fhostile-description" in driver.current_url
+    screenshot(driver, "report-detail.png")
+
+    # "failures only" keeps rows with a failing cell; the environment block names the Python version.
+    driver.find_element("id", "detail-close").click()
+    driver.find_element("id", "only-failures").click()
+    wait_for(lambda: len(rows(driver)) == 2)
+    assert "python" in driver.find_element("id", "environment").text
+
+
+def test_a_link_to_a_detail_opens_it(driver: Any, report: Path) -> None:
+    driver.get(report.as_uri() + "#case=browser%2Fplain-valid&dtype=float32")
+    assert wait_ready(driver, 60) == "true"
+    assert driver.find_element("id", "detail").is_displayed()
+    assert driver.find_element("id", "detail-title").text.startswith("browser/plain-valid")
+
+
+def test_twenty_thousand_results_stay_virtualised_and_filterable(driver: Any, tmp_path: Path) -> None:
+    document = synthetic_document(20_000)
+    path = tmp_path / "big.html"
+    write_report(document, path)
+    driver.get(path.as_uri())
+    assert wait_ready(driver, 120) == "true"
+    assert "5000 of 5000 rows" in driver.find_element("id", "matrix-count").text  # 2,500 cases x 2 dtypes
+    assert len(rows(driver)) < 150, "only the rows on screen may exist in the DOM"
+    driver.find_element("id", "filter-text").send_keys("case-01234")
+    wait_for(lambda: "2 of 5000 rows" in driver.find_element("id", "matrix-count").text)
+    assert {r.get_attribute("data-case") for r in rows(driver)} == {"sweep10/case-01234"}
+    screenshot(driver, "report-20k-filtered.png")
