@@ -25,7 +25,7 @@ let D;  // the decoded data
 let rows = [];  // {case, dtype, cells, text, tags}
 let display = [];  // what the matrix shows: {group} or {row}
 const state = { outcomes: new Set(OUTCOMES), frameworks: new Set(), devices: new Set(), dtype: "", tag: "",
-  text: "", groupBy: "file" };
+  text: "", groupBy: "file", showIdle: false };
 let visibleColumns = [];
 let selectedRow = null;
 
@@ -81,6 +81,13 @@ async function decode() {
   const bytes = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
   return JSON.parse(await new Response(stream).text());
+}
+
+function markIdleColumns() {
+  // A target that ran nothing (no device here, or nothing it can express) is hidden by default.
+  for (const column of D.columns) {
+    column.idle = !rows.some((row) => row.cells[column.n] && !["skip", "unsupported"].includes(row.cells[column.n].o));
+  }
 }
 
 function prepareRows() {
@@ -167,9 +174,13 @@ function filters() {
   let timer;
   const search = el("input", { type: "search", id: "filter-text", placeholder: "search case, description, message…",
     oninput: (e) => { clearTimeout(timer); timer = setTimeout(() => { state.text = e.target.value.toLowerCase(); refresh(); }, 120); } });
-  box.append(outcomes, checkboxes("framework", frameworks, state.frameworks), checkboxes("device", devices, state.devices),
-    select("dtype", dtypes, "dtype", "all dtypes"), select("tag", tags, "tag", "all tags"),
-    select("group", ["file", "tag", "none"], "groupBy", null), search);
+  const idle = D.columns.filter((c) => c.idle).length;
+  const showIdle = el("label", { title: "targets whose every check was skipped or unsupported, e.g. GPU targets on a CPU machine" },
+    el("input", { type: "checkbox", id: "show-idle", onchange: (e) => { state.showIdle = e.target.checked; refresh(); } }),
+    ` show ${idle} target(s) that ran nothing`);
+  box.append(...[outcomes, checkboxes("framework", frameworks, state.frameworks), checkboxes("device", devices, state.devices),
+    idle ? showIdle : null, select("dtype", dtypes, "dtype", "all dtypes"), select("tag", tags, "tag", "all tags"),
+    select("group", ["file", "tag", "none"], "groupBy", null), search].filter(Boolean));
 }
 
 function toggle(set, value, on) { if (on) set.add(value); else set.delete(value); }
@@ -191,7 +202,8 @@ function header() {
 }
 
 function refresh() {
-  visibleColumns = D.columns.filter((c) => state.frameworks.has(c.framework) && state.devices.has(c.device));
+  visibleColumns = D.columns.filter((c) => state.frameworks.has(c.framework) && state.devices.has(c.device) &&
+    (state.showIdle || !c.idle));
   const shown = rows.filter((row) => {
     if (state.dtype && row.dtype !== state.dtype) return false;
     if (state.tag && !row.tags.includes(state.tag)) return false;
@@ -382,6 +394,7 @@ async function main() {
   const started = performance.now();
   D = await decode();
   prepareRows();
+  markIdleColumns();
   document.getElementById("title").textContent = D.title;
   document.getElementById("subtitle").textContent = `${D.runs.length} run(s), created ${D.created || "?"}; ` +
     `${rows.length} case × dtype rows, ${D.columns.length} target columns. Click a row for its details.`;
