@@ -136,3 +136,25 @@ def test_ulp_distance() -> None:
     np.testing.assert_array_equal(ulp_distance(a, b), [1, 0, 0])
     tiny = np.array([np.float32(1e-45)], dtype=np.float32)
     np.testing.assert_array_equal(ulp_distance(-tiny, tiny), [2])
+
+
+def test_error_map_keeps_one_bad_pixel_visible_after_pooling() -> None:
+    from conformance.compare import ERROR_MAP_MAX_SIDE, error_map
+
+    ratio = np.full((2, 100, 70, 3), 0.01)
+    ratio[1, 57, 3, 2] = 40.0
+    ratio[0, 0, 69, 0] = np.inf  # a NaN/Inf mismatch
+    result = error_map(ratio)
+    values = np.array([[np.nan if v is None else v for v in row] for row in result["values"]])
+    assert result["hw"] == [100, 70] and result["block"] == [3, 2]
+    assert values.shape == (34, 35) and max(values.shape) <= ERROR_MAP_MAX_SIDE
+    assert values[57 // 3, 3 // 2] == 40.0
+    assert np.isnan(values[0, 69 // 2])
+    assert np.nanmax(np.delete(values.ravel(), [57 // 3 * 35 + 1])) == 0.01
+
+
+def test_a_small_output_maps_one_cell_per_pixel() -> None:
+    from conformance.compare import error_map
+
+    result = error_map(np.arange(12.0).reshape(1, 3, 4, 1), "|error|")
+    assert result["block"] == [1, 1] and result["values"][2][3] == 11.0 and result["quantity"] == "|error|"
