@@ -22,6 +22,7 @@ from conformance import __version__
 from conformance.expectations import COUNTS, status_from_counts
 
 SCHEMA_VERSION = 1
+TOOL = {"name": "dilated-conv-conformance", "version": __version__}
 FRAMEWORK_PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "ml_dtypes")
 
 
@@ -122,7 +123,7 @@ class ResultsWriter:
         records = sorted(self.records, key=result_key)
         return {
             "schema_version": SCHEMA_VERSION,
-            "tool": {"name": "dilated-conv-conformance", "version": __version__},
+            "tool": TOOL,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": command,
             "environment": environment,
@@ -225,7 +226,7 @@ def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "merged",
-        "tool": {"name": "dilated-conv-conformance", "version": __version__},
+        "tool": TOOL,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "runs": runs,
         "summary": summarize(records),
