@@ -129,6 +129,67 @@ def id_lines(text: str) -> dict[str, int]:
     return lines
 
 
+class SourceLines:
+    """Where things are in a TOML file's text, since `tomllib` gives no positions.
+
+    `[[table]]` blocks are numbered in file order, as they appear in the parsed array, so an error
+    at `case[3].rate` points at the `rate = ...` line of the fourth `[[case]]`, not only at the case.
+    """
+
+    def __init__(self, text: str, table: str) -> None:
+        self.lines = text.splitlines()
+        header = re.compile(r"\s*\[\[\s*" + re.escape(table) + r"\s*\]\]")
+        any_header = re.compile(r"\s*\[")
+        starts = [n for n, line in enumerate(self.lines) if header.match(line)]
+        self.blocks: list[tuple[int, int]] = []
+        for start in starts:
+            end = start + 1
+            while end < len(self.lines) and not (
+                any_header.match(self.lines[end]) and not self._is_subtable(self.lines[end], table)
+            ):
+                end += 1
+            self.blocks.append((start, end))
+        self.table = table
+
+    @staticmethod
+    def _is_subtable(line: str, table: str) -> bool:
+        return bool(re.match(r"\s*\[\s*" + re.escape(table) + r"\.", line))
+
+    def _find_key(self, start: int, end: int, key: str) -> int | None:
+        pattern = re.compile(r"""\s*["']?""" + re.escape(key) + r"""["']?\s*=""")
+        subtable = re.compile(r"\s*\[\s*" + re.escape(self.table) + r"\." + re.escape(key) + r"\s*\]")
+        for number in range(start, end):
+            if pattern.match(self.lines[number]) or subtable.match(self.lines[number]):
+                return number + 1
+        return None
+
+    def entry_line(self, index: int, path: list[Any]) -> int | None:
+        """The line of the offending key in entry `index` (or of its `id`, or its header)."""
+        if index >= len(self.blocks):
+            return None
+        start, end = self.blocks[index]
+        for key in ([str(path[0])] if path else []) + ["id"]:
+            found = self._find_key(start, end, key)
+            if found:
+                return found
+        return start + 1
+
+    def section_line(self, section: str, path: list[Any]) -> int | None:
+        """The line of `key` inside a plain `[section]` table (e.g. `[defaults]`)."""
+        header = re.compile(r"\s*\[\s*" + re.escape(section) + r"\s*\]")
+        for number, line in enumerate(self.lines):
+            if header.match(line):
+                end = number + 1
+                while end < len(self.lines) and not re.match(r"\s*\[", self.lines[end]):
+                    end += 1
+                return (self._find_key(number + 1, end, str(path[0])) if path else None) or number + 1
+        return None
+
+    def top_level_line(self, key: str) -> int | None:
+        first_header = next((n for n, line in enumerate(self.lines) if re.match(r"\s*\[", line)), len(self.lines))
+        return self._find_key(0, first_header, key)
+
+
 def _wrong_alternative(error: jsonschema.ValidationError) -> bool:
     """The value is of another kind than this alternative (wrong type, or another generator)."""
     if error.validator == "type" and not error.relative_path:
@@ -218,6 +279,7 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
             [], [CaseError(label, f"TOML syntax error: {exc}", line=int(line.group(1)) if line else None)]
         )
     lines = id_lines(text)
+    source = SourceLines(text, "case")
     errors: list[CaseError] = []
 
     raw_cases = document.get("case")
@@ -234,10 +296,15 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
             raw = raw_cases[index] if index < len(raw_cases) else {}
             case_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else f"#{index + 1}"
             field_parts = path_parts[2:]
+            line = source.entry_line(index, field_parts)
+        elif len(path_parts) >= 2 and path_parts[0] == "defaults":
+            field_parts = path_parts
+            line = source.section_line("defaults", path_parts[1:])
         else:
             field_parts = path_parts
+            line = source.top_level_line(str(path_parts[0])) if path_parts else None
         field_name = field_path(field_parts)
-        errors.append(CaseError(label, message, case=case_id, field=field_name or None, line=lines.get(case_id or "")))
+        errors.append(CaseError(label, message, case=case_id, field=field_name or None, line=line))
     if errors and not bad_indices:  # a file-level problem (e.g. no [[case]] at all): nothing to load
         return LoadResult([], errors)
 
@@ -259,7 +326,9 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
         try:
             cases.append(_build_case(label, suite, raw, defaults, line))
         except CaseFileError as exc:
-            errors.append(exc.error)
+            # Point at the offending key's own line when the case states it (not inherited).
+            field_line = source.entry_line(index, exc.error.field.split(".")) if exc.error.field else None
+            errors.append(replace(exc.error, line=field_line or exc.error.line))
     return LoadResult(cases, errors)
 
 

@@ -26,7 +26,7 @@ import jsonschema
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from conformance.adapters.base import installed_version
-from conformance.cases import CaseError, explain_schema_error, field_path, id_lines
+from conformance.cases import CaseError, SourceLines, explain_schema_error, field_path, id_lines
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "expectations.schema.json"
@@ -118,18 +118,20 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return LoadedExpectations([], [CaseError(label, f"cannot read known divergences: {exc}")])
     lines = id_lines(text)
+    source = SourceLines(text, "divergence")
     raw_entries = document.get("divergence") if isinstance(document.get("divergence"), list) else []
     errors: list[CaseError] = []
     bad: set[int] = set()
     for error in _validator().iter_errors(document):
         message, parts = explain_schema_error(error)
-        entry_id = None
+        entry_id, line = None, None
         if len(parts) >= 2 and parts[0] == "divergence" and isinstance(parts[1], int):
             bad.add(parts[1])
             raw = raw_entries[parts[1]] if parts[1] < len(raw_entries) else {}
             entry_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else f"#{parts[1] + 1}"
+            line = source.entry_line(parts[1], parts[2:])
             parts = parts[2:]
-        errors.append(CaseError(label, message, entry_id, field_path(parts) or None, lines.get(entry_id or "")))
+        errors.append(CaseError(label, message, entry_id, field_path(parts) or None, line))
     if errors and not bad:
         return LoadedExpectations([], errors)
     entries: list[Expectation] = []
@@ -145,6 +147,7 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
         try:
             versions = tuple((name, SpecifierSet(spec)) for name, spec in sorted(raw.get("versions", {}).items()))
         except InvalidSpecifier as exc:
+            line = source.entry_line(index, ["versions"])
             errors.append(CaseError(label, f"not a PEP 440 version range: {exc}", raw["id"], "versions", line))
             continue
         entries.append(

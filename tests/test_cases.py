@@ -43,7 +43,7 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         'input = { generator = "ones", shape = [1, 5, 5, 1] }\n'
         'kernel = { generator = "ones", shape = [3, 3, 1, 1] }\n',
     )
-    assert error.case == "typo" and error.field == "dilaton" and error.line == 8
+    assert error.case == "typo" and error.field == "dilaton" and error.line == 9  # the key's own line
     assert "unknown key 'dilaton'" in error.message
     assert [c.id for c in loaded.cases] == ["good"]  # the valid case still loads
 
