@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conformance import expectations, report, runner
-from conformance.adapters import Target, all_targets
+from conformance import expectations, hookspecs, isolation, report, runner
+from conformance.adapters import ADAPTERS, Target, all_targets
 from conformance.cases import NON_CASE_FILES, Case, CaseError, case_files, load_file
-from conformance.compare import CONFORMANT, NOT_RUN, Outcome
-from conformance.results import ResultsWriter, base_environment
+from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
+from conformance.results import ResultsWriter, atomic_write_text, base_environment
 
 RECORD_KEY = "conformance"
 CASE_ERROR_KEY = "conformance_case_error"
@@ -57,6 +60,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where to write the HTML report (default: reports/index.html; 'none' to skip it)",
     )
     group.addoption(
+        "--conformance-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="time limit per check; a check past it is stopped and reported as timeout (default 300; 0: none)",
+    )
+    group.addoption(
+        "--conformance-memory-limit",
+        default="auto",
+        metavar="SIZE",
+        help="memory each worker may allocate, e.g. 4G; past it a check gets an out-of-memory error "
+        "(default auto: 80%% of RAM shared among the workers, none on a machine with an NVIDIA GPU; 'none')",
+    )
+    group.addoption(
+        "--conformance-crash-limit",
+        type=int,
+        default=3,
+        metavar="N",
+        help="after N crashes or timeouts of one target, its remaining checks are skipped (default 3)",
+    )
+    group.addoption(
         "--expectations",
         default=None,
         metavar="PATH",
@@ -64,13 +88,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _targets(config: pytest.Config) -> list[Target]:
+    """Built-in targets plus those of `pytest_conformance_adapters` implementations."""
+    if _targets_key not in config.stash:
+        extra = [adapter for group in config.hook.pytest_conformance_adapters(config=config) for adapter in group]
+        config.stash[_targets_key] = all_targets((*ADAPTERS, *extra))
+    return config.stash[_targets_key]
+
+
+def _limits(config: pytest.Config) -> isolation.Limits:
+    workers = int(getattr(config.option, "numprocesses", None) or 1)
+    try:
+        option = config.getoption("conformance_memory_limit")
+        memory = isolation.default_memory_limit(workers) if option == "auto" else isolation.parse_size(option)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--conformance-memory-limit: {exc}") from None
+    timeout = config.getoption("conformance_timeout")
+    return isolation.Limits(
+        timeout_s=timeout if timeout and timeout > 0 else None,
+        memory_bytes=memory,
+        crash_limit=max(1, config.getoption("conformance_crash_limit")),
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's DSession reads --max-worker-restart
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    for framework in sorted({t.adapter.framework for t in _targets(config)} - set(MARKERS)):
+        config.addinivalue_line("markers", f"{framework}: {framework} targets (from pytest_conformance_adapters)")
     default_root = Path(config.rootpath, "cases")
     requested = [Path(p).resolve() for p in config.getoption("cases")]
     config.stash[_roots_key] = requested or [default_root]
@@ -91,6 +145,19 @@ def pytest_configure(config: pytest.Config) -> None:
             label = expectations_path.resolve().relative_to(config.rootpath)
         loaded = expectations.load(expectations_path, str(label))
     config.stash[_expectations_key] = (expectations_path, loaded)
+    limits = config.stash[_limits_key] = _limits(config)
+    if _is_worker(config):
+        state_dir = Path(config.workerinput["conformance_state_dir"])  # type: ignore[attr-defined]
+        worker_id = config.workerinput["workerid"]  # type: ignore[attr-defined]
+        config.stash[_guard_key] = isolation.WorkerGuard(state_dir, worker_id, limits)
+    else:
+        state_dir = Path(tempfile.mkdtemp(prefix="conformance-run-"))
+        config.add_cleanup(lambda: shutil.rmtree(state_dir, ignore_errors=True))
+        config.stash[_state_dir_key] = state_dir
+        if getattr(config.option, "numprocesses", None) and config.option.maxworkerrestart is None:
+            # Each crash costs a worker restart; the crash limit bounds how many a run can need.
+            budget = limits.crash_limit * len(_targets(config)) + 4 * int(config.option.numprocesses)
+            config.option.maxworkerrestart = str(budget)
     if not _is_worker(config):
         html_option = config.getoption("conformance_html")
         config.pluginmanager.register(
@@ -98,6 +165,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 _invocation_path(config, config.getoption("conformance_json")),
                 None if html_option == "none" else _invocation_path(config, html_option),
                 loaded,
+                state_dir,
+                limits,
             ),
             "conformance-collector",
         )
@@ -109,6 +178,10 @@ def _invocation_path(config: pytest.Config, option: str) -> Path:
 
 
 _roots_key = pytest.StashKey[list[Path]]()
+_targets_key = pytest.StashKey[list[Target]]()
+_limits_key = pytest.StashKey[isolation.Limits]()
+_guard_key = pytest.StashKey[isolation.WorkerGuard]()
+_state_dir_key = pytest.StashKey[Path]()
 _expectations_key = pytest.StashKey[tuple[Path | None, expectations.LoadedExpectations]]()
 
 
@@ -138,7 +211,7 @@ class CaseFile(pytest.File):
         for error in loaded.errors:
             name = f"{error.case or '(file)'}[case-file-error]"
             yield InvalidCaseItem.from_parent(self, name=name, error=error)
-        targets = all_targets()
+        targets = _targets(self.config)
         for case in loaded.cases:
             for dtype in case.dtypes:
                 for target in targets:
@@ -165,6 +238,10 @@ class ConformanceFailure(Exception):
     pass
 
 
+# How the frameworks word an allocation failure (NumPy/Python, PyTorch, TensorFlow, XLA).
+OUT_OF_MEMORY = re.compile(r"MemoryError|out of memory|can't allocate|ResourceExhausted|RESOURCE_EXHAUSTED", re.I)
+
+
 class ConformanceItem(pytest.Item):
     def __init__(self, *, case: Case, target: Target, dtype: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -176,7 +253,7 @@ class ConformanceItem(pytest.Item):
         self.extra_keyword_matches.update({dtype, target.adapter.op, target.precision})
 
     def runtest(self) -> None:
-        record = runner.run_check(self.case, self.target, self.dtype)
+        record = self._run()
         expectations.apply(record, self.config.stash[_expectations_key][1].entries)
         self.user_properties.append((RECORD_KEY, record))
         outcome = Outcome(record["outcome"])
@@ -192,6 +269,35 @@ class ConformanceItem(pytest.Item):
             return
         if outcome not in CONFORMANT:
             raise ConformanceFailure(record)
+
+    def _run(self) -> dict[str, Any]:
+        guard = self.config.stash.get(_guard_key, None)
+        if guard is None:  # without xdist: the one process guards itself (a crash still ends the run)
+            guard = self.config.stash[_guard_key] = isolation.WorkerGuard(
+                self.config.stash[_state_dir_key], "main", self.config.stash[_limits_key]
+            )
+        broken = guard.broken(self.target.id)
+        if broken is not None:
+            verdict = Verdict(
+                Outcome.SKIP,
+                f"not run: {self.target.id} crashed or timed out {broken['count']} times in this run "
+                f"(first: {broken['first']}); --conformance-crash-limit is {guard.limits.crash_limit}",
+            )
+            return {
+                **runner.make_record(self.case, self.target, self.dtype, verdict, None, "", 0.0),
+                "output_sha256": None,
+            }
+        try:
+            record = runner.run_check(
+                self.case, self.target, self.dtype, before_call=lambda partial: guard.starting(self.nodeid, partial)
+            )
+        except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
+            record = runner.harness_error_record(self.case, self.target, self.dtype, exc)
+        finally:
+            guard.finished()
+        if record["outcome"] == Outcome.ERROR and OUT_OF_MEMORY.search(record["message"] or ""):
+            record["message"] += isolation.memory_hint(guard.limits)
+        return record
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ConformanceFailure):
@@ -261,7 +367,7 @@ def _corpus_checks(config: pytest.Config) -> list[tuple[str, str, str]]:
     The corpus is what this run was given plus the directory the expectations file sits in (cases/),
     so running one case file does not make the entries for the others look stale.
     """
-    targets = [t.id for t in all_targets()]
+    targets = [t.id for t in _targets(config)]
     roots = list(config.stash[_roots_key])
     expectations_path = config.stash[_expectations_key][0]
     if expectations_path is not None and expectations_path.parent.is_dir():
@@ -276,14 +382,46 @@ def _corpus_checks(config: pytest.Config) -> list[tuple[str, str, str]]:
 class ResultCollector:
     """Lives on the controller only (or in the single process without xdist)."""
 
-    def __init__(self, json_path: Path, html_path: Path | None, known: expectations.LoadedExpectations) -> None:
+    def __init__(
+        self,
+        json_path: Path,
+        html_path: Path | None,
+        known: expectations.LoadedExpectations,
+        state_dir: Path,
+        limits: isolation.Limits,
+    ) -> None:
         self.writer = ResultsWriter(json_path)
         self.html_path = html_path
         self.known = known
+        self.state_dir = state_dir
+        self.limits = limits
         self.frameworks: dict[str, Any] = {}
+        self.lost_checks: dict[str, dict[str, Any]] = {}  # target -> crash/timeout tally
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["conformance_state_dir"] = str(self.state_dir)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        """A worker died running `crashitem`: report it as a crash or timeout record of its own."""
+        worker = report.node.gateway.id  # type: ignore[attr-defined]
+        record, message = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
+        if record is None:  # it died outside a framework call (e.g. collecting): say what is known
+            report.longrepr = f"{report.longrepr}\n{message}"
+            return
+        tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"]})
+        tally["count"] += 1
+        atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
+        expectations.apply(record, self.known.entries)
+        report.user_properties.append((RECORD_KEY, record))
+        report.longrepr = failure_text(record)
+        if record["outcome"] == Outcome.XFAIL:
+            report.outcome = "skipped"
+            report.wasxfail = f"known divergence {record['expectation']['id']}"  # type: ignore[attr-defined]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
+        if report.when not in ("call", "???"):  # "???": xdist's report for an item whose worker died
             return
         for key, value in report.user_properties:
             if key == RECORD_KEY:

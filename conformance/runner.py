@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -92,8 +93,14 @@ def expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) 
     )
 
 
-def run_check(case: Case, target: Target, dtype: str) -> dict[str, Any]:
-    """Run one check and return its result record (builtin types only: it crosses processes)."""
+def run_check(
+    case: Case, target: Target, dtype: str, before_call: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run one check and return its result record (builtin types only: it crosses processes).
+
+    `before_call` gets the record as it stands right before the framework runs (its outcome says
+    `crash`): fault isolation keeps it, so a check that kills its process is still reported in full.
+    """
     started = time.perf_counter()
     adapter = target.adapter
     params = call_params(case, dtype)
@@ -118,6 +125,9 @@ def run_check(case: Case, target: Target, dtype: str) -> dict[str, Any]:
                 dtype=dtype,
             )
             reproduction = adapter.reproduction(call, target.device, target.precision)
+            if before_call is not None:
+                crashed = Verdict(Outcome.CRASH, "the process died during the framework call")
+                before_call(make_record(case, target, dtype, crashed, prepared, reproduction, 0.0))
             raised: Exception | None = None
             got = None
             try:
@@ -133,6 +143,17 @@ def run_check(case: Case, target: Target, dtype: str) -> dict[str, Any]:
             verdict = Verdict(Outcome.SKIP, str(exc))
     record = make_record(case, target, dtype, verdict, prepared, reproduction, time.perf_counter() - started)
     record["output_sha256"] = output_hash
+    return record
+
+
+def harness_error_record(case: Case, target: Target, dtype: str, exc: BaseException) -> dict[str, Any]:
+    """The record of a check that the harness itself could not finish (e.g. the reference ran out
+    of memory): reported as an error with the reason rather than lost."""
+    message = (
+        f"the harness failed before a verdict: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    )
+    record = make_record(case, target, dtype, Verdict(Outcome.ERROR, message), None, "", 0.0)
+    record["output_sha256"] = None
     return record
 
 

@@ -46,7 +46,7 @@ def test_results_json_and_invalid_cases(pytester: pytest.Pytester, corpus: Path,
     result, document = run(pytester, corpus, *workers)
     # One valid case x one dtype on the numpy target passes; the broken case fails on its own.
     result.assert_outcomes(passed=1, failed=1, deselected=result.parseoutcomes().get("deselected", 0))
-    result.stdout.fnmatch_lines(["*mine.toml:11: case 'broken': field 'dilaton': unknown key 'dilaton'*"])
+    result.stdout.fnmatch_lines(["*mine.toml:12: case 'broken': field 'dilaton': unknown key 'dilaton'*"])
     assert document["schema_version"] == 1
     (record,) = document["results"]
     assert record["case"] == "mine/ok-rate2" and record["target"] == "numpy.im2col-cpu"

@@ -1,0 +1,193 @@
+"""Fault isolation: a native crash, a hang or a runaway allocation costs only its own check.
+
+Under pytest-xdist every worker is a process of its own. Before each framework call the worker
+writes what it is about to run (the record so far) to a state file. Then:
+
+- a crash (SIGSEGV, SIGABRT, ...) kills only that worker. `faulthandler` has written the fatal
+  signal and the Python stack to the worker's log, and xdist tells the controller which item was
+  running. The controller turns the state file and the log into a `crash` record and starts a
+  new worker.
+- the time limit is `faulthandler.dump_traceback_later(exit=True)`: a C-level watchdog thread that
+  needs no GIL, so it also fires in a native loop that holds the GIL. It writes the stack, then
+  `_exit`s the worker, which the controller reports as `timeout`.
+- memory is capped per worker with RLIMIT_DATA, so an allocation beyond it fails inside the item
+  (MemoryError, or the framework's own out-of-memory error: outcome `error`) instead of inviting
+  the kernel's OOM killer to pick a process.
+
+A target that has crashed or timed out `crash_limit` times is not called again in that run: a
+build that segfaults on every convolution would otherwise cost a worker restart per item.
+Without xdist there is no second process, so a crash or a hang ends the whole run (the streamed
+results up to then are still on disk).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import re
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from conformance.compare import Outcome
+
+BROKEN_TARGETS_FILE = "broken-targets.json"
+# The CUDA driver reserves large parts of the address space; whether RLIMIT_DATA counts them has
+# not been measured here, so a GPU machine gets no memory limit unless one is asked for.
+NVIDIA_DEVICE = Path("/dev/nvidiactl")
+LOG_EXCERPT_LINES = 24
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float | None  # per check; None: no limit
+    memory_bytes: int | None  # per worker; None: no limit
+    crash_limit: int  # crashes + timeouts of one target before it is not called again
+
+
+def parse_size(text: str) -> int | None:
+    """'4G', '512M', '1.5GiB', '2000000000' -> bytes; 'none' or '0' -> None."""
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if cleaned in ("none", "0", ""):
+        return None
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)", cleaned)
+    if not found:
+        raise ValueError(f"not a memory size: {text!r} (use e.g. 4G, 512M or none)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[found.group(2)]
+    return int(float(found.group(1)) * scale)
+
+
+def format_size(size: int) -> str:
+    return f"{size / (1 << 30):.2f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.0f} MiB"
+
+
+def total_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def default_memory_limit(workers: int) -> int | None:
+    """80% of physical memory shared among the workers; none on a machine with an NVIDIA GPU."""
+    memory = total_memory()
+    if memory is None or NVIDIA_DEVICE.exists():
+        return None
+    return int(memory * 0.8) // max(1, workers)
+
+
+class WorkerGuard:
+    """Lives in the process that runs checks: notes each call, arms the watchdog, caps memory."""
+
+    def __init__(self, state_dir: Path, worker_id: str, limits: Limits) -> None:
+        self.limits = limits
+        self.state_path = state_dir / f"{worker_id}.json"
+        self.broken_path = state_dir / BROKEN_TARGETS_FILE
+        self._broken: dict[str, Any] = {}
+        self._broken_mtime: float | None = None
+        # Unbuffered and never closed while the process lives: faulthandler writes to its fd.
+        self.log: IO[bytes] = (state_dir / f"{worker_id}.log").open("ab", buffering=0)
+        self._faulthandler_ours = False
+        if limits.memory_bytes is not None:
+            _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+            cap = limits.memory_bytes if hard == resource.RLIM_INFINITY else min(limits.memory_bytes, hard)
+            resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+
+    def starting(self, nodeid: str, record: dict[str, Any]) -> None:
+        """Called right before the framework runs: what the controller needs if it never returns."""
+        if not self._faulthandler_ours:
+            # Here rather than at configure: pytest's own faulthandler plugin points it at stderr then.
+            faulthandler.enable(self.log, all_threads=True)
+            self._faulthandler_ours = True
+        state = {"nodeid": nodeid, "pid": os.getpid(), "log_offset": self.log.tell(), "record": record}
+        self.state_path.write_text(json.dumps(state), encoding="utf-8")
+        if self.limits.timeout_s:
+            faulthandler.dump_traceback_later(self.limits.timeout_s, exit=True, file=self.log)
+
+    def finished(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
+
+    def broken(self, target: str) -> dict[str, Any] | None:
+        """The crash tally of a target that reached the limit, or None (re-read only when it changed)."""
+        try:
+            mtime = self.broken_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        if mtime != self._broken_mtime:
+            try:
+                self._broken = json.loads(self.broken_path.read_text(encoding="utf-8"))
+                self._broken_mtime = mtime
+            except (OSError, ValueError):
+                return None  # mid-replace; the next item reads it
+        tally = self._broken.get(target)
+        return tally if tally and tally["count"] >= self.limits.crash_limit else None
+
+
+def memory_hint(limits: Limits) -> str:
+    if limits.memory_bytes is None:
+        return ""
+    return f" (each worker may use {format_size(limits.memory_bytes)}: --conformance-memory-limit)"
+
+
+def _excerpt(log: str) -> str:
+    """The fatal error line and the stack of the thread that ran the check, innermost frame first,
+    down to the harness's call (the pytest and xdist frames below it say nothing about the fault)."""
+    blocks = re.split(r"\n(?=(?:Current thread|Thread) 0x)", log.strip())
+    header = [line for line in blocks[0].splitlines() if not re.match(r"(Current thread|Thread) 0x", line)]
+    stacks = [b for b in blocks if re.match(r"(Current thread|Thread) 0x", b)]
+    # The checking thread is the one inside run_check; a fatal signal names it "Current thread".
+    chosen = next((b for b in stacks if "run_check" in b), stacks[0] if stacks else "")
+    frames = []
+    for line in chosen.splitlines()[1:]:
+        frames.append(line)
+        if "in run_check" in line:
+            break
+    lines = [*header, *frames[:LOG_EXCERPT_LINES]]
+    return "\n".join(line.rstrip() for line in lines if line.strip())
+
+
+def lost_check_record(
+    state_dir: Path, worker_id: str, nodeid: str, limits: Limits
+) -> tuple[dict[str, Any] | None, str]:
+    """The record of a check whose worker died, from its state file and faulthandler's log.
+
+    Returns (record or None when the state file is not about this item, message).
+    """
+    try:
+        state = json.loads((state_dir / f"{worker_id}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    log = ""
+    try:
+        with (state_dir / f"{worker_id}.log").open("rb") as handle:
+            handle.seek(state.get("log_offset", 0) if state.get("nodeid") == nodeid else 0)
+            log = handle.read().decode("utf-8", "replace")
+    except OSError:
+        pass
+    if re.search(r"^Timeout \(", log, re.MULTILINE):
+        outcome = Outcome.TIMEOUT
+        message = f"exceeded the time limit of {limits.timeout_s:g} s (--conformance-timeout); stack when stopped:"
+    elif log.strip():
+        outcome = Outcome.CRASH
+        fatal = re.search(r"Fatal Python error: (.+)", log)
+        message = f"the worker process crashed: {fatal.group(1) if fatal else 'see the stack'}; stack:"
+    else:
+        outcome = Outcome.CRASH
+        message = (
+            "the worker process died without reporting an error (killed from outside, e.g. by SIGKILL "
+            "or the kernel's out-of-memory killer)"
+        )
+    if log.strip():
+        message += "\n" + _excerpt(log)
+    if state.get("nodeid") != nodeid:
+        return None, message
+    record = dict(state["record"])
+    record.update(outcome=outcome.value, message=message)
+    if outcome == Outcome.TIMEOUT:
+        record["duration_s"] = limits.timeout_s
+    return record, message

@@ -1,0 +1,66 @@
+"""Adapters that fail the way a broken framework build can: registered only by the harness's own tests.
+
+Each one fails inside `run`, i.e. inside the framework call, where a real native kernel would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from conformance.adapters import Adapter, ConvCall
+
+
+class FaultAdapter(Adapter):
+    framework = "faulty"
+    devices = ("cpu",)
+
+    def check_available(self, device: str) -> None:
+        return None
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        return f"# fault injection: tests/fault_adapters.py, {type(self).__name__}"
+
+    def environment(self) -> dict[str, Any]:
+        return {"version": "fault injection"}
+
+
+class Segfault(FaultAdapter):
+    op = "segfault"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        ctypes.memmove(16, b"boom", 4)  # writes to an unmapped page: SIGSEGV
+        raise AssertionError("unreachable")
+
+
+class Abort(FaultAdapter):
+    op = "abort"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        os.abort()  # what an uncaught C++ exception (std::terminate) does
+
+
+class NativeHang(FaultAdapter):
+    op = "hang"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        # Catastrophic backtracking: C code that holds the GIL for longer than the universe has left,
+        # so no Python-level timer or thread could interrupt it.
+        re.match(r"(a+)+$", "a" * 64 + "b")
+        raise AssertionError("unreachable")
+
+
+class MemoryHog(FaultAdapter):
+    op = "hog"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        hoard = []
+        while True:
+            hoard.append(np.ones(1 << 25))  # 256 MiB at a time, touched, without end
+
+
+FAULT_ADAPTERS: tuple[Adapter, ...] = (Segfault(), Abort(), NativeHang(), MemoryHog())

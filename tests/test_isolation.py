@@ -1,0 +1,114 @@
+"""Fault isolation under xdist: a segfault, an abort, a GIL-holding hang and a runaway allocation
+each cost only their own checks, appear in the results and the report with the reason, and the run
+finishes. Real processes, real signals; the faulty adapters come from tests/fault_adapters.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.report import embedded_data
+
+REPO = Path(__file__).resolve().parent.parent
+CASES = 5
+CRASH_LIMIT = 2
+WORKERS = 2
+TIMEOUT_S = 2
+
+CONFTEST = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from tests.fault_adapters import FAULT_ADAPTERS
+
+pytest_plugins = ["conformance.plugin"]
+
+
+def pytest_conformance_adapters(config):
+    return list(FAULT_ADAPTERS)
+"""
+
+CASE = """
+[[case]]
+id = "c{n}"
+input = {{ generator = "integers", seed = {n}, low = -3, high = 3, shape = [1, {size}, {size}, 2] }}
+kernel = {{ generator = "integers", seed = 9, low = -2, high = 2, shape = [3, 3, 2, 2] }}
+rate = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    directory = tmp_path_factory.mktemp("faults")
+    (directory / "conftest.py").write_text(CONFTEST)
+    (directory / "pytest.ini").write_text("[pytest]\n")
+    (directory / "cases").mkdir()
+    (directory / "cases" / "faults.toml").write_text("".join(CASE.format(n=n, size=6 + n) for n in range(CASES)))
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", str(WORKERS), "-k", "numpy or faulty"]
+    command += [f"--conformance-timeout={TIMEOUT_S}", "--conformance-memory-limit=1G"]
+    command += [f"--conformance-crash-limit={CRASH_LIMIT}", "--expectations=none"]
+    command += ["--conformance-json=out/results.json", "--conformance-html=out/index.html"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    finished = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, timeout=600)
+    assert (directory / "out" / "results.json").exists(), finished.stdout[-4000:] + finished.stderr[-4000:]
+    return {
+        "process": finished,
+        "document": json.loads((directory / "out" / "results.json").read_text()),
+        "html": (directory / "out" / "index.html").read_text(),
+    }
+
+
+def records_of(run: dict[str, Any], op: str) -> list[dict[str, Any]]:
+    return [r for r in run["document"]["results"] if r["target"] == f"faulty.{op}-cpu"]
+
+
+def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) -> None:
+    process = faulty_run["process"]
+    assert process.returncode == 1, process.stdout[-3000:]  # failures, not an internal error (3) or abort
+    assert "maximum crashed workers reached" not in process.stdout
+    records = faulty_run["document"]["results"]
+    numpy_records = [r for r in records if r["framework"] == "numpy"]
+    assert len(numpy_records) == CASES and {r["outcome"] for r in numpy_records} == {"pass"}
+    for op in ("segfault", "abort", "hang", "hog"):
+        assert len(records_of(faulty_run, op)) == CASES, op
+    # The report holds the same results, one cell per record.
+    model = embedded_data(faulty_run["html"])
+    assert sum(len(row["cells"]) for row in model["rows"]) == len(records)
+
+
+@pytest.mark.parametrize(
+    ("op", "outcome", "words"),
+    [
+        ("segfault", "crash", "Segmentation fault"),
+        ("abort", "crash", "Aborted"),
+        ("hang", "timeout", f"time limit of {TIMEOUT_S} s"),
+    ],
+)
+def test_a_killed_worker_costs_its_own_checks_until_the_crash_limit(
+    faulty_run: dict[str, Any], op: str, outcome: str, words: str
+) -> None:
+    records = records_of(faulty_run, op)
+    counts = Counter(r["outcome"] for r in records)
+    # Items already running on the other worker may die before the limit reaches them.
+    assert CRASH_LIMIT <= counts[outcome] <= CRASH_LIMIT + WORKERS - 1, counts
+    assert counts[outcome] + counts["skip"] == CASES, counts
+    for record in records:
+        if record["outcome"] == outcome:
+            assert words in record["message"], record["message"]
+            assert "fault_adapters.py" in record["message"]  # the stack reaches the failing frame
+            assert record["reproduction"] and record["input_sha256"]  # the full record survived the crash
+        else:
+            assert f"--conformance-crash-limit is {CRASH_LIMIT}" in record["message"]
+
+
+def test_runaway_allocation_is_an_error_inside_the_check(faulty_run: dict[str, Any]) -> None:
+    records = records_of(faulty_run, "hog")
+    assert {r["outcome"] for r in records} == {"error"}  # refused, not killed: no crash, no skip
+    for record in records:
+        assert "MemoryError" in record["message"] and "1.00 GiB: --conformance-memory-limit" in record["message"]
