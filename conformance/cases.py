@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -102,9 +103,24 @@ class LoadResult:
     errors: list[CaseError]
 
 
+def _strict_integer(checker: Any, instance: Any) -> bool:
+    # JSON Schema counts 2.0 as an integer; a rate, stride, pad or shape of 2.0 is a mistake here.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
+
+
+def strict_validator(schema_path: Path) -> Any:
+    return StrictValidator(json.loads(schema_path.read_text()))
+
+
 @cache
-def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+def _validator() -> Any:
+    return strict_validator(SCHEMA_PATH)
 
 
 def _nested_shape(values: Any, where: str) -> tuple[int, ...]:
@@ -129,6 +145,10 @@ def id_lines(text: str) -> dict[str, int]:
     return lines
 
 
+# A line that is only a table header: `[name]`, `[[name]]`, `[a.b]`; not an array continuation line.
+TABLE_HEADER = re.compile(r"""\s*\[\[?\s*[A-Za-z_"'][\w."' -]*\]\]?\s*(#.*)?$""")
+
+
 class SourceLines:
     """Where things are in a TOML file's text, since `tomllib` gives no positions.
 
@@ -138,8 +158,8 @@ class SourceLines:
 
     def __init__(self, text: str, table: str) -> None:
         self.lines = text.splitlines()
-        header = re.compile(r"\s*\[\[\s*" + re.escape(table) + r"\s*\]\]")
-        any_header = re.compile(r"\s*\[")
+        header = re.compile(r"\s*\[\[\s*" + re.escape(table) + r"\s*\]\]\s*(#.*)?$")
+        any_header = TABLE_HEADER
         starts = [n for n, line in enumerate(self.lines) if header.match(line)]
         self.blocks: list[tuple[int, int]] = []
         for start in starts:
@@ -156,7 +176,7 @@ class SourceLines:
         return bool(re.match(r"\s*\[\s*" + re.escape(table) + r"\.", line))
 
     def _find_key(self, start: int, end: int, key: str) -> int | None:
-        pattern = re.compile(r"""\s*["']?""" + re.escape(key) + r"""["']?\s*=""")
+        pattern = re.compile(r"""\s*["']?""" + re.escape(key) + r"""["']?\s*[=.]""")  # also `expect.kind =`
         subtable = re.compile(r"\s*\[\s*" + re.escape(self.table) + r"\." + re.escape(key) + r"\s*\]")
         for number in range(start, end):
             if pattern.match(self.lines[number]) or subtable.match(self.lines[number]):
@@ -180,20 +200,29 @@ class SourceLines:
         for number, line in enumerate(self.lines):
             if header.match(line):
                 end = number + 1
-                while end < len(self.lines) and not re.match(r"\s*\[", self.lines[end]):
+                while end < len(self.lines) and not TABLE_HEADER.match(self.lines[end]):
                     end += 1
                 return (self._find_key(number + 1, end, str(path[0])) if path else None) or number + 1
         return None
 
     def top_level_line(self, key: str) -> int | None:
-        first_header = next((n for n, line in enumerate(self.lines) if re.match(r"\s*\[", line)), len(self.lines))
-        return self._find_key(0, first_header, key)
+        """`key = ...` before the first table, or a `[key]` / `[[key]]` table header anywhere."""
+        first_header = next((n for n, line in enumerate(self.lines) if TABLE_HEADER.match(line)), len(self.lines))
+        found = self._find_key(0, first_header, key)
+        if found:
+            return found
+        header = re.compile(r"\s*\[\[?\s*" + re.escape(key) + r"\s*\]\]?")
+        return next((n + 1 for n, line in enumerate(self.lines) if header.match(line)), None)
 
 
 def _wrong_alternative(error: jsonschema.ValidationError) -> bool:
-    """The value is of another kind than this alternative (wrong type, or another generator)."""
+    """The value is of another kind than this alternative (wrong type, another generator, a number
+    where this alternative lists strings)."""
     if error.validator == "type" and not error.relative_path:
         return True
+    if error.validator in ("enum", "const") and not error.relative_path:
+        allowed = error.validator_value if error.validator == "enum" else [error.validator_value]
+        return all(type(value) is not type(error.instance) for value in allowed)
     return error.validator in ("enum", "const") and bool(error.relative_path)
 
 
@@ -232,6 +261,44 @@ def _suggest(name: str, allowed: list[str]) -> str | None:
     return close[0] if close else None
 
 
+def _allowed_values(schema: Mapping[str, Any]) -> list[Any]:
+    return list(schema["enum"]) if "enum" in schema else [schema["const"]] if "const" in schema else []
+
+
+def _unknown_discriminator(error: jsonschema.ValidationError) -> tuple[str, list[Any]] | None:
+    """A key that tells the alternatives apart (e.g. `generator`) whose value none of them accepts."""
+    if not isinstance(error.instance, dict) or not isinstance(error.validator_value, list):
+        return None
+    for key in error.instance:
+        declaring = [i for i, sub in enumerate(error.validator_value) if key in sub.get("properties", {})]
+        failed = {
+            sub.relative_schema_path[0]
+            for sub in error.context or []
+            if sub.validator in ("enum", "const") and list(sub.relative_path) == [key]
+        }
+        if declaring and set(declaring) <= failed:
+            allowed = [v for i in declaring for v in _allowed_values(error.validator_value[i]["properties"][key])]
+            if allowed:
+                return key, allowed
+    return None
+
+
+def _kind_name(value: Any) -> str:
+    kind = {bool: "boolean", str: "string", int: "integer", float: "number", list: "array", dict: "table"}
+    return _article(kind.get(type(value), type(value).__name__))
+
+
+def _article(kind: str) -> str:
+    return ("an " if kind[:1] in "aeiou" else "a ") + {"object": "table"}.get(kind, kind)
+
+
+def _overlap(error: jsonschema.ValidationError, branch: Any) -> int:
+    """How many of the value's keys an alternative declares: the one the author most likely meant."""
+    if not isinstance(error.instance, dict) or not isinstance(error.validator_value, list):
+        return 0
+    return len(set(error.instance) & set(error.validator_value[branch].get("properties", {})))
+
+
 def explain_schema_error(error: jsonschema.ValidationError) -> tuple[str, list[Any]]:
     """A readable message and the path of the offending field for a schema violation."""
     path = list(error.absolute_path)
@@ -246,15 +313,47 @@ def explain_schema_error(error: jsonschema.ValidationError) -> tuple[str, list[A
     if error.validator == "required":
         missing = re.findall(r"'([^']+)' is a required property", error.message)
         return error.message, path + missing[:1]
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"{error.instance!r} is not allowed here: use {error.schema['description']}", path
     if error.validator in ("oneOf", "anyOf") and error.context:
-        # Explain the alternative the author meant: one whose discriminating keys (e.g. the
-        # generator name) match, and of those the one with the fewest complaints.
+        if all(sub.validator == "required" for sub in error.context):
+            names = [n for sub in error.context for n in re.findall(r"'([^']+)' is a required", sub.message)]
+            return f"needs one of: {' or '.join(repr(n) for n in names)}", path
+        unknown = _unknown_discriminator(error)
+        if unknown:
+            key, allowed = unknown
+            return (
+                f"unknown {key} {error.instance[key]!r}: use one of {', '.join(map(str, allowed))}",
+                [*path, key],
+            )
+        # Explain the alternative the author meant: one of the value's own kind that declares
+        # most of its keys, and of those the one with the fewest complaints.
         branches: dict[Any, list[jsonschema.ValidationError]] = {}
         for sub in error.context:
             branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-        meant = [errs for errs in branches.values() if not any(_wrong_alternative(e) for e in errs)]
-        meant = meant or list(branches.values())
-        return explain_schema_error(jsonschema.exceptions.best_match(min(meant, key=len)))
+        meant = [b for b, errs in branches.items() if not any(_wrong_alternative(e) for e in errs)]
+        description = error.schema.get("description", "")
+        described = f"; {field_path(path[-1:]) or 'it'} takes {description[:1].lower()}{description[1:].rstrip('.')}"
+        if not meant:  # a value of a kind no alternative takes
+            kinds = {sub.validator_value for sub in error.context if sub.validator == "type"}
+            kinds |= {"string" for sub in error.context if sub.validator == "enum" and not sub.relative_path}
+            if isinstance(error.instance, float) and "integer" in kinds:
+                wrong = "is not an integer"
+            else:
+                wrong = f"is {_kind_name(error.instance)}, not {' or '.join(sorted(map(_article, kinds)))}"
+            return f"{error.instance!r} {wrong}" + (described if description else ""), path
+        chosen = max(meant, key=lambda b: (_overlap(error, b), -len(branches[b])))
+        errors = branches[chosen]
+        missing = [n for e in errors if e.validator == "required" for n in re.findall(r"'([^']+)' is a req", e.message)]
+        if missing and len(missing) == len(errors):
+            return f"{' and '.join(repr(n) for n in missing)} {'is' if len(missing) == 1 else 'are'} required", [
+                *path,
+                missing[0],
+            ]
+        # A value of the wrong type deep inside says more than a length complaint above it.
+        typed = [e for e in errors if e.validator == "type"]
+        message, sub_path = explain_schema_error(typed[0] if typed else jsonschema.exceptions.best_match(errors))
+        return message + (described if description else ""), sub_path
     return error.message, path
 
 
@@ -266,11 +365,17 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
     """Every valid case in one file, and an error for everything else."""
     label = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return LoadResult([], [CaseError(label, f"cannot read the file: {exc}")])
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        return LoadResult([], [CaseError(label, f"cannot read the file: {exc.strerror or exc}")])
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw_bytes[: exc.start].count(b"\n") + 1
+        message = f"not UTF-8 text: byte 0x{raw_bytes[exc.start]:02x} cannot be decoded (save the file as UTF-8)"
+        return LoadResult([], [CaseError(label, message, line=line)])
     if not text.strip():
-        return LoadResult([], [CaseError(label, "the file is empty: a case file needs at least one [[case]]")])
+        return LoadResult([], [CaseError(label, f"the file is empty: {NEEDS_A_CASE}")])
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -303,8 +408,12 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
         else:
             field_parts = path_parts
             line = source.top_level_line(str(path_parts[0])) if path_parts else None
+        if path_parts[:1] == ["case"] and len(path_parts) <= 2:
+            message = _explain_case_table(document.get("case"), message)
+            line = line or source.top_level_line("case")
         field_name = field_path(field_parts)
         errors.append(CaseError(label, message, case=case_id, field=field_name or None, line=line))
+    errors = _drop_echoes(errors)
     if errors and not bad_indices:  # a file-level problem (e.g. no [[case]] at all): nothing to load
         return LoadResult([], errors)
 
@@ -318,9 +427,13 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
         case_id = raw["id"]
         line = lines.get(case_id)
         if case_id in seen:
-            errors.append(
-                CaseError(label, f"duplicate case id (first used in case #{seen[case_id] + 1})", case_id, "id", line)
+            first = (
+                f"case #{seen[case_id] + 1}, line {lines[case_id]}"
+                if case_id in lines
+                else f"case #{seen[case_id] + 1}"
             )
+            message = f"duplicate case id (first used in {first}); ids must be unique within a file"
+            errors.append(CaseError(label, message, case_id, "id", source.entry_line(index, ["id"]) or line))
             continue
         seen[case_id] = index
         try:
@@ -330,6 +443,30 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
             field_line = source.entry_line(index, exc.error.field.split(".")) if exc.error.field else None
             errors.append(replace(exc.error, line=field_line or exc.error.line))
     return LoadResult(cases, errors)
+
+
+NEEDS_A_CASE = "a case file needs at least one [[case]] table"
+
+
+def _explain_case_table(value: Any, message: str) -> str:
+    """`case` itself is missing or malformed: say how a case is written rather than what the schema wants."""
+    if value is None:
+        return f"no [[case]] found: {NEEDS_A_CASE}"
+    if isinstance(value, dict):
+        return "'case' is a single table: write each case as [[case]] (double brackets), one per case"
+    if not isinstance(value, list):
+        return f"'case' is a {type(value).__name__}: {NEEDS_A_CASE}, each with id, input and kernel"
+    return message.replace("is not of type 'object'", "is not a table: write each case as [[case]] with its fields")
+
+
+def _drop_echoes(errors: list[CaseError]) -> list[CaseError]:
+    """One mistake, one error: a misspelt key is also a missing one; keep only the misspelling."""
+    suggested = {(e.case, name) for e in errors for name in re.findall(r"did you mean '([^']+)'\?", e.message)}
+    return [
+        e
+        for e in errors
+        if not (e.message.endswith("is a required property") and (e.case, (e.field or "").split(".")[-1]) in suggested)
+    ]
 
 
 def _tensor_shape(label: str, case_id: str, line: int | None, name: str, spec: Mapping[str, Any]) -> tuple[int, ...]:
@@ -349,9 +486,11 @@ def _tensor_shape(label: str, case_id: str, line: int | None, name: str, spec: M
             raise fail(f"declared shape {spec['shape']} but the values have shape {list(shape)}", ".shape")
     else:
         shape = tuple(spec["shape"])
-    elements = int(np.prod(shape, dtype=np.int64))
+    elements = math.prod(shape)  # Python ints: a product of large axes must not wrap around
     if elements > MAX_TENSOR_ELEMENTS:
         raise fail(f"{elements} elements exceeds the limit of {MAX_TENSOR_ELEMENTS} per tensor", ".shape")
+    if spec.get("generator") == "integers" and spec["low"] > spec["high"]:
+        raise fail(f"low {spec['low']} is above high {spec['high']}: the range is empty", ".low")
     return shape
 
 
@@ -368,6 +507,8 @@ def _build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mappin
     kernel_shape = _tensor_shape(label, case_id, line, "kernel", raw["kernel"])
     groups = int(setting("groups", 1))
     c_in, c_out = input_shape[3], kernel_shape[3]
+    if c_in % groups:
+        raise fail(f"groups {groups} does not divide the {c_in} input channels", "groups")
     if kernel_shape[2] * groups != c_in:
         raise fail(
             f"kernel in-channels {kernel_shape[2]} x groups {groups} != input channels {c_in} "
@@ -398,8 +539,20 @@ def _build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mappin
         groups=groups,
         expect_kind="reference",
     )
+    _check_work_size(case, fail)
     expect = raw.get("expect", {"kind": "reference"})
     kind = expect["kind"]
+    given = [key for key in ("values", "plane") if key in expect]
+    if kind == "values" and len(given) != 1:
+        raise fail(
+            "kind = \"values\" needs exactly one of 'values' (the whole NHWC output) or 'plane' (one H x W grid)"
+            + (", not both" if given else ""),
+            "expect." + (given[-1] if given else "kind"),
+        )
+    if kind != "values" and given:
+        raise fail(
+            f"'{given[0]}' is only read with kind = \"values\" (this expect says {kind!r})", f"expect.{given[0]}"
+        )
     output_shape = case.output_shape
     if "output_shape" in expect and tuple(expect["output_shape"]) != output_shape:
         raise fail(
@@ -426,6 +579,25 @@ def _build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mappin
             array = np.broadcast_to(array[None, :, :, None], output_shape).copy()
         expected_values = array
     return replace(case, expect_kind=kind, expected_values=expected_values)
+
+
+def _check_work_size(case: Case, fail: Any) -> None:
+    """Refuse, before anything is allocated, a case whose padded input or output would be absurd
+    (a 5x5 input with padding 20000 is two small tensors but a 1.6e9-element padded one)."""
+    geo = case.geometry
+    (top, bottom), (left, right) = geo.pads
+    n, h, w, c_in = case.input_shape
+    padded = n * (h + top + bottom) * (w + left + right) * c_in
+    output = n * geo.output_hw[0] * geo.output_hw[1] * case.kernel_shape[3]
+    explicit = not isinstance(case.padding, str)
+    for name, elements, field_name in (
+        ("padded input", padded, "padding" if explicit else "input.shape"),
+        ("output", output, "padding" if explicit else "kernel.shape"),
+    ):
+        if elements > MAX_TENSOR_ELEMENTS:
+            raise fail(
+                f"the {name} would have {elements} elements, beyond the limit of {MAX_TENSOR_ELEMENTS}", field_name
+            )
 
 
 def case_files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:

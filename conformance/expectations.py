@@ -12,7 +12,6 @@ not hold), not in this run (its checks were deselected) or stale (it matches no 
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import platform
 import tomllib
@@ -22,11 +21,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from conformance.adapters.base import installed_version
-from conformance.cases import CaseError, SourceLines, explain_schema_error, field_path, id_lines
+from conformance.cases import CaseError, SourceLines, explain_schema_error, field_path, id_lines, strict_validator
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "expectations.schema.json"
@@ -103,8 +101,8 @@ class LoadedExpectations:
 
 
 @cache
-def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+def _validator() -> Any:
+    return strict_validator(SCHEMA_PATH)
 
 
 def load(path: Path, label: str | None = None) -> LoadedExpectations:
