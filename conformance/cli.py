@@ -19,13 +19,16 @@ from conformance import expectations
 from conformance.adapters import all_targets
 from conformance.cases import load_paths
 from conformance.report import write_report
-from conformance.results import atomic_write_text, merge
+from conformance.results import atomic_write_text, merge, read_stream
 
 
 def _load_results(path: Path) -> dict[str, Any]:
+    """A results file: the final JSON, or the `.jsonl` stream (also one cut off by a kill)."""
     try:
+        if path.suffix == ".jsonl":
+            return read_stream(path)
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise SystemExit(f"{path}: cannot read a results file: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("results"), list):
         raise SystemExit(f"{path}: not a results file (no 'results' list)")

@@ -390,7 +390,7 @@ class ResultCollector:
         state_dir: Path,
         limits: isolation.Limits,
     ) -> None:
-        self.writer = ResultsWriter(json_path)
+        self.writer = ResultsWriter(json_path, ["pytest", *sys.argv[1:]])
         self.html_path = html_path
         self.known = known
         self.state_dir = state_dir
@@ -420,6 +420,7 @@ class ResultCollector:
             report.outcome = "skipped"
             report.wasxfail = f"known divergence {record['expectation']['id']}"  # type: ignore[attr-defined]
 
+    @pytest.hookimpl(tryfirst=True)  # on disk before the terminal says it finished
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when not in ("call", "???"):  # "???": xdist's report for an item whose worker died
             return
@@ -467,6 +468,12 @@ class ResultCollector:
                     f"({entry['xfail']} xfail, {entry['xpass']} xpass, {entry['other']} other failures)",
                     yellow=True,
                 )
+        if self.writer.preserved is not None:
+            terminalreporter.write_line(
+                f"an earlier run was interrupted; its streamed results are kept in {self.writer.preserved} "
+                f"(python -m conformance report {self.writer.preserved} -o REPORT.html)",
+                yellow=True,
+            )
         terminalreporter.write_line(f"results: {self.writer.json_path}")
         if self.html_path is not None:
             terminalreporter.write_line(f"report: {self.html_path}")

@@ -88,25 +88,46 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class ResultsWriter:
-    """Collects records on the controller; streams each one to JSONL, writes JSON at the end."""
+    """Collects records on the controller; streams each one to JSONL, writes JSON at the end.
 
-    def __init__(self, json_path: Path) -> None:
+    The stream starts with a `run` line (when, what command, which machine) and ends with an
+    `end` line once the JSON is complete, so a stream without `end` is from a run that was killed.
+    A new run never overwrites such a stream: it is kept beside as `<name>.interrupted-<time>.jsonl`.
+    """
+
+    def __init__(self, json_path: Path, command: list[str] | None = None) -> None:
         self.json_path = json_path
         self.stream_path = json_path.with_suffix(".jsonl")
+        self.command = command or []
         self.records: list[dict[str, Any]] = []
         self.case_errors: list[dict[str, Any]] = []
+        self.preserved: Path | None = None  # an earlier, interrupted run's stream, kept
         self._stream: IO[str] | None = None
 
     def _open_stream(self) -> IO[str]:
         if self._stream is None:
             self.stream_path.parent.mkdir(parents=True, exist_ok=True)
+            self.preserved = preserve_interrupted(self.stream_path)
             self._stream = self.stream_path.open("w", encoding="utf-8")
+            self._write_line({
+                "kind": "run",
+                "schema_version": SCHEMA_VERSION,
+                "tool": TOOL,
+                "created": _now(),
+                "command": self.command,
+                "environment": base_environment(),
+            })  # fmt: skip
         return self._stream
 
+    def _write_line(self, entry: dict[str, Any]) -> None:
+        assert self._stream is not None
+        # One write of one whole line, flushed: a kill leaves at most the last line torn.
+        self._stream.write(json.dumps(entry, allow_nan=False) + "\n")
+        self._stream.flush()
+
     def _append(self, kind: str, record: dict[str, Any]) -> None:
-        stream = self._open_stream()
-        stream.write(json.dumps({"kind": kind, **record}) + "\n")
-        stream.flush()
+        self._open_stream()
+        self._write_line({"kind": kind, **record})
 
     def add(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -124,7 +145,7 @@ class ResultsWriter:
         return {
             "schema_version": SCHEMA_VERSION,
             "tool": TOOL,
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "created": _now(),
             "command": command,
             "environment": environment,
             "summary": summarize(records),
@@ -136,12 +157,91 @@ class ResultsWriter:
     def finish(
         self, environment: dict[str, Any], command: list[str], expectations: list[dict[str, Any]] | None = None
     ) -> dict[str, Any]:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
         document = self.document(environment, command, expectations)
         atomic_write_text(self.json_path, json.dumps(document, indent=1, allow_nan=False) + "\n")
+        if self._stream is not None:
+            self._write_line({"kind": "end", "results": len(self.records), "json": self.json_path.name})
+            self._stream.close()
+            self._stream = None
         return document
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _stream_ended(path: Path) -> bool:
+    """Whether the stream's last line is its `end` marker (read from the tail: streams can be large)."""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 4096))
+        lines = handle.read().splitlines()
+    try:
+        return bool(lines) and json.loads(lines[-1]).get("kind") == "end"
+    except ValueError:
+        return False
+
+
+def preserve_interrupted(stream_path: Path) -> Path | None:
+    """Move aside the stream of a run that never finished, so its results are not overwritten."""
+    if not stream_path.exists() or stream_path.stat().st_size == 0 or _stream_ended(stream_path):
+        return None
+    stamp = datetime.datetime.fromtimestamp(stream_path.stat().st_mtime, datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    kept = stream_path.with_name(f"{stream_path.stem}.interrupted-{stamp}.jsonl")
+    os.replace(stream_path, kept)
+    return kept
+
+
+class StreamError(ValueError):
+    pass
+
+
+def read_stream(path: Path) -> dict[str, Any]:
+    """A results document from a `.jsonl` stream, complete or cut off by a kill.
+
+    A torn last line (the process died while writing it) is dropped; a bad line anywhere else
+    means the file is not one of ours and is refused, naming the line.
+    """
+    header: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    case_errors: list[dict[str, Any]] = []
+    ended = False
+    torn = 0
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if number >= len(lines) - 1:  # the last line, cut off mid-write
+                torn = 1
+                continue
+            raise StreamError(f"{path}:{number}: not a JSON line of a results stream") from None
+        kind = entry.pop("kind", None) if isinstance(entry, dict) else None
+        if kind == "run":
+            header = entry
+        elif kind == "result":
+            records.append(entry)
+        elif kind == "case_error":
+            case_errors.append(entry)
+        elif kind == "end":
+            ended = True
+        else:
+            raise StreamError(f"{path}:{number}: unknown line kind {kind!r}")
+    records.sort(key=result_key)
+    return {
+        "schema_version": header.get("schema_version", SCHEMA_VERSION),
+        "tool": header.get("tool", TOOL),
+        "created": header.get("created"),
+        "command": header.get("command", []),
+        "environment": header.get("environment", {}),
+        "summary": summarize(records),
+        "case_errors": case_errors,
+        "expectations": [],
+        "results": records,
+        "interrupted": None if ended else {"stream": path.name, "results": len(records), "torn_lines": torn},
+    }
 
 
 def run_label(environment: dict[str, Any]) -> str:
@@ -171,6 +271,7 @@ def runs_of(document: dict[str, Any], label: str | None = None) -> list[dict[str
             "command": document.get("command", []),
             "created": document.get("created"),
             "summary": document.get("summary", {}),
+            "interrupted": document.get("interrupted"),
         }
     ]
 

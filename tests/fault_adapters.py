@@ -1,6 +1,7 @@
-"""Adapters that fail the way a broken framework build can: registered only by the harness's own tests.
+"""Adapters that fail the way a broken framework build can, and one that is right but slow:
+registered only by the harness's own tests (through `pytest_conformance_adapters`).
 
-Each one fails inside `run`, i.e. inside the framework call, where a real native kernel would.
+Each fault happens inside `run`, i.e. inside the framework call, where a real native kernel's would.
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import time
 from typing import Any
 
 import numpy as np
 
+from conformance import reference
 from conformance.adapters import Adapter, ConvCall
 
 
@@ -61,6 +64,19 @@ class MemoryHog(FaultAdapter):
         hoard = []
         while True:
             hoard.append(np.ones(1 << 25))  # 256 MiB at a time, touched, without end
+
+
+class Slow(FaultAdapter):
+    """The right answer after a pause: a run long enough to be killed half-way."""
+
+    framework = "paced"
+    op = "slow"
+    pause_s = 0.05
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        time.sleep(self.pause_s)
+        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        return y.astype(call.x.dtype)
 
 
 FAULT_ADAPTERS: tuple[Adapter, ...] = (Segfault(), Abort(), NativeHang(), MemoryHog())

@@ -398,6 +398,14 @@ async function main() {
   document.getElementById("title").textContent = D.title;
   document.getElementById("subtitle").textContent = `${D.runs.length} run(s), created ${D.created || "?"}; ` +
     `${rows.length} case × dtype rows, ${D.columns.length} target columns. Click a row for its details.`;
+  const cut = D.runs.filter((run) => run.interrupted);
+  if (cut.length) {
+    const banner = document.getElementById("interrupted");
+    banner.hidden = false;
+    banner.textContent = `Interrupted run: shown are the ${cut.map((r) => r.interrupted.results).join(" + ")} ` +
+      `result(s) streamed to ${cut.map((r) => r.interrupted.stream).join(", ")} before it stopped; ` +
+      "checks that had not finished are missing.";
+  }
   document.getElementById("legend").replaceChildren("Cells: ", ...OUTCOMES.map((o) => chip(o)),
     " · figure in a pass cell: worst error/bound ratio (below 1 passes); “= exact”: bit-exact where due.");
   overview();

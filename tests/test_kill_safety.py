@@ -1,0 +1,133 @@
+"""Nothing lost: a run killed with SIGKILL half-way leaves every finished result readable and
+renderable, and the next run keeps the killed run's stream instead of overwriting it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conformance.cli import main as cli_main
+from conformance.report import embedded_data
+from conformance.results import StreamError, read_stream
+
+REPO = Path(__file__).resolve().parent.parent
+CASES = 60
+KILL_AFTER = 12  # results on disk before the kill
+
+CONFTEST = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from tests.fault_adapters import Slow
+
+pytest_plugins = ["conformance.plugin"]
+
+
+def pytest_conformance_adapters(config):
+    return [Slow()]
+"""
+CASE = """
+[[case]]
+id = "c{n}"
+input = {{ generator = "integers", seed = {n}, low = -3, high = 3, shape = [1, 6, 6, 2] }}
+kernel = {{ generator = "integers", seed = 9, low = -2, high = 2, shape = [3, 3, 2, 2] }}
+rate = 2
+"""
+
+
+def command(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--expectations=none",
+            "--conformance-json=out/results.json", "--conformance-html=out/index.html", *extra]  # fmt: skip
+
+
+def result_lines(stream: Path) -> int:
+    try:
+        return stream.read_text().count('"kind": "result"')
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture
+def killed_run(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "slow.toml").write_text("".join(CASE.format(n=n) for n in range(CASES)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "stdout.txt").open("w")
+    process = subprocess.Popen(
+        command("-n", "2", "-m", "paced"), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the kill takes the workers too
+    )  # fmt: skip
+    stream = tmp_path / "out" / "results.jsonl"
+    deadline = time.monotonic() + 300
+    while result_lines(stream) < KILL_AFTER and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    log.close()
+    return tmp_path, (tmp_path / "stdout.txt").read_text()
+
+
+def test_a_killed_run_leaves_every_finished_result_readable(killed_run: tuple[Path, str]) -> None:
+    directory, stdout = killed_run
+    assert not (directory / "out" / "results.json").exists()  # it never got to the end
+    document = read_stream(directory / "out" / "results.jsonl")
+    assert document["interrupted"] is not None and document["environment"]["python"]
+    recovered = {record["case"] for record in document["results"]}
+    assert KILL_AFTER <= len(recovered) < CASES
+    assert {record["outcome"] for record in document["results"]} == {"pass"}
+    # Every check the terminal reported as finished is on disk (the stream is written first).
+    finished = {
+        f"slow/{case}"
+        for line in stdout.splitlines()
+        if "PASSED" in line
+        for case in re.findall(r"::(c\d+)\[paced\.slow-cpu-float32\]", line)
+    }
+    assert finished and finished <= recovered, sorted(finished - recovered)
+
+
+def test_the_partial_stream_renders_as_a_report(killed_run: tuple[Path, str], tmp_path: Path) -> None:
+    directory, _ = killed_run
+    stream = directory / "out" / "results.jsonl"
+    html_path = tmp_path / "partial.html"
+    assert cli_main(["report", str(stream), "-o", str(html_path)]) == 0
+    model = embedded_data(html_path.read_text())
+    assert sum(len(row["cells"]) for row in model["rows"]) == len(read_stream(stream)["results"])
+    assert model["runs"][0]["interrupted"]["stream"] == "results.jsonl"
+
+
+def test_the_next_run_keeps_the_killed_runs_stream(killed_run: tuple[Path, str]) -> None:
+    directory, _ = killed_run
+    before = (directory / "out" / "results.jsonl").read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    rerun = subprocess.run(
+        command("-m", "paced", "-k", "c0"), cwd=directory, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stdout[-2000:]
+    kept = list((directory / "out").glob("results.interrupted-*.jsonl"))
+    assert len(kept) == 1 and kept[0].read_bytes() == before
+    assert "an earlier run was interrupted" in rerun.stdout
+    assert json.loads((directory / "out" / "results.json").read_text())["summary"]["total"] == 1
+    assert read_stream(directory / "out" / "results.jsonl")["interrupted"] is None  # this one finished
+
+
+def test_a_torn_last_line_is_dropped_and_a_bad_middle_line_refused(tmp_path: Path) -> None:
+    header = json.dumps({"kind": "run", "created": "2026-01-01T00:00:00+00:00", "environment": {}})
+    record = {"kind": "result", "case": "s/a", "target": "t", "dtype": "float32", "outcome": "pass"}
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(header + "\n" + json.dumps(record) + "\n" + json.dumps(record)[:25])
+    document = read_stream(torn)
+    assert len(document["results"]) == 1 and document["interrupted"]["torn_lines"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(header + "\n{oops\n" + json.dumps(record) + "\n")
+    with pytest.raises(StreamError, match=r"bad\.jsonl:2"):
+        read_stream(bad)
