@@ -3,7 +3,9 @@
 validate [PATHS]                  check case files and cases/expectations.toml without running anything
 diff BASE.json NEW.json           what regressed, improved, appeared, disappeared or drifted; exit 1 on regression
 merge A.json B.json ... -o OUT    one results file from shards, machines or framework versions
-report RESULTS.json -o OUT.html   render the HTML report of any results file (merged ones included)
+report RESULTS.json -o OUT.html   render the HTML report of any results file (merged ones included, or a
+                                  .jsonl stream, also one cut off by a kill)
+hashes [PATHS] [-o FILE]          content hashes of every generated tensor, to compare machines
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from conformance import diff as diffing
 from conformance import expectations
 from conformance.adapters import all_targets
-from conformance.cases import load_paths
+from conformance.cases import load_paths, materialize
 from conformance.report import write_report
 from conformance.results import atomic_write_text, merge, read_stream
 
@@ -94,6 +98,26 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hashes(args: argparse.Namespace) -> int:
+    """The content hash of every generated tensor: compare two machines' lines, or keep them as golden."""
+    loaded = load_paths(args.paths)
+    for error in loaded.errors:
+        print(error, file=sys.stderr)
+    hashes = {
+        f"{case.qualified_id}/{dtype}": {"input": data.x_hash, "kernel": data.w_hash}
+        for case in loaded.cases
+        for dtype in case.dtypes
+        for data in [materialize(case, dtype)]
+    }
+    text = json.dumps({"numpy": np.__version__, "hashes": dict(sorted(hashes.items()))}, indent=1) + "\n"
+    if args.output:
+        atomic_write_text(args.output, text)
+        print(f"{len(hashes)} case x dtype hashes: {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 1 if loaded.errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="conformance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -132,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("results", type=Path)
     render.add_argument("-o", "--output", type=Path, default=Path("reports/index.html"))
     render.set_defaults(run=_report)
+
+    digest = commands.add_parser("hashes", help="content hashes of every case's generated input and kernel")
+    digest.add_argument("paths", nargs="*", type=Path, default=[Path("cases")])
+    digest.add_argument("-o", "--output", type=Path, help="write them to this JSON file")
+    digest.set_defaults(run=_hashes)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -36,6 +36,7 @@ class Outcome(StrEnum):
     SKIP = "skip"
     CRASH = "crash"
     TIMEOUT = "timeout"
+    NONDETERMINISTIC = "nondeterministic"  # repeat mode: the same call gave different bits
     XFAIL = "xfail"
     XPASS = "xpass"
 

@@ -81,6 +81,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="after N crashes or timeouts of one target, its remaining checks are skipped (default 3)",
     )
     group.addoption(
+        "--conformance-repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="call each framework N times per check; outputs that are not bitwise identical are "
+        "reported as nondeterministic (default 1: no repeat)",
+    )
+    group.addoption(
         "--expectations",
         default=None,
         metavar="PATH",
@@ -289,7 +297,11 @@ class ConformanceItem(pytest.Item):
             }
         try:
             record = runner.run_check(
-                self.case, self.target, self.dtype, before_call=lambda partial: guard.starting(self.nodeid, partial)
+                self.case,
+                self.target,
+                self.dtype,
+                before_call=lambda partial: guard.starting(self.nodeid, partial),
+                repeat=max(1, self.config.getoption("conformance_repeat")),
             )
         except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
             record = runner.harness_error_record(self.case, self.target, self.dtype, exc)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -94,12 +94,18 @@ def expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) 
 
 
 def run_check(
-    case: Case, target: Target, dtype: str, before_call: Callable[[dict[str, Any]], None] | None = None
+    case: Case,
+    target: Target,
+    dtype: str,
+    before_call: Callable[[dict[str, Any]], None] | None = None,
+    repeat: int = 1,
 ) -> dict[str, Any]:
     """Run one check and return its result record (builtin types only: it crosses processes).
 
     `before_call` gets the record as it stands right before the framework runs (its outcome says
     `crash`): fault isolation keeps it, so a check that kills its process is still reported in full.
+    With `repeat` > 1 the framework is called that many times on the same data, and a target whose
+    outputs are not bitwise identical is `nondeterministic` (unless it already failed otherwise).
     """
     started = time.perf_counter()
     adapter = target.adapter
@@ -139,11 +145,41 @@ def run_check(
             _loaded_adapters.setdefault(adapter.framework, adapter)
             verdict = classify(expected_answer(case, dtype, target, prepared), got, raised)
             output_hash = _output_hash(got)
+            if repeat > 1 and raised is None:
+                repeats = _repeat_calls(adapter, call, target, got, repeat)
+                if repeats is not None and verdict.outcome in (Outcome.PASS, Outcome.EXPECTED_ERROR):
+                    verdict = replace(verdict, outcome=Outcome.NONDETERMINISTIC, message=repeats)
+                elif repeats is not None:
+                    verdict = replace(verdict, message=f"{verdict.message}; also {repeats}")
         except Unavailable as exc:
             verdict = Verdict(Outcome.SKIP, str(exc))
     record = make_record(case, target, dtype, verdict, prepared, reproduction, time.perf_counter() - started)
     record["output_sha256"] = output_hash
     return record
+
+
+def _repeat_calls(adapter: Any, call: ConvCall, target: Target, first: Any, repeat: int) -> str | None:
+    """Call the framework again on the same data; None when every output has the first one's bits."""
+    first_hash = _output_hash(first)
+    hashes = [first_hash]
+    worst, worst_at = 0.0, None
+    for _ in range(repeat - 1):
+        try:
+            again = adapter.run(call, target.device, target.precision)
+        except Exception as exc:
+            return f"the repeated call raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        hashes.append(_output_hash(again))
+        if hashes[-1] != first_hash and np.shape(again) == np.shape(first):
+            with np.errstate(invalid="ignore"):
+                difference = np.abs(np.asarray(again, np.float64) - np.asarray(first, np.float64))
+            if difference.size and np.nanmax(difference) > worst:
+                worst = float(np.nanmax(difference))
+                worst_at = [int(i) for i in np.unravel_index(np.nanargmax(difference), difference.shape)]
+    distinct = len(set(hashes))
+    if distinct == 1:
+        return None
+    where = f"; largest difference {worst:.3g} at {worst_at}" if worst_at is not None else ""
+    return f"not bitwise reproducible: {distinct} different outputs in {repeat} calls on the same data{where}"
 
 
 def harness_error_record(case: Case, target: Target, dtype: str, exc: BaseException) -> dict[str, Any]:

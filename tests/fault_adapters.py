@@ -66,6 +66,22 @@ class MemoryHog(FaultAdapter):
             hoard.append(np.ones(1 << 25))  # 256 MiB at a time, touched, without end
 
 
+class Jitter(FaultAdapter):
+    """Right within the bound, but never the same bits twice: what a racy parallel reduction does."""
+
+    op = "jitter"
+    calls = 0
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        y = y.astype(call.x.dtype)
+        if y.size:
+            Jitter.calls += 1
+            bits = y.reshape(-1).view(f"u{y.itemsize}")
+            bits[0] += Jitter.calls % 4 + 1  # a few ulps on the first element, different on every call
+        return y
+
+
 class Slow(FaultAdapter):
     """The right answer after a pause: a run long enough to be killed half-way."""
 

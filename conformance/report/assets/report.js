@@ -2,9 +2,10 @@
 // Renders the conformance report from the embedded data. Every piece of data reaches the page
 // through text nodes or attribute setters, never as markup: case text cannot inject anything.
 
-const OUTCOMES = ["pass", "expected-error", "xfail", "xpass", "mismatch", "shape", "error", "missing-error",
-  "crash", "timeout", "unsupported", "skip"];
-const FAILING = new Set(["xpass", "mismatch", "shape", "error", "missing-error", "crash", "timeout"]);
+const OUTCOMES = ["pass", "expected-error", "xfail", "xpass", "nondeterministic", "mismatch", "shape", "error",
+  "missing-error", "crash", "timeout", "unsupported", "skip"];
+const FAILING = new Set(["xpass", "nondeterministic", "mismatch", "shape", "error", "missing-error", "crash",
+  "timeout"]);
 const MEANING = {
   "pass": "within the error bound (or bit-exact where exactness is due)",
   "expected-error": "no valid output exists and the target raised or returned an empty tensor (conformant)",
@@ -15,6 +16,7 @@ const MEANING = {
   "error": "raised where a value was due",
   "missing-error": "returned values where no valid output exists",
   "crash": "the process running the target died",
+  "nondeterministic": "repeated calls on the same data gave different bits (--conformance-repeat)",
   "timeout": "the target did not finish in time",
   "unsupported": "the API cannot express this case",
   "skip": "framework or device not present here",

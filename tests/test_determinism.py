@@ -1,0 +1,92 @@
+"""Determinism: generated inputs are the same bytes in every process and on every machine (golden
+hashes), and the repeat mode flags a target whose output changes between identical calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance.adapters import Target
+from conformance.adapters.numpy import ADAPTERS as NUMPY_ADAPTERS
+from conformance.cases import load_file, load_paths, materialize
+from conformance.runner import run_check
+from tests.fault_adapters import Jitter
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).with_name("data") / "tensor_hashes.json"
+
+
+def test_every_generated_tensor_matches_its_golden_hash() -> None:
+    # If this fails, every recorded result's input changed: never regenerate the file casually
+    # (python -m conformance hashes cases -o tests/data/tensor_hashes.json).
+    golden = json.loads(GOLDEN.read_text())["hashes"]
+    loaded = load_paths([REPO / "cases"])
+    here = {
+        f"{case.qualified_id}/{dtype}": {"input": data.x_hash, "kernel": data.w_hash}
+        for case in loaded.cases
+        for dtype in case.dtypes
+        for data in [materialize(case, dtype)]
+    }
+    assert here == golden
+
+
+def test_other_processes_generate_the_same_bytes() -> None:
+    outputs = []
+    for seed in ("0", "12345"):  # different hash seeds: no dict or set order may leak into the data
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        command = [sys.executable, "-m", "conformance", "hashes", "cases"]
+        outputs.append(subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout)
+    assert outputs[0] == outputs[1]
+    assert json.loads(outputs[0])["hashes"] == json.loads(GOLDEN.read_text())["hashes"]
+
+
+CASE = """
+[[case]]
+id = "c"
+input = { generator = "normal", seed = 4, shape = [1, 9, 9, 3] }
+kernel = { generator = "normal", seed = 5, shape = [3, 3, 3, 4] }
+rate = 2
+padding = "SAME"
+"""
+
+
+@pytest.mark.parametrize(("repeat", "jitter_outcome"), [(1, "pass"), (3, "nondeterministic")])
+def test_repeat_mode_flags_only_the_target_that_changes(tmp_path: Path, repeat: int, jitter_outcome: str) -> None:
+    (tmp_path / "r.toml").write_text(CASE)
+    (case,) = load_file(tmp_path / "r.toml", tmp_path).cases
+    jittery = run_check(case, Target(Jitter(), "cpu", "strict"), "float32", repeat=repeat)
+    assert jittery["outcome"] == jitter_outcome, jittery["message"]
+    if repeat > 1:
+        assert "3 different outputs in 3 calls" in jittery["message"] and "largest difference" in jittery["message"]
+        assert jittery["error_ratio"] is not None  # the figures of the first call are kept
+    steady = run_check(case, Target(NUMPY_ADAPTERS[0], "cpu", "strict"), "float32", repeat=repeat)
+    assert steady["outcome"] == "pass"
+
+
+def test_repeat_run_of_the_real_frameworks(tmp_path: Path) -> None:
+    """Every installed framework on the reference documents' cases, each called twice per check."""
+    (tmp_path / "conftest.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom tests.fault_adapters import Jitter\n"
+        "pytest_plugins = ['conformance.plugin']\n\n\ndef pytest_conformance_adapters(config):\n    return [Jitter()]\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    out = tmp_path / "results.json"
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--conformance-repeat", "2"]
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "documents.toml").write_text((REPO / "cases" / "documents.toml").read_text())
+    command += ["--expectations", "none", "-m", "cpu"]
+    command += ["--conformance-json", str(out), "--conformance-html", "none"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=600, check=False)
+    records = json.loads(out.read_text())["results"]
+    # Exact-integer cases make the jitter a mismatch too; the repeat finding is then added to its message.
+    flagged = {r["target"] for r in records if "not bitwise reproducible" in (r["message"] or "")}
+    assert flagged == {"faulty.jitter-cpu"}
+    jitter = [r for r in records if r["target"] == "faulty.jitter-cpu" and r["expect"] != "no-valid-output"]
+    assert jitter and all("not bitwise reproducible" in r["message"] for r in jitter)
+    assert any(r["framework"] == "numpy" and r["outcome"] == "pass" for r in records)
