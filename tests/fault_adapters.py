@@ -82,6 +82,28 @@ class Jitter(FaultAdapter):
         return y
 
 
+HOSTILE_TEXT = (
+    '<script>window.__pwned_message = 1</script></script><img src=x onerror="window.__pwned_message = 2"> '
+    "' onfocus='window.__pwned_message = 3' autofocus='  ${window.__pwned_message = 4}  膨胀卷积 🙂"
+)
+
+
+class Hostile(FaultAdapter):
+    """Everything it says is markup: its error message, its reproduction and its environment."""
+
+    framework = "hostile"
+    op = "conv2d"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        raise RuntimeError(HOSTILE_TEXT)
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        return f"# {HOSTILE_TEXT}\nhostile.conv2d(x, w)"
+
+    def environment(self) -> dict[str, Any]:
+        return {"version": HOSTILE_TEXT, "devices": [HOSTILE_TEXT]}
+
+
 class Slow(FaultAdapter):
     """The right answer after a pause: a run long enough to be killed half-way."""
 

@@ -8,6 +8,7 @@ A screenshot of each run is kept under reports/artifacts/.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from benchmarks.report_load import chromium, synthetic_document, wait_ready
+from conformance import diff as diffing
 from conformance.adapters import Adapter, ConvCall, Target
 from conformance.adapters.numpy import NumpyIm2col
 from conformance.adapters.pytorch import TorchConv2d
@@ -25,6 +27,7 @@ from conformance.cases import load_file
 from conformance.report import write_report
 from conformance.results import ResultsWriter, base_environment
 from conformance.runner import run_check
+from tests.fault_adapters import HOSTILE_TEXT, Hostile
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "reports" / "artifacts"
 XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -222,3 +225,93 @@ def test_twenty_thousand_results_stay_virtualised_and_filterable(driver: Any, tm
     wait_for(lambda: "2 of 5000 rows" in driver.find_element("id", "matrix-count").text)
     assert {r.get_attribute("data-case") for r in rows(driver)} == {"sweep10/case-01234"}
     screenshot(driver, "report-20k-filtered.png")
+
+
+ADVERSARIAL = Path(__file__).with_name("adversarial") / "hostile.toml"
+# Anything the corpus manages to run sets a window.__pwned_* flag, opens a dialog or adds a handler.
+INJECTION_PROBE = """
+return {
+  flags: Object.keys(window).filter((k) => k.startsWith("__pwned")),
+  scripts: document.scripts.length,
+  handlers: [...document.querySelectorAll("*")].flatMap((e) => [...e.attributes].map((a) => a.name))
+    .filter((n) => n.startsWith("on")),
+  javascriptLinks: document.querySelectorAll("a[href^='javascript' i]").length,
+  injectedElements: document.querySelectorAll("img, svg circle, style:not(head style), iframe").length,
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Real records of the adversarial corpus, plus hostile run, expectation and conflict text."""
+    loaded = load_file(ADVERSARIAL, ADVERSARIAL.parent)
+    assert len(loaded.cases) >= 9 and len(loaded.errors) >= 4  # payloads in ids and tags are refused...
+    writer = ResultsWriter(tmp_path_factory.mktemp("hostile") / "results.json")
+    for error in loaded.errors:  # ...and their messages, which echo them, go into the report
+        writer.add_case_error(dataclasses.asdict(error))
+    for case in loaded.cases:
+        for target in (Target(NumpyIm2col(), "cpu", "strict"), Target(Hostile(), "cpu", "strict")):
+            writer.add(run_check(case, target, "float32"))
+    environment = base_environment() | {"cpu": HOSTILE_TEXT, "frameworks": {"hostile": Hostile().environment()}}
+    document = writer.finish(environment, ["pytest", HOSTILE_TEXT])
+    document["expectations"] = [{
+        "id": HOSTILE_TEXT, "status": "reproduced", "reason": HOSTILE_TEXT, "link": "javascript:window.__pwned_link=1",
+        "xfail": 1, "xpass": 0, "other": 0, "not_run": 0,
+    }]  # fmt: skip
+    conflict = {"run": HOSTILE_TEXT, "outcome": "pass"}
+    document["conflicts"] = [{"case": HOSTILE_TEXT, "target": HOSTILE_TEXT, "dtype": "float32",
+                              "framework_version": HOSTILE_TEXT, "outcomes": [conflict]}]  # fmt: skip
+    return document
+
+
+def assert_inert(driver: Any) -> None:
+    probe = driver.execute_script(INJECTION_PROBE)
+    assert probe["flags"] == [] and probe["handlers"] == [] and probe["javascriptLinks"] == 0, probe
+    assert probe["injectedElements"] == 0, probe
+    try:
+        alert = driver.switch_to.alert
+    except Exception:  # NoAlertPresentException: what we want
+        return
+    raise AssertionError(f"a dialog opened: {alert.text}")
+
+
+def test_adversarial_corpus_renders_as_inert_text(
+    driver: Any, hostile_document: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "hostile.html"
+    write_report(hostile_document, path)
+    driver.get(path.as_uri())
+    assert wait_ready(driver, 60) == "true"
+    assert_inert(driver)
+    assert driver.execute_script("return document.scripts.length") == 2  # the data block and the report's own
+    body = driver.find_element("tag name", "body").text
+    assert HOSTILE_TEXT.split(" ")[0] in body  # the expectation, run and conflict text shows literally
+    assert "膨胀卷积" in body
+    case_errors = driver.find_element("id", "case-errors").text
+    assert '"><img src=x onerror="window.__pwned_attribute = 1">' in case_errors
+    # Open every hostile case's detail: descriptions, sources, messages and reproductions are text.
+    for case in [c for c in hostile_document["results"] if c["target"] == "numpy.im2col-cpu"]:
+        driver.get(path.as_uri() + f"#case={case['case'].replace('/', '%2F')}&dtype=float32")
+        driver.refresh()
+        assert wait_ready(driver, 60) == "true"
+        detail = wait_for(lambda: driver.find_element("id", "detail-content").text)
+        assert case["description"][:40] in detail or case["description"][:40].strip() in detail
+        assert_inert(driver)
+    messages = driver.find_elements("css selector", "#detail-content .message")
+    assert any(HOSTILE_TEXT[:60] in m.text for m in messages)
+    screenshot(driver, "report-adversarial.png")
+
+
+def test_adversarial_diff_page_is_inert(driver: Any, hostile_document: dict[str, Any], tmp_path: Path) -> None:
+    changed = {**hostile_document, "results": [
+        {**r, "outcome": "mismatch", "message": HOSTILE_TEXT} if r["outcome"] == "pass" else r
+        for r in hostile_document["results"]
+    ]}  # fmt: skip
+    result = diffing.diff(hostile_document, changed)
+    assert result.changes["regressed"]
+    path = tmp_path / "diff.html"
+    path.write_text(diffing.html_report(result, HOSTILE_TEXT, HOSTILE_TEXT), encoding="utf-8")
+    driver.get(path.as_uri())
+    assert_inert(driver)
+    assert driver.execute_script("return document.scripts.length") == 0
+    assert HOSTILE_TEXT[:60] in driver.find_element("tag name", "body").text
