@@ -93,21 +93,28 @@ class WorkerGuard:
         # Unbuffered and never closed while the process lives: faulthandler writes to its fd.
         self.log: IO[bytes] = (state_dir / f"{worker_id}.log").open("ab", buffering=0)
         self._faulthandler_ours = False
+        self._state: dict[str, Any] = {}
         if limits.memory_bytes is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_DATA)
             cap = limits.memory_bytes if hard == resource.RLIM_INFINITY else min(limits.memory_bytes, hard)
             resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
 
     def starting(self, nodeid: str, record: dict[str, Any]) -> None:
-        """Called right before the framework runs: what the controller needs if it never returns."""
+        """Called when a check starts, before the framework is even imported: what the controller
+        needs if the process never returns. Arms the time limit for the whole check."""
         if not self._faulthandler_ours:
             # Here rather than at configure: pytest's own faulthandler plugin points it at stderr then.
             faulthandler.enable(self.log, all_threads=True)
             self._faulthandler_ours = True
-        state = {"nodeid": nodeid, "pid": os.getpid(), "log_offset": self.log.tell(), "record": record}
-        self.state_path.write_text(json.dumps(state), encoding="utf-8")
+        self._state = {"nodeid": nodeid, "pid": os.getpid(), "log_offset": self.log.tell(), "record": record}
+        self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
         if self.limits.timeout_s:
             faulthandler.dump_traceback_later(self.limits.timeout_s, exit=True, file=self.log)
+
+    def progress(self, record: dict[str, Any]) -> None:
+        """The fuller record right before the framework call (data hashes, reproduction)."""
+        self._state["record"] = record
+        self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
 
     def finished(self) -> None:
         faulthandler.cancel_dump_traceback_later()

@@ -295,12 +295,15 @@ class ConformanceItem(pytest.Item):
                 **runner.make_record(self.case, self.target, self.dtype, verdict, None, "", 0.0),
                 "output_sha256": None,
             }
+        # A broken build may die importing its framework, long before the call itself.
+        dead = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
+        guard.starting(self.nodeid, runner.make_record(self.case, self.target, self.dtype, dead, None, "", 0.0))
         try:
             record = runner.run_check(
                 self.case,
                 self.target,
                 self.dtype,
-                before_call=lambda partial: guard.starting(self.nodeid, partial),
+                before_call=guard.progress,
                 repeat=max(1, self.config.getoption("conformance_repeat")),
             )
         except Exception as exc:  # the harness's own failure: report it on this check, lose nothing

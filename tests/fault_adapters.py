@@ -40,6 +40,18 @@ class Segfault(FaultAdapter):
         raise AssertionError("unreachable")
 
 
+class CrashOnImport(FaultAdapter):
+    """A build that dies loading its native library, before any convolution."""
+
+    op = "import_crash"
+
+    def check_available(self, device: str) -> None:
+        ctypes.memmove(16, b"boom", 4)
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        raise AssertionError("unreachable")
+
+
 class Abort(FaultAdapter):
     op = "abort"
 
@@ -117,4 +129,4 @@ class Slow(FaultAdapter):
         return y.astype(call.x.dtype)
 
 
-FAULT_ADAPTERS: tuple[Adapter, ...] = (Segfault(), Abort(), NativeHang(), MemoryHog())
+FAULT_ADAPTERS: tuple[Adapter, ...] = (Segfault(), CrashOnImport(), Abort(), NativeHang(), MemoryHog())

@@ -75,7 +75,7 @@ def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) ->
     records = faulty_run["document"]["results"]
     numpy_records = [r for r in records if r["framework"] == "numpy"]
     assert len(numpy_records) == CASES and {r["outcome"] for r in numpy_records} == {"pass"}
-    for op in ("segfault", "abort", "hang", "hog"):
+    for op in ("segfault", "import_crash", "abort", "hang", "hog"):
         assert len(records_of(faulty_run, op)) == CASES, op
     # The report holds the same results, one cell per record.
     model = embedded_data(faulty_run["html"])
@@ -86,6 +86,7 @@ def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) ->
     ("op", "outcome", "words"),
     [
         ("segfault", "crash", "Segmentation fault"),
+        ("import_crash", "crash", "Segmentation fault"),
         ("abort", "crash", "Aborted"),
         ("hang", "timeout", f"time limit of {TIMEOUT_S} s"),
     ],
@@ -102,7 +103,9 @@ def test_a_killed_worker_costs_its_own_checks_until_the_crash_limit(
         if record["outcome"] == outcome:
             assert words in record["message"], record["message"]
             assert "fault_adapters.py" in record["message"]  # the stack reaches the failing frame
-            assert record["reproduction"] and record["input_sha256"]  # the full record survived the crash
+            assert record["case"].startswith("faults/") and record["input_shape"] and record["framework"] == "faulty"
+            if op != "import_crash":  # died in the call: the full record, data hashes and all, survived
+                assert record["reproduction"] and record["input_sha256"]
         else:
             assert f"--conformance-crash-limit is {CRASH_LIMIT}" in record["message"]
 
