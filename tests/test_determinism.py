@@ -79,7 +79,7 @@ def test_repeat_run_of_the_real_frameworks(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--conformance-repeat", "2"]
     (tmp_path / "cases").mkdir()
     (tmp_path / "cases" / "documents.toml").write_text((REPO / "cases" / "documents.toml").read_text())
-    command += ["--expectations", "none", "-m", "cpu"]
+    command += ["--expectations", "none", "-m", "cpu", "-k", "float32 or float16"]
     command += ["--conformance-json", str(out), "--conformance-html", "none"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=600, check=False)

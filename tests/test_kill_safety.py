@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,8 +55,9 @@ def result_lines(stream: Path) -> int:
         return 0
 
 
-@pytest.fixture
-def killed_run(tmp_path: Path) -> tuple[Path, str]:
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp_path = tmp_path_factory.mktemp("killed")
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "cases").mkdir()
@@ -105,8 +107,9 @@ def test_the_partial_stream_renders_as_a_report(killed_run: tuple[Path, str], tm
     assert model["runs"][0]["interrupted"]["stream"] == "results.jsonl"
 
 
-def test_the_next_run_keeps_the_killed_runs_stream(killed_run: tuple[Path, str]) -> None:
-    directory, _ = killed_run
+def test_the_next_run_keeps_the_killed_runs_stream(killed_run: tuple[Path, str], tmp_path: Path) -> None:
+    directory = tmp_path / "again"  # a copy: the other tests read the killed run's files as they are
+    shutil.copytree(killed_run[0], directory)
     before = (directory / "out" / "results.jsonl").read_bytes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     rerun = subprocess.run(

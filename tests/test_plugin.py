@@ -54,8 +54,9 @@ def test_results_json_and_invalid_cases(pytester: pytest.Pytester, corpus: Path,
     assert document["case_errors"][0]["field"] == "dilaton"
     assert document["summary"]["by_outcome"] == {"pass": 1}
     assert "numpy" in document["environment"]["frameworks"]
-    stream = (pytester.path / "out" / "results.jsonl").read_text().splitlines()
-    assert len(stream) == 2  # the result and the case error, streamed as they arrived
+    stream = [json.loads(line)["kind"] for line in (pytester.path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(stream[1:-1]) == ["case_error", "result"]  # streamed as they arrived
+    assert (stream[0], stream[-1]) == ("run", "end")
 
 
 def test_ids_markers_and_keywords(pytester: pytest.Pytester, corpus: Path) -> None:
