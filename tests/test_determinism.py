@@ -16,6 +16,7 @@ from conformance.adapters.numpy import ADAPTERS as NUMPY_ADAPTERS
 from conformance.cases import load_file, load_paths, materialize
 from conformance.runner import run_check
 from tests.fault_adapters import Jitter
+from tests.projects import child_environment, write_project
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).with_name("data") / "tensor_hashes.json"
@@ -70,18 +71,13 @@ def test_repeat_mode_flags_only_the_target_that_changes(tmp_path: Path, repeat: 
 
 def test_repeat_run_of_the_real_frameworks(tmp_path: Path) -> None:
     """Every installed framework on the reference documents' cases, each called twice per check."""
-    (tmp_path / "conftest.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom tests.fault_adapters import Jitter\n"
-        "pytest_plugins = ['conformance.plugin']\n\n\ndef pytest_conformance_adapters(config):\n    return [Jitter()]\n"
-    )
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    documents = (REPO / "cases" / "documents.toml").read_text()
+    write_project(tmp_path, ["Jitter"], {"documents.toml": documents})
     out = tmp_path / "results.json"
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--conformance-repeat", "2"]
-    (tmp_path / "cases").mkdir()
-    (tmp_path / "cases" / "documents.toml").write_text((REPO / "cases" / "documents.toml").read_text())
     command += ["--expectations", "none", "-m", "cpu", "-k", "float32 or float16"]
     command += ["--conformance-json", str(out), "--conformance-html", "none"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environment()
     subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=600, check=False)
     records = json.loads(out.read_text())["results"]
     # Exact-integer cases make the jitter a mismatch too; the repeat finding is then added to its message.

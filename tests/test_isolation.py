@@ -5,34 +5,21 @@ finishes. Real processes, real signals; the faulty adapters come from tests/faul
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conformance.report import embedded_data
+from tests.fault_adapters import FAULT_ADAPTERS
+from tests.projects import child_environment, write_project
 
-REPO = Path(__file__).resolve().parent.parent
 CASES = 5
 CRASH_LIMIT = 2
 WORKERS = 2
 TIMEOUT_S = 2
-
-CONFTEST = f"""
-import sys
-sys.path.insert(0, {str(REPO)!r})
-from tests.fault_adapters import FAULT_ADAPTERS
-
-pytest_plugins = ["conformance.plugin"]
-
-
-def pytest_conformance_adapters(config):
-    return list(FAULT_ADAPTERS)
-"""
 
 CASE = """
 [[case]]
@@ -45,16 +32,14 @@ rate = 2
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    directory = tmp_path_factory.mktemp("faults")
-    (directory / "conftest.py").write_text(CONFTEST)
-    (directory / "pytest.ini").write_text("[pytest]\n")
-    (directory / "cases").mkdir()
-    (directory / "cases" / "faults.toml").write_text("".join(CASE.format(n=n, size=6 + n) for n in range(CASES)))
+    faults = [type(adapter).__name__ for adapter in FAULT_ADAPTERS]
+    corpus = {"faults.toml": "".join(CASE.format(n=n, size=6 + n) for n in range(CASES))}
+    directory = write_project(tmp_path_factory.mktemp("faults"), faults, corpus)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", str(WORKERS), "-k", "numpy or faulty"]
     command += [f"--conformance-timeout={TIMEOUT_S}", "--conformance-memory-limit=1G"]
     command += [f"--conformance-crash-limit={CRASH_LIMIT}", "--expectations=none"]
     command += ["--conformance-json=out/results.json", "--conformance-html=out/index.html"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environment()
     finished = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, timeout=600)
     assert (directory / "out" / "results.json").exists(), finished.stdout[-4000:] + finished.stderr[-4000:]
     return {

@@ -18,22 +18,11 @@ import pytest
 from conformance.cli import main as cli_main
 from conformance.report import embedded_data
 from conformance.results import StreamError, read_stream
+from tests.projects import child_environment, write_project
 
-REPO = Path(__file__).resolve().parent.parent
 CASES = 60
 KILL_AFTER = 12  # results on disk before the kill
 
-CONFTEST = f"""
-import sys
-sys.path.insert(0, {str(REPO)!r})
-from tests.fault_adapters import Slow
-
-pytest_plugins = ["conformance.plugin"]
-
-
-def pytest_conformance_adapters(config):
-    return [Slow()]
-"""
 CASE = """
 [[case]]
 id = "c{n}"
@@ -57,12 +46,9 @@ def result_lines(stream: Path) -> int:
 
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    tmp_path = tmp_path_factory.mktemp("killed")
-    (tmp_path / "conftest.py").write_text(CONFTEST)
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tmp_path / "cases").mkdir()
-    (tmp_path / "cases" / "slow.toml").write_text("".join(CASE.format(n=n) for n in range(CASES)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"PYTHONUNBUFFERED": "1"}
+    corpus = {"slow.toml": "".join(CASE.format(n=n) for n in range(CASES))}
+    tmp_path = write_project(tmp_path_factory.mktemp("killed"), ["Slow"], corpus)
+    env = child_environment(PYTHONUNBUFFERED="1")
     log = (tmp_path / "stdout.txt").open("w")
     process = subprocess.Popen(
         command("-n", "2", "-m", "paced"), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -111,7 +97,7 @@ def test_the_next_run_keeps_the_killed_runs_stream(killed_run: tuple[Path, str],
     directory = tmp_path / "again"  # a copy: the other tests read the killed run's files as they are
     shutil.copytree(killed_run[0], directory)
     before = (directory / "out" / "results.jsonl").read_bytes()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environment()
     rerun = subprocess.run(
         command("-m", "paced", "-k", "c0"), cwd=directory, env=env, capture_output=True, text=True, timeout=300
     )

@@ -8,7 +8,6 @@ every mistake."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tomllib
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from conformance.cases import load_file
+from tests.projects import child_environment
 
 CORPUS = Path(__file__).with_name("malformed")
 MANIFEST = tomllib.loads(Path(__file__).with_name("malformed_expected.toml").read_text())["file"]
@@ -55,7 +55,7 @@ def test_a_run_over_the_whole_corpus_reports_every_mistake_and_runs_every_valid_
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "-m", "numpy"]
     command += ["--cases", str(CORPUS), "--conformance-json", str(out), "--conformance-html", "none"]
     command += ["--expectations", "none", "-q", "--tb=short"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environment()
     finished = subprocess.run(
         command, cwd=CORPUS.parent.parent, env=env, capture_output=True, text=True, timeout=600, check=False
     )
