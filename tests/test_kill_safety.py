@@ -12,12 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conformance.cli import main as cli_main
 from conformance.report import embedded_data
-from conformance.results import StreamError, read_stream
+from conformance.results import StreamError, atomic_write_text, read_stream
 from tests.projects import child_environment, write_project
 
 CASES = 60
@@ -120,3 +121,35 @@ def test_a_torn_last_line_is_dropped_and_a_bad_middle_line_refused(tmp_path: Pat
     bad.write_text(header + "\n{oops\n" + json.dumps(record) + "\n")
     with pytest.raises(StreamError, match=r"bad\.jsonl:2"):
         read_stream(bad)
+
+
+def test_final_files_are_replaced_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "results.json"
+    atomic_write_text(target, "old, complete\n")
+
+    class Interrupted(BaseException):  # what a KeyboardInterrupt or a dying process looks like mid-write
+        pass
+
+    real_fdopen = os.fdopen
+
+    class HalfWriter:  # the real file, but dying half-way through the text
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.handle = real_fdopen(*args, **kwargs)
+
+        def __enter__(self) -> HalfWriter:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, text: str) -> None:
+            self.handle.write(text[: len(text) // 2])
+            self.handle.flush()
+            raise Interrupted
+
+    monkeypatch.setattr(os, "fdopen", HalfWriter)
+    with pytest.raises(Interrupted):
+        atomic_write_text(target, "new " * 1000)
+    monkeypatch.undo()
+    assert target.read_text() == "old, complete\n"  # never a half-written file under the final name
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # and no temporary left behind
