@@ -483,6 +483,13 @@ class ResultCollector:
                     f"({entry['xfail']} xfail, {entry['xpass']} xpass, {entry['other']} other failures)",
                     yellow=True,
                 )
+        for target, tally in sorted(self.lost_checks.items()):
+            stopped = tally["count"] >= self.limits.crash_limit
+            terminalreporter.write_line(
+                f"{target}: {tally['count']} check(s) crashed or timed out (first: {tally['first']})"
+                + ("; its remaining checks were skipped (--conformance-crash-limit)" if stopped else ""),
+                red=True,
+            )
         if self.writer.preserved is not None:
             terminalreporter.write_line(
                 f"an earlier run was interrupted; its streamed results are kept in {self.writer.preserved} "

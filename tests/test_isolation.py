@@ -57,6 +57,8 @@ def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) ->
     process = faulty_run["process"]
     assert process.returncode == 1, process.stdout[-3000:]  # failures, not an internal error (3) or abort
     assert "maximum crashed workers reached" not in process.stdout
+    for op in ("segfault", "import_crash", "abort", "hang"):  # the terminal names each broken target
+        assert f"faulty.{op}-cpu: " in process.stdout and "remaining checks were skipped" in process.stdout
     records = faulty_run["document"]["results"]
     numpy_records = [r for r in records if r["framework"] == "numpy"]
     assert len(numpy_records) == CASES and {r["outcome"] for r in numpy_records} == {"pass"}
