@@ -42,7 +42,8 @@ LOG_EXCERPT_LINES = 24
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float | None  # per check; None: no limit
+    timeout_s: float | None  # per framework call; None: no limit
+    load_timeout_s: float | None  # added for the first check of a framework in a process (its import)
     memory_bytes: int | None  # per worker; None: no limit
     crash_limit: int  # crashes + timeouts of one target before it is not called again
 
@@ -94,6 +95,7 @@ class WorkerGuard:
         self.log: IO[bytes] = (state_dir / f"{worker_id}.log").open("ab", buffering=0)
         self._faulthandler_ours = False
         self._state: dict[str, Any] = {}
+        self._loaded: set[str] = set()  # frameworks this process has already imported
         if limits.memory_bytes is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_DATA)
             cap = limits.memory_bytes if hard == resource.RLIM_INFINITY else min(limits.memory_bytes, hard)
@@ -106,15 +108,32 @@ class WorkerGuard:
             # Here rather than at configure: pytest's own faulthandler plugin points it at stderr then.
             faulthandler.enable(self.log, all_threads=True)
             self._faulthandler_ours = True
-        self._state = {"nodeid": nodeid, "pid": os.getpid(), "log_offset": self.log.tell(), "record": record}
-        self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
-        if self.limits.timeout_s:
-            faulthandler.dump_traceback_later(self.limits.timeout_s, exit=True, file=self.log)
+        # Importing a framework (the first check of it in this process) is not the call under test:
+        # it gets its own allowance, so a slow import on a loaded machine is not a timeout.
+        limit = self.limits.timeout_s
+        if limit and record["framework"] not in self._loaded and self.limits.load_timeout_s:
+            limit += self.limits.load_timeout_s
+        self._state = {
+            "nodeid": nodeid,
+            "pid": os.getpid(),
+            "log_offset": self.log.tell(),
+            "record": record,
+            "phase": "loading the framework or preparing data",
+            "limit_s": limit,
+        }
+        self._arm(limit)
 
     def progress(self, record: dict[str, Any]) -> None:
-        """The fuller record right before the framework call (data hashes, reproduction)."""
-        self._state["record"] = record
+        """Right before the framework call: the fuller record (data hashes, reproduction), and the
+        time limit restarts for the call itself."""
+        self._loaded.add(record["framework"])
+        self._state.update(record=record, phase="in the framework call", limit_s=self.limits.timeout_s)
+        self._arm(self.limits.timeout_s)
+
+    def _arm(self, limit: float | None) -> None:
         self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
+        if limit:
+            faulthandler.dump_traceback_later(limit, exit=True, file=self.log)
 
     def finished(self) -> None:
         faulthandler.cancel_dump_traceback_later()
@@ -178,7 +197,9 @@ def lost_check_record(
         pass
     if re.search(r"^Timeout \(", log, re.MULTILINE):
         outcome = Outcome.TIMEOUT
-        message = f"exceeded the time limit of {limits.timeout_s:g} s (--conformance-timeout); stack when stopped:"
+        limit = state.get("limit_s") or limits.timeout_s or 0
+        phase = state.get("phase", "in the check")
+        message = f"exceeded the time limit of {limit:g} s {phase} (--conformance-timeout); stack when stopped:"
     elif log.strip():
         outcome = Outcome.CRASH
         fatal = re.search(r"Fatal Python error: (.+)", log)
@@ -196,5 +217,5 @@ def lost_check_record(
     record = dict(state["record"])
     record.update(outcome=outcome.value, message=message)
     if outcome == Outcome.TIMEOUT:
-        record["duration_s"] = limits.timeout_s
+        record["duration_s"] = state.get("limit_s") or limits.timeout_s
     return record, message

@@ -64,7 +64,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=float,
         default=300.0,
         metavar="SECONDS",
-        help="time limit per check; a check past it is stopped and reported as timeout (default 300; 0: none)",
+        help="time limit per framework call; a check past it is stopped and reported as timeout (default 300; 0: none)",
+    )
+    group.addoption(
+        "--conformance-load-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="extra time for the first check of a framework in each worker, which imports it (default 300)",
     )
     group.addoption(
         "--conformance-memory-limit",
@@ -122,6 +129,7 @@ def _limits(config: pytest.Config) -> isolation.Limits:
     timeout = config.getoption("conformance_timeout")
     return isolation.Limits(
         timeout_s=timeout if timeout and timeout > 0 else None,
+        load_timeout_s=max(0.0, config.getoption("conformance_load_timeout")) or None,
         memory_bytes=memory,
         crash_limit=max(1, config.getoption("conformance_crash_limit")),
     )

@@ -69,6 +69,15 @@ class NativeHang(FaultAdapter):
         raise AssertionError("unreachable")
 
 
+class HangOnImport(NativeHang):
+    """A build whose native library never finishes loading."""
+
+    op = "import_hang"
+
+    def check_available(self, device: str) -> None:
+        super().run(None, device, "strict")  # type: ignore[arg-type]
+
+
 class MemoryHog(FaultAdapter):
     op = "hog"
 
@@ -131,4 +140,11 @@ class Slow(FaultAdapter):
         return y.astype(call.x.dtype)
 
 
-FAULT_ADAPTERS: tuple[Adapter, ...] = (Segfault(), CrashOnImport(), Abort(), NativeHang(), MemoryHog())
+FAULT_ADAPTERS: tuple[Adapter, ...] = (
+    Segfault(),
+    CrashOnImport(),
+    Abort(),
+    NativeHang(),
+    HangOnImport(),
+    MemoryHog(),
+)

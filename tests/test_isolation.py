@@ -18,6 +18,7 @@ from tests.projects import child_environment, write_project
 
 CASES = 5
 CRASH_LIMIT = 2
+LOAD_S = 1
 WORKERS = 2
 TIMEOUT_S = 5  # generous: under a loaded CI machine a trivial check can take seconds
 
@@ -36,7 +37,11 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     corpus = {"faults.toml": "".join(CASE.format(n=n, size=6 + n) for n in range(CASES))}
     directory = write_project(tmp_path_factory.mktemp("faults"), faults, corpus)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", str(WORKERS), "-k", "numpy or faulty"]
-    command += [f"--conformance-timeout={TIMEOUT_S}", "--conformance-memory-limit=1G"]
+    command += [
+        f"--conformance-timeout={TIMEOUT_S}",
+        f"--conformance-load-timeout={LOAD_S}",
+        "--conformance-memory-limit=1G",
+    ]
     command += [f"--conformance-crash-limit={CRASH_LIMIT}", "--expectations=none"]
     command += ["--conformance-json=out/results.json", "--conformance-html=out/index.html"]
     env = child_environment()
@@ -57,12 +62,12 @@ def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) ->
     process = faulty_run["process"]
     assert process.returncode == 1, process.stdout[-3000:]  # failures, not an internal error (3) or abort
     assert "maximum crashed workers reached" not in process.stdout
-    for op in ("segfault", "import_crash", "abort", "hang"):  # the terminal names each broken target
+    for op in ("segfault", "import_crash", "abort", "hang", "import_hang"):  # the terminal names each broken target
         assert f"faulty.{op}-cpu: " in process.stdout and "remaining checks were skipped" in process.stdout
     records = faulty_run["document"]["results"]
     numpy_records = [r for r in records if r["framework"] == "numpy"]
     assert len(numpy_records) == CASES and {r["outcome"] for r in numpy_records} == {"pass"}
-    for op in ("segfault", "import_crash", "abort", "hang", "hog"):
+    for op in ("segfault", "import_crash", "abort", "hang", "import_hang", "hog"):
         assert len(records_of(faulty_run, op)) == CASES, op
     # The report holds the same results, one cell per record.
     model = embedded_data(faulty_run["html"])
@@ -75,7 +80,9 @@ def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) ->
         ("segfault", "crash", "Segmentation fault"),
         ("import_crash", "crash", "Segmentation fault"),
         ("abort", "crash", "Aborted"),
-        ("hang", "timeout", f"time limit of {TIMEOUT_S} s"),
+        ("hang", "timeout", f"time limit of {TIMEOUT_S} s in the framework call"),
+        # The first check of a framework in a worker gets the load allowance on top; later ones do not.
+        ("import_hang", "timeout", "s loading the framework or preparing data"),
     ],
 )
 def test_a_killed_worker_costs_its_own_checks_until_the_crash_limit(
@@ -91,7 +98,7 @@ def test_a_killed_worker_costs_its_own_checks_until_the_crash_limit(
             assert words in record["message"], record["message"]
             assert "fault_adapters.py" in record["message"]  # the stack reaches the failing frame
             assert record["case"].startswith("faults/") and record["input_shape"] and record["framework"] == "faulty"
-            if op != "import_crash":  # died in the call: the full record, data hashes and all, survived
+            if not op.startswith("import_"):  # died in the call: the full record, data hashes and all, survived
                 assert record["reproduction"] and record["input_sha256"]
         else:
             assert f"--conformance-crash-limit is {CRASH_LIMIT}" in record["message"]
