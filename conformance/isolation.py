@@ -29,7 +29,7 @@ import re
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from conformance.compare import Outcome
 
@@ -38,6 +38,8 @@ BROKEN_TARGETS_FILE = "broken-targets.json"
 # not been measured here, so a GPU machine gets no memory limit unless one is asked for.
 NVIDIA_DEVICE = Path("/dev/nvidiactl")
 LOG_EXCERPT_LINES = 24
+LOADING = "loading the framework"
+PREPARING = "preparing the data and the reference"
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class WorkerGuard:
             "pid": os.getpid(),
             "log_offset": self.log.tell(),
             "record": record,
-            "phase": "loading the framework or preparing data",
+            "phase": LOADING,
             "limit_s": limit,
         }
         self._arm(limit)
@@ -129,6 +131,12 @@ class WorkerGuard:
         self._loaded.add(record["framework"])
         self._state.update(record=record, phase="in the framework call", limit_s=self.limits.timeout_s)
         self._arm(self.limits.timeout_s)
+
+    def loaded(self) -> None:
+        """The framework is imported; what follows is this case's own work."""
+        self._state["phase"] = PREPARING
+        self._loaded.add(self._state["record"]["framework"])
+        self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
 
     def _arm(self, limit: float | None) -> None:
         self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
@@ -177,13 +185,14 @@ def _excerpt(log: str) -> str:
     return "\n".join(line.rstrip() for line in lines if line.strip())
 
 
-def lost_check_record(
-    state_dir: Path, worker_id: str, nodeid: str, limits: Limits
-) -> tuple[dict[str, Any] | None, str]:
-    """The record of a check whose worker died, from its state file and faulthandler's log.
+class LostCheck(NamedTuple):
+    record: dict[str, Any] | None  # None when the state file is not about this item
+    message: str
+    while_loading: bool  # died before the framework call: importing it, not this case, is at fault
 
-    Returns (record or None when the state file is not about this item, message).
-    """
+
+def lost_check_record(state_dir: Path, worker_id: str, nodeid: str, limits: Limits) -> LostCheck:
+    """The record of a check whose worker died, from its state file and faulthandler's log."""
     try:
         state = json.loads((state_dir / f"{worker_id}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -213,9 +222,9 @@ def lost_check_record(
     if log.strip():
         message += "\n" + _excerpt(log)
     if state.get("nodeid") != nodeid:
-        return None, message
+        return LostCheck(None, message, False)
     record = dict(state["record"])
     record.update(outcome=outcome.value, message=message)
     if outcome == Outcome.TIMEOUT:
         record["duration_s"] = state.get("limit_s") or limits.timeout_s
-    return record, message
+    return LostCheck(record, message, state.get("phase") == LOADING)

@@ -312,6 +312,7 @@ class ConformanceItem(pytest.Item):
                 self.target,
                 self.dtype,
                 before_call=guard.progress,
+                after_load=guard.loaded,
                 repeat=max(1, self.config.getoption("conformance_repeat")),
             )
         except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
@@ -429,12 +430,14 @@ class ResultCollector:
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
         """A worker died running `crashitem`: report it as a crash or timeout record of its own."""
         worker = report.node.gateway.id  # type: ignore[attr-defined]
-        record, message = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
+        record, message, while_loading = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
         if record is None:  # it died outside a framework call (e.g. collecting): say what is known
             report.longrepr = f"{report.longrepr}\n{message}"
             return
         tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"]})
         tally["count"] += 1
+        if while_loading:  # every later check of this target would load it the same way: stop now
+            tally["count"] = max(tally["count"], self.limits.crash_limit)
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
         report.user_properties.append((RECORD_KEY, record))

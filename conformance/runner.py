@@ -99,11 +99,13 @@ def run_check(
     dtype: str,
     before_call: Callable[[dict[str, Any]], None] | None = None,
     repeat: int = 1,
+    after_load: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one check and return its result record (builtin types only: it crosses processes).
 
     `before_call` gets the record as it stands right before the framework runs (its outcome says
-    `crash`): fault isolation keeps it, so a check that kills its process is still reported in full.
+    `crash`): fault isolation keeps it, so a check that kills its process is still reported in full;
+    `after_load` is told when the framework is loaded (a death before that is the build's, not the case's).
     With `repeat` > 1 the framework is called that many times on the same data, and a target whose
     outputs are not bitwise identical is `nondeterministic` (unless it already failed otherwise).
     """
@@ -119,6 +121,8 @@ def run_check(
     else:
         try:
             adapter.check_available(target.device)
+            if after_load is not None:
+                after_load()
             prepared = prepare(case, dtype)
             call = ConvCall(
                 x=prepared.data.x,
