@@ -15,7 +15,8 @@ writes what it is about to run (the record so far) to a state file. Then:
   the kernel's OOM killer to pick a process.
 
 A target that has crashed or timed out `crash_limit` times is not called again in that run: a
-build that segfaults on every convolution would otherwise cost a worker restart per item.
+build that segfaults on every convolution would otherwise cost a worker restart per item. One
+that dies while its framework loads is stopped at once, since no case would load it differently.
 Without xdist there is no second process, so a crash or a hang ends the whole run (the streamed
 results up to then are still on disk).
 """
@@ -147,7 +148,7 @@ class WorkerGuard:
         faulthandler.cancel_dump_traceback_later()
 
     def broken(self, target: str) -> dict[str, Any] | None:
-        """The crash tally of a target that reached the limit, or None (re-read only when it changed)."""
+        """The crash tally of a target the controller has stopped, or None (re-read only when it changed)."""
         try:
             mtime = self.broken_path.stat().st_mtime_ns
         except FileNotFoundError:
@@ -159,7 +160,7 @@ class WorkerGuard:
             except (OSError, ValueError):
                 return None  # mid-replace; the next item reads it
         tally = self._broken.get(target)
-        return tally if tally and tally["count"] >= self.limits.crash_limit else None
+        return tally if tally and tally["stopped"] else None
 
 
 def memory_hint(limits: Limits) -> str:

@@ -296,7 +296,7 @@ class ConformanceItem(pytest.Item):
         if broken is not None:
             verdict = Verdict(
                 Outcome.SKIP,
-                f"not run: {self.target.id} crashed or timed out {broken['count']} times in this run "
+                f"not run: {self.target.id} crashed or timed out {broken['count']} time(s) in this run "
                 f"(first: {broken['first']}); --conformance-crash-limit is {guard.limits.crash_limit}",
             )
             return {
@@ -434,10 +434,10 @@ class ResultCollector:
         if record is None:  # it died outside a framework call (e.g. collecting): say what is known
             report.longrepr = f"{report.longrepr}\n{message}"
             return
-        tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"]})
+        tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"], "stopped": False})
         tally["count"] += 1
-        if while_loading:  # every later check of this target would load it the same way: stop now
-            tally["count"] = max(tally["count"], self.limits.crash_limit)
+        # A death while loading stops the target at once: every later check would load it the same way.
+        tally["stopped"] = tally["stopped"] or while_loading or tally["count"] >= self.limits.crash_limit
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
         report.user_properties.append((RECORD_KEY, record))
@@ -495,7 +495,7 @@ class ResultCollector:
                     yellow=True,
                 )
         for target, tally in sorted(self.lost_checks.items()):
-            stopped = tally["count"] >= self.limits.crash_limit
+            stopped = tally["stopped"]
             terminalreporter.write_line(
                 f"{target}: {tally['count']} check(s) crashed or timed out (first: {tally['first']})"
                 + ("; its remaining checks were skipped (--conformance-crash-limit)" if stopped else ""),
