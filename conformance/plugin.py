@@ -120,7 +120,9 @@ def _targets(config: pytest.Config) -> list[Target]:
 
 
 def _limits(config: pytest.Config) -> isolation.Limits:
-    workers = int(getattr(config.option, "numprocesses", None) or 1)
+    # A worker's own options do not carry the resolved -n; xdist tells each worker the count.
+    workers = getattr(config, "workerinput", {}).get("workercount") or getattr(config.option, "numprocesses", None)
+    workers = int(workers or 1)
     try:
         option = config.getoption("conformance_memory_limit")
         memory = isolation.default_memory_limit(workers) if option == "auto" else isolation.parse_size(option)
