@@ -8,10 +8,12 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conformance import isolation
 from conformance.report import embedded_data
 from tests.fault_adapters import FAULT_ADAPTERS
 from tests.projects import child_environment, write_project
@@ -111,3 +113,15 @@ def test_runaway_allocation_is_an_error_inside_the_check(faulty_run: dict[str, A
     assert {r["outcome"] for r in records} == {"error"}  # refused, not killed: no crash, no skip
     for record in records:
         assert "MemoryError" in record["message"] and "1.00 GiB: --conformance-memory-limit" in record["message"]
+
+
+@pytest.mark.skipif(isolation.NVIDIA_DEVICE.exists(), reason="no default memory limit on a machine with an NVIDIA GPU")
+def test_the_default_memory_limit_is_shared_among_the_workers(tmp_path: Path) -> None:
+    corpus = {"faults.toml": CASE.format(n=0, size=6)}
+    write_project(tmp_path, ["MemoryHog"], corpus)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", str(WORKERS), "-m", "faulty"]
+    command += ["--expectations=none", "--conformance-json=out/results.json", "--conformance-html=none"]
+    subprocess.run(command, cwd=tmp_path, env=child_environment(), capture_output=True, timeout=300, check=False)
+    (record,) = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    share = isolation.format_size(isolation.default_memory_limit(WORKERS) or 0)
+    assert f"each worker may use {share}" in record["message"], record["message"]
