@@ -113,15 +113,16 @@ class WorkerGuard:
             self._faulthandler_ours = True
         # Importing a framework (the first check of it in this process) is not the call under test:
         # it gets its own allowance, so a slow import on a loaded machine is not a timeout.
+        loading = record["framework"] not in self._loaded
         limit = self.limits.timeout_s
-        if limit and record["framework"] not in self._loaded and self.limits.load_timeout_s:
+        if limit and loading and self.limits.load_timeout_s:
             limit += self.limits.load_timeout_s
         self._state = {
             "nodeid": nodeid,
             "pid": os.getpid(),
             "log_offset": self.log.tell(),
             "record": record,
-            "phase": LOADING,
+            "phase": LOADING if loading else PREPARING,
             "limit_s": limit,
         }
         self._arm(limit)
@@ -129,15 +130,15 @@ class WorkerGuard:
     def progress(self, record: dict[str, Any]) -> None:
         """Right before the framework call: the fuller record (data hashes, reproduction), and the
         time limit restarts for the call itself."""
-        self._loaded.add(record["framework"])
         self._state.update(record=record, phase="in the framework call", limit_s=self.limits.timeout_s)
         self._arm(self.limits.timeout_s)
 
     def loaded(self) -> None:
         """The framework is imported; what follows is this case's own work."""
-        self._state["phase"] = PREPARING
-        self._loaded.add(self._state["record"]["framework"])
-        self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
+        if self._state["phase"] == LOADING:  # once per framework and process: later checks start past it
+            self._state["phase"] = PREPARING
+            self._loaded.add(self._state["record"]["framework"])
+            self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
 
     def _arm(self, limit: float | None) -> None:
         self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
