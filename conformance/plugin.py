@@ -227,7 +227,7 @@ class CaseFile(pytest.File):
     def collect(self) -> Any:
         loaded = load_file(self.path, self.root.parent)
         for error in loaded.errors:
-            name = f"{error.case or '(file)'}[case-file-error]"
+            name = terminal_safe(f"{error.case or '(file)'}[case-file-error]")
             yield InvalidCaseItem.from_parent(self, name=name, error=error)
         targets = _targets(self.config)
         for case in loaded.cases:
@@ -246,7 +246,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if path is None:
         return
     for error in loaded.errors:
-        name = f"{error.case or '(file)'}[expectations-error]"
+        name = terminal_safe(f"{error.case or '(file)'}[expectations-error]")
         items.append(
             InvalidCaseItem.from_parent(session, name=name, path=path, nodeid=f"{error.file}::{name}", error=error)
         )
@@ -277,7 +277,7 @@ class ConformanceItem(pytest.Item):
         outcome = Outcome(record["outcome"])
         if outcome in NOT_RUN:
             # Report the skip at the case's line in its file, not inside the plugin.
-            raise pytest.skip.Exception(f"{outcome.value}: {record['message']}", _use_item_location=True)
+            raise pytest.skip.Exception(terminal_safe(f"{outcome.value}: {record['message']}"), _use_item_location=True)
         if outcome == Outcome.XFAIL:
             known = record["expectation"]
             raise pytest.xfail.Exception(
@@ -327,7 +327,7 @@ class ConformanceItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ConformanceFailure):
-            return failure_text(excinfo.value.args[0])
+            return terminal_safe(failure_text(excinfo.value.args[0]))
         return str(super().repr_failure(excinfo, style))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -336,6 +336,15 @@ class ConformanceItem(pytest.Item):
             (self.case.line - 1 if self.case.line else None),
             f"{self.case.qualified_id} {self.target.id} {self.dtype}",
         )
+
+
+# Terminal control characters and bidirectional overrides in case text or framework messages could
+# clear the screen, recolour it or reorder what a reader sees ("Trojan source"): shown escaped.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def failure_text(record: dict[str, Any]) -> str:
@@ -370,13 +379,13 @@ class InvalidCaseItem(pytest.Item):
         raise ConformanceFailure(str(self.error))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        return f"invalid case file: {self.error}"
+        return terminal_safe(f"invalid case file: {self.error}")
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return (
             self.path,
             (self.error.line - 1 if self.error.line else None),
-            f"invalid case: {self.error.case or self.error.file}",
+            terminal_safe(f"invalid case: {self.error.case or self.error.file}"),
         )
 
 
@@ -443,7 +452,7 @@ class ResultCollector:
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
         report.user_properties.append((RECORD_KEY, record))
-        report.longrepr = failure_text(record)
+        report.longrepr = terminal_safe(failure_text(record))
         if record["outcome"] == Outcome.XFAIL:
             report.outcome = "skipped"
             report.wasxfail = f"known divergence {record['expectation']['id']}"  # type: ignore[attr-defined]

@@ -108,6 +108,7 @@ class Jitter(FaultAdapter):
 HOSTILE_TEXT = (
     '<script>window.__pwned_message = 1</script></script><img src=x onerror="window.__pwned_message = 2"> '
     "' onfocus='window.__pwned_message = 3' autofocus='  ${window.__pwned_message = 4}  膨胀卷积 🙂"
+    " \x1b[2J\x1b[31mterminal escapes\x1b[0m \u202eright-to-left override\u202c"
 )
 
 
