@@ -22,7 +22,7 @@ from conformance import expectations, hookspecs, isolation, report, runner
 from conformance.adapters import ADAPTERS, Target, all_targets
 from conformance.cases import NON_CASE_FILES, Case, CaseError, case_files, load_file
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
-from conformance.results import ResultsWriter, atomic_write_text, base_environment
+from conformance.results import ResultsWriter, atomic_write_text, base_environment, read_stream
 
 RECORD_KEY = "conformance"
 CASE_ERROR_KEY = "conformance_case_error"
@@ -487,6 +487,11 @@ class ResultCollector:
         self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known)
         if self.html_path is not None:
             report.write_report(self.document, self.html_path)
+        self.recovered_report = None
+        if self.writer.preserved is not None and self.html_path is not None:
+            # The killed run's finished results, drawn beside this run's report.
+            self.recovered_report = self.html_path.with_name(f"{self.writer.preserved.stem}.html")
+            report.write_report(read_stream(self.writer.preserved), self.recovered_report)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         document = getattr(self, "document", None)
@@ -513,9 +518,9 @@ class ResultCollector:
                 red=True,
             )
         if self.writer.preserved is not None:
+            drawn = f"; its report: {self.recovered_report}" if self.recovered_report else ""
             terminalreporter.write_line(
-                f"an earlier run was interrupted; its streamed results are kept in {self.writer.preserved} "
-                f"(python -m conformance report {self.writer.preserved} -o REPORT.html)",
+                f"an earlier run was interrupted; its streamed results are kept in {self.writer.preserved}{drawn}",
                 yellow=True,
             )
         terminalreporter.write_line(f"results: {self.writer.json_path}")

@@ -106,6 +106,9 @@ def test_the_next_run_keeps_the_killed_runs_stream(killed_run: tuple[Path, str],
     kept = list((directory / "out").glob("results.interrupted-*.jsonl"))
     assert len(kept) == 1 and kept[0].read_bytes() == before
     assert "an earlier run was interrupted" in rerun.stdout
+    # ...and draws its finished results beside its own report.
+    (drawn,) = (directory / "out").glob("results.interrupted-*.html")
+    assert sum(len(row["cells"]) for row in embedded_data(drawn.read_text())["rows"]) == before.count(b'"result"')
     assert json.loads((directory / "out" / "results.json").read_text())["summary"]["total"] == 1
     assert read_stream(directory / "out" / "results.jsonl")["interrupted"] is None  # this one finished
 
