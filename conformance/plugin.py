@@ -176,7 +176,6 @@ def pytest_configure(config: pytest.Config) -> None:
             # Each crash costs a worker restart; the crash limit bounds how many a run can need.
             budget = limits.crash_limit * len(_targets(config)) + 4 * int(config.option.numprocesses)
             config.option.maxworkerrestart = str(budget)
-    if not _is_worker(config):
         html_option = config.getoption("conformance_html")
         config.pluginmanager.register(
             ResultCollector(
@@ -301,13 +300,10 @@ class ConformanceItem(pytest.Item):
                 f"not run: {self.target.id} crashed or timed out {broken['count']} time(s) in this run "
                 f"(first: {broken['first']}); --conformance-crash-limit is {guard.limits.crash_limit}",
             )
-            return {
-                **runner.make_record(self.case, self.target, self.dtype, verdict, None, "", 0.0),
-                "output_sha256": None,
-            }
+            return runner.make_record(self.case, self.target, self.dtype, verdict)
         # A broken build may die importing its framework, long before the call itself.
         dead = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
-        guard.starting(self.nodeid, runner.make_record(self.case, self.target, self.dtype, dead, None, "", 0.0))
+        guard.starting(self.nodeid, runner.make_record(self.case, self.target, self.dtype, dead))
         try:
             record = runner.run_check(
                 self.case,

@@ -137,7 +137,7 @@ def run_check(
             reproduction = adapter.reproduction(call, target.device, target.precision)
             if before_call is not None:
                 crashed = Verdict(Outcome.CRASH, "the process died during the framework call")
-                before_call(make_record(case, target, dtype, crashed, prepared, reproduction, 0.0))
+                before_call(make_record(case, target, dtype, crashed, prepared, reproduction))
             raised: Exception | None = None
             got = None
             try:
@@ -157,9 +157,8 @@ def run_check(
                     verdict = replace(verdict, message=f"{verdict.message}; also {repeats}")
         except Unavailable as exc:
             verdict = Verdict(Outcome.SKIP, str(exc))
-    record = make_record(case, target, dtype, verdict, prepared, reproduction, time.perf_counter() - started)
-    record["output_sha256"] = output_hash
-    return record
+    duration = time.perf_counter() - started
+    return make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash)
 
 
 def _repeat_calls(adapter: Any, call: ConvCall, target: Target, first: Any, repeat: int) -> str | None:
@@ -192,9 +191,7 @@ def harness_error_record(case: Case, target: Target, dtype: str, exc: BaseExcept
     message = (
         f"the harness failed before a verdict: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     )
-    record = make_record(case, target, dtype, Verdict(Outcome.ERROR, message), None, "", 0.0)
-    record["output_sha256"] = None
-    return record
+    return make_record(case, target, dtype, Verdict(Outcome.ERROR, message))
 
 
 def _output_hash(got: Any) -> str | None:
@@ -210,9 +207,10 @@ def make_record(
     target: Target,
     dtype: str,
     verdict: Verdict,
-    prepared: Prepared | None,
-    reproduction: str,
-    duration_s: float,
+    prepared: Prepared | None = None,
+    reproduction: str = "",
+    duration_s: float = 0.0,
+    output_hash: str | None = None,
 ) -> dict[str, Any]:
     geo = case.geometry
     return {
@@ -248,6 +246,7 @@ def make_record(
         "reproduction": _full_reproduction(case, dtype, reproduction) if reproduction else "",
         "input_sha256": prepared.data.x_hash if prepared else None,
         "kernel_sha256": prepared.data.w_hash if prepared else None,
+        "output_sha256": output_hash,
         "description": case.description,
         "tags": list(case.tags),
         "duration_s": round(duration_s, 6),
