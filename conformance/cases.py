@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 
+from conformance import sweeps
 from conformance.dtypes import float_format
 from conformance.generators import content_hash, generate
 from conformance.semantics import Geometry, PaddingSpec, geometry, pair
@@ -41,12 +42,13 @@ class CaseError:
     case: str | None = None
     field: str | None = None
     line: int | None = None
+    entry: str = "case"  # or "sweep": what `case` names
 
     def __str__(self) -> str:
         where = self.file + (f":{self.line}" if self.line else "")
         parts = [where]
         if self.case:
-            parts.append(f"case {self.case!r}")
+            parts.append(f"{self.entry} {self.case!r}")
         if self.field:
             parts.append(f"field {self.field!r}")
         return ": ".join(parts) + f": {self.message}"
@@ -188,6 +190,14 @@ class SourceLines:
         if index >= len(self.blocks):
             return None
         start, end = self.blocks[index]
+        if len(path) >= 2:  # a key inside a sub-table such as `[sweep.axes]`
+            header = re.compile(r"\s*\[\s*" + re.escape(self.table) + r"\." + re.escape(str(path[0])) + r"\s*\]")
+            sub_start = next((n for n in range(start, end) if header.match(self.lines[n])), None)
+            if sub_start is not None:
+                sub_end = next((n for n in range(sub_start + 1, end) if TABLE_HEADER.match(self.lines[n])), end)
+                found = self._find_key(sub_start + 1, sub_end, str(path[1]))
+                if found:
+                    return found
         for key in ([str(path[0])] if path else []) + ["id"]:
             found = self._find_key(start, end, key)
             if found:
@@ -385,23 +395,33 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
         )
     lines = id_lines(text)
     source = SourceLines(text, "case")
+    sweep_source = SourceLines(text, "sweep")
     errors: list[CaseError] = []
 
     raw_cases = document.get("case")
     if not isinstance(raw_cases, list):
         raw_cases = []
-    # Schema errors are attributed to the case they occur in; that case is then dropped.
+    raw_sweeps = document.get("sweep")
+    if not isinstance(raw_sweeps, list):
+        raw_sweeps = []
+    if "case" not in document and "sweep" not in document:
+        return LoadResult([], [CaseError(label, f"no [[case]] found: {NEEDS_A_CASE}", field="case")])
+    # Schema errors are attributed to the case (or sweep) they occur in; that entry is then dropped.
     bad_indices: set[int] = set()
+    bad_sweeps: set[int] = set()
     for error in sorted(_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
         message, path_parts = explain_schema_error(error)
         case_id = None
-        if len(path_parts) >= 2 and path_parts[0] == "case" and isinstance(path_parts[1], int):
+        entry = "case"
+        if len(path_parts) >= 2 and path_parts[0] in ("case", "sweep") and isinstance(path_parts[1], int):
             index = path_parts[1]
-            bad_indices.add(index)
-            raw = raw_cases[index] if index < len(raw_cases) else {}
+            entry = path_parts[0]
+            (bad_indices if entry == "case" else bad_sweeps).add(index)
+            entries = raw_cases if entry == "case" else raw_sweeps
+            raw = entries[index] if index < len(entries) else {}
             case_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else f"#{index + 1}"
             field_parts = path_parts[2:]
-            line = source.entry_line(index, field_parts)
+            line = (source if entry == "case" else sweep_source).entry_line(index, field_parts)
         elif len(path_parts) >= 2 and path_parts[0] == "defaults":
             field_parts = path_parts
             line = source.section_line("defaults", path_parts[1:])
@@ -412,9 +432,9 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
             message = _explain_case_table(document.get("case"), message)
             line = line or source.top_level_line("case")
         field_name = field_path(field_parts)
-        errors.append(CaseError(label, message, case=case_id, field=field_name or None, line=line))
+        errors.append(CaseError(label, message, case=case_id, field=field_name or None, line=line, entry=entry))
     errors = _drop_echoes(errors)
-    if errors and not bad_indices:  # a file-level problem (e.g. no [[case]] at all): nothing to load
+    if errors and not bad_indices and not bad_sweeps:  # a file-level problem: nothing to load
         return LoadResult([], errors)
 
     defaults = document.get("defaults", {})
@@ -442,10 +462,51 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
             # Point at the offending key's own line when the case states it (not inherited).
             field_line = source.entry_line(index, exc.error.field.split(".")) if exc.error.field else None
             errors.append(replace(exc.error, line=field_line or exc.error.line))
+    for index, raw_sweep in enumerate(raw_sweeps):
+        if index not in bad_sweeps:
+            _load_sweep(label, suite, raw_sweep, defaults, sweep_source.entry_line(index, []), seen, cases, errors)
     return LoadResult(cases, errors)
 
 
-NEEDS_A_CASE = "a case file needs at least one [[case]] table"
+def _load_sweep(
+    label: str,
+    suite: str,
+    raw_sweep: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    line: int | None,
+    seen: dict[str, Any],
+    cases: list[Case],
+    errors: list[CaseError],
+) -> None:
+    """Expand one sweep into cases; a combination the loader refuses is reported once, with the
+    number of others that fail the same way, and the rest of the sweep still loads."""
+    sweep_id = raw_sweep["id"]
+    failed: list[CaseError] = []
+    try:
+        for raw in sweeps.expand(raw_sweep, defaults):
+            if raw["id"] in seen:
+                message = f"expands to case {raw['id']!r}, which is already defined"
+                errors.append(CaseError(label, message, sweep_id, "axes", line, "sweep"))
+                continue
+            seen[raw["id"]] = sweep_id
+            try:
+                cases.append(_build_case(label, suite, raw, defaults, line))
+            except CaseFileError as exc:
+                failed.append(exc.error)
+    except sweeps.SweepError as exc:
+        errors.append(CaseError(label, str(exc), sweep_id, exc.field, line, "sweep"))
+        return
+    if failed:
+        first = failed[0]
+        more = f" ({len(failed) - 1} more combinations fail too)" if len(failed) > 1 else ""
+        message = (
+            f"combination {first.case!r}: {first.field}: {first.message}{more}; "
+            'drop such combinations with a `where` constraint (e.g. "channels % groups == 0")'
+        )
+        errors.append(CaseError(label, message, sweep_id, "where", line, "sweep"))
+
+
+NEEDS_A_CASE = "a case file needs at least one [[case]] (or [[sweep]]) table"
 
 
 def _explain_case_table(value: Any, message: str) -> str:
@@ -486,6 +547,9 @@ def _tensor_shape(label: str, case_id: str, line: int | None, name: str, spec: M
             raise fail(f"declared shape {spec['shape']} but the values have shape {list(shape)}", ".shape")
     else:
         shape = tuple(spec["shape"])
+    for number, element in enumerate(spec.get("set", [])):
+        if any(not -dim <= index < dim for index, dim in zip(element["at"], shape, strict=True)):
+            raise fail(f"index {element['at']} is outside the shape {list(shape)}", f".set[{number}].at")
     elements = math.prod(shape)  # Python ints: a product of large axes must not wrap around
     if elements > MAX_TENSOR_ELEMENTS:
         raise fail(f"{elements} elements exceeds the limit of {MAX_TENSOR_ELEMENTS} per tensor", ".shape")

@@ -31,7 +31,14 @@ def _unit_uniforms(seed: int, count: int) -> np.ndarray:
 
 
 def generate(spec: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
-    """The float64 tensor that a validated generator spec describes."""
+    """The float64 tensor that a validated generator spec describes, with its `set` elements."""
+    values = _generate(spec, shape)
+    for element in spec.get("set", []):
+        values[tuple(element["at"])] = float(element["value"])
+    return values
+
+
+def _generate(spec: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
     kind = spec["generator"]
     count = int(np.prod(shape, dtype=np.int64))
     if kind == "arange":

@@ -267,24 +267,30 @@ INLINE_LIMIT = 256  # elements; larger tensors are rebuilt from their generator 
 
 def _tensor_source(spec: Any, shape: tuple[int, ...]) -> str:
     if "values" in spec:
-        return f"np.array({spec['values']!r}, dtype=np.float64)"
-    if spec["generator"] in ("ones", "zeros"):
-        return f"np.{spec['generator']}({list(shape)}, dtype=np.float64)"
-    if spec["generator"] == "full":
+        return f"np.array({_literal(spec['values'])}, dtype=np.float64)"
+    kind = spec["generator"] if "set" not in spec else "set"  # special values set into a generated tensor
+    if kind in ("ones", "zeros"):
+        return f"np.{kind}({list(shape)}, dtype=np.float64)"
+    if kind == "full":
         return f"np.full({list(shape)}, {spec['value']!r}, dtype=np.float64)"
-    if spec["generator"] == "arange":
+    if kind == "arange":
         start, step = spec.get("start", 0), spec.get("step", 1)
         count = int(np.prod(shape))
         return f"({start!r} + {step!r} * np.arange({count}, dtype=np.float64)).reshape({list(shape)})"
     if int(np.prod(shape)) <= INLINE_LIMIT:
         from conformance.generators import generate
 
-        return f"np.array({generate(spec, shape).tolist()!r}, dtype=np.float64)"
-    spec_text = "{" + ", ".join(f"{k!r}: {v!r}" for k, v in spec.items()) + "}"
+        return f"np.array({_literal(generate(spec, shape).tolist())}, dtype=np.float64)"
+    spec_text = _literal({**spec})
     return (
         f"__import__('conformance.generators').generators.generate({spec_text}, {tuple(shape)})"
         "  # pip install this suite for the pinned generator"
     )
+
+
+def _literal(values: Any) -> str:
+    """Nested lists as Python source; NaN and infinities spelled so that they evaluate."""
+    return repr(values).replace("nan", "float('nan')").replace("inf", "float('inf')")
 
 
 def loaded_environments() -> dict[str, Any]:

@@ -1,0 +1,291 @@
+"""Sweeps: a declarative grid in a case file that expands to ordinary cases.
+
+A `[[sweep]]` names axes (lists of values) and fixed settings; every combination that passes the
+sweep's `where` constraints becomes one case, built exactly as if it had been written out, so
+every loader rule and error applies to it. Ids are made from the values of the axes, not from
+positions in the grid, so adding a value to an axis never renames or reseeds an existing case;
+each case's data seed is derived from the sweep's seed and the case id, for the same reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+import math
+import operator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from conformance.generators import RANDOM_GENERATORS
+from conformance.semantics import geometry, pair
+
+# Geometry settings a sweep may vary (under `axes`) or fix (as a key of the sweep itself), in the
+# order their parts appear in case ids.
+SETTINGS = ("batch", "size", "channels", "kernel_size", "out_channels", "rate", "stride", "padding", "groups")
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "batch": 1,
+    "channels": 1,
+    "out_channels": 1,
+    "rate": 1,
+    "stride": 1,
+    "padding": "VALID",
+    "groups": 1,
+}
+REQUIRED_SETTINGS = ("size", "kernel_size")
+# A grid this large is a typo, not a corpus (the opt-in tiers stay far below it).
+MAX_COMBINATIONS = 2_000_000
+_ID_PREFIX = {
+    "batch": "n",
+    "size": "in",
+    "channels": "c",
+    "kernel_size": "k",
+    "out_channels": "o",
+    "rate": "r",
+    "stride": "s",
+    "groups": "g",
+}
+
+
+class SweepError(Exception):
+    """A problem with the sweep itself (not with one expanded case): names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def id_part(setting: str, value: Any) -> str:
+    """One readable id fragment: `k3`, `k3x5`, `r2x3`, `same`, `valid`, `p1`, `p0.2.1.0`."""
+    if setting == "padding":
+        if isinstance(value, str):
+            return value.lower()
+        if isinstance(value, int):
+            return f"p{value}"
+        return "p" + ".".join(str(p) for side in value for p in side)
+    if isinstance(value, list):
+        h, w = value
+        text = str(h) if h == w else f"{h}x{w}"
+    else:
+        text = str(value)
+    return f"{_ID_PREFIX[setting]}{text}"
+
+
+def derived_seed(sweep_seed: int, case_id: str, tensor: str) -> int:
+    """A seed for one tensor of one expanded case: stable across machines and grid edits."""
+    digest = hashlib.sha256(f"{sweep_seed}/{case_id}/{tensor}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # non-negative, fits a TOML integer
+
+
+def variables(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The names a `where` constraint may use, for one combination."""
+    size_h, size_w = pair(values["size"])
+    kernel_h, kernel_w = pair(values["kernel_size"])
+    rate_h, rate_w = pair(values["rate"])
+    stride_h, stride_w = pair(values["stride"])
+    padding = values["padding"]
+    geo = geometry(
+        tuple(tuple(p) for p in padding) if isinstance(padding, list) else padding,  # type: ignore[arg-type]
+        (size_h, size_w),
+        (kernel_h, kernel_w),
+        (rate_h, rate_w),
+        (stride_h, stride_w),
+    )
+    (pad_top, pad_bottom), (pad_left, pad_right) = geo.pads
+    effective_h, effective_w = geo.effective_kernel_hw
+    output_h, output_w = geo.output_hw
+    return {
+        "batch": values["batch"],
+        "channels": values["channels"],
+        "out_channels": values["out_channels"],
+        "groups": values["groups"],
+        "size_h": size_h,
+        "size_w": size_w,
+        "kernel_h": kernel_h,
+        "kernel_w": kernel_w,
+        "rate_h": rate_h,
+        "rate_w": rate_w,
+        "stride_h": stride_h,
+        "stride_w": stride_w,
+        "padding": padding if isinstance(padding, str) else "explicit",
+        "pad_top": pad_top,
+        "pad_bottom": pad_bottom,
+        "pad_left": pad_left,
+        "pad_right": pad_right,
+        "effective_h": effective_h,
+        "effective_w": effective_w,
+        "output_h": output_h,
+        "output_w": output_w,
+        "valid_output": geo.has_valid_output,
+    }
+
+
+VARIABLE_NAMES = tuple(
+    variables({**DEFAULT_SETTINGS, "size": 1, "kernel_size": 1})  # the names, from one sample
+)
+
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+_COMPARE: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max, "abs": abs}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One `where` expression, parsed once: arithmetic, comparisons, and/or/not, min/max/abs."""
+
+    text: str
+    tree: ast.Expression
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        try:
+            tree = ast.parse(text, mode="eval")
+        except SyntaxError as exc:
+            raise ValueError(f"{text!r} is not an expression: {exc.msg}") from None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id not in VARIABLE_NAMES and node.id not in _FUNCTIONS:
+                raise ValueError(f"{text!r} uses unknown name {node.id!r}; known: {', '.join(VARIABLE_NAMES)}")
+            allowed = (
+                ast.Expression,
+                ast.BoolOp,
+                ast.And,
+                ast.Or,
+                ast.UnaryOp,
+                ast.Not,
+                ast.USub,
+                ast.BinOp,
+                ast.Compare,
+                ast.Name,
+                ast.Load,
+                ast.Constant,
+                ast.Call,
+                *_BINARY,
+                *_COMPARE,
+            )
+            if not isinstance(node, allowed):
+                raise ValueError(f"{text!r}: {type(node).__name__} is not allowed (use arithmetic and comparisons)")
+            if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS):
+                raise ValueError(f"{text!r}: only min, max and abs may be called")
+        return cls(text, tree)
+
+    def holds(self, names: Mapping[str, Any]) -> bool:
+        return bool(_evaluate(self.tree.body, names))
+
+
+def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return names[node.id]
+    if isinstance(node, ast.BoolOp):
+        results = (_evaluate(v, names) for v in node.values)
+        return all(results) if isinstance(node.op, ast.And) else any(results)
+    if isinstance(node, ast.UnaryOp):
+        value = _evaluate(node.operand, names)
+        return (not value) if isinstance(node.op, ast.Not) else -value
+    if isinstance(node, ast.BinOp):
+        return _BINARY[type(node.op)](_evaluate(node.left, names), _evaluate(node.right, names))
+    if isinstance(node, ast.Compare):
+        left = _evaluate(node.left, names)
+        for op, right_node in zip(node.ops, node.comparators, strict=True):
+            right = _evaluate(right_node, names)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.Call):
+        return _FUNCTIONS[node.func.id](*(_evaluate(a, names) for a in node.args))  # type: ignore[attr-defined]
+    raise ValueError(f"cannot evaluate {type(node).__name__}")
+
+
+def combinations_count(sweep: Mapping[str, Any]) -> int:
+    return math.prod(len(values) for values in sweep["axes"].values())
+
+
+def expand(sweep: Mapping[str, Any], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Raw case tables (as if written in the file) for every combination that meets `where`.
+
+    Raises SweepError for a problem with the sweep as a whole (a bad constraint, a missing size).
+    """
+    axes: Mapping[str, list[Any]] = sweep["axes"]
+    for name in axes:
+        if name in sweep:
+            raise SweepError(f"axes.{name}", f"{name!r} is both an axis and a fixed setting; keep one")
+    fixed = {name: sweep.get(name, defaults.get(name, DEFAULT_SETTINGS.get(name))) for name in SETTINGS}
+    for name in REQUIRED_SETTINGS:
+        if name not in axes and fixed[name] is None:
+            raise SweepError(name, f"needs {name!r}, as an axis or as a fixed setting")
+    count = combinations_count(sweep)
+    if count > MAX_COMBINATIONS:
+        raise SweepError("axes", f"the axes make {count} combinations, beyond the limit of {MAX_COMBINATIONS}")
+    constraints = []
+    for text in sweep.get("where", []):
+        try:
+            constraints.append(Constraint.parse(text))
+        except ValueError as exc:
+            raise SweepError("where", str(exc)) from None
+    ordered = [name for name in SETTINGS if name in axes]
+    input_data = {"generator": "normal", **sweep.get("input", {})}
+    kernel_data = {"generator": "normal", **sweep.get("kernel", {})}
+    for chosen in itertools.product(*(axes[name] for name in ordered)):
+        values = {**fixed, **dict(zip(ordered, chosen, strict=True))}
+        try:
+            names = variables(values)
+        except (TypeError, ValueError):  # a malformed value: the built case reports it precisely
+            names = None
+        if names is not None and not all(c.holds(names) for c in constraints):
+            continue
+        case_id = "-".join([sweep["id"], *(id_part(name, values[name]) for name in ordered)])
+        yield _raw_case(sweep, case_id, values, input_data, kernel_data)
+
+
+def _raw_case(
+    sweep: Mapping[str, Any],
+    case_id: str,
+    values: Mapping[str, Any],
+    input_data: Mapping[str, Any],
+    kernel_data: Mapping[str, Any],
+) -> dict[str, Any]:
+    size_h, size_w = pair(values["size"])
+    kernel_h, kernel_w = pair(values["kernel_size"])
+    groups = values["groups"]
+    channels = values["channels"]
+    # Integer division keeps the shape well-formed; a remainder is reported by the case's own check.
+    kernel_in = max(1, channels // groups) if channels % groups == 0 else channels
+    seed = sweep["seed"]
+    raw: dict[str, Any] = {
+        "id": case_id,
+        "description": sweep.get("description", ""),
+        "input": _data(input_data, [values["batch"], size_h, size_w, channels], seed, case_id, "input"),
+        "kernel": _data(kernel_data, [kernel_h, kernel_w, kernel_in, values["out_channels"]], seed, case_id, "kernel"),
+        "rate": values["rate"],
+        "stride": values["stride"],
+        "padding": values["padding"],
+        "groups": groups,
+        "tags": [*sweep.get("tags", []), sweep["id"]],
+    }
+    for key in ("source", "dtypes"):
+        if key in sweep:
+            raw[key] = sweep[key]
+    return raw
+
+
+def _data(spec: Mapping[str, Any], shape: list[int], seed: int, case_id: str, tensor: str) -> dict[str, Any]:
+    data = {**spec, "shape": shape}
+    if spec["generator"] in RANDOM_GENERATORS:
+        data["seed"] = derived_seed(seed, case_id, tensor)
+    return data

@@ -1,0 +1,211 @@
+"""Sweeps expand to ordinary cases with stable ids and data; constraints are safe and checked."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance import sweeps
+from conformance.cases import load_file, materialize
+from conformance.runner import _full_reproduction
+
+SWEEP = """
+[[sweep]]
+id = "grid"
+description = "A small grid."
+seed = 7
+channels = 2
+out_channels = 2
+dtypes = ["float32"]
+where = ["channels % groups == 0", "effective_h <= size_h + 2"]
+[sweep.axes]
+size = {sizes}
+kernel_size = [1, 3, [2, 3]]
+rate = [1, 2]
+padding = ["SAME", "VALID", [[0, 2], [1, 0]]]
+groups = [1, 2]
+"""
+
+
+def _load(tmp_path: Path, text: str, name: str = "family.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return load_file(path, tmp_path)
+
+
+def test_every_combination_that_meets_the_constraints_is_a_case(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, SWEEP.format(sizes="[5, [6, 7]]"))
+    assert loaded.errors == []
+    expected = 0
+    for size in (5, 6):
+        for kernel_h in (1, 3, 2):
+            for rate in (1, 2):
+                expected += 3 * 2 * (rate * (kernel_h - 1) + 1 <= size + 2)
+    assert len(loaded.cases) == expected
+    ids = {case.id for case in loaded.cases}
+    assert "grid-in6x7-k2x3-r2-p0.2.1.0-g2" in ids
+    case = next(c for c in loaded.cases if c.id == "grid-in6x7-k2x3-r2-p0.2.1.0-g2")
+    assert case.input_shape == (1, 6, 7, 2)
+    assert case.kernel_shape == (2, 3, 1, 2)
+    assert case.padding == ((0, 2), (1, 0))
+    assert case.groups == 2
+    assert "grid" in case.tags
+
+
+def test_adding_an_axis_value_keeps_existing_ids_and_data(tmp_path: Path) -> None:
+    small = _load(tmp_path, SWEEP.format(sizes="[5]"), "a.toml")
+    large = _load(tmp_path, SWEEP.format(sizes="[9, 5, 4]"), "b.toml")
+    by_id = {case.id: case for case in large.cases}
+    assert small.cases and all(case.id in by_id for case in small.cases)
+    for case in small.cases:
+        other = by_id[case.id]
+        assert materialize(case, "float32").x_hash == materialize(other, "float32").x_hash
+        assert materialize(case, "float32").w_hash == materialize(other, "float32").w_hash
+
+
+def test_seeds_differ_between_cases_and_follow_the_sweep_seed(tmp_path: Path) -> None:
+    first = _load(tmp_path, SWEEP.format(sizes="[5]"), "a.toml").cases
+    reseeded = _load(tmp_path, SWEEP.format(sizes="[5]").replace("seed = 7", "seed = 8"), "b.toml").cases
+    hashes = {materialize(c, "float32").x_hash for c in first}
+    assert len(hashes) == len(first)
+    assert not hashes & {materialize(c, "float32").x_hash for c in reseeded}
+
+
+def test_a_combination_the_loader_refuses_is_reported_once_and_the_rest_loads(tmp_path: Path) -> None:
+    text = (
+        SWEEP.format(sizes="[5]")
+        .replace('where = ["channels % groups == 0", ', "where = [")
+        .replace("channels = 2", "channels = 3")
+    )
+    loaded = _load(tmp_path, text)
+    (error,) = loaded.errors
+    assert error.entry == "sweep" and error.case == "grid" and error.field == "where"
+    assert "groups 2 does not divide the 3 input channels" in error.message
+    assert "more combinations fail too" in error.message
+    assert loaded.cases and all(case.groups == 1 for case in loaded.cases)
+    assert str(error).startswith(f"{tmp_path.name}/family.toml:") or "sweep 'grid'" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "words"),
+    [
+        ("foo > 1", "unknown name 'foo'"),
+        ("size_h >", "is not an expression"),
+        ("__import__('os').system('true')", "only min, max and abs may be called"),
+        ("size_h.real > 1", "Attribute is not allowed"),
+        ("[x for x in ()]", "not allowed"),
+        ("min.__class__", "not allowed"),
+    ],
+)
+def test_constraints_are_checked_and_cannot_run_code(tmp_path: Path, constraint: str, words: str) -> None:
+    text = SWEEP.format(sizes="[5]").replace('where = ["channels % groups == 0", ', f"where = [{constraint!r}, ")
+    loaded = _load(tmp_path, text)
+    assert loaded.cases == []
+    (error,) = loaded.errors
+    assert error.field == "where" and words in error.message, error
+
+
+def test_constraint_arithmetic() -> None:
+    names = sweeps.variables({**sweeps.DEFAULT_SETTINGS, "size": [7, 9], "kernel_size": 3, "rate": [2, 3]})
+    assert names["effective_h"] == 5 and names["effective_w"] == 7
+    holds = sweeps.Constraint.parse("max(effective_h, effective_w) == 7 and not size_h > 7 and -1 < 0").holds
+    assert holds(names)
+    assert not sweeps.Constraint.parse("output_w == 1 or padding != 'VALID'").holds(names)
+    assert sweeps.Constraint.parse("output_w == 3").holds(names)
+
+
+def test_sweep_errors_name_the_sweep_field_and_line(tmp_path: Path) -> None:
+    text = """
+[[sweep]]
+id = "typo"
+seed = 1
+[sweep.axes]
+size = [5]
+kernel_sise = [3]
+
+[[sweep]]
+id = "nosize"
+seed = 1
+[sweep.axes]
+rate = [1, 2]
+
+[[sweep]]
+id = "both"
+seed = 1
+rate = 2
+[sweep.axes]
+size = [5]
+kernel_size = [3]
+rate = [1, 2]
+"""
+    errors = {e.case: e for e in _load(tmp_path, text).errors}
+    assert "did you mean 'kernel_size'" in errors["typo"].message and errors["typo"].line == 7
+    assert errors["nosize"].field == "size" and "needs 'size'" in errors["nosize"].message
+    assert errors["both"].field == "axes.rate" and "both an axis and a fixed setting" in errors["both"].message
+
+
+def test_a_sweep_id_colliding_with_a_case_is_an_error(tmp_path: Path) -> None:
+    text = """
+[[case]]
+id = "dup-in5-k3"
+input = { generator = "ones", shape = [1, 5, 5, 1] }
+kernel = { generator = "ones", shape = [3, 3, 1, 1] }
+
+[[sweep]]
+id = "dup"
+seed = 1
+[sweep.axes]
+size = [5]
+kernel_size = [3]
+"""
+    loaded = _load(tmp_path, text)
+    assert [c.id for c in loaded.cases] == ["dup-in5-k3"]
+    (error,) = loaded.errors
+    assert "already defined" in error.message and error.case == "dup"
+
+
+def test_too_large_a_grid_is_refused_before_expanding(tmp_path: Path) -> None:
+    values = list(range(1, 200))
+    text = f"""
+[[sweep]]
+id = "huge"
+seed = 1
+[sweep.axes]
+size = {values}
+kernel_size = {values}
+rate = {values}
+"""
+    (error,) = _load(tmp_path, text).errors
+    assert f"{len(values) ** 3} combinations" in error.message
+    assert math.prod([len(values)] * 3) > sweeps.MAX_COMBINATIONS
+
+
+def test_set_writes_special_values_into_a_generated_tensor(tmp_path: Path) -> None:
+    text = """
+[[case]]
+id = "specials"
+input = { generator = "normal", seed = 1, shape = [1, 5, 5, 1], set = [{at = [0, 1, 2, 0], value = nan}, \
+  {at = [0, -1, -1, 0], value = -inf}] }
+kernel = { generator = "ones", shape = [3, 3, 1, 1], set = [{at = [1, 1, 0, 0], value = -0.0}] }
+
+[[case]]
+id = "outside"
+input = { generator = "normal", seed = 1, shape = [1, 5, 5, 1], set = [{at = [0, 5, 0, 0], value = 1.0}] }
+kernel = { generator = "ones", shape = [3, 3, 1, 1] }
+"""
+    loaded = _load(tmp_path, text)
+    (case,) = loaded.cases
+    data = materialize(case, "float32")
+    assert np.isnan(data.x[0, 1, 2, 0]) and data.x[0, 4, 4, 0] == -np.inf
+    assert data.w[1, 1, 0, 0] == 0 and np.signbit(data.w[1, 1, 0, 0])
+    (error,) = loaded.errors
+    assert error.field == "input.set[0].at" and "outside the shape" in error.message
+    # The reproduction rebuilds the same tensors, NaN and infinities included.
+    source = _full_reproduction(case, "float32", "")
+    namespace: dict = {}
+    exec(source, namespace)
+    np.testing.assert_array_equal(namespace["x"].astype(np.float32), data.x)
+    np.testing.assert_array_equal(namespace["w"].astype(np.float32), data.w)
