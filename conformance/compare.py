@@ -58,6 +58,7 @@ class ErrorModel:
     fmt: FloatFormat
     accumulation_length: int  # n = k_h * k_w * C_in / groups
     tf32: bool = False  # float32 products whose inputs are first rounded to TF32
+    scale: float = 1.0  # 2 when two computations, each within the bound, are compared with each other
 
     @property
     def unit_roundoff(self) -> float:
@@ -73,7 +74,7 @@ class ErrorModel:
     def bound(self, reference: np.ndarray, abs_products: np.ndarray) -> np.ndarray:
         u = self.unit_roundoff
         n = self.accumulation_length
-        return (
+        return self.scale * (
             gamma(self.rounding_steps, u) * abs_products
             + u * np.abs(reference)
             + n * self.fmt.smallest_normal

@@ -478,7 +478,8 @@ class ResultCollector:
         self.frameworks.update({k: v for k, v in runner.loaded_environments().items() if k not in self.frameworks})
         # Only frameworks that produced results: harness tests in the same process run fake adapters.
         ran = {record["framework"] for record in self.writer.records}
-        environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k in ran}
+        # Keys are frameworks, or targets that run with settings of their own ("tensorflow.conv2d@onednn-on").
+        environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k.split(".")[0] in ran}
         known = expectations.statuses(self.known.entries, self.writer.records, _corpus_checks(session.config))
         self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known)
         if self.html_path is not None:

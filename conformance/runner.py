@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from conformance import reference
-from conformance.adapters import CallParams, ConvCall, Target, Unavailable
+from conformance.adapters import CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.cases import Case, CaseData, materialize
 from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify
 from conformance.dtypes import float_format
@@ -142,12 +142,16 @@ def run_check(
             got = None
             try:
                 got = adapter.run(call, target.device, target.precision)
-            except Unavailable:
+            except (Unavailable, Unsupported):
                 raise
             except Exception as exc:  # a framework error is a finding, not a harness failure
                 raised = exc
-            _loaded_adapters.setdefault(adapter.framework, adapter)
-            verdict = classify(expected_answer(case, dtype, target, prepared), got, raised)
+            _loaded_adapters.setdefault(adapter.name if adapter.own_environment else adapter.framework, adapter)
+            expected = expected_answer(case, dtype, target, prepared)
+            if adapter.baseline is not None and expected.values is not None:
+                verdict = _judge_against_baseline(adapter.baseline, call, target, expected, got, raised)
+            else:
+                verdict = classify(expected, got, raised)
             output_hash = _output_hash(got)
             if repeat > 1 and raised is None:
                 repeats = _repeat_calls(adapter, call, target, got, repeat)
@@ -155,10 +159,43 @@ def run_check(
                     verdict = replace(verdict, outcome=Outcome.NONDETERMINISTIC, message=repeats)
                 elif repeats is not None:
                     verdict = replace(verdict, message=f"{verdict.message}; also {repeats}")
+        except Unsupported as exc:
+            verdict = Verdict(Outcome.UNSUPPORTED, str(exc))
         except Unavailable as exc:
             verdict = Verdict(Outcome.SKIP, str(exc))
     duration = time.perf_counter() - started
     return make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash)
+
+
+def _judge_against_baseline(
+    baseline: Any, call: ConvCall, target: Target, expected: Expected, got: Any, raised: Exception | None
+) -> Verdict:
+    """An equivalence oracle: this formulation against the same framework's primary one, on the
+    same data, independent of the reference. Each is within the bound of the exact result, so
+    they may differ by twice the bound; integer data that must be exact must match bit for bit."""
+    try:
+        base = baseline.run(call, target.device, target.precision)
+    except Exception as exc:
+        base_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if raised is not None:
+            return Verdict(Outcome.PASS, f"both formulations raise (primary: {base_error})")
+        shape = list(np.shape(got))
+        return Verdict(
+            Outcome.SHAPE,
+            f"{baseline.name} raised ({base_error}); this formulation returned shape {shape}",
+            got_shape=shape,
+        )
+    against = replace(
+        expected,
+        values=np.asarray(base, dtype=np.float64),
+        model=replace(expected.model, scale=2.0),
+        output_shape=np.shape(base),
+    )
+    verdict = classify(against, got, raised)
+    verdict.message = (f"against {baseline.name}: " + verdict.message) if verdict.message else ""
+    if verdict.outcome == Outcome.PASS and verdict.max_abs_error == 0:
+        verdict.message = f"bitwise equal to {baseline.name}"
+    return verdict
 
 
 def _repeat_calls(adapter: Any, call: ConvCall, target: Target, first: Any, repeat: int) -> str | None:
@@ -220,6 +257,8 @@ def make_record(
         "framework": target.adapter.framework,
         "framework_version": target.adapter.version(),
         "op": target.adapter.op,
+        "variant": target.adapter.variant,
+        "baseline": target.adapter.baseline.name if target.adapter.baseline is not None else None,
         "device": target.device,
         "precision": target.precision,
         "dtype": dtype,

@@ -13,6 +13,7 @@ from conformance.adapters.base import (
     ConvCall,
     Target,
     Unavailable,
+    Unsupported,
 )
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -33,4 +34,4 @@ def all_targets(adapters: tuple[Adapter, ...] = ADAPTERS) -> list[Target]:
     return targets
 
 
-__all__ = ["ADAPTERS", "Adapter", "CallParams", "ConvCall", "Target", "Unavailable", "all_targets"]
+__all__ = ["ADAPTERS", "Adapter", "CallParams", "ConvCall", "Target", "Unavailable", "Unsupported", "all_targets"]

@@ -49,15 +49,27 @@ class Unavailable(Exception):
     """The framework or device is not present here: the item is skipped with this reason."""
 
 
+class Unsupported(Exception):
+    """Raised by `run` when only the data shows that this formulation cannot express the case
+    (e.g. a zero-inserted kernel with infinite input, where inf * 0 is NaN): `unsupported`."""
+
+
 class Adapter(ABC):
     framework: str  # "torch", "tensorflow", "jax", "numpy"
     op: str  # the API under test, e.g. "conv2d", "atrous_conv2d"
     devices: tuple[str, ...] = DEVICES
     distributions: tuple[str, ...] = ()  # pip names that provide the framework, first installed wins
+    # An execution mode ("function", "jit", "layer", "onednn-off") or an equivalence oracle
+    # ("zero-inserted", "nchw", ...); empty for the plain eager call.
+    variant: str = ""
+    # Equivalence oracles only: the framework's own primary formulation, which this one must equal.
+    # Such a target is judged against that adapter's output, not against the reference.
+    baseline: Adapter | None = None
+    own_environment = False  # runs in its own process with its own settings: recorded separately
 
     @property
     def name(self) -> str:
-        return f"{self.framework}.{self.op}"
+        return f"{self.framework}.{self.op}" + (f"@{self.variant}" if self.variant else "")
 
     def version(self) -> str | None:
         """The installed framework version, from package metadata (no import, so skips know it too)."""
@@ -108,6 +120,24 @@ class Target:
     def id(self) -> str:
         suffix = "" if self.precision == "strict" else f"-{self.precision}"
         return f"{self.adapter.name}-{self.device}{suffix}"
+
+
+def zero_inserted_kernel(w: np.ndarray, rate: tuple[int, int]) -> np.ndarray:
+    """The HWIO kernel with rate-1 zeros between taps: an ordinary (rate 1) convolution with it
+    is the dilated convolution, which is how the reference documents define atrous convolution."""
+    k_h, k_w = w.shape[:2]
+    span = ((k_h - 1) * rate[0] + 1, (k_w - 1) * rate[1] + 1)
+    dilated = np.zeros((*span, *w.shape[2:]), dtype=w.dtype)
+    dilated[:: rate[0], :: rate[1]] = w
+    return dilated
+
+
+def require_finite(call: ConvCall, why: str) -> None:
+    if not (np.isfinite(call.x.astype(np.float64)).all() and np.isfinite(call.w.astype(np.float64)).all()):
+        raise Unsupported(f"non-finite data: {why}")
+
+
+INSERTED_ZEROS = "inf * an inserted zero is NaN where the dilated convolution never multiplies them"
 
 
 def pads_text(geometry: Geometry) -> str:

@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapters.base import Adapter, ConvCall, Unavailable
+from conformance.adapters.base import (
+    INSERTED_ZEROS,
+    Adapter,
+    CallParams,
+    ConvCall,
+    Unavailable,
+    require_finite,
+    zero_inserted_kernel,
+)
 from conformance.dtypes import float_format
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -47,6 +55,9 @@ class JaxConvGeneralDilated(Adapter):
     distributions = ("jax",)
     op = "conv_general_dilated"
 
+    def __init__(self, variant: str = "") -> None:
+        self.variant = variant
+
     def check_available(self, device: str) -> None:
         _device(device)
 
@@ -55,22 +66,43 @@ class JaxConvGeneralDilated(Adapter):
         dtype = getattr(jax.numpy, call.dtype)
         where = _device(device)
         x = jax.device_put(call.x.astype(np.float64), where).astype(dtype)
-        w = jax.device_put(call.w.astype(np.float64), where).astype(dtype)
-        y = jax.lax.conv_general_dilated(
-            x,
-            w,
-            window_strides=call.stride,
-            padding=_padding_argument(call),
-            rhs_dilation=call.rate,
-            dimension_numbers=DIMENSION_NUMBERS,
-            feature_group_count=call.groups,
-            precision=jax.lax.Precision.HIGHEST if precision == "strict" else None,
-        )
-        out = np.asarray(y)
+        w = jax.device_put(self._kernel(call).astype(np.float64), where).astype(dtype)
+        arguments = self._arguments(call, precision)
+        convolve = jax.lax.conv_general_dilated
+        if self.variant == "jit":
+            convolve = jax.jit(convolve, static_argnames=tuple(arguments))
+        out = np.asarray(self._convolve(jax, convolve, x, w, arguments))
         return out.astype(float_format(out.dtype.name).numpy_dtype)
 
+    def _kernel(self, call: ConvCall) -> np.ndarray:
+        return call.w
+
+    def _arguments(self, call: ConvCall, precision: str) -> dict[str, Any]:
+        jax = _jax()
+        return {
+            "window_strides": call.stride,
+            "padding": _padding_argument(call),
+            "rhs_dilation": call.rate,
+            "dimension_numbers": DIMENSION_NUMBERS,
+            "feature_group_count": call.groups,
+            "precision": jax.lax.Precision.HIGHEST if precision == "strict" else None,
+        }
+
+    def _convolve(self, jax: Any, convolve: Any, x: Any, w: Any, arguments: dict[str, Any]) -> Any:
+        if isinstance(arguments["padding"], list):  # jit's static arguments must be hashable
+            arguments = {**arguments, "padding": tuple(arguments["padding"])}
+        return convolve(x, w, **arguments)
+
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        precision_arg = "jax.lax.Precision.HIGHEST" if precision == "strict" else "None"
+        arguments = self._arguments(call, precision)
+        arguments["precision"] = "jax.lax.Precision.HIGHEST" if precision == "strict" else "None"
+        conv = None
+        if self.variant == "jit":  # static arguments must be hashable
+            arguments["padding"] = (
+                tuple(arguments["padding"]) if isinstance(arguments["padding"], list) else arguments["padding"]
+            )
+            conv = f"jax.jit(jax.lax.conv_general_dilated, static_argnames={tuple(arguments)!r})"
+        text = ", ".join(f"{k}={v!r}" if k != "precision" else f"{k}={v}" for k, v in arguments.items())
         return "\n".join(
             [
                 "import jax, jax.numpy as jnp",
@@ -78,12 +110,16 @@ class JaxConvGeneralDilated(Adapter):
                 f"dev = jax.devices('{device}')[0]",
                 f"x_j = jax.device_put(jnp.asarray(x, jnp.float64), dev).astype(jnp.{call.dtype})  # NHWC",
                 f"w_j = jax.device_put(jnp.asarray(w, jnp.float64), dev).astype(jnp.{call.dtype})  # HWIO",
-                f"y = jax.lax.conv_general_dilated(x_j, w_j, window_strides={call.stride}, "
-                f"padding={_padding_argument(call)!r}, rhs_dilation={call.rate}, "
-                f"dimension_numbers={DIMENSION_NUMBERS}, feature_group_count={call.groups}, "
-                f"precision={precision_arg})",
+                *self._prelude(call),
+                f"y = {self._source_call(conv or 'jax.lax.conv_general_dilated', text)}",
             ]
         )
+
+    def _prelude(self, call: ConvCall) -> list[str]:
+        return []
+
+    def _source_call(self, conv: str, arguments: str) -> str:
+        return f"{conv}(x_j, w_j, {arguments})"
 
     def environment(self) -> dict[str, Any]:
         jax = _jax()
@@ -102,4 +138,64 @@ class JaxConvGeneralDilated(Adapter):
         }
 
 
-ADAPTERS = (JaxConvGeneralDilated(),)
+PRIMARY = JaxConvGeneralDilated()
+
+
+class JaxZeroInserted(JaxConvGeneralDilated):
+    """Oracle: rhs_dilation 1 with the kernel's taps spread out by explicit zeros."""
+
+    baseline = PRIMARY
+
+    def __init__(self) -> None:
+        super().__init__("zero-inserted")
+
+    def _kernel(self, call: ConvCall) -> np.ndarray:
+        require_finite(call, INSERTED_ZEROS)
+        return zero_inserted_kernel(call.w, call.rate)
+
+    def _arguments(self, call: ConvCall, precision: str) -> dict[str, Any]:
+        return {**super()._arguments(call, precision), "rhs_dilation": (1, 1)}
+
+    def _prelude(self, call: ConvCall) -> list[str]:
+        return [
+            "from conformance.adapters.base import zero_inserted_kernel",
+            f"w_j = jax.device_put(jnp.asarray(zero_inserted_kernel(w, {call.rate}), jnp.float64), dev)"
+            f".astype(jnp.{call.dtype})",
+        ]
+
+
+class JaxExplicitPads(JaxConvGeneralDilated):
+    """Oracle: SAME written out as the explicit pads of DESIGN.md."""
+
+    baseline = PRIMARY
+
+    def __init__(self) -> None:
+        super().__init__("explicit-pads")
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return None if call_params.padding == "SAME" else "the SAME-equals-explicit-pads oracle is for SAME cases"
+
+    def _arguments(self, call: ConvCall, precision: str) -> dict[str, Any]:
+        return {**super()._arguments(call, precision), "padding": [tuple(p) for p in call.geometry.pads]}
+
+
+class JaxNchw(JaxConvGeneralDilated):
+    """Oracle: NCHW input and OIHW kernel through dimension numbers, output transposed back."""
+
+    baseline = PRIMARY
+
+    def __init__(self) -> None:
+        super().__init__("nchw")
+
+    def _arguments(self, call: ConvCall, precision: str) -> dict[str, Any]:
+        return {**super()._arguments(call, precision), "dimension_numbers": ("NCHW", "OIHW", "NCHW")}
+
+    def _convolve(self, jax: Any, convolve: Any, x: Any, w: Any, arguments: dict[str, Any]) -> Any:
+        nchw, oihw = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
+        return super()._convolve(jax, convolve, nchw, oihw, arguments).transpose(0, 2, 3, 1)
+
+    def _source_call(self, conv: str, arguments: str) -> str:
+        return f"{conv}(x_j.transpose(0, 3, 1, 2), w_j.transpose(3, 2, 0, 1), {arguments}).transpose(0, 2, 3, 1)"
+
+
+ADAPTERS = (PRIMARY, JaxConvGeneralDilated("jit"), JaxZeroInserted(), JaxExplicitPads(), JaxNchw())

@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapters.base import Adapter, CallParams, ConvCall, Unavailable
+from conformance.adapters.base import (
+    INSERTED_ZEROS,
+    Adapter,
+    CallParams,
+    ConvCall,
+    Unavailable,
+    require_finite,
+    zero_inserted_kernel,
+)
 from conformance.dtypes import float_format
 from conformance.semantics import is_symmetric
 
@@ -82,20 +90,32 @@ class TorchConv2d(Adapter):
 
         target_device = "cuda" if device == "gpu" else "cpu"
         dtype = _torch_dtype(call.dtype)
-        # torch.from_numpy has no bfloat16: go through float32, which holds every bfloat16 exactly.
+        # torch.from_numpy has no bfloat16: go through float64, which holds every case value exactly.
         x = torch.from_numpy(call.x.astype(np.float64)).to(target_device, dtype).permute(0, 3, 1, 2)
-        w = torch.from_numpy(call.w.astype(np.float64)).to(target_device, dtype).permute(3, 2, 0, 1)
-        padding, explicit = _padding_argument(call)
+        w = torch.from_numpy(self._kernel(call).astype(np.float64)).to(target_device, dtype).permute(3, 2, 0, 1)
         with _precision(precision), torch.no_grad():
-            if explicit is not None:
-                x = F.pad(x, explicit)
-            y = F.conv2d(x, w, stride=call.stride, padding=padding, dilation=call.rate, groups=call.groups)
+            y = self._forward(torch, F, x, w, call)
         out = y.permute(0, 2, 3, 1).cpu()
         numpy_dtype = float_format(str(out.dtype).removeprefix("torch.")).numpy_dtype
         return out.to(torch.float64).numpy().astype(numpy_dtype)
 
+    def _kernel(self, call: ConvCall) -> np.ndarray:
+        return call.w
+
+    def _rate(self, call: ConvCall) -> tuple[int, int]:
+        return call.rate
+
+    def _padding(self, call: ConvCall) -> tuple[str | tuple[int, int], list[int] | None]:
+        return _padding_argument(call)
+
+    def _forward(self, torch: Any, F: Any, x: Any, w: Any, call: ConvCall) -> Any:
+        padding, explicit = self._padding(call)
+        if explicit is not None:
+            x = F.pad(x, explicit)
+        return F.conv2d(x, w, stride=call.stride, padding=padding, dilation=self._rate(call), groups=call.groups)
+
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        padding, explicit = _padding_argument(call)
+        padding, explicit = self._padding(call)
         target_device = "cuda" if device == "gpu" else "cpu"
         lines = [
             "import torch, torch.nn.functional as F",
@@ -106,14 +126,17 @@ class TorchConv2d(Adapter):
         lines += [
             f"xt = torch.tensor(x, dtype=torch.float64){to}.permute(0, 3, 1, 2)  # NHWC -> NCHW",
             f"wt = torch.tensor(w, dtype=torch.float64){to}.permute(3, 2, 0, 1)  # HWIO -> OIHW",
+            *self._source_lines(call, padding, explicit),
         ]
-        if explicit is not None:
-            lines.append(f"xt = F.pad(xt, {explicit})  # [left, right, top, bottom]")
-        lines.append(
-            f"y = F.conv2d(xt, wt, stride={call.stride}, padding={padding!r}, dilation={call.rate}, "
-            f"groups={call.groups}).permute(0, 2, 3, 1)  # NHWC"
-        )
         return "\n".join(lines)
+
+    def _source_lines(self, call: ConvCall, padding: Any, explicit: list[int] | None) -> list[str]:
+        lines = [f"xt = F.pad(xt, {explicit})  # [left, right, top, bottom]"] if explicit is not None else []
+        return [
+            *lines,
+            f"y = F.conv2d(xt, wt, stride={call.stride}, padding={padding!r}, dilation={self._rate(call)}, "
+            f"groups={call.groups}).permute(0, 2, 3, 1)  # NHWC",
+        ]
 
     def environment(self) -> dict[str, Any]:
         torch = _torch()
@@ -135,4 +158,95 @@ class TorchConv2d(Adapter):
         return info
 
 
-ADAPTERS = (TorchConv2d(),)
+class TorchLayer(TorchConv2d):
+    """`torch.nn.Conv2d`, the module users build, called first on an input of another spatial size
+    and then on the case: state kept between calls (cached primitives or algorithms) must not leak."""
+
+    variant = "layer"
+
+    def _forward(self, torch: Any, F: Any, x: Any, w: Any, call: ConvCall) -> Any:
+        padding, explicit = self._padding(call)
+        layer = torch.nn.Conv2d(
+            x.shape[1], w.shape[0], tuple(w.shape[2:]), stride=call.stride, padding=padding,
+            dilation=call.rate, groups=call.groups, bias=False, device=x.device, dtype=x.dtype,
+        )  # fmt: skip
+        layer.weight.copy_(w)
+        other = torch.ones(x.shape[0], x.shape[1], x.shape[2] + 3, x.shape[3] + 5, dtype=x.dtype, device=x.device)
+        layer(F.pad(other, explicit) if explicit is not None else other)
+        return layer(F.pad(x, explicit) if explicit is not None else x)
+
+    def _source_lines(self, call: ConvCall, padding: Any, explicit: list[int] | None) -> list[str]:
+        pad = (lambda t: f"F.pad({t}, {explicit})") if explicit is not None else (lambda t: t)
+        return [
+            f"layer = torch.nn.Conv2d(xt.shape[1], wt.shape[0], tuple(wt.shape[2:]), stride={call.stride}, "
+            f"padding={padding!r}, dilation={call.rate}, groups={call.groups}, bias=False, "
+            "device=xt.device, dtype=xt.dtype)",
+            "with torch.no_grad():",
+            "    layer.weight.copy_(wt)",
+            "    other = torch.ones(xt.shape[0], xt.shape[1], xt.shape[2] + 3, xt.shape[3] + 5, "
+            "dtype=xt.dtype, device=xt.device)",
+            f"    layer({pad('other')})  # another spatial size first",
+            f"    y = layer({pad('xt')}).permute(0, 2, 3, 1)  # NHWC",
+        ]
+
+
+PRIMARY = TorchConv2d()
+
+
+class TorchZeroInserted(TorchConv2d):
+    """Oracle: rate 1 with the kernel's taps spread out by explicit zeros."""
+
+    variant = "zero-inserted"
+    baseline = PRIMARY
+
+    def _kernel(self, call: ConvCall) -> np.ndarray:
+        require_finite(call, INSERTED_ZEROS)
+        return zero_inserted_kernel(call.w, call.rate)
+
+    def _rate(self, call: ConvCall) -> tuple[int, int]:
+        return (1, 1)
+
+    def _source_lines(self, call: ConvCall, padding: Any, explicit: list[int] | None) -> list[str]:
+        return [
+            "from conformance.adapters.base import zero_inserted_kernel",
+            f"wt = torch.tensor(zero_inserted_kernel(w, {call.rate}), dtype=torch.float64)"
+            f".to(xt.device, xt.dtype).permute(3, 2, 0, 1)",
+            *super()._source_lines(call, padding, explicit),
+        ]
+
+
+class TorchChannelsLast(TorchConv2d):
+    """Oracle: the same call on channels_last (NHWC-in-memory) tensors, a different kernel family."""
+
+    variant = "channels_last"
+    baseline = PRIMARY
+
+    def _forward(self, torch: Any, F: Any, x: Any, w: Any, call: ConvCall) -> Any:
+        last = torch.channels_last
+        return super()._forward(torch, F, x.contiguous(memory_format=last), w.contiguous(memory_format=last), call)
+
+    def _source_lines(self, call: ConvCall, padding: Any, explicit: list[int] | None) -> list[str]:
+        return [
+            "xt = xt.contiguous(memory_format=torch.channels_last)",
+            "wt = wt.contiguous(memory_format=torch.channels_last)",
+            *super()._source_lines(call, padding, explicit),
+        ]
+
+
+class TorchExplicitPads(TorchConv2d):
+    """Oracle: SAME written out as the explicit pads of DESIGN.md (F.pad, then no padding)."""
+
+    variant = "explicit-pads"
+    baseline = PRIMARY
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        if call_params.padding != "SAME":
+            return "the SAME-equals-explicit-pads oracle applies to SAME cases only"
+        return super().unsupported_reason(call_params)
+
+    def _padding(self, call: ConvCall) -> tuple[str | tuple[int, int], list[int] | None]:
+        (top, bottom), (left, right) = call.geometry.pads
+        return (0, 0), [left, right, top, bottom]
+
+
+ADAPTERS = (PRIMARY, TorchLayer(), TorchZeroInserted(), TorchChannelsLast(), TorchExplicitPads())

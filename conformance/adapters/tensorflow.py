@@ -12,14 +12,31 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
 import numpy as np
 
-from conformance.adapters.base import Adapter, CallParams, ConvCall, Unavailable
+from conformance.adapters.base import (
+    INSERTED_ZEROS,
+    Adapter,
+    CallParams,
+    ConvCall,
+    Unavailable,
+    Unsupported,
+    require_finite,
+    zero_inserted_kernel,
+)
 from conformance.dtypes import float_format
+
+# oneDNN is switched by an environment variable read once, at import: these variants run the same
+# adapter in a child process of their own, started with the variable set.
+ONEDNN_VARIANTS = {"onednn-on": "1", "onednn-off": "0"}
 
 
 @cache
@@ -71,15 +88,30 @@ class _TensorFlowAdapter(Adapter):
             build = "built with CUDA" if tf.test.is_built_with_cuda() else "CPU-only build"
             raise Unavailable(f"no GPU visible to TensorFlow {tf.__version__} ({build})")
 
+    def __init__(self, variant: str = "") -> None:
+        self.variant = variant
+        if variant in ONEDNN_VARIANTS:
+            self.devices = ("cpu",)  # oneDNN is TensorFlow's CPU library
+
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        if self.variant in ONEDNN_VARIANTS:
+            return _child(self.variant).call(self.op, call, device, precision)
         tf = _tf()
         dtype = getattr(tf, call.dtype)
         _tf32_default()  # read before the first change
         with _placement(device, precision):
             x = tf.cast(tf.constant(call.x.astype(np.float64)), dtype)
-            w = tf.cast(tf.constant(call.w.astype(np.float64)), dtype)
-            y = self._call(tf, x, w, call)
+            w = tf.cast(tf.constant(self._kernel(call).astype(np.float64)), dtype)
+            if self.variant == "function":
+                y = tf.function(lambda a, b: self._call(tf, a, b, call))(x, w)
+            elif self.variant == "layer":
+                y = _layer_call(tf, lambda a, b: self._call(tf, a, b, call), x, w)
+            else:
+                y = self._call(tf, x, w, call)
         return y.numpy().astype(float_format(y.dtype.name).numpy_dtype)
+
+    def _kernel(self, call: ConvCall) -> np.ndarray:
+        return call.w
 
     def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
         raise NotImplementedError
@@ -89,16 +121,35 @@ class _TensorFlowAdapter(Adapter):
 
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
         tf32 = "False" if precision == "strict" else "True"
-        return "\n".join(
-            [
-                "import tensorflow as tf",
-                f"tf.config.experimental.enable_tensor_float_32_execution({tf32})",
-                f"with tf.device('/{device.upper()}:0'):",
-                f"    x_t = tf.cast(tf.constant(x, tf.float64), tf.{call.dtype})  # NHWC",
-                f"    w_t = tf.cast(tf.constant(w, tf.float64), tf.{call.dtype})  # HWIO",
-                f"    y = {self._source(call)}",
+        lines = []
+        if self.variant in ONEDNN_VARIANTS:
+            lines.append(f"import os; os.environ['TF_ENABLE_ONEDNN_OPTS'] = '{ONEDNN_VARIANTS[self.variant]}'")
+        lines += [
+            "import tensorflow as tf",
+            f"tf.config.experimental.enable_tensor_float_32_execution({tf32})",
+            f"with tf.device('/{device.upper()}:0'):",
+            f"    x_t = tf.cast(tf.constant(x, tf.float64), tf.{call.dtype})  # NHWC",
+            f"    w_t = tf.cast(tf.constant(w, tf.float64), tf.{call.dtype})  # HWIO",
+            *(f"    {line}" for line in self._prelude(call)),
+        ]
+        call_source = self._source(call)
+        if self.variant == "function":
+            lines.append(f"    y = tf.function(lambda x_t, w_t: {call_source})(x_t, w_t)")
+        elif self.variant == "layer":
+            lines += [
+                "    spec = [tf.TensorSpec([None, None, None, x_t.shape[3]], x_t.dtype), "
+                "tf.TensorSpec(w_t.shape, w_t.dtype)]",
+                f"    layer = tf.function(lambda x_t, w_t: {call_source}, input_signature=spec)",
+                "    layer(tf.ones([x_t.shape[0], x_t.shape[1] + 3, x_t.shape[2] + 5, x_t.shape[3]], x_t.dtype), w_t)"
+                "  # another size first",
+                "    y = layer(x_t, w_t)",
             ]
-        )
+        else:
+            lines.append(f"    y = {call_source}")
+        return "\n".join(lines)
+
+    def _prelude(self, call: ConvCall) -> list[str]:
+        return []
 
     def environment(self) -> dict[str, Any]:
         tf = _tf()
@@ -116,6 +167,19 @@ class _TensorFlowAdapter(Adapter):
                 "tensor_float_32_execution (default)": _tf32_default(),
             },
         }
+
+
+def _layer_call(tf: Any, function: Any, x: Any, w: Any) -> Any:
+    """A graph built for unknown spatial sizes (as a Keras layer's is), run on another size first:
+    padding or space_to_batch blocks computed for the first size must not be reused."""
+    spec = [tf.TensorSpec([None, None, None, x.shape[3]], x.dtype), tf.TensorSpec(w.shape, w.dtype)]
+    layer = tf.function(function, input_signature=spec)
+    other = tf.ones([x.shape[0], x.shape[1] + 3, x.shape[2] + 5, x.shape[3]], x.dtype)
+    try:
+        layer(other, w)
+    except Exception as exc:
+        raise type(exc)(f"on the first input, of spatial size {list(other.shape[1:3])}: {exc}") from None
+    return layer(x, w)
 
 
 class TensorFlowAtrousConv2d(_TensorFlowAdapter):
@@ -187,4 +251,194 @@ def _depthwise_filter_shape(call: ConvCall) -> list[int]:
     return [k_h, k_w, channels, out_channels // channels]
 
 
-ADAPTERS = (TensorFlowAtrousConv2d(), TensorFlowConv2d(), TensorFlowDepthwiseConv2d())
+CONV2D = TensorFlowConv2d()
+
+
+class TensorFlowAtrousEqualsConv2d(TensorFlowAtrousConv2d):
+    """Oracle: `atrous_conv2d` must equal `conv2d(dilations=)`, whatever the reference says."""
+
+    baseline = CONV2D
+
+    def __init__(self) -> None:
+        super().__init__("equals-conv2d")
+
+
+class TensorFlowZeroInserted(TensorFlowConv2d):
+    """Oracle: rate 1 with the kernel's taps spread out by explicit zeros."""
+
+    baseline = CONV2D
+
+    def __init__(self) -> None:
+        super().__init__("zero-inserted")
+
+    def _kernel(self, call: ConvCall) -> np.ndarray:
+        require_finite(call, INSERTED_ZEROS)
+        return zero_inserted_kernel(call.w, call.rate)
+
+    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
+        return tf.nn.conv2d(x, w, strides=list(call.stride), padding=_padding_argument(call), dilations=[1, 1])
+
+    def _prelude(self, call: ConvCall) -> list[str]:
+        return [
+            "from conformance.adapters.base import zero_inserted_kernel",
+            f"w_t = tf.cast(tf.constant(zero_inserted_kernel(w, {call.rate}), tf.float64), tf.{call.dtype})",
+        ]
+
+    def _source(self, call: ConvCall) -> str:
+        return f"tf.nn.conv2d(x_t, w_t, strides={list(call.stride)}, padding={_padding_argument(call)!r})"
+
+
+class TensorFlowExplicitPads(TensorFlowConv2d):
+    """Oracle: SAME written out as the explicit pads of DESIGN.md."""
+
+    baseline = CONV2D
+
+    def __init__(self) -> None:
+        super().__init__("explicit-pads")
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return None if call_params.padding == "SAME" else "the SAME-equals-explicit-pads oracle is for SAME cases"
+
+    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
+        return tf.nn.conv2d(x, w, strides=list(call.stride), padding=_explicit(call), dilations=list(call.rate))
+
+    def _source(self, call: ConvCall) -> str:
+        return (
+            f"tf.nn.conv2d(x_t, w_t, strides={list(call.stride)}, padding={_explicit(call)!r}, "
+            f"dilations={list(call.rate)})"
+        )
+
+
+class TensorFlowNchw(TensorFlowConv2d):
+    """Oracle: the same convolution with data_format="NCHW" (a separate kernel path)."""
+
+    baseline = CONV2D
+
+    def __init__(self) -> None:
+        super().__init__("nchw")
+
+    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
+        padding = _padding_argument(call)
+        if not isinstance(padding, str):
+            padding = [padding[0], padding[3], padding[1], padding[2]]
+        try:
+            y = tf.nn.conv2d(
+                tf.transpose(x, [0, 3, 1, 2]), w, strides=[1, 1, *call.stride], padding=padding,
+                data_format="NCHW", dilations=[1, 1, *call.rate],
+            )  # fmt: skip
+        except Exception as exc:
+            if "NHWC" in str(exc) and "CPU" in str(exc):  # a documented CPU limitation, not a finding
+                raise Unsupported(f"TensorFlow's CPU Conv2D takes only NHWC ({type(exc).__name__})") from None
+            raise
+        return tf.transpose(y, [0, 2, 3, 1])
+
+    def _source(self, call: ConvCall) -> str:
+        padding = _padding_argument(call)
+        if not isinstance(padding, str):
+            padding = [padding[0], padding[3], padding[1], padding[2]]
+        return (
+            f"tf.transpose(tf.nn.conv2d(tf.transpose(x_t, [0, 3, 1, 2]), w_t, strides={[1, 1, *call.stride]}, "
+            f"padding={padding!r}, data_format='NCHW', dilations={[1, 1, *call.rate]}), [0, 2, 3, 1])"
+        )
+
+
+def _explicit(call: ConvCall) -> list[list[int]]:
+    (top, bottom), (left, right) = call.geometry.pads
+    return [[0, 0], [top, bottom], [left, right], [0, 0]]
+
+
+class _Child:
+    """A TensorFlow process with its own TF_ENABLE_ONEDNN_OPTS, answering one call at a time."""
+
+    def __init__(self, variant: str) -> None:
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": ONEDNN_VARIANTS[variant]}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.variant = variant
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "conformance.adapters.tensorflow"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    def request(self, message: tuple[Any, ...]) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        payload = pickle.dumps(message)
+        try:
+            self.process.stdin.write(struct.pack("<Q", len(payload)) + payload)
+            self.process.stdin.flush()
+            header = self.process.stdout.read(8)
+        except BrokenPipeError:
+            header = b""
+        if len(header) < 8:
+            code = self.process.wait()
+            _child.cache_clear()  # the next check starts a fresh one
+            raise RuntimeError(f"the TF_ENABLE_ONEDNN_OPTS={ONEDNN_VARIANTS[self.variant]} process died (exit {code})")
+        kind, *rest = pickle.loads(self.process.stdout.read(struct.unpack("<Q", header)[0]))
+        if kind == "ok":
+            return rest[0]
+        if kind == "unavailable":
+            raise Unavailable(rest[0])
+        if kind == "unsupported":
+            raise Unsupported(rest[0])
+        raise type(rest[0], (Exception,), {})(rest[1])  # the framework's own exception name
+
+    def call(self, op: str, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        return self.request(("run", op, call, device, precision))
+
+
+@cache
+def _child(variant: str) -> _Child:
+    return _Child(variant)
+
+
+def _serve() -> None:
+    """The child's loop: its stdout carries only answers (stray prints go to stderr)."""
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    requests = sys.stdin.buffer
+    while header := requests.read(8):
+        kind, *args = pickle.loads(requests.read(struct.unpack("<Q", header)[0]))
+        try:
+            if kind == "environment":
+                answer: tuple[Any, ...] = ("ok", CONV2D.environment())
+            else:
+                op, call, device, precision = args
+                adapter = {a.op: a for a in ADAPTERS if not a.variant}[op]  # the eager call, in this process
+                adapter.check_available(device)
+                answer = ("ok", adapter.run(call, device, precision))
+        except Unavailable as exc:
+            answer = ("unavailable", str(exc))
+        except Unsupported as exc:
+            answer = ("unsupported", str(exc))
+        except Exception as exc:
+            answer = ("raised", type(exc).__name__, str(exc))
+        payload = pickle.dumps(answer)
+        answers.write(struct.pack("<Q", len(payload)) + payload)
+        answers.flush()
+
+
+class TensorFlowOneDnn(TensorFlowConv2d):
+    own_environment = True
+
+    def environment(self) -> dict[str, Any]:
+        return _child(self.variant).request(("environment",))
+
+
+ADAPTERS = (
+    TensorFlowAtrousConv2d(),
+    CONV2D,
+    TensorFlowDepthwiseConv2d(),
+    *(cls("function") for cls in (TensorFlowAtrousConv2d, TensorFlowConv2d, TensorFlowDepthwiseConv2d)),
+    TensorFlowConv2d("layer"),
+    TensorFlowDepthwiseConv2d("layer"),
+    TensorFlowOneDnn("onednn-on"),
+    TensorFlowOneDnn("onednn-off"),
+    TensorFlowAtrousEqualsConv2d(),
+    TensorFlowZeroInserted(),
+    TensorFlowExplicitPads(),
+    TensorFlowNchw(),
+)
+
+if __name__ == "__main__":
+    _serve()
