@@ -79,6 +79,7 @@ class Case:
     padding: PaddingSpec
     groups: int
     expect_kind: str  # "reference", "values" or "no-valid-output"
+    tier: str = "default"  # "extended": only with --conformance-tier extended
     expected_values: np.ndarray | None = dataclass_field(default=None, repr=False)
 
     @property
@@ -437,7 +438,7 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
     if errors and not bad_indices and not bad_sweeps:  # a file-level problem: nothing to load
         return LoadResult([], errors)
 
-    defaults = document.get("defaults", {})
+    defaults = {"tier": document.get("tier", "default"), **document.get("defaults", {})}
     suite = path.stem
     cases: list[Case] = []
     seen: dict[str, int] = {}
@@ -602,6 +603,7 @@ def _build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mappin
         padding=padding,
         groups=groups,
         expect_kind="reference",
+        tier=raw.get("tier", defaults.get("tier", "default")),
     )
     _check_work_size(case, fail)
     expect = raw.get("expect", {"kind": "reference"})

@@ -24,6 +24,7 @@ from conformance.cases import NON_CASE_FILES, Case, CaseError, case_files, load_
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
 from conformance.results import ResultsWriter, atomic_write_text, base_environment, read_stream
 
+TIERS = ("default", "extended")
 RECORD_KEY = "conformance"
 CASE_ERROR_KEY = "conformance_case_error"
 ENV_KEY = "conformance_environment"
@@ -35,6 +36,7 @@ MARKERS = {
     "cpu": "targets on the CPU",
     "gpu": "targets on a GPU",
     "conformance": "every case x target x dtype check",
+    "extended": "checks of the extended tier (--conformance-tier extended)",
 }
 
 
@@ -94,6 +96,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="call each framework N times per check; outputs that are not bitwise identical are "
         "reported as nondeterministic (default 1: no repeat)",
+    )
+    group.addoption(
+        "--conformance-tier",
+        choices=TIERS,
+        default="default",
+        help='default: the corpus that runs in minutes; extended: also the larger grids marked tier = "extended"',
     )
     group.addoption(
         "--expectations",
@@ -229,7 +237,10 @@ class CaseFile(pytest.File):
             name = terminal_safe(f"{error.case or '(file)'}[case-file-error]")
             yield InvalidCaseItem.from_parent(self, name=name, error=error)
         targets = _targets(self.config)
+        tiers = TIERS[: TIERS.index(self.config.getoption("conformance_tier")) + 1]
         for case in loaded.cases:
+            if case.tier not in tiers:
+                continue
             for dtype in case.dtypes:
                 for target in targets:
                     yield ConformanceItem.from_parent(
@@ -267,6 +278,8 @@ class ConformanceItem(pytest.Item):
         self.add_marker(target.adapter.framework)
         self.add_marker(target.device)
         self.extra_keyword_matches.update(case.tags)
+        if case.tier != "default":
+            self.add_marker(case.tier)
         self.extra_keyword_matches.update({dtype, target.adapter.op, target.precision})
 
     def runtest(self) -> None:

@@ -139,13 +139,15 @@ _COMPARE: dict[type, Callable[[Any, Any], Any]] = {
     ast.LtE: operator.le,
     ast.Gt: operator.gt,
     ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
 }
 _FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max, "abs": abs}
 
 
 @dataclass(frozen=True)
 class Constraint:
-    """One `where` expression, parsed once: arithmetic, comparisons, and/or/not, min/max/abs."""
+    """One `where` expression, parsed once: arithmetic, comparisons (also `in (1, 2)`), and/or/not, min/max/abs."""
 
     text: str
     tree: ast.Expression
@@ -173,6 +175,7 @@ class Constraint:
                 ast.Load,
                 ast.Constant,
                 ast.Call,
+                ast.Tuple,
                 *_BINARY,
                 *_COMPARE,
             )
@@ -207,6 +210,8 @@ def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
                 return False
             left = right
         return True
+    if isinstance(node, ast.Tuple):
+        return tuple(_evaluate(item, names) for item in node.elts)
     if isinstance(node, ast.Call):
         return _FUNCTIONS[node.func.id](*(_evaluate(a, names) for a in node.args))  # type: ignore[attr-defined]
     raise ValueError(f"cannot evaluate {type(node).__name__}")
@@ -278,7 +283,7 @@ def _raw_case(
         "groups": groups,
         "tags": [*sweep.get("tags", []), sweep["id"]],
     }
-    for key in ("source", "dtypes"):
+    for key in ("source", "dtypes", "tier"):
         if key in sweep:
             raw[key] = sweep[key]
     return raw
