@@ -1,0 +1,237 @@
+"""Equivalence oracles are judged against their framework's primary call, not the reference;
+execution modes run the real frameworks; the oneDNN variants really run in their own process;
+the extended tier is collected only when asked for."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conformance import reference, runner
+from conformance.adapters import ADAPTERS, Adapter, ConvCall, Target, Unsupported
+from conformance.adapters.base import zero_inserted_kernel
+from conformance.cases import load_file
+from tests.projects import child_environment, write_project
+
+CASES = """
+[[case]]
+id = "plain"
+dtypes = ["float32"]
+input = { generator = "normal", seed = 1, shape = [1, 9, 9, 2] }
+kernel = { generator = "normal", seed = 2, shape = [3, 3, 2, 2] }
+rate = 2
+padding = "SAME"
+
+[[case]]
+id = "no-output"
+dtypes = ["float32"]
+input = { generator = "normal", seed = 1, shape = [1, 4, 4, 1] }
+kernel = { generator = "normal", seed = 2, shape = [3, 3, 1, 1] }
+rate = 2
+"""
+
+
+@pytest.fixture
+def cases(tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "oracle.toml"
+    path.write_text(CASES)
+    return {case.id: case for case in load_file(path, tmp_path).cases}
+
+
+class Truth(Adapter):
+    """A primary call that returns the float64 reference rounded to the case dtype."""
+
+    framework = "fake"
+    op = "conv"
+    devices = ("cpu",)
+    offset = 0.0
+    raises = False
+
+    def check_available(self, device: str) -> None:
+        return None
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        if self.raises:
+            raise ValueError("the primary refuses")
+        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        return (y + self.offset).astype(call.x.dtype)
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        return "# fake"
+
+    def environment(self) -> dict[str, Any]:
+        return {}
+
+
+def _oracle(primary: Adapter, offset: float = 0.0, raises: bool = False) -> Adapter:
+    oracle = Truth()
+    oracle.variant, oracle.baseline, oracle.offset, oracle.raises = "alt", primary, offset, raises
+    return oracle
+
+
+def _check(case: Any, adapter: Adapter) -> dict[str, Any]:
+    return runner.run_check(case, Target(adapter, "cpu", "strict"), "float32")
+
+
+def test_an_oracle_is_judged_against_its_baseline_not_the_reference(cases: dict[str, Any]) -> None:
+    wrong_primary = Truth()
+    wrong_primary.offset = 1.0  # far from the reference
+    agreeing = _check(cases["plain"], _oracle(wrong_primary, offset=1.0))
+    assert agreeing["outcome"] == "pass", agreeing["message"]
+    assert agreeing["baseline"] == "fake.conv" and agreeing["variant"] == "alt"
+    assert "bitwise equal" in agreeing["message"]
+    # The same output, judged as a primary target, is far off the reference.
+    assert _check(cases["plain"], wrong_primary)["outcome"] == "mismatch"
+
+
+def test_an_oracle_that_differs_from_its_baseline_fails(cases: dict[str, Any]) -> None:
+    record = _check(cases["plain"], _oracle(Truth(), offset=1e-3))
+    assert record["outcome"] == "mismatch"
+    assert record["message"].startswith("against fake.conv:")
+
+
+def test_an_oracle_within_twice_the_bound_passes(cases: dict[str, Any]) -> None:
+    # One float32 ulp at 1.0 is 1.2e-7: beyond the bound of nothing, well inside 2x gamma_18 * S.
+    record = _check(cases["plain"], _oracle(Truth(), offset=1e-7))
+    assert record["outcome"] == "pass", record["message"]
+
+
+def test_one_formulation_raising_is_a_divergence(cases: dict[str, Any]) -> None:
+    assert _check(cases["plain"], _oracle(Truth(), raises=True))["outcome"] == "error"
+    refusing = Truth()
+    refusing.raises = True
+    record = _check(cases["plain"], _oracle(refusing))
+    assert record["outcome"] == "shape" and "fake.conv raised" in record["message"]
+    both = _check(cases["plain"], _oracle(refusing, raises=True))
+    assert both["outcome"] == "pass" and "both formulations raise" in both["message"]
+
+
+def test_without_a_valid_output_an_oracle_follows_the_conformance_rule(cases: dict[str, Any]) -> None:
+    record = _check(cases["no-output"], _oracle(Truth(), raises=True))
+    assert record["outcome"] == "expected-error"
+
+
+def test_unsupported_raised_from_run_is_unsupported(cases: dict[str, Any]) -> None:
+    class Refuses(Truth):
+        def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+            raise Unsupported("not expressible for this data")
+
+    record = _check(cases["plain"], Refuses())
+    assert record["outcome"] == "unsupported" and "not expressible" in record["message"]
+
+
+def test_zero_inserted_kernel() -> None:
+    w = np.arange(1, 7, dtype=np.float32).reshape(2, 3, 1, 1)
+    dilated = zero_inserted_kernel(w, (3, 2))
+    assert dilated.shape == (4, 5, 1, 1)
+    np.testing.assert_array_equal(dilated[::3, ::2], w)
+    assert dilated.sum() == w.sum() and np.count_nonzero(dilated) == 6
+
+
+def _real(name: str) -> Adapter:
+    return next(adapter for adapter in ADAPTERS if adapter.name == name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torch.conv2d@layer",
+        "torch.conv2d@zero-inserted",
+        "torch.conv2d@channels_last",
+        "torch.conv2d@explicit-pads",
+        "tensorflow.conv2d@function",
+        "tensorflow.conv2d@layer",
+        "tensorflow.atrous_conv2d@equals-conv2d",
+        "tensorflow.conv2d@zero-inserted",
+        "tensorflow.conv2d@explicit-pads",
+        "jax.conv_general_dilated@jit",
+        "jax.conv_general_dilated@zero-inserted",
+        "jax.conv_general_dilated@nchw",
+        "jax.conv_general_dilated@explicit-pads",
+    ],
+)
+def test_every_mode_and_oracle_runs_its_framework_and_reproduces(name: str, cases: dict[str, Any]) -> None:
+    adapter = _real(name)
+    pytest.importorskip({"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}[adapter.framework])
+    record = _check(cases["plain"], adapter)
+    assert record["outcome"] == "pass", record["message"]
+    # The reproduction is real code: run it and get the same bits.
+    namespace: dict[str, Any] = {}
+    exec(record["reproduction"], namespace)
+    got = np.asarray(namespace["y"])
+    call_output = adapter.run(
+        ConvCall(
+            x=runner.prepare(cases["plain"], "float32").data.x,
+            w=runner.prepare(cases["plain"], "float32").data.w,
+            rate=(2, 2),
+            stride=(1, 1),
+            padding="SAME",
+            geometry=cases["plain"].geometry,
+            groups=1,
+            dtype="float32",
+        ),
+        "cpu",
+        "strict",
+    )
+    np.testing.assert_array_equal(got, call_output)
+
+
+def test_onednn_variants_run_in_their_own_process(cases: dict[str, Any]) -> None:
+    pytest.importorskip("tensorflow")
+    for name, flag in (("tensorflow.conv2d@onednn-on", "1"), ("tensorflow.conv2d@onednn-off", "0")):
+        adapter = _real(name)
+        assert adapter.devices == ("cpu",)
+        assert _check(cases["plain"], adapter)["outcome"] == "pass"
+        environment = adapter.environment()
+        assert environment["flags"]["TF_ENABLE_ONEDNN_OPTS"] == flag
+        assert environment["flags"]["onednn_enabled"] is (flag == "1")
+    # A dead child is reported on the check, and the next check starts a new one.
+    from conformance.adapters import tensorflow as tf_adapter
+
+    tf_adapter._child("onednn-off").process.kill()
+    record = _check(cases["plain"], _real("tensorflow.conv2d@onednn-off"))
+    assert record["outcome"] == "error" and "process died" in record["message"]
+    assert _check(cases["plain"], _real("tensorflow.conv2d@onednn-off"))["outcome"] == "pass"
+
+
+def test_the_extended_tier_is_collected_only_when_asked(tmp_path: Path) -> None:
+    sweep = """
+[[sweep]]
+id = "small"
+seed = 1
+dtypes = ["float32"]
+[sweep.axes]
+size = [5]
+kernel_size = [1, 3]
+
+[[sweep]]
+id = "big"
+tier = "extended"
+seed = 2
+dtypes = ["float32"]
+[sweep.axes]
+size = [6, 7, 8]
+kernel_size = [1, 3]
+"""
+    project = write_project(tmp_path, ["Slow"], {"tiers.toml": sweep})
+
+    def collected(*options: str, marker: str = "paced") -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", marker, *options],
+            cwd=project,
+            env=child_environment(),
+            capture_output=True,
+            text=True,
+        )
+        return [line for line in result.stdout.splitlines() if "::" in line]
+
+    default = collected()
+    assert len(default) == 2 and all("small-" in item for item in default)
+    extended = collected("--conformance-tier", "extended")
+    assert len(extended) == 8 and sum("big-" in item for item in extended) == 6
+    assert len(collected("--conformance-tier", "extended", marker="paced and not extended")) == 2
