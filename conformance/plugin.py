@@ -104,6 +104,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help='default: the corpus that runs in minutes; extended: also the larger grids marked tier = "extended"',
     )
     group.addoption(
+        "--conformance-fuzz",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also explore N random configurations with Hypothesis across the CPU targets; a divergence is "
+        "shrunk to a minimal case and written as a case file under fuzz/ beside the results (default 0: off)",
+    )
+    group.addoption(
+        "--conformance-fuzz-target",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="fuzz only targets whose id matches (repeatable), e.g. 'torch.*'",
+    )
+    group.addoption(
+        "--conformance-fuzz-seed", type=int, default=0, metavar="SEED", help="the exploration's seed (default 0)"
+    )
+    group.addoption(
         "--expectations",
         default=None,
         metavar="PATH",
@@ -252,6 +270,9 @@ class CaseFile(pytest.File):
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """An invalid known-divergence entry fails as its own item, whatever -k/-m selected: a typo there
     would otherwise silently stop excusing (or start hiding) results. Valid entries still apply."""
+    examples = config.getoption("conformance_fuzz")
+    if examples > 0:
+        items.append(FuzzItem.from_parent(session, name=f"fuzz[{examples}]", nodeid=f"conformance::fuzz[{examples}]"))
     path, loaded = config.stash[_expectations_key]
     if path is None:
         return
@@ -371,6 +392,41 @@ def failure_text(record: dict[str, Any]) -> str:
     if record.get("reproduction"):
         lines += ["", "reproduction:", record["reproduction"]]
     return "\n".join(lines)
+
+
+class FuzzItem(pytest.Item):
+    """--conformance-fuzz N: one item that explores, shrinks and writes out what it finds."""
+
+    def runtest(self) -> None:
+        from conformance import fuzz
+
+        config = self.config
+        targets = fuzz.select(_targets(config), config.getoption("conformance_fuzz_target"))
+        if not targets:
+            raise pytest.UsageError("--conformance-fuzz-target matches no CPU target")
+        out_dir = _invocation_path(config, config.getoption("conformance_json")).parent / "fuzz"
+        result = fuzz.explore(
+            config.getoption("conformance_fuzz"),
+            targets,
+            config.stash[_expectations_key][1].entries,
+            out_dir,
+            seed=config.getoption("conformance_fuzz_seed"),
+        )
+        self.user_properties.append(("conformance_fuzz_checked", result.checked[0]))
+        if result.divergence is not None:
+            record = result.divergence.record
+            raise ConformanceFailure(
+                f"fuzzing found a divergence ({result.checked[0]} configurations tried, shrunk to a minimal one); "
+                f"case file: {result.case_file}\n\n{failure_text(record)}"
+            )
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ConformanceFailure):
+            return terminal_safe(str(excinfo.value.args[0]))
+        return str(super().repr_failure(excinfo, style))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return Path(self.config.rootpath), None, self.name
 
 
 class InvalidCaseItem(pytest.Item):

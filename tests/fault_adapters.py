@@ -149,3 +149,16 @@ FAULT_ADAPTERS: tuple[Adapter, ...] = (
     HangOnImport(),
     MemoryHog(),
 )
+
+
+class StrideRateBug(FaultAdapter):
+    """Right, except when stride and rate are both above 1 along the height axis: then off by one
+    in every element (the bug class of tensorflow#100237, for the fuzzer to find and shrink)."""
+
+    op = "stride_rate_bug"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        if call.stride[0] > 1 and call.rate[0] > 1:
+            y = y + 1.0
+        return y.astype(call.x.dtype)

@@ -81,8 +81,17 @@ def test_repeat_run_of_the_real_frameworks(tmp_path: Path) -> None:
     subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=600, check=False)
     records = json.loads(out.read_text())["results"]
     # Exact-integer cases make the jitter a mismatch too; the repeat finding is then added to its message.
-    flagged = {r["target"] for r in records if "not bitwise reproducible" in (r["message"] or "")}
+    flagged = {
+        r["target"]
+        for r in records
+        if "not bitwise reproducible" in (r["message"] or "") and r["expect"] != "no-valid-output"
+    }
     assert flagged == {"faulty.jitter-cpu"}
+    # oneDNN's answer where no output exists is uninitialised memory (tensorflow#64396): it differs call to call.
+    garbage = [
+        r for r in records if r["target"] == "tensorflow.conv2d@onednn-on-cpu" and r["expect"] == "no-valid-output"
+    ]
+    assert all(r["outcome"] == "expected-error" or "not bitwise reproducible" in r["message"] for r in garbage)
     jitter = [r for r in records if r["target"] == "faulty.jitter-cpu" and r["expect"] != "no-valid-output"]
     assert jitter and all("not bitwise reproducible" in r["message"] for r in jitter)
     assert any(r["framework"] == "numpy" and r["outcome"] == "pass" for r in records)

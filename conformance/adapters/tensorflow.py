@@ -355,7 +355,7 @@ class _Child:
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.variant = variant
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "conformance.adapters.tensorflow"],
+            [sys.executable, "-m", "conformance.adapters.tensorflow_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -392,7 +392,7 @@ def _child(variant: str) -> _Child:
     return _Child(variant)
 
 
-def _serve() -> None:
+def serve() -> None:
     """The child's loop: its stdout carries only answers (stray prints go to stderr)."""
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -439,6 +439,3 @@ ADAPTERS = (
     TensorFlowExplicitPads(),
     TensorFlowNchw(),
 )
-
-if __name__ == "__main__":
-    _serve()

@@ -1,0 +1,55 @@
+"""--conformance-fuzz finds a divergence, shrinks it to a minimal configuration and writes a case
+file that loads and reproduces it; it stays quiet where every target is right."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conformance import fuzz, runner
+from conformance.adapters import Target
+from conformance.cases import load_file
+from tests.fault_adapters import Slow, StrideRateBug
+from tests.projects import child_environment, write_project
+
+pytest.importorskip("hypothesis")
+
+
+def test_a_divergence_is_shrunk_and_written_as_a_case_file(tmp_path: Path) -> None:
+    target = Target(StrideRateBug(), "cpu", "strict")
+    result = fuzz.explore(200, [target], [], tmp_path, seed=3)
+    assert result.divergence is not None and result.case_file is not None
+    raw = tomllib.loads(result.case_file.read_text())["case"][0]
+    # Shrunk: the trigger (stride and rate 2 along H) and nothing else that could be smaller.
+    assert raw["stride"][0] == 2 and raw["rate"][0] == 2
+    assert raw["stride"][1] == 1 and raw["rate"][1] == 1 and raw["groups"] == 1
+    assert raw["input"]["shape"][0] == 1
+    (case,) = load_file(result.case_file, tmp_path).cases
+    assert runner.run_check(case, target, case.dtypes[0])["outcome"] == "mismatch"
+
+
+def test_no_divergence_no_file(tmp_path: Path) -> None:
+    slow = Slow()
+    slow.pause_s = 0.0
+    result = fuzz.explore(30, [Target(slow, "cpu", "strict")], [], tmp_path / "fuzz")
+    assert result.divergence is None and result.case_file is None
+    assert result.checked[0] > 10
+    assert not (tmp_path / "fuzz").exists()
+
+
+def test_the_option_runs_one_item_that_fails_with_the_case_file(tmp_path: Path) -> None:
+    one = 'description = "x"\n[[case]]\nid = "x"\ninput = { generator = "ones", shape = [1, 3, 3, 1] }\n'
+    one += 'kernel = { generator = "ones", shape = [1, 1, 1, 1] }\n'
+    project = write_project(tmp_path, ["StrideRateBug"], {"one.toml": one})
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--conformance-fuzz=120", "-k", "fuzz"]
+    command += ["--conformance-fuzz-target=faulty.*", "--conformance-json=out/results.json"]
+    result = subprocess.run(command, cwd=project, env=child_environment(), capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "fuzzing found a divergence" in result.stdout
+    (written,) = (project / "out" / "fuzz").glob("*.toml")
+    assert str(written.name) in result.stdout
+    assert "faulty.stride_rate_bug-cpu" in written.read_text()
