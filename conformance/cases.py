@@ -30,7 +30,7 @@ SCHEMA_PATH = Path(__file__).with_name("schema") / "cases.schema.json"
 # Refuse tensors above this many elements before allocating them (float64: 512 MiB).
 MAX_TENSOR_ELEMENTS = 1 << 26
 # Files under a cases directory that hold other data, not cases.
-NON_CASE_FILES = frozenset({"expectations.toml"})
+NON_CASE_FILES = frozenset({"expectations.toml", "composites.toml"})
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from conformance import expectations, hookspecs, isolation, report, runner
+from conformance import composites, expectations, hookspecs, isolation, report, runner
 from conformance.adapters import ADAPTERS, Target, all_targets
-from conformance.cases import NON_CASE_FILES, Case, CaseError, case_files, load_file
+from conformance.cases import NON_CASE_FILES, Case, CaseError, case_files, id_lines, load_file
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
 from conformance.results import ResultsWriter, atomic_write_text, base_environment, read_stream
 
@@ -236,12 +236,41 @@ def _root_of(config: pytest.Config, path: Path) -> Path | None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.suffix != ".toml" or file_path.name in NON_CASE_FILES:
+    if file_path.suffix != ".toml" or _root_of(parent.config, file_path) is None:
+        return None
+    if file_path.name == composites.FILE_NAME:
+        return CompositesFile.from_parent(parent, path=file_path)
+    if file_path.name in NON_CASE_FILES:
         return None
     root = _root_of(parent.config, file_path)
-    if root is None:
-        return None
+    assert root is not None
     return CaseFile.from_parent(parent, path=file_path, root=root if root.is_dir() else root.parent)
+
+
+class CompositesFile(pytest.File):
+    """The documents' multi-layer examples: each composite through every plain (non-variant) target."""
+
+    def collect(self) -> Any:
+        label = (
+            str(self.path.relative_to(self.config.rootpath))
+            if self.path.is_relative_to(self.config.rootpath)
+            else str(self.path)
+        )
+        loaded, errors = composites.load(self.path, label)
+        for error in errors:
+            yield InvalidCaseItem.from_parent(
+                self, name=terminal_safe(f"{error.case or '(file)'}[case-file-error]"), error=error
+            )
+        targets = [t for t in _targets(self.config) if not t.adapter.variant]
+        lines = id_lines(self.path.read_text())
+        for composite in loaded:
+            case = dataclasses.replace(composite.as_case(label), line=lines.get(composite.id, 1))
+            for dtype in case.dtypes:
+                for target in targets:
+                    yield CompositeItem.from_parent(
+                        self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype,
+                        composite=composite,
+                    )  # fmt: skip
 
 
 class CaseFile(pytest.File):
@@ -392,6 +421,15 @@ def failure_text(record: dict[str, Any]) -> str:
     if record.get("reproduction"):
         lines += ["", "reproduction:", record["reproduction"]]
     return "\n".join(lines)
+
+
+class CompositeItem(ConformanceItem):
+    def __init__(self, *, composite: composites.Composite, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.composite = composite
+
+    def _run(self) -> dict[str, Any]:
+        return composites.run_check(self.composite, self.case, self.target, self.dtype)
 
 
 class FuzzItem(pytest.Item):

@@ -315,3 +315,29 @@ def test_adversarial_diff_page_is_inert(driver: Any, hostile_document: dict[str,
     assert_inert(driver)
     assert driver.execute_script("return document.scripts.length") == 0
     assert HOSTILE_TEXT[:60] in driver.find_element("tag name", "body").text
+
+
+def test_composite_receptive_fields_are_drawn(driver: Any, tmp_path: Path, repo: Path) -> None:
+    """HDC [1, 2, 3] reaches all 13x13 pixels; the gridding stack [2, 2, 2] only a 7x7 checkerboard."""
+    from conformance import composites
+
+    loaded, errors = composites.load(repo / "cases" / "composites.toml", "cases/composites.toml")
+    assert not errors
+    writer = ResultsWriter(tmp_path / "results.json")
+    target = Target(NumpyIm2col(), "cpu", "strict")
+    for composite in loaded:
+        if composite.kind == "stack":
+            writer.add(composites.run_check(composite, composite.as_case("cases/composites.toml"), target, "float32"))
+    write_report(writer.finish(base_environment(), ["test"]), tmp_path / "index.html")
+    driver.get((tmp_path / "index.html").as_uri())
+    wait_ready(driver)
+    for case, reached in (("composites/hdc-1-2-3", 169), ("composites/gridding-2-2-2", 49)):
+        next(r for r in rows(driver) if r.get_attribute("data-case") == case).click()
+        wait_for(lambda case=case: driver.find_element("id", "detail-title").text.startswith(case))
+        picture = driver.find_element("css selector", "#detail-content svg.heatmap")
+        blue = [c for c in picture.find_elements("css selector", "rect") if c.get_attribute("fill") != "#fff"]
+        assert len(blue) == reached, case
+        caption = driver.find_element("css selector", "#detail-content figure.heatmap-figure figcaption")
+        caption = caption.get_attribute("textContent")
+        assert "Receptive field of the centre output" in caption
+    screenshot(driver, "report-receptive-field.png")

@@ -285,13 +285,15 @@ function heatmap(map) {
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `per-pixel ${map.quantity}`);
   const exact = map.quantity.startsWith("|error|");
+  const coverage = map.kind === "coverage";
+  const most = coverage ? Math.max(1, ...map.values.flat()) : 1;
   map.values.forEach((line, i) => line.forEach((value, j) => {
     const rect = document.createElementNS(ns, "rect");
     rect.setAttribute("x", j * size);
     rect.setAttribute("y", i * size);
     rect.setAttribute("width", size);
     rect.setAttribute("height", size);
-    rect.setAttribute("fill", heatColour(value, exact));
+    rect.setAttribute("fill", coverage ? coverageColour(value, most) : heatColour(value, exact));
     const title = document.createElementNS(ns, "title");
     const h = i * map.block[0], w = j * map.block[1];
     title.textContent = `rows ${h}–${Math.min(h + map.block[0], map.hw[0]) - 1}, cols ${w}–${Math.min(w + map.block[1], map.hw[1]) - 1}: ` +
@@ -299,10 +301,21 @@ function heatmap(map) {
     rect.append(title);
     svg.append(rect);
   }));
+  if (coverage) {
+    return el("figure", { class: "heatmap-figure" }, svg, el("figcaption", { class: "muted" },
+      `Receptive field of the centre output, as this target computed it (${map.hw[0]}×${map.hw[1]} input): ` +
+      "blue pixels reach it (darker: more paths), white ones do not; white inside the blue square is a hole (gridding)."));
+  }
   return el("figure", { class: "heatmap-figure" }, svg, el("figcaption", { class: "muted" },
     `${map.quantity}, max over batch and channels, output ${map.hw[0]}×${map.hw[1]}` +
     (map.block[0] * map.block[1] > 1 ? `, ${map.block[0]}×${map.block[1]} pixels per cell (max)` : "") +
     (exact ? ". White: exact; red: differs." : ". White: no error; blue: inside the bound; yellow→red: 1× to 1000× the bound; black: NaN/Inf differs.")));
+}
+
+function coverageColour(value, most) {
+  if (value === null || value <= 0) return "#fff";
+  const light = Math.round(85 - 55 * Math.sqrt(value / most));  // more paths: darker blue
+  return `hsl(212, 90%, ${light}%)`;
 }
 
 function heatColour(value, exact) {
@@ -330,7 +343,7 @@ function openDetail(row) {
     const cell = row.cells[column.n];
     if (!cell) continue;
     const bad = FAILING.has(cell.o) || cell.o === "xfail";
-    const block = el("details", { class: "result", open: bad },
+    const block = el("details", { class: "result", open: bad || (cell.em && cell.em.kind === "coverage") },
       el("summary", {}, chip(cell.o), " ", columnLabel(column), " ", el("span", { class: "muted" }, short(cell))));
     block.append(keyValueTable([["outcome", cell.o + (cell.ob ? ` (observed ${cell.ob})` : "")],
       ["error / bound", cell.x ? "bit-exact required" : fmt(cell.r)], ["max |error|", fmt(cell.ae)],

@@ -1,0 +1,238 @@
+"""The reference documents' multi-layer examples, run layer by layer through each framework.
+
+- Stacks of 3x3 dilated layers (HDC [1, 2, 3] and [1, 2, 5] against DeepLab's gridding [2, 2, 2]):
+  with all-ones kernels, a one-hot input and SAME padding, the output of the stack counts the
+  paths from the centre pixel to every pixel. These kernels are symmetric, so that map is also
+  the centre output's receptive field: which input pixels reach it, and how often. It is
+  computed by the framework, compared bit for bit (every count is a small integer) with the exact
+  map, and the documents' claims (its size, whether it has holes) are checked against it.
+- ASPP (DeepLab v3): parallel 1x1 and 3x3 branches at rates 6, 12, 18, an image-pooling branch
+  (global mean, 1x1, broadcast), concatenated and merged by a 1x1 convolution. With integer
+  data in {-1, 0, 1} on a 16x16 map every intermediate (means of 256 integers included) is exact
+  in float32, so the framework's result must equal the float64 reference bit for bit.
+
+The convolutions are the framework's (through its adapter); the glue between them (pooling,
+concatenation, broadcast) is NumPy, identical for every target.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformance import reference
+from conformance.adapters import Adapter, CallParams, ConvCall, Target
+from conformance.cases import Case, CaseError
+from conformance.dtypes import float_format
+from conformance.generators import generate
+from conformance.semantics import geometry
+
+FILE_NAME = "composites.toml"
+
+
+@dataclass(frozen=True)
+class Composite:
+    kind: str  # "stack" or "aspp"
+    id: str
+    description: str
+    source: str
+    rates: tuple[int, ...]
+    receptive_field: int | None = None  # the documents' claim, for stacks
+    holes: bool | None = None
+    size: int = 16
+    channels: int = 4
+    seed: int = 0
+
+    @property
+    def input_size(self) -> int:
+        if self.kind == "stack":  # room for the whole field around the centre pixel
+            return 2 * sum(self.rates) + 9
+        return self.size
+
+    def as_case(self, file: str) -> Case:
+        """A case record for results and the report: the first layer's geometry, the whole story in text."""
+        s = self.input_size
+        c_in = 1 if self.kind == "stack" else self.channels
+        return Case(
+            file=file,
+            suite="composites",
+            id=self.id,
+            line=None,
+            description=self.description,
+            source=self.source,
+            tags=("composite", self.kind),
+            dtypes=("float32", "float64"),
+            input_spec={"generator": "zeros"},
+            kernel_spec={"generator": "ones"},
+            input_shape=(1, s, s, c_in),
+            kernel_shape=(3, 3, c_in, 1),
+            rate=(self.rates[0], self.rates[0]),
+            stride=(1, 1),
+            padding="SAME",
+            groups=1,
+            expect_kind="reference",
+        )
+
+
+def load(path: Path, label: str) -> tuple[list[Composite], list[CaseError]]:
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return [], [CaseError(label, f"cannot read composites: {exc}")]
+    composites, errors = [], []
+    for kind in ("stack", "aspp"):
+        for raw in document.get(kind, []):
+            try:
+                rates = tuple(int(r) for r in raw["rates"])
+                if not rates or min(rates) < 1:
+                    raise ValueError("rates must be positive integers")
+                composites.append(
+                    Composite(
+                        kind=kind,
+                        id=str(raw["id"]),
+                        description=str(raw.get("description", "")),
+                        source=str(raw.get("source", "")),
+                        rates=rates,
+                        receptive_field=raw.get("receptive_field"),
+                        holes=raw.get("holes"),
+                        size=int(raw.get("size", 16)),
+                        channels=int(raw.get("channels", 4)),
+                        seed=int(raw.get("seed", 0)),
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                field = exc.args[0] if isinstance(exc, KeyError) else None
+                name = raw.get("id") if isinstance(raw, dict) else None
+                errors.append(CaseError(label, f"[[{kind}]]: {exc}", name, field, entry=kind))
+    return composites, errors
+
+
+Conv = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def framework_conv(target: Target, dtype: str) -> tuple[Conv, list[str]]:
+    """A SAME, stride-1 convolution through the target's adapter; raises NotImplementedError with the
+    adapter's reason when it cannot express a layer. Also collects each call's reproduction."""
+    adapter: Adapter = target.adapter
+    sources: list[str] = []
+
+    def conv(x: np.ndarray, w: np.ndarray, rate: int) -> np.ndarray:
+        geo = geometry("SAME", x.shape[1:3], w.shape[:2], (rate, rate), (1, 1))
+        params = CallParams(x.shape, w.shape, (rate, rate), (1, 1), "SAME", geo, 1, dtype)  # type: ignore[arg-type]
+        reason = adapter.unsupported_reason(params)
+        if reason:
+            raise NotImplementedError(reason)
+        numpy_dtype = float_format(dtype).numpy_dtype
+        call = ConvCall(x.astype(numpy_dtype), w.astype(numpy_dtype), (rate, rate), (1, 1), "SAME", geo, 1, dtype)
+        sources.append(adapter.reproduction(call, target.device, target.precision))
+        return np.asarray(adapter.run(call, target.device, target.precision), dtype=np.float64)
+
+    return conv, sources
+
+
+def reference_conv(x: np.ndarray, w: np.ndarray, rate: int) -> np.ndarray:
+    return reference.conv2d(x, w, rate=(rate, rate), stride=(1, 1), padding="SAME", groups=1)
+
+
+def stack_paths(composite: Composite, conv: Conv) -> np.ndarray:
+    """Path counts from the centre pixel through the stack (all-ones 3x3 kernels, one channel)."""
+    s = composite.input_size
+    x = np.zeros((1, s, s, 1))
+    x[0, s // 2, s // 2, 0] = 1.0
+    ones = np.ones((3, 3, 1, 1))
+    for rate in composite.rates:
+        x = conv(x, ones, rate)
+    return x[0, :, :, 0]
+
+
+def field_facts(paths: np.ndarray) -> tuple[int, bool]:
+    """(side of the covered square, whether some pixel inside it is not reached)."""
+    rows, cols = np.nonzero(paths)
+    if not rows.size:
+        return 0, False
+    box = paths[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    return int(max(box.shape)), bool((box == 0).any())
+
+
+def aspp(composite: Composite, conv: Conv) -> np.ndarray:
+    """DeepLab v3's ASPP head on the composite's seeded integer data (branches of 2 channels)."""
+    s, c, seed = composite.size, composite.channels, composite.seed
+    spec = {"generator": "integers", "low": -1, "high": 1}
+    x = generate({**spec, "seed": seed}, (1, s, s, c))
+    branch_out = 2
+    branches = [conv(x, generate({**spec, "seed": seed + 1}, (1, 1, c, branch_out)), 1)]
+    for number, rate in enumerate(composite.rates, start=2):
+        branches.append(conv(x, generate({**spec, "seed": seed + number}, (3, 3, c, branch_out)), rate))
+    pooled = x.mean(axis=(1, 2), keepdims=True)  # exact: a sum of integers over 256 pixels
+    pool_w = generate({**spec, "seed": seed + 20}, (1, 1, c, branch_out))
+    branches.append(np.broadcast_to(conv(pooled, pool_w, 1), (1, s, s, branch_out)))
+    merged = np.concatenate(branches, axis=3)
+    merge_w = generate({**spec, "seed": seed + 21}, (1, 1, merged.shape[3], 3))
+    return conv(merged, merge_w, 1)
+
+
+def coverage_map(paths: np.ndarray) -> dict[str, Any]:
+    """The receptive field as the report draws it: path counts per input pixel (0: not reached)."""
+    return {
+        "quantity": "paths to the centre output",
+        "kind": "coverage",
+        "hw": list(paths.shape),
+        "block": [1, 1],
+        "values": [[float(v) for v in row] for row in paths],
+    }
+
+
+def run_check(composite: Composite, case: Case, target: Target, dtype: str) -> dict[str, Any]:
+    """One composite through one target: a result record like any check's (outcome, message,
+    reproduction), with the receptive field's picture for stacks."""
+    from conformance.adapters import Unavailable
+    from conformance.compare import Outcome, Verdict
+    from conformance.runner import make_record
+
+    conv, sources = framework_conv(target, dtype)
+    picture = None
+    try:
+        target.adapter.check_available(target.device)
+        if composite.kind == "stack":
+            exact = stack_paths(composite, reference_conv)
+            got = stack_paths(composite, conv)
+            picture = coverage_map(got)
+        else:
+            exact = aspp(composite, reference_conv)
+            got = aspp(composite, conv)
+    except Unavailable as exc:
+        return make_record(case, target, dtype, Verdict(Outcome.SKIP, str(exc)))
+    except NotImplementedError as exc:
+        return make_record(case, target, dtype, Verdict(Outcome.UNSUPPORTED, f"a layer is not expressible: {exc}"))
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return make_record(case, target, dtype, Verdict(Outcome.ERROR, f"raised {type(exc).__name__}: {first}"))
+    differs = got != exact
+    if differs.any():
+        index = [int(i) for i in np.argwhere(differs)[0]]
+        message = (
+            f"{int(differs.sum())} of {differs.size} values differ from the exact result (all are exact integers "
+            f"or dyadic fractions here); first at {index}: expected {exact[tuple(index)]!r}, got {got[tuple(index)]!r}"
+        )
+        verdict = Verdict(Outcome.MISMATCH, message, exact=True, max_abs_error=float(np.abs(got - exact).max()))
+    elif composite.kind == "stack":
+        side, holes = field_facts(got)
+        verdict = Verdict(
+            Outcome.PASS,
+            f"receptive field {side}x{side}, "
+            + ("with holes (gridding)" if holes else "no holes")
+            + f"; the documents say {composite.receptive_field}x{composite.receptive_field}"
+            + (", with holes" if composite.holes else ", no holes"),
+            exact=True,
+        )
+    else:
+        verdict = Verdict(Outcome.PASS, f"bit-exact over {got.size} outputs of the ASPP head", exact=True)
+    verdict.error_map = picture
+    note = f"# {composite.kind} {composite.id}: {len(sources)} framework calls; the first is below"
+    record = make_record(case, target, dtype, verdict, reproduction=f"{note}\n{sources[0]}" if sources else "")
+    return record
