@@ -46,7 +46,7 @@ PREPARING = "preparing the data and the reference"
 @dataclass(frozen=True)
 class Limits:
     timeout_s: float | None  # per framework call; None: no limit
-    load_timeout_s: float | None  # added for the first check of a framework in a process (its import)
+    load_timeout_s: float | None  # added for the first check of each target in a process (it imports the framework)
     memory_bytes: int | None  # per worker; None: no limit
     crash_limit: int  # crashes + timeouts of one target before it is not called again
 
@@ -98,7 +98,10 @@ class WorkerGuard:
         self.log: IO[bytes] = (state_dir / f"{worker_id}.log").open("ab", buffering=0)
         self._faulthandler_ours = False
         self._state: dict[str, Any] = {}
-        self._loaded: set[str] = set()  # frameworks this process has already imported
+        # Targets this process has already loaded. Per target, not per framework: an adapter may load
+        # more than its framework (a device context, a child process), and a target that hangs while
+        # loading must be told from one that hangs later, whatever ran before it in this worker.
+        self._loaded: set[str] = set()
         if limits.memory_bytes is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_DATA)
             cap = limits.memory_bytes if hard == resource.RLIM_INFINITY else min(limits.memory_bytes, hard)
@@ -111,9 +114,9 @@ class WorkerGuard:
             # Here rather than at configure: pytest's own faulthandler plugin points it at stderr then.
             faulthandler.enable(self.log, all_threads=True)
             self._faulthandler_ours = True
-        # Importing a framework (the first check of it in this process) is not the call under test:
+        # Loading a target (its first check in this process imports the framework) is not the call under test:
         # it gets its own allowance, so a slow import on a loaded machine is not a timeout.
-        loading = record["framework"] not in self._loaded
+        loading = record["target"] not in self._loaded
         limit = self.limits.timeout_s
         if limit and loading and self.limits.load_timeout_s:
             limit += self.limits.load_timeout_s
@@ -137,7 +140,7 @@ class WorkerGuard:
         """The framework is imported; what follows is this case's own work."""
         if self._state["phase"] == LOADING:  # once per framework and process: later checks start past it
             self._state["phase"] = PREPARING
-            self._loaded.add(self._state["record"]["framework"])
+            self._loaded.add(self._state["record"]["target"])
             self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
 
     def _arm(self, limit: float | None) -> None:

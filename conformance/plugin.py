@@ -73,7 +73,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=float,
         default=300.0,
         metavar="SECONDS",
-        help="extra time for the first check of a framework in each worker, which imports it (default 300)",
+        help="extra time for the first check of each target in each worker, which imports its framework (default 300)",
     )
     group.addoption(
         "--conformance-memory-limit",

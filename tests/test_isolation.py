@@ -83,7 +83,7 @@ def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) ->
         ("import_crash", "crash", "Segmentation fault"),
         ("abort", "crash", "Aborted"),
         ("hang", "timeout", f"time limit of {TIMEOUT_S} s in the framework call"),
-        # The first check of a framework in a worker gets the load allowance on top; later ones do not.
+        # The first check of a target in a worker gets the load allowance on top; later ones do not.
         ("import_hang", "timeout", "s loading the framework (--conformance-timeout"),
     ],
 )
