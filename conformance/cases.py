@@ -670,7 +670,8 @@ def case_files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
     """(file, root) for every case file under the given files or directories, sorted."""
     for root in paths:
         if root.is_file():
-            yield root, root.parent
+            if root.name not in NON_CASE_FILES:
+                yield root, root.parent
             continue
         for path in sorted(root.rglob("*.toml")):
             if path.name not in NON_CASE_FILES:

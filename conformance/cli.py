@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from conformance import composites, expectations
 from conformance import diff as diffing
-from conformance import expectations
 from conformance.adapters import all_targets
 from conformance.cases import load_paths, materialize
 from conformance.report import write_report
@@ -42,17 +42,24 @@ def _load_results(path: Path) -> dict[str, Any]:
 def _validate(args: argparse.Namespace) -> int:
     loaded = load_paths(args.paths)
     errors = list(loaded.errors)
+    composite_ids = []
+    for root in args.paths:
+        path = root / composites.FILE_NAME if root.is_dir() else root
+        if path.name == composites.FILE_NAME and path.exists():
+            found, composite_errors = composites.load(path, str(path))
+            errors += composite_errors
+            composite_ids += [f"composites/{c.id}" for c in found]
     known = expectations.load(args.expectations, str(args.expectations))
     errors += known.errors
     # Globs are checked against the whole corpus only: a subset of case files would make them look unmatched.
     if args.paths == [Path("cases")]:
-        case_ids = [case.qualified_id for case in loaded.cases]
+        case_ids = [case.qualified_id for case in loaded.cases] + composite_ids
         errors += expectations.unmatched_globs(known.entries, case_ids, [t.id for t in all_targets()])
     for error in errors:
         print(error, file=sys.stderr)
     checks = sum(len(case.dtypes) for case in loaded.cases)
     print(
-        f"{len(loaded.cases)} valid case(s), {checks} case x dtype combination(s), "
+        f"{len(loaded.cases)} valid case(s), {checks} case x dtype combination(s), {len(composite_ids)} composite(s), "
         f"{len(known.entries)} known divergence(s), {len(errors)} error(s)"
     )
     return 1 if errors else 0
