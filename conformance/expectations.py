@@ -23,6 +23,7 @@ from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from conformance import sweeps
 from conformance.adapters.base import installed_version
 from conformance.cases import CaseError, SourceLines, explain_schema_error, field_path, id_lines, strict_validator
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
@@ -56,6 +57,7 @@ class Expectation:
     env: tuple[tuple[str, str | bool], ...] = ()
     outcomes: tuple[str, ...] = ()
     strict: bool = True
+    where: tuple[sweeps.Constraint, ...] = ()  # geometry conditions, in the names sweeps' `where` uses
 
     def matches_check(self, case: str, target: str, dtype: str) -> bool:
         """The static part: case, target and dtype (what `validate` can check without running)."""
@@ -70,6 +72,10 @@ class Expectation:
             return False
         if self.expect and record.get("expect") != self.expect:
             return False
+        if self.where:
+            names = sweeps.record_variables(record)
+            if names is None or not all(c.holds(names) for c in self.where):
+                return False
         if self.device and record.get("device") != self.device:
             return False
         if self.precision and record.get("precision") != self.precision:
@@ -148,6 +154,11 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
             line = source.entry_line(index, ["versions"])
             errors.append(CaseError(label, f"not a PEP 440 version range: {exc}", raw["id"], "versions", line))
             continue
+        try:
+            where = tuple(sweeps.Constraint.parse(text) for text in raw.get("where", []))
+        except ValueError as exc:
+            errors.append(CaseError(label, str(exc), raw["id"], "where", source.entry_line(index, ["where"])))
+            continue
         entries.append(
             Expectation(
                 id=raw["id"],
@@ -166,6 +177,7 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
                 env=tuple(sorted(raw.get("env", {}).items())),
                 outcomes=tuple(raw.get("outcomes", ())),
                 strict=raw.get("strict", True),
+                where=where,
             )
         )
     return LoadedExpectations(entries, errors)

@@ -121,6 +121,28 @@ def variables(values: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def record_variables(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The same names for a result record (what an expectation's `where` is evaluated on)."""
+    try:
+        n, h, w, c_in = record["input_shape"]
+        k_h, k_w, _, c_out = record["kernel_shape"]
+        return variables(
+            {
+                "batch": n,
+                "size": [h, w],
+                "channels": c_in,
+                "kernel_size": [k_h, k_w],
+                "out_channels": c_out,
+                "rate": list(record["rate"]),
+                "stride": list(record["stride"]),
+                "padding": record["padding"],
+                "groups": record["groups"],
+            }
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 VARIABLE_NAMES = tuple(
     variables({**DEFAULT_SETTINGS, "size": 1, "kernel_size": 1})  # the names, from one sample
 )

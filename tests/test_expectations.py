@@ -220,3 +220,31 @@ def test_validate_fails_on_a_glob_that_matches_no_case(
     path.write_text(ENTRIES.replace("depthwise/stride*", "depthwise/strde*"))
     assert cli_main(["validate", "--expectations", str(path)]) == 1
     assert "'depthwise/strde*' matches no known case" in capsys.readouterr().err
+
+
+def test_where_matches_by_geometry(tmp_path: Path) -> None:
+    """An entry that names the triggering geometry excuses every case of that geometry, and only those."""
+    path = tmp_path / "expectations.toml"
+    path.write_text(
+        '[[divergence]]\nid = "stride-and-rate"\ncases = ["*"]\ntargets = ["fake.*"]\n'
+        'where = ["max(stride_h, stride_w) > 1 and max(rate_h, rate_w) > 1"]\noutcomes = ["shape"]\n'
+        'reason = "r"\nlink = "https://example.org/1"\n'
+    )
+    loaded = expectations.load(path)
+    assert not loaded.errors
+
+    def record(rate: list[int], stride: list[int]) -> dict:
+        return {
+            "case": "any/case", "target": "fake.conv-cpu", "dtype": "float32", "outcome": "shape",
+            "framework": "fake", "framework_version": None, "device": "cpu", "precision": "strict",
+            "expect": "reference", "input_shape": [1, 9, 9, 1], "kernel_shape": [3, 3, 1, 1],
+            "rate": rate, "stride": stride, "padding": "SAME", "groups": 1, "message": "m",
+        }  # fmt: skip
+
+    for rate, stride, excused in (([2, 1], [2, 2], True), ([1, 1], [2, 2], False), ([3, 3], [1, 1], False)):
+        result = record(rate, stride)
+        expectations.apply(result, loaded.entries, {})
+        assert (result["outcome"] == "xfail") is excused, (rate, stride)
+    path.write_text(path.read_text().replace("max(stride_h", "import(stride_h"))
+    (error,) = expectations.load(path).errors
+    assert error.field == "where" and "not an expression" in error.message
