@@ -331,6 +331,7 @@ class ConformanceItem(pytest.Item):
         if case.tier != "default":
             self.add_marker(case.tier)
         self.extra_keyword_matches.update({dtype, target.adapter.op, target.precision})
+        self.extra_keyword_matches.add(target.adapter.variant or "plain")  # -k plain: no modes, no oracles
 
     def runtest(self) -> None:
         record = self._run()
