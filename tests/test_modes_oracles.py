@@ -235,3 +235,15 @@ kernel_size = [1, 3]
     extended = collected("--conformance-tier", "extended")
     assert len(extended) == 8 and sum("big-" in item for item in extended) == 6
     assert len(collected("--conformance-tier", "extended", marker="paced and not extended")) == 2
+
+
+def test_the_report_tells_variants_apart(cases: dict[str, Any], tmp_path: Path) -> None:
+    from conformance.report import embedded_data, write_report
+    from conformance.results import ResultsWriter, base_environment
+
+    writer = ResultsWriter(tmp_path / "results.json")
+    writer.add(_check(cases["plain"], Truth()))
+    writer.add(_check(cases["plain"], _oracle(Truth())))
+    write_report(writer.finish(base_environment(), ["test"]), tmp_path / "index.html")
+    columns = embedded_data((tmp_path / "index.html").read_text())["columns"]
+    assert sorted(column["variant"] for column in columns) == ["", "alt"]

@@ -77,6 +77,7 @@ def pack(document: dict[str, Any]) -> dict[str, Any]:
                 "target": record["target"],
                 "framework": record["framework"],
                 "op": record["op"],
+                "variant": record.get("variant") or "",  # an execution mode or oracle (older results: none)
                 "version": record.get("framework_version") or "",
                 "device": record["device"],
                 "precision": record["precision"],
@@ -107,9 +108,8 @@ def pack(document: dict[str, Any]) -> dict[str, Any]:
             if record.get(name) is not None:
                 cell[short] = record[name]
         row.setdefault("cells", {})[f"{column_key[0]}@{column_key[1]}"] = cell
-    ordered_columns = sorted(
-        columns.values(), key=lambda c: (c["framework"], c["op"], c["device"], c["precision"], c["version"])
-    )
+    order = ("framework", "op", "variant", "device", "precision", "version")
+    ordered_columns = sorted(columns.values(), key=lambda c: tuple(c[k] for k in order))
     for number, column in enumerate(ordered_columns):
         column["key"] = f"{column['target']}@{column['version']}"
         column["n"] = number

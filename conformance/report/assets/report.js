@@ -73,7 +73,8 @@ function short(cell) {
 }
 
 function columnLabel(column) {
-  return `${column.framework}.${column.op} ${column.version} ${column.device}${column.precision === "strict" ? "" : " " + column.precision}`;
+  const variant = column.variant ? "@" + column.variant : "";
+  return `${column.framework}.${column.op}${variant} ${column.version} ${column.device}${column.precision === "strict" ? "" : " " + column.precision}`;
 }
 
 function string(index) { return D.strings[index] || ""; }
@@ -198,7 +199,8 @@ function header() {
   head.replaceChildren(el("div", { class: "label" }, "case", el("span", { class: "dtype" }, "dtype")));
   for (const column of visibleColumns) {
     head.append(el("div", { class: "col", title: columnLabel(column) },
-      el("div", {}, column.framework), el("div", {}, column.op), el("div", {}, column.version),
+      el("div", {}, column.framework), el("div", {}, column.op),
+      el("div", { class: "variant" }, column.variant ? "@" + column.variant : "\u00a0"), el("div", {}, column.version),
       el("div", {}, column.device + (column.precision === "strict" ? "" : " · " + column.precision))));
   }
 }
