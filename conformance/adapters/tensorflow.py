@@ -318,9 +318,7 @@ class TensorFlowNchw(TensorFlowConv2d):
         super().__init__("nchw")
 
     def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
-        padding = _padding_argument(call)
-        if not isinstance(padding, str):
-            padding = [padding[0], padding[3], padding[1], padding[2]]
+        padding = _nchw_padding(call)
         try:
             y = tf.nn.conv2d(
                 tf.transpose(x, [0, 3, 1, 2]), w, strides=[1, 1, *call.stride], padding=padding,
@@ -333,13 +331,17 @@ class TensorFlowNchw(TensorFlowConv2d):
         return tf.transpose(y, [0, 2, 3, 1])
 
     def _source(self, call: ConvCall) -> str:
-        padding = _padding_argument(call)
-        if not isinstance(padding, str):
-            padding = [padding[0], padding[3], padding[1], padding[2]]
+        padding = _nchw_padding(call)
         return (
             f"tf.transpose(tf.nn.conv2d(tf.transpose(x_t, [0, 3, 1, 2]), w_t, strides={[1, 1, *call.stride]}, "
             f"padding={padding!r}, data_format='NCHW', dilations={[1, 1, *call.rate]}), [0, 2, 3, 1])"
         )
+
+
+def _nchw_padding(call: ConvCall) -> str | list[list[int]]:
+    """The padding argument with its per-axis pairs in NCHW order."""
+    padding = _padding_argument(call)
+    return padding if isinstance(padding, str) else [padding[0], padding[3], padding[1], padding[2]]
 
 
 def _explicit(call: ConvCall) -> list[list[int]]:
