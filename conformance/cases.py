@@ -458,7 +458,7 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
             continue
         seen[case_id] = index
         try:
-            cases.append(_build_case(label, suite, raw, defaults, line))
+            cases.append(build_case(label, suite, raw, defaults, line))
         except CaseFileError as exc:
             # Point at the offending key's own line when the case states it (not inherited).
             field_line = source.entry_line(index, exc.error.field.split(".")) if exc.error.field else None
@@ -491,7 +491,7 @@ def _load_sweep(
                 continue
             seen[raw["id"]] = sweep_id
             try:
-                cases.append(_build_case(label, suite, raw, defaults, line))
+                cases.append(build_case(label, suite, raw, defaults, line))
             except CaseFileError as exc:
                 failed.append(exc.error)
     except sweeps.SweepError as exc:
@@ -559,7 +559,7 @@ def _tensor_shape(label: str, case_id: str, line: int | None, name: str, spec: M
     return shape
 
 
-def _build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping[str, Any], line: int | None) -> Case:
+def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping[str, Any], line: int | None) -> Case:
     case_id = raw["id"]
 
     def fail(message: str, field_name: str) -> CaseFileError:

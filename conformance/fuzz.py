@@ -13,13 +13,13 @@ import fnmatch
 import hashlib
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from conformance import expectations, runner
 from conformance.adapters import Target
-from conformance.cases import Case, CaseFileError, _build_case
+from conformance.cases import Case, CaseFileError, build_case
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 from conformance.results import atomic_write_text
 
@@ -79,12 +79,12 @@ class FuzzResult:
     examples: int
     divergence: Divergence | None = None
     case_file: Path | None = None
-    checked: list[int] = field(default_factory=lambda: [0])
+    checked: int = 0  # configurations that were valid cases
 
 
 def _case(raw: Mapping[str, Any]) -> Case | None:
     try:
-        return _build_case("fuzz", "fuzz", raw, {}, None)
+        return build_case("fuzz", "fuzz", raw, {}, None)
     except CaseFileError:  # e.g. a padded input beyond the size limit: not a configuration
         return None
 
@@ -107,7 +107,7 @@ def explore(
         case = _case(raw)
         if case is None:
             return False
-        result.checked[0] += 1
+        result.checked += 1
         for target in targets:
             if pinned and target.id != pinned[0][0]:
                 continue

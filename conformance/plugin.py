@@ -451,11 +451,10 @@ class FuzzItem(pytest.Item):
             out_dir,
             seed=config.getoption("conformance_fuzz_seed"),
         )
-        self.user_properties.append(("conformance_fuzz_checked", result.checked[0]))
         if result.divergence is not None:
             record = result.divergence.record
             raise ConformanceFailure(
-                f"fuzzing found a divergence ({result.checked[0]} configurations tried, shrunk to a minimal one); "
+                f"fuzzing found a divergence ({result.checked} configurations tried, shrunk to a minimal one); "
                 f"case file: {result.case_file}\n\n{failure_text(record)}"
             )
 

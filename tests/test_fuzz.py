@@ -37,7 +37,7 @@ def test_no_divergence_no_file(tmp_path: Path) -> None:
     slow.pause_s = 0.0
     result = fuzz.explore(30, [Target(slow, "cpu", "strict")], [], tmp_path / "fuzz")
     assert result.divergence is None and result.case_file is None
-    assert result.checked[0] > 10
+    assert result.checked > 10
     assert not (tmp_path / "fuzz").exists()
 
 
