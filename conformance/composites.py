@@ -33,6 +33,7 @@ from conformance.generators import generate
 from conformance.semantics import geometry
 
 FILE_NAME = "composites.toml"
+ASPP_BRANCH_CHANNELS = 2
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,26 @@ class Composite:
             return 2 * sum(self.rates) + 9
         return self.size
 
-    def as_case(self, file: str) -> Case:
-        """A case record for results and the report: the first layer's geometry, the whole story in text."""
+    def first_layer(self) -> tuple[dict[str, Any], dict[str, Any], tuple[int, ...], tuple[int, ...], int]:
+        """(input spec, kernel spec, input shape, kernel shape, rate) of the composite's first call."""
         s = self.input_size
-        c_in = 1 if self.kind == "stack" else self.channels
+        if self.kind == "stack":  # a one-hot centre pixel through all-ones kernels
+            centre = {"at": [0, s // 2, s // 2, 0], "value": 1.0}
+            return (
+                {"generator": "zeros", "set": [centre]},
+                {"generator": "ones"},
+                (1, s, s, 1),
+                (3, 3, 1, 1),
+                self.rates[0],
+            )
+        integers = {"generator": "integers", "low": -1, "high": 1}
+        x_spec, w_spec = {**integers, "seed": self.seed}, {**integers, "seed": self.seed + 1}
+        return x_spec, w_spec, (1, s, s, self.channels), (1, 1, self.channels, ASPP_BRANCH_CHANNELS), 1
+
+    def as_case(self, file: str) -> Case:
+        """A case record for results and the report: the first call's data and geometry (so the
+        reproduction repeats that call exactly), the whole composite in the description."""
+        input_spec, kernel_spec, input_shape, kernel_shape, rate = self.first_layer()
         return Case(
             file=file,
             suite="composites",
@@ -67,11 +84,11 @@ class Composite:
             source=self.source,
             tags=("composite", self.kind),
             dtypes=("float32", "float64"),
-            input_spec={"generator": "zeros"},
-            kernel_spec={"generator": "ones"},
-            input_shape=(1, s, s, c_in),
-            kernel_shape=(3, 3, c_in, 1),
-            rate=(self.rates[0], self.rates[0]),
+            input_spec=input_spec,
+            kernel_spec=kernel_spec,
+            input_shape=input_shape,  # type: ignore[arg-type]
+            kernel_shape=kernel_shape,  # type: ignore[arg-type]
+            rate=(rate, rate),
             stride=(1, 1),
             padding="SAME",
             groups=1,
@@ -141,10 +158,8 @@ def reference_conv(x: np.ndarray, w: np.ndarray, rate: int) -> np.ndarray:
 
 def stack_paths(composite: Composite, conv: Conv) -> np.ndarray:
     """Path counts from the centre pixel through the stack (all-ones 3x3 kernels, one channel)."""
-    s = composite.input_size
-    x = np.zeros((1, s, s, 1))
-    x[0, s // 2, s // 2, 0] = 1.0
-    ones = np.ones((3, 3, 1, 1))
+    input_spec, kernel_spec, input_shape, kernel_shape, _ = composite.first_layer()
+    x, ones = generate(input_spec, input_shape), generate(kernel_spec, kernel_shape)
     for rate in composite.rates:
         x = conv(x, ones, rate)
     return x[0, :, :, 0]
@@ -161,11 +176,12 @@ def field_facts(paths: np.ndarray) -> tuple[int, bool]:
 
 def aspp(composite: Composite, conv: Conv) -> np.ndarray:
     """DeepLab v3's ASPP head on the composite's seeded integer data (branches of 2 channels)."""
+    input_spec, kernel_spec, input_shape, kernel_shape, _ = composite.first_layer()
     s, c, seed = composite.size, composite.channels, composite.seed
     spec = {"generator": "integers", "low": -1, "high": 1}
-    x = generate({**spec, "seed": seed}, (1, s, s, c))
-    branch_out = 2
-    branches = [conv(x, generate({**spec, "seed": seed + 1}, (1, 1, c, branch_out)), 1)]
+    x = generate(input_spec, input_shape)
+    branch_out = ASPP_BRANCH_CHANNELS
+    branches = [conv(x, generate(kernel_spec, kernel_shape), 1)]
     for number, rate in enumerate(composite.rates, start=2):
         branches.append(conv(x, generate({**spec, "seed": seed + number}, (3, 3, c, branch_out)), rate))
     pooled = x.mean(axis=(1, 2), keepdims=True)  # exact: a sum of integers over 256 pixels

@@ -60,3 +60,16 @@ def test_a_wrong_layer_is_a_mismatch(loaded: list[composites.Composite], composi
     if composite.kind == "stack":
         assert good["error_map"]["kind"] == "coverage"
         assert bad["error_map"]["values"] != good["error_map"]["values"]  # the wrong field is drawn as computed
+
+
+@pytest.mark.parametrize("composite_id", ["gridding-2-2-2", "aspp-6-12-18"])
+def test_the_reproduction_repeats_the_first_call(loaded: list[composites.Composite], composite_id: str) -> None:
+    composite = next(c for c in loaded if c.id == composite_id)
+    record = composites.run_check(
+        composite, composite.as_case("cases/composites.toml"), Target(NumpyIm2col(), "cpu", "strict"), "float64"
+    )
+    namespace: dict[str, Any] = {}
+    exec(record["reproduction"], namespace)
+    input_spec, kernel_spec, input_shape, kernel_shape, rate = composite.first_layer()
+    x, w = composites.generate(input_spec, input_shape), composites.generate(kernel_spec, kernel_shape)
+    np.testing.assert_array_equal(namespace["y"], composites.reference_conv(x, w, rate))
