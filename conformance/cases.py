@@ -80,6 +80,7 @@ class Case:
     groups: int
     expect_kind: str  # "reference", "values" or "no-valid-output"
     tier: str = "default"  # "extended": only with --conformance-tier extended
+    derivatives: int = 0  # 1: also the gradients; 2: also Hessian-vector products (conformance.derivatives)
     expected_values: np.ndarray | None = dataclass_field(default=None, repr=False)
 
     @property
@@ -604,6 +605,7 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
         groups=groups,
         expect_kind="reference",
         tier=raw.get("tier", defaults.get("tier", "default")),
+        derivatives=int(setting("derivatives", 0)),
     )
     _check_work_size(case, fail)
     expect = raw.get("expect", {"kind": "reference"})

@@ -124,6 +124,11 @@ class Expected:
     model: ErrorModel
     exact: bool
     no_output_axes: tuple[int, ...] = ()  # the spatial axes (1, 2) with no valid position
+    layout: str = "NHWC"  # of the compared tensor: "HWIO" for a kernel gradient
+
+    @property
+    def index_names(self) -> str:
+        return ", ".join(self.layout.lower())
 
 
 def classify(expected: Expected, got: Any = None, raised: BaseException | None = None) -> Verdict:
@@ -138,7 +143,7 @@ def classify(expected: Expected, got: Any = None, raised: BaseException | None =
     if got.shape != expected.output_shape:
         return Verdict(
             Outcome.SHAPE,
-            f"output shape {verdict_shape}, expected {list(expected.output_shape)} (NHWC)",
+            f"output shape {verdict_shape}, expected {list(expected.output_shape)} ({expected.layout})",
             got_shape=verdict_shape,
             got_dtype=got.dtype.name,
         )
@@ -230,10 +235,12 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
     if special_bad.any():
         index = tuple(int(i) for i in np.argwhere(special_bad)[0])
         verdict.outcome = Outcome.MISMATCH
-        verdict.error_map = error_map(np.where(special_bad, np.inf, ratio), "error/bound (inf: NaN/Inf differs)")
+        verdict.error_map = error_map(
+            np.where(special_bad, np.inf, ratio), "error/bound (inf: NaN/Inf differs)", expected.layout
+        )
         verdict.worst = _element(index, ref, got64, bound)
         verdict.message = (
-            f"{int(special_bad.sum())} element(s) differ in NaN/Inf: first at {list(index)} (n, h, w, c): "
+            f"{int(special_bad.sum())} element(s) differ in NaN/Inf: first at {list(index)} ({expected.index_names}): "
             f"expected {ref[index]!r}, got {got64[index]!r}"
         )
         return verdict
@@ -244,7 +251,11 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
     failing = error > 0 if expected.exact else ratio > 1.0
     if failing.any():
         verdict.outcome = Outcome.MISMATCH
-        verdict.error_map = error_map(error, "|error| (bit-exact required)") if expected.exact else error_map(ratio)
+        verdict.error_map = (
+            error_map(error, "|error| (bit-exact required)", expected.layout)
+            if expected.exact
+            else error_map(ratio, layout=expected.layout)
+        )
         model = expected.model
         rule = (
             f"bit-exact required: integer data whose every partial sum is exact in {fmt.name}"
@@ -253,7 +264,8 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
         )
         ratio_text = "" if expected.exact else f", error/bound {ratio[index]:.3g}"
         verdict.message = (
-            f"{int(failing.sum())} of {ref.size} elements beyond the bound; worst at {list(index)} (n, h, w, c): "
+            f"{int(failing.sum())} of {ref.size} elements beyond the bound; "
+            f"worst at {list(index)} ({expected.index_names}): "
             f"expected {ref[index]!r}, got {got64[index]!r}, |error| {error[index]:.6g}, bound {bound[index]:.6g}"
             f"{ratio_text} ({rule})"
         )
@@ -263,13 +275,15 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
 ERROR_MAP_MAX_SIDE = 48  # cells per side: enough to see a border or a stripe, small enough for 20k-row reports
 
 
-def error_map(per_element: np.ndarray, quantity: str = "error/bound") -> dict[str, Any]:
-    """Max over batch and channels, then max-pooled to at most 48x48 cells over (H, W).
+def error_map(per_element: np.ndarray, quantity: str = "error/bound", layout: str = "NHWC") -> dict[str, Any]:
+    """Max over the non-spatial axes (batch and channels; both channel axes of a kernel), then
+    max-pooled to at most 48x48 cells over (H, W).
 
     Max, not mean, at both steps: one bad pixel must stay visible after downsampling.
     Non-finite cells (a NaN/Inf mismatch, or an error where the bound is zero) become null.
     """
-    plane = per_element.max(axis=(0, 3)) if per_element.size else np.zeros((0, 0))
+    channel_axes = (2, 3) if layout == "HWIO" else (0, 3)
+    plane = per_element.max(axis=channel_axes) if per_element.size else np.zeros((0, 0))
     height, width = plane.shape
     block = (max(1, -(-height // ERROR_MAP_MAX_SIDE)), max(1, -(-width // ERROR_MAP_MAX_SIDE)))
     rows, cols = -(-height // block[0]), -(-width // block[1])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance import expectations, runner
-from conformance.adapters import Target
+from conformance.adapters import QUANTITIES, Target
 from conformance.cases import Case, CaseFileError, build_case
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 from conformance.results import atomic_write_text
@@ -160,6 +160,8 @@ def write_case_file(raw: Mapping[str, Any], record: Mapping[str, Any], out_dir: 
     lines += [
         f"{key} = {_toml(raw[key])}" for key in ("dtypes", "input", "kernel", "rate", "stride", "padding", "groups")
     ]
+    if record.get("quantity", "output") in QUANTITIES:  # found in a gradient: the case must opt into it
+        lines.append(f"derivatives = {QUANTITIES[record['quantity']]}")
     path = out_dir / f"{case_id}.toml"
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")

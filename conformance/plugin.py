@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from conformance import composites, expectations, hookspecs, isolation, report, runner
-from conformance.adapters import ADAPTERS, Target, all_targets
+from conformance.adapters import ADAPTERS, QUANTITIES, Target, all_targets
 from conformance.cases import NON_CASE_FILES, Case, CaseError, case_files, id_lines, load_file
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
 from conformance.results import ResultsWriter, atomic_write_text, base_environment, read_stream
@@ -96,6 +96,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="call each framework N times per check; outputs that are not bitwise identical are "
         "reported as nondeterministic (default 1: no repeat)",
+    )
+    group.addoption(
+        "--conformance-gpu-repeat",
+        type=int,
+        default=3,
+        metavar="N",
+        help="the same for GPU targets, whose libraries may pick nondeterministic algorithms per shape "
+        "(default 3; the larger of this and --conformance-repeat applies)",
     )
     group.addoption(
         "--conformance-tier",
@@ -288,8 +296,10 @@ class CaseFile(pytest.File):
         for case in loaded.cases:
             if case.tier not in tiers:
                 continue
+            # Derivative targets only for the cases that opt into that order.
+            case_targets = [t for t in targets if QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives]
             for dtype in case.dtypes:
-                for target in targets:
+                for target in case_targets:
                     yield ConformanceItem.from_parent(
                         self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype
                     )
@@ -310,6 +320,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items.append(
             InvalidCaseItem.from_parent(session, name=name, path=path, nodeid=f"{error.file}::{name}", error=error)
         )
+
+
+def _repeat(config: pytest.Config, target: Target) -> int:
+    repeat = config.getoption("conformance_repeat")
+    if target.device == "gpu":
+        repeat = max(repeat, config.getoption("conformance_gpu_repeat"))
+    return max(1, repeat)
 
 
 class ConformanceFailure(Exception):
@@ -375,7 +392,7 @@ class ConformanceItem(pytest.Item):
                 self.dtype,
                 before_call=guard.progress,
                 after_load=guard.loaded,
-                repeat=max(1, self.config.getoption("conformance_repeat")),
+                repeat=_repeat(self.config, self.target),
             )
         except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
             record = runner.harness_error_record(self.case, self.target, self.dtype, exc)

@@ -60,3 +60,63 @@ def conv2d_resolved(x: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) ->
             # Per group: (pixels, C_in/g) @ (C_in/g, C_out/g), batched over groups by einsum.
             y += np.einsum("nhwgc,cgo->nhwgo", window, w_grouped[u, v], optimize=True)
     return y.reshape(n, o_h, o_w, c_out)
+
+
+# The backward pass. Written from the definitions, not by differentiating `conv2d_resolved`, so that
+# each can catch the other: tests check the adjoint identity <conv(x, w), dy> = <x, dx> = <w, dw>.
+
+
+def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
+    """dL/dx for the cotangent dy = dL/dy: a transposed, dilated correlation.
+
+    Insert s-1 zeros between the cotangent's pixels (undoing the stride), border it with k_eff-1
+    zeros, and correlate at the same rate with the kernel flipped in space and transposed in
+    channels (per group); the result is the gradient of the padded input, cropped to the input.
+    """
+    dy = np.asarray(dy, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n, o_h, o_w, c_out = dy.shape
+    k_h, k_w, c_per_group, _ = w.shape
+    out_per_group = c_out // groups
+    (r_h, r_w), (s_h, s_w) = geo.rate, geo.stride
+    e_h, e_w = geo.effective_kernel_hw
+    p_h, p_w = geo.padded_hw
+    (top, _), (left, _) = geo.pads
+    in_h, in_w = geo.input_hw
+    dx_pad = np.zeros((n, p_h, p_w, groups, c_per_group), dtype=np.float64)
+    if o_h and o_w:
+        spread = np.zeros((n, p_h + e_h - 1, p_w + e_w - 1, groups, out_per_group), dtype=np.float64)
+        rows = slice(e_h - 1, e_h - 1 + (o_h - 1) * s_h + 1, s_h)
+        cols = slice(e_w - 1, e_w - 1 + (o_w - 1) * s_w + 1, s_w)
+        spread[:, rows, cols] = dy.reshape(n, o_h, o_w, groups, out_per_group)
+        flipped = w[::-1, ::-1].reshape(k_h, k_w, c_per_group, groups, out_per_group)
+        for u in range(k_h):
+            for v in range(k_w):
+                window = spread[:, u * r_h : u * r_h + p_h, v * r_w : v * r_w + p_w]
+                dx_pad += np.einsum("nhwgo,cgo->nhwgc", window, flipped[u, v], optimize=True)
+    return dx_pad[:, top : top + in_h, left : left + in_w].reshape(n, in_h, in_w, groups * c_per_group)
+
+
+def conv2d_kernel_grad(x: np.ndarray, dy: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
+    """dL/dw for the cotangent dy: per kernel tap (u, v), the correlation of the padded input,
+    sampled at that tap's rate offset and the stride, with the cotangent, summed over the batch
+    and every output pixel (an accumulation of N * o_h * o_w products per kernel element)."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    n, _, _, c_in = x.shape
+    _, o_h, o_w, c_out = dy.shape
+    k_h, k_w = geo.kernel_hw
+    c_per_group, out_per_group = c_in // groups, c_out // groups
+    (r_h, r_w), (s_h, s_w) = geo.rate, geo.stride
+    (top, bottom), (left, right) = geo.pads
+    x_pad = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    cotangent = dy.reshape(n, o_h, o_w, groups, out_per_group)
+    dw = np.zeros((k_h, k_w, c_per_group, groups, out_per_group), dtype=np.float64)
+    if o_h and o_w:
+        for u in range(k_h):
+            for v in range(k_w):
+                rows = slice(u * r_h, u * r_h + (o_h - 1) * s_h + 1, s_h)
+                cols = slice(v * r_w, v * r_w + (o_w - 1) * s_w + 1, s_w)
+                sampled = x_pad[:, rows, cols].reshape(n, o_h, o_w, groups, c_per_group)
+                dw[u, v] = np.einsum("nhwgc,nhwgo->cgo", sampled, cotangent, optimize=True)
+    return dw.reshape(k_h, k_w, c_per_group, c_out)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import reference
+from conformance import derivatives, reference
 from conformance.adapters import CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.cases import Case, CaseData, materialize
 from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify
@@ -71,10 +71,13 @@ def accumulation_length(case: Case) -> int:
     return k_h * k_w * c_per_group
 
 
-def error_model(case: Case, dtype: str, target: Target) -> ErrorModel:
+def _tf32_bound(target: Target, dtype: str) -> bool:
     # "defaults" on a GPU may run float32 through TF32: judge it against TF32's bound.
-    tf32 = target.precision == "defaults" and dtype == "float32"
-    return ErrorModel(float_format(dtype), accumulation_length(case), tf32=tf32)
+    return target.precision == "defaults" and dtype == "float32"
+
+
+def error_model(case: Case, dtype: str, target: Target) -> ErrorModel:
+    return ErrorModel(float_format(dtype), accumulation_length(case), tf32=_tf32_bound(target, dtype))
 
 
 def expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) -> Expected:
@@ -135,6 +138,14 @@ def run_check(
                 groups=case.groups,
                 dtype=dtype,
             )
+            if adapter.quantity != derivatives.OUTPUT:
+                tangents = derivatives.tangents(case, dtype)
+                call = replace(
+                    call,
+                    cotangent=tangents.cotangent,
+                    direction_input=tangents.direction_input,
+                    direction_kernel=tangents.direction_kernel,
+                )
             reproduction = adapter.reproduction(call, target.device, target.precision)
             if before_call is not None:
                 crashed = Verdict(Outcome.CRASH, "the process died during the framework call")
@@ -148,10 +159,16 @@ def run_check(
             except Exception as exc:  # a framework error is a finding, not a harness failure
                 raised = exc
             _loaded_adapters.setdefault(adapter.name if adapter.own_environment else adapter.framework, adapter)
-            expected = expected_answer(case, dtype, target, prepared)
+            if adapter.quantity != derivatives.OUTPUT:
+                expected = derivatives.expected(case, dtype, adapter.quantity, tf32=_tf32_bound(target, dtype))
+            else:
+                expected = expected_answer(case, dtype, target, prepared)
             if adapter.baseline is not None and expected.values is not None:
                 base = _baseline_output(case, dtype, adapter.baseline, call, target)
-                verdict = _judge_against_baseline(adapter.baseline.name, base, expected, got, raised)
+                baseline_name = adapter.baseline.name + (
+                    f" on {adapter.baseline_device}" if adapter.baseline_device else ""
+                )
+                verdict = _judge_against_baseline(baseline_name, base, expected, got, raised)
             else:
                 verdict = classify(expected, got, raised)
             output_hash = _output_hash(got)
@@ -176,10 +193,11 @@ BASELINE_CACHE_SIZE = 8
 
 
 def _baseline_output(case: Case, dtype: str, baseline: Any, call: ConvCall, target: Target) -> np.ndarray | Exception:
-    key = (case, dtype, baseline, target.device, target.precision)  # Case and Adapter hash by identity
+    device = target.adapter.baseline_device or target.device
+    key = (case, dtype, baseline, device, target.precision)  # Case and Adapter hash by identity
     if key not in _baseline_outputs:
         try:
-            _baseline_outputs[key] = baseline.run(call, target.device, target.precision)
+            _baseline_outputs[key] = baseline.run(call, device, target.precision)
         except (Unavailable, Unsupported):
             raise
         except Exception as exc:
@@ -279,6 +297,7 @@ def make_record(
         "framework_version": target.adapter.version(),
         "op": target.adapter.op,
         "variant": target.adapter.variant,
+        "quantity": target.adapter.quantity,
         "baseline": target.adapter.baseline.name if target.adapter.baseline is not None else None,
         "device": target.device,
         "precision": target.precision,
@@ -303,7 +322,7 @@ def make_record(
         "worst": verdict.worst,
         "error_map": verdict.error_map,
         "message": verdict.message,
-        "reproduction": _full_reproduction(case, dtype, reproduction) if reproduction else "",
+        "reproduction": _full_reproduction(case, dtype, reproduction, target.adapter.quantity) if reproduction else "",
         "input_sha256": prepared.data.x_hash if prepared else None,
         "kernel_sha256": prepared.data.w_hash if prepared else None,
         "output_sha256": output_hash,
@@ -313,11 +332,18 @@ def make_record(
     }
 
 
-def _full_reproduction(case: Case, dtype: str, call_source: str) -> str:
-    """Copy-paste source: the case's tensors (inline when small) followed by the framework call."""
+def _full_reproduction(case: Case, dtype: str, call_source: str, quantity: str = derivatives.OUTPUT) -> str:
+    """Copy-paste source: the case's tensors (inline when small) followed by the framework call;
+    for a derivative, also its seeded cotangent dy (and the HVP direction vx, vw)."""
     lines = ["import numpy as np"]
-    for name, spec, shape in (("x", case.input_spec, case.input_shape), ("w", case.kernel_spec, case.kernel_shape)):
-        lines.append(f"{name} = {_tensor_source(spec, shape)}  # {'NHWC' if name == 'x' else 'HWIO'}")
+    tensors = [("x", case.input_spec, case.input_shape), ("w", case.kernel_spec, case.kernel_shape)]
+    if quantity != derivatives.OUTPUT:
+        names = ("dy", "vx", "vw") if quantity.startswith("hvp") else ("dy",)
+        specs = derivatives.tangents(case, dtype).specs
+        tensors += [(name, *specs[name]) for name in names]
+    for name, spec, shape in tensors:
+        layout = "HWIO" if name in ("w", "vw") else "NHWC"
+        lines.append(f"{name} = {_tensor_source(spec, shape)}  # {layout}")
     lines.append(f"# case {case.qualified_id} ({case.file}), dtype {dtype}")
     return "\n".join(lines) + "\n" + call_source
 

@@ -78,6 +78,13 @@ class Geometry:
         return (out[0], out[1])
 
 
+def taps_meeting_one_input(k: int, rate: int, stride: int) -> int:
+    """At most how many kernel taps reach one input position along an axis: the input gradient's
+    accumulation length per axis. Position p is read by tap u at output a when a*s + u*r = p, so
+    u*r = p (mod s): the taps that qualify are every (s / gcd(r, s))-th one."""
+    return -(-k // (stride // math.gcd(rate, stride)))
+
+
 def resolve_pads(
     padding: PaddingSpec,
     input_hw: tuple[int, int],

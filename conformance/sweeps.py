@@ -305,7 +305,7 @@ def _raw_case(
         "groups": groups,
         "tags": [*sweep.get("tags", []), sweep["id"]],
     }
-    for key in ("source", "dtypes", "tier"):
+    for key in ("source", "dtypes", "tier", "derivatives"):
         if key in sweep:
             raw[key] = sweep[key]
     return raw

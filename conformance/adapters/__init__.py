@@ -8,9 +8,11 @@ from __future__ import annotations
 from conformance.adapters import jax, numpy, pytorch, tensorflow
 from conformance.adapters.base import (
     PRECISION_MODES,
+    QUANTITIES,
     Adapter,
     CallParams,
     ConvCall,
+    DerivativeAdapter,
     Target,
     Unavailable,
     Unsupported,
@@ -25,16 +27,27 @@ ADAPTERS: tuple[Adapter, ...] = (
 
 
 def all_targets(adapters: tuple[Adapter, ...] = ADAPTERS) -> list[Target]:
-    """CPU runs in strict mode only (no CPU path here uses TF32); GPUs run the plain calls in both
-    modes, and the execution modes and oracles in strict mode (what they compare is the formulation,
-    not the precision flags: TF32 on both sides would only widen the bound)."""
+    """CPU runs in strict mode only (no CPU path here uses TF32); GPUs run the plain calls and their
+    derivatives in both modes, and the execution modes and oracles in strict mode (what they
+    compare is the formulation, not the precision flags: TF32 on both sides would only widen the bound)."""
     targets = []
     for adapter in adapters:
         for device in adapter.devices:
-            both = device == "gpu" and not adapter.variant
+            both = device == "gpu" and (not adapter.variant or adapter.quantity != "output")
             for precision in PRECISION_MODES if both else ("strict",):
                 targets.append(Target(adapter, device, precision))
     return targets
 
 
-__all__ = ["ADAPTERS", "Adapter", "CallParams", "ConvCall", "Target", "Unavailable", "Unsupported", "all_targets"]
+__all__ = [
+    "ADAPTERS",
+    "QUANTITIES",
+    "Adapter",
+    "CallParams",
+    "ConvCall",
+    "DerivativeAdapter",
+    "Target",
+    "Unavailable",
+    "Unsupported",
+    "all_targets",
+]

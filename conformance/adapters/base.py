@@ -43,6 +43,15 @@ class ConvCall:
     geometry: Geometry  # the resolved pads, for adapters that need explicit ones
     groups: int
     dtype: str
+    # Derivative targets only (see conformance.derivatives): the cotangent dy (NHWC, the output's
+    # shape) and the Hessian-vector product's direction (vx NHWC, vw HWIO), in the case dtype.
+    cotangent: np.ndarray | None = None
+    direction_input: np.ndarray | None = None
+    direction_kernel: np.ndarray | None = None
+
+
+# What a derivative target computes -> the derivative order a case opts into to get it.
+QUANTITIES = {"grad-input": 1, "grad-kernel": 1, "hvp-input": 2, "hvp-kernel": 2}
 
 
 class Unavailable(Exception):
@@ -65,7 +74,10 @@ class Adapter(ABC):
     # Equivalence oracles only: the framework's own primary formulation, which this one must equal.
     # Such a target is judged against that adapter's output, not against the reference.
     baseline: Adapter | None = None
+    baseline_device: str | None = None  # where the baseline runs, when not on this target's device
     own_environment = False  # runs in its own process with its own settings: recorded separately
+    # "output" (the forward result) or a derivative of it, one of QUANTITIES.
+    quantity = "output"
 
     @property
     def name(self) -> str:
@@ -94,6 +106,73 @@ class Adapter(ABC):
     @abstractmethod
     def environment(self) -> dict[str, Any]:
         """Versions, devices and precision flags, read at run time (only after the framework is loaded)."""
+
+
+class DerivativeAdapter(Adapter):
+    """A derivative of a framework's primary call, by the framework's own autodiff: the gradient
+    of <conv(x, w), dy> with respect to the input or the kernel (`grad-*`), or its Hessian-vector
+    product taken through that gradient (`hvp-*`). The variant names the quantity, so every
+    report, diff and expectation treats it as a column of its own."""
+
+    def __init__(self, primary: Adapter, quantity: str) -> None:
+        if quantity not in QUANTITIES:
+            raise ValueError(f"unknown derivative {quantity!r}; one of {sorted(QUANTITIES)}")
+        self.primary = primary
+        self.quantity = self.variant = quantity
+        self.framework, self.op = primary.framework, primary.op
+        self.distributions, self.devices = primary.distributions, primary.devices
+
+    @property
+    def order(self) -> int:
+        return QUANTITIES[self.quantity]
+
+    @property
+    def with_respect_to(self) -> str:
+        return self.quantity.split("-")[1]  # "input" or "kernel"
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        reason = self.primary.unsupported_reason(call_params)
+        if reason is None and not call_params.geometry.has_valid_output:
+            reason = "no valid output: there is nothing to differentiate"
+        return reason
+
+    def check_available(self, device: str) -> None:
+        self.primary.check_available(device)
+
+    def environment(self) -> dict[str, Any]:
+        return self.primary.environment()
+
+
+class DeviceComparison(Adapter):
+    """The primary call on the GPU judged against the same call on the CPU, same data, strict mode
+    (within twice the bound; bit for bit on exact-integer data): a per-framework CPU-versus-GPU
+    comparison that holds even where both differ from the reference."""
+
+    variant = "vs-cpu"
+    devices = ("gpu",)
+
+    def __init__(self, primary: Adapter) -> None:
+        self.primary = self.baseline = primary
+        self.baseline_device = "cpu"
+        self.framework, self.op, self.distributions = primary.framework, primary.op, primary.distributions
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return self.primary.unsupported_reason(call_params)
+
+    def check_available(self, device: str) -> None:
+        self.primary.check_available(device)
+        self.primary.check_available("cpu")
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        return self.primary.run(call, device, precision)
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        gpu = self.primary.reproduction(call, device, precision)
+        cpu = self.primary.reproduction(call, "cpu", precision)
+        return f"{cpu}\ny_cpu = y\n{gpu}\n# compare y (GPU) with y_cpu"
+
+    def environment(self) -> dict[str, Any]:
+        return self.primary.environment()
 
 
 @dataclass(frozen=True)

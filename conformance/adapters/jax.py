@@ -14,9 +14,12 @@ import numpy as np
 
 from conformance.adapters.base import (
     INSERTED_ZEROS,
+    QUANTITIES,
     Adapter,
     CallParams,
     ConvCall,
+    DerivativeAdapter,
+    DeviceComparison,
     Unavailable,
     require_finite,
     zero_inserted_kernel,
@@ -213,4 +216,61 @@ class JaxNchw(JaxConvGeneralDilated):
         return f"{conv}(x_j.transpose(0, 3, 1, 2), w_j.transpose(3, 2, 0, 1), {arguments}).transpose(0, 2, 3, 1)"
 
 
-ADAPTERS = (PRIMARY, JaxConvGeneralDilated("jit"), JaxZeroInserted(), JaxExplicitPads(), JaxNchw())
+class JaxDerivative(DerivativeAdapter):
+    """jax.vjp of the primary call; the HVP is reverse over reverse (jax.vjp of the function that
+    returns the first vjp), the path that exercises the transpose of conv_general_dilated's own
+    transpose rules (the rule that was once wrong for rhs_dilation > 1)."""
+
+    primary: JaxConvGeneralDilated
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        assert call.cotangent is not None and call.direction_input is not None and call.direction_kernel is not None
+        jax = _jax()
+        where = _device(device)
+        x, w, dy, vx, vw = (
+            jax.device_put(a, where)
+            for a in (call.x, call.w, call.cotangent, call.direction_input, call.direction_kernel)
+        )
+        arguments = self.primary._arguments(call, precision)
+
+        def convolve(a: Any, b: Any) -> Any:
+            return jax.lax.conv_general_dilated(a, b, **arguments)
+
+        def gradients(a: Any, b: Any) -> Any:
+            return jax.vjp(convolve, a, b)[1](dy)
+
+        wrt = 0 if self.with_respect_to == "input" else 1
+        result = gradients(x, w)[wrt] if self.order == 1 else jax.vjp(gradients, x, w)[1]((vx, vw))[wrt]
+        out = np.asarray(result)
+        return out.astype(float_format(out.dtype.name).numpy_dtype)
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        arguments = self.primary._arguments(call, precision)
+        arguments["precision"] = "jax.lax.Precision.HIGHEST" if precision == "strict" else "None"
+        text = ", ".join(f"{k}={v!r}" if k != "precision" else f"{k}={v}" for k, v in arguments.items())
+        wrt = 0 if self.with_respect_to == "input" else 1
+        names = ("x", "w", "dy", *(("vx", "vw") if self.order == 2 else ()))
+        lines = [
+            "import jax, jax.numpy as jnp",
+            "jax.config.update('jax_enable_x64', True)",
+            f"dev = jax.devices('{device}')[0]",
+            *(f"{n}_j = jax.device_put(jnp.asarray({n}, jnp.float64), dev).astype(jnp.{call.dtype})" for n in names),
+            f"conv = lambda a, b: jax.lax.conv_general_dilated(a, b, {text})",
+            "grads = lambda a, b: jax.vjp(conv, a, b)[1](dy_j)",
+        ]
+        if self.order == 1:
+            lines.append(f"g = grads(x_j, w_j)[{wrt}]")
+        else:
+            lines.append(f"g = jax.vjp(grads, x_j, w_j)[1]((vx_j, vw_j))[{wrt}]  # H v, reverse over reverse")
+        return "\n".join(lines)
+
+
+ADAPTERS = (
+    PRIMARY,
+    JaxConvGeneralDilated("jit"),
+    JaxZeroInserted(),
+    JaxExplicitPads(),
+    JaxNchw(),
+    DeviceComparison(PRIMARY),
+    *(JaxDerivative(PRIMARY, quantity) for quantity in QUANTITIES),
+)

@@ -16,9 +16,12 @@ import numpy as np
 
 from conformance.adapters.base import (
     INSERTED_ZEROS,
+    QUANTITIES,
     Adapter,
     CallParams,
     ConvCall,
+    DerivativeAdapter,
+    DeviceComparison,
     Unavailable,
     require_finite,
     zero_inserted_kernel,
@@ -34,6 +37,11 @@ def _torch() -> Any:
     except ImportError as exc:
         raise Unavailable(f"PyTorch is not installed ({exc})") from None
     return torch
+
+
+def _torch_device(device: str) -> str:
+    """The torch device of a target's device (one place, so tests can point "gpu" elsewhere)."""
+    return "cuda" if device == "gpu" else "cpu"
 
 
 def _torch_dtype(name: str) -> Any:
@@ -88,7 +96,7 @@ class TorchConv2d(Adapter):
         torch = _torch()
         import torch.nn.functional as F
 
-        target_device = "cuda" if device == "gpu" else "cpu"
+        target_device = _torch_device(device)
         dtype = _torch_dtype(call.dtype)
         # torch.from_numpy has no bfloat16: go through float64, which holds every case value exactly.
         x = torch.from_numpy(call.x.astype(np.float64)).to(target_device, dtype).permute(0, 3, 1, 2)
@@ -116,7 +124,7 @@ class TorchConv2d(Adapter):
 
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
         padding, explicit = self._padding(call)
-        target_device = "cuda" if device == "gpu" else "cpu"
+        target_device = _torch_device(device)
         lines = [
             "import torch, torch.nn.functional as F",
         ]
@@ -249,4 +257,74 @@ class TorchExplicitPads(TorchConv2d):
         return (0, 0), [left, right, top, bottom]
 
 
-ADAPTERS = (PRIMARY, TorchLayer(), TorchZeroInserted(), TorchChannelsLast(), TorchExplicitPads())
+class TorchDerivative(DerivativeAdapter):
+    """torch.autograd on the primary call. The leaves are the same permuted (NHWC -> NCHW,
+    HWIO -> OIHW) views the forward call gets, as in a port of TensorFlow weights; the HVP is
+    double backward: autograd.grad with create_graph=True, then grad of <grad, v> again."""
+
+    primary: TorchConv2d
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        torch = _torch()
+        import torch.nn.functional as F
+
+        assert call.cotangent is not None and call.direction_input is not None and call.direction_kernel is not None
+        target_device = _torch_device(device)
+        dtype = _torch_dtype(call.dtype)
+
+        def tensor(array: np.ndarray, order: tuple[int, ...]) -> Any:
+            return torch.from_numpy(array.astype(np.float64)).to(target_device, dtype).permute(*order)
+
+        x = tensor(call.x, NCHW).requires_grad_()
+        w = tensor(call.w, OIHW).requires_grad_()
+        dy = tensor(call.cotangent, NCHW)
+        with _precision(precision):
+            y = self.primary._forward(torch, F, x, w, call)
+            if self.order == 1:
+                (gradient,) = torch.autograd.grad(y, [x if self.with_respect_to == "input" else w], dy)
+            else:
+                gx, gw = torch.autograd.grad(y, [x, w], dy, create_graph=True)
+                vx, vw = tensor(call.direction_input, NCHW), tensor(call.direction_kernel, OIHW)
+                inner = (gx * vx).sum() + (gw * vw).sum()
+                (gradient,) = torch.autograd.grad(inner, [x if self.with_respect_to == "input" else w])
+        back = (0, 2, 3, 1) if self.with_respect_to == "input" else (2, 3, 1, 0)  # to NHWC / HWIO
+        out = gradient.permute(*back).cpu()
+        numpy_dtype = float_format(str(out.dtype).removeprefix("torch.")).numpy_dtype
+        return out.to(torch.float64).numpy().astype(numpy_dtype)
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        forward = self.primary.reproduction(call, device, precision).splitlines()
+        to = f".to('{_torch_device(device)}', torch.{call.dtype})"
+        wrt = "x_leaf" if self.with_respect_to == "input" else "w_leaf"
+        back = "(0, 2, 3, 1)  # NHWC" if self.with_respect_to == "input" else "(2, 3, 1, 0)  # HWIO"
+        leaves = next(i for i, line in enumerate(forward) if line.startswith("wt = ")) + 1
+        lines = [
+            *forward[:leaves],
+            "x_leaf, w_leaf = xt.requires_grad_(), wt.requires_grad_()  # before any padding",
+            *forward[leaves:],
+            f"dyt = torch.tensor(dy, dtype=torch.float64){to}.permute(0, 3, 1, 2)",
+        ]
+        if self.order == 1:
+            lines.append(f"(g,) = torch.autograd.grad(y.permute(0, 3, 1, 2), [{wrt}], dyt)")
+        else:
+            lines += [
+                "gx, gw = torch.autograd.grad(y.permute(0, 3, 1, 2), [x_leaf, w_leaf], dyt, create_graph=True)",
+                f"vxt = torch.tensor(vx, dtype=torch.float64){to}.permute(0, 3, 1, 2)",
+                f"vwt = torch.tensor(vw, dtype=torch.float64){to}.permute(3, 2, 0, 1)",
+                f"(g,) = torch.autograd.grad((gx * vxt).sum() + (gw * vwt).sum(), [{wrt}])  # H v",
+            ]
+        lines.append(f"g = g.permute{back}")
+        return "\n".join(lines)
+
+
+NCHW, OIHW = (0, 3, 1, 2), (3, 2, 0, 1)  # from NHWC and HWIO
+
+ADAPTERS = (
+    PRIMARY,
+    TorchLayer(),
+    TorchZeroInserted(),
+    TorchChannelsLast(),
+    TorchExplicitPads(),
+    DeviceComparison(PRIMARY),
+    *(TorchDerivative(PRIMARY, quantity) for quantity in QUANTITIES),
+)

@@ -24,9 +24,12 @@ import numpy as np
 
 from conformance.adapters.base import (
     INSERTED_ZEROS,
+    QUANTITIES,
     Adapter,
     CallParams,
     ConvCall,
+    DerivativeAdapter,
+    DeviceComparison,
     Unavailable,
     Unsupported,
     require_finite,
@@ -427,10 +430,73 @@ class TensorFlowOneDnn(TensorFlowConv2d):
         return _child(self.variant).request(("environment",))
 
 
+class TensorFlowDerivative(DerivativeAdapter):
+    """tf.GradientTape on the primary eager call (for atrous_conv2d that differentiates through its
+    space_to_batch formulation, a gradient path of its own); the HVP nests a second tape around
+    the first one's gradient."""
+
+    primary: _TensorFlowAdapter
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        assert call.cotangent is not None and call.direction_input is not None and call.direction_kernel is not None
+        tf = _tf()
+        dtype = getattr(tf, call.dtype)
+        _tf32_default()
+
+        def tensor(array: np.ndarray) -> Any:
+            return tf.cast(tf.constant(array.astype(np.float64)), dtype)
+
+        with _placement(device, precision):
+            x, w, dy = tensor(call.x), tensor(call.w), tensor(call.cotangent)
+            wrt = 0 if self.with_respect_to == "input" else 1
+            with tf.GradientTape() as outer:
+                outer.watch([x, w])
+                with tf.GradientTape() as inner:
+                    inner.watch([x, w])
+                    y = self.primary._call(tf, x, w, call)
+                if self.order == 1:  # only the gradient asked for, as a user would write it
+                    result = inner.gradient(y, [x, w][wrt], output_gradients=dy)
+                else:
+                    gx, gw = inner.gradient(y, [x, w], output_gradients=dy)
+                    vx, vw = tensor(call.direction_input), tensor(call.direction_kernel)
+                    product = tf.reduce_sum(gx * vx) + tf.reduce_sum(gw * vw)
+            if self.order == 2:
+                result = outer.gradient(product, [x, w][wrt])
+        return result.numpy().astype(float_format(result.dtype.name).numpy_dtype)
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        wrt = "x_t" if self.with_respect_to == "input" else "w_t"
+        lines = [
+            "import tensorflow as tf",
+            f"tf.config.experimental.enable_tensor_float_32_execution({precision != 'strict'})",
+            f"with tf.device('/{device.upper()}:0'):",
+            *(
+                f"    {name}_t = tf.cast(tf.constant({name}, tf.float64), tf.{call.dtype})"
+                for name in ("x", "w", "dy", *(("vx", "vw") if self.order == 2 else ()))
+            ),
+            "    with tf.GradientTape() as outer:",
+            "        outer.watch([x_t, w_t])",
+            "        with tf.GradientTape() as inner:",
+            "            inner.watch([x_t, w_t])",
+            f"            y = {self.primary._source(call)}",
+        ]
+        if self.order == 1:
+            lines.append(f"    g = inner.gradient(y, {wrt}, output_gradients=dy_t)")
+        else:
+            lines += [
+                "        gx, gw = inner.gradient(y, [x_t, w_t], output_gradients=dy_t)",
+                "        product = tf.reduce_sum(gx * vx_t) + tf.reduce_sum(gw * vw_t)",
+                f"    g = outer.gradient(product, {wrt})  # H v",
+            ]
+        return "\n".join(lines)
+
+
+ATROUS_CONV2D, DEPTHWISE_CONV2D = TensorFlowAtrousConv2d(), TensorFlowDepthwiseConv2d()
+
 ADAPTERS = (
-    TensorFlowAtrousConv2d(),
+    ATROUS_CONV2D,
     CONV2D,
-    TensorFlowDepthwiseConv2d(),
+    DEPTHWISE_CONV2D,
     *(cls("function") for cls in (TensorFlowAtrousConv2d, TensorFlowConv2d, TensorFlowDepthwiseConv2d)),
     TensorFlowConv2d("layer"),
     TensorFlowDepthwiseConv2d("layer"),
@@ -440,4 +506,10 @@ ADAPTERS = (
     TensorFlowZeroInserted(),
     TensorFlowExplicitPads(),
     TensorFlowNchw(),
+    DeviceComparison(CONV2D),
+    *(
+        TensorFlowDerivative(primary, quantity)
+        for primary in (ATROUS_CONV2D, CONV2D, DEPTHWISE_CONV2D)
+        for quantity in QUANTITIES
+    ),
 )
