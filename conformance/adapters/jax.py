@@ -53,6 +53,11 @@ def _padding_argument(call: ConvCall) -> str | list[tuple[int, int]]:
     return [tuple(p) for p in call.geometry.pads]  # type: ignore[misc]
 
 
+def _keywords_source(arguments: dict[str, Any]) -> str:
+    """Keyword arguments as source; `precision` already holds its source text."""
+    return ", ".join(f"{k}={v!r}" if k != "precision" else f"{k}={v}" for k, v in arguments.items())
+
+
 class JaxConvGeneralDilated(Adapter):
     framework = "jax"
     distributions = ("jax",)
@@ -115,7 +120,7 @@ class JaxConvGeneralDilated(Adapter):
                 tuple(arguments["padding"]) if isinstance(arguments["padding"], list) else arguments["padding"]
             )
             conv = f"jax.jit(jax.lax.conv_general_dilated, static_argnames={tuple(arguments)!r})"
-        text = ", ".join(f"{k}={v!r}" if k != "precision" else f"{k}={v}" for k, v in arguments.items())
+        text = _keywords_source(arguments)
         return "\n".join(
             [
                 "import jax, jax.numpy as jnp",
@@ -247,7 +252,7 @@ class JaxDerivative(DerivativeAdapter):
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
         arguments = self.primary._arguments(call, precision)
         arguments["precision"] = "jax.lax.Precision.HIGHEST" if precision == "strict" else "None"
-        text = ", ".join(f"{k}={v!r}" if k != "precision" else f"{k}={v}" for k, v in arguments.items())
+        text = _keywords_source(arguments)
         wrt = 0 if self.with_respect_to == "input" else 1
         names = ("x", "w", "dy", *(("vx", "vw") if self.order == 2 else ()))
         lines = [
