@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -705,6 +705,8 @@ def tensor(spec: Mapping[str, Any], shape: tuple[int, ...], dtype: str) -> np.nd
     return values.astype(float_format(dtype).numpy_dtype)
 
 
+# The runner's forward reference and the derivatives' tangents both need a case's data: made once.
+@lru_cache(maxsize=16)
 def materialize(case: Case, dtype: str) -> CaseData:
     x = tensor(case.input_spec, case.input_shape, dtype)
     w = tensor(case.kernel_spec, case.kernel_shape, dtype)

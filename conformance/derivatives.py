@@ -30,13 +30,11 @@ import numpy as np
 
 from conformance import reference
 from conformance.adapters.base import Unsupported
-from conformance.cases import Case, CaseData, materialize, tensor
+from conformance.cases import Case, materialize, tensor
 from conformance.compare import ErrorModel, Expected
 from conformance.dtypes import float_format
 from conformance.semantics import taps_meeting_one_input
 from conformance.sweeps import derived_seed
-
-OUTPUT = "output"  # the forward result: what every other target computes
 
 
 @dataclass(frozen=True)
@@ -59,13 +57,8 @@ def tangent_spec(case: Case, name: str, integer: bool) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=16)
-def _data(case: Case, dtype: str) -> CaseData:
-    return materialize(case, dtype)  # the same bytes the runner gives the framework
-
-
-@lru_cache(maxsize=16)
 def tangents(case: Case, dtype: str) -> Tangents:
-    data = _data(case, dtype)
+    data = materialize(case, dtype)
     x64, w64 = data.x.astype(np.float64), data.w.astype(np.float64)
     if not (np.isfinite(x64).all() and np.isfinite(w64).all()):
         raise Unsupported("derivatives are checked on finite data only (this case holds NaN or Inf)")
@@ -106,7 +99,7 @@ def exact_answer(case: Case, quantity: str, a: np.ndarray, b: np.ndarray) -> np.
 
 @lru_cache(maxsize=16)
 def _answer(case: Case, dtype: str, quantity: str) -> tuple[np.ndarray, np.ndarray]:
-    data = _data(case, dtype)
+    data = materialize(case, dtype)
     a, b = _operands(quantity, data.x, data.w, tangents(case, dtype))
     return exact_answer(case, quantity, a, b), exact_answer(case, quantity, np.abs(a), np.abs(b))
 
@@ -114,7 +107,7 @@ def _answer(case: Case, dtype: str, quantity: str) -> tuple[np.ndarray, np.ndarr
 def expected(case: Case, dtype: str, quantity: str, tf32: bool) -> Expected:
     """What a derivative target must return: the float64 answer, its bound, bit-exactness."""
     values, abs_products = _answer(case, dtype, quantity)
-    data = _data(case, dtype)
+    data = materialize(case, dtype)
     a, b = _operands(quantity, data.x, data.w, tangents(case, dtype))
     # (TF32 rounds float32 operands to 11 bits: integers stay exact only while they fit.)
     model = ErrorModel(float_format(dtype), accumulation_length(case, quantity), tf32=tf32)

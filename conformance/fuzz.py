@@ -160,7 +160,7 @@ def write_case_file(raw: Mapping[str, Any], record: Mapping[str, Any], out_dir: 
     lines += [
         f"{key} = {_toml(raw[key])}" for key in ("dtypes", "input", "kernel", "rate", "stride", "padding", "groups")
     ]
-    if record.get("quantity", "output") in QUANTITIES:  # found in a gradient: the case must opt into it
+    if record.get("quantity") in QUANTITIES:  # found in a gradient: the case must opt into it
         lines.append(f"derivatives = {QUANTITIES[record['quantity']]}")
     path = out_dir / f"{case_id}.toml"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from conformance import derivatives, reference
-from conformance.adapters import CallParams, ConvCall, Target, Unavailable, Unsupported
+from conformance.adapters import OUTPUT, CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.cases import Case, CaseData, materialize
 from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify
 from conformance.dtypes import float_format
@@ -138,7 +138,7 @@ def run_check(
                 groups=case.groups,
                 dtype=dtype,
             )
-            if adapter.quantity != derivatives.OUTPUT:
+            if adapter.quantity != OUTPUT:
                 tangents = derivatives.tangents(case, dtype)
                 call = replace(
                     call,
@@ -159,7 +159,7 @@ def run_check(
             except Exception as exc:  # a framework error is a finding, not a harness failure
                 raised = exc
             _loaded_adapters.setdefault(adapter.name if adapter.own_environment else adapter.framework, adapter)
-            if adapter.quantity != derivatives.OUTPUT:
+            if adapter.quantity != OUTPUT:
                 expected = derivatives.expected(case, dtype, adapter.quantity, tf32=_tf32_bound(target, dtype))
             else:
                 expected = expected_answer(case, dtype, target, prepared)
@@ -332,12 +332,12 @@ def make_record(
     }
 
 
-def _full_reproduction(case: Case, dtype: str, call_source: str, quantity: str = derivatives.OUTPUT) -> str:
+def _full_reproduction(case: Case, dtype: str, call_source: str, quantity: str = OUTPUT) -> str:
     """Copy-paste source: the case's tensors (inline when small) followed by the framework call;
     for a derivative, also its seeded cotangent dy (and the HVP direction vx, vw)."""
     lines = ["import numpy as np"]
     tensors = [("x", case.input_spec, case.input_shape), ("w", case.kernel_spec, case.kernel_shape)]
-    if quantity != derivatives.OUTPUT:
+    if quantity != OUTPUT:
         names = ("dy", "vx", "vw") if quantity.startswith("hvp") else ("dy",)
         specs = derivatives.tangents(case, dtype).specs
         tensors += [(name, *specs[name]) for name in names]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from conformance.adapters import jax, numpy, pytorch, tensorflow
 from conformance.adapters.base import (
+    OUTPUT,
     PRECISION_MODES,
     QUANTITIES,
     Adapter,
@@ -33,7 +34,7 @@ def all_targets(adapters: tuple[Adapter, ...] = ADAPTERS) -> list[Target]:
     targets = []
     for adapter in adapters:
         for device in adapter.devices:
-            both = device == "gpu" and (not adapter.variant or adapter.quantity != "output")
+            both = device == "gpu" and (not adapter.variant or adapter.quantity != OUTPUT)
             for precision in PRECISION_MODES if both else ("strict",):
                 targets.append(Target(adapter, device, precision))
     return targets
@@ -41,6 +42,7 @@ def all_targets(adapters: tuple[Adapter, ...] = ADAPTERS) -> list[Target]:
 
 __all__ = [
     "ADAPTERS",
+    "OUTPUT",
     "QUANTITIES",
     "Adapter",
     "CallParams",

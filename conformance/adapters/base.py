@@ -50,6 +50,7 @@ class ConvCall:
     direction_kernel: np.ndarray | None = None
 
 
+OUTPUT = "output"  # what a forward target computes
 # What a derivative target computes -> the derivative order a case opts into to get it.
 QUANTITIES = {"grad-input": 1, "grad-kernel": 1, "hvp-input": 2, "hvp-kernel": 2}
 
@@ -77,7 +78,7 @@ class Adapter(ABC):
     baseline_device: str | None = None  # where the baseline runs, when not on this target's device
     own_environment = False  # runs in its own process with its own settings: recorded separately
     # "output" (the forward result) or a derivative of it, one of QUANTITIES.
-    quantity = "output"
+    quantity = OUTPUT
 
     @property
     def name(self) -> str:
