@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import reference
+from conformance import reference, timing
 from conformance.adapters import Adapter, CallParams, ConvCall, Target
 from conformance.cases import Case, CaseError
 from conformance.dtypes import float_format
@@ -147,13 +147,15 @@ def framework_conv(target: Target, dtype: str) -> tuple[Conv, list[str]]:
         numpy_dtype = float_format(dtype).numpy_dtype
         call = ConvCall(x.astype(numpy_dtype), w.astype(numpy_dtype), (rate, rate), (1, 1), "SAME", geo, 1, dtype)
         sources.append(adapter.reproduction(call, target.device, target.precision))
-        return np.asarray(adapter.run(call, target.device, target.precision), dtype=np.float64)
+        with timing.spent(timing.FRAMEWORK):
+            return np.asarray(adapter.run(call, target.device, target.precision), dtype=np.float64)
 
     return conv, sources
 
 
 def reference_conv(x: np.ndarray, w: np.ndarray, rate: int) -> np.ndarray:
-    return reference.conv2d(x, w, rate=(rate, rate), stride=(1, 1), padding="SAME", groups=1)
+    with timing.spent(timing.REFERENCE):
+        return reference.conv2d(x, w, rate=(rate, rate), stride=(1, 1), padding="SAME", groups=1)
 
 
 def stack_paths(composite: Composite, conv: Conv) -> np.ndarray:
@@ -206,6 +208,13 @@ def coverage_map(paths: np.ndarray) -> dict[str, Any]:
 def run_check(composite: Composite, case: Case, target: Target, dtype: str) -> dict[str, Any]:
     """One composite through one target: a result record like any check's (outcome, message,
     reproduction), with the receptive field's picture for stacks."""
+    spent_before = timing.totals()
+    record = _run_check(composite, case, target, dtype)
+    record.update(timing.since(spent_before))
+    return record
+
+
+def _run_check(composite: Composite, case: Case, target: Target, dtype: str) -> dict[str, Any]:
     from conformance.adapters import Unavailable
     from conformance.compare import Outcome, Verdict
     from conformance.runner import make_record
@@ -213,7 +222,8 @@ def run_check(composite: Composite, case: Case, target: Target, dtype: str) -> d
     conv, sources = framework_conv(target, dtype)
     picture = None
     try:
-        target.adapter.check_available(target.device)
+        with timing.spent(timing.LOAD):
+            target.adapter.check_available(target.device)
         if composite.kind == "stack":
             exact = stack_paths(composite, reference_conv)
             got = stack_paths(composite, conv)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import reference
+from conformance import reference, timing
 from conformance.adapters.base import Unsupported
 from conformance.cases import Case, materialize, tensor
 from conformance.compare import ErrorModel, Expected
@@ -101,7 +101,8 @@ def exact_answer(case: Case, quantity: str, a: np.ndarray, b: np.ndarray) -> np.
 def _answer(case: Case, dtype: str, quantity: str) -> tuple[np.ndarray, np.ndarray]:
     data = materialize(case, dtype)
     a, b = _operands(quantity, data.x, data.w, tangents(case, dtype))
-    return exact_answer(case, quantity, a, b), exact_answer(case, quantity, np.abs(a), np.abs(b))
+    with timing.spent(timing.REFERENCE):
+        return exact_answer(case, quantity, a, b), exact_answer(case, quantity, np.abs(a), np.abs(b))
 
 
 def expected(case: Case, dtype: str, quantity: str, tf32: bool) -> Expected:

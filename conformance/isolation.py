@@ -91,6 +91,8 @@ class WorkerGuard:
     def __init__(self, state_dir: Path, worker_id: str, limits: Limits) -> None:
         self.limits = limits
         self.state_path = state_dir / f"{worker_id}.json"
+        # Kept open and overwritten in place: two writes per check, and opening a file costs more than writing it.
+        self._state_fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT, 0o644)
         self.broken_path = state_dir / BROKEN_TARGETS_FILE
         self._broken: dict[str, Any] = {}
         self._broken_mtime: float | None = None
@@ -141,10 +143,15 @@ class WorkerGuard:
         if self._state["phase"] == LOADING:  # once per framework and process: later checks start past it
             self._state["phase"] = PREPARING
             self._loaded.add(self._state["record"]["target"])
-            self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
+            self._write_state()
+
+    def _write_state(self) -> None:
+        data = json.dumps(self._state).encode()
+        os.pwrite(self._state_fd, data, 0)
+        os.ftruncate(self._state_fd, len(data))
 
     def _arm(self, limit: float | None) -> None:
-        self.state_path.write_text(json.dumps(self._state), encoding="utf-8")
+        self._write_state()
         if limit:
             faulthandler.dump_traceback_later(limit, exit=True, file=self.log)
 

@@ -8,8 +8,10 @@ final JSON. Framework details travel from the workers through `config.workeroutp
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -18,16 +20,18 @@ from typing import Any
 
 import pytest
 
-from conformance import composites, expectations, hookspecs, isolation, report, runner
+from conformance import composites, expectations, hookspecs, isolation, report, runner, timing
 from conformance.adapters import ADAPTERS, QUANTITIES, Target, all_targets
+from conformance.adapters.base import no_gpu_reason
 from conformance.cases import NON_CASE_FILES, Case, CaseError, case_files, id_lines, load_file
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
 from conformance.results import ResultsWriter, atomic_write_text, base_environment, read_stream
 
-TIERS = ("default", "extended")
+TIERS = ("default", "extended", "large")
 RECORD_KEY = "conformance"
 CASE_ERROR_KEY = "conformance_case_error"
 ENV_KEY = "conformance_environment"
+USAGE_KEY = "conformance_usage"
 MARKERS = {
     "numpy": "NumPy im2col target",
     "torch": "PyTorch targets",
@@ -37,6 +41,7 @@ MARKERS = {
     "gpu": "targets on a GPU",
     "conformance": "every case x target x dtype check",
     "extended": "checks of the extended tier (--conformance-tier extended)",
+    "large": "checks of the large tier: collected only when -m names it (or with --conformance-tier large)",
 }
 
 
@@ -106,10 +111,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default 3; the larger of this and --conformance-repeat applies)",
     )
     group.addoption(
+        "--conformance-gpu",
+        choices=("auto", "probe"),
+        default="auto",
+        help="auto: on a machine without a GPU driver, report each GPU target's checks as skipped in one "
+        "item per target and case file, without loading a framework; probe: one item per check, each "
+        "asking its framework for a device (default auto)",
+    )
+    group.addoption(
         "--conformance-tier",
         choices=TIERS,
         default="default",
-        help='default: the corpus that runs in minutes; extended: also the larger grids marked tier = "extended"',
+        help='default: the corpus that runs in minutes; extended: also the larger grids marked tier = "extended"; '
+        'large: also the 100,000-check tier (tier = "large"), which -m large selects alone',
+    )
+    group.addoption(
+        "--conformance-target",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="collect only targets whose id matches (repeatable), e.g. 'torch.*-cpu'; unlike -k, the others are "
+        "never collected, which matters for large corpora",
     )
     group.addoption(
         "--conformance-fuzz",
@@ -151,6 +173,63 @@ def _targets(config: pytest.Config) -> list[Target]:
         extra = [adapter for group in config.hook.pytest_conformance_adapters(config=config) for adapter in group]
         config.stash[_targets_key] = all_targets((*ADAPTERS, *extra))
     return config.stash[_targets_key]
+
+
+def _collected_targets(config: pytest.Config) -> list[Target]:
+    globs = config.getoption("conformance_target")
+    targets = _targets(config)
+    return [t for t in targets if any(fnmatch.fnmatchcase(t.id, g) for g in globs)] if globs else targets
+
+
+def _collected_tiers(config: pytest.Config) -> tuple[str, ...]:
+    """The option's tier and those below it; the large tier also whenever -m names it, so that
+    `-m large` alone runs it (and collects nothing else: see `_selected_by_markers`)."""
+    tiers = TIERS[: TIERS.index(config.getoption("conformance_tier")) + 1]
+    if "large" not in tiers and re.search(r"\blarge\b", config.getoption("markexpr") or ""):
+        tiers = (*tiers, "large")
+    return tiers
+
+
+def _selected_by_markers(config: pytest.Config, markers: set[str]) -> bool:
+    """Whether -m can select an item with these markers. Collecting 100,000 items only for pytest to
+    deselect them costs seconds and hundreds of MB per worker, so a check -m rules out is never made.
+    pytest's own deselection still runs afterwards: any doubt (a marker with arguments) keeps the item."""
+    expression = config.getoption("markexpr")
+    if not expression:
+        return True
+    if _mark_expression_key not in config.stash:
+        try:
+            from _pytest.mark.expression import Expression
+
+            compiled = Expression.compile(expression)
+        except Exception:  # pytest reports a bad expression itself; collect everything
+            compiled = None
+        config.stash[_mark_expression_key] = (compiled, {})
+    compiled, selected = config.stash[_mark_expression_key]
+    if compiled is None:
+        return True
+    if markers not in selected:  # a few distinct marker sets, each evaluated once
+        selected[markers] = bool(compiled.evaluate(lambda name, **arguments: bool(arguments) or name in markers))
+    return selected[markers]
+
+
+def item_markers(case: Case, target: Target) -> frozenset[str]:
+    key = (case.tier, target.adapter.framework, target.device)
+    if key not in _item_markers:
+        _item_markers[key] = frozenset(["conformance", *key[1:], *([case.tier] if case.tier != "default" else [])])
+    return _item_markers[key]
+
+
+_item_markers: dict[tuple[str, str, str], frozenset[str]] = {}
+
+
+def _no_device_reason(config: pytest.Config, target: Target) -> str | None:
+    """Why `target` cannot run on this machine, known without loading its framework (or None)."""
+    if target.device != "gpu" or config.getoption("conformance_gpu") == "probe":
+        return None
+    if _no_gpu_key not in config.stash:
+        config.stash[_no_gpu_key] = no_gpu_reason()
+    return config.stash[_no_gpu_key]
 
 
 def _limits(config: pytest.Config) -> isolation.Limits:
@@ -230,6 +309,9 @@ def _invocation_path(config: pytest.Config, option: str) -> Path:
 
 _roots_key = pytest.StashKey[list[Path]]()
 _targets_key = pytest.StashKey[list[Target]]()
+_no_gpu_key = pytest.StashKey[str | None]()
+_mark_expression_key = pytest.StashKey[Any]()
+_checks_key = pytest.StashKey[int]()  # checks this process has run (records made)
 _limits_key = pytest.StashKey[isolation.Limits]()
 _guard_key = pytest.StashKey[isolation.WorkerGuard]()
 _state_dir_key = pytest.StashKey[Path]()
@@ -269,16 +351,21 @@ class CompositesFile(pytest.File):
             yield InvalidCaseItem.from_parent(
                 self, name=terminal_safe(f"{error.case or '(file)'}[case-file-error]"), error=error
             )
-        targets = [t for t in _targets(self.config) if not t.adapter.variant]
+        targets = [t for t in _collected_targets(self.config) if not t.adapter.variant]
         lines = id_lines(self.path.read_text())
+        not_run = NotRunChecks(self.config)
         for composite in loaded:
             case = dataclasses.replace(composite.as_case(label), line=lines.get(composite.id, 1))
             for dtype in case.dtypes:
                 for target in targets:
-                    yield CompositeItem.from_parent(
-                        self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype,
-                        composite=composite,
-                    )  # fmt: skip
+                    if not _selected_by_markers(self.config, item_markers(case, target)):
+                        continue
+                    if not not_run.add(case, target, dtype):
+                        yield CompositeItem.from_parent(
+                            self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype,
+                            composite=composite,
+                        )  # fmt: skip
+        yield from not_run.items(self)
 
 
 class CaseFile(pytest.File):
@@ -291,18 +378,26 @@ class CaseFile(pytest.File):
         for error in loaded.errors:
             name = terminal_safe(f"{error.case or '(file)'}[case-file-error]")
             yield InvalidCaseItem.from_parent(self, name=name, error=error)
-        targets = _targets(self.config)
-        tiers = TIERS[: TIERS.index(self.config.getoption("conformance_tier")) + 1]
+        targets = _collected_targets(self.config)
+        tiers = _collected_tiers(self.config)
+        not_run = NotRunChecks(self.config)
         for case in loaded.cases:
             if case.tier not in tiers:
                 continue
             # Derivative targets only for the cases that opt into that order.
-            case_targets = [t for t in targets if QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives]
+            case_targets = [
+                t
+                for t in targets
+                if QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
+                and _selected_by_markers(self.config, item_markers(case, t))
+            ]
             for dtype in case.dtypes:
                 for target in case_targets:
-                    yield ConformanceItem.from_parent(
-                        self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype
-                    )
+                    if not not_run.add(case, target, dtype):
+                        yield ConformanceItem.from_parent(
+                            self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype
+                        )
+        yield from not_run.items(self)
 
 
 @pytest.hookimpl(trylast=True)
@@ -337,21 +432,41 @@ class ConformanceFailure(Exception):
 OUT_OF_MEMORY = re.compile(r"MemoryError|out of memory|can't allocate|ResourceExhausted|RESOURCE_EXHAUSTED", re.I)
 
 
+# A large tier has 100,000 items in every worker: items share their marker objects and -k keyword
+# sets (never changed after collection) instead of holding copies, about a third of an item's memory.
+_marks: dict[str, pytest.MarkDecorator] = {}
+_keyword_sets: dict[tuple[Any, ...], set[str]] = {}
+
+
+def _shared_mark(name: str) -> pytest.MarkDecorator:
+    if name not in _marks:
+        _marks[name] = getattr(pytest.mark, name)
+    return _marks[name]
+
+
 class ConformanceItem(pytest.Item):
     def __init__(self, *, case: Case, target: Target, dtype: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.case, self.target, self.dtype = case, target, dtype
-        self.add_marker("conformance")
-        self.add_marker(target.adapter.framework)
-        self.add_marker(target.device)
-        self.extra_keyword_matches.update(case.tags)
-        if case.tier != "default":
-            self.add_marker(case.tier)
-        self.extra_keyword_matches.update({dtype, target.adapter.op, target.precision})
-        self.extra_keyword_matches.add(target.adapter.variant or "plain")  # -k plain: no modes, no oracles
+        for marker in sorted(item_markers(case, target)):
+            mark = _shared_mark(marker).mark  # what add_marker does, without its per-call import
+            self.keywords[marker] = mark
+            self.own_markers.append(mark)
+        key = (case.tags, dtype, target.id)
+        if key not in _keyword_sets:
+            # -k plain: no modes, no oracles
+            _keyword_sets[key] = {
+                *case.tags,
+                dtype,
+                target.adapter.op,
+                target.precision,
+                target.adapter.variant or "plain",
+            }
+        self.extra_keyword_matches = _keyword_sets[key]
 
     def runtest(self) -> None:
         record = self._run()
+        self.config.stash[_checks_key] = self.config.stash.get(_checks_key, 0) + 1
         expectations.apply(record, self.config.stash[_expectations_key][1].entries)
         self.user_properties.append((RECORD_KEY, record))
         outcome = Outcome(record["outcome"])
@@ -405,6 +520,10 @@ class ConformanceItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ConformanceFailure):
             return terminal_safe(failure_text(excinfo.value.args[0]))
+        if isinstance(excinfo.value, pytest.xfail.Exception):
+            # pytest formats even an xfail's traceback, parsing the source of every frame: about
+            # 0.35 s per known divergence, for text nobody reads (the reason is the report's line).
+            return str(excinfo.value)
         return str(super().repr_failure(excinfo, style))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -439,6 +558,59 @@ def failure_text(record: dict[str, Any]) -> str:
     if record.get("reproduction"):
         lines += ["", "reproduction:", record["reproduction"]]
     return "\n".join(lines)
+
+
+class NotRunChecks:
+    """Checks whose device this machine lacks, gathered per (target, tier) while a file is collected:
+    on a machine without a GPU they are a third of the corpus, and one pytest item each would cost
+    more than all the CPU checks' harness work together."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.checks: dict[tuple[Target, str], list[tuple[Case, str]]] = {}
+
+    def add(self, case: Case, target: Target, dtype: str) -> bool:
+        """Keep the check if its target cannot run here (True); False: it needs an item of its own."""
+        if _no_device_reason(self.config, target) is None:
+            return False
+        self.checks.setdefault((target, case.tier), []).append((case, dtype))
+        return True
+
+    def items(self, parent: pytest.File) -> Any:
+        for (target, tier), checks in self.checks.items():
+            suffix = "" if tier == "default" else f"-{tier}"
+            yield NotRunItem.from_parent(
+                parent, name=f"not-run{suffix}[{target.id}]", target=target, tier=tier, checks=checks
+            )
+
+
+class NotRunItem(pytest.Item):
+    """Every check of one target (and tier) in one file, skipped for a reason known before any
+    framework loads: still one result record per check, so reports show the missing columns."""
+
+    def __init__(self, *, target: Target, tier: str, checks: list[tuple[Case, str]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target, self.checks = target, checks
+        for marker in ("conformance", target.adapter.framework, target.device):
+            self.add_marker(marker)
+        if tier != "default":
+            self.add_marker(tier)
+        self.extra_keyword_matches.update({dtype for _, dtype in checks})
+        self.extra_keyword_matches.update(tag for case, _ in checks for tag in case.tags)
+        self.extra_keyword_matches.update({target.adapter.op, target.precision, target.adapter.variant or "plain"})
+
+    def runtest(self) -> None:
+        reason = _no_device_reason(self.config, self.target) or "not run"
+        entries = self.config.stash[_expectations_key][1].entries
+        self.config.stash[_checks_key] = self.config.stash.get(_checks_key, 0) + len(self.checks)
+        for case, dtype in self.checks:
+            record = runner.make_record(case, self.target, dtype, Verdict(Outcome.SKIP, reason))
+            expectations.apply(record, entries)
+            self.user_properties.append((RECORD_KEY, record))
+        raise pytest.skip.Exception(f"{self.target.id}: {len(self.checks)} check(s) not run: {reason}")
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.target.id}: {len(self.checks)} checks not run"
 
 
 class CompositeItem(ConformanceItem):
@@ -509,11 +681,21 @@ class InvalidCaseItem(pytest.Item):
         )
 
 
+def process_usage(checks: int) -> dict[str, Any]:
+    """What one process that ran checks used: its peak memory (collection included) and its time split."""
+    return {
+        "checks": checks,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
+        **{kind: round(total, 3) for kind, total in timing.totals().items()},
+    }
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if _is_worker(config):
         config.workeroutput[ENV_KEY] = json.dumps(runner.loaded_environments())  # type: ignore[attr-defined]
+        config.workeroutput[USAGE_KEY] = json.dumps(process_usage(config.stash.get(_checks_key, 0)))  # type: ignore[attr-defined]
 
 
 def _corpus_checks(config: pytest.Config) -> list[tuple[str, str, str]]:
@@ -552,6 +734,7 @@ class ResultCollector:
         self.limits = limits
         self.frameworks: dict[str, Any] = {}
         self.lost_checks: dict[str, dict[str, Any]] = {}  # target -> crash/timeout tally
+        self.processes: dict[str, dict[str, Any]] = {}  # worker id -> process_usage()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -589,10 +772,12 @@ class ResultCollector:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        payload = getattr(node, "workeroutput", {}).get(ENV_KEY)
-        if payload:
-            for name, info in json.loads(payload).items():
+        output = getattr(node, "workeroutput", {})
+        if output.get(ENV_KEY):
+            for name, info in json.loads(output[ENV_KEY]).items():
                 self.frameworks.setdefault(name, info)
+        if output.get(USAGE_KEY):  # (a crashed worker sends none; its replacement gets an id of its own)
+            self.processes[node.gateway.id] = json.loads(output[USAGE_KEY])
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -604,6 +789,9 @@ class ResultCollector:
         ran = {record["framework"] for record in self.writer.records}
         # Keys are frameworks, or targets that run with settings of their own ("tensorflow.conv2d@onednn-on").
         environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k.split(".")[0] in ran}
+        # Without xdist this process ran the checks; with it, the controller only gathered results.
+        own = "controller" if self.processes else "main"
+        environment["processes"] = {**self.processes, own: process_usage(session.config.stash.get(_checks_key, 0))}
         known = expectations.statuses(self.known.entries, self.writer.records, _corpus_checks(session.config))
         self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known)
         if self.html_path is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import derivatives, reference
+from conformance import derivatives, reference, timing
 from conformance.adapters import OUTPUT, CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.cases import Case, CaseData, materialize
 from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify
@@ -44,12 +44,13 @@ def prepare(case: Case, dtype: str) -> Prepared:
     if not geo.has_valid_output:
         return Prepared(data, None, None)
     x64, w64 = data.x.astype(np.float64), data.w.astype(np.float64)
-    if case.expected_values is not None:
-        values = case.expected_values
-    else:
-        values = reference.conv2d_resolved(x64, w64, geo, case.groups)
-    with np.errstate(invalid="ignore"):  # inf * 0 in S is NaN, and S then says "unbounded"
-        abs_products = reference.conv2d_resolved(np.abs(x64), np.abs(w64), geo, case.groups)
+    with timing.spent(timing.REFERENCE):
+        if case.expected_values is not None:
+            values = case.expected_values
+        else:
+            values = reference.conv2d_resolved(x64, w64, geo, case.groups)
+        with np.errstate(invalid="ignore"):  # inf * 0 in S is NaN, and S then says "unbounded"
+            abs_products = reference.conv2d_resolved(np.abs(x64), np.abs(w64), geo, case.groups)
     return Prepared(data, values, np.nan_to_num(abs_products, nan=np.inf))
 
 
@@ -114,6 +115,7 @@ def run_check(
     outputs are not bitwise identical is `nondeterministic` (unless it already failed otherwise).
     """
     started = time.perf_counter()
+    spent_before = timing.totals()
     adapter = target.adapter
     params = call_params(case, dtype)
     prepared: Prepared | None = None
@@ -124,7 +126,8 @@ def run_check(
         verdict = Verdict(Outcome.UNSUPPORTED, reason)
     else:
         try:
-            adapter.check_available(target.device)
+            with timing.spent(timing.LOAD):
+                adapter.check_available(target.device)
             if after_load is not None:
                 after_load()
             prepared = prepare(case, dtype)
@@ -153,7 +156,8 @@ def run_check(
             raised: Exception | None = None
             got = None
             try:
-                got = adapter.run(call, target.device, target.precision)
+                with timing.spent(timing.FRAMEWORK):
+                    got = adapter.run(call, target.device, target.precision)
             except (Unavailable, Unsupported):
                 raise
             except Exception as exc:  # a framework error is a finding, not a harness failure
@@ -183,7 +187,9 @@ def run_check(
         except Unavailable as exc:
             verdict = Verdict(Outcome.SKIP, str(exc))
     duration = time.perf_counter() - started
-    return make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash)
+    record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash)
+    record.update(timing.since(spent_before))
+    return record
 
 
 # The primary call's output per (case, dtype, baseline target): every oracle of a framework judges
@@ -197,7 +203,8 @@ def _baseline_output(case: Case, dtype: str, baseline: Any, call: ConvCall, targ
     key = (case, dtype, baseline, device, target.precision)  # Case and Adapter hash by identity
     if key not in _baseline_outputs:
         try:
-            _baseline_outputs[key] = baseline.run(call, device, target.precision)
+            with timing.spent(timing.FRAMEWORK):
+                _baseline_outputs[key] = baseline.run(call, device, target.precision)
         except (Unavailable, Unsupported):
             raise
         except Exception as exc:
@@ -244,7 +251,8 @@ def _repeat_calls(adapter: Any, call: ConvCall, target: Target, first: Any, repe
     worst, worst_at = 0.0, None
     for _ in range(repeat - 1):
         try:
-            again = adapter.run(call, target.device, target.precision)
+            with timing.spent(timing.FRAMEWORK):
+                again = adapter.run(call, target.device, target.precision)
         except Exception as exc:
             return f"the repeated call raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         hashes.append(_output_hash(again))
@@ -332,6 +340,7 @@ def make_record(
     }
 
 
+@lru_cache(maxsize=64)  # a check's record is made twice (before the call, after it) with the same source
 def _full_reproduction(case: Case, dtype: str, call_source: str, quantity: str = OUTPUT) -> str:
     """Copy-paste source: the case's tensors (inline when small) followed by the framework call;
     for a derivative, also its seeded cotangent dy (and the HVP direction vx, vw)."""

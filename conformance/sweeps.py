@@ -240,7 +240,7 @@ def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
 
 
 def combinations_count(sweep: Mapping[str, Any]) -> int:
-    return math.prod(len(values) for values in sweep["axes"].values())
+    return math.prod(len(values) for values in sweep["axes"].values()) * sweep.get("replicates", 1)
 
 
 def expand(sweep: Mapping[str, Any], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -277,7 +277,13 @@ def expand(sweep: Mapping[str, Any], defaults: Mapping[str, Any]) -> Iterator[di
         if names is not None and not all(c.holds(names) for c in constraints):
             continue
         case_id = "-".join([sweep["id"], *(id_part(name, values[name]) for name in ordered)])
-        yield _raw_case(sweep, case_id, values, input_data, kernel_data)
+        replicates = sweep.get("replicates", 1)
+        if replicates == 1:
+            yield _raw_case(sweep, case_id, values, input_data, kernel_data)
+            continue
+        # Draws of data on one geometry: a framework compiles it once and is checked on many inputs.
+        for draw in range(replicates):
+            yield _raw_case(sweep, f"{case_id}-d{draw}", values, input_data, kernel_data)
 
 
 def _raw_case(

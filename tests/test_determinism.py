@@ -30,6 +30,7 @@ def test_every_generated_tensor_matches_its_golden_hash() -> None:
     here = {
         f"{case.qualified_id}/{dtype}": {"input": data.x_hash, "kernel": data.w_hash}
         for case in loaded.cases
+        if case.tier != "large"  # (as `conformance hashes` leaves them out)
         for dtype in case.dtypes
         for data in [materialize(case, dtype)]
     }

@@ -61,10 +61,39 @@ def test_results_json_and_invalid_cases(pytester: pytest.Pytester, corpus: Path,
 
 def test_ids_markers_and_keywords(pytester: pytest.Pytester, corpus: Path) -> None:
     result = pytester.runpytest_subprocess(
-        "-p", "conformance.plugin", "--cases", str(corpus), "--collect-only", "-q", "-k", "mine and float32 and gpu"
-    )
+        "-p", "conformance.plugin", "--cases", str(corpus), "--collect-only", "-q", "-k", "mine and float32 and gpu",
+        "--conformance-gpu", "probe",
+    )  # fmt: skip
     result.stdout.fnmatch_lines(["*mine.toml::ok-rate2[[]torch.conv2d-gpu-defaults-float32[]]*"])
     assert "numpy.im2col" not in result.stdout.str()  # the numpy target has no GPU
+
+
+@pytest.mark.parametrize("driver", ["absent", "present"])
+def test_gpu_checks_without_a_gpu_driver_are_one_skip_per_target(
+    pytester: pytest.Pytester, corpus: Path, monkeypatch: pytest.MonkeyPatch, driver: str
+) -> None:
+    from conformance.adapters import base
+
+    node = pytester.path / "nvidiactl"
+    if driver == "present":
+        node.write_text("")
+    monkeypatch.setattr(base, "GPU_DEVICE_NODES", (str(node),))
+    out = pytester.path / "out" / "results.json"
+    result = pytester.runpytest(
+        "-p", "conformance.plugin", "--cases", str(corpus), "--conformance-json", str(out), "-m", "torch and gpu",
+        "-k", "not grad and not hvp and not vs-cpu and not layer", "-rs",
+    )  # fmt: skip
+    records = json.loads(out.read_text())["results"]
+    gpu_records = [r for r in records if r["device"] == "gpu"]
+    assert gpu_records and all(r["outcome"] == "skip" for r in gpu_records)
+    if driver == "absent":
+        # One item per target and file, each holding a skip record per check, decided without loading torch.
+        result.stdout.fnmatch_lines(["*torch.conv2d-gpu: 1 check(s) not run: no GPU on this machine (none of*nvidiactl exists)"])
+        assert result.parseoutcomes()["skipped"] == len({r["target"] for r in gpu_records}) == 5
+        assert all("no GPU on this machine" in r["message"] for r in gpu_records)
+    else:  # a driver: every check asks torch, which has no CUDA device here
+        assert result.parseoutcomes()["skipped"] == len(gpu_records)
+        assert all("no CUDA device visible to torch" in r["message"] for r in gpu_records)
 
 
 KNOWN = """

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +20,18 @@ import numpy as np
 from conformance.semantics import Geometry, PaddingSpec
 
 DEVICES = ("cpu", "gpu")
+# Device nodes a GPU driver creates (NVIDIA, AMD ROCm, WSL2). Where none exists no framework can
+# reach a GPU, which the harness can tell without importing one (see `no_gpu_reason`).
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 # strict: TF32 and reduced-precision reductions off; defaults: whatever the framework does out of the box.
 PRECISION_MODES = ("strict", "defaults")
+
+
+def no_gpu_reason() -> str | None:
+    """Why no GPU target can run on this machine, or None when a GPU driver is present."""
+    if any(Path(node).exists() for node in GPU_DEVICE_NODES):
+        return None
+    return f"no GPU on this machine (none of {', '.join(GPU_DEVICE_NODES)} exists)"
 
 
 @cache

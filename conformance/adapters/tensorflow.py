@@ -16,6 +16,7 @@ import pickle
 import struct
 import subprocess
 import sys
+from collections import OrderedDict
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -106,9 +107,10 @@ class _TensorFlowAdapter(Adapter):
             x = tf.cast(tf.constant(call.x.astype(np.float64)), dtype)
             w = tf.cast(tf.constant(self._kernel(call).astype(np.float64)), dtype)
             if self.variant == "function":
-                y = tf.function(lambda a, b: self._call(tf, a, b, call))(x, w)
+                y = _graph(self, call, device, precision, lambda a, b: self._call(tf, a, b, call), layer=False)(x, w)
             elif self.variant == "layer":
-                y = _layer_call(tf, lambda a, b: self._call(tf, a, b, call), x, w)
+                layer = _graph(self, call, device, precision, lambda a, b: self._call(tf, a, b, call), layer=True)
+                y = _layer_call(tf, layer, x, w)
             else:
                 y = self._call(tf, x, w, call)
         return y.numpy().astype(float_format(y.dtype.name).numpy_dtype)
@@ -172,11 +174,34 @@ class _TensorFlowAdapter(Adapter):
         }
 
 
-def _layer_call(tf: Any, function: Any, x: Any, w: Any) -> Any:
+# tf.function objects per formulation and geometry: a graph is traced once per input shape and dtype
+# and reused by every case (and draw of data) that shares them, as a model's layer is.
+_graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+GRAPH_CACHE_SIZE = 256
+
+
+def _graph(adapter: _TensorFlowAdapter, call: ConvCall, device: str, precision: str, function: Any, layer: bool) -> Any:
+    """`function` as a tf.function, reused for every call with the same shapes and geometry (it reads
+    those from the `call` it closes over); `layer`: built for unknown spatial sizes, as Keras does."""
+    tf = _tf()
+    padding = call.padding if isinstance(call.padding, (str, int)) else tuple(map(tuple, call.padding))
+    key = (adapter.name, layer, call.x.shape, call.w.shape, call.dtype, call.rate, call.stride, padding)
+    key += (call.geometry.pads, call.groups, device, precision)
+    if key not in _graphs:
+        signature = None
+        if layer:
+            dtype = getattr(tf, call.dtype)
+            signature = [tf.TensorSpec([None, None, None, call.x.shape[3]], dtype), tf.TensorSpec(call.w.shape, dtype)]
+        _graphs[key] = tf.function(function, input_signature=signature)
+        if len(_graphs) > GRAPH_CACHE_SIZE:
+            _graphs.popitem(last=False)
+    _graphs.move_to_end(key)
+    return _graphs[key]
+
+
+def _layer_call(tf: Any, layer: Any, x: Any, w: Any) -> Any:
     """A graph built for unknown spatial sizes (as a Keras layer's is), run on another size first:
     padding or space_to_batch blocks computed for the first size must not be reused."""
-    spec = [tf.TensorSpec([None, None, None, x.shape[3]], x.dtype), tf.TensorSpec(w.shape, w.dtype)]
-    layer = tf.function(function, input_signature=spec)
     other = tf.ones([x.shape[0], x.shape[1] + 3, x.shape[2] + 5, x.shape[3]], x.dtype)
     try:
         layer(other, w)
@@ -359,12 +384,19 @@ class _Child:
         env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": ONEDNN_VARIANTS[variant]}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.variant = variant
+        self._ready = False
         self.process = subprocess.Popen(
             [sys.executable, "-m", "conformance.adapters.tensorflow_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
         )
+
+    def ready(self) -> None:
+        """Wait until the child has imported TensorFlow: that is loading, not the first call's work."""
+        if not self._ready:
+            self.request(("environment",))
+            self._ready = True
 
     def request(self, message: tuple[Any, ...]) -> Any:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -425,6 +457,10 @@ def serve() -> None:
 
 class TensorFlowOneDnn(TensorFlowConv2d):
     own_environment = True
+
+    def check_available(self, device: str) -> None:
+        super().check_available(device)
+        _child(self.variant).ready()
 
     def environment(self) -> dict[str, Any]:
         return _child(self.variant).request(("environment",))

@@ -1,0 +1,354 @@
+"""What the harness costs beyond the frameworks, measured in one run on one machine.
+
+    python benchmarks/run.py                          # every section (about 25 minutes on 2 cores)
+    python benchmarks/run.py --only reference report  # some sections
+    python benchmarks/run.py --compare benchmarks/results/latest.json   # side by side with a saved run
+
+Sections:
+  reference   the float64 NumPy reference against PyTorch's float64 CPU convolution (and its two
+              gradients) on a 1x64x64x32 input, 3x3x32x32 kernel, rate 2, SAME: time ratio.
+  corpus      the default corpus (cases/) with -n 1 and with -n auto, each in a fresh pytest. The
+              overhead ratio is wall time x workers divided by the seconds the same checks spent
+              loading frameworks, inside framework calls and inside the reference (records and
+              workers report these: conformance.timing); 1.0 would mean the harness costs nothing.
+              The speed-up of -n auto over -n 1 is also given with the framework loading taken out.
+  collection  expanding a 100,000-case sweep (load_file), collecting it as 100,000 items, and
+              collecting the large tier (-m large): time and peak memory of one process, which is
+              what each xdist worker holds (every worker collects everything).
+  report      rendering 20,000- and 100,000-result reports: time, size, and the time until the page
+              is drawn and answers in headless Chromium (needs chromium and chromedriver).
+  large       the large tier itself, `pytest -m "large and cpu" -n auto`: checks, wall time, peak
+              memory per worker (opt-in: --only large; about 15 minutes on 2 cores).
+
+Results print as a table (value, goal, whether it is met) and are saved as JSON (--json; by default
+benchmarks/results/<UTC time>.json and benchmarks/results/latest.json). Figures are ratios within one
+run wherever a goal is a ratio: the machine is shared and absolute times are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report_load import chromium, measure, synthetic_document  # noqa: E402
+from conformance import timing  # noqa: E402
+
+SECTIONS = ("reference", "corpus", "collection", "report", "large")
+DEFAULT_SECTIONS = ("reference", "corpus", "collection", "report")
+# (name, goal, comparison): the issue's targets, checked against what was measured.
+GOALS: dict[str, tuple[float, str]] = {
+    "corpus.overhead_ratio_n1": (1.3, "<="),
+    "corpus.speedup_excluding_load": (1.7, ">="),
+    "reference.forward_ratio": (2.0, "<="),
+    "report.100000.usable_s": (2.0, "<="),
+    "report.20000.usable_s": (2.0, "<="),
+    "collection.large_tier.peak_rss_gib": (1.5, "<"),
+    "large.peak_rss_gib_per_worker": (1.5, "<"),
+    "large.checks": (100_000, ">="),
+}
+RSS_HELPER = (
+    "import resource, subprocess, sys, time\n"
+    "started = time.perf_counter()\n"
+    "with open(sys.argv[1], 'wb') as output:\n"
+    "    code = subprocess.run(sys.argv[2:], stdout=output, stderr=subprocess.STDOUT).returncode\n"
+    "print(code, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+)
+
+
+def measured_process(command: list[str], cwd: Path = ROOT) -> dict[str, Any]:
+    """Wall time, exit status, output and the largest peak RSS among the command and its descendants
+    (through a helper process, so that earlier measurements do not count)."""
+    with tempfile.NamedTemporaryFile(suffix=".log") as log:
+        result = subprocess.run(
+            [sys.executable, "-c", RSS_HELPER, log.name, *command], cwd=cwd, capture_output=True, text=True, check=True
+        )
+        output = Path(log.name).read_text(errors="replace")
+    code, wall, rss = result.stdout.split()
+    return {"exit": int(code), "wall_s": float(wall), "peak_rss_bytes": int(rss), "output": output}
+
+
+def collected(output: str) -> int:
+    found = re.search(r"(\d+)(?:/\d+)? tests? collected", output)
+    return int(found.group(1)) if found else 0
+
+
+def best_of(function: Callable[[], Any], repeat: int) -> float:
+    function()  # warm: first-call allocation and dispatch are not the steady cost
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def section_reference(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from conformance import reference
+    from conformance.semantics import geometry
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 64, 64, 32))
+    w = rng.standard_normal((3, 3, 32, 32))
+    geo = geometry("SAME", (64, 64), (3, 3), (2, 2), (1, 1))
+    dy = rng.standard_normal((1, *geo.output_hw, 32))
+    x_t, w_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
+    dy_t = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy())
+    got = F.conv2d(x_t, w_t, padding="same", dilation=2).numpy().transpose(0, 2, 3, 1)
+    assert np.allclose(got, reference.conv2d_resolved(x, w, geo, 1), atol=1e-9), "reference and torch disagree"
+    figures: dict[str, Any] = {
+        "shape": "input 1x64x64x32, kernel 3x3x32x32, rate 2, SAME, float64; default threads on both sides",
+        "reference_s": best_of(lambda: reference.conv2d_resolved(x, w, geo, 1), args.repeat),
+        "torch_s": best_of(lambda: F.conv2d(x_t, w_t, padding="same", dilation=2), args.repeat),
+        "reference_grad_input_s": best_of(lambda: reference.conv2d_input_grad(dy, w, geo, 1), args.repeat),
+        "torch_grad_input_s": best_of(
+            lambda: torch.nn.grad.conv2d_input(x_t.shape, w_t, dy_t, padding=2, dilation=2), args.repeat
+        ),
+        "reference_grad_kernel_s": best_of(lambda: reference.conv2d_kernel_grad(x, dy, geo, 1), args.repeat),
+        "torch_grad_kernel_s": best_of(
+            lambda: torch.nn.grad.conv2d_weight(x_t, w_t.shape, dy_t, padding=2, dilation=2), args.repeat
+        ),
+    }
+    figures["forward_ratio"] = figures["reference_s"] / figures["torch_s"]
+    figures["grad_input_ratio"] = figures["reference_grad_input_s"] / figures["torch_grad_input_s"]
+    figures["grad_kernel_ratio"] = figures["reference_grad_kernel_s"] / figures["torch_grad_kernel_s"]
+    return figures
+
+
+def pytest_run(arguments: list[str], scratch: Path, name: str) -> dict[str, Any]:
+    """One fresh pytest over the corpus; its wall time and what its results say about where time went."""
+    out = scratch / name
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *arguments]
+    command += ["--conformance-json", str(out / "results.json"), "--conformance-html", str(out / "index.html")]
+    process = measured_process(command)
+    document = json.loads((out / "results.json").read_text())
+    processes = document["environment"].get("processes", {})
+    workers = {k: v for k, v in processes.items() if k not in ("controller", "main")} or processes
+    bare = {kind: sum(p.get(kind, 0.0) for p in workers.values()) for kind in timing.KINDS}
+    records = document["results"]
+    outcomes: dict[str, int] = {}
+    for record in records:
+        outcomes[record["outcome"]] = outcomes.get(record["outcome"], 0) + 1
+    return {
+        "command": " ".join(command[2:]),
+        "exit": process["exit"],
+        "wall_s": process["wall_s"],
+        "workers": len(workers),
+        "records": len(records),
+        "checks_run": sum(1 for r in records if r["outcome"] not in ("skip", "unsupported")),
+        "outcomes": outcomes,
+        **{f"bare_{kind}": round(seconds, 2) for kind, seconds in bare.items()},
+        "bare_s": round(sum(bare.values()), 2),
+        "load_s_per_worker_max": max((p.get(timing.LOAD, 0.0) for p in workers.values()), default=0.0),
+        "peak_rss_bytes_per_worker": {k: p.get("peak_rss_bytes") for k, p in workers.items()},
+        "peak_rss_bytes_all": process["peak_rss_bytes"],
+    }
+
+
+def section_corpus(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    runs = {}
+    for workers in ("1", args.workers):
+        runs[workers] = pytest_run([*args.cases, "-n", workers, *args.pytest_args], scratch, f"corpus-n{workers}")
+    one, many = runs["1"], runs[args.workers]
+    figures: dict[str, Any] = {"n1": one, f"n{args.workers}": many}
+    figures["overhead_ratio_n1"] = one["wall_s"] / one["bare_s"]
+    figures[f"overhead_ratio_n{args.workers}"] = many["wall_s"] * many["workers"] / many["bare_s"]
+    figures["speedup"] = one["wall_s"] / many["wall_s"]
+    figures["speedup_excluding_load"] = (one["wall_s"] - one["load_s_per_worker_max"]) / (
+        many["wall_s"] - many["load_s_per_worker_max"]
+    )
+    return figures
+
+
+SWEEP_100K = """
+description = "Benchmark: a sweep that expands to {count} cases."
+tier = "large"
+
+[defaults]
+dtypes = ["float32"]
+
+[[sweep]]
+id = "grid"
+seed = 1
+replicates = {replicates}
+channels = 2
+out_channels = 2
+[sweep.axes]
+size = [7, 8, 9, 10, 11, [12, 9], [9, 12], 13, 14, 15]
+kernel_size = [1, 2, 3, [2, 3], 5]
+rate = [1, 2, 3, [1, 2]]
+stride = [1, 2, 3, [2, 1]]
+padding = ["SAME", "VALID", 1, [[1, 0], [0, 2]], [[2, 2], [1, 1]]]
+"""
+
+
+def section_collection(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    corpus = scratch / "sweep"
+    corpus.mkdir()
+    replicates = -(-args.sweep_cases // (10 * 5 * 4 * 4 * 5))
+    path = corpus / "sweep100k.toml"
+    path.write_text(SWEEP_100K.format(count=args.sweep_cases, replicates=replicates))
+    expand = (
+        "import resource, sys, time; from pathlib import Path; from conformance.cases import load_file\n"
+        "t = time.perf_counter(); loaded = load_file(Path(sys.argv[1])); t = time.perf_counter() - t\n"
+        "assert not loaded.errors, loaded.errors[:1]\n"
+        "print(len(loaded.cases), t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+    )
+    output = subprocess.run([sys.executable, "-c", expand, str(path)], cwd=ROOT, capture_output=True, text=True)
+    cases, expand_s, expand_rss = output.stdout.split()
+    figures: dict[str, Any] = {
+        "sweep_cases": int(cases),
+        "expand_s": float(expand_s),
+        "expand_us_per_case": float(expand_s) / int(cases) * 1e6,
+        "expand_peak_rss_gib": int(expand_rss) / 2**30,
+    }
+    # The project's settings and plugin, for a corpus outside the project (as a user's own --cases is).
+    collect = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT)]
+    collect += ["-p", "conformance.plugin", "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only", "-q"]
+    one_target = ["-m", "large", "--conformance-target", "torch.conv2d-cpu"]
+    sweep = measured_process([*collect, "--cases", str(corpus), *one_target])
+    figures["sweep_items"] = collected(sweep["output"])
+    figures["sweep_collect_s"] = sweep["wall_s"]
+    figures["sweep_collect_us_per_item"] = sweep["wall_s"] / max(1, figures["sweep_items"]) * 1e6
+    figures["sweep_collect_peak_rss_gib"] = sweep["peak_rss_bytes"] / 2**30
+    large = measured_process([*collect, "cases/", "-m", "large"])
+    figures["large_tier"] = {
+        "items": collected(large["output"]),
+        "collect_s": large["wall_s"],
+        "peak_rss_gib": large["peak_rss_bytes"] / 2**30,
+    }
+    return figures
+
+
+def section_report(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    from conformance.report import write_report
+
+    figures: dict[str, Any] = {}
+    driver = chromium(str(scratch / "chromium-profile")) if shutil.which("chromedriver") else None
+    try:
+        for size in args.report_sizes:
+            document = synthetic_document(size)
+            path = scratch / f"report-{size}.html"
+            started = time.perf_counter()
+            write_report(document, path)
+            entry: dict[str, Any] = {"render_s": time.perf_counter() - started, "bytes": path.stat().st_size}
+            entry["bytes_per_result"] = entry["bytes"] / size
+            if driver is not None:
+                browser = measure(driver, path, args.repeat)
+                entry.update(
+                    usable_s=browser["wall_s"],  # navigation until the matrix is drawn and answers
+                    drawn_after_script_ms=browser["render_ms"],
+                    filter_ms=browser["filter_ms"],
+                    scroll_ms=browser["scroll_ms"],
+                )
+            figures[str(size)] = entry
+    finally:
+        if driver is not None:
+            driver.quit()
+    return figures
+
+
+def section_large(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    run = pytest_run(["cases/", "-m", "large and cpu", "-n", args.workers], scratch, "large")
+    rss = [v for v in run["peak_rss_bytes_per_worker"].values() if v]
+    return {
+        **run,
+        "checks": run["records"],
+        "peak_rss_gib_per_worker": max(rss) / 2**30 if rss else None,
+        "checks_per_s": run["records"] / run["wall_s"],
+    }
+
+
+def flatten(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in figures.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key not in ("outcomes", "peak_rss_bytes_per_worker"):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def table(results: dict[str, Any], earlier: dict[str, Any] | None) -> str:
+    flat = flatten(results["sections"])
+    previous = flatten(earlier["sections"]) if earlier else {}
+    lines = [f"{'measure':58} {'value':>14} {'goal':>10} {'met':>4}" + (f" {'before':>14}" if earlier else "")]
+    for name, value in flat.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        goal = GOALS.get(name)
+        met = ""
+        if goal is not None and isinstance(value, (int, float)):
+            bound, comparison = goal
+            ok = value <= bound if comparison == "<=" else value < bound if comparison == "<" else value >= bound
+            met = "yes" if ok else "NO"
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        line = f"{name:58} {shown[:40]:>14} {(goal[1] + format(goal[0], 'g')) if goal else '':>10} {met:>4}"
+        if earlier:
+            before = previous.get(name)
+            line += f" {(format(before, '.4g') if isinstance(before, float) else str(before or ''))[:14]:>14}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS))
+    parser.add_argument("--cases", nargs="+", default=["cases/"], help="the corpus for the corpus section")
+    parser.add_argument("--workers", default="auto", help="the parallel run's -n (default auto)")
+    parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[], help="passed to the corpus runs")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sweep-cases", type=int, default=100_000)
+    parser.add_argument("--report-sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--compare", type=Path, default=None, help="an earlier results JSON to show beside this one")
+    args = parser.parse_args()
+    started = datetime.datetime.now(datetime.UTC)
+    results: dict[str, Any] = {
+        "created": started.isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "command": sys.argv,
+        "sections": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="conformance-bench-") as directory:
+        scratch = Path(directory)
+        for section in SECTIONS:
+            if section not in args.only:
+                continue
+            print(f"[{section}] ...", flush=True)
+            function = globals()[f"section_{section}"]
+            results["sections"][section] = function(args) if section == "reference" else function(args, scratch)
+    out = args.json or ROOT / "benchmarks" / "results" / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=1) + "\n"
+    out.write_text(text)
+    if args.json is None:
+        (out.parent / "latest.json").write_text(text)
+    earlier = json.loads(args.compare.read_text()) if args.compare else None
+    print(table(results, earlier))
+    print(f"saved: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Where a check's time goes: loading a framework, inside the framework calls, inside the reference.
+
+Everything else a run spends (collection, data generation, comparison, records, the report) is the
+harness's own overhead; `benchmarks/` divides a run's wall time by these sums to show how much.
+Totals are per process and only ever grow, so a check reads them before and after (`since`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+LOAD = "load_s"  # importing a framework, starting its device or child process
+FRAMEWORK = "framework_s"  # the framework's own calls (compilation included: it is the framework's work)
+REFERENCE = "reference_s"  # the float64 NumPy reference: forward answers, derivatives and their bounds
+KINDS = (LOAD, FRAMEWORK, REFERENCE)
+
+_totals = dict.fromkeys(KINDS, 0.0)
+
+
+@contextmanager
+def spent(kind: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        _totals[kind] += time.perf_counter() - started
+
+
+def totals() -> dict[str, float]:
+    return dict(_totals)
+
+
+def since(before: dict[str, float]) -> dict[str, float]:
+    """Seconds of each kind spent since `before` (a `totals()`), rounded for the record."""
+    return {kind: round(_totals[kind] - before[kind], 6) for kind in KINDS}
