@@ -135,8 +135,12 @@ class WorkerGuard:
     def progress(self, record: dict[str, Any]) -> None:
         """Right before the framework call: the fuller record (data hashes, reproduction), and the
         time limit restarts for the call itself."""
+        rearm = self._state["limit_s"] != self.limits.timeout_s  # (the first check's includes loading)
         self._state.update(record=record, phase="in the framework call", limit_s=self.limits.timeout_s)
-        self._arm(self.limits.timeout_s)
+        if rearm:
+            self._arm(self.limits.timeout_s)
+        else:  # the watchdog armed at `starting` runs on: re-arming costs a thread start and join
+            self._write_state()
 
     def loaded(self) -> None:
         """The framework is imported; what follows is this case's own work."""

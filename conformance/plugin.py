@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import os
 import re
 import resource
 import shutil
@@ -285,6 +286,9 @@ def pytest_configure(config: pytest.Config) -> None:
         state_dir = Path(tempfile.mkdtemp(prefix="conformance-run-"))
         config.add_cleanup(lambda: shutil.rmtree(state_dir, ignore_errors=True))
         config.stash[_state_dir_key] = state_dir
+        saved = dict(os.environ)
+        config.stash[_thread_limits_key] = share_cores(int(getattr(config.option, "numprocesses", None) or 0))
+        config.add_cleanup(lambda: (os.environ.clear(), os.environ.update(saved)))  # (pytest runs inside tests)
         if getattr(config.option, "numprocesses", None) and config.option.maxworkerrestart is None:
             # Each crash costs a worker restart; the crash limit bounds how many a run can need.
             budget = limits.crash_limit * len(_targets(config)) + 4 * int(config.option.numprocesses)
@@ -302,6 +306,27 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+def share_cores(workers: int) -> dict[str, str]:
+    """With W xdist workers, each framework in each worker gets cores // W threads, through the
+    variables every one of them reads at import (workers and TensorFlow's child processes inherit
+    this process's environment). W processes that each spread every convolution over all cores
+    oversubscribe the machine: at -n 2 on 2 cores the frameworks' own time rose by half
+    (benchmarks/run.py). Variables already set are left alone. Returns what it set."""
+    if workers < 2:
+        return {}
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    wanted = {
+        name: str(threads)
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+    }
+    wanted["TF_NUM_INTEROP_THREADS"] = str(threads)
+    set_here = {name: value for name, value in wanted.items() if name not in os.environ}
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+        set_here["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
+    os.environ.update(set_here)
+    return set_here
+
+
 def _invocation_path(config: pytest.Config, option: str) -> Path:
     path = Path(option)
     return path if path.is_absolute() else Path(config.invocation_params.dir, path)
@@ -311,7 +336,8 @@ _roots_key = pytest.StashKey[list[Path]]()
 _targets_key = pytest.StashKey[list[Target]]()
 _no_gpu_key = pytest.StashKey[str | None]()
 _mark_expression_key = pytest.StashKey[Any]()
-_checks_key = pytest.StashKey[int]()  # checks this process has run (records made)
+_checks_key = pytest.StashKey[int]()
+_thread_limits_key = pytest.StashKey[dict[str, str]]()  # checks this process has run (records made)
 _limits_key = pytest.StashKey[isolation.Limits]()
 _guard_key = pytest.StashKey[isolation.WorkerGuard]()
 _state_dir_key = pytest.StashKey[Path]()
@@ -792,6 +818,7 @@ class ResultCollector:
         # Without xdist this process ran the checks; with it, the controller only gathered results.
         own = "controller" if self.processes else "main"
         environment["processes"] = {**self.processes, own: process_usage(session.config.stash.get(_checks_key, 0))}
+        environment["thread_limits"] = session.config.stash.get(_thread_limits_key, {})
         known = expectations.statuses(self.known.entries, self.writer.records, _corpus_checks(session.config))
         self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known)
         if self.html_path is not None:

@@ -247,3 +247,50 @@ def test_the_report_tells_variants_apart(cases: dict[str, Any], tmp_path: Path) 
     write_report(writer.finish(base_environment(), ["test"]), tmp_path / "index.html")
     columns = embedded_data((tmp_path / "index.html").read_text())["columns"]
     assert sorted(column["variant"] for column in columns) == ["", "alt"]
+
+
+GRAPH_CASES = """
+[defaults]
+dtypes = ["float32"]
+rate = 2
+padding = "SAME"
+groups = 2
+
+[[case]]
+id = "multiplier1"
+input = { generator = "normal", seed = 1, shape = [1, 8, 8, 2] }
+kernel = { generator = "normal", seed = 2, shape = [3, 3, 1, 2] }
+
+[[case]]
+id = "multiplier2"
+input = { generator = "normal", seed = 3, shape = [1, 8, 8, 2] }
+kernel = { generator = "normal", seed = 4, shape = [3, 3, 1, 4] }
+
+[[case]]
+id = "multiplier2-other-data"
+input = { generator = "normal", seed = 5, shape = [1, 8, 8, 2] }
+kernel = { generator = "normal", seed = 6, shape = [3, 3, 1, 4] }
+"""
+
+
+def test_graph_modes_reuse_a_traced_graph_only_for_the_same_shapes(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    from conformance.adapters import tensorflow
+
+    (tmp_path / "g.toml").write_text(GRAPH_CASES)
+    cases = {c.id: c for c in load_file(tmp_path / "g.toml", tmp_path).cases}
+    targets = [
+        Target(a, "cpu", "strict")
+        for a in ADAPTERS
+        if a.name in ("tensorflow.depthwise_conv2d@function", "tensorflow.depthwise_conv2d@layer")
+    ]
+    assert len(targets) == 2
+    tensorflow._graphs.clear()
+    for name in ("multiplier1", "multiplier2"):  # same geometry, other kernel shape: a graph of its own
+        for target in targets:
+            record = runner.run_check(cases[name], target, "float32")
+            assert record["outcome"] == "pass", record["message"]
+    assert len(tensorflow._graphs) == 4
+    for target in targets:  # new data, same shapes: the traced graph answers, and answers right
+        assert runner.run_check(cases["multiplier2-other-data"], target, "float32")["outcome"] == "pass"
+    assert len(tensorflow._graphs) == 4

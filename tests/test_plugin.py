@@ -54,6 +54,12 @@ def test_results_json_and_invalid_cases(pytester: pytest.Pytester, corpus: Path,
     assert document["case_errors"][0]["field"] == "dilaton"
     assert document["summary"]["by_outcome"] == {"pass": 1}
     assert "numpy" in document["environment"]["frameworks"]
+    # Each process that ran checks says how many, its peak memory and where its time went.
+    processes = document["environment"]["processes"]
+    ran = {name: p for name, p in processes.items() if p["checks"]}
+    assert sum(p["checks"] for p in ran.values()) == 1 and set(ran) <= ({"main"} if not workers else {"gw0", "gw1"})
+    assert all(p["peak_rss_bytes"] > 10**7 for p in processes.values())
+    assert record["framework_s"] > 0 and record["framework_s"] + record["reference_s"] <= record["duration_s"]
     stream = [json.loads(line)["kind"] for line in (pytester.path / "out" / "results.jsonl").read_text().splitlines()]
     assert sorted(stream[1:-1]) == ["case_error", "result"]  # streamed as they arrived
     assert (stream[0], stream[-1]) == ("run", "end")
@@ -88,7 +94,9 @@ def test_gpu_checks_without_a_gpu_driver_are_one_skip_per_target(
     assert gpu_records and all(r["outcome"] == "skip" for r in gpu_records)
     if driver == "absent":
         # One item per target and file, each holding a skip record per check, decided without loading torch.
-        result.stdout.fnmatch_lines(["*torch.conv2d-gpu: 1 check(s) not run: no GPU on this machine (none of*nvidiactl exists)"])
+        result.stdout.fnmatch_lines(
+            ["*torch.conv2d-gpu: 1 check(s) not run: no GPU on this machine (none of*nvidiactl exists)"]
+        )
         assert result.parseoutcomes()["skipped"] == len({r["target"] for r in gpu_records}) == 5
         assert all("no GPU on this machine" in r["message"] for r in gpu_records)
     else:  # a driver: every check asks torch, which has no CUDA device here
@@ -151,3 +159,65 @@ numpy_adapter.NumpyIm2col.run = broken
     assert record["expectation"]["link"] == "https://example.org/xpass"
     assert document["expectations"][0]["status"] == "reproduced"
     assert (pytester.path / "reports" / "index.html").exists()
+
+
+LARGE = """
+tier = "large"
+[[sweep]]
+id = "draws"
+seed = 3
+replicates = 4
+size = 6
+kernel_size = 3
+[sweep.axes]
+rate = [1, 2]
+"""
+
+
+def _collected(pytester: pytest.Pytester, *args: str) -> set[str]:
+    result = pytester.runpytest("-p", "conformance.plugin", "--collect-only", "-q", *args)
+    return {line.strip() for line in result.outlines if "::" in line}
+
+
+def test_the_large_tier_is_collected_only_when_asked_for(pytester: pytest.Pytester, corpus: Path) -> None:
+    (corpus / "big.toml").write_text(LARGE)
+    cases = ["--cases", str(corpus)]
+    assert not {i for i in _collected(pytester, *cases) if "big.toml" in i}
+    large = {i for i in _collected(pytester, *cases, "-m", "large and numpy") if "case-file-error" not in i}
+    assert len(large) == 8 and all("big.toml::draws-r" in i and "-d" in i for i in large)  # 2 rates x 4 draws
+    assert _collected(pytester, *cases, "--conformance-tier", "large", "-m", "numpy") >= large
+    assert not {i for i in _collected(pytester, *cases, "-m", "not large and numpy") if "big.toml" in i}
+
+
+def _markers_from_id(nodeid: str) -> set[str]:
+    target = nodeid.split("[", 1)[1].rstrip("]")
+    if not nodeid.split("::")[1].startswith("not-run"):
+        target = target.rsplit("-", 1)[0]  # a check's id ends in its dtype
+    device = "gpu" if "-gpu" in target else "cpu"
+    return {"conformance", target.split(".")[0], device}
+
+
+@pytest.mark.parametrize("expression", ["torch and cpu", "not (tensorflow or gpu)", "jax and not conformance"])
+def test_markers_select_during_collection_exactly_as_pytest_would(
+    pytester: pytest.Pytester, corpus: Path, expression: str
+) -> None:
+    # Checks that -m rules out are never made; what remains must be what pytest's own -m would keep.
+    from _pytest.mark.expression import Expression
+
+    compiled = Expression.compile(expression)
+    everything = {i for i in _collected(pytester, "--cases", str(corpus)) if "case-file-error" not in i}
+
+    def kept(nodeid: str) -> bool:
+        markers = _markers_from_id(nodeid)
+        return bool(compiled.evaluate(lambda name, **kw: name in markers))
+
+    expected = {i for i in everything if kept(i)}
+    selected = _collected(pytester, "--cases", str(corpus), "-m", expression)
+    assert {i for i in selected if "case-file-error" not in i} == expected
+
+
+def test_conformance_target_collects_only_matching_targets(pytester: pytest.Pytester, corpus: Path) -> None:
+    items = _collected(pytester, "--cases", str(corpus), "--conformance-target", "torch.conv2d@*-cpu")
+    targets = {i.split("[")[1].rsplit("-", 1)[0] for i in items if "ok-rate2" in i}
+    assert targets and all(t.startswith("torch.conv2d@") and t.endswith("-cpu") for t in targets)
+    assert "torch.conv2d@grad-input-cpu" not in targets  # ok-rate2 does not opt into derivatives

@@ -167,6 +167,36 @@ kernel_size = [3]
     assert "already defined" in error.message and error.case == "dup"
 
 
+def test_replicates_draw_the_same_geometry_on_independent_data(tmp_path: Path) -> None:
+    single = _load(tmp_path, SWEEP.format(sizes="[5]"), "a.toml").cases
+    drawn = _load(tmp_path, SWEEP.format(sizes="[5]").replace("seed = 7", "seed = 7\nreplicates = 3"), "b.toml")
+    assert not drawn.errors and len(drawn.cases) == 3 * len(single)
+    for case in single:
+        draws = [c for c in drawn.cases if c.id.rsplit("-d", 1)[0] == case.id]
+        assert [c.id for c in draws] == [f"{case.id}-d{n}" for n in range(3)]
+        assert {(c.input_shape, c.kernel_shape, c.rate, c.stride, c.padding, c.groups) for c in draws} == {
+            (case.input_shape, case.kernel_shape, case.rate, case.stride, case.padding, case.groups)
+        }
+        assert len({materialize(c, "float32").x_hash for c in draws}) == 3  # each draw its own data
+    text = SWEEP.format(sizes="[5]").replace("seed = 7", "seed = 7\nreplicates = 0")
+    (error,) = _load(tmp_path, text, "c.toml").errors
+    assert error.field == "replicates"
+
+
+def test_replicates_count_toward_the_grid_limit(tmp_path: Path) -> None:
+    text = f"""
+[[sweep]]
+id = "many"
+seed = 1
+replicates = 10000
+[sweep.axes]
+size = {list(range(1, 21))}
+kernel_size = {list(range(1, 21))}
+"""
+    (error,) = _load(tmp_path, text).errors
+    assert "4000000 combinations" in error.message
+
+
 def test_too_large_a_grid_is_refused_before_expanding(tmp_path: Path) -> None:
     values = list(range(1, 200))
     text = f"""
