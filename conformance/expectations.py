@@ -15,9 +15,9 @@ import fnmatch
 import os
 import platform
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,9 @@ class Expectation:
         )
 
     def matches(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
-        if not self.matches_check(record["case"], record["target"], record["dtype"]):
+        if not _matches_target(self, record["target"]) or not self.matches_check(
+            record["case"], record["target"], record["dtype"]
+        ):
             return False
         if self.expect and record.get("expect") != self.expect:
             return False
@@ -243,18 +245,44 @@ def statuses(
     corpus = list(corpus_checks) if corpus_checks is not None else None
     result = []
     for entry in entries:
+        matches_check = _memoized(entry)  # a large run has 10^5 records: glob each case and target once
         bucket = dict.fromkeys(COUNTS, 0)
         for record in records:
             matched = record.get("expectation")
             if matched and matched["id"] == entry.id:
                 outcome = record["outcome"]
                 bucket[outcome if outcome in ("xfail", "xpass") else "not_run" if outcome in NOT_RUN else "other"] += 1
-            elif not matched and entry.matches_check(record["case"], record["target"], record["dtype"]):
+            elif not matched and matches_check(record["case"], record["target"], record["dtype"]):
                 bucket["conditions_unmet"] += 1  # its checks ran, but version/env/device/... did not hold
-        in_corpus = corpus is None or any(entry.matches_check(*check) for check in corpus)
+        in_corpus = corpus is None or any(matches_check(*check) for check in corpus)
         bucket["in_corpus"] = int(in_corpus or any(bucket[k] for k in COUNTS[:5]))
         result.append({**entry.summary(), "status": status_from_counts(bucket), **bucket})
     return result
+
+
+@lru_cache(maxsize=4096)
+def _matches_target(entry: Expectation, target: str) -> bool:
+    """Most entries name a few targets: ruling the others out once per target keeps `apply` cheap."""
+    return any(fnmatch.fnmatchcase(target, g) for g in entry.targets)
+
+
+def _memoized(entry: Expectation) -> Callable[[str, str, str], bool]:
+    """`entry.matches_check`, with each case id's and target id's glob result remembered."""
+    cases: dict[str, bool] = {}
+    targets: dict[str, bool] = {}
+
+    def matches_check(case: str, target: str, dtype: str) -> bool:
+        if entry.dtypes and dtype not in entry.dtypes:
+            return False
+        if target not in targets:
+            targets[target] = any(fnmatch.fnmatchcase(target, g) for g in entry.targets)
+        if not targets[target]:
+            return False
+        if case not in cases:
+            cases[case] = any(fnmatch.fnmatchcase(case, g) for g in entry.cases)
+        return cases[case]
+
+    return matches_check
 
 
 def status_from_counts(counts: Mapping[str, int]) -> str:

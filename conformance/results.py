@@ -14,6 +14,7 @@ import platform
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -58,12 +59,22 @@ def base_environment() -> dict[str, Any]:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary file in the same directory, then rename over the target."""
+    atomic_write(path, lambda handle: handle.write(text))
+
+
+def write_json(document: dict[str, Any], handle: IO[str]) -> None:
+    json.dump(document, handle, indent=1, allow_nan=False)
+    handle.write("\n")
+
+
+def atomic_write(path: Path, write: Callable[[IO[str]], object]) -> None:
+    """`atomic_write_text` for a writer that streams (a 100,000-result document is not built as one string)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.chmod(descriptor, 0o644)  # mkstemp makes it private; a report is for reading
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -158,7 +169,7 @@ class ResultsWriter:
         self, environment: dict[str, Any], command: list[str], expectations: list[dict[str, Any]] | None = None
     ) -> dict[str, Any]:
         document = self.document(environment, command, expectations)
-        atomic_write_text(self.json_path, json.dumps(document, indent=1, allow_nan=False) + "\n")
+        atomic_write(self.json_path, lambda handle: write_json(document, handle))
         if self._stream is not None:
             self._write_line({"kind": "end", "results": len(self.records), "json": self.json_path.name})
             self._stream.close()
