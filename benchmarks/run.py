@@ -11,7 +11,9 @@ Sections:
               overhead ratio is wall time x workers divided by the seconds the same checks spent
               loading frameworks, inside framework calls and inside the reference (records and
               workers report these: conformance.timing); 1.0 would mean the harness costs nothing.
-              The speed-up of -n auto over -n 1 is also given with the framework loading taken out.
+              The speed-up of -n auto over -n 1 is given on wall time, on wall time less framework
+              loading, and on the checks phase (first check's start to last check's end: no process
+              start, collection or report) less framework loading, which the goal applies to.
   collection  expanding a 100,000-case sweep (load_file), collecting it as 100,000 items, and
               collecting the large tier (-m large): time and peak memory of one process, which is
               what each xdist worker holds (every worker collects everything).
@@ -54,7 +56,7 @@ DEFAULT_SECTIONS = ("reference", "corpus", "collection", "report")
 # (name, goal, comparison): the targets, checked against what was measured.
 GOALS: dict[str, tuple[float, str]] = {
     "corpus.overhead_ratio_n1": (1.3, "<="),
-    "corpus.speedup_excluding_load": (1.7, ">="),
+    "corpus.checks_phase_speedup_excluding_load": (1.7, ">="),
     "reference.forward_ratio": (2.0, "<="),
     "report.100000.usable_s": (2.0, "<="),
     "report.20000.usable_s": (2.0, "<="),
@@ -159,6 +161,10 @@ def pytest_run(arguments: list[str], scratch: Path, name: str) -> dict[str, Any]
         **{f"bare_{kind}": round(seconds, 2) for kind, seconds in bare.items()},
         "bare_s": round(sum(bare.values()), 2),
         "load_s_per_worker_max": max((p.get(timing.LOAD, 0.0) for p in workers.values()), default=0.0),
+        # From the first check's start to the last one's end in any worker: no interpreter start, no
+        # collection, no report writing.
+        "checks_phase_s": max(p.get("last_check_at", 0.0) for p in workers.values())
+        - min(p.get("first_check_at", 0.0) for p in workers.values()),
         "peak_rss_bytes_per_worker": {k: p.get("peak_rss_bytes") for k, p in workers.items()},
         "peak_rss_bytes_all": process["peak_rss_bytes"],
     }
@@ -175,6 +181,10 @@ def section_corpus(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     figures["speedup"] = one["wall_s"] / many["wall_s"]
     figures["speedup_excluding_load"] = (one["wall_s"] - one["load_s_per_worker_max"]) / (
         many["wall_s"] - many["load_s_per_worker_max"]
+    )
+    # Excluding imports: the checks phase (no process start, collection or report) less framework loading.
+    figures["checks_phase_speedup_excluding_load"] = (one["checks_phase_s"] - one["load_s_per_worker_max"]) / (
+        many["checks_phase_s"] - many["load_s_per_worker_max"]
     )
     return figures
 

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ class Case:
     def qualified_id(self) -> str:
         return f"{self.suite}/{self.id}"
 
-    @property
+    @cached_property  # read several times per check; a frozen Case never changes it
     def geometry(self) -> Geometry:
         return geometry(self.padding, self.input_shape[1:3], self.kernel_shape[:2], self.rate, self.stride)
 

@@ -16,6 +16,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 
 from conformance import composites, expectations, hookspecs, isolation, report, runner, timing
 from conformance.adapters import ADAPTERS, QUANTITIES, Target, all_targets
+from conformance.adapters import jax as jax_adapter
 from conformance.adapters.base import no_gpu_reason
 from conformance.cases import NON_CASE_FILES, Case, CaseError, case_files, id_lines, load_file
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
@@ -287,7 +289,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(lambda: shutil.rmtree(state_dir, ignore_errors=True))
         config.stash[_state_dir_key] = state_dir
         saved = dict(os.environ)
-        config.stash[_thread_limits_key] = share_cores(int(getattr(config.option, "numprocesses", None) or 0))
+        workers = int(getattr(config.option, "numprocesses", None) or 0)
+        config.stash[_thread_limits_key] = share_cores(workers)
+        if workers > 1:
+            os.environ.setdefault(jax_adapter.COMPILATION_CACHE_VARIABLE, str(state_dir / "jax-cache"))
         config.add_cleanup(lambda: (os.environ.clear(), os.environ.update(saved)))  # (pytest runs inside tests)
         if getattr(config.option, "numprocesses", None) and config.option.maxworkerrestart is None:
             # Each crash costs a worker restart; the crash limit bounds how many a run can need.
@@ -336,8 +341,8 @@ _roots_key = pytest.StashKey[list[Path]]()
 _targets_key = pytest.StashKey[list[Target]]()
 _no_gpu_key = pytest.StashKey[str | None]()
 _mark_expression_key = pytest.StashKey[Any]()
-_checks_key = pytest.StashKey[int]()
-_thread_limits_key = pytest.StashKey[dict[str, str]]()  # checks this process has run (records made)
+_checks_key = pytest.StashKey[dict[str, Any]]()  # checks this process ran, and when (see _count_checks)
+_thread_limits_key = pytest.StashKey[dict[str, str]]()  # what share_cores set
 _limits_key = pytest.StashKey[isolation.Limits]()
 _guard_key = pytest.StashKey[isolation.WorkerGuard]()
 _state_dir_key = pytest.StashKey[Path]()
@@ -426,6 +431,18 @@ class CaseFile(pytest.File):
         yield from not_run.items(self)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Reports carry copies of an item's records and are sent as they are made; the item's own list
+    would hold every record a worker produced until the session ends (a quarter of a GB per worker
+    in the large tier)."""
+    try:
+        return (yield)
+    finally:
+        if isinstance(item, (ConformanceItem, NotRunItem)):
+            item.user_properties = []
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """An invalid known-divergence entry fails as its own item, whatever -k/-m selected: a typo there
@@ -491,8 +508,9 @@ class ConformanceItem(pytest.Item):
         self.extra_keyword_matches = _keyword_sets[key]
 
     def runtest(self) -> None:
+        started = time.time()
         record = self._run()
-        self.config.stash[_checks_key] = self.config.stash.get(_checks_key, 0) + 1
+        _count_checks(self.config, 1, started)
         expectations.apply(record, self.config.stash[_expectations_key][1].entries)
         self.user_properties.append((RECORD_KEY, record))
         outcome = Outcome(record["outcome"])
@@ -628,7 +646,7 @@ class NotRunItem(pytest.Item):
     def runtest(self) -> None:
         reason = _no_device_reason(self.config, self.target) or "not run"
         entries = self.config.stash[_expectations_key][1].entries
-        self.config.stash[_checks_key] = self.config.stash.get(_checks_key, 0) + len(self.checks)
+        _count_checks(self.config, len(self.checks), time.time())
         for case, dtype in self.checks:
             record = runner.make_record(case, self.target, dtype, Verdict(Outcome.SKIP, reason))
             expectations.apply(record, entries)
@@ -707,10 +725,18 @@ class InvalidCaseItem(pytest.Item):
         )
 
 
-def process_usage(checks: int) -> dict[str, Any]:
+def _count_checks(config: pytest.Config, checks: int, started: float) -> None:
+    """Checks run in this process, and the span from the first one's start to the last one's end: the
+    parallel part of a run, without process start, collection and the report (benchmarks/ uses it)."""
+    usage = config.stash.setdefault(_checks_key, {"checks": 0, "first_check_at": started})
+    usage["checks"] += checks
+    usage["last_check_at"] = time.time()
+
+
+def process_usage(config: pytest.Config) -> dict[str, Any]:
     """What one process that ran checks used: its peak memory (collection included) and its time split."""
     return {
-        "checks": checks,
+        **config.stash.get(_checks_key, {"checks": 0}),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
         **{kind: round(total, 3) for kind, total in timing.totals().items()},
     }
@@ -721,7 +747,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if _is_worker(config):
         config.workeroutput[ENV_KEY] = json.dumps(runner.loaded_environments())  # type: ignore[attr-defined]
-        config.workeroutput[USAGE_KEY] = json.dumps(process_usage(config.stash.get(_checks_key, 0)))  # type: ignore[attr-defined]
+        config.workeroutput[USAGE_KEY] = json.dumps(process_usage(config))  # type: ignore[attr-defined]
 
 
 def _corpus_checks(config: pytest.Config) -> list[tuple[str, str, str]]:
@@ -817,7 +843,7 @@ class ResultCollector:
         environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k.split(".")[0] in ran}
         # Without xdist this process ran the checks; with it, the controller only gathered results.
         own = "controller" if self.processes else "main"
-        environment["processes"] = {**self.processes, own: process_usage(session.config.stash.get(_checks_key, 0))}
+        environment["processes"] = {**self.processes, own: process_usage(session.config)}
         environment["thread_limits"] = session.config.stash.get(_thread_limits_key, {})
         known = expectations.statuses(self.known.entries, self.writer.records, _corpus_checks(session.config))
         self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known)

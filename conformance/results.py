@@ -63,8 +63,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(document: dict[str, Any], handle: IO[str]) -> None:
-    json.dump(document, handle, indent=1, allow_nan=False)
-    handle.write("\n")
+    """The document with its header indented and each result on one line of its own: grep and line
+    diffs see one record per line, and the C encoder writes 100,000 records in about a second
+    (pretty-printing them all took minutes of the pure-Python one)."""
+    header = json.dumps({k: v for k, v in document.items() if k != "results"}, indent=1, allow_nan=False)
+    opening = header[: header.rindex("}")].rstrip()
+    handle.write(opening + ("," if opening != "{" else "") + '\n "results": [')
+    for number, record in enumerate(document.get("results", [])):
+        handle.write(("," if number else "") + "\n  " + json.dumps(record, allow_nan=False))
+    handle.write("\n ]\n}\n")
 
 
 def atomic_write(path: Path, write: Callable[[IO[str]], object]) -> None:

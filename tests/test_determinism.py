@@ -93,11 +93,13 @@ def test_repeat_run_of_the_real_frameworks(tmp_path: Path) -> None:
         if r["target"] in flagged - {"faulty.jitter-cpu"} and "not bitwise reproducible" in (r["message"] or "")
     ]
     assert flagged == {"faulty.jitter-cpu"}, unexpected
-    # oneDNN's answer where no output exists is uninitialised memory (tensorflow#64396): it differs call to call.
+    # oneDNN's answer where no output exists is uninitialised memory (tensorflow#64396): values where an
+    # error or an empty tensor is due, which may or may not differ call to call (with one thread per
+    # worker they often repeat).
     garbage = [
         r for r in records if r["target"] == "tensorflow.conv2d@onednn-on-cpu" and r["expect"] == "no-valid-output"
     ]
-    assert all(r["outcome"] == "expected-error" or "not bitwise reproducible" in r["message"] for r in garbage)
+    assert garbage and all(r["outcome"] in ("expected-error", "missing-error", "nondeterministic") for r in garbage)
     jitter = [r for r in records if r["target"] == "faulty.jitter-cpu" and r["expect"] != "no-valid-output"]
     assert jitter and all("not bitwise reproducible" in r["message"] for r in jitter)
     assert any(r["framework"] == "numpy" and r["outcome"] == "pass" for r in records)

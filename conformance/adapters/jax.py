@@ -7,6 +7,7 @@ bf16 passes on GPU); defaults mode passes None, what a user gets without asking.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Any
 
@@ -27,6 +28,7 @@ from conformance.adapters.base import (
 from conformance.dtypes import float_format
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+COMPILATION_CACHE_VARIABLE = "CONFORMANCE_JAX_CACHE_DIR"  # set by the plugin for a run's xdist workers
 
 
 @cache
@@ -36,6 +38,14 @@ def _jax() -> Any:
     except ImportError as exc:
         raise Unavailable(f"JAX is not installed ({exc})") from None
     jax.config.update("jax_enable_x64", True)
+    shared = os.environ.get(COMPILATION_CACHE_VARIABLE)
+    if shared:
+        # Workers of one run share compiled executables: a configuration one worker compiled is
+        # loaded by another, as in one process. The key holds the HLO, the options and the jaxlib
+        # version; the directory lives and dies with the run.
+        jax.config.update("jax_compilation_cache_dir", shared)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return jax
 
 
@@ -152,6 +162,7 @@ class JaxConvGeneralDilated(Adapter):
             "flags": {
                 "jax_enable_x64": bool(jax.config.jax_enable_x64),
                 "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+                "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
             },
         }
 
