@@ -320,11 +320,8 @@ def share_cores(workers: int) -> dict[str, str]:
     if workers < 2:
         return {}
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
-    wanted = {
-        name: str(threads)
-        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
-    }
-    wanted["TF_NUM_INTEROP_THREADS"] = str(threads)
+    variables = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+    wanted = {name: str(threads) for name in (*variables, "TF_NUM_INTEROP_THREADS")}
     set_here = {name: value for name, value in wanted.items() if name not in os.environ}
     if threads == 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
         set_here["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
