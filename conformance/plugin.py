@@ -193,7 +193,7 @@ def _collected_tiers(config: pytest.Config) -> tuple[str, ...]:
     return tiers
 
 
-def _selected_by_markers(config: pytest.Config, markers: set[str]) -> bool:
+def _selected_by_markers(config: pytest.Config, markers: frozenset[str]) -> bool:
     """Whether -m can select an item with these markers. Collecting 100,000 items only for pytest to
     deselect them costs seconds and hundreds of MB per worker, so a check -m rules out is never made.
     pytest's own deselection still runs afterwards: any doubt (a marker with arguments) keeps the item."""
@@ -620,22 +620,18 @@ class NotRunChecks:
     def items(self, parent: pytest.File) -> Any:
         for (target, tier), checks in self.checks.items():
             suffix = "" if tier == "default" else f"-{tier}"
-            yield NotRunItem.from_parent(
-                parent, name=f"not-run{suffix}[{target.id}]", target=target, tier=tier, checks=checks
-            )
+            yield NotRunItem.from_parent(parent, name=f"not-run{suffix}[{target.id}]", target=target, checks=checks)
 
 
 class NotRunItem(pytest.Item):
     """Every check of one target (and tier) in one file, skipped for a reason known before any
     framework loads: still one result record per check, so reports show the missing columns."""
 
-    def __init__(self, *, target: Target, tier: str, checks: list[tuple[Case, str]], **kwargs: Any) -> None:
+    def __init__(self, *, target: Target, checks: list[tuple[Case, str]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.target, self.checks = target, checks
-        for marker in ("conformance", target.adapter.framework, target.device):
+        for marker in sorted(item_markers(checks[0][0], target)):  # (every check here has the same tier)
             self.add_marker(marker)
-        if tier != "default":
-            self.add_marker(tier)
         self.extra_keyword_matches.update({dtype for _, dtype in checks})
         self.extra_keyword_matches.update(tag for case, _ in checks for tag in case.tags)
         self.extra_keyword_matches.update({target.adapter.op, target.precision, target.adapter.variant or "plain"})
