@@ -87,7 +87,7 @@ class ErrorModel:
             return False
         bits = self.fmt.precision_bits
         if self.tf32:
-            bits = min(bits, 24)
+            # TF32 rounds each operand to 11 bits; products of 11-bit integers are exact in float32's 24.
             limit = 2.0**TF32_PRECISION_BITS
             if np.abs(x).max(initial=0.0) > limit or np.abs(w).max(initial=0.0) > limit:
                 return False
@@ -136,7 +136,7 @@ def classify(expected: Expected, got: Any = None, raised: BaseException | None =
     if expected.values is None:
         return _classify_no_output(expected, got, raised)
     if raised is not None:
-        return Verdict(Outcome.ERROR, f"raised {type(raised).__name__}: {_first_line(raised)} (a value was due)")
+        return Verdict(Outcome.ERROR, f"raised {type(raised).__name__}: {first_line(raised)} (a value was due)")
     got = np.asarray(got)
     verdict_shape = list(got.shape)
     want_dtype = expected.model.fmt.numpy_dtype
@@ -162,7 +162,7 @@ def _classify_no_output(expected: Expected, got: Any, raised: BaseException | No
     if raised is not None:
         return Verdict(
             Outcome.EXPECTED_ERROR,
-            f"raised {type(raised).__name__} (no valid output along {axes}): {_first_line(raised)}",
+            f"raised {type(raised).__name__} (no valid output along {axes}): {first_line(raised)}",
         )
     got = np.asarray(got)
     shape = list(got.shape)
@@ -309,6 +309,12 @@ def _json_float(value: Any) -> float | str:
     return value if np.isfinite(value) else repr(value)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (messages of native errors run to pages)."""
     text = str(exc).strip().splitlines()
     return text[0][:500] if text else "(no message)"
+
+
+def exception_text(exc: BaseException) -> str:
+    """`TypeName: first line`, the way records name an exception."""
+    return f"{type(exc).__name__}: {first_line(exc)}"

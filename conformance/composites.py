@@ -132,9 +132,12 @@ def load(path: Path, label: str) -> tuple[list[Composite], list[CaseError]]:
 Conv = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
-def framework_conv(target: Target, dtype: str) -> tuple[Conv, list[str]]:
+def framework_conv(
+    target: Target, dtype: str, before_first_call: Callable[[str], None] | None = None
+) -> tuple[Conv, list[str]]:
     """A SAME, stride-1 convolution through the target's adapter; raises NotImplementedError with the
-    adapter's reason when it cannot express a layer. Also collects each call's reproduction."""
+    adapter's reason when it cannot express a layer. Also collects each call's reproduction, and
+    hands the first one to `before_first_call` right before the framework first runs."""
     adapter: Adapter = target.adapter
     sources: list[str] = []
 
@@ -147,6 +150,8 @@ def framework_conv(target: Target, dtype: str) -> tuple[Conv, list[str]]:
         numpy_dtype = float_format(dtype).numpy_dtype
         call = ConvCall(x.astype(numpy_dtype), w.astype(numpy_dtype), (rate, rate), (1, 1), "SAME", geo, 1, dtype)
         sources.append(adapter.reproduction(call, target.device, target.precision))
+        if len(sources) == 1 and before_first_call is not None:
+            before_first_call(sources[0])
         with timing.spent(timing.FRAMEWORK):
             return np.asarray(adapter.run(call, target.device, target.precision), dtype=np.float64)
 
@@ -205,25 +210,47 @@ def coverage_map(paths: np.ndarray) -> dict[str, Any]:
     }
 
 
-def run_check(composite: Composite, case: Case, target: Target, dtype: str) -> dict[str, Any]:
+def run_check(
+    composite: Composite,
+    case: Case,
+    target: Target,
+    dtype: str,
+    before_call: Callable[[dict[str, Any]], None] | None = None,
+    after_load: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """One composite through one target: a result record like any check's (outcome, message,
-    reproduction), with the receptive field's picture for stacks."""
+    reproduction), with the receptive field's picture for stacks. `before_call` and `after_load`
+    are the fault isolation's hooks, as for `runner.run_check`."""
     spent_before = timing.totals()
-    record = _run_check(composite, case, target, dtype)
+    record = _run_check(composite, case, target, dtype, before_call, after_load)
     record.update(timing.since(spent_before))
     return record
 
 
-def _run_check(composite: Composite, case: Case, target: Target, dtype: str) -> dict[str, Any]:
+def _run_check(
+    composite: Composite,
+    case: Case,
+    target: Target,
+    dtype: str,
+    before_call: Callable[[dict[str, Any]], None] | None,
+    after_load: Callable[[], None] | None,
+) -> dict[str, Any]:
     from conformance.adapters import Unavailable
-    from conformance.compare import Outcome, Verdict
+    from conformance.compare import Outcome, Verdict, exception_text
     from conformance.runner import make_record
 
-    conv, sources = framework_conv(target, dtype)
+    def before_first_call(source: str) -> None:
+        if before_call is not None:
+            crashed = Verdict(Outcome.CRASH, "the process died during a framework call of the composite")
+            before_call(make_record(case, target, dtype, crashed, reproduction=source))
+
+    conv, sources = framework_conv(target, dtype, before_first_call)
     picture = None
     try:
         with timing.spent(timing.LOAD):
             target.adapter.check_available(target.device)
+        if after_load is not None:
+            after_load()
         if composite.kind == "stack":
             exact = stack_paths(composite, reference_conv)
             got = stack_paths(composite, conv)
@@ -236,8 +263,7 @@ def _run_check(composite: Composite, case: Case, target: Target, dtype: str) -> 
     except NotImplementedError as exc:
         return make_record(case, target, dtype, Verdict(Outcome.UNSUPPORTED, f"a layer is not expressible: {exc}"))
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return make_record(case, target, dtype, Verdict(Outcome.ERROR, f"raised {type(exc).__name__}: {first}"))
+        return make_record(case, target, dtype, Verdict(Outcome.ERROR, f"raised {exception_text(exc)}"))
     differs = got != exact
     if differs.any():
         index = [int(i) for i in np.argwhere(differs)[0]]

@@ -23,20 +23,12 @@ from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from conformance import sweeps
-from conformance.adapters.base import installed_version
+from conformance import frameworks, sweeps
 from conformance.cases import CaseError, SourceLines, explain_schema_error, field_path, id_lines, strict_validator
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "expectations.schema.json"
 FILE_NAME = "expectations.toml"
-# Framework names in records -> the pip distributions that carry them (for version conditions).
-DISTRIBUTIONS = {
-    "torch": ("torch",),
-    "tensorflow": ("tensorflow", "tensorflow-cpu"),
-    "jax": ("jax",),
-    "numpy": ("numpy",),
-}
 
 
 @dataclass(frozen=True)
@@ -90,9 +82,7 @@ class Expectation:
                 return False
         for name, specifier in self.versions:
             version = (
-                record.get("framework_version")
-                if name == record.get("framework")
-                else installed_version(DISTRIBUTIONS.get(name, (name,)))
+                record.get("framework_version") if name == record.get("framework") else frameworks.version_of(name)
             )
             if version is None or not specifier.contains(version, prereleases=True):
                 return False

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-GENERATORS = ("arange", "ones", "zeros", "full", "integers", "uniform", "normal")
 RANDOM_GENERATORS = ("integers", "uniform", "normal")
 # Irwin-Hall: the sum of 12 uniforms on [0, 1) minus 6 has mean 0 and variance 1.
 _IRWIN_HALL_TERMS = 12

@@ -36,12 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from conformance.adapters.modes import gpu_driver_present
 from conformance.compare import Outcome
 
 BROKEN_TARGETS_FILE = "broken-targets.json"
-# The CUDA driver reserves large parts of the address space; whether RLIMIT_DATA counts them has
-# not been measured here, so a GPU machine gets no memory limit unless one is asked for.
-NVIDIA_DEVICE = Path("/dev/nvidiactl")
 LOG_EXCERPT_LINES = 24
 LOADING = "loading the framework"
 PREPARING = "preparing the data and the reference"
@@ -82,15 +80,17 @@ def total_memory() -> int | None:
 
 
 def default_memory_limit(workers: int) -> int | None:
-    """80% of physical memory shared among the workers; none on a machine with an NVIDIA GPU."""
+    """80% of physical memory shared among the workers; none on a machine with a GPU driver: GPU
+    drivers (CUDA's above all) reserve large parts of the address space, and whether RLIMIT_DATA
+    counts them has not been measured, so a GPU machine gets no limit unless one is asked for."""
     memory = total_memory()
-    if memory is None or NVIDIA_DEVICE.exists():
+    if memory is None or gpu_driver_present():
         return None
     return int(memory * 0.8) // max(1, workers)
 
 
 class WorkerGuard:
-    """Lives in the process that runs checks: notes each call, arms the watchdog, caps memory."""
+    """Lives in the process that runs checks: notes each call, arms the time limit, caps memory."""
 
     def __init__(self, state_dir: Path, worker_id: str, limits: Limits) -> None:
         self.limits = limits
@@ -145,7 +145,7 @@ class WorkerGuard:
         self._state.update(record=record, phase="in the framework call", limit_s=self.limits.timeout_s)
         if rearm:
             self._arm(self.limits.timeout_s)
-        else:  # the watchdog armed at `starting` runs on: re-arming costs a thread start and join
+        else:  # the timer armed at `starting` runs on
             self._write_state()
 
     def loaded(self) -> None:

@@ -17,14 +17,66 @@ from collections import Counter
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
-from conformance import __version__
+from conformance import __version__, frameworks
 from conformance.expectations import COUNTS, status_from_counts
 
 SCHEMA_VERSION = 1
+
+
+class Record(TypedDict, total=False):
+    """One result record, as docs/results-format.md describes it: JSON's builtin types only (it
+    crosses processes on pytest reports). Keys after `duration_s` appear only where they apply."""
+
+    case: str
+    case_file: str
+    target: str
+    framework: str
+    framework_version: str | None
+    op: str
+    variant: str
+    quantity: str
+    baseline: str | None
+    device: str
+    precision: str
+    dtype: str
+    outcome: str
+    input_shape: list[int]
+    kernel_shape: list[int]
+    output_shape: list[int]
+    got_shape: list[int] | None
+    got_dtype: str | None
+    rate: list[int]
+    stride: list[int]
+    padding: str | int | list[list[int]]
+    pads: list[list[int]]
+    groups: int
+    expect: str
+    exact: bool
+    max_abs_error: float | None
+    max_rel_error: float | None
+    max_ulp: float | None
+    error_ratio: float | None
+    worst: dict[str, Any] | None
+    error_map: dict[str, Any] | None
+    message: str
+    reproduction: str
+    input_sha256: str | None
+    kernel_sha256: str | None
+    output_sha256: str | None
+    description: str
+    tags: list[str]
+    duration_s: float | None
+    load_s: float
+    framework_s: float
+    reference_s: float
+    observed_outcome: str  # xfail/xpass: what the target did before a known divergence relabelled it
+    expectation: dict[str, Any]  # the matching known divergence {id, reason, link, strict}
+    run: int  # merged files: index into `runs`
+
+
 TOOL = {"name": "dilated-conv-conformance", "version": __version__}
-FRAMEWORK_PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "ml_dtypes")
 
 
 def _cpu_name() -> str:
@@ -38,9 +90,11 @@ def _cpu_name() -> str:
 
 
 def base_environment() -> dict[str, Any]:
-    """What can be known without importing any framework (cheap: read from package metadata)."""
+    """What can be known without importing any framework (cheap: read from package metadata), for
+    every framework known to this process (conformance/frameworks.py)."""
+    known = frameworks.known()
     packages = {}
-    for name in FRAMEWORK_PACKAGES:
+    for name in dict.fromkeys(package for framework in known for package in framework.packages):
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -53,6 +107,7 @@ def base_environment() -> dict[str, Any]:
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "packages": packages,
+        "framework_versions": frameworks.installed_versions(known),
         "frameworks": {},
     }
 
@@ -264,10 +319,15 @@ def read_stream(path: Path) -> dict[str, Any]:
 
 def run_label(environment: dict[str, Any]) -> str:
     """A short name for a run: its machine and the framework versions it ran."""
-    packages = environment.get("packages", {})
-    versions = " ".join(
-        f"{name} {packages[name]}" for name in ("torch", "tensorflow", "tensorflow-cpu", "jax") if name in packages
-    )
+    versions = environment.get("framework_versions")
+    if versions is None:  # results written before frameworks were recorded by name: read the packages
+        packages = environment.get("packages", {})
+        versions = {
+            framework.name: packages[found]
+            for framework in frameworks.known()
+            if (found := next((d for d in framework.distributions if d in packages), None))
+        }
+    versions = frameworks.versions_line(versions)
     gpus = [
         d
         for info in environment.get("frameworks", {}).values()

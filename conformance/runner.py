@@ -18,7 +18,7 @@ import numpy as np
 from conformance import derivatives, reference, timing
 from conformance.adapters import OUTPUT, CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.cases import Case, CaseData, materialize
-from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify
+from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify, exception_text
 from conformance.dtypes import float_format
 from conformance.semantics import Geometry
 
@@ -67,18 +67,15 @@ def call_params(case: Case, dtype: str) -> CallParams:
     )
 
 
-def accumulation_length(case: Case) -> int:
-    k_h, k_w, c_per_group, _ = case.kernel_shape
-    return k_h * k_w * c_per_group
-
-
 def _tf32_bound(target: Target, dtype: str) -> bool:
     # "defaults" on a GPU may run float32 through TF32: judge it against TF32's bound.
     return target.precision == "defaults" and dtype == "float32"
 
 
 def error_model(case: Case, dtype: str, target: Target) -> ErrorModel:
-    return ErrorModel(float_format(dtype), accumulation_length(case), tf32=_tf32_bound(target, dtype))
+    return ErrorModel(
+        float_format(dtype), derivatives.accumulation_length(case, OUTPUT), tf32=_tf32_bound(target, dtype)
+    )
 
 
 def expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) -> Expected:
@@ -121,6 +118,7 @@ def run_check(
     prepared: Prepared | None = None
     reproduction = ""
     output_hash: str | None = None
+    tangents: derivatives.Tangents | None = None
     reason = adapter.unsupported_reason(params)
     if reason:
         verdict = Verdict(Outcome.UNSUPPORTED, reason)
@@ -152,7 +150,7 @@ def run_check(
             reproduction = adapter.reproduction(call, target.device, target.precision)
             if before_call is not None:
                 crashed = Verdict(Outcome.CRASH, "the process died during the framework call")
-                before_call(make_record(case, target, dtype, crashed, prepared, reproduction))
+                before_call(make_record(case, target, dtype, crashed, prepared, reproduction, tangents=tangents))
             raised: Exception | None = None
             got = None
             try:
@@ -162,9 +160,11 @@ def run_check(
                 raise
             except Exception as exc:  # a framework error is a finding, not a harness failure
                 raised = exc
-            _loaded_adapters.setdefault(adapter.name if adapter.own_environment else adapter.framework, adapter)
-            if adapter.quantity != OUTPUT:
-                expected = derivatives.expected(case, dtype, adapter.quantity, tf32=_tf32_bound(target, dtype))
+            _loaded_adapters.setdefault(adapter.name if adapter.own_environment else adapter.framework.name, adapter)
+            if tangents is not None:
+                expected = derivatives.expected(
+                    case, dtype, adapter.quantity, tangents, tf32=_tf32_bound(target, dtype)
+                )
             else:
                 expected = expected_answer(case, dtype, target, prepared)
             if adapter.baseline is not None and expected.values is not None:
@@ -187,7 +187,7 @@ def run_check(
         except Unavailable as exc:
             verdict = Verdict(Outcome.SKIP, str(exc))
     duration = time.perf_counter() - started
-    record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash)
+    record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash, tangents)
     record.update(timing.since(spent_before))
     return record
 
@@ -221,8 +221,7 @@ def _judge_against_baseline(
     output or exception), on the same data, independent of the reference. Each is within the bound of
     the exact result, so they may differ by twice the bound; exact integer data must match bit for bit."""
     if isinstance(base, Exception):
-        exc = base
-        base_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        base_error = exception_text(base)
         if raised is not None:
             return Verdict(Outcome.PASS, f"both formulations raise (primary: {base_error})")
         shape = list(np.shape(got))
@@ -254,7 +253,7 @@ def _repeat_calls(adapter: Any, call: ConvCall, target: Target, first: Any, repe
             with timing.spent(timing.FRAMEWORK):
                 again = adapter.run(call, target.device, target.precision)
         except Exception as exc:
-            return f"the repeated call raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return f"the repeated call raised {exception_text(exc)}"
         hashes.append(_output_hash(again))
         if hashes[-1] != first_hash and np.shape(again) == np.shape(first):
             with np.errstate(invalid="ignore"):
@@ -272,10 +271,9 @@ def _repeat_calls(adapter: Any, call: ConvCall, target: Target, first: Any, repe
 def harness_error_record(case: Case, target: Target, dtype: str, exc: BaseException) -> dict[str, Any]:
     """The record of a check that the harness itself could not finish (e.g. the reference ran out
     of memory): reported as an error with the reason rather than lost."""
-    message = (
-        f"the harness failed before a verdict: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return make_record(
+        case, target, dtype, Verdict(Outcome.ERROR, f"the harness failed before a verdict: {exception_text(exc)}")
     )
-    return make_record(case, target, dtype, Verdict(Outcome.ERROR, message))
 
 
 def _output_hash(got: Any) -> str | None:
@@ -295,13 +293,14 @@ def make_record(
     reproduction: str = "",
     duration_s: float = 0.0,
     output_hash: str | None = None,
+    tangents: derivatives.Tangents | None = None,
 ) -> dict[str, Any]:
     geo = case.geometry
     return {
         "case": case.qualified_id,
         "case_file": case.file,
         "target": target.id,
-        "framework": target.adapter.framework,
+        "framework": target.adapter.framework.name,
         "framework_version": target.adapter.version(),
         "op": target.adapter.op,
         "variant": target.adapter.variant,
@@ -330,7 +329,9 @@ def make_record(
         "worst": verdict.worst,
         "error_map": verdict.error_map,
         "message": verdict.message,
-        "reproduction": _full_reproduction(case, dtype, reproduction, target.adapter.quantity) if reproduction else "",
+        "reproduction": _full_reproduction(case, dtype, reproduction, target.adapter.quantity, tangents)
+        if reproduction
+        else "",
         "input_sha256": prepared.data.x_hash if prepared else None,
         "kernel_sha256": prepared.data.w_hash if prepared else None,
         "output_sha256": output_hash,
@@ -341,14 +342,17 @@ def make_record(
 
 
 @lru_cache(maxsize=64)  # a check's record is made twice (before the call, after it) with the same source
-def _full_reproduction(case: Case, dtype: str, call_source: str, quantity: str = OUTPUT) -> str:
+def _full_reproduction(
+    case: Case, dtype: str, call_source: str, quantity: str = OUTPUT, tangents: derivatives.Tangents | None = None
+) -> str:
     """Copy-paste source: the case's tensors (inline when small) followed by the framework call;
     for a derivative, also its seeded cotangent dy (and the HVP direction vx, vw)."""
     lines = ["import numpy as np"]
     tensors = [("x", case.input_spec, case.input_shape), ("w", case.kernel_spec, case.kernel_shape)]
     if quantity != OUTPUT:
+        assert tangents is not None, "a derivative's reproduction needs its tangents"
         names = ("dy", "vx", "vw") if quantity.startswith("hvp") else ("dy",)
-        specs = derivatives.tangents(case, dtype).specs
+        specs = tangents.specs
         tensors += [(name, *specs[name]) for name in names]
     for name, spec, shape in tensors:
         layout = "HWIO" if name in ("w", "vw") else "NHWC"

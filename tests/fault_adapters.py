@@ -16,10 +16,11 @@ import numpy as np
 
 from conformance import reference
 from conformance.adapters import Adapter, ConvCall
+from conformance.frameworks import Framework
 
 
 class FaultAdapter(Adapter):
-    framework = "faulty"
+    framework = Framework("faulty", "fault injection")
     devices = ("cpu",)
 
     def check_available(self, device: str) -> None:
@@ -115,7 +116,7 @@ HOSTILE_TEXT = (
 class Hostile(FaultAdapter):
     """Everything it says is markup: its error message, its reproduction and its environment."""
 
-    framework = "hostile"
+    framework = Framework("hostile", "hostile text")
     op = "conv2d"
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
@@ -131,7 +132,7 @@ class Hostile(FaultAdapter):
 class Slow(FaultAdapter):
     """The right answer after a pause: a run long enough to be killed half-way."""
 
-    framework = "paced"
+    framework = Framework("paced", "slow but right")
     op = "slow"
     pause_s = 0.05
 

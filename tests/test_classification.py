@@ -12,6 +12,7 @@ from conformance import reference
 from conformance.adapters import Adapter, ConvCall, Target, Unavailable
 from conformance.adapters.numpy import NumpyIm2col
 from conformance.cases import Case, load_file
+from conformance.frameworks import Framework
 from conformance.runner import run_check
 
 CASES = """
@@ -41,7 +42,7 @@ def cases(tmp_path: Path) -> dict[str, Case]:
 
 
 class FakeAdapter(Adapter):
-    framework = "fake"
+    framework = Framework("fake", "a fake framework")
 
     def __init__(self, op: str, behaviour: Any) -> None:
         self.op = op

@@ -16,8 +16,11 @@ from conformance import derivatives, reference, runner
 from conformance.adapters import ADAPTERS, QUANTITIES, Adapter, ConvCall, DerivativeAdapter, Target, all_targets
 from conformance.adapters.base import DeviceComparison
 from conformance.cases import Case, load_file
+from conformance.frameworks import Framework
 from conformance.semantics import geometry, taps_meeting_one_input
 from tests.projects import child_environment
+
+pytest_plugins = ["pytester"]
 
 CASES = """
 [[case]]
@@ -218,7 +221,7 @@ class FakeDerivative(DerivativeAdapter):
 
 
 class FakePrimary(Adapter):
-    framework, op, devices = "fake", "conv", ("cpu", "gpu")
+    framework, op, devices = Framework("fake", "a fake framework"), "conv", ("cpu", "gpu")
 
     def check_available(self, device: str) -> None:
         return None
@@ -319,7 +322,7 @@ def test_the_reproduction_repeats_the_derivative(adapter: DerivativeAdapter, cas
     assert record["outcome"] == "pass" and record["exact"], record["message"]
     namespace: dict[str, Any] = {}
     exec(record["reproduction"], namespace)
-    values, _ = derivatives._answer(case, "float32", adapter.quantity)
+    values, _ = derivatives._answer(case, "float32", adapter.quantity, derivatives.tangents(case, "float32"))
     np.testing.assert_array_equal(np.asarray(namespace["g"], dtype=np.float64), values)
 
 
@@ -373,8 +376,8 @@ def torch_gpu_on_cpu(monkeypatch: pytest.MonkeyPatch) -> Any:
 def jax_gpu_on_cpu(monkeypatch: pytest.MonkeyPatch) -> Any:
     from conformance.adapters import jax as jax_adapter
 
-    jax = pytest.importorskip("jax")
-    monkeypatch.setattr(jax_adapter, "_device", lambda device: jax.devices("cpu")[0])
+    pytest.importorskip("jax")
+    monkeypatch.setattr(jax_adapter, "_platform", lambda device: "cpu")
     return jax_adapter
 
 
@@ -404,17 +407,10 @@ def test_a_gpu_that_disagrees_with_the_cpu_fails_the_comparison(cases: dict[str,
     assert record["outcome"] == "mismatch" and record["message"].startswith("against fake.conv on cpu:")
 
 
-def test_gpu_targets_repeat_by_default(tmp_path: Path) -> None:
-    from conformance import plugin
+def test_gpu_targets_repeat_by_default(pytester: pytest.Pytester) -> None:
+    from conformance.plugin.options import settings
 
-    class Options:
-        def __init__(self, **values: int) -> None:
-            self.values = values
-
-        def getoption(self, name: str) -> int:
-            return self.values[name]
-
-    config: Any = Options(conformance_repeat=1, conformance_gpu_repeat=3)
-    primary = FakePrimary()
-    assert plugin._repeat(config, Target(primary, "gpu", "strict")) == 3
-    assert plugin._repeat(config, Target(primary, "cpu", "strict")) == 1
+    config = pytester.parseconfigure("-p", "conformance.plugin", "--conformance-gpu-repeat", "3")
+    assert settings(config).repeat_for("gpu") == 3 and settings(config).repeat_for("cpu") == 1
+    config = pytester.parseconfigure("-p", "conformance.plugin", "--conformance-repeat", "5")
+    assert settings(config).repeat_for("gpu") == 5 and settings(config).repeat_for("cpu") == 5

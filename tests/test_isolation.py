@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from conformance import isolation
+from conformance.adapters.modes import gpu_driver_present
 from conformance.report import embedded_data
 from tests.fault_adapters import FAULT_ADAPTERS
 from tests.projects import child_environment, write_project
@@ -32,11 +33,20 @@ kernel = {{ generator = "integers", seed = 9, low = -2, high = 2, shape = [3, 3,
 rate = 2
 """
 
+# A composite calls its framework several times per check: it runs under the same guard.
+COMPOSITE = """
+[[stack]]
+id = "hdc-1-2-3"
+rates = [1, 2, 3]
+receptive_field = 13
+holes = false
+"""
+
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     faults = [type(adapter).__name__ for adapter in FAULT_ADAPTERS]
-    corpus = {"faults.toml": "".join(CASE.format(n=n, size=6 + n) for n in range(CASES))}
+    corpus = {"faults.toml": "".join(CASE.format(n=n, size=6 + n) for n in range(CASES)), "composites.toml": COMPOSITE}
     directory = write_project(tmp_path_factory.mktemp("faults"), faults, corpus)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", str(WORKERS), "-k", "numpy or faulty"]
     command += [
@@ -56,8 +66,8 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def records_of(run: dict[str, Any], op: str) -> list[dict[str, Any]]:
-    return [r for r in run["document"]["results"] if r["target"] == f"faulty.{op}-cpu"]
+def records_of(run: dict[str, Any], op: str, suite: str = "faults/") -> list[dict[str, Any]]:
+    return [r for r in run["document"]["results"] if r["target"] == f"faulty.{op}-cpu" and r["case"].startswith(suite)]
 
 
 def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) -> None:
@@ -67,7 +77,7 @@ def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) ->
     for op in ("segfault", "import_crash", "abort", "hang", "import_hang"):  # the terminal names each broken target
         assert f"faulty.{op}-cpu: " in process.stdout and "remaining checks were skipped" in process.stdout
     records = faulty_run["document"]["results"]
-    numpy_records = [r for r in records if r["framework"] == "numpy"]
+    numpy_records = [r for r in records if r["framework"] == "numpy" and r["case"].startswith("faults/")]
     assert len(numpy_records) == CASES and {r["outcome"] for r in numpy_records} == {"pass"}
     for op in ("segfault", "import_crash", "abort", "hang", "import_hang", "hog"):
         assert len(records_of(faulty_run, op)) == CASES, op
@@ -90,20 +100,45 @@ def test_the_run_finishes_and_reports_every_check(faulty_run: dict[str, Any]) ->
 def test_a_killed_worker_costs_its_own_checks_until_the_crash_limit(
     faulty_run: dict[str, Any], op: str, outcome: str, words: str
 ) -> None:
-    records = records_of(faulty_run, op)
+    # The target's checks: the cases' and the composite's (2 dtypes), which run under the same guard.
+    records = records_of(faulty_run, op, suite="")
     counts = Counter(r["outcome"] for r in records)
     # A death while loading the framework stops the target at once (no case would load it
     # differently); others after the crash limit. Items already running elsewhere may die first.
     least = 1 if op.startswith("import_") else CRASH_LIMIT
     assert least <= counts[outcome] <= least + WORKERS - 1, counts
-    assert counts[outcome] + counts["skip"] == CASES, counts
+    assert counts[outcome] + counts["skip"] == CASES + 2, counts
     for record in records:
         if record["outcome"] == outcome:
             assert words in record["message"], record["message"]
             assert "fault_adapters.py" in record["message"]  # the stack reaches the failing frame
-            assert record["case"].startswith("faults/") and record["input_shape"] and record["framework"] == "faulty"
-            if not op.startswith("import_"):  # died in the call: the full record, data hashes and all, survived
+            assert record["input_shape"] and record["framework"] == "faulty"
+            case_check = record["case"].startswith("faults/")
+            if case_check and not op.startswith("import_"):  # died in the call: the full record survived
                 assert record["reproduction"] and record["input_sha256"]
+        else:
+            assert f"--conformance-crash-limit is {CRASH_LIMIT}" in record["message"]
+
+
+@pytest.mark.parametrize(
+    ("op", "outcome", "words"),
+    [
+        ("segfault", "crash", "Segmentation fault"),
+        ("abort", "crash", "Aborted"),
+        ("hang", "timeout", "in the framework call"),
+        ("import_hang", "timeout", "loading the framework"),
+        ("hog", "error", "MemoryError"),
+    ],
+)
+def test_a_composite_is_guarded_like_any_check(faulty_run: dict[str, Any], op: str, outcome: str, words: str) -> None:
+    """A composite whose framework crashes, hangs or runs out of memory is reported on its own record
+    (in both dtypes), or skipped once the target is stopped; it never takes the run down with it."""
+    records = records_of(faulty_run, op, suite="composites/")
+    assert len(records) == 2, records  # float32 and float64
+    for record in records:
+        assert record["outcome"] in (outcome, "skip"), record
+        if record["outcome"] == outcome:
+            assert words in record["message"] and record["case"] == "composites/hdc-1-2-3", record["message"]
         else:
             assert f"--conformance-crash-limit is {CRASH_LIMIT}" in record["message"]
 
@@ -115,7 +150,7 @@ def test_runaway_allocation_is_an_error_inside_the_check(faulty_run: dict[str, A
         assert "MemoryError" in record["message"] and "1.00 GiB: --conformance-memory-limit" in record["message"]
 
 
-@pytest.mark.skipif(isolation.NVIDIA_DEVICE.exists(), reason="no default memory limit on a machine with an NVIDIA GPU")
+@pytest.mark.skipif(gpu_driver_present(), reason="no default memory limit on a machine with a GPU driver")
 def test_the_default_memory_limit_is_shared_among_the_workers(tmp_path: Path) -> None:
     corpus = {"faults.toml": CASE.format(n=0, size=6)}
     write_project(tmp_path, ["MemoryHog"], corpus)

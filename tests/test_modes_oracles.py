@@ -4,8 +4,10 @@ the extended tier is collected only when asked for."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ import pytest
 
 from conformance import reference, runner
 from conformance.adapters import ADAPTERS, Adapter, ConvCall, Target, Unsupported
-from conformance.adapters.base import zero_inserted_kernel
+from conformance.adapters.oracles import zero_inserted_kernel
 from conformance.cases import load_file
+from conformance.frameworks import Framework
 from tests.projects import child_environment, write_project
 
 CASES = """
@@ -46,7 +49,7 @@ def cases(tmp_path: Path) -> dict[str, Any]:
 class Truth(Adapter):
     """A primary call that returns the float64 reference rounded to the case dtype."""
 
-    framework = "fake"
+    framework = Framework("fake", "a fake framework")
     op = "conv"
     devices = ("cpu",)
     offset = 0.0
@@ -157,7 +160,7 @@ def _real(name: str) -> Adapter:
 )
 def test_every_mode_and_oracle_runs_its_framework_and_reproduces(name: str, cases: dict[str, Any]) -> None:
     adapter = _real(name)
-    pytest.importorskip({"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}[adapter.framework])
+    pytest.importorskip({"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}[adapter.framework.name])
     record = _check(cases["plain"], adapter)
     assert record["outcome"] == "pass", record["message"]
     # The reproduction is real code: run it and get the same bits.
@@ -190,13 +193,66 @@ def test_onednn_variants_run_in_their_own_process(cases: dict[str, Any]) -> None
         environment = adapter.environment()
         assert environment["flags"]["TF_ENABLE_ONEDNN_OPTS"] == flag
         assert environment["flags"]["onednn_enabled"] is (flag == "1")
-    # A dead child is reported on the check, and the next check starts a new one.
-    from conformance.adapters import tensorflow as tf_adapter
+    # A dead child is reported on the check that ran in it and the next check starts a new one; its
+    # sibling (the other oneDNN setting) is not touched.
+    from conformance.adapters import child
 
-    tf_adapter._child("onednn-off").process.kill()
-    record = _check(cases["plain"], _real("tensorflow.conv2d@onednn-off"))
-    assert record["outcome"] == "error" and "process died" in record["message"]
+    by_setting = {key[1]: found for key, found in child.children().items() if key[0] == "tensorflow"}
+    off, on = by_setting[(("TF_ENABLE_ONEDNN_OPTS", "0"),)], by_setting[(("TF_ENABLE_ONEDNN_OPTS", "1"),)]
+    off.process.kill()
+    call = ConvCall(
+        x=runner.prepare(cases["plain"], "float32").data.x, w=runner.prepare(cases["plain"], "float32").data.w,
+        rate=(2, 2), stride=(1, 1), padding="SAME", geometry=cases["plain"].geometry, groups=1, dtype="float32",
+    )  # fmt: skip
+    with pytest.raises(child.ChildDied, match=r"TF_ENABLE_ONEDNN_OPTS=0 process died \(exit signal SIGKILL\)"):
+        _real("tensorflow.conv2d@onednn-off").run(call, "cpu", "strict")
+    assert on.alive() and child.children()[("tensorflow", (("TF_ENABLE_ONEDNN_OPTS", "1"),))] is on
     assert _check(cases["plain"], _real("tensorflow.conv2d@onednn-off"))["outcome"] == "pass"
+    assert _check(cases["plain"], _real("tensorflow.conv2d@onednn-on"))["outcome"] == "pass"
+
+
+def test_a_child_target_never_loads_its_framework_in_the_parent() -> None:
+    pytest.importorskip("tensorflow")
+    script = (
+        "import sys\n"
+        "from conformance.adapters import ADAPTERS\n"
+        "adapter = next(a for a in ADAPTERS if a.name == 'tensorflow.conv2d@onednn-on')\n"
+        "adapter.check_available('cpu')\n"
+        "assert adapter.environment()['flags']['onednn_enabled'] is True\n"
+        "assert 'tensorflow' not in sys.modules, 'the parent imported TensorFlow'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_environment())
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_child_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    script = (
+        "import os, sys, time\n"
+        "from conformance.adapters import ADAPTERS, child\n"
+        "adapter = next(a for a in ADAPTERS if a.name == 'tensorflow.conv2d@onednn-off')\n"
+        "adapter.check_available('cpu')\n"
+        "print(next(iter(child.children().values())).process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=child_environment()
+    )
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):  # the kernel delivers PR_SET_PDEATHSIG at once; allow for a loaded machine
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            break  # dead, waiting to be reaped by init
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the child outlived its killed parent")
 
 
 def test_the_extended_tier_is_collected_only_when_asked(tmp_path: Path) -> None:
@@ -275,7 +331,7 @@ kernel = { generator = "normal", seed = 6, shape = [3, 3, 1, 4] }
 
 def test_graph_modes_reuse_a_traced_graph_only_for_the_same_shapes(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
-    from conformance.adapters import tensorflow
+    from conformance.adapters import program
 
     (tmp_path / "g.toml").write_text(GRAPH_CASES)
     cases = {c.id: c for c in load_file(tmp_path / "g.toml", tmp_path).cases}
@@ -285,12 +341,12 @@ def test_graph_modes_reuse_a_traced_graph_only_for_the_same_shapes(tmp_path: Pat
         if a.name in ("tensorflow.depthwise_conv2d@function", "tensorflow.depthwise_conv2d@layer")
     ]
     assert len(targets) == 2
-    tensorflow._graphs.clear()
+    program.clear_cache()
     for name in ("multiplier1", "multiplier2"):  # same geometry, other kernel shape: a graph of its own
         for target in targets:
             record = runner.run_check(cases[name], target, "float32")
             assert record["outcome"] == "pass", record["message"]
-    assert len(tensorflow._graphs) == 4
+    assert program.cached_values() == 4
     for target in targets:  # new data, same shapes: the traced graph answers, and answers right
         assert runner.run_check(cases["multiplier2-other-data"], target, "float32")["outcome"] == "pass"
-    assert len(tensorflow._graphs) == 4
+    assert program.cached_values() == 4

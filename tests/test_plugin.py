@@ -78,12 +78,12 @@ def test_ids_markers_and_keywords(pytester: pytest.Pytester, corpus: Path) -> No
 def test_gpu_checks_without_a_gpu_driver_are_one_skip_per_target(
     pytester: pytest.Pytester, corpus: Path, monkeypatch: pytest.MonkeyPatch, driver: str
 ) -> None:
-    from conformance.adapters import base
+    from conformance.adapters import modes
 
     node = pytester.path / "nvidiactl"
     if driver == "present":
         node.write_text("")
-    monkeypatch.setattr(base, "GPU_DEVICE_NODES", (str(node),))
+    monkeypatch.setattr(modes, "GPU_DEVICE_NODES", (str(node),))
     out = pytester.path / "out" / "results.json"
     result = pytester.runpytest(
         "-p", "conformance.plugin", "--cases", str(corpus), "--conformance-json", str(out), "-m", "torch and gpu",
@@ -221,3 +221,99 @@ def test_conformance_target_collects_only_matching_targets(pytester: pytest.Pyte
     targets = {i.split("[")[1].rsplit("-", 1)[0] for i in items if "ok-rate2" in i}
     assert targets and all(t.startswith("torch.conv2d@") and t.endswith("-cpu") for t in targets)
     assert "torch.conv2d@grad-input-cpu" not in targets  # ok-rate2 does not opt into derivatives
+
+
+# --- a framework that only a conftest knows ------------------------------------------------------
+
+FAKE_FRAMEWORK_CONFTEST = '''
+import numpy as np
+
+from conformance import reference
+from conformance.adapters import Adapter
+from conformance.frameworks import Framework
+
+
+class Build(Framework):
+    """A build under test that pip does not know: its version comes from the build itself."""
+
+    def version(self):
+        return "1.2.3"
+
+
+FAKEFW = Build("fakefw", "A fake framework")
+
+
+class OffByOne(Adapter):
+    framework = FAKEFW
+    op = "conv"
+    devices = ("cpu",)
+
+    def check_available(self, device):
+        return None
+
+    def run(self, call, device, precision):
+        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        return (y + 1).astype(call.x.dtype)
+
+    def reproduction(self, call, device, precision):
+        return "y = fakefw.conv(x, w)"
+
+    def environment(self):
+        return {"version": "1.2.3", "devices": ["cpu"]}
+
+
+def pytest_conformance_adapters(config):
+    return [OffByOne()]
+'''
+
+FAKE_FRAMEWORK_KNOWN = """
+[[divergence]]
+id = "fakefw-off-by-one"
+cases = ["mine/*"]
+targets = ["fakefw.conv-cpu"]
+versions = { fakefw = ">=1.2, <2" }
+reason = "adds one to every element"
+link = "https://example.org/fakefw/1"
+"""
+
+
+def test_a_framework_registered_by_a_conftest_alone_is_known_everywhere(pytester: pytest.Pytester) -> None:
+    """Markers, version-ranged known divergences, run labels, the report and merge all read the
+    framework's record from the adapter the hook returned: nothing else names it."""
+    from conformance.report import embedded_data, write_report
+    from conformance.results import merge, run_label
+
+    pytester.makeconftest(FAKE_FRAMEWORK_CONFTEST)
+    corpus = pytester.mkdir("mycases")
+    (corpus / "mine.toml").write_text(CORPUS.split('[[case]]\nid = "broken"')[0])
+    known = pytester.path / "known.toml"
+    known.write_text(FAKE_FRAMEWORK_KNOWN)
+    out = pytester.path / "out" / "a.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "conformance.plugin", "--strict-markers", "--cases", str(corpus), "-m", "fakefw",
+        f"--expectations={known}", f"--conformance-json={out}", "--conformance-html=none",
+    )  # fmt: skip
+    result.assert_outcomes(xfailed=1, deselected=result.parseoutcomes().get("deselected", 0))
+    document = json.loads(out.read_text())
+    (record,) = document["results"]  # -m fakefw selected exactly its target
+    assert record["framework"] == "fakefw" and record["framework_version"] == "1.2.3"
+    assert record["outcome"] == "xfail" and record["expectation"]["id"] == "fakefw-off-by-one"
+    assert document["environment"]["framework_versions"]["fakefw"] == "1.2.3"
+    assert "fakefw 1.2.3" in run_label(document["environment"])
+    markers = pytester.runpytest_subprocess("-p", "conformance.plugin", "--markers")
+    markers.stdout.fnmatch_lines(["@pytest.mark.fakefw: A fake framework targets"])
+    # Another build of the same framework: merge keeps both versions apart, each run labelled by its own.
+    other = json.loads(json.dumps(document))
+    other["environment"]["framework_versions"]["fakefw"] = "2.0.0"
+    other["results"][0]["framework_version"] = "2.0.0"
+    merged = merge([("a.json", document), ("b.json", other)])
+    assert sorted(r["framework_version"] for r in merged["results"]) == ["1.2.3", "2.0.0"]
+    assert ["fakefw 1.2.3" in run_label(run["environment"]) for run in merged["runs"]] == [True, False]
+    assert "fakefw 2.0.0" in run_label(merged["runs"][1]["environment"])
+    # The report: a run is labelled by its framework versions, and each version is a column of its own.
+    write_report(document, pytester.path / "a.html")
+    (run,) = embedded_data((pytester.path / "a.html").read_text())["runs"]
+    assert "fakefw 1.2.3" in run["label"]
+    write_report(merged, pytester.path / "merged.html")
+    columns = embedded_data((pytester.path / "merged.html").read_text())["columns"]
+    assert sorted((c["framework"], c["version"]) for c in columns) == [("fakefw", "1.2.3"), ("fakefw", "2.0.0")]

@@ -8,16 +8,17 @@ from __future__ import annotations
 from conformance.adapters import jax, numpy, pytorch, tensorflow
 from conformance.adapters.base import (
     OUTPUT,
-    PRECISION_MODES,
     QUANTITIES,
     Adapter,
     CallParams,
     ConvCall,
     DerivativeAdapter,
+    DescribedAdapter,
     Target,
     Unavailable,
     Unsupported,
 )
+from conformance.adapters.modes import PRECISION_MODES
 
 ADAPTERS: tuple[Adapter, ...] = (
     *numpy.ADAPTERS,
@@ -48,6 +49,7 @@ __all__ = [
     "CallParams",
     "ConvCall",
     "DerivativeAdapter",
+    "DescribedAdapter",
     "Target",
     "Unavailable",
     "Unsupported",

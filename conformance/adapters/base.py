@@ -4,44 +4,37 @@ An adapter turns one canonical call (NHWC input, HWIO kernel, NumPy arrays in th
 into its framework's own API call and hands back an NHWC NumPy array of the framework's output
 dtype. It imports its framework lazily, on first use, so collecting tests costs no imports and a
 missing framework only skips that framework's items.
+
+Built-in adapters are `DescribedAdapter`s: they describe each call once, as a `Program`
+(conformance/adapters/program.py), which both runs and prints as the reproduction.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from functools import cache
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from conformance.adapters.modes import DEVICES
+from conformance.adapters.program import Program
+from conformance.frameworks import Framework
 from conformance.semantics import Geometry, PaddingSpec
 
-DEVICES = ("cpu", "gpu")
-# Device nodes a GPU driver creates (NVIDIA, AMD ROCm, WSL2). Where none exists no framework can
-# reach a GPU, which the harness can tell without importing one (see `no_gpu_reason`).
-GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
-# strict: TF32 and reduced-precision reductions off; defaults: whatever the framework does out of the box.
-PRECISION_MODES = ("strict", "defaults")
 
+@dataclass(frozen=True)
+class CallParams:
+    """The static part of a call: enough to decide support without any data."""
 
-def no_gpu_reason() -> str | None:
-    """Why no GPU target can run on this machine, or None when a GPU driver is present."""
-    if any(Path(node).exists() for node in GPU_DEVICE_NODES):
-        return None
-    return f"no GPU on this machine (none of {', '.join(GPU_DEVICE_NODES)} exists)"
-
-
-@cache
-def installed_version(distributions: tuple[str, ...]) -> str | None:
-    for distribution in distributions:
-        try:
-            return metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    input_shape: tuple[int, int, int, int]
+    kernel_shape: tuple[int, int, int, int]
+    rate: tuple[int, int]
+    stride: tuple[int, int]
+    padding: PaddingSpec
+    geometry: Geometry
+    groups: int
+    dtype: str
 
 
 @dataclass(frozen=True)
@@ -60,6 +53,14 @@ class ConvCall:
     direction_input: np.ndarray | None = None
     direction_kernel: np.ndarray | None = None
 
+    def bindings(self) -> dict[str, np.ndarray]:
+        """The tensors a program starts from, named as its reproduction names them: float64, as
+        the reproduction builds them (every case value is exact in float64), each rounded to the
+        case dtype by the framework's own cast."""
+        tensors = {"x": self.x, "w": self.w, "dy": self.cotangent, "vx": self.direction_input}
+        tensors["vw"] = self.direction_kernel
+        return {name: array.astype(np.float64) for name, array in tensors.items() if array is not None}
+
 
 OUTPUT = "output"  # what a forward target computes
 # What a derivative target computes -> the derivative order a case opts into to get it.
@@ -76,10 +77,9 @@ class Unsupported(Exception):
 
 
 class Adapter(ABC):
-    framework: str  # "torch", "tensorflow", "jax", "numpy"
+    framework: Framework  # the framework's record (conformance/frameworks.py)
     op: str  # the API under test, e.g. "conv2d", "atrous_conv2d"
     devices: tuple[str, ...] = DEVICES
-    distributions: tuple[str, ...] = ()  # pip names that provide the framework, first installed wins
     # An execution mode ("function", "jit", "layer", "onednn-off") or an equivalence oracle
     # ("zero-inserted", "nchw", ...); empty for the plain eager call.
     variant: str = ""
@@ -93,11 +93,11 @@ class Adapter(ABC):
 
     @property
     def name(self) -> str:
-        return f"{self.framework}.{self.op}" + (f"@{self.variant}" if self.variant else "")
+        return f"{self.framework.name}.{self.op}" + (f"@{self.variant}" if self.variant else "")
 
     def version(self) -> str | None:
         """The installed framework version, from package metadata (no import, so skips know it too)."""
-        return installed_version(self.distributions)
+        return self.framework.version()
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         """Why this API cannot express the case (decided without importing anything), or None."""
@@ -120,6 +120,25 @@ class Adapter(ABC):
         """Versions, devices and precision flags, read at run time (only after the framework is loaded)."""
 
 
+class DescribedAdapter(Adapter):
+    """An adapter whose call is described once (`describe`): `run` interprets the description and
+    `reproduction` prints it, so the two cannot disagree."""
+
+    @abstractmethod
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        """The statements that compute `y`, the answer (NHWC; HWIO for a kernel gradient)."""
+
+    @abstractmethod
+    def to_numpy(self, value: Any) -> np.ndarray:
+        """The program's result as a NumPy array in the framework's output dtype (see modes.numpy_output)."""
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        return self.to_numpy(self.describe(call, device, precision).run(call.bindings()))
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        return self.describe(call, device, precision).source()
+
+
 class DerivativeAdapter(Adapter):
     """A derivative of a framework's primary call, by the framework's own autodiff: the gradient
     of <conv(x, w), dy> with respect to the input or the kernel (`grad-*`), or its Hessian-vector
@@ -131,8 +150,7 @@ class DerivativeAdapter(Adapter):
             raise ValueError(f"unknown derivative {quantity!r}; one of {sorted(QUANTITIES)}")
         self.primary = primary
         self.quantity = self.variant = quantity
-        self.framework, self.op = primary.framework, primary.op
-        self.distributions, self.devices = primary.distributions, primary.devices
+        self.framework, self.op, self.devices = primary.framework, primary.op, primary.devices
 
     @property
     def order(self) -> int:
@@ -151,6 +169,11 @@ class DerivativeAdapter(Adapter):
     def check_available(self, device: str) -> None:
         self.primary.check_available(device)
 
+    def to_numpy(self, value: Any) -> np.ndarray:
+        """(For a described derivative: the primary's conversion, which knows the framework's tensors.)"""
+        assert isinstance(self.primary, DescribedAdapter)
+        return self.primary.to_numpy(value)
+
     def environment(self) -> dict[str, Any]:
         return self.primary.environment()
 
@@ -166,7 +189,7 @@ class DeviceComparison(Adapter):
     def __init__(self, primary: Adapter) -> None:
         self.primary = self.baseline = primary
         self.baseline_device = "cpu"
-        self.framework, self.op, self.distributions = primary.framework, primary.op, primary.distributions
+        self.framework, self.op = primary.framework, primary.op
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         return self.primary.unsupported_reason(call_params)
@@ -188,20 +211,6 @@ class DeviceComparison(Adapter):
 
 
 @dataclass(frozen=True)
-class CallParams:
-    """The static part of a call: enough to decide support without any data."""
-
-    input_shape: tuple[int, int, int, int]
-    kernel_shape: tuple[int, int, int, int]
-    rate: tuple[int, int]
-    stride: tuple[int, int]
-    padding: PaddingSpec
-    geometry: Geometry
-    groups: int
-    dtype: str
-
-
-@dataclass(frozen=True)
 class Target:
     adapter: Adapter
     device: str
@@ -211,25 +220,3 @@ class Target:
     def id(self) -> str:
         suffix = "" if self.precision == "strict" else f"-{self.precision}"
         return f"{self.adapter.name}-{self.device}{suffix}"
-
-
-def zero_inserted_kernel(w: np.ndarray, rate: tuple[int, int]) -> np.ndarray:
-    """The HWIO kernel with rate-1 zeros between taps: an ordinary (rate 1) convolution with it
-    is the dilated convolution, which is how the reference documents define atrous convolution."""
-    k_h, k_w = w.shape[:2]
-    span = ((k_h - 1) * rate[0] + 1, (k_w - 1) * rate[1] + 1)
-    dilated = np.zeros((*span, *w.shape[2:]), dtype=w.dtype)
-    dilated[:: rate[0], :: rate[1]] = w
-    return dilated
-
-
-def require_finite(call: ConvCall, why: str) -> None:
-    if not (np.isfinite(call.x.astype(np.float64)).all() and np.isfinite(call.w.astype(np.float64)).all()):
-        raise Unsupported(f"non-finite data: {why}")
-
-
-INSERTED_ZEROS = "inf * an inserted zero is NaN where the dilated convolution never multiplies them"
-
-
-def pads_text(geometry: Geometry) -> str:
-    return repr([list(geometry.pads[0]), list(geometry.pads[1])])

@@ -3,6 +3,9 @@
 float64 needs `jax_enable_x64`, which is process-wide and must be set before arrays exist, so
 the adapter sets it when it first loads JAX. strict mode passes precision=HIGHEST (no TF32 or
 bf16 passes on GPU); defaults mode passes None, what a user gets without asking.
+
+The tensors are cast (and, for the NCHW oracle, transposed) in NumPy before `device_put`, so that
+only the convolution itself is compiled.
 """
 
 from __future__ import annotations
@@ -13,22 +16,37 @@ from typing import Any
 
 import numpy as np
 
+from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
-    INSERTED_ZEROS,
     QUANTITIES,
-    Adapter,
     CallParams,
     ConvCall,
     DerivativeAdapter,
+    DescribedAdapter,
     DeviceComparison,
     Unavailable,
-    require_finite,
-    zero_inserted_kernel,
 )
-from conformance.dtypes import float_format
+from conformance.adapters.modes import numpy_output
+from conformance.adapters.program import (
+    Assign,
+    Do,
+    Expr,
+    Import,
+    Index,
+    Lambda,
+    Name,
+    Program,
+    Statement,
+    Value,
+    invoke,
+    method,
+)
+from conformance.compare import first_line
+from conformance.frameworks import JAX
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-COMPILATION_CACHE_VARIABLE = "CONFORMANCE_JAX_CACHE_DIR"  # set by the plugin for a run's xdist workers
+# Set by the plugin for a run's xdist workers (the framework record's shared directory).
+COMPILATION_CACHE_VARIABLE = JAX.shared_directories[0][0]
 
 
 @cache
@@ -49,105 +67,85 @@ def _jax() -> Any:
     return jax
 
 
-def _device(device: str) -> Any:
-    jax = _jax()
-    try:
-        return jax.devices("gpu" if device == "gpu" else "cpu")[0]
-    except RuntimeError as exc:
-        raise Unavailable(f"no {device.upper()} backend in jax {jax.__version__}: {str(exc).splitlines()[0]}") from None
+def _platform(device: str) -> str:
+    """JAX's platform name for a target's device (one place, so tests can point "gpu" elsewhere)."""
+    return "gpu" if device == "gpu" else "cpu"
 
 
-def _padding_argument(call: ConvCall) -> str | list[tuple[int, int]]:
-    if call.padding in ("SAME", "VALID"):
-        return str(call.padding)
-    return [tuple(p) for p in call.geometry.pads]  # type: ignore[misc]
+def _prelude(device: str) -> list[Statement]:
+    return [
+        Import("jax"),
+        Import("jax.numpy", "jnp"),
+        Do(invoke("jax.config.update", "jax_enable_x64", True)),
+        Assign("dev", Index(invoke("jax.devices", _platform(device)), 0)),
+    ]
 
 
-def _keywords_source(arguments: dict[str, Any]) -> str:
-    """Keyword arguments as source; `precision` already holds its source text."""
-    return ", ".join(f"{k}={v!r}" if k != "precision" else f"{k}={v}" for k, v in arguments.items())
+def _placed(array: Value, dtype: str) -> Expr:
+    """`jax.device_put(array.astype(jnp.dtype), dev)`: rounded to the case dtype by NumPy."""
+    return invoke(
+        "jax.device_put",
+        method(array if isinstance(array, Expr) else Name(array), "astype", Name(f"jnp.{dtype}")),
+        Name("dev"),
+    )
 
 
-class JaxConvGeneralDilated(Adapter):
-    framework = "jax"
-    distributions = ("jax",)
+class JaxConvGeneralDilated(DescribedAdapter):
+    framework = JAX
     op = "conv_general_dilated"
 
     def __init__(self, variant: str = "") -> None:
         self.variant = variant
 
     def check_available(self, device: str) -> None:
-        _device(device)
-
-    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         jax = _jax()
-        where = _device(device)
-        # The arrays are already in the case dtype (ml_dtypes for bfloat16): no cast op to compile.
-        x = jax.device_put(self._layout_input(call.x), where)
-        w = jax.device_put(self._layout_kernel(self._kernel(call)), where)
-        arguments = self._arguments(call, precision)
-        convolve = jax.lax.conv_general_dilated
+        try:
+            jax.devices(_platform(device))
+        except RuntimeError as exc:
+            raise Unavailable(f"no {device.upper()} backend in jax {jax.__version__}: {first_line(exc)}") from None
+
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        arguments = self.arguments(call, precision)
+        conv: Expr = Name("jax.lax.conv_general_dilated")
         if self.variant == "jit":
-            convolve = jax.jit(convolve, static_argnames=tuple(arguments))
-        out = self._layout_output(np.asarray(self._convolve(jax, convolve, x, w, arguments)))
-        return out.astype(float_format(out.dtype.name).numpy_dtype)
+            # Static arguments must be hashable: explicit pads as a tuple of pairs.
+            if isinstance(arguments["padding"], list):
+                arguments["padding"] = tuple(arguments["padding"])
+            conv = invoke("jax.jit", conv, static_argnames=tuple(arguments))
+        return Program(
+            (
+                *_prelude(device),
+                *self.inputs(call),
+                Assign("y", self.output(invoke(conv, Name("x_j"), Name("w_j"), **arguments))),
+            )
+        )
 
-    def _kernel(self, call: ConvCall) -> np.ndarray:
-        return call.w
+    def inputs(self, call: ConvCall) -> list[Statement]:
+        return [
+            Assign("x_j", _placed("x", call.dtype), "NHWC"),
+            Assign("w_j", _placed(self.kernel(call), call.dtype), "HWIO"),
+        ]
 
-    # Layout changes happen in NumPy, so that only the convolution itself is compiled.
-    def _layout_input(self, x: np.ndarray) -> np.ndarray:
-        return x
+    def kernel(self, call: ConvCall) -> Value:
+        return Name("w")
 
-    def _layout_kernel(self, w: np.ndarray) -> np.ndarray:
-        return w
+    def output(self, convolution: Expr) -> Expr:
+        return convolution
 
-    def _layout_output(self, y: np.ndarray) -> np.ndarray:
-        return y
-
-    def _arguments(self, call: ConvCall, precision: str) -> dict[str, Any]:
-        jax = _jax()
+    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
+        word = padding.native_word(call.padding)
         return {
             "window_strides": call.stride,
-            "padding": _padding_argument(call),
+            "padding": word if word is not None else padding.spatial_pairs(call.geometry.pads),
             "rhs_dilation": call.rate,
             "dimension_numbers": DIMENSION_NUMBERS,
             "feature_group_count": call.groups,
-            "precision": jax.lax.Precision.HIGHEST if precision == "strict" else None,
+            "precision": Name("jax.lax.Precision.HIGHEST") if precision == "strict" else None,
         }
 
-    def _convolve(self, jax: Any, convolve: Any, x: Any, w: Any, arguments: dict[str, Any]) -> Any:
-        if isinstance(arguments["padding"], list):  # jit's static arguments must be hashable
-            arguments = {**arguments, "padding": tuple(arguments["padding"])}
-        return convolve(x, w, **arguments)
-
-    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        arguments = self._arguments(call, precision)
-        arguments["precision"] = "jax.lax.Precision.HIGHEST" if precision == "strict" else "None"
-        conv = None
-        if self.variant == "jit":  # static arguments must be hashable
-            arguments["padding"] = (
-                tuple(arguments["padding"]) if isinstance(arguments["padding"], list) else arguments["padding"]
-            )
-            conv = f"jax.jit(jax.lax.conv_general_dilated, static_argnames={tuple(arguments)!r})"
-        text = _keywords_source(arguments)
-        return "\n".join(
-            [
-                "import jax, jax.numpy as jnp",
-                "jax.config.update('jax_enable_x64', True)",
-                f"dev = jax.devices('{device}')[0]",
-                f"x_j = jax.device_put(jnp.asarray(x, jnp.float64), dev).astype(jnp.{call.dtype})  # NHWC",
-                f"w_j = jax.device_put(jnp.asarray(w, jnp.float64), dev).astype(jnp.{call.dtype})  # HWIO",
-                *self._prelude(call),
-                f"y = {self._source_call(conv or 'jax.lax.conv_general_dilated', text)}",
-            ]
-        )
-
-    def _prelude(self, call: ConvCall) -> list[str]:
-        return []
-
-    def _source_call(self, conv: str, arguments: str) -> str:
-        return f"{conv}(x_j, w_j, {arguments})"
+    def to_numpy(self, value: Any) -> np.ndarray:
+        out = np.asarray(value)
+        return numpy_output(out, out.dtype.name)
 
     def environment(self) -> dict[str, Any]:
         jax = _jax()
@@ -176,21 +174,17 @@ class JaxZeroInserted(JaxConvGeneralDilated):
     baseline = PRIMARY
 
     def __init__(self) -> None:
-        super().__init__("zero-inserted")
+        super().__init__(oracles.ZERO_INSERTED)
 
-    def _kernel(self, call: ConvCall) -> np.ndarray:
-        require_finite(call, INSERTED_ZEROS)
-        return zero_inserted_kernel(call.w, call.rate)
+    def inputs(self, call: ConvCall) -> list[Statement]:
+        oracles.require_finite_for_zero_insertion(call)
+        return [Import("conformance.adapters.oracles", names=("zero_inserted_kernel",)), *super().inputs(call)]
 
-    def _arguments(self, call: ConvCall, precision: str) -> dict[str, Any]:
-        return {**super()._arguments(call, precision), "rhs_dilation": (1, 1)}
+    def kernel(self, call: ConvCall) -> Value:
+        return invoke("zero_inserted_kernel", Name("w"), call.rate)
 
-    def _prelude(self, call: ConvCall) -> list[str]:
-        return [
-            "from conformance.adapters.base import zero_inserted_kernel",
-            f"w_j = jax.device_put(jnp.asarray(zero_inserted_kernel(w, {call.rate}), jnp.float64), dev)"
-            f".astype(jnp.{call.dtype})",
-        ]
+    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
+        return {**super().arguments(call, precision), "rhs_dilation": (1, 1)}
 
 
 class JaxExplicitPads(JaxConvGeneralDilated):
@@ -199,13 +193,13 @@ class JaxExplicitPads(JaxConvGeneralDilated):
     baseline = PRIMARY
 
     def __init__(self) -> None:
-        super().__init__("explicit-pads")
+        super().__init__(oracles.EXPLICIT_PADS)
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
-        return None if call_params.padding == "SAME" else "the SAME-equals-explicit-pads oracle is for SAME cases"
+        return oracles.explicit_pads_reason(call_params)
 
-    def _arguments(self, call: ConvCall, precision: str) -> dict[str, Any]:
-        return {**super()._arguments(call, precision), "padding": [tuple(p) for p in call.geometry.pads]}
+    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
+        return {**super().arguments(call, precision), "padding": padding.spatial_pairs(call.geometry.pads)}
 
 
 class JaxNchw(JaxConvGeneralDilated):
@@ -216,69 +210,54 @@ class JaxNchw(JaxConvGeneralDilated):
     def __init__(self) -> None:
         super().__init__("nchw")
 
-    def _arguments(self, call: ConvCall, precision: str) -> dict[str, Any]:
-        return {**super()._arguments(call, precision), "dimension_numbers": ("NCHW", "OIHW", "NCHW")}
+    def inputs(self, call: ConvCall) -> list[Statement]:
+        return [
+            Assign("x_j", _placed(method("x", "transpose", 0, 3, 1, 2), call.dtype), "NHWC -> NCHW"),
+            Assign("w_j", _placed(method("w", "transpose", 3, 2, 0, 1), call.dtype), "HWIO -> OIHW"),
+        ]
 
-    def _layout_input(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
+        return {**super().arguments(call, precision), "dimension_numbers": ("NCHW", "OIHW", "NCHW")}
 
-    def _layout_kernel(self, w: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+    def output(self, convolution: Expr) -> Expr:
+        return method(invoke("np.asarray", convolution), "transpose", 0, 2, 3, 1)
 
-    def _layout_output(self, y: np.ndarray) -> np.ndarray:
-        return y.transpose(0, 2, 3, 1)
-
-    def _source_call(self, conv: str, arguments: str) -> str:
-        return f"{conv}(x_j.transpose(0, 3, 1, 2), w_j.transpose(3, 2, 0, 1), {arguments}).transpose(0, 2, 3, 1)"
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        program = super().describe(call, device, precision)
+        return Program((Import("numpy", "np"), *program.statements))
 
 
-class JaxDerivative(DerivativeAdapter):
+class JaxDerivative(DerivativeAdapter, DescribedAdapter):
     """jax.vjp of the primary call; the HVP is reverse over reverse (jax.vjp of the function that
     returns the first vjp), the path that exercises the transpose of conv_general_dilated's own
     transpose rules (the rule that was once wrong for rhs_dilation > 1)."""
 
     primary: JaxConvGeneralDilated
 
-    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        assert call.cotangent is not None and call.direction_input is not None and call.direction_kernel is not None
-        jax = _jax()
-        where = _device(device)
-        x, w, dy, vx, vw = (
-            jax.device_put(a, where)
-            for a in (call.x, call.w, call.cotangent, call.direction_input, call.direction_kernel)
-        )
-        arguments = self.primary._arguments(call, precision)
-
-        def convolve(a: Any, b: Any) -> Any:
-            return jax.lax.conv_general_dilated(a, b, **arguments)
-
-        def gradients(a: Any, b: Any) -> Any:
-            return jax.vjp(convolve, a, b)[1](dy)
-
-        wrt = 0 if self.with_respect_to == "input" else 1
-        result = gradients(x, w)[wrt] if self.order == 1 else jax.vjp(gradients, x, w)[1]((vx, vw))[wrt]
-        out = np.asarray(result)
-        return out.astype(float_format(out.dtype.name).numpy_dtype)
-
-    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        arguments = self.primary._arguments(call, precision)
-        arguments["precision"] = "jax.lax.Precision.HIGHEST" if precision == "strict" else "None"
-        text = _keywords_source(arguments)
-        wrt = 0 if self.with_respect_to == "input" else 1
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        arguments = self.primary.arguments(call, precision)
         names = ("x", "w", "dy", *(("vx", "vw") if self.order == 2 else ()))
-        lines = [
-            "import jax, jax.numpy as jnp",
-            "jax.config.update('jax_enable_x64', True)",
-            f"dev = jax.devices('{device}')[0]",
-            *(f"{n}_j = jax.device_put(jnp.asarray({n}, jnp.float64), dev).astype(jnp.{call.dtype})" for n in names),
-            f"conv = lambda a, b: jax.lax.conv_general_dilated(a, b, {text})",
-            "grads = lambda a, b: jax.vjp(conv, a, b)[1](dy_j)",
-        ]
+        wrt = 0 if self.with_respect_to == "input" else 1
+        conv = Lambda(("a", "b"), invoke("jax.lax.conv_general_dilated", Name("a"), Name("b"), **arguments))
+        grads = Lambda(
+            ("a", "b"), invoke(Index(invoke("jax.vjp", Name("conv"), Name("a"), Name("b")), 1), Name("dy_j"))
+        )
         if self.order == 1:
-            lines.append(f"g = grads(x_j, w_j)[{wrt}]")
+            result = Assign("g", Index(invoke("grads", Name("x_j"), Name("w_j")), wrt))
         else:
-            lines.append(f"g = jax.vjp(grads, x_j, w_j)[1]((vx_j, vw_j))[{wrt}]  # H v, reverse over reverse")
-        return "\n".join(lines)
+            pullback = Index(invoke("jax.vjp", Name("grads"), Name("x_j"), Name("w_j")), 1)
+            product = invoke(pullback, (Name("vx_j"), Name("vw_j")))
+            result = Assign("g", Index(product, wrt), "H v, reverse over reverse")
+        return Program(
+            (
+                *_prelude(device),
+                *(Assign(f"{name}_j", _placed(name, call.dtype)) for name in names),
+                Assign("conv", conv),
+                Assign("grads", grads),
+                result,
+            ),
+            result="g",
+        )
 
 
 ADAPTERS = (

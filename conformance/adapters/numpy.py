@@ -13,43 +13,60 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from conformance.adapters.base import Adapter, ConvCall, pads_text
+from conformance.adapters.base import ConvCall, DescribedAdapter
+from conformance.adapters.modes import numpy_output
+from conformance.adapters.program import Assign, Import, Name, Program, invoke
 from conformance.dtypes import float_format
+from conformance.frameworks import NUMPY
+from conformance.semantics import PadPairs, effective_kernel_size
 
 
-class NumpyIm2col(Adapter):
-    framework = "numpy"
-    distributions = ("numpy",)
+def conv2d_im2col(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    dtype: str,
+    rate: tuple[int, int],
+    stride: tuple[int, int],
+    pads: PadPairs,
+    groups: int,
+) -> np.ndarray:
+    """NHWC x HWIO -> NHWC in `dtype`: the inputs rounded to `dtype`, every window gathered, one
+    contraction in float32 (float64 for float64). Raises ValueError when the dilated kernel does
+    not fit (the conformant "error" answer)."""
+    out_dtype = float_format(dtype).numpy_dtype
+    compute = np.float64 if dtype == "float64" else np.float32
+    x, w = x.astype(out_dtype).astype(compute), w.astype(out_dtype).astype(compute)
+    (top, bottom), (left, right) = pads
+    x_pad = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    k_h, k_w, c_per_group, c_out = w.shape
+    (r_h, r_w), (s_h, s_w) = rate, stride
+    span = (effective_kernel_size(k_h, r_h), effective_kernel_size(k_w, r_w))
+    windows = sliding_window_view(x_pad, span, axis=(1, 2))[:, ::s_h, ::s_w, :, ::r_h, ::r_w]
+    n, o_h, o_w = windows.shape[:3]
+    windows = windows.reshape(n, o_h, o_w, groups, c_per_group, k_h, k_w)
+    kernel = w.reshape(k_h, k_w, c_per_group, groups, c_out // groups)
+    y = np.einsum("nhwgcuv,uvcgo->nhwgo", windows, kernel, optimize=True)
+    return y.reshape(n, o_h, o_w, c_out).astype(out_dtype)
+
+
+class NumpyIm2col(DescribedAdapter):
+    framework = NUMPY
     op = "im2col"
     devices = ("cpu",)
 
     def check_available(self, device: str) -> None:
         return None
 
-    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        out_dtype = float_format(call.dtype).numpy_dtype
-        compute = np.float64 if call.dtype == "float64" else np.float32
-        x, w = call.x.astype(compute), call.w.astype(compute)
-        (top, bottom), (left, right) = call.geometry.pads
-        x_pad = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-        k_h, k_w, c_per_group, c_out = w.shape
-        (r_h, r_w), (s_h, s_w) = call.rate, call.stride
-        span = call.geometry.effective_kernel_hw
-        # Raises ValueError when the dilated kernel does not fit: the conformant "error" answer.
-        windows = sliding_window_view(x_pad, span, axis=(1, 2))[:, ::s_h, ::s_w, :, ::r_h, ::r_w]
-        n, o_h, o_w = windows.shape[:3]
-        g = call.groups
-        windows = windows.reshape(n, o_h, o_w, g, c_per_group, k_h, k_w)
-        kernel = w.reshape(k_h, k_w, c_per_group, g, c_out // g)
-        y = np.einsum("nhwgcuv,uvcgo->nhwgo", windows, kernel, optimize=True)
-        return y.reshape(n, o_h, o_w, c_out).astype(out_dtype)
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        im2col = invoke(
+            "conv2d_im2col", Name("x"), Name("w"), dtype=call.dtype, rate=call.rate, stride=call.stride,
+            pads=call.geometry.pads, groups=call.groups,
+        )  # fmt: skip
+        return Program((Import("conformance.adapters.numpy", names=("conv2d_im2col",)), Assign("y", im2col)))
 
-    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        return (
-            "from conformance import reference\n"
-            f"y = reference.conv2d(x, w, rate={call.rate}, stride={call.stride}, "
-            f"padding={pads_text(call.geometry)}, groups={call.groups})"
-        )
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return numpy_output(value, value.dtype.name)
 
     def environment(self) -> dict[str, Any]:
         return {"version": np.__version__, "devices": ["cpu"]}

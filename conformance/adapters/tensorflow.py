@@ -6,47 +6,60 @@ groups and only "SAME"/"VALID", so everything else is `unsupported` there. `conv
 per-axis dilations, strides, explicit pads and infers groups from the kernel's in-channels.
 `depthwise_conv2d` is the separate kernel TF (and Keras' DepthwiseConv2D) uses when groups equal
 the input channels: it gets every depthwise case.
+
+Each op's call is one expression (`convolution`) over `x_t`, `w_t`; the execution modes place that
+expression eagerly, inside a `tf.function`, or inside a `tf.function` built for unknown spatial
+sizes (a layer), and the derivatives put it on a gradient tape. The oneDNN variants run the
+eager call in a child process started with `TF_ENABLE_ONEDNN_OPTS` set (it is read once, at import).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pickle
-import struct
-import subprocess
-import sys
-from collections import OrderedDict
-from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
 import numpy as np
 
+from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
-    INSERTED_ZEROS,
     QUANTITIES,
-    Adapter,
     CallParams,
     ConvCall,
     DerivativeAdapter,
+    DescribedAdapter,
     DeviceComparison,
     Unavailable,
     Unsupported,
-    require_finite,
-    zero_inserted_kernel,
 )
-from conformance.dtypes import float_format
+from conformance.adapters.child import InChildProcess
+from conformance.adapters.modes import numpy_output
+from conformance.adapters.program import (
+    Assign,
+    BinOp,
+    Cached,
+    Do,
+    Expr,
+    Import,
+    Lambda,
+    Name,
+    Program,
+    Statement,
+    Value,
+    With,
+    invoke,
+    method,
+)
+from conformance.frameworks import TENSORFLOW, set_defaults
 
-# oneDNN is switched by an environment variable read once, at import: these variants run the same
-# adapter in a child process of their own, started with the variable set.
+# oneDNN is switched by an environment variable read once, at import.
 ONEDNN_VARIANTS = {"onednn-on": "1", "onednn-off": "0"}
+TENSORS = (Name("x_t"), Name("w_t"))
 
 
 @cache
 def _tf() -> Any:
-    # TensorFlow's C++ start-up chatter is noise in test output; the user's own setting wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    set_defaults(TENSORFLOW)
     try:
         import tensorflow as tf
     except ImportError as exc:
@@ -56,22 +69,8 @@ def _tf() -> Any:
 
 @cache
 def _tf32_default() -> bool:
+    """TF32 as TensorFlow starts (read before this process changes it): what "defaults" mode restores."""
     return bool(_tf().config.experimental.tensor_float_32_execution_enabled())
-
-
-@contextlib.contextmanager
-def _placement(device: str, precision: str) -> Iterator[None]:
-    tf = _tf()
-    tf.config.experimental.enable_tensor_float_32_execution(precision != "strict" and _tf32_default())
-    with tf.device("/GPU:0" if device == "gpu" else "/CPU:0"):
-        yield
-
-
-def _padding_argument(call: CallParams | ConvCall) -> str | list[list[int]]:
-    if call.padding in ("SAME", "VALID"):
-        return str(call.padding)
-    (top, bottom), (left, right) = call.geometry.pads
-    return [[0, 0], [top, bottom], [left, right], [0, 0]]
 
 
 def _onednn_enabled() -> bool | None:
@@ -82,79 +81,90 @@ def _onednn_enabled() -> bool | None:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
-class _TensorFlowAdapter(Adapter):
-    framework = "tensorflow"
-    distributions = ("tensorflow", "tensorflow-cpu")
+def _padding_argument(call: CallParams | ConvCall) -> str | list[list[int]]:
+    return padding.native_word(call.padding) or padding.nhwc_pairs(call.geometry.pads)
+
+
+def _placed(
+    call: ConvCall, device: str, precision: str, tensors: list[Statement], body: list[Statement]
+) -> list[Statement]:
+    """Import, the TF32 setting of the precision mode, then `tensors` and `body` on the device."""
+    tf32 = False if precision == "strict" else _tf32_default()
+    return [
+        Import("tensorflow", "tf"),
+        Do(invoke("tf.config.experimental.enable_tensor_float_32_execution", tf32)),
+        With(invoke("tf.device", f"/{device.upper()}:0"), (*tensors, *body)),
+    ]
+
+
+def _tensor(name: str, dtype: str, source: Value = None, comment: str = "") -> Assign:
+    value = invoke("tf.constant", source if source is not None else Name(name), Name("tf.float64"))
+    return Assign(f"{name}_t", invoke("tf.cast", value, Name(f"tf.{dtype}")), comment)
+
+
+class _TensorFlowAdapter(DescribedAdapter):
+    framework = TENSORFLOW
+
+    def __init__(self, variant: str = "") -> None:
+        self.variant = variant
 
     def check_available(self, device: str) -> None:
         tf = _tf()
+        _tf32_default()  # read before any check changes it
         if device == "gpu" and not tf.config.list_physical_devices("GPU"):
             build = "built with CUDA" if tf.test.is_built_with_cuda() else "CPU-only build"
             raise Unavailable(f"no GPU visible to TensorFlow {tf.__version__} ({build})")
 
-    def __init__(self, variant: str = "") -> None:
-        self.variant = variant
-        if variant in ONEDNN_VARIANTS:
-            self.devices = ("cpu",)  # oneDNN is TensorFlow's CPU library
-
-    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        if self.variant in ONEDNN_VARIANTS:
-            return _child(self.variant).call(self.op, call, device, precision)
-        tf = _tf()
-        dtype = getattr(tf, call.dtype)
-        _tf32_default()  # read before the first change
-        with _placement(device, precision):
-            x = tf.cast(tf.constant(call.x.astype(np.float64)), dtype)
-            w = tf.cast(tf.constant(self._kernel(call).astype(np.float64)), dtype)
-            if self.variant == "function":
-                y = _graph(self, call, device, precision, lambda a, b: self._call(tf, a, b, call), layer=False)(x, w)
-            elif self.variant == "layer":
-                layer = _graph(self, call, device, precision, lambda a, b: self._call(tf, a, b, call), layer=True)
-                y = _layer_call(tf, layer, x, w)
-            else:
-                y = self._call(tf, x, w, call)
-        return y.numpy().astype(float_format(y.dtype.name).numpy_dtype)
-
-    def _kernel(self, call: ConvCall) -> np.ndarray:
-        return call.w
-
-    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
+    def convolution(self, call: ConvCall) -> Expr:
+        """The op's call on `x_t` (NHWC) and `w_t` (HWIO), giving NHWC."""
         raise NotImplementedError
 
-    def _source(self, call: ConvCall) -> str:
-        raise NotImplementedError
+    def kernel(self, call: ConvCall) -> Value:
+        return Name("w")
 
-    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        tf32 = "False" if precision == "strict" else "True"
-        lines = []
-        if self.variant in ONEDNN_VARIANTS:
-            lines.append(f"import os; os.environ['TF_ENABLE_ONEDNN_OPTS'] = '{ONEDNN_VARIANTS[self.variant]}'")
-        lines += [
-            "import tensorflow as tf",
-            f"tf.config.experimental.enable_tensor_float_32_execution({tf32})",
-            f"with tf.device('/{device.upper()}:0'):",
-            f"    x_t = tf.cast(tf.constant(x, tf.float64), tf.{call.dtype})  # NHWC",
-            f"    w_t = tf.cast(tf.constant(w, tf.float64), tf.{call.dtype})  # HWIO",
-            *(f"    {line}" for line in self._prelude(call)),
-        ]
-        call_source = self._source(call)
+    def inputs(self, call: ConvCall) -> list[Statement]:
+        return [_tensor("x", call.dtype, comment="NHWC"), _tensor("w", call.dtype, self.kernel(call), "HWIO")]
+
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        return Program(
+            tuple(_placed(call, device, precision, self.inputs(call), self.execution(call, device, precision)))
+        )
+
+    def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
+        """The convolution eagerly, or in graph mode: a `tf.function` is built (and traced) once per
+        text and reused by every check that shares it, as a model reuses its layers."""
+        conv = self.convolution(call)
+        if self.variant not in ("function", "layer"):
+            return [Assign("y", conv)]
+        # One graph per input shape, as the old per-shape cache had it (a tf.function retraced for
+        # many shapes warns about retracing on every check).
+        context = (device, precision, call.dtype, call.x.shape, call.w.shape)
+        # autograph=False: the body is one expression, there is no Python control flow to convert.
         if self.variant == "function":
-            lines.append(f"    y = tf.function(lambda x_t, w_t: {call_source})(x_t, w_t)")
-        elif self.variant == "layer":
-            lines += [
-                "    spec = [tf.TensorSpec([None, None, None, x_t.shape[3]], x_t.dtype), "
-                "tf.TensorSpec(w_t.shape, w_t.dtype)]",
-                f"    layer = tf.function(lambda x_t, w_t: {call_source}, input_signature=spec)",
-                "    layer(tf.ones([x_t.shape[0], x_t.shape[1] + 3, x_t.shape[2] + 5, x_t.shape[3]], x_t.dtype), w_t)"
-                "  # another size first",
-                "    y = layer(x_t, w_t)",
-            ]
-        else:
-            lines.append(f"    y = {call_source}")
-        return "\n".join(lines)
+            graph = Cached(invoke("tf.function", Lambda(("x_t", "w_t"), conv), autograph=False), context)
+            return [Assign("y", invoke(graph, *TENSORS))]
+        # A graph built for unknown spatial sizes (as a Keras layer's is), run on another size first:
+        # padding or space_to_batch blocks computed for the first size must not be reused.
+        dtype = Name(f"tf.{call.dtype}")
+        n, h, w, c = call.x.shape
+        signature = [
+            invoke("tf.TensorSpec", [None, None, None, c], dtype),
+            invoke("tf.TensorSpec", list(call.w.shape), dtype),
+        ]
+        layer = invoke("tf.function", Lambda(("x_t", "w_t"), conv), input_signature=signature, autograph=False)
+        other = invoke("tf.ones", [n, h + 3, w + 5, c], dtype)
+        return [
+            Assign("layer", Cached(layer, context)),
+            Do(
+                invoke("layer", other, Name("w_t")),
+                "another spatial size first",
+                f"on an input of size {[h + 3, w + 5]}",
+            ),
+            Assign("y", invoke("layer", *TENSORS)),
+        ]
 
-    def _prelude(self, call: ConvCall) -> list[str]:
-        return []
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return numpy_output(value.numpy(), value.dtype.name)
 
     def environment(self) -> dict[str, Any]:
         tf = _tf()
@@ -174,42 +184,6 @@ class _TensorFlowAdapter(Adapter):
         }
 
 
-# tf.function objects per formulation and geometry: a graph is traced once per input shape and dtype
-# and reused by every case (and draw of data) that shares them, as a model's layer is.
-_graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-GRAPH_CACHE_SIZE = 256
-
-
-def _graph(adapter: _TensorFlowAdapter, call: ConvCall, device: str, precision: str, function: Any, layer: bool) -> Any:
-    """`function` as a tf.function, reused for every call with the same shapes and geometry (it reads
-    those from the `call` it closes over); `layer`: built for unknown spatial sizes, as Keras does."""
-    tf = _tf()
-    padding = call.padding if isinstance(call.padding, (str, int)) else tuple(map(tuple, call.padding))
-    key = (adapter.name, layer, call.x.shape, call.w.shape, call.dtype, call.rate, call.stride, padding)
-    key += (call.geometry.pads, call.groups, device, precision)
-    if key not in _graphs:
-        signature = None
-        if layer:
-            dtype = getattr(tf, call.dtype)
-            signature = [tf.TensorSpec([None, None, None, call.x.shape[3]], dtype), tf.TensorSpec(call.w.shape, dtype)]
-        _graphs[key] = tf.function(function, input_signature=signature)
-        if len(_graphs) > GRAPH_CACHE_SIZE:
-            _graphs.popitem(last=False)
-    _graphs.move_to_end(key)
-    return _graphs[key]
-
-
-def _layer_call(tf: Any, layer: Any, x: Any, w: Any) -> Any:
-    """A graph built for unknown spatial sizes (as a Keras layer's is), run on another size first:
-    padding or space_to_batch blocks computed for the first size must not be reused."""
-    other = tf.ones([x.shape[0], x.shape[1] + 3, x.shape[2] + 5, x.shape[3]], x.dtype)
-    try:
-        layer(other, w)
-    except Exception as exc:
-        raise type(exc)(f"on the first input, of spatial size {list(other.shape[1:3])}: {exc}") from None
-    return layer(x, w)
-
-
 class TensorFlowAtrousConv2d(_TensorFlowAdapter):
     op = "atrous_conv2d"
 
@@ -219,29 +193,28 @@ class TensorFlowAtrousConv2d(_TensorFlowAdapter):
             reasons.append("has no stride (it is always 1)")
         if call_params.rate[0] != call_params.rate[1]:
             reasons.append("takes one integer rate for both axes")
-        if call_params.padding not in ("SAME", "VALID"):
+        if padding.native_word(call_params.padding) is None:
             reasons.append('takes only "SAME" or "VALID" padding')
         if call_params.groups != 1:
             reasons.append("has no groups")
         return "tf.nn.atrous_conv2d " + "; ".join(reasons) if reasons else None
 
-    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
-        return tf.nn.atrous_conv2d(x, w, rate=call.rate[0], padding=call.padding)
-
-    def _source(self, call: ConvCall) -> str:
-        return f"tf.nn.atrous_conv2d(x_t, w_t, rate={call.rate[0]}, padding={call.padding!r})"
+    def convolution(self, call: ConvCall) -> Expr:
+        return invoke("tf.nn.atrous_conv2d", *TENSORS, rate=call.rate[0], padding=call.padding)
 
 
 class TensorFlowConv2d(_TensorFlowAdapter):
     op = "conv2d"
 
-    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
-        return tf.nn.conv2d(x, w, strides=list(call.stride), padding=_padding_argument(call), dilations=list(call.rate))
+    def rate(self, call: ConvCall) -> list[int]:
+        return list(call.rate)
 
-    def _source(self, call: ConvCall) -> str:
-        return (
-            f"tf.nn.conv2d(x_t, w_t, strides={list(call.stride)}, padding={_padding_argument(call)!r}, "
-            f"dilations={list(call.rate)})"
+    def padding(self, call: ConvCall) -> str | list[list[int]]:
+        return _padding_argument(call)
+
+    def convolution(self, call: ConvCall) -> Expr:
+        return invoke(
+            "tf.nn.conv2d", *TENSORS, strides=list(call.stride), padding=self.padding(call), dilations=self.rate(call)
         )
 
 
@@ -260,23 +233,15 @@ class TensorFlowDepthwiseConv2d(_TensorFlowAdapter):
             reasons.append("takes one stride for both axes")
         return "tf.nn.depthwise_conv2d " + "; ".join(reasons) if reasons else None
 
-    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
-        filters = tf.reshape(w, _depthwise_filter_shape(call))
+    def convolution(self, call: ConvCall) -> Expr:
+        k_h, k_w, _, out_channels = call.w.shape
+        channels = call.x.shape[3]
+        filters = invoke("tf.reshape", Name("w_t"), [k_h, k_w, channels, out_channels // channels])
         strides = [1, call.stride[0], call.stride[1], 1]
-        return tf.nn.depthwise_conv2d(x, filters, strides, padding=_padding_argument(call), dilations=list(call.rate))
-
-    def _source(self, call: ConvCall) -> str:
-        return (
-            f"tf.nn.depthwise_conv2d(x_t, tf.reshape(w_t, {_depthwise_filter_shape(call)}), "
-            f"strides={[1, call.stride[0], call.stride[1], 1]}, padding={_padding_argument(call)!r}, "
-            f"dilations={list(call.rate)})"
-        )
-
-
-def _depthwise_filter_shape(call: ConvCall) -> list[int]:
-    k_h, k_w, _, out_channels = call.w.shape
-    channels = call.x.shape[3]
-    return [k_h, k_w, channels, out_channels // channels]
+        return invoke(
+            "tf.nn.depthwise_conv2d", Name("x_t"), filters, strides, padding=_padding_argument(call),
+            dilations=list(call.rate),
+        )  # fmt: skip
 
 
 CONV2D = TensorFlowConv2d()
@@ -297,23 +262,17 @@ class TensorFlowZeroInserted(TensorFlowConv2d):
     baseline = CONV2D
 
     def __init__(self) -> None:
-        super().__init__("zero-inserted")
+        super().__init__(oracles.ZERO_INSERTED)
 
-    def _kernel(self, call: ConvCall) -> np.ndarray:
-        require_finite(call, INSERTED_ZEROS)
-        return zero_inserted_kernel(call.w, call.rate)
+    def inputs(self, call: ConvCall) -> list[Statement]:
+        oracles.require_finite_for_zero_insertion(call)
+        return [Import("conformance.adapters.oracles", names=("zero_inserted_kernel",)), *super().inputs(call)]
 
-    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
-        return tf.nn.conv2d(x, w, strides=list(call.stride), padding=_padding_argument(call), dilations=[1, 1])
+    def kernel(self, call: ConvCall) -> Value:
+        return invoke("zero_inserted_kernel", Name("w"), call.rate)
 
-    def _prelude(self, call: ConvCall) -> list[str]:
-        return [
-            "from conformance.adapters.base import zero_inserted_kernel",
-            f"w_t = tf.cast(tf.constant(zero_inserted_kernel(w, {call.rate}), tf.float64), tf.{call.dtype})",
-        ]
-
-    def _source(self, call: ConvCall) -> str:
-        return f"tf.nn.conv2d(x_t, w_t, strides={list(call.stride)}, padding={_padding_argument(call)!r})"
+    def rate(self, call: ConvCall) -> list[int]:
+        return [1, 1]
 
 
 class TensorFlowExplicitPads(TensorFlowConv2d):
@@ -322,19 +281,13 @@ class TensorFlowExplicitPads(TensorFlowConv2d):
     baseline = CONV2D
 
     def __init__(self) -> None:
-        super().__init__("explicit-pads")
+        super().__init__(oracles.EXPLICIT_PADS)
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
-        return None if call_params.padding == "SAME" else "the SAME-equals-explicit-pads oracle is for SAME cases"
+        return oracles.explicit_pads_reason(call_params)
 
-    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
-        return tf.nn.conv2d(x, w, strides=list(call.stride), padding=_explicit(call), dilations=list(call.rate))
-
-    def _source(self, call: ConvCall) -> str:
-        return (
-            f"tf.nn.conv2d(x_t, w_t, strides={list(call.stride)}, padding={_explicit(call)!r}, "
-            f"dilations={list(call.rate)})"
-        )
+    def padding(self, call: ConvCall) -> str | list[list[int]]:
+        return padding.nhwc_pairs(call.geometry.pads)
 
 
 class TensorFlowNchw(TensorFlowConv2d):
@@ -345,186 +298,64 @@ class TensorFlowNchw(TensorFlowConv2d):
     def __init__(self) -> None:
         super().__init__("nchw")
 
-    def _call(self, tf: Any, x: Any, w: Any, call: ConvCall) -> Any:
-        padding = _nchw_padding(call)
+    def convolution(self, call: ConvCall) -> Expr:
+        word = padding.native_word(call.padding)
+        nchw = invoke(
+            "tf.nn.conv2d", invoke("tf.transpose", Name("x_t"), [0, 3, 1, 2]), Name("w_t"),
+            strides=[1, 1, *call.stride], padding=word or padding.nchw_pairs(call.geometry.pads),
+            data_format="NCHW", dilations=[1, 1, *call.rate],
+        )  # fmt: skip
+        return invoke("tf.transpose", nchw, [0, 2, 3, 1])
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         try:
-            y = tf.nn.conv2d(
-                tf.transpose(x, [0, 3, 1, 2]), w, strides=[1, 1, *call.stride], padding=padding,
-                data_format="NCHW", dilations=[1, 1, *call.rate],
-            )  # fmt: skip
+            return super().run(call, device, precision)
         except Exception as exc:
             if "NHWC" in str(exc) and "CPU" in str(exc):  # a documented CPU limitation, not a finding
                 raise Unsupported(f"TensorFlow's CPU Conv2D takes only NHWC ({type(exc).__name__})") from None
             raise
-        return tf.transpose(y, [0, 2, 3, 1])
-
-    def _source(self, call: ConvCall) -> str:
-        padding = _nchw_padding(call)
-        return (
-            f"tf.transpose(tf.nn.conv2d(tf.transpose(x_t, [0, 3, 1, 2]), w_t, strides={[1, 1, *call.stride]}, "
-            f"padding={padding!r}, data_format='NCHW', dilations={[1, 1, *call.rate]}), [0, 2, 3, 1])"
-        )
 
 
-def _nchw_padding(call: ConvCall) -> str | list[list[int]]:
-    """The padding argument with its per-axis pairs in NCHW order."""
-    padding = _padding_argument(call)
-    return padding if isinstance(padding, str) else [padding[0], padding[3], padding[1], padding[2]]
-
-
-def _explicit(call: ConvCall) -> list[list[int]]:
-    (top, bottom), (left, right) = call.geometry.pads
-    return [[0, 0], [top, bottom], [left, right], [0, 0]]
-
-
-class _Child:
-    """A TensorFlow process with its own TF_ENABLE_ONEDNN_OPTS, answering one call at a time."""
-
-    def __init__(self, variant: str) -> None:
-        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": ONEDNN_VARIANTS[variant]}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        self.variant = variant
-        self._ready = False
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "conformance.adapters.tensorflow_child"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-
-    def ready(self) -> None:
-        """Wait until the child has imported TensorFlow: that is loading, not the first call's work."""
-        if not self._ready:
-            self.request(("environment",))
-            self._ready = True
-
-    def request(self, message: tuple[Any, ...]) -> Any:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        payload = pickle.dumps(message)
-        try:
-            self.process.stdin.write(struct.pack("<Q", len(payload)) + payload)
-            self.process.stdin.flush()
-            header = self.process.stdout.read(8)
-        except BrokenPipeError:
-            header = b""
-        if len(header) < 8:
-            code = self.process.wait()
-            _child.cache_clear()  # the next check starts a fresh one
-            raise RuntimeError(f"the TF_ENABLE_ONEDNN_OPTS={ONEDNN_VARIANTS[self.variant]} process died (exit {code})")
-        kind, *rest = pickle.loads(self.process.stdout.read(struct.unpack("<Q", header)[0]))
-        if kind == "ok":
-            return rest[0]
-        if kind == "unavailable":
-            raise Unavailable(rest[0])
-        if kind == "unsupported":
-            raise Unsupported(rest[0])
-        raise type(rest[0], (Exception,), {})(rest[1])  # the framework's own exception name
-
-    def call(self, op: str, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        return self.request(("run", op, call, device, precision))
-
-
-@cache
-def _child(variant: str) -> _Child:
-    return _Child(variant)
-
-
-def serve() -> None:
-    """The child's loop: its stdout carries only answers (stray prints go to stderr)."""
-    answers = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    requests = sys.stdin.buffer
-    while header := requests.read(8):
-        kind, *args = pickle.loads(requests.read(struct.unpack("<Q", header)[0]))
-        try:
-            if kind == "environment":
-                answer: tuple[Any, ...] = ("ok", CONV2D.environment())
-            else:
-                op, call, device, precision = args
-                adapter = {a.op: a for a in ADAPTERS if not a.variant}[op]  # the eager call, in this process
-                adapter.check_available(device)
-                answer = ("ok", adapter.run(call, device, precision))
-        except Unavailable as exc:
-            answer = ("unavailable", str(exc))
-        except Unsupported as exc:
-            answer = ("unsupported", str(exc))
-        except Exception as exc:
-            answer = ("raised", type(exc).__name__, str(exc))
-        payload = pickle.dumps(answer)
-        answers.write(struct.pack("<Q", len(payload)) + payload)
-        answers.flush()
-
-
-class TensorFlowOneDnn(TensorFlowConv2d):
-    own_environment = True
-
-    def check_available(self, device: str) -> None:
-        super().check_available(device)
-        _child(self.variant).ready()
-
-    def environment(self) -> dict[str, Any]:
-        return _child(self.variant).request(("environment",))
-
-
-class TensorFlowDerivative(DerivativeAdapter):
+class TensorFlowDerivative(DerivativeAdapter, DescribedAdapter):
     """tf.GradientTape on the primary eager call (for atrous_conv2d that differentiates through its
     space_to_batch formulation, a gradient path of its own); the HVP nests a second tape around
     the first one's gradient."""
 
     primary: _TensorFlowAdapter
 
-    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        assert call.cotangent is not None and call.direction_input is not None and call.direction_kernel is not None
-        tf = _tf()
-        dtype = getattr(tf, call.dtype)
-        _tf32_default()
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        names = ("dy", *(("vx", "vw") if self.order == 2 else ()))
+        tensors = [*self.primary.inputs(call), *(_tensor(name, call.dtype) for name in names)]
+        wrt = Name("x_t" if self.with_respect_to == "input" else "w_t")
+        both = list(TENSORS)
 
-        def tensor(array: np.ndarray) -> Any:
-            return tf.cast(tf.constant(array.astype(np.float64)), dtype)
+        def taped(tape: str, body: list[Statement]) -> With:
+            return With(invoke("tf.GradientTape"), (Do(method(tape, "watch", both)), *body), tape)
 
-        with _placement(device, precision):
-            x, w, dy = tensor(call.x), tensor(call.w), tensor(call.cotangent)
-            wrt = 0 if self.with_respect_to == "input" else 1
-            with tf.GradientTape() as outer:
-                outer.watch([x, w])
-                with tf.GradientTape() as inner:
-                    inner.watch([x, w])
-                    y = self.primary._call(tf, x, w, call)
-                if self.order == 1:  # only the gradient asked for, as a user would write it
-                    result = inner.gradient(y, [x, w][wrt], output_gradients=dy)
-                else:
-                    gx, gw = inner.gradient(y, [x, w], output_gradients=dy)
-                    vx, vw = tensor(call.direction_input), tensor(call.direction_kernel)
-                    product = tf.reduce_sum(gx * vx) + tf.reduce_sum(gw * vw)
-            if self.order == 2:
-                result = outer.gradient(product, [x, w][wrt])
-        return result.numpy().astype(float_format(result.dtype.name).numpy_dtype)
-
-    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        wrt = "x_t" if self.with_respect_to == "input" else "w_t"
-        lines = [
-            "import tensorflow as tf",
-            f"tf.config.experimental.enable_tensor_float_32_execution({precision != 'strict'})",
-            f"with tf.device('/{device.upper()}:0'):",
-            *(
-                f"    {name}_t = tf.cast(tf.constant({name}, tf.float64), tf.{call.dtype})"
-                for name in ("x", "w", "dy", *(("vx", "vw") if self.order == 2 else ()))
-            ),
-            "    with tf.GradientTape() as outer:",
-            "        outer.watch([x_t, w_t])",
-            "        with tf.GradientTape() as inner:",
-            "            inner.watch([x_t, w_t])",
-            f"            y = {self.primary._source(call)}",
-        ]
+        forward = [Assign("y", self.primary.convolution(call))]
         if self.order == 1:
-            lines.append(f"    g = inner.gradient(y, {wrt}, output_gradients=dy_t)")
-        else:
-            lines += [
-                "        gx, gw = inner.gradient(y, [x_t, w_t], output_gradients=dy_t)",
-                "        product = tf.reduce_sum(gx * vx_t) + tf.reduce_sum(gw * vw_t)",
-                f"    g = outer.gradient(product, {wrt})  # H v",
+            body: list[Statement] = [
+                taped("tape", forward),
+                Assign("g", method("tape", "gradient", Name("y"), wrt, output_gradients=Name("dy_t"))),
             ]
-        return "\n".join(lines)
+        else:
+            product = BinOp(
+                "+",
+                invoke("tf.reduce_sum", BinOp("*", Name("gx"), Name("vx_t"))),
+                invoke("tf.reduce_sum", BinOp("*", Name("gw"), Name("vw_t"))),
+            )
+            body = [
+                taped(
+                    "outer",
+                    [
+                        taped("inner", forward),
+                        Assign("gx, gw", method("inner", "gradient", Name("y"), both, output_gradients=Name("dy_t"))),
+                        Assign("product", product),
+                    ],
+                ),
+                Assign("g", method("outer", "gradient", Name("product"), wrt), "H v"),
+            ]
+        return Program(tuple(_placed(call, device, precision, tensors, body)), result="g")
 
 
 ATROUS_CONV2D, DEPTHWISE_CONV2D = TensorFlowAtrousConv2d(), TensorFlowDepthwiseConv2d()
@@ -536,8 +367,11 @@ ADAPTERS = (
     *(cls("function") for cls in (TensorFlowAtrousConv2d, TensorFlowConv2d, TensorFlowDepthwiseConv2d)),
     TensorFlowConv2d("layer"),
     TensorFlowDepthwiseConv2d("layer"),
-    TensorFlowOneDnn("onednn-on"),
-    TensorFlowOneDnn("onednn-off"),
+    # oneDNN is TensorFlow's CPU library: these run on the CPU only.
+    *(
+        InChildProcess(CONV2D, variant, {"TF_ENABLE_ONEDNN_OPTS": flag}, devices=("cpu",))
+        for variant, flag in ONEDNN_VARIANTS.items()
+    ),
     TensorFlowAtrousEqualsConv2d(),
     TensorFlowZeroInserted(),
     TensorFlowExplicitPads(),

@@ -1,4 +1,5 @@
-"""Loading and validating declarative case files (TOML, checked against cases.schema.json).
+"""Loading case files: TOML checked against cases.schema.json, then every rule the schema cannot
+state (channels and groups, shapes of stated values, work size, expected shapes); sweeps expanded.
 
 A file that cannot be parsed, or a case that breaks a rule, becomes a `CaseError` naming the
 file, the case, the field and the line; every other case of the same run still loads.
@@ -6,120 +7,28 @@ file, the case, the field and the line; every other case of the same run still l
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
-from dataclasses import field as dataclass_field
-from functools import cache, cached_property, lru_cache
+from dataclasses import replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import numpy as np
 
 from conformance import sweeps
-from conformance.dtypes import float_format
-from conformance.generators import content_hash, generate
-from conformance.semantics import Geometry, PaddingSpec, geometry, pair
+from conformance.cases.model import Case, CaseError, CaseFileError, LoadResult
+from conformance.cases.positions import SourceLines, id_lines
+from conformance.cases.schema_errors import explain_schema_error, field_path, strict_validator
+from conformance.semantics import pair
 
-SCHEMA_PATH = Path(__file__).with_name("schema") / "cases.schema.json"
+SCHEMA_PATH = Path(__file__).parent.parent / "schema" / "cases.schema.json"
 # Refuse tensors above this many elements before allocating them (float64: 512 MiB).
 MAX_TENSOR_ELEMENTS = 1 << 26
 # Files under a cases directory that hold other data, not cases.
 NON_CASE_FILES = frozenset({"expectations.toml", "composites.toml"})
-
-
-@dataclass(frozen=True)
-class CaseError:
-    """A problem in a case file, precise enough to fix without reading the harness."""
-
-    file: str
-    message: str
-    case: str | None = None
-    field: str | None = None
-    line: int | None = None
-    entry: str = "case"  # or "sweep": what `case` names
-
-    def __str__(self) -> str:
-        where = self.file + (f":{self.line}" if self.line else "")
-        parts = [where]
-        if self.case:
-            parts.append(f"{self.entry} {self.case!r}")
-        if self.field:
-            parts.append(f"field {self.field!r}")
-        return ": ".join(parts) + f": {self.message}"
-
-
-class CaseFileError(Exception):
-    def __init__(self, error: CaseError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-@dataclass(frozen=True, eq=False)  # identity hash: a Case is a cache key for its data
-class Case:
-    file: str
-    suite: str  # the file's stem, e.g. "documents"
-    id: str
-    line: int | None
-    description: str
-    source: str
-    tags: tuple[str, ...]
-    dtypes: tuple[str, ...]
-    input_spec: Mapping[str, Any]
-    kernel_spec: Mapping[str, Any]
-    input_shape: tuple[int, int, int, int]
-    kernel_shape: tuple[int, int, int, int]
-    rate: tuple[int, int]
-    stride: tuple[int, int]
-    padding: PaddingSpec
-    groups: int
-    expect_kind: str  # "reference", "values" or "no-valid-output"
-    tier: str = "default"  # "extended": only with --conformance-tier extended
-    derivatives: int = 0  # 1: also the gradients; 2: also Hessian-vector products (conformance.derivatives)
-    expected_values: np.ndarray | None = dataclass_field(default=None, repr=False)
-
-    @property
-    def qualified_id(self) -> str:
-        return f"{self.suite}/{self.id}"
-
-    @cached_property  # read several times per check; a frozen Case never changes it
-    def geometry(self) -> Geometry:
-        return geometry(self.padding, self.input_shape[1:3], self.kernel_shape[:2], self.rate, self.stride)
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        o_h, o_w = self.geometry.output_hw
-        return (self.input_shape[0], o_h, o_w, self.kernel_shape[3])
-
-    @property
-    def expects_no_output(self) -> bool:
-        return not self.geometry.has_valid_output
-
-
-@dataclass
-class LoadResult:
-    cases: list[Case]
-    errors: list[CaseError]
-
-
-def _strict_integer(checker: Any, instance: Any) -> bool:
-    # JSON Schema counts 2.0 as an integer; a rate, stride, pad or shape of 2.0 is a mistake here.
-    return isinstance(instance, int) and not isinstance(instance, bool)
-
-
-StrictValidator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
-)
-
-
-def strict_validator(schema_path: Path) -> Any:
-    return StrictValidator(json.loads(schema_path.read_text()))
 
 
 @cache
@@ -137,240 +46,6 @@ def _nested_shape(values: Any, where: str) -> tuple[int, ...]:
     if len(shapes) != 1:
         raise ValueError(f"{where} is ragged: its items have shapes {sorted(shapes)}")
     return (len(values), *shapes.pop())
-
-
-def id_lines(text: str) -> dict[str, int]:
-    """Line of each `id = "..."` in the file, so errors can point at the case."""
-    lines = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        found = re.match(r"""\s*id\s*=\s*["']([^"']*)["']""", line)
-        if found:
-            lines.setdefault(found.group(1), number)
-    return lines
-
-
-# A line that is only a table header: `[name]`, `[[name]]`, `[a.b]`; not an array continuation line.
-TABLE_HEADER = re.compile(r"""\s*\[\[?\s*[A-Za-z_"'][\w."' -]*\]\]?\s*(#.*)?$""")
-
-
-class SourceLines:
-    """Where things are in a TOML file's text, since `tomllib` gives no positions.
-
-    `[[table]]` blocks are numbered in file order, as they appear in the parsed array, so an error
-    at `case[3].rate` points at the `rate = ...` line of the fourth `[[case]]`, not only at the case.
-    """
-
-    def __init__(self, text: str, table: str) -> None:
-        self.lines = text.splitlines()
-        header = re.compile(r"\s*\[\[\s*" + re.escape(table) + r"\s*\]\]\s*(#.*)?$")
-        any_header = TABLE_HEADER
-        starts = [n for n, line in enumerate(self.lines) if header.match(line)]
-        self.blocks: list[tuple[int, int]] = []
-        for start in starts:
-            end = start + 1
-            while end < len(self.lines) and not (
-                any_header.match(self.lines[end]) and not self._is_subtable(self.lines[end], table)
-            ):
-                end += 1
-            self.blocks.append((start, end))
-        self.table = table
-
-    @staticmethod
-    def _is_subtable(line: str, table: str) -> bool:
-        return bool(re.match(r"\s*\[\s*" + re.escape(table) + r"\.", line))
-
-    def _find_key(self, start: int, end: int, key: str) -> int | None:
-        pattern = re.compile(r"""\s*["']?""" + re.escape(key) + r"""["']?\s*[=.]""")  # also `expect.kind =`
-        subtable = re.compile(r"\s*\[\s*" + re.escape(self.table) + r"\." + re.escape(key) + r"\s*\]")
-        for number in range(start, end):
-            if pattern.match(self.lines[number]) or subtable.match(self.lines[number]):
-                return number + 1
-        return None
-
-    def entry_line(self, index: int, path: list[Any]) -> int | None:
-        """The line of the offending key in entry `index` (or of its `id`, or its header)."""
-        if index >= len(self.blocks):
-            return None
-        start, end = self.blocks[index]
-        if len(path) >= 2:  # a key inside a sub-table such as `[sweep.axes]`
-            header = re.compile(r"\s*\[\s*" + re.escape(self.table) + r"\." + re.escape(str(path[0])) + r"\s*\]")
-            sub_start = next((n for n in range(start, end) if header.match(self.lines[n])), None)
-            if sub_start is not None:
-                sub_end = next((n for n in range(sub_start + 1, end) if TABLE_HEADER.match(self.lines[n])), end)
-                found = self._find_key(sub_start + 1, sub_end, str(path[1]))
-                if found:
-                    return found
-        for key in ([str(path[0])] if path else []) + ["id"]:
-            found = self._find_key(start, end, key)
-            if found:
-                return found
-        return start + 1
-
-    def section_line(self, section: str, path: list[Any]) -> int | None:
-        """The line of `key` inside a plain `[section]` table (e.g. `[defaults]`)."""
-        header = re.compile(r"\s*\[\s*" + re.escape(section) + r"\s*\]")
-        for number, line in enumerate(self.lines):
-            if header.match(line):
-                end = number + 1
-                while end < len(self.lines) and not TABLE_HEADER.match(self.lines[end]):
-                    end += 1
-                return (self._find_key(number + 1, end, str(path[0])) if path else None) or number + 1
-        return None
-
-    def top_level_line(self, key: str) -> int | None:
-        """`key = ...` before the first table, or a `[key]` / `[[key]]` table header anywhere."""
-        first_header = next((n for n, line in enumerate(self.lines) if TABLE_HEADER.match(line)), len(self.lines))
-        found = self._find_key(0, first_header, key)
-        if found:
-            return found
-        header = re.compile(r"\s*\[\[?\s*" + re.escape(key) + r"\s*\]\]?")
-        return next((n + 1 for n, line in enumerate(self.lines) if header.match(line)), None)
-
-
-def _wrong_alternative(error: jsonschema.ValidationError) -> bool:
-    """The value is of another kind than this alternative (wrong type, another generator, a number
-    where this alternative lists strings)."""
-    if error.validator == "type" and not error.relative_path:
-        return True
-    if error.validator in ("enum", "const") and not error.relative_path:
-        allowed = error.validator_value if error.validator == "enum" else [error.validator_value]
-        return all(type(value) is not type(error.instance) for value in allowed)
-    return error.validator in ("enum", "const") and bool(error.relative_path)
-
-
-# Names other frameworks use for our keys, so a ported case gets a precise hint.
-KEY_ALIASES = {
-    "dilation": "rate",
-    "dilations": "rate",
-    "dilation_rate": "rate",
-    "rhs_dilation": "rate",
-    "strides": "stride",
-    "window_strides": "stride",
-    "pad": "padding",
-    "pads": "padding",
-    "dtype": "dtypes",
-    "filter": "kernel",
-    "filters": "kernel",
-    "weight": "kernel",
-    "weights": "kernel",
-    "value": "input",
-    "x": "input",
-    "lhs": "input",
-    "rhs": "kernel",
-    "group": "groups",
-    "feature_group_count": "groups",
-    "expected": "expect",
-    "name": "id",
-}
-
-
-def _suggest(name: str, allowed: list[str]) -> str | None:
-    if KEY_ALIASES.get(name) in allowed:
-        return KEY_ALIASES[name]
-    close = difflib.get_close_matches(name, allowed, n=1) or [
-        KEY_ALIASES[m] for m in difflib.get_close_matches(name, list(KEY_ALIASES), n=1) if KEY_ALIASES[m] in allowed
-    ]
-    return close[0] if close else None
-
-
-def _allowed_values(schema: Mapping[str, Any]) -> list[Any]:
-    return list(schema["enum"]) if "enum" in schema else [schema["const"]] if "const" in schema else []
-
-
-def _unknown_discriminator(error: jsonschema.ValidationError) -> tuple[str, list[Any]] | None:
-    """A key that tells the alternatives apart (e.g. `generator`) whose value none of them accepts."""
-    if not isinstance(error.instance, dict) or not isinstance(error.validator_value, list):
-        return None
-    for key in error.instance:
-        declaring = [i for i, sub in enumerate(error.validator_value) if key in sub.get("properties", {})]
-        failed = {
-            sub.relative_schema_path[0]
-            for sub in error.context or []
-            if sub.validator in ("enum", "const") and list(sub.relative_path) == [key]
-        }
-        if declaring and set(declaring) <= failed:
-            allowed = [v for i in declaring for v in _allowed_values(error.validator_value[i]["properties"][key])]
-            if allowed:
-                return key, allowed
-    return None
-
-
-def _kind_name(value: Any) -> str:
-    kind = {bool: "boolean", str: "string", int: "integer", float: "number", list: "array", dict: "table"}
-    return _article(kind.get(type(value), type(value).__name__))
-
-
-def _article(kind: str) -> str:
-    return ("an " if kind[:1] in "aeiou" else "a ") + {"object": "table"}.get(kind, kind)
-
-
-def _overlap(error: jsonschema.ValidationError, branch: Any) -> int:
-    """How many of the value's keys an alternative declares: the one the author most likely meant."""
-    if not isinstance(error.instance, dict) or not isinstance(error.validator_value, list):
-        return 0
-    return len(set(error.instance) & set(error.validator_value[branch].get("properties", {})))
-
-
-def explain_schema_error(error: jsonschema.ValidationError) -> tuple[str, list[Any]]:
-    """A readable message and the path of the offending field for a schema violation."""
-    path = list(error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
-        unexpected = sorted(set(error.instance) - set(allowed))
-        hints = []
-        for name in unexpected:
-            close = _suggest(name, allowed)
-            hints.append(f"unknown key {name!r}" + (f" (did you mean {close!r}?)" if close else ""))
-        return "; ".join(hints) + f"; allowed keys: {', '.join(allowed)}", path + unexpected[:1]
-    if error.validator == "required":
-        missing = re.findall(r"'([^']+)' is a required property", error.message)
-        return error.message, path + missing[:1]
-    if error.validator == "pattern" and "description" in error.schema:
-        return f"{error.instance!r} is not allowed here: use {error.schema['description']}", path
-    if error.validator in ("oneOf", "anyOf") and error.context:
-        if all(sub.validator == "required" for sub in error.context):
-            names = [n for sub in error.context for n in re.findall(r"'([^']+)' is a required", sub.message)]
-            return f"needs one of: {' or '.join(repr(n) for n in names)}", path
-        unknown = _unknown_discriminator(error)
-        if unknown:
-            key, allowed = unknown
-            return (
-                f"unknown {key} {error.instance[key]!r}: use one of {', '.join(map(str, allowed))}",
-                [*path, key],
-            )
-        # Explain the alternative the author meant: one of the value's own kind that declares
-        # most of its keys, and of those the one with the fewest complaints.
-        branches: dict[Any, list[jsonschema.ValidationError]] = {}
-        for sub in error.context:
-            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-        meant = [b for b, errs in branches.items() if not any(_wrong_alternative(e) for e in errs)]
-        description = error.schema.get("description", "")
-        described = f"; {field_path(path[-1:]) or 'it'} takes {description[:1].lower()}{description[1:].rstrip('.')}"
-        if not meant:  # a value of a kind no alternative takes
-            kinds = {sub.validator_value for sub in error.context if sub.validator == "type"}
-            kinds |= {"string" for sub in error.context if sub.validator == "enum" and not sub.relative_path}
-            if isinstance(error.instance, float) and "integer" in kinds:
-                wrong = "is not an integer"
-            else:
-                wrong = f"is {_kind_name(error.instance)}, not {' or '.join(sorted(map(_article, kinds)))}"
-            return f"{error.instance!r} {wrong}" + (described if description else ""), path
-        chosen = max(meant, key=lambda b: (_overlap(error, b), -len(branches[b])))
-        errors = branches[chosen]
-        missing = [n for e in errors if e.validator == "required" for n in re.findall(r"'([^']+)' is a req", e.message)]
-        if missing and len(missing) == len(errors):
-            return f"{' and '.join(repr(n) for n in missing)} {'is' if len(missing) == 1 else 'are'} required", [
-                *path,
-                missing[0],
-            ]
-        # A value of the wrong type deep inside says more than a length complaint above it.
-        typed = [e for e in errors if e.validator == "type"]
-        message, sub_path = explain_schema_error(typed[0] if typed else jsonschema.exceptions.best_match(errors))
-        return message + (described if description else ""), sub_path
-    return error.message, path
-
-
-def field_path(path: list[Any]) -> str:
-    return ".".join(str(p) for p in path)
 
 
 def load_file(path: Path, root: Path | None = None) -> LoadResult:
@@ -687,27 +362,3 @@ def load_paths(paths: list[Path]) -> LoadResult:
         result.cases.extend(loaded.cases)
         result.errors.extend(loaded.errors)
     return result
-
-
-@dataclass(frozen=True)
-class CaseData:
-    """One case materialised in one dtype: what every target of that (case, dtype) shares."""
-
-    x: np.ndarray  # NHWC, in the case dtype
-    w: np.ndarray  # HWIO, in the case dtype
-    x_hash: str
-    w_hash: str
-
-
-def tensor(spec: Mapping[str, Any], shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """A case tensor: made in float64, then rounded once to the case dtype."""
-    values = np.asarray(spec["values"], dtype=np.float64) if "values" in spec else generate(spec, shape)
-    return values.astype(float_format(dtype).numpy_dtype)
-
-
-# The runner's forward reference and the derivatives' tangents both need a case's data: made once.
-@lru_cache(maxsize=16)
-def materialize(case: Case, dtype: str) -> CaseData:
-    x = tensor(case.input_spec, case.input_shape, dtype)
-    w = tensor(case.kernel_spec, case.kernel_shape, dtype)
-    return CaseData(x=x, w=w, x_hash=content_hash(x), w_hash=content_hash(w))

@@ -1,0 +1,272 @@
+"""One mechanism for "this target runs in a process of its own": a framework setting that is read
+once, at import (TensorFlow's `TF_ENABLE_ONEDNN_OPTS`, Keras' `KERAS_BACKEND`), needs a process
+started with it.
+
+`InChildProcess(inner, variant, environment)` is a target that runs the adapter `inner` in a child
+started with `environment` set. The parent never imports the framework: availability, every call
+and the environment block are asked of the child. Messages are typed dataclasses, pickled and
+framed by their length (8 bytes, little-endian) over the child's stdin and stdout; the adapter
+itself travels in the request (pickled by reference to its class, so the child imports the same
+module). A child ends when its parent closes the pipe or dies (PR_SET_PDEATHSIG on Linux, and a
+check of its parent's pid), so no framework process outlives a killed run.
+
+Each distinct (framework, environment) gets one child per process, started on first use. A child
+that dies is reported on the check that was running in it and forgotten alone: the next check
+starts a new one, and its siblings live on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+
+import numpy as np
+
+from conformance.adapters.base import Adapter, CallParams, ConvCall, DescribedAdapter, Unavailable, Unsupported
+from conformance.adapters.program import Program, SetEnv
+from conformance.frameworks import Framework
+
+PARENT_VARIABLE = "CONFORMANCE_CHILD_PARENT"
+_HEADER = struct.Struct("<Q")
+
+
+# -- the protocol ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckAvailable:
+    adapter: Adapter
+    device: str
+
+
+@dataclass(frozen=True)
+class Run:
+    adapter: Adapter
+    call: ConvCall
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class Describe:
+    """The adapter's environment block, read in the child."""
+
+    adapter: Adapter
+
+
+Request = CheckAvailable | Run | Describe
+
+
+@dataclass(frozen=True)
+class Answer:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: Literal["unavailable", "unsupported", "raised"]
+    exception_type: str
+    message: str
+
+
+Reply = Answer | Refusal
+
+
+def write_message(stream: IO[bytes], message: Request | Reply) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def read_message(stream: IO[bytes]) -> Any:
+    """The next message, or None at the end of the stream (the other side is gone)."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    return pickle.loads(payload) if len(payload) == size else None
+
+
+# -- the parent's side ----------------------------------------------------------------------------
+
+
+class ChildDied(RuntimeError):
+    pass
+
+
+class Child:
+    """A child process answering one request at a time."""
+
+    def __init__(self, framework: Framework, environment: dict[str, str]) -> None:
+        self.description = ", ".join(f"{name}={value}" for name, value in environment.items()) or framework.name
+        # The child resolves pickled adapters by module: it gets this process's import path.
+        env = {
+            **dict(framework.environment_defaults),
+            **os.environ,
+            **environment,
+            PARENT_VARIABLE: str(os.getpid()),
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        }
+        # (Not `-m`: the module would run as __main__, and its message classes would pickle under that name.)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from conformance.adapters.child import serve; serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    def request(self, message: Request) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            write_message(self.process.stdin, message)
+            reply = read_message(self.process.stdout)
+        except (BrokenPipeError, OSError):
+            reply = None
+        if reply is None:
+            code = self.process.wait()
+            raise ChildDied(f"the {self.description} process died (exit {_exit_text(code)})")
+        if isinstance(reply, Answer):
+            return reply.value
+        if reply.kind == "unavailable":
+            raise Unavailable(reply.message)
+        if reply.kind == "unsupported":
+            raise Unsupported(reply.message)
+        raise type(reply.exception_type, (Exception,), {})(reply.message)  # the framework's own exception name
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # the child's loop ends at the end of its input
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return str(code)
+
+
+_children: dict[tuple[str, tuple[tuple[str, str], ...]], Child] = {}
+
+
+def child(framework: Framework, environment: dict[str, str]) -> Child:
+    """This process's child for the framework with this environment, started if there is none."""
+    key = (framework.name, tuple(sorted(environment.items())))
+    found = _children.get(key)
+    if found is None or not found.alive():
+        found = _children[key] = Child(framework, environment)
+    return found
+
+
+def ask(framework: Framework, environment: dict[str, str], message: Request) -> Any:
+    """Send one request; a child that died answering it is forgotten (only that one)."""
+    key = (framework.name, tuple(sorted(environment.items())))
+    try:
+        return child(framework, environment).request(message)
+    except ChildDied:
+        _children.pop(key, None)
+        raise
+
+
+def children() -> dict[tuple[str, tuple[tuple[str, str], ...]], Child]:
+    return dict(_children)
+
+
+class InChildProcess(Adapter):
+    """`inner` run in a child process started with `environment` (variables read once, at import)."""
+
+    own_environment = True
+
+    def __init__(
+        self, inner: DescribedAdapter, variant: str, environment: dict[str, str], devices: tuple[str, ...]
+    ) -> None:
+        self.inner, self.variant, self.devices = inner, variant, devices
+        self.framework, self.op = inner.framework, inner.op
+        self.child_environment = dict(environment)
+
+    def _ask(self, message: Request) -> Any:
+        return ask(self.framework, self.child_environment, message)
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return self.inner.unsupported_reason(call_params)
+
+    def check_available(self, device: str) -> None:
+        try:
+            self._ask(CheckAvailable(self.inner, device))
+        except ChildDied:  # it died between checks (no check of this one's doing): once more, in a new one
+            self._ask(CheckAvailable(self.inner, device))
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        result: np.ndarray = self._ask(Run(self.inner, call, device, precision))
+        return result
+
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        """The inner program after the variables that select this process's framework build."""
+        settings = tuple(SetEnv(name, value) for name, value in self.child_environment.items())
+        inner = self.inner.describe(call, device, precision)
+        return Program((*settings, *inner.statements), inner.result)
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        return self.describe(call, device, precision).source()
+
+    def environment(self) -> dict[str, Any]:
+        info: dict[str, Any] = self._ask(Describe(self.inner))
+        return info
+
+
+# -- the child's side -----------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    parent = int(os.environ.get(PARENT_VARIABLE, "0") or 0)
+    if sys.platform.startswith("linux"):
+        try:
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if parent and os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(0)
+
+
+def _answer(message: Request) -> Reply:
+    try:
+        if isinstance(message, CheckAvailable):
+            message.adapter.check_available(message.device)
+            return Answer(None)
+        if isinstance(message, Run):
+            message.adapter.check_available(message.device)
+            return Answer(message.adapter.run(message.call, message.device, message.precision))
+        return Answer(message.adapter.environment())
+    except Unavailable as exc:
+        return Refusal("unavailable", type(exc).__name__, str(exc))
+    except Unsupported as exc:
+        return Refusal("unsupported", type(exc).__name__, str(exc))
+    except Exception as exc:
+        return Refusal("raised", type(exc).__name__, str(exc))
+
+
+def serve() -> None:
+    """The child's loop. Its stdout carries only replies: anything else printed goes to stderr."""
+    _die_with_parent()
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    requests = sys.stdin.buffer
+    while (message := read_message(requests)) is not None:
+        write_message(replies, _answer(message))

@@ -1,0 +1,50 @@
+"""How each API spells a case's padding. The pads themselves come from `conformance.semantics`
+(the only place they are computed); this module only writes them in each framework's order.
+
+Every API here keeps its own SAME/VALID words where it has them, so the suite tests the
+framework's SAME rather than ours; only explicit pads (and the explicit-pads oracle) are spelt out.
+"""
+
+from __future__ import annotations
+
+from conformance.semantics import PaddingSpec, PadPairs, is_symmetric
+
+
+def native_word(padding: PaddingSpec) -> str | None:
+    """ "SAME" or "VALID" when the case says so (an API's own word for it), else None."""
+    return padding if padding in ("SAME", "VALID") else None  # type: ignore[return-value]
+
+
+def nhwc_pairs(pads: PadPairs) -> list[list[int]]:
+    """TensorFlow's explicit NHWC padding: [[0, 0], [top, bottom], [left, right], [0, 0]]."""
+    (top, bottom), (left, right) = pads
+    return [[0, 0], [top, bottom], [left, right], [0, 0]]
+
+
+def nchw_pairs(pads: PadPairs) -> list[list[int]]:
+    """The same in NCHW order: [[0, 0], [0, 0], [top, bottom], [left, right]]."""
+    (top, bottom), (left, right) = pads
+    return [[0, 0], [0, 0], [top, bottom], [left, right]]
+
+
+def spatial_pairs(pads: PadPairs) -> list[tuple[int, int]]:
+    """JAX's explicit padding: [(top, bottom), (left, right)]."""
+    return [tuple(pair) for pair in pads]  # type: ignore[misc]
+
+
+def last_axis_first(pads: PadPairs) -> list[int]:
+    """`torch.nn.functional.pad`'s order, last axis first: [left, right, top, bottom]."""
+    (top, bottom), (left, right) = pads
+    return [left, right, top, bottom]
+
+
+def torch_arguments(padding: PaddingSpec, pads: PadPairs) -> tuple[str | tuple[int, int], list[int] | None]:
+    """(conv2d's `padding=`, the `F.pad` to apply first or None): "same"/"valid" where the case
+    says so, symmetric pads as (pad_h, pad_w), asymmetric ones as `F.pad` then no padding (the
+    usual porting idiom, since conv2d takes only one pad per axis)."""
+    word = native_word(padding)
+    if word is not None:
+        return word.lower(), None
+    if is_symmetric(pads):
+        return (pads[0][0], pads[1][0]), None
+    return (0, 0), last_axis_first(pads)

@@ -1,0 +1,114 @@
+"""What a case is: the `Case` the loader builds, the errors it reports, and a case's data made in
+one dtype (`materialize`: generated in float64, rounded once to the case dtype)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from functools import cached_property, lru_cache
+from typing import Any
+
+import numpy as np
+
+from conformance.dtypes import float_format
+from conformance.generators import content_hash, generate
+from conformance.semantics import Geometry, PaddingSpec, geometry
+
+
+@dataclass(frozen=True)
+class CaseError:
+    """A problem in a case file, precise enough to fix without reading the harness."""
+
+    file: str
+    message: str
+    case: str | None = None
+    field: str | None = None
+    line: int | None = None
+    entry: str = "case"  # or "sweep": what `case` names
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line else "")
+        parts = [where]
+        if self.case:
+            parts.append(f"{self.entry} {self.case!r}")
+        if self.field:
+            parts.append(f"field {self.field!r}")
+        return ": ".join(parts) + f": {self.message}"
+
+
+class CaseFileError(Exception):
+    def __init__(self, error: CaseError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True, eq=False)  # identity hash: a Case is a cache key for its data
+class Case:
+    file: str
+    suite: str  # the file's stem, e.g. "documents"
+    id: str
+    line: int | None
+    description: str
+    source: str
+    tags: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    input_spec: Mapping[str, Any]
+    kernel_spec: Mapping[str, Any]
+    input_shape: tuple[int, int, int, int]
+    kernel_shape: tuple[int, int, int, int]
+    rate: tuple[int, int]
+    stride: tuple[int, int]
+    padding: PaddingSpec
+    groups: int
+    expect_kind: str  # "reference", "values" or "no-valid-output"
+    tier: str = "default"  # "extended": only with --conformance-tier extended
+    derivatives: int = 0  # 1: also the gradients; 2: also Hessian-vector products (conformance.derivatives)
+    expected_values: np.ndarray | None = dataclass_field(default=None, repr=False)
+
+    @property
+    def qualified_id(self) -> str:
+        return f"{self.suite}/{self.id}"
+
+    @cached_property  # read several times per check; a frozen Case never changes it
+    def geometry(self) -> Geometry:
+        return geometry(self.padding, self.input_shape[1:3], self.kernel_shape[:2], self.rate, self.stride)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        o_h, o_w = self.geometry.output_hw
+        return (self.input_shape[0], o_h, o_w, self.kernel_shape[3])
+
+    @property
+    def expects_no_output(self) -> bool:
+        return not self.geometry.has_valid_output
+
+
+@dataclass
+class LoadResult:
+    cases: list[Case]
+    errors: list[CaseError]
+
+
+@dataclass(frozen=True)
+class CaseData:
+    """One case materialised in one dtype: what every target of that (case, dtype) shares."""
+
+    x: np.ndarray  # NHWC, in the case dtype
+    w: np.ndarray  # HWIO, in the case dtype
+    x_hash: str
+    w_hash: str
+
+
+def tensor(spec: Mapping[str, Any], shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """A case tensor: made in float64, then rounded once to the case dtype."""
+    values = np.asarray(spec["values"], dtype=np.float64) if "values" in spec else generate(spec, shape)
+    return values.astype(float_format(dtype).numpy_dtype)
+
+
+# The runner's forward reference and the derivatives' tangents both need a case's data: made once.
+@lru_cache(maxsize=16)
+def materialize(case: Case, dtype: str) -> CaseData:
+    x = tensor(case.input_spec, case.input_shape, dtype)
+    w = tensor(case.kernel_spec, case.kernel_shape, dtype)
+    return CaseData(x=x, w=w, x_hash=content_hash(x), w_hash=content_hash(w))

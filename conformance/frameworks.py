@@ -1,0 +1,120 @@
+"""The frameworks under test: one record each, read by everything that needs to know one.
+
+A record says what the framework is called in target ids, records and `-m` markers; which pip
+distributions provide it (so its version is known from package metadata, without importing it);
+which other packages the environment block should name; and what a process that runs it needs in
+its environment (defaults such as TensorFlow's log level, directories shared by a run's workers
+such as JAX's compilation cache). Adapters point at their record (`Adapter.framework`); markers,
+version conditions in known divergences, run labels and merged reports read it from there.
+
+A framework that is not built in (a build under test, the harness's own fakes) registers by
+returning adapters that point at its record from `pytest_conformance_adapters`: the plugin calls
+`register` for every adapter's framework.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str  # in target ids, records and markers: "torch"
+    title: str  # for people: "PyTorch"
+    distributions: tuple[str, ...] = ()  # pip names that provide it; the first one installed gives the version
+    companions: tuple[str, ...] = ()  # further packages whose versions the environment block records
+    # Variables a process that runs this framework starts with unless they are set (workers, children).
+    environment_defaults: tuple[tuple[str, str], ...] = ()
+    # Variables that point every worker of one run at a shared directory inside the run's state
+    # directory: (variable, subdirectory).
+    shared_directories: tuple[tuple[str, str], ...] = ()
+
+    def version(self) -> str | None:
+        """The installed version, from package metadata (no import, so even a skip knows it)."""
+        return installed_version(self.distributions)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (*self.distributions, *self.companions)
+
+    def worker_environment(self, state_dir: Path) -> dict[str, str]:
+        """What each worker of a run (and each child it starts) needs set."""
+        shared = {variable: str(state_dir / sub) for variable, sub in self.shared_directories}
+        return {**dict(self.environment_defaults), **shared}
+
+
+@cache
+def installed_version(distributions: tuple[str, ...]) -> str | None:
+    for distribution in distributions:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+NUMPY = Framework("numpy", "NumPy", ("numpy",), companions=("ml_dtypes",))
+TORCH = Framework("torch", "PyTorch", ("torch",))
+TENSORFLOW = Framework(
+    "tensorflow",
+    "TensorFlow",
+    ("tensorflow", "tensorflow-cpu"),
+    # TensorFlow's C++ start-up chatter is noise in test output; a user's own setting wins.
+    environment_defaults=(("TF_CPP_MIN_LOG_LEVEL", "2"),),
+)
+JAX = Framework(
+    "jax",
+    "JAX",
+    ("jax",),
+    companions=("jaxlib",),
+    # Workers of one run share compiled executables (see adapters/jax.py).
+    shared_directories=(("CONFORMANCE_JAX_CACHE_DIR", "jax-cache"),),
+)
+
+_registry: dict[str, Framework] = {}
+
+
+def register(framework: Framework) -> Framework:
+    """Make a framework known by name; registering the same record again is a no-op."""
+    known = _registry.setdefault(framework.name, framework)
+    if known != framework:
+        raise ValueError(f"two different frameworks are both named {framework.name!r}: {known} and {framework}")
+    return known
+
+
+def known() -> tuple[Framework, ...]:
+    return tuple(_registry.values())
+
+
+def get(name: str) -> Framework | None:
+    return _registry.get(name)
+
+
+def version_of(name: str) -> str | None:
+    """A known framework's installed version; an unknown name is read as a distribution name."""
+    framework = get(name)
+    return framework.version() if framework is not None else installed_version((name,))
+
+
+def set_defaults(framework: Framework) -> None:
+    """Fill in the framework's environment defaults in this process (before it imports the framework)."""
+    for variable, value in framework.environment_defaults:
+        os.environ.setdefault(variable, value)
+
+
+def versions_line(versions: Mapping[str, str]) -> str:
+    """'torch 2.13.0 tensorflow 2.21.0 jax 0.10.2' (NumPy, present everywhere, is left out)."""
+    return " ".join(f"{name} {version}" for name, version in versions.items() if name != NUMPY.name)
+
+
+def installed_versions(frameworks: Iterable[Framework]) -> dict[str, str]:
+    return {f.name: version for f in frameworks if (version := f.version()) is not None}
+
+
+for _built_in in (NUMPY, TORCH, TENSORFLOW, JAX):
+    register(_built_in)

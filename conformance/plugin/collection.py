@@ -1,0 +1,106 @@
+"""Collecting the corpus: each case file becomes one item per case x target x dtype (and one
+`NotRunItem` per target this machine cannot run), `composites.toml` one item per composite x
+plain target x dtype, and every validation error an item of its own that fails with it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import composites
+from conformance.cases import NON_CASE_FILES, id_lines, load_file
+from conformance.plugin.items import CompositeItem, ConformanceItem, NotRunChecks, invalid_item
+from conformance.plugin.selection import case_targets as targets_for_case
+from conformance.plugin.selection import collected_targets, collected_tiers, item_markers, selected_by_markers
+
+_roots_key = pytest.StashKey[list[Path]]()
+
+
+def set_roots(config: pytest.Config, requested: tuple[Path, ...]) -> None:
+    """The corpus: `--cases` paths, or the rootdir's cases/. `--cases` replaces cases/ when it only
+    came from testpaths, so `pytest --cases mine/` runs the harness's tests and mine/, not both corpora."""
+    default_root = Path(config.rootpath, "cases")
+    config.stash[_roots_key] = list(requested) or [default_root]
+    if requested:
+        from_testpaths = config.args_source == pytest.Config.ArgsSource.TESTPATHS
+        kept = [a for a in config.args if not (from_testpaths and Path(a).resolve() == default_root)]
+        config.args[:] = kept + [str(p) for p in requested if str(p) not in kept]
+
+
+def roots(config: pytest.Config) -> list[Path]:
+    return config.stash[_roots_key]
+
+
+def _root_of(config: pytest.Config, path: Path) -> Path | None:
+    for root in roots(config):
+        if path.resolve() == root or path.resolve().is_relative_to(root):
+            return root
+    return None
+
+
+def collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix != ".toml":
+        return None
+    root = _root_of(parent.config, file_path)
+    if root is None:
+        return None
+    if file_path.name == composites.FILE_NAME:
+        return CompositesFile.from_parent(parent, path=file_path)
+    if file_path.name in NON_CASE_FILES:
+        return None
+    return CaseFile.from_parent(parent, path=file_path, root=root if root.is_dir() else root.parent)
+
+
+class CaseFile(pytest.File):
+    def __init__(self, *, root: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = root
+
+    def collect(self) -> Iterator[pytest.Item]:
+        loaded = load_file(self.path, self.root.parent)
+        for error in loaded.errors:
+            yield invalid_item(self, error)
+        candidates = collected_targets(self.config)
+        tiers = collected_tiers(self.config)
+        not_run = NotRunChecks(self.config)
+        for case in loaded.cases:
+            if case.tier not in tiers:
+                continue
+            case_targets = targets_for_case(self.config, case, candidates)
+            for dtype in case.dtypes:
+                for target in case_targets:
+                    if not not_run.add(case, target, dtype):
+                        yield ConformanceItem.from_parent(
+                            self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype
+                        )
+        yield from not_run.items(self)
+
+
+class CompositesFile(pytest.File):
+    """The documents' multi-layer examples: each composite through every plain (non-variant) target."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        rootpath = self.config.rootpath
+        label = str(self.path.relative_to(rootpath)) if self.path.is_relative_to(rootpath) else str(self.path)
+        loaded, errors = composites.load(self.path, label)
+        for error in errors:
+            yield invalid_item(self, error)
+        plain = [t for t in collected_targets(self.config) if not t.adapter.variant]
+        lines = id_lines(self.path.read_text())
+        not_run = NotRunChecks(self.config)
+        for composite in loaded:
+            case = dataclasses.replace(composite.as_case(label), line=lines.get(composite.id, 1))
+            for dtype in case.dtypes:
+                for target in plain:
+                    if not selected_by_markers(self.config, item_markers(case, target)):
+                        continue
+                    if not not_run.add(case, target, dtype):
+                        yield CompositeItem.from_parent(
+                            self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype,
+                            composite=composite,
+                        )  # fmt: skip
+        yield from not_run.items(self)

@@ -1,0 +1,143 @@
+"""The controller: lives on the xdist controller only (or in the single process without xdist).
+
+It hands each worker the run's state directory, turns a worker's death into that check's `crash`
+or `timeout` record, writes every record to the stream as its report arrives (before the terminal
+says the check finished), and at the end writes the results JSON, the report and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import expectations, isolation, report, runner
+from conformance.cases import case_files, load_file
+from conformance.compare import Outcome
+from conformance.plugin.collection import roots
+from conformance.plugin.items import CASE_ERROR_KEY, RECORD_KEY
+from conformance.plugin.options import settings
+from conformance.plugin.run_state import STATE_DIR_INPUT, run_state
+from conformance.plugin.selection import targets
+from conformance.plugin.terminal import failure_text, terminal_safe, write_summary
+from conformance.plugin.usage import process_usage
+from conformance.results import Record, ResultsWriter, atomic_write_text, base_environment, read_stream
+
+ENV_KEY = "conformance_environment"  # workeroutput keys
+USAGE_KEY = "conformance_usage"
+
+
+def corpus_checks(config: pytest.Config) -> list[tuple[str, str, str]]:
+    """Every (case, target, dtype) of the corpus, selected or not: what 'stale' is judged against.
+
+    The corpus is what this run was given plus the directory the expectations file sits in (cases/),
+    so running one case file does not make the entries for the others look stale.
+    """
+    target_ids = [t.id for t in targets(config)]
+    searched = list(roots(config))
+    expectations_path = settings(config).expectations_path
+    if expectations_path is not None and expectations_path.parent.is_dir():
+        searched.append(expectations_path.parent)
+    checks = []
+    for path, root in dict(case_files(searched)).items():
+        for case in load_file(path, root).cases:
+            checks += [(case.qualified_id, t, d) for t in target_ids for d in case.dtypes]
+    return checks
+
+
+class ResultCollector:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        options = settings(config)
+        self.writer = ResultsWriter(options.json_path, ["pytest", *sys.argv[1:]])
+        self.html_path = options.html_path
+        self.known = run_state(config).known
+        self.state_dir = run_state(config).state_dir
+        self.limits = options.limits
+        self.frameworks: dict[str, Any] = {}
+        self.lost_checks: dict[str, dict[str, Any]] = {}  # target -> crash/timeout tally
+        self.processes: dict[str, dict[str, Any]] = {}  # worker id -> process_usage()
+        self.document: dict[str, Any] | None = None
+        self.recovered_report: Path | None = None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[STATE_DIR_INPUT] = str(self.state_dir)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        """A worker died running `crashitem`: report it as a crash or timeout record of its own."""
+        worker = report.node.gateway.id  # type: ignore[attr-defined]
+        record, message, while_loading = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
+        if record is None:  # it died outside a framework call (e.g. collecting): say what is known
+            report.longrepr = f"{report.longrepr}\n{message}"
+            return
+        tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"], "stopped": False})
+        tally["count"] += 1
+        # A death while loading stops the target at once: every later check would load it the same way.
+        tally["stopped"] = tally["stopped"] or while_loading or tally["count"] >= self.limits.crash_limit
+        atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
+        expectations.apply(record, self.known.entries)
+        report.user_properties.append((RECORD_KEY, record))
+        report.longrepr = terminal_safe(failure_text(record))
+        if record["outcome"] == Outcome.XFAIL:
+            report.outcome = "skipped"
+            report.wasxfail = f"known divergence {record['expectation']['id']}"  # type: ignore[attr-defined]
+
+    @pytest.hookimpl(tryfirst=True)  # on disk before the terminal says it finished
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when not in ("call", "???"):  # "???": xdist's report for an item whose worker died
+            return
+        for key, value in report.user_properties:
+            if key == RECORD_KEY:
+                self.writer.add(_record(value))
+            elif key == CASE_ERROR_KEY:
+                self.writer.add_case_error(_record(value))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        output = getattr(node, "workeroutput", {})
+        if output.get(ENV_KEY):
+            for name, info in json.loads(output[ENV_KEY]).items():
+                self.frameworks.setdefault(name, info)
+        if output.get(USAGE_KEY):  # (a crashed worker sends none; its replacement gets an id of its own)
+            self.processes[node.gateway.id] = json.loads(output[USAGE_KEY])
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.writer.records and not self.writer.case_errors:
+            return  # a run of the harness's own tests only: leave the last results alone
+        environment = base_environment()
+        self.frameworks.update({k: v for k, v in runner.loaded_environments().items() if k not in self.frameworks})
+        # Only frameworks that produced results: harness tests in the same process run fake adapters.
+        ran = {record["framework"] for record in self.writer.records}
+        # Keys are frameworks, or targets that run with settings of their own ("tensorflow.conv2d@onednn-on").
+        environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k.split(".")[0] in ran}
+        # Without xdist this process ran the checks; with it, the controller only gathered results.
+        own = "controller" if self.processes else "main"
+        environment["processes"] = {**self.processes, own: process_usage(session.config)}
+        environment["thread_limits"] = run_state(session.config).thread_limits
+        known = expectations.statuses(self.known.entries, self.writer.records, corpus_checks(session.config))
+        self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known)
+        if self.html_path is not None:
+            report.write_report(self.document, self.html_path)
+        if self.writer.preserved is not None and self.html_path is not None:
+            # The killed run's finished results, drawn beside this run's report.
+            self.recovered_report = self.html_path.with_name(f"{self.writer.preserved.stem}.html")
+            report.write_report(read_stream(self.writer.preserved), self.recovered_report)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.document is not None:
+            write_summary(
+                terminalreporter, self.document, self.lost_checks, self.writer.preserved, self.recovered_report,
+                self.writer.json_path, self.html_path,
+            )  # fmt: skip
+
+
+def _record(value: object) -> Record:
+    """A record as it came off a report (user_properties are typed `object`)."""
+    assert isinstance(value, dict), f"not a record: {value!r}"
+    return value  # type: ignore[return-value]

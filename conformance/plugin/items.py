@@ -1,0 +1,273 @@
+"""The test items: one check (`ConformanceItem`), one composite through one target
+(`CompositeItem`), every check of a target this machine cannot run (`NotRunItem`), the fuzzer
+(`FuzzItem`) and a case, file or known-divergence entry that failed validation (`InvalidCaseItem`).
+
+Every item that calls a framework does so through `ConformanceItem._guarded`: the worker guard
+notes the check, arms its time limit and caps memory (conformance/isolation.py), and a target that
+crashed too often is skipped. Records travel to the controller on the item's report
+(`user_properties`, builtin types only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import composites, expectations, isolation, runner
+from conformance.adapters import Target
+from conformance.cases import Case, CaseError
+from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
+from conformance.plugin.options import settings
+from conformance.plugin.run_state import run_state
+from conformance.plugin.selection import every_marker, item_keywords, item_markers, no_device_reason, targets
+from conformance.plugin.terminal import failure_text, terminal_safe
+from conformance.plugin.usage import count_checks
+from conformance.results import Record
+
+RECORD_KEY = "conformance"
+CASE_ERROR_KEY = "conformance_case_error"
+# How the frameworks word an allocation failure (NumPy/Python, PyTorch, TensorFlow, XLA).
+OUT_OF_MEMORY = re.compile(r"MemoryError|out of memory|can't allocate|ResourceExhausted|RESOURCE_EXHAUSTED", re.I)
+
+# The hooks a check gives fault isolation: the record right before the framework call, and "loaded".
+Check = Callable[[Callable[[Record], None], Callable[[], None]], Record]
+
+
+class ConformanceFailure(Exception):
+    pass
+
+
+_guard_key = pytest.StashKey[isolation.WorkerGuard]()
+
+
+def worker_guard(config: pytest.Config) -> isolation.WorkerGuard:
+    """This process's guard; without xdist the one process guards itself (a crash still ends the run)."""
+    if _guard_key not in config.stash:
+        worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        config.stash[_guard_key] = isolation.WorkerGuard(run_state(config).state_dir, worker, settings(config).limits)
+    return config.stash[_guard_key]
+
+
+# A large tier has 100,000 items in every worker: items share their marker objects and -k keyword
+# sets (never changed after collection) instead of holding copies, about a third of an item's memory.
+_marks: dict[str, pytest.Mark] = {}
+_keyword_sets: dict[tuple[Any, ...], set[str]] = {}
+
+
+def _shared_mark(name: str) -> pytest.Mark:
+    if name not in _marks:
+        _marks[name] = getattr(pytest.mark, name).mark
+    return _marks[name]
+
+
+class ConformanceItem(pytest.Item):
+    def __init__(self, *, case: Case, target: Target, dtype: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case, self.target, self.dtype = case, target, dtype
+        for marker in sorted(item_markers(case, target)):
+            mark = _shared_mark(marker)  # what add_marker does, without its per-call import
+            self.keywords[marker] = mark
+            self.own_markers.append(mark)
+        key = (case.tags, dtype, target.id)
+        if key not in _keyword_sets:
+            _keyword_sets[key] = item_keywords(case, target, dtype)
+        self.extra_keyword_matches = _keyword_sets[key]
+
+    def runtest(self) -> None:
+        started = time.time()
+        record = self._guarded(self._check)
+        count_checks(self.config, 1, started)
+        expectations.apply(record, run_state(self.config).known.entries)
+        self.user_properties.append((RECORD_KEY, record))
+        outcome = Outcome(record["outcome"])
+        if outcome in NOT_RUN:
+            # Report the skip at the case's line in its file, not inside the plugin.
+            raise pytest.skip.Exception(terminal_safe(f"{outcome.value}: {record['message']}"), _use_item_location=True)
+        if outcome == Outcome.XFAIL:
+            known = record["expectation"]
+            raise pytest.xfail.Exception(
+                f"known divergence {known['id']} ({record['observed_outcome']}), {known['link']}"
+            )
+        if outcome == Outcome.XPASS and not record["expectation"]["strict"]:
+            return
+        if outcome not in CONFORMANT:
+            raise ConformanceFailure(record)
+
+    def _check(self, before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record:
+        return runner.run_check(
+            self.case,
+            self.target,
+            self.dtype,
+            before_call=before_call,
+            after_load=after_load,
+            repeat=settings(self.config).repeat_for(self.target.device),
+        )
+
+    def _guarded(self, check: Check) -> Record:
+        """`check` under the worker guard: noted before it starts (so a crash or hang is reported as
+        this check's), with its time limit, and not run at all for a target stopped by crashes."""
+        guard = worker_guard(self.config)
+        broken = guard.broken(self.target.id)
+        if broken is not None:
+            verdict = Verdict(
+                Outcome.SKIP,
+                f"not run: {self.target.id} crashed or timed out {broken['count']} time(s) in this run "
+                f"(first: {broken['first']}); --conformance-crash-limit is {guard.limits.crash_limit}",
+            )
+            return runner.make_record(self.case, self.target, self.dtype, verdict)
+        # A broken build may die importing its framework, long before the call itself.
+        dead = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
+        guard.starting(self.nodeid, runner.make_record(self.case, self.target, self.dtype, dead))
+        try:
+            record = check(guard.progress, guard.loaded)
+        except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
+            record = runner.harness_error_record(self.case, self.target, self.dtype, exc)
+        finally:
+            guard.finished()
+        if record["outcome"] == Outcome.ERROR and OUT_OF_MEMORY.search(record["message"] or ""):
+            record["message"] += isolation.memory_hint(guard.limits)
+        return record
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ConformanceFailure):
+            return terminal_safe(failure_text(excinfo.value.args[0]))
+        if isinstance(excinfo.value, pytest.xfail.Exception):
+            # pytest formats even an xfail's traceback, parsing the source of every frame: about
+            # 0.35 s per known divergence, for text nobody reads (the reason is the report's line).
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo, style))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return (
+            self.path,
+            (self.case.line - 1 if self.case.line else None),
+            f"{self.case.qualified_id} {self.target.id} {self.dtype}",
+        )
+
+
+class CompositeItem(ConformanceItem):
+    """One of the documents' multi-layer examples through one target, guarded like any check."""
+
+    def __init__(self, *, composite: composites.Composite, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.composite = composite
+
+    def _check(self, before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record:
+        return composites.run_check(
+            self.composite, self.case, self.target, self.dtype, before_call=before_call, after_load=after_load
+        )
+
+
+class NotRunItem(pytest.Item):
+    """Every check of one target (and tier) in one file, skipped for a reason known before any
+    framework loads: still one result record per check, so reports show the missing columns."""
+
+    def __init__(self, *, target: Target, checks: list[tuple[Case, str]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target, self.checks = target, checks
+        for marker in sorted(item_markers(checks[0][0], target)):  # (every check here has the same tier)
+            self.add_marker(marker)
+        for case, dtype in checks:
+            self.extra_keyword_matches.update(item_keywords(case, target, dtype))
+
+    def runtest(self) -> None:
+        reason = no_device_reason(self.config, self.target) or "not run"
+        entries = run_state(self.config).known.entries
+        count_checks(self.config, len(self.checks), time.time())
+        for case, dtype in self.checks:
+            record = runner.make_record(case, self.target, dtype, Verdict(Outcome.SKIP, reason))
+            expectations.apply(record, entries)
+            self.user_properties.append((RECORD_KEY, record))
+        raise pytest.skip.Exception(f"{self.target.id}: {len(self.checks)} check(s) not run: {reason}")
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.target.id}: {len(self.checks)} checks not run"
+
+
+class NotRunChecks:
+    """Checks whose device this machine lacks, gathered per (target, tier) while a file is collected:
+    on a machine without a GPU they are a third of the corpus, and one pytest item each would cost
+    more than all the CPU checks' harness work together."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.checks: dict[tuple[Target, str], list[tuple[Case, str]]] = {}
+
+    def add(self, case: Case, target: Target, dtype: str) -> bool:
+        """Keep the check if its target cannot run here (True); False: it needs an item of its own."""
+        if no_device_reason(self.config, target) is None:
+            return False
+        self.checks.setdefault((target, case.tier), []).append((case, dtype))
+        return True
+
+    def items(self, parent: pytest.File) -> Iterator[NotRunItem]:
+        for (target, tier), checks in self.checks.items():
+            suffix = "" if tier == "default" else f"-{tier}"
+            yield NotRunItem.from_parent(parent, name=f"not-run{suffix}[{target.id}]", target=target, checks=checks)
+
+
+class FuzzItem(pytest.Item):
+    """--conformance-fuzz N: one item that explores, shrinks and writes out what it finds."""
+
+    def runtest(self) -> None:
+        from conformance import fuzz
+
+        config = self.config
+        options = settings(config)
+        fuzz_targets = fuzz.select(targets(config), list(options.fuzz_target_globs))
+        if not fuzz_targets:
+            raise pytest.UsageError("--conformance-fuzz-target matches no CPU target")
+        out_dir = options.json_path.parent / "fuzz"
+        result = fuzz.explore(
+            options.fuzz_examples, fuzz_targets, run_state(config).known.entries, out_dir, seed=options.fuzz_seed
+        )
+        if result.divergence is not None:
+            record = result.divergence.record
+            raise ConformanceFailure(
+                f"fuzzing found a divergence ({result.checked} configurations tried, shrunk to a minimal one); "
+                f"case file: {result.case_file}\n\n{failure_text(record)}"
+            )
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ConformanceFailure):
+            return terminal_safe(str(excinfo.value.args[0]))
+        return str(super().repr_failure(excinfo, style))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return Path(self.config.rootpath), None, self.name
+
+
+class InvalidCaseItem(pytest.Item):
+    """A case (or file) that failed validation: fails with the precise error, nothing else stops."""
+
+    def __init__(self, *, error: CaseError, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error = error
+        # The broken case would have run on every target: keep it in any -m selection of them.
+        for marker in every_marker(self.config):
+            self.add_marker(marker)
+
+    def runtest(self) -> None:
+        self.user_properties.append((CASE_ERROR_KEY, dataclasses.asdict(self.error)))
+        raise ConformanceFailure(str(self.error))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        return terminal_safe(f"invalid case file: {self.error}")
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return (
+            self.path,
+            (self.error.line - 1 if self.error.line else None),
+            terminal_safe(f"invalid case: {self.error.case or self.error.file}"),
+        )
+
+
+def invalid_item(parent: pytest.Collector, error: CaseError, kind: str = "case-file-error") -> InvalidCaseItem:
+    name = terminal_safe(f"{error.case or '(file)'}[{kind}]")
+    return InvalidCaseItem.from_parent(parent, name=name, error=error)

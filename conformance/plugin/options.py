@@ -1,0 +1,208 @@
+"""The plugin's command-line options, and `Settings`: all of them read once, typed and resolved
+(paths against the invocation directory, the memory limit against the worker count)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conformance import isolation
+
+TIERS = ("default", "extended", "large")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "dilated-convolution conformance")
+    group.addoption(
+        "--cases",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="case file or directory to run instead of the default cases/ (repeatable)",
+    )
+    group.addoption(
+        "--conformance-json",
+        default="reports/results.json",
+        metavar="PATH",
+        help="where to write the results JSON (default: reports/results.json; a .jsonl stream sits beside it)",
+    )
+    group.addoption(
+        "--conformance-html",
+        default="reports/index.html",
+        metavar="PATH",
+        help="where to write the HTML report (default: reports/index.html; 'none' to skip it)",
+    )
+    group.addoption(
+        "--conformance-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="time limit per framework call; a check past it is stopped and reported as timeout (default 300; 0: none)",
+    )
+    group.addoption(
+        "--conformance-load-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="extra time for the first check of each target in each worker, which imports its framework (default 300)",
+    )
+    group.addoption(
+        "--conformance-memory-limit",
+        default="auto",
+        metavar="SIZE",
+        help="memory each worker may allocate, e.g. 4G; past it a check gets an out-of-memory error "
+        "(default auto: 80%% of RAM shared among the workers, none on a machine with a GPU driver; 'none')",
+    )
+    group.addoption(
+        "--conformance-crash-limit",
+        type=int,
+        default=3,
+        metavar="N",
+        help="after N crashes or timeouts of one target, its remaining checks are skipped (default 3)",
+    )
+    group.addoption(
+        "--conformance-repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="call each framework N times per check; outputs that are not bitwise identical are "
+        "reported as nondeterministic (default 1: no repeat)",
+    )
+    group.addoption(
+        "--conformance-gpu-repeat",
+        type=int,
+        default=3,
+        metavar="N",
+        help="the same for GPU targets, whose libraries may pick nondeterministic algorithms per shape "
+        "(default 3; the larger of this and --conformance-repeat applies)",
+    )
+    group.addoption(
+        "--conformance-gpu",
+        choices=("auto", "probe"),
+        default="auto",
+        help="auto: on a machine without a GPU driver, report each GPU target's checks as skipped in one "
+        "item per target and case file, without loading a framework; probe: one item per check, each "
+        "asking its framework for a device (default auto)",
+    )
+    group.addoption(
+        "--conformance-tier",
+        choices=TIERS,
+        default="default",
+        help='default: the corpus that runs in minutes; extended: also the larger grids marked tier = "extended"; '
+        'large: also the 100,000-check tier (tier = "large"), which -m large selects alone',
+    )
+    group.addoption(
+        "--conformance-target",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="collect only targets whose id matches (repeatable), e.g. 'torch.*-cpu'; unlike -k, the others are "
+        "never collected, which matters for large corpora",
+    )
+    group.addoption(
+        "--conformance-fuzz",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also explore N random configurations with Hypothesis across the CPU targets; a divergence is "
+        "shrunk to a minimal case and written as a case file under fuzz/ beside the results (default 0: off)",
+    )
+    group.addoption(
+        "--conformance-fuzz-target",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="fuzz only targets whose id matches (repeatable), e.g. 'torch.*'",
+    )
+    group.addoption(
+        "--conformance-fuzz-seed", type=int, default=0, metavar="SEED", help="the exploration's seed (default 0)"
+    )
+    group.addoption(
+        "--expectations",
+        default=None,
+        metavar="PATH",
+        help="known divergences file (default: cases/expectations.toml under the rootdir; 'none' for none)",
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    cases: tuple[Path, ...]  # --cases, resolved; empty: the rootdir's cases/
+    json_path: Path
+    html_path: Path | None
+    expectations_path: Path | None  # None: no known divergences
+    limits: isolation.Limits
+    repeat: int
+    gpu_repeat: int
+    gpu_mode: str  # "auto" or "probe"
+    tier: str
+    target_globs: tuple[str, ...]
+    mark_expression: str
+    fuzz_examples: int
+    fuzz_target_globs: tuple[str, ...]
+    fuzz_seed: int
+    workers: int  # xdist workers of this run (0: none)
+
+    def repeat_for(self, device: str) -> int:
+        """Calls per check: GPU libraries may pick nondeterministic algorithms per shape, so GPU
+        targets repeat by default."""
+        return max(1, max(self.repeat, self.gpu_repeat) if device == "gpu" else self.repeat)
+
+
+_settings_key = pytest.StashKey[Settings]()
+
+
+def settings(config: pytest.Config) -> Settings:
+    if _settings_key not in config.stash:
+        config.stash[_settings_key] = _read(config)
+    return config.stash[_settings_key]
+
+
+def invocation_path(config: pytest.Config, option: str) -> Path:
+    path = Path(option)
+    return path if path.is_absolute() else Path(config.invocation_params.dir, path)
+
+
+def _read(config: pytest.Config) -> Settings:
+    html = config.getoption("conformance_html")
+    expectations = config.getoption("expectations")
+    expectations_path = None
+    if expectations != "none":
+        expectations_path = invocation_path(config, expectations) if expectations else None
+        expectations_path = expectations_path or Path(config.rootpath, "cases", "expectations.toml")
+    # A worker's own options do not carry the resolved -n; xdist tells each worker the count.
+    workers = getattr(config, "workerinput", {}).get("workercount") or getattr(config.option, "numprocesses", None)
+    return Settings(
+        cases=tuple(Path(p).resolve() for p in config.getoption("cases")),
+        json_path=invocation_path(config, config.getoption("conformance_json")),
+        html_path=None if html == "none" else invocation_path(config, html),
+        expectations_path=expectations_path,
+        limits=_limits(config, int(workers or 1)),
+        repeat=config.getoption("conformance_repeat"),
+        gpu_repeat=config.getoption("conformance_gpu_repeat"),
+        gpu_mode=config.getoption("conformance_gpu"),
+        tier=config.getoption("conformance_tier"),
+        target_globs=tuple(config.getoption("conformance_target")),
+        mark_expression=config.getoption("markexpr") or "",
+        fuzz_examples=config.getoption("conformance_fuzz"),
+        fuzz_target_globs=tuple(config.getoption("conformance_fuzz_target")),
+        fuzz_seed=config.getoption("conformance_fuzz_seed"),
+        workers=int(workers or 0),
+    )
+
+
+def _limits(config: pytest.Config, workers: int) -> isolation.Limits:
+    try:
+        option = config.getoption("conformance_memory_limit")
+        memory = isolation.default_memory_limit(workers) if option == "auto" else isolation.parse_size(option)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--conformance-memory-limit: {exc}") from None
+    timeout = config.getoption("conformance_timeout")
+    return isolation.Limits(
+        timeout_s=timeout if timeout and timeout > 0 else None,
+        load_timeout_s=max(0.0, config.getoption("conformance_load_timeout")) or None,
+        memory_bytes=memory,
+        crash_limit=max(1, config.getoption("conformance_crash_limit")),
+    )

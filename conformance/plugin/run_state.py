@@ -1,0 +1,83 @@
+"""What one run shares across its processes: the state directory (fault isolation's state files,
+shared framework caches), the known divergences, and the environment the workers inherit.
+
+The controller (or the single process without xdist) makes the state directory and sets the
+environment before xdist starts any worker; each worker reads the directory from its workerinput.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conformance import expectations
+from conformance.plugin.options import settings
+from conformance.plugin.selection import targets
+
+STATE_DIR_INPUT = "conformance_state_dir"  # the workerinput key
+
+
+@dataclass
+class RunState:
+    state_dir: Path
+    known: expectations.LoadedExpectations
+    thread_limits: dict[str, str] = field(default_factory=dict)  # what share_cores set
+
+
+_run_key = pytest.StashKey[RunState]()
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def run_state(config: pytest.Config) -> RunState:
+    return config.stash[_run_key]
+
+
+def start(config: pytest.Config) -> RunState:
+    """Load the known divergences; on the controller also make the state directory and the
+    workers' environment (restored when the run ends: pytest may run inside a test)."""
+    path = settings(config).expectations_path
+    known = expectations.LoadedExpectations([], [])
+    if path is not None:
+        label = path.resolve().relative_to(config.rootpath) if path.resolve().is_relative_to(config.rootpath) else path
+        known = expectations.load(path, str(label))
+    if is_worker(config):
+        state = RunState(Path(config.workerinput[STATE_DIR_INPUT]), known)  # type: ignore[attr-defined]
+    else:
+        state_dir = Path(tempfile.mkdtemp(prefix="conformance-run-"))
+        config.add_cleanup(lambda: shutil.rmtree(state_dir, ignore_errors=True))
+        saved = dict(os.environ)
+        config.add_cleanup(lambda: (os.environ.clear(), os.environ.update(saved)))
+        workers = settings(config).workers
+        state = RunState(state_dir, known, share_cores(workers))
+        if workers > 1:
+            for framework in {t.adapter.framework for t in targets(config)}:
+                for variable, value in framework.worker_environment(state_dir).items():
+                    os.environ.setdefault(variable, value)
+    config.stash[_run_key] = state
+    return state
+
+
+def share_cores(workers: int) -> dict[str, str]:
+    """With W xdist workers, each framework in each worker gets cores // W threads, through the
+    variables every one of them reads at import (workers and their child processes inherit this
+    process's environment). W processes that each spread every convolution over all cores
+    oversubscribe the machine: at -n 2 on 2 cores the frameworks' own time rose by half
+    (benchmarks/run.py). Variables already set are left alone. Returns what it set."""
+    if workers < 2:
+        return {}
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    variables = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+    wanted = {name: str(threads) for name in (*variables, "TF_NUM_INTEROP_THREADS")}
+    set_here = {name: value for name, value in wanted.items() if name not in os.environ}
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+        set_here["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
+    os.environ.update(set_here)
+    return set_here

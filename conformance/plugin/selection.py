@@ -1,0 +1,130 @@
+"""Which targets, tiers and checks a run collects, and the markers and keywords an item carries.
+
+Targets are the built-in adapters plus those of `pytest_conformance_adapters`; their frameworks'
+records (conformance/frameworks.py) give the `-m` markers. `-m` is applied while collecting, so a
+check it rules out is never made: collecting 100,000 items only for pytest to deselect them costs
+seconds and hundreds of MB per worker.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any
+
+import pytest
+
+from conformance import frameworks
+from conformance.adapters import ADAPTERS, QUANTITIES, Target, all_targets
+from conformance.adapters.modes import no_gpu_reason
+from conformance.cases import Case
+from conformance.plugin.options import TIERS, settings
+
+# Markers that are not frameworks.
+PLACES = {"cpu": "targets on the CPU", "gpu": "targets on a GPU"}
+KINDS = {
+    "conformance": "every case x target x dtype check",
+    "extended": "checks of the extended tier (--conformance-tier extended)",
+    "large": "checks of the large tier: collected only when -m names it (or with --conformance-tier large)",
+}
+
+_targets_key = pytest.StashKey[list[Target]]()
+_no_gpu_key = pytest.StashKey[str | None]()
+_mark_expression_key = pytest.StashKey[tuple[Any, dict[frozenset[str], bool]]]()
+
+
+def targets(config: pytest.Config) -> list[Target]:
+    """Built-in targets plus those of `pytest_conformance_adapters` implementations, whose
+    frameworks are registered here (so version conditions, labels and markers know them)."""
+    if _targets_key not in config.stash:
+        extra = [adapter for group in config.hook.pytest_conformance_adapters(config=config) for adapter in group]
+        for adapter in extra:
+            frameworks.register(adapter.framework)
+        config.stash[_targets_key] = all_targets((*ADAPTERS, *extra))
+    return config.stash[_targets_key]
+
+
+def register_markers(config: pytest.Config) -> None:
+    names = {t.adapter.framework.name: t.adapter.framework.title for t in targets(config)}
+    for name, title in sorted(names.items()):
+        config.addinivalue_line("markers", f"{name}: {title} targets")
+    for name, text in {**PLACES, **KINDS}.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def every_marker(config: pytest.Config) -> list[str]:
+    """What an item that concerns every check carries (a broken case file would have run on all)."""
+    return sorted({t.adapter.framework.name for t in targets(config)} | set(PLACES) | set(KINDS))
+
+
+def collected_targets(config: pytest.Config) -> list[Target]:
+    globs = settings(config).target_globs
+    every = targets(config)
+    return [t for t in every if any(fnmatch.fnmatchcase(t.id, g) for g in globs)] if globs else every
+
+
+def collected_tiers(config: pytest.Config) -> tuple[str, ...]:
+    """The option's tier and those below it; the large tier also whenever -m names it, so that
+    `-m large` alone runs it (and collects nothing else: see `selected_by_markers`)."""
+    tier = settings(config).tier
+    tiers = TIERS[: TIERS.index(tier) + 1]
+    if "large" not in tiers and re.search(r"\blarge\b", settings(config).mark_expression):
+        tiers = (*tiers, "large")
+    return tiers
+
+
+def case_targets(config: pytest.Config, case: Case, candidates: list[Target]) -> list[Target]:
+    """The targets a case runs on: derivative targets only for the order it opts into, and only
+    those `-m` can select."""
+    return [
+        t
+        for t in candidates
+        if QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
+        and selected_by_markers(config, item_markers(case, t))
+    ]
+
+
+def selected_by_markers(config: pytest.Config, markers: frozenset[str]) -> bool:
+    """Whether -m can select an item with these markers. pytest's own deselection still runs
+    afterwards: any doubt (a marker with arguments) keeps the item."""
+    expression = settings(config).mark_expression
+    if not expression:
+        return True
+    if _mark_expression_key not in config.stash:
+        try:
+            from _pytest.mark.expression import Expression
+
+            compiled: Any = Expression.compile(expression)
+        except Exception:  # pytest reports a bad expression itself; collect everything
+            compiled = None
+        config.stash[_mark_expression_key] = (compiled, {})
+    compiled, selected = config.stash[_mark_expression_key]
+    if compiled is None:
+        return True
+    if markers not in selected:  # a few distinct marker sets, each evaluated once
+        selected[markers] = bool(compiled.evaluate(lambda name, **arguments: bool(arguments) or name in markers))
+    return selected[markers]
+
+
+_item_markers: dict[tuple[str, str, str], frozenset[str]] = {}
+
+
+def item_markers(case: Case, target: Target) -> frozenset[str]:
+    key = (case.tier, target.adapter.framework.name, target.device)
+    if key not in _item_markers:
+        _item_markers[key] = frozenset(["conformance", *key[1:], *([case.tier] if case.tier != "default" else [])])
+    return _item_markers[key]
+
+
+def item_keywords(case: Case, target: Target, dtype: str) -> set[str]:
+    """What -k matches beside the id: tags, dtype, op, precision mode, variant ("plain": none)."""
+    return {*case.tags, dtype, target.adapter.op, target.precision, target.adapter.variant or "plain"}
+
+
+def no_device_reason(config: pytest.Config, target: Target) -> str | None:
+    """Why `target` cannot run on this machine, known without loading its framework (or None)."""
+    if target.device != "gpu" or settings(config).gpu_mode == "probe":
+        return None
+    if _no_gpu_key not in config.stash:
+        config.stash[_no_gpu_key] = no_gpu_reason()
+    return config.stash[_no_gpu_key]

@@ -1,0 +1,30 @@
+"""What a process that ran checks used: how many it ran and when, its peak memory and its time split
+(the results' `environment.processes`; benchmarks/ reads them)."""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import pytest
+
+from conformance import timing
+
+_checks_key = pytest.StashKey[dict[str, Any]]()
+
+
+def count_checks(config: pytest.Config, checks: int, started: float) -> None:
+    """Checks run in this process, and the span from the first one's start to the last one's end: the
+    parallel part of a run, without process start, collection and the report."""
+    usage = config.stash.setdefault(_checks_key, {"checks": 0, "first_check_at": started})
+    usage["checks"] += checks
+    usage["last_check_at"] = time.time()
+
+
+def process_usage(config: pytest.Config) -> dict[str, Any]:
+    return {
+        **config.stash.get(_checks_key, {"checks": 0}),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
+        **{kind: round(total, 3) for kind, total in timing.totals().items()},
+    }
