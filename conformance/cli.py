@@ -171,4 +171,5 @@ def main(argv: list[str] | None = None) -> int:
     digest.set_defaults(run=_hashes)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    status: int = args.run(args)
+    return status

@@ -74,12 +74,13 @@ class ErrorModel:
     def bound(self, reference: np.ndarray, abs_products: np.ndarray) -> np.ndarray:
         u = self.unit_roundoff
         n = self.accumulation_length
-        return self.scale * (
+        bound: np.ndarray = self.scale * (
             gamma(self.rounding_steps, u) * abs_products
             + u * np.abs(reference)
             + n * self.fmt.smallest_normal
             + gamma(n, FLOAT64_UNIT_ROUNDOFF) * abs_products
         )
+        return bound
 
     def requires_exact(self, x: np.ndarray, w: np.ndarray, abs_products: np.ndarray) -> bool:
         """Integer data whose largest partial sum fits the significand: any order is exact."""
@@ -192,7 +193,8 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raw = np.ascontiguousarray(x).view(view).astype(np.int64)
         return np.where(raw < 0, -(raw & magnitude_mask), raw).astype(np.float64)
 
-    return np.abs(ordered(a) - ordered(b))
+    distance: np.ndarray = np.abs(ordered(a) - ordered(b))
+    return distance
 
 
 def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:

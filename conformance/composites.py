@@ -30,6 +30,7 @@ from conformance.adapters import Adapter, CallParams, ConvCall, Target
 from conformance.cases import Case, CaseError
 from conformance.dtypes import float_format
 from conformance.generators import generate
+from conformance.records import Record
 from conformance.semantics import geometry
 
 FILE_NAME = "composites.toml"
@@ -143,7 +144,7 @@ def framework_conv(
 
     def conv(x: np.ndarray, w: np.ndarray, rate: int) -> np.ndarray:
         geo = geometry("SAME", x.shape[1:3], w.shape[:2], (rate, rate), (1, 1))
-        params = CallParams(x.shape, w.shape, (rate, rate), (1, 1), "SAME", geo, 1, dtype)  # type: ignore[arg-type]
+        params = CallParams(x.shape, w.shape, (rate, rate), (1, 1), "SAME", geo, 1, dtype)
         reason = adapter.unsupported_reason(params)
         if reason:
             raise NotImplementedError(reason)
@@ -215,9 +216,9 @@ def run_check(
     case: Case,
     target: Target,
     dtype: str,
-    before_call: Callable[[dict[str, Any]], None] | None = None,
+    before_call: Callable[[Record], None] | None = None,
     after_load: Callable[[], None] | None = None,
-) -> dict[str, Any]:
+) -> Record:
     """One composite through one target: a result record like any check's (outcome, message,
     reproduction), with the receptive field's picture for stacks. `before_call` and `after_load`
     are the fault isolation's hooks, as for `runner.run_check`."""
@@ -232,9 +233,9 @@ def _run_check(
     case: Case,
     target: Target,
     dtype: str,
-    before_call: Callable[[dict[str, Any]], None] | None,
+    before_call: Callable[[Record], None] | None,
     after_load: Callable[[], None] | None,
-) -> dict[str, Any]:
+) -> Record:
     from conformance.adapters import Unavailable
     from conformance.compare import Outcome, Verdict, exception_text
     from conformance.runner import make_record

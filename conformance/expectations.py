@@ -26,6 +26,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from conformance import frameworks, sweeps
 from conformance.cases import CaseError, SourceLines, explain_schema_error, field_path, id_lines, strict_validator
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
+from conformance.records import Record
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "expectations.schema.json"
 FILE_NAME = "expectations.toml"
@@ -115,7 +116,8 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
         return LoadedExpectations([], [CaseError(label, f"cannot read known divergences: {exc}")])
     lines = id_lines(text)
     source = SourceLines(text, "divergence")
-    raw_entries = document.get("divergence") if isinstance(document.get("divergence"), list) else []
+    found = document.get("divergence")
+    raw_entries: list[Any] = found if isinstance(found, list) else []
     errors: list[CaseError] = []
     bad: set[int] = set()
     for error in _validator().iter_errors(document):
@@ -188,9 +190,7 @@ def unmatched_globs(entries: Iterable[Expectation], case_ids: list[str], target_
     return errors
 
 
-def apply(
-    record: dict[str, Any], entries: Iterable[Expectation], environ: Mapping[str, str] | None = None
-) -> dict[str, Any]:
+def apply(record: Record, entries: Iterable[Expectation], environ: Mapping[str, str] | None = None) -> Record:
     """Turn a matched failure into xfail and a matched success into xpass (in place; returns the record)."""
     environ = os.environ if environ is None else environ
     entry = next((e for e in entries if e.matches(record, environ)), None)

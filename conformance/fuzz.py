@@ -21,6 +21,7 @@ from conformance import expectations, runner
 from conformance.adapters import QUANTITIES, Target
 from conformance.cases import Case, CaseFileError, build_case
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
+from conformance.records import Record
 from conformance.results import atomic_write_text
 
 EXCUSED = CONFORMANT | NOT_RUN | {Outcome.XFAIL}
@@ -71,7 +72,7 @@ def configurations() -> Any:
 @dataclass
 class Divergence:
     raw: dict[str, Any]
-    record: dict[str, Any]
+    record: Record
 
 
 @dataclass

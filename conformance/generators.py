@@ -57,8 +57,8 @@ def _generate(spec: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
         # Modulo bias is below 2**-50 for any span a case can state; determinism matters more.
         return (low + (_raw_words(seed, count) % span).astype(np.int64)).astype(np.float64).reshape(shape)
     if kind == "uniform":
-        low, high = float(spec.get("low", -1.0)), float(spec.get("high", 1.0))
-        return (low + (high - low) * _unit_uniforms(seed, count)).reshape(shape)
+        start, end = float(spec.get("low", -1.0)), float(spec.get("high", 1.0))
+        return (start + (end - start) * _unit_uniforms(seed, count)).reshape(shape)
     if kind == "normal":
         mean, std = float(spec.get("mean", 0.0)), float(spec.get("std", 1.0))
         u = _unit_uniforms(seed, count * _IRWIN_HALL_TERMS).reshape(count, _IRWIN_HALL_TERMS)

@@ -38,6 +38,7 @@ from typing import IO, Any, NamedTuple
 
 from conformance.adapters.modes import gpu_driver_present
 from conformance.compare import Outcome
+from conformance.records import Record
 
 BROKEN_TARGETS_FILE = "broken-targets.json"
 LOG_EXCERPT_LINES = 24
@@ -113,7 +114,7 @@ class WorkerGuard:
             cap = limits.memory_bytes if hard == resource.RLIM_INFINITY else min(limits.memory_bytes, hard)
             resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
 
-    def starting(self, nodeid: str, record: dict[str, Any]) -> None:
+    def starting(self, nodeid: str, record: Record) -> None:
         """Called when a check starts, before the framework is even imported: what the controller
         needs if the process never returns. Arms the time limit for the whole check."""
         if not self._faulthandler_ours:
@@ -138,7 +139,7 @@ class WorkerGuard:
         }
         self._arm(limit)
 
-    def progress(self, record: dict[str, Any]) -> None:
+    def progress(self, record: Record) -> None:
         """Right before the framework call: the fuller record (data hashes, reproduction), and the
         time limit restarts for the call itself."""
         rearm = self._state["limit_s"] != self.limits.timeout_s  # (the first check's includes loading)
@@ -207,7 +208,7 @@ def _excerpt(log: str) -> str:
 
 
 class LostCheck(NamedTuple):
-    record: dict[str, Any] | None  # None when the state file is not about this item
+    record: Record | None  # None when the state file is not about this item
     message: str
     while_loading: bool  # died before the framework call: importing it, not this case, is at fault
 
@@ -247,8 +248,8 @@ def lost_check_record(state_dir: Path, worker_id: str, nodeid: str, limits: Limi
         message += "\n" + _excerpt(log)
     if state.get("nodeid") != nodeid:
         return LostCheck(None, message, False)
-    record = dict(state["record"])
-    record.update(outcome=outcome.value, message=message)
+    record: Record = state["record"]  # (as the worker wrote it, from a Record)
+    record["outcome"], record["message"] = outcome.value, message
     if outcome == Outcome.TIMEOUT:
         record["duration_s"] = state.get("limit_s") or limits.timeout_s
     return LostCheck(record, message, state.get("phase") == LOADING)

@@ -14,66 +14,16 @@ import platform
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, TypedDict
+from typing import IO, Any
 
 from conformance import __version__, frameworks
 from conformance.expectations import COUNTS, status_from_counts
+from conformance.records import Record
 
 SCHEMA_VERSION = 1
-
-
-class Record(TypedDict, total=False):
-    """One result record, as docs/results-format.md describes it: JSON's builtin types only (it
-    crosses processes on pytest reports). Keys after `duration_s` appear only where they apply."""
-
-    case: str
-    case_file: str
-    target: str
-    framework: str
-    framework_version: str | None
-    op: str
-    variant: str
-    quantity: str
-    baseline: str | None
-    device: str
-    precision: str
-    dtype: str
-    outcome: str
-    input_shape: list[int]
-    kernel_shape: list[int]
-    output_shape: list[int]
-    got_shape: list[int] | None
-    got_dtype: str | None
-    rate: list[int]
-    stride: list[int]
-    padding: str | int | list[list[int]]
-    pads: list[list[int]]
-    groups: int
-    expect: str
-    exact: bool
-    max_abs_error: float | None
-    max_rel_error: float | None
-    max_ulp: float | None
-    error_ratio: float | None
-    worst: dict[str, Any] | None
-    error_map: dict[str, Any] | None
-    message: str
-    reproduction: str
-    input_sha256: str | None
-    kernel_sha256: str | None
-    output_sha256: str | None
-    description: str
-    tags: list[str]
-    duration_s: float | None
-    load_s: float
-    framework_s: float
-    reference_s: float
-    observed_outcome: str  # xfail/xpass: what the target did before a known divergence relabelled it
-    expectation: dict[str, Any]  # the matching known divergence {id, reason, link, strict}
-    run: int  # merged files: index into `runs`
 
 
 TOOL = {"name": "dilated-conv-conformance", "version": __version__}
@@ -145,11 +95,11 @@ def atomic_write(path: Path, write: Callable[[IO[str]], object]) -> None:
         raise
 
 
-def result_key(record: dict[str, Any]) -> tuple[str, str, str]:
+def result_key(record: Mapping[str, Any]) -> tuple[str, str, str]:
     return (record["case"], record["target"], record["dtype"])
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     by_target: dict[str, Counter[str]] = {}
     for record in records:
         by_target.setdefault(record["target"], Counter())[record["outcome"]] += 1
@@ -172,7 +122,7 @@ class ResultsWriter:
         self.json_path = json_path
         self.stream_path = json_path.with_suffix(".jsonl")
         self.command = command or []
-        self.records: list[dict[str, Any]] = []
+        self.records: list[Record] = []
         self.case_errors: list[dict[str, Any]] = []
         self.preserved: Path | None = None  # an earlier, interrupted run's stream, kept
         self._stream: IO[str] | None = None
@@ -198,11 +148,11 @@ class ResultsWriter:
         self._stream.write(json.dumps(entry, allow_nan=False) + "\n")
         self._stream.flush()
 
-    def _append(self, kind: str, record: dict[str, Any]) -> None:
+    def _append(self, kind: str, record: Mapping[str, Any]) -> None:
         self._open_stream()
         self._write_line({"kind": kind, **record})
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: Record) -> None:
         self.records.append(record)
         self._append("result", record)
 
@@ -340,7 +290,8 @@ def run_label(environment: dict[str, Any]) -> str:
 def runs_of(document: dict[str, Any], label: str | None = None) -> list[dict[str, Any]]:
     """The runs behind a document: one for a pytest run, several for a merged file."""
     if "runs" in document:
-        return document["runs"]
+        runs: list[dict[str, Any]] = document["runs"]
+        return runs
     environment = document.get("environment", {})
     return [
         {
@@ -363,7 +314,7 @@ SEVERITY = (
 
 def observed(record: dict[str, Any]) -> str:
     """What the target did, before known divergences relabel it (xfail/xpass)."""
-    return record.get("observed_outcome") or record["outcome"]
+    return str(record.get("observed_outcome") or record["outcome"])
 
 
 def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:

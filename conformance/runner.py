@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -20,6 +20,7 @@ from conformance.adapters import OUTPUT, CallParams, ConvCall, Target, Unavailab
 from conformance.cases import Case, CaseData, materialize
 from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify, exception_text
 from conformance.dtypes import float_format
+from conformance.records import Record
 from conformance.semantics import Geometry
 
 # Frameworks that have run at least once in this process, for the environment block.
@@ -99,10 +100,10 @@ def run_check(
     case: Case,
     target: Target,
     dtype: str,
-    before_call: Callable[[dict[str, Any]], None] | None = None,
+    before_call: Callable[[Record], None] | None = None,
     repeat: int = 1,
     after_load: Callable[[], None] | None = None,
-) -> dict[str, Any]:
+) -> Record:
     """Run one check and return its result record (builtin types only: it crosses processes).
 
     `before_call` gets the record as it stands right before the framework runs (its outcome says
@@ -268,7 +269,7 @@ def _repeat_calls(adapter: Any, call: ConvCall, target: Target, first: Any, repe
     return f"not bitwise reproducible: {distinct} different outputs in {repeat} calls on the same data{where}"
 
 
-def harness_error_record(case: Case, target: Target, dtype: str, exc: BaseException) -> dict[str, Any]:
+def harness_error_record(case: Case, target: Target, dtype: str, exc: BaseException) -> Record:
     """The record of a check that the harness itself could not finish (e.g. the reference ran out
     of memory): reported as an error with the reason rather than lost."""
     return make_record(
@@ -294,7 +295,7 @@ def make_record(
     duration_s: float = 0.0,
     output_hash: str | None = None,
     tangents: derivatives.Tangents | None = None,
-) -> dict[str, Any]:
+) -> Record:
     geo = case.geometry
     return {
         "case": case.qualified_id,
@@ -348,7 +349,10 @@ def _full_reproduction(
     """Copy-paste source: the case's tensors (inline when small) followed by the framework call;
     for a derivative, also its seeded cotangent dy (and the HVP direction vx, vw)."""
     lines = ["import numpy as np"]
-    tensors = [("x", case.input_spec, case.input_shape), ("w", case.kernel_spec, case.kernel_shape)]
+    tensors: list[tuple[str, Mapping[str, Any], tuple[int, ...]]] = [
+        ("x", case.input_spec, case.input_shape),
+        ("w", case.kernel_spec, case.kernel_shape),
+    ]
     if quantity != OUTPUT:
         assert tangents is not None, "a derivative's reproduction needs its tangents"
         names = ("dy", "vx", "vw") if quantity.startswith("hvp") else ("dy",)

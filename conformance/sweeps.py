@@ -240,7 +240,7 @@ def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
 
 
 def combinations_count(sweep: Mapping[str, Any]) -> int:
-    return math.prod(len(values) for values in sweep["axes"].values()) * sweep.get("replicates", 1)
+    return math.prod(len(values) for values in sweep["axes"].values()) * int(sweep.get("replicates", 1))
 
 
 def expand(sweep: Mapping[str, Any], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:

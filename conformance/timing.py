@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from conformance.records import Record
+
 LOAD = "load_s"  # importing a framework, starting its device or child process
 FRAMEWORK = "framework_s"  # the framework's own calls (compilation included: it is the framework's work)
 REFERENCE = "reference_s"  # the float64 NumPy reference: forward answers, derivatives and their bounds
@@ -32,6 +34,10 @@ def totals() -> dict[str, float]:
     return dict(_totals)
 
 
-def since(before: dict[str, float]) -> dict[str, float]:
-    """Seconds of each kind spent since `before` (a `totals()`), rounded for the record."""
-    return {kind: round(_totals[kind] - before[kind], 6) for kind in KINDS}
+def since(before: dict[str, float]) -> Record:
+    """Seconds of each kind spent since `before` (a `totals()`), rounded: the record's timing fields."""
+
+    def spent(kind: str) -> float:
+        return round(_totals[kind] - before[kind], 6)
+
+    return Record(load_s=spent(LOAD), framework_s=spent(FRAMEWORK), reference_s=spent(REFERENCE))

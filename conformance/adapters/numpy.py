@@ -46,7 +46,7 @@ def conv2d_im2col(
     n, o_h, o_w = windows.shape[:3]
     windows = windows.reshape(n, o_h, o_w, groups, c_per_group, k_h, k_w)
     kernel = w.reshape(k_h, k_w, c_per_group, groups, c_out // groups)
-    y = np.einsum("nhwgcuv,uvcgo->nhwgo", windows, kernel, optimize=True)
+    y: np.ndarray = np.einsum("nhwgcuv,uvcgo->nhwgo", windows, kernel, optimize=True)
     return y.reshape(n, o_h, o_w, c_out).astype(out_dtype)
 
 

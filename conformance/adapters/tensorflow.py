@@ -16,6 +16,7 @@ eager call in a child process started with `TF_ENABLE_ONEDNN_OPTS` set (it is re
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -329,7 +330,7 @@ class TensorFlowDerivative(DerivativeAdapter, DescribedAdapter):
         wrt = Name("x_t" if self.with_respect_to == "input" else "w_t")
         both = list(TENSORS)
 
-        def taped(tape: str, body: list[Statement]) -> With:
+        def taped(tape: str, body: Sequence[Statement]) -> With:
             return With(invoke("tf.GradientTape"), (Do(method(tape, "watch", both)), *body), tape)
 
         forward = [Assign("y", self.primary.convolution(call))]

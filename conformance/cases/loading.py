@@ -58,7 +58,7 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw_bytes[: exc.start].count(b"\n") + 1
+        line: int | None = raw_bytes[: exc.start].count(b"\n") + 1
         message = f"not UTF-8 text: byte 0x{raw_bytes[exc.start]:02x} cannot be decoded (save the file as UTF-8)"
         return LoadResult([], [CaseError(label, message, line=line)])
     if not text.strip():
@@ -66,9 +66,9 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = re.search(r"line (\d+)", str(exc))
+        found = re.search(r"line (\d+)", str(exc))
         return LoadResult(
-            [], [CaseError(label, f"TOML syntax error: {exc}", line=int(line.group(1)) if line else None)]
+            [], [CaseError(label, f"TOML syntax error: {exc}", line=int(found.group(1)) if found else None)]
         )
     lines = id_lines(text)
     source = SourceLines(text, "case")

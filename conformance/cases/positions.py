@@ -9,7 +9,7 @@ from typing import Any
 
 def id_lines(text: str) -> dict[str, int]:
     """Line of each `id = "..."` in the file, so errors can point at the case."""
-    lines = {}
+    lines: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         found = re.match(r"""\s*id\s*=\s*["']([^"']*)["']""", line)
         if found:

@@ -24,7 +24,8 @@ from conformance.plugin.run_state import STATE_DIR_INPUT, run_state
 from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
-from conformance.results import Record, ResultsWriter, atomic_write_text, base_environment, read_stream
+from conformance.records import Record
+from conformance.results import ResultsWriter, atomic_write_text, base_environment, read_stream
 
 ENV_KEY = "conformance_environment"  # workeroutput keys
 USAGE_KEY = "conformance_usage"
@@ -70,7 +71,7 @@ class ResultCollector:
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
         """A worker died running `crashitem`: report it as a crash or timeout record of its own."""
-        worker = report.node.gateway.id  # type: ignore[attr-defined]
+        worker = report.node.gateway.id
         record, message, while_loading = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
         if record is None:  # it died outside a framework call (e.g. collecting): say what is known
             report.longrepr = f"{report.longrepr}\n{message}"
@@ -85,7 +86,7 @@ class ResultCollector:
         report.longrepr = terminal_safe(failure_text(record))
         if record["outcome"] == Outcome.XFAIL:
             report.outcome = "skipped"
-            report.wasxfail = f"known divergence {record['expectation']['id']}"  # type: ignore[attr-defined]
+            report.wasxfail = f"known divergence {record['expectation']['id']}"
 
     @pytest.hookimpl(tryfirst=True)  # on disk before the terminal says it finished
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -95,7 +96,8 @@ class ResultCollector:
             if key == RECORD_KEY:
                 self.writer.add(_record(value))
             elif key == CASE_ERROR_KEY:
-                self.writer.add_case_error(_record(value))
+                assert isinstance(value, dict), f"not a case error: {value!r}"
+                self.writer.add_case_error(value)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:

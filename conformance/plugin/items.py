@@ -28,7 +28,7 @@ from conformance.plugin.run_state import run_state
 from conformance.plugin.selection import every_marker, item_keywords, item_markers, no_device_reason, targets
 from conformance.plugin.terminal import failure_text, terminal_safe
 from conformance.plugin.usage import count_checks
-from conformance.results import Record
+from conformance.records import Record
 
 RECORD_KEY = "conformance"
 CASE_ERROR_KEY = "conformance_case_error"

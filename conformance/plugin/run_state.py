@@ -54,7 +54,12 @@ def start(config: pytest.Config) -> RunState:
         state_dir = Path(tempfile.mkdtemp(prefix="conformance-run-"))
         config.add_cleanup(lambda: shutil.rmtree(state_dir, ignore_errors=True))
         saved = dict(os.environ)
-        config.add_cleanup(lambda: (os.environ.clear(), os.environ.update(saved)))
+
+        def restore_environment() -> None:
+            os.environ.clear()
+            os.environ.update(saved)
+
+        config.add_cleanup(restore_environment)
         workers = settings(config).workers
         state = RunState(state_dir, known, share_cores(workers))
         if workers > 1:

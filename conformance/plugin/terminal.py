@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ def terminal_safe(text: str) -> str:
     return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def failure_text(record: dict[str, Any]) -> str:
+def failure_text(record: Mapping[str, Any]) -> str:
     lines = [
         f"{record['outcome']}: case {record['case']} ({record['case_file']}) on {record['target']}, {record['dtype']}",
         f"  input {record['input_shape']} NHWC, kernel {record['kernel_shape']} HWIO, rate {record['rate']}, "

@@ -23,8 +23,9 @@ def count_checks(config: pytest.Config, checks: int, started: float) -> None:
 
 
 def process_usage(config: pytest.Config) -> dict[str, Any]:
+    checks: dict[str, Any] = config.stash.get(_checks_key, {"checks": 0})
     return {
-        **config.stash.get(_checks_key, {"checks": 0}),
+        **checks,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
         **{kind: round(total, 3) for kind, total in timing.totals().items()},
     }

@@ -164,4 +164,5 @@ def write_report(document: dict[str, Any], path: Path) -> None:
 def embedded_data(html: str) -> dict[str, Any]:
     """The data model inside a rendered report (what the page's script draws): for tests and tools."""
     start = html.index('id="report-data">') + len('id="report-data">')
-    return json.loads(gzip.decompress(base64.b64decode(html[start : html.index("</script>", start)])))
+    data: dict[str, Any] = json.loads(gzip.decompress(base64.b64decode(html[start : html.index("</script>", start)])))
+    return data

@@ -1,0 +1,56 @@
+"""The result record: what one check (case x target x dtype) says, in JSON's builtin types."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class Record(TypedDict, total=False):
+    """One result record, as docs/results-format.md describes it: JSON's builtin types only (it
+    crosses processes on pytest reports). Keys after `duration_s` appear only where they apply."""
+
+    case: str
+    case_file: str
+    target: str
+    framework: str
+    framework_version: str | None
+    op: str
+    variant: str
+    quantity: str
+    baseline: str | None
+    device: str
+    precision: str
+    dtype: str
+    outcome: str
+    input_shape: list[int]
+    kernel_shape: list[int]
+    output_shape: list[int]
+    got_shape: list[int] | None
+    got_dtype: str | None
+    rate: list[int]
+    stride: list[int]
+    padding: str | int | list[list[int]]
+    pads: list[list[int]]
+    groups: int
+    expect: str
+    exact: bool
+    max_abs_error: float | None
+    max_rel_error: float | None
+    max_ulp: float | None
+    error_ratio: float | None
+    worst: dict[str, Any] | None
+    error_map: dict[str, Any] | None
+    message: str
+    reproduction: str
+    input_sha256: str | None
+    kernel_sha256: str | None
+    output_sha256: str | None
+    description: str
+    tags: list[str]
+    duration_s: float | None
+    load_s: float
+    framework_s: float
+    reference_s: float
+    observed_outcome: str  # xfail/xpass: what the target did before a known divergence relabelled it
+    expectation: dict[str, Any]  # the matching known divergence {id, reason, link, strict}
+    run: int  # merged files: index into `runs`
