@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from conformance.adapters.modes import DEVICES
-from conformance.adapters.program import Program
+from conformance.adapters.program import Name, Program, Statement, Value
 from conformance.frameworks import Framework
 from conformance.semantics import Geometry, PaddingSpec
 
@@ -131,6 +131,14 @@ class DescribedAdapter(Adapter):
     @abstractmethod
     def to_numpy(self, value: Any) -> np.ndarray:
         """The program's result as a NumPy array in the framework's output dtype (see modes.numpy_output)."""
+
+    def kernel(self, call: ConvCall) -> Value:
+        """The HWIO kernel the program starts from (an oracle may transform `w`)."""
+        return Name("w")
+
+    def kernel_imports(self, call: ConvCall) -> list[Statement]:
+        """What `kernel` needs imported; it may also refuse the data (`Unsupported`)."""
+        return []
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         return self.to_numpy(self.describe(call, device, precision).run(call.bindings()))

@@ -19,7 +19,6 @@ import numpy as np
 from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
-    CallParams,
     ConvCall,
     DerivativeAdapter,
     DescribedAdapter,
@@ -94,8 +93,9 @@ class JaxConvGeneralDilated(DescribedAdapter):
     framework = JAX
     op = "conv_general_dilated"
 
-    def __init__(self, variant: str = "") -> None:
-        self.variant = variant
+    def __init__(self, variant: str | None = None) -> None:
+        if variant is not None:  # (an oracle's class says its own)
+            self.variant = variant
 
     def check_available(self, device: str) -> None:
         jax = _jax()
@@ -122,12 +122,10 @@ class JaxConvGeneralDilated(DescribedAdapter):
 
     def inputs(self, call: ConvCall) -> list[Statement]:
         return [
+            *self.kernel_imports(call),
             Assign("x_j", _placed("x", call.dtype), "NHWC"),
             Assign("w_j", _placed(self.kernel(call), call.dtype), "HWIO"),
         ]
-
-    def kernel(self, call: ConvCall) -> Value:
-        return Name("w")
 
     def output(self, convolution: Expr) -> Expr:
         return convolution
@@ -168,35 +166,19 @@ class JaxConvGeneralDilated(DescribedAdapter):
 PRIMARY = JaxConvGeneralDilated()
 
 
-class JaxZeroInserted(JaxConvGeneralDilated):
+class JaxZeroInserted(oracles.ZeroInserted, JaxConvGeneralDilated):
     """Oracle: rhs_dilation 1 with the kernel's taps spread out by explicit zeros."""
 
     baseline = PRIMARY
-
-    def __init__(self) -> None:
-        super().__init__(oracles.ZERO_INSERTED)
-
-    def inputs(self, call: ConvCall) -> list[Statement]:
-        oracles.require_finite_for_zero_insertion(call)
-        return [Import("conformance.adapters.oracles", names=("zero_inserted_kernel",)), *super().inputs(call)]
-
-    def kernel(self, call: ConvCall) -> Value:
-        return invoke("zero_inserted_kernel", Name("w"), call.rate)
 
     def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
         return {**super().arguments(call, precision), "rhs_dilation": (1, 1)}
 
 
-class JaxExplicitPads(JaxConvGeneralDilated):
+class JaxExplicitPads(oracles.ExplicitPads, JaxConvGeneralDilated):
     """Oracle: SAME written out as the explicit pads of DESIGN.md."""
 
     baseline = PRIMARY
-
-    def __init__(self) -> None:
-        super().__init__(oracles.EXPLICIT_PADS)
-
-    def unsupported_reason(self, call_params: CallParams) -> str | None:
-        return oracles.explicit_pads_reason(call_params)
 
     def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
         return {**super().arguments(call, precision), "padding": padding.spatial_pairs(call.geometry.pads)}

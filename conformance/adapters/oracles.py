@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.adapters.base import CallParams, ConvCall, Unsupported
+from conformance.adapters.base import Adapter, CallParams, ConvCall, DescribedAdapter, Unsupported
+from conformance.adapters.program import Import, Name, Statement, Value, invoke
 
 ZERO_INSERTED = "zero-inserted"
 EXPLICIT_PADS = "explicit-pads"
@@ -40,3 +41,26 @@ def require_finite_for_zero_insertion(call: ConvCall) -> None:
 def explicit_pads_reason(params: CallParams) -> str | None:
     """The explicit-pads oracle checks a framework's SAME; other paddings are explicit already."""
     return None if params.padding == "SAME" else "the SAME-equals-explicit-pads oracle applies to SAME cases only"
+
+
+# The oracles themselves, mixed in before a framework's primary class (`class
+# TorchZeroInserted(ZeroInserted, TorchConv2d)`): what is the same in every framework is here, how
+# each API says "rate 1" or "these pads" stays in the framework's module.
+
+
+class ZeroInserted(DescribedAdapter):
+    variant = ZERO_INSERTED
+
+    def kernel_imports(self, call: ConvCall) -> list[Statement]:
+        require_finite_for_zero_insertion(call)
+        return [Import("conformance.adapters.oracles", names=("zero_inserted_kernel",))]
+
+    def kernel(self, call: ConvCall) -> Value:
+        return invoke("zero_inserted_kernel", Name("w"), call.rate)
+
+
+class ExplicitPads(Adapter):
+    variant = EXPLICIT_PADS
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return explicit_pads_reason(call_params) or super().unsupported_reason(call_params)

@@ -105,13 +105,11 @@ class TorchConv2d(DescribedAdapter):
     def inputs(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
         """Imports, flags and the NCHW input `xt` and OIHW kernel `wt`."""
         return [
+            *self.kernel_imports(call),
             *_prelude(call, device, precision),
             Assign("xt", _tensor("x", call, device, NCHW), "NHWC -> NCHW"),
             Assign("wt", _tensor("w", call, device, OIHW, self.kernel(call)), "HWIO -> OIHW"),
         ]
-
-    def kernel(self, call: ConvCall) -> Value:
-        return Name("w")
 
     def rate(self, call: ConvCall) -> tuple[int, int]:
         return call.rate
@@ -186,21 +184,10 @@ class TorchLayer(TorchConv2d):
 PRIMARY = TorchConv2d()
 
 
-class TorchZeroInserted(TorchConv2d):
-    """Oracle: rate 1 with the kernel's taps spread out by explicit zeros."""
+class TorchZeroInserted(oracles.ZeroInserted, TorchConv2d):
+    """Oracle: dilation 1 with the kernel's taps spread out by explicit zeros."""
 
-    variant = oracles.ZERO_INSERTED
     baseline = PRIMARY
-
-    def inputs(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
-        oracles.require_finite_for_zero_insertion(call)
-        return [
-            Import("conformance.adapters.oracles", names=("zero_inserted_kernel",)),
-            *super().inputs(call, device, precision),
-        ]
-
-    def kernel(self, call: ConvCall) -> Value:
-        return invoke("zero_inserted_kernel", Name("w"), call.rate)
 
     def rate(self, call: ConvCall) -> tuple[int, int]:
         return (1, 1)
@@ -221,14 +208,10 @@ class TorchChannelsLast(TorchConv2d):
         ]
 
 
-class TorchExplicitPads(TorchConv2d):
+class TorchExplicitPads(oracles.ExplicitPads, TorchConv2d):
     """Oracle: SAME written out as the explicit pads of DESIGN.md (F.pad, then no padding)."""
 
-    variant = oracles.EXPLICIT_PADS
     baseline = PRIMARY
-
-    def unsupported_reason(self, call_params: CallParams) -> str | None:
-        return oracles.explicit_pads_reason(call_params) or super().unsupported_reason(call_params)
 
     def padding(self, call: ConvCall) -> tuple[str | tuple[int, int], list[int] | None]:
         return (0, 0), padding.last_axis_first(call.geometry.pads)

@@ -106,8 +106,9 @@ def _tensor(name: str, dtype: str, source: Value = None, comment: str = "") -> A
 class _TensorFlowAdapter(DescribedAdapter):
     framework = TENSORFLOW
 
-    def __init__(self, variant: str = "") -> None:
-        self.variant = variant
+    def __init__(self, variant: str | None = None) -> None:
+        if variant is not None:  # (an oracle's class says its own)
+            self.variant = variant
 
     def check_available(self, device: str) -> None:
         tf = _tf()
@@ -120,11 +121,12 @@ class _TensorFlowAdapter(DescribedAdapter):
         """The op's call on `x_t` (NHWC) and `w_t` (HWIO), giving NHWC."""
         raise NotImplementedError
 
-    def kernel(self, call: ConvCall) -> Value:
-        return Name("w")
-
     def inputs(self, call: ConvCall) -> list[Statement]:
-        return [_tensor("x", call.dtype, comment="NHWC"), _tensor("w", call.dtype, self.kernel(call), "HWIO")]
+        return [
+            *self.kernel_imports(call),
+            _tensor("x", call.dtype, comment="NHWC"),
+            _tensor("w", call.dtype, self.kernel(call), "HWIO"),
+        ]
 
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
         return Program(
@@ -257,35 +259,19 @@ class TensorFlowAtrousEqualsConv2d(TensorFlowAtrousConv2d):
         super().__init__("equals-conv2d")
 
 
-class TensorFlowZeroInserted(TensorFlowConv2d):
-    """Oracle: rate 1 with the kernel's taps spread out by explicit zeros."""
+class TensorFlowZeroInserted(oracles.ZeroInserted, TensorFlowConv2d):
+    """Oracle: dilations 1 with the kernel's taps spread out by explicit zeros."""
 
     baseline = CONV2D
-
-    def __init__(self) -> None:
-        super().__init__(oracles.ZERO_INSERTED)
-
-    def inputs(self, call: ConvCall) -> list[Statement]:
-        oracles.require_finite_for_zero_insertion(call)
-        return [Import("conformance.adapters.oracles", names=("zero_inserted_kernel",)), *super().inputs(call)]
-
-    def kernel(self, call: ConvCall) -> Value:
-        return invoke("zero_inserted_kernel", Name("w"), call.rate)
 
     def rate(self, call: ConvCall) -> list[int]:
         return [1, 1]
 
 
-class TensorFlowExplicitPads(TensorFlowConv2d):
+class TensorFlowExplicitPads(oracles.ExplicitPads, TensorFlowConv2d):
     """Oracle: SAME written out as the explicit pads of DESIGN.md."""
 
     baseline = CONV2D
-
-    def __init__(self) -> None:
-        super().__init__(oracles.EXPLICIT_PADS)
-
-    def unsupported_reason(self, call_params: CallParams) -> str | None:
-        return oracles.explicit_pads_reason(call_params)
 
     def padding(self, call: ConvCall) -> str | list[list[int]]:
         return padding.nhwc_pairs(call.geometry.pads)
