@@ -122,7 +122,10 @@ class Call(Expr):
 
     def source(self) -> str:
         arguments = [source(arg) for arg in self.args] + [f"{key}={source(value)}" for key, value in self.keywords]
-        return f"{self.function.source()}({', '.join(arguments)})"
+        function = self.function.source()
+        if isinstance(self.function, Lambda):  # `(lambda v: ...)(2)`: unparenthesised, the call is the body's
+            function = f"({function})"
+        return f"{function}({', '.join(arguments)})"
 
     def names(self) -> Iterator[str]:
         yield from self.function.names()

@@ -68,7 +68,7 @@ def _torch_device(device: str) -> str:
     return "cuda" if device == "gpu" else "cpu"
 
 
-def _prelude(call: ConvCall, device: str, precision: str) -> list[Statement]:
+def _prelude(precision: str) -> list[Statement]:
     """Imports and precision flags: strict turns TF32 off; defaults puts torch's own settings back."""
     _torch()
     flags = [SetAttr(flag, False if precision == "strict" else _flag_defaults[flag]) for flag in TF32_FLAGS]
@@ -106,7 +106,7 @@ class TorchConv2d(DescribedAdapter):
         """Imports, flags and the NCHW input `xt` and OIHW kernel `wt`."""
         return [
             *self.kernel_imports(call),
-            *_prelude(call, device, precision),
+            *_prelude(precision),
             Assign("xt", _tensor("x", call, device, NCHW), "NHWC -> NCHW"),
             Assign("wt", _tensor("w", call, device, OIHW, self.kernel(call)), "HWIO -> OIHW"),
         ]

@@ -86,9 +86,7 @@ def _padding_argument(call: CallParams | ConvCall) -> str | list[list[int]]:
     return padding.native_word(call.padding) or padding.nhwc_pairs(call.geometry.pads)
 
 
-def _placed(
-    call: ConvCall, device: str, precision: str, tensors: list[Statement], body: list[Statement]
-) -> list[Statement]:
+def _placed(device: str, precision: str, tensors: list[Statement], body: list[Statement]) -> list[Statement]:
     """Import, the TF32 setting of the precision mode, then `tensors` and `body` on the device."""
     tf32 = False if precision == "strict" else _tf32_default()
     return [
@@ -129,9 +127,7 @@ class _TensorFlowAdapter(DescribedAdapter):
         ]
 
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        return Program(
-            tuple(_placed(call, device, precision, self.inputs(call), self.execution(call, device, precision)))
-        )
+        return Program(tuple(_placed(device, precision, self.inputs(call), self.execution(call, device, precision))))
 
     def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
         """The convolution eagerly, or in graph mode: a `tf.function` is built (and traced) once per
@@ -342,7 +338,7 @@ class TensorFlowDerivative(DerivativeAdapter, DescribedAdapter):
                 ),
                 Assign("g", method("outer", "gradient", Name("product"), wrt), "H v"),
             ]
-        return Program(tuple(_placed(call, device, precision, tensors, body)), result="g")
+        return Program(tuple(_placed(device, precision, tensors, body)), result="g")
 
 
 ATROUS_CONV2D, DEPTHWISE_CONV2D = TensorFlowAtrousConv2d(), TensorFlowDepthwiseConv2d()

@@ -1,0 +1,39 @@
+"""The framework registry (conformance/frameworks.py): one record per framework, read by name."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from conformance import frameworks
+from conformance.adapters import ADAPTERS
+
+
+def test_every_built_in_adapter_points_at_a_registered_record() -> None:
+    for adapter in ADAPTERS:
+        assert frameworks.get(adapter.framework.name) is adapter.framework, adapter.name
+    assert {f.name for f in frameworks.known()} >= {"numpy", "torch", "tensorflow", "jax"}
+
+
+def test_versions_come_from_package_metadata_without_an_import() -> None:
+    assert frameworks.version_of("numpy") == metadata.version("numpy")
+    assert frameworks.version_of("no-such-framework-here") is None
+    tensorflow = frameworks.get("tensorflow")
+    assert tensorflow is not None and tensorflow.distributions == ("tensorflow", "tensorflow-cpu")
+
+
+def test_the_environment_a_worker_needs(tmp_path: Path) -> None:
+    jax = frameworks.get("jax")
+    assert jax is not None
+    assert jax.worker_environment(tmp_path) == {"CONFORMANCE_JAX_CACHE_DIR": str(tmp_path / "jax-cache")}
+    tensorflow = frameworks.get("tensorflow")
+    assert tensorflow is not None and tensorflow.worker_environment(tmp_path) == {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def test_one_name_one_record() -> None:
+    first = frameworks.register(frameworks.Framework("registry-test", "Registry test"))
+    assert frameworks.register(frameworks.Framework("registry-test", "Registry test")) is first
+    with pytest.raises(ValueError, match="two different frameworks are both named 'registry-test'"):
+        frameworks.register(frameworks.Framework("registry-test", "Another title"))
