@@ -17,6 +17,7 @@ import numpy as np
 
 from conformance import derivatives, reference, timing
 from conformance.adapters import OUTPUT, CallParams, ConvCall, Target, Unavailable, Unsupported
+from conformance.adapters.base import ProcessDied
 from conformance.cases import Case, CaseData, materialize
 from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify, exception_text
 from conformance.dtypes import float_format
@@ -157,7 +158,7 @@ def run_check(
             try:
                 with timing.spent(timing.FRAMEWORK):
                     got = adapter.run(call, target.device, target.precision)
-            except (Unavailable, Unsupported):
+            except (Unavailable, Unsupported, ProcessDied):
                 raise
             except Exception as exc:  # a framework error is a finding, not a harness failure
                 raised = exc
@@ -187,6 +188,8 @@ def run_check(
             verdict = Verdict(Outcome.UNSUPPORTED, str(exc))
         except Unavailable as exc:
             verdict = Verdict(Outcome.SKIP, str(exc))
+        except ProcessDied as exc:
+            verdict = Verdict(Outcome.CRASH, str(exc))
     duration = time.perf_counter() - started
     record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash, tangents)
     record.update(timing.since(spent_before))

@@ -37,3 +37,14 @@ def test_one_name_one_record() -> None:
     assert frameworks.register(frameworks.Framework("registry-test", "Registry test")) is first
     with pytest.raises(ValueError, match="two different frameworks are both named 'registry-test'"):
         frameworks.register(frameworks.Framework("registry-test", "Another title"))
+
+
+def test_an_adapter_naming_its_framework_by_a_string_is_refused_where_it_is_written() -> None:
+    from conformance.adapters import Adapter
+
+    with pytest.raises(
+        TypeError, match=r"Old\.framework is 'mybuild': it must be a conformance\.frameworks\.Framework"
+    ):
+
+        class Old(Adapter):  # (the pre-registry spelling of an adapter)
+            framework = "mybuild"  # type: ignore[assignment]

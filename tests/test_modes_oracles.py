@@ -16,6 +16,7 @@ import pytest
 
 from conformance import reference, runner
 from conformance.adapters import ADAPTERS, Adapter, ConvCall, Target, Unsupported
+from conformance.adapters.base import ProcessDied
 from conformance.adapters.oracles import zero_inserted_kernel
 from conformance.cases import load_file
 from conformance.frameworks import Framework
@@ -204,11 +205,27 @@ def test_onednn_variants_run_in_their_own_process(cases: dict[str, Any]) -> None
         x=runner.prepare(cases["plain"], "float32").data.x, w=runner.prepare(cases["plain"], "float32").data.w,
         rate=(2, 2), stride=(1, 1), padding="SAME", geometry=cases["plain"].geometry, groups=1, dtype="float32",
     )  # fmt: skip
-    with pytest.raises(child.ChildDied, match=r"TF_ENABLE_ONEDNN_OPTS=0 process died \(exit signal SIGKILL\)"):
+    with pytest.raises(ProcessDied, match=r"TF_ENABLE_ONEDNN_OPTS=0 process died \(exit signal SIGKILL\)"):
         _real("tensorflow.conv2d@onednn-off").run(call, "cpu", "strict")
     assert on.alive() and child.children()[("tensorflow", (("TF_ENABLE_ONEDNN_OPTS", "1"),))] is on
     assert _check(cases["plain"], _real("tensorflow.conv2d@onednn-off"))["outcome"] == "pass"
     assert _check(cases["plain"], _real("tensorflow.conv2d@onednn-on"))["outcome"] == "pass"
+
+
+def test_a_child_that_dies_in_the_call_is_a_crash_not_an_error(cases: dict[str, Any]) -> None:
+    """Even where no valid output exists, where a raised error would be conformant."""
+    from conformance.adapters.child import InChildProcess
+    from tests.fault_adapters import Segfault
+
+    in_child = InChildProcess(Segfault(), "in-child", {"CONFORMANCE_TEST_CHILD": "segfault"}, devices=("cpu",))
+    for case in ("plain", "no-output"):
+        record = _check(cases[case], in_child)
+        assert record["outcome"] == "crash", record
+        assert "CONFORMANCE_TEST_CHILD=segfault process died (exit signal SIGSEGV)" in record["message"]
+    assert record["reproduction"].splitlines()[-2:] == [
+        "import os; os.environ['CONFORMANCE_TEST_CHILD'] = 'segfault'",
+        "# fault injection: tests/fault_adapters.py, Segfault",
+    ]
 
 
 def test_a_child_target_never_loads_its_framework_in_the_parent() -> None:

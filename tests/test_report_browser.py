@@ -24,6 +24,7 @@ from conformance.adapters import Adapter, ConvCall, Target
 from conformance.adapters.numpy import NumpyIm2col
 from conformance.adapters.pytorch import TorchConv2d
 from conformance.cases import load_file
+from conformance.frameworks import Framework
 from conformance.report import write_report
 from conformance.results import ResultsWriter, base_environment
 from conformance.runner import run_check
@@ -56,7 +57,7 @@ padding = "VALID"
 
 
 class BreaksOnePixel(Adapter):
-    framework, op = "fakefw", "broken_pixel"
+    framework, op = Framework("fakefw", "a fake framework"), "broken_pixel"
     devices = ("cpu",)
 
     def check_available(self, device: str) -> None:

@@ -71,6 +71,11 @@ class Unavailable(Exception):
     """The framework or device is not present here: the item is skipped with this reason."""
 
 
+class ProcessDied(RuntimeError):
+    """The process the framework runs in (a child of this one) died during the call: `crash`, never a
+    raised error, which a case with no valid output would count as conformant."""
+
+
 class Unsupported(Exception):
     """Raised by `run` when only the data shows that this formulation cannot express the case
     (e.g. a zero-inserted kernel with infinite input, where inf * 0 is NaN): `unsupported`."""
@@ -90,6 +95,15 @@ class Adapter(ABC):
     own_environment = False  # runs in its own process with its own settings: recorded separately
     # "output" (the forward result) or a derivative of it, one of QUANTITIES.
     quantity = OUTPUT
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        stated = cls.__dict__.get("framework")
+        if stated is not None and not isinstance(stated, Framework):  # the form before frameworks had records
+            raise TypeError(
+                f"{cls.__qualname__}.framework is {stated!r}: it must be a conformance.frameworks.Framework record, "
+                f'e.g. Framework("{stated}", "{stated} builds")'
+            )
 
     @property
     def name(self) -> str:

@@ -29,7 +29,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from conformance.adapters.base import Adapter, CallParams, ConvCall, DescribedAdapter, Unavailable, Unsupported
+from conformance.adapters.base import Adapter, CallParams, ConvCall, ProcessDied, Unavailable, Unsupported
 from conformance.adapters.program import Program, SetEnv
 from conformance.frameworks import Framework
 
@@ -98,10 +98,6 @@ def read_message(stream: IO[bytes]) -> Any:
 # -- the parent's side ----------------------------------------------------------------------------
 
 
-class ChildDied(RuntimeError):
-    pass
-
-
 class Child:
     """A child process answering one request at a time."""
 
@@ -132,7 +128,7 @@ class Child:
             reply = None
         if reply is None:
             code = self.process.wait()
-            raise ChildDied(f"the {self.description} process died (exit {_exit_text(code)})")
+            raise ProcessDied(f"the {self.description} process died (exit {_exit_text(code)})")
         if isinstance(reply, Answer):
             return reply.value
         if reply.kind == "unavailable":
@@ -179,7 +175,7 @@ def ask(framework: Framework, environment: dict[str, str], message: Request) -> 
     key = (framework.name, tuple(sorted(environment.items())))
     try:
         return child(framework, environment).request(message)
-    except ChildDied:
+    except ProcessDied:
         _children.pop(key, None)
         raise
 
@@ -193,9 +189,7 @@ class InChildProcess(Adapter):
 
     own_environment = True
 
-    def __init__(
-        self, inner: DescribedAdapter, variant: str, environment: dict[str, str], devices: tuple[str, ...]
-    ) -> None:
+    def __init__(self, inner: Adapter, variant: str, environment: dict[str, str], devices: tuple[str, ...]) -> None:
         self.inner, self.variant, self.devices = inner, variant, devices
         self.framework, self.op = inner.framework, inner.op
         self.child_environment = dict(environment)
@@ -209,21 +203,17 @@ class InChildProcess(Adapter):
     def check_available(self, device: str) -> None:
         try:
             self._ask(CheckAvailable(self.inner, device))
-        except ChildDied:  # it died between checks (no check of this one's doing): once more, in a new one
+        except ProcessDied:  # it died between checks (no check of this one's doing): once more, in a new one
             self._ask(CheckAvailable(self.inner, device))
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         result: np.ndarray = self._ask(Run(self.inner, call, device, precision))
         return result
 
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        """The inner program after the variables that select this process's framework build."""
-        settings = tuple(SetEnv(name, value) for name, value in self.child_environment.items())
-        inner = self.inner.describe(call, device, precision)
-        return Program((*settings, *inner.statements), inner.result)
-
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        return self.describe(call, device, precision).source()
+        """The inner call after the variables this process was started with (they must come before the import)."""
+        settings = Program(tuple(SetEnv(name, value) for name, value in self.child_environment.items()))
+        return "\n".join(part for part in (settings.source(), self.inner.reproduction(call, device, precision)) if part)
 
     def environment(self) -> dict[str, Any]:
         info: dict[str, Any] = self._ask(Describe(self.inner))
