@@ -140,14 +140,6 @@ class Child:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()  # the child's loop ends at the end of its input
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
 
 def _exit_text(code: int) -> str:
     if code < 0:
@@ -158,12 +150,19 @@ def _exit_text(code: int) -> str:
     return str(code)
 
 
-_children: dict[tuple[str, tuple[tuple[str, str], ...]], Child] = {}
+ChildKey = tuple[str, tuple[tuple[str, str], ...]]
+# This process's children. None is ever closed by hand: when this process ends, its end of the pipe
+# closes and each child's loop ends with it (or the kernel's parent-death signal ends the child).
+_children: dict[ChildKey, Child] = {}
+
+
+def _key(framework: Framework, environment: dict[str, str]) -> ChildKey:
+    return (framework.name, tuple(sorted(environment.items())))
 
 
 def child(framework: Framework, environment: dict[str, str]) -> Child:
     """This process's child for the framework with this environment, started if there is none."""
-    key = (framework.name, tuple(sorted(environment.items())))
+    key = _key(framework, environment)
     found = _children.get(key)
     if found is None or not found.alive():
         found = _children[key] = Child(framework, environment)
@@ -172,7 +171,7 @@ def child(framework: Framework, environment: dict[str, str]) -> Child:
 
 def ask(framework: Framework, environment: dict[str, str], message: Request) -> Any:
     """Send one request; a child that died answering it is forgotten (only that one)."""
-    key = (framework.name, tuple(sorted(environment.items())))
+    key = _key(framework, environment)
     try:
         return child(framework, environment).request(message)
     except ProcessDied:
@@ -180,7 +179,7 @@ def ask(framework: Framework, environment: dict[str, str], message: Request) -> 
         raise
 
 
-def children() -> dict[tuple[str, tuple[tuple[str, str], ...]], Child]:
+def children() -> dict[ChildKey, Child]:
     return dict(_children)
 
 

@@ -21,6 +21,7 @@ import importlib
 import operator
 import os
 import types
+from abc import ABC, abstractmethod
 from collections import ChainMap, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -32,12 +33,14 @@ Value = Any
 Namespace = MutableMapping[str, Any]
 
 
-class Expr:
+class Expr(ABC):
+    @abstractmethod
     def evaluate(self, namespace: Namespace) -> Any:
-        raise NotImplementedError
+        """The value, computed in `namespace` (the program's variables and imported modules)."""
 
+    @abstractmethod
     def source(self) -> str:
-        raise NotImplementedError
+        """The same expression as Python source."""
 
     def names(self) -> Iterator[str]:
         """The free names this expression reads (first parts of dotted paths)."""
@@ -230,12 +233,14 @@ def clear_cache() -> None:
 # -- statements ---------------------------------------------------------------------------------
 
 
-class Statement:
+class Statement(ABC):
+    @abstractmethod
     def execute(self, namespace: Namespace) -> None:
-        raise NotImplementedError
+        """Run it, binding what it assigns in `namespace`."""
 
+    @abstractmethod
     def lines(self) -> list[str]:
-        raise NotImplementedError
+        """The same statement as lines of Python source."""
 
 
 def _commented(line: str, comment: str) -> str:
