@@ -76,6 +76,8 @@ JAX = Framework(
     shared_directories=(("CONFORMANCE_JAX_CACHE_DIR", "jax-cache"),),
 )
 
+ONNXRUNTIME = Framework("onnxruntime", "ONNX Runtime", ("onnxruntime", "onnxruntime-gpu"), companions=("onnx",))
+
 _registry: dict[str, Framework] = {}
 
 
@@ -116,5 +118,5 @@ def installed_versions(frameworks: Iterable[Framework]) -> dict[str, str]:
     return {f.name: version for f in frameworks if (version := f.version()) is not None}
 
 
-for _built_in in (NUMPY, TORCH, TENSORFLOW, JAX):
+for _built_in in (NUMPY, TORCH, TENSORFLOW, JAX, ONNXRUNTIME):
     register(_built_in)

@@ -5,7 +5,7 @@ Importing this package imports no framework: each adapter loads its own on first
 
 from __future__ import annotations
 
-from conformance.adapters import jax, numpy, pytorch, tensorflow
+from conformance.adapters import jax, numpy, onnxruntime, pytorch, tensorflow
 from conformance.adapters.base import (
     OUTPUT,
     QUANTITIES,
@@ -25,6 +25,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     *pytorch.ADAPTERS,
     *tensorflow.ADAPTERS,
     *jax.ADAPTERS,
+    *onnxruntime.ADAPTERS,
 )
 
 

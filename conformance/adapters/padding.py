@@ -32,6 +32,12 @@ def spatial_pairs(pads: PadPairs) -> list[tuple[int, int]]:
     return [tuple(pair) for pair in pads]  # type: ignore[misc]
 
 
+def begins_then_ends(pads: PadPairs) -> list[int]:
+    """ONNX's `pads`: every axis' begin, then every axis' end: [top, left, bottom, right]."""
+    (top, bottom), (left, right) = pads
+    return [top, left, bottom, right]
+
+
 def last_axis_first(pads: PadPairs) -> list[int]:
     """`torch.nn.functional.pad`'s order, last axis first: [left, right, top, bottom]."""
     (top, bottom), (left, right) = pads

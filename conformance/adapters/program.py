@@ -156,6 +156,22 @@ class BinOp(Expr):
 
 
 @dataclass(frozen=True)
+class Dict(Expr):
+    """`{'key': value, ...}` with string keys."""
+
+    items: tuple[tuple[str, Value], ...]
+
+    def evaluate(self, namespace: Namespace) -> Any:
+        return {key: evaluate(value, namespace) for key, value in self.items}
+
+    def source(self) -> str:
+        return "{" + ", ".join(f"{key!r}: {source(value)}" for key, value in self.items) + "}"
+
+    def names(self) -> Iterator[str]:
+        return free_names(tuple(value for _, value in self.items))
+
+
+@dataclass(frozen=True)
 class Index(Expr):
     value: Expr
     key: Value

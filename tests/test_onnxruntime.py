@@ -1,0 +1,104 @@
+"""ONNX Runtime targets: the pads ONNX's way, auto_pad, dtypes ONNX cannot state, and a broken
+variant that the suite must catch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance import runner
+from conformance.adapters import Target
+from conformance.adapters.onnxruntime import OnnxRuntimeConv
+from conformance.cases import Case, load_file
+
+pytest.importorskip("onnxruntime")
+
+CASES = """
+[defaults]
+dtypes = ["float32"]
+
+[[case]]
+id = "asymmetric"
+input = { generator = "integers", seed = 1, low = -3, high = 3, shape = [1, 7, 6, 2] }
+kernel = { generator = "integers", seed = 2, low = -2, high = 2, shape = [2, 3, 2, 2] }
+rate = [2, 1]
+padding = [[1, 2], [0, 1]]
+
+[[case]]
+id = "same-rate1"
+input = { generator = "normal", seed = 3, shape = [1, 8, 7, 2] }
+kernel = { generator = "normal", seed = 4, shape = [3, 3, 2, 3] }
+padding = "SAME"
+stride = 2
+
+[[case]]
+id = "same-rate2"
+input = { generator = "normal", seed = 5, shape = [1, 8, 7, 2] }
+kernel = { generator = "normal", seed = 6, shape = [3, 3, 2, 3] }
+padding = "SAME"
+rate = 2
+
+[[case]]
+id = "double"
+dtypes = ["float64", "bfloat16"]
+input = { generator = "normal", seed = 7, shape = [1, 6, 6, 1] }
+kernel = { generator = "normal", seed = 8, shape = [3, 3, 1, 1] }
+rate = 2
+"""
+
+
+@pytest.fixture
+def cases(tmp_path: Path) -> dict[str, Case]:
+    (tmp_path / "ort.toml").write_text(CASES)
+    loaded = load_file(tmp_path / "ort.toml", tmp_path)
+    assert not loaded.errors
+    return {case.id: case for case in loaded.cases}
+
+
+def _check(case: Case, adapter: Any, dtype: str = "float32") -> dict[str, Any]:
+    return dict(runner.run_check(case, Target(adapter, "cpu", "strict"), dtype))
+
+
+class PadsInTorchOrder(OnnxRuntimeConv):
+    """A converter bug: the pads written [top, bottom, left, right] instead of ONNX's begins-then-ends."""
+
+    def attributes(self, call: Any) -> dict[str, Any]:
+        (top, bottom), (left, right) = call.geometry.pads
+        return {**super().attributes(call), "pads": [top, bottom, left, right]}
+
+
+def test_the_pads_go_in_onnx_order_and_a_converter_that_swaps_them_is_caught(cases: dict[str, Case]) -> None:
+    right = _check(cases["asymmetric"], OnnxRuntimeConv())
+    assert right["outcome"] == "pass" and right["exact"], right["message"]
+    assert "pads=[1, 0, 2, 1]" in right["reproduction"]  # top, left, bottom, right
+    wrong = _check(cases["asymmetric"], PadsInTorchOrder())
+    assert wrong["outcome"] in ("mismatch", "shape"), wrong["message"]
+
+
+def test_auto_pad_same_upper_is_tensorflows_same_and_refused_with_dilation(cases: dict[str, Case]) -> None:
+    auto_pad = OnnxRuntimeConv("auto-pad")
+    record = _check(cases["same-rate1"], auto_pad)
+    assert record["outcome"] == "pass" and "auto_pad='SAME_UPPER'" in record["reproduction"], record["message"]
+    refused = _check(cases["same-rate2"], auto_pad)  # microsoft/onnxruntime#20582 (a known divergence in the corpus)
+    assert refused["outcome"] == "error" and "Dilation not supported for AutoPadType::SAME_UPPER" in refused["message"]
+    assert _check(cases["same-rate2"], OnnxRuntimeConv())["outcome"] == "pass"  # the same pads, written out
+    assert _check(cases["asymmetric"], auto_pad)["outcome"] == "unsupported"
+
+
+def test_double_is_refused_by_the_cpu_provider_and_bfloat16_cannot_be_stated(cases: dict[str, Case]) -> None:
+    double = _check(cases["double"], OnnxRuntimeConv(), "float64")
+    assert double["outcome"] == "error" and "NOT_IMPLEMENTED" in double["message"]  # microsoft/onnxruntime#7546
+    bfloat16 = _check(cases["double"], OnnxRuntimeConv(), "bfloat16")
+    assert bfloat16["outcome"] == "unsupported" and "not bfloat16" in bfloat16["message"]
+
+
+def test_records_and_environment_name_the_runtime(cases: dict[str, Case]) -> None:
+    import onnxruntime
+
+    record = _check(cases["same-rate2"], OnnxRuntimeConv("optimizations-off"))
+    assert record["framework"] == "onnxruntime" and record["framework_version"] == onnxruntime.__version__
+    assert "ORT_DISABLE_ALL" in record["reproduction"]
+    environment = OnnxRuntimeConv().environment()
+    assert environment["opset"] == 21 and "CPUExecutionProvider" in environment["providers"]
