@@ -47,7 +47,12 @@ class Expr(ABC):
         return iter(())
 
 
+_LITERALS = (int, float, str, bool, type(None))  # (checked first: most arguments are literals)
+
+
 def evaluate(value: Value, namespace: Namespace) -> Any:
+    if isinstance(value, _LITERALS):
+        return value
     if isinstance(value, Expr):
         return value.evaluate(namespace)
     if isinstance(value, list):
