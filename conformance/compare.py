@@ -14,6 +14,7 @@ Exact-integer data whose every partial sum is representable must match bit for b
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -311,10 +312,17 @@ def _json_float(value: Any) -> float | str:
     return value if np.isfinite(value) else repr(value)
 
 
+_ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+# Keras wraps a backend's error in a line that names only the layer; the backend's words come next.
+_KERAS_WRAPPER = "Exception encountered when calling"
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (messages of native errors run to pages)."""
-    text = str(exc).strip().splitlines()
-    return text[0][:500] if text else "(no message)"
+    lines = [line.strip() for line in _ANSI_ESCAPES.sub("", str(exc)).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith(_KERAS_WRAPPER):
+        lines = [f"{lines[0]} {lines[1]}"]
+    return lines[0][:500] if lines else "(no message)"
 
 
 def exception_text(exc: BaseException) -> str:

@@ -11,8 +11,14 @@
   data in {-1, 0, 1} on a 16x16 map every intermediate (means of 256 integers included) is exact
   in float32, so the framework's result must equal the float64 reference bit for bit.
 
-The convolutions are the framework's (through its adapter); the glue between them (pooling,
-concatenation, broadcast) is NumPy, identical for every target.
+- The U-Net bottleneck of seeds/004: two 3x3 convolutions at rate 2, SAME, each followed by ReLU,
+  on integer data (bit-exact in float32 and float64 as well).
+
+Each composite is written once, against `Graph` (conv, relu, global mean, broadcast, concat). A
+target runs it layer by layer: the convolutions are the framework's (through its adapter) and the
+glue between them is NumPy, identical for every target. A target whose adapter `runs_models`
+(Keras) builds the whole composite as one model of its framework instead, glue layers included,
+so the graph is checked as users run it (fusion and compilation included), not NumPy between calls.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,11 +41,12 @@ from conformance.semantics import geometry
 
 FILE_NAME = "composites.toml"
 ASPP_BRANCH_CHANNELS = 2
+KINDS = ("stack", "aspp", "bottleneck")
 
 
 @dataclass(frozen=True)
 class Composite:
-    kind: str  # "stack" or "aspp"
+    kind: str  # one of KINDS
     id: str
     description: str
     source: str
@@ -70,7 +77,10 @@ class Composite:
             )
         integers = {"generator": "integers", "low": -1, "high": 1}
         x_spec, w_spec = {**integers, "seed": self.seed}, {**integers, "seed": self.seed + 1}
-        return x_spec, w_spec, (1, s, s, self.channels), (1, 1, self.channels, ASPP_BRANCH_CHANNELS), 1
+        c = self.channels
+        if self.kind == "bottleneck":
+            return x_spec, w_spec, (1, s, s, c), (3, 3, c, c), self.rates[0]
+        return x_spec, w_spec, (1, s, s, c), (1, 1, c, ASPP_BRANCH_CHANNELS), 1
 
     def as_case(self, file: str) -> Case:
         """A case record for results and the report: the first call's data and geometry (so the
@@ -103,7 +113,7 @@ def load(path: Path, label: str) -> tuple[list[Composite], list[CaseError]]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         return [], [CaseError(label, f"cannot read composites: {exc}")]
     composites, errors = [], []
-    for kind in ("stack", "aspp"):
+    for kind in KINDS:
         for raw in document.get(kind, []):
             try:
                 rates = tuple(int(r) for r in raw["rates"])
@@ -164,13 +174,95 @@ def reference_conv(x: np.ndarray, w: np.ndarray, rate: int) -> np.ndarray:
         return reference.conv2d(x, w, rate=(rate, rate), stride=(1, 1), padding="SAME", groups=1)
 
 
-def stack_paths(composite: Composite, conv: Conv) -> np.ndarray:
+class Graph(Protocol):
+    """What a composite is built from: NumPy values layer by layer, or a framework's model."""
+
+    def conv(self, x: Any, w: np.ndarray, rate: int) -> Any:
+        """A SAME, stride-1 convolution with the HWIO kernel `w`."""
+
+    def relu(self, x: Any) -> Any: ...
+
+    def global_mean(self, x: Any) -> Any:
+        """The mean over the spatial axes, kept as a 1x1 map."""
+
+    def broadcast(self, x: Any, size: int) -> Any:
+        """A 1x1 map repeated to size x size (DeepLab resizes the pooled branch back up)."""
+
+    def concat(self, xs: list[Any]) -> Any:
+        """Along the channels."""
+
+
+@dataclass(frozen=True)
+class LayerByLayer:
+    """The graph with each convolution through `conv` and NumPy glue between them."""
+
+    conv: Conv
+
+    def relu(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(np.maximum(x, 0.0))
+
+    def global_mean(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x.mean(axis=(1, 2), keepdims=True))  # exact here: integer sums over a power of two
+
+    def broadcast(self, x: np.ndarray, size: int) -> np.ndarray:
+        return np.broadcast_to(x, (x.shape[0], size, size, x.shape[3]))
+
+    def concat(self, xs: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(xs, axis=3)
+
+
+class _Kernels:
+    """A Graph that only collects the kernels, in the order the layers use them."""
+
+    def __init__(self) -> None:
+        self.kernels: list[np.ndarray] = []
+
+    def conv(self, x: Any, w: np.ndarray, rate: int) -> Any:
+        self.kernels.append(w)
+        return x
+
+    def relu(self, x: Any) -> Any:
+        return x
+
+    def global_mean(self, x: Any) -> Any:
+        return x
+
+    def broadcast(self, x: Any, size: int) -> Any:
+        return x
+
+    def concat(self, xs: list[Any]) -> Any:
+        return xs[0]
+
+
+def kernels(composite: Composite) -> list[np.ndarray]:
+    """The composite's kernels (HWIO, float64), in the order its layers use them."""
+    collected = _Kernels()
+    build(composite, collected, None)
+    return collected.kernels
+
+
+def composite_input(composite: Composite) -> np.ndarray:
+    input_spec, _, input_shape, _, _ = composite.first_layer()
+    return generate(input_spec, input_shape)
+
+
+def build(composite: Composite, graph: Graph, x: Any) -> Any:
+    """The composite's output for input `x`, built from `graph`'s layers."""
+    return {"stack": _stack, "aspp": _aspp, "bottleneck": _bottleneck}[composite.kind](composite, graph, x)
+
+
+def _stack(composite: Composite, graph: Graph, x: Any) -> Any:
     """Path counts from the centre pixel through the stack (all-ones 3x3 kernels, one channel)."""
-    input_spec, kernel_spec, input_shape, kernel_shape, _ = composite.first_layer()
-    x, ones = generate(input_spec, input_shape), generate(kernel_spec, kernel_shape)
+    _, kernel_spec, _, kernel_shape, _ = composite.first_layer()
+    ones = generate(kernel_spec, kernel_shape)
     for rate in composite.rates:
-        x = conv(x, ones, rate)
-    return x[0, :, :, 0]
+        x = graph.conv(x, ones, rate)
+    return x
+
+
+def stack_paths(composite: Composite, conv: Conv) -> np.ndarray:
+    paths: np.ndarray = build(composite, LayerByLayer(conv), composite_input(composite))
+    return paths[0, :, :, 0]
 
 
 def field_facts(paths: np.ndarray) -> tuple[int, bool]:
@@ -182,22 +274,35 @@ def field_facts(paths: np.ndarray) -> tuple[int, bool]:
     return int(max(box.shape)), bool((box == 0).any())
 
 
-def aspp(composite: Composite, conv: Conv) -> np.ndarray:
+def _aspp(composite: Composite, graph: Graph, x: Any) -> Any:
     """DeepLab v3's ASPP head on the composite's seeded integer data (branches of 2 channels)."""
-    input_spec, kernel_spec, input_shape, kernel_shape, _ = composite.first_layer()
+    _, kernel_spec, _, kernel_shape, _ = composite.first_layer()
     s, c, seed = composite.size, composite.channels, composite.seed
     spec = {"generator": "integers", "low": -1, "high": 1}
-    x = generate(input_spec, input_shape)
     branch_out = ASPP_BRANCH_CHANNELS
-    branches = [conv(x, generate(kernel_spec, kernel_shape), 1)]
+    branches = [graph.conv(x, generate(kernel_spec, kernel_shape), 1)]
     for number, rate in enumerate(composite.rates, start=2):
-        branches.append(conv(x, generate({**spec, "seed": seed + number}, (3, 3, c, branch_out)), rate))
-    pooled = x.mean(axis=(1, 2), keepdims=True)  # exact: a sum of integers over 256 pixels
+        branches.append(graph.conv(x, generate({**spec, "seed": seed + number}, (3, 3, c, branch_out)), rate))
     pool_w = generate({**spec, "seed": seed + 20}, (1, 1, c, branch_out))
-    branches.append(np.broadcast_to(conv(pooled, pool_w, 1), (1, s, s, branch_out)))
-    merged = np.concatenate(branches, axis=3)
-    merge_w = generate({**spec, "seed": seed + 21}, (1, 1, merged.shape[3], 3))
-    return conv(merged, merge_w, 1)
+    branches.append(graph.broadcast(graph.conv(graph.global_mean(x), pool_w, 1), s))
+    merge_w = generate({**spec, "seed": seed + 21}, (1, 1, branch_out * len(branches), 3))
+    return graph.conv(graph.concat(branches), merge_w, 1)
+
+
+def _bottleneck(composite: Composite, graph: Graph, x: Any) -> Any:
+    """The U-Net bottleneck of seeds/004: 3x3 SAME convolutions at the composite's rates, each
+    followed by ReLU (integers: every value, up to C*9 * C*9, is exact)."""
+    _, kernel_spec, _, kernel_shape, _ = composite.first_layer()
+    spec = {"generator": "integers", "low": -1, "high": 1}
+    for number, rate in enumerate(composite.rates):
+        w = generate(kernel_spec if number == 0 else {**spec, "seed": composite.seed + 1 + number}, kernel_shape)
+        x = graph.relu(graph.conv(x, w, rate))
+    return x
+
+
+def aspp(composite: Composite, conv: Conv) -> np.ndarray:
+    out: np.ndarray = build(composite, LayerByLayer(conv), composite_input(composite))
+    return out
 
 
 def coverage_map(paths: np.ndarray) -> dict[str, Any]:
@@ -245,26 +350,35 @@ def _run_check(
             crashed = Verdict(Outcome.CRASH, "the process died during a framework call of the composite")
             before_call(make_record(case, target, dtype, crashed, reproduction=source))
 
+    adapter = target.adapter
     conv, sources = framework_conv(target, dtype, before_first_call)
     picture = None
     try:
         with timing.spent(timing.LOAD):
-            target.adapter.check_available(target.device)
+            adapter.check_available(target.device)
         if after_load is not None:
             after_load()
-        if composite.kind == "stack":
-            exact = stack_paths(composite, reference_conv)
-            got = stack_paths(composite, conv)
-            picture = coverage_map(got)
+        x = composite_input(composite)
+        exact = build(composite, LayerByLayer(reference_conv), x)
+        if adapter.runs_models:  # the whole composite as one model of the framework's own
+            sources.append(adapter.model_reproduction(composite, dtype, target.device, target.precision))
+            before_first_call(sources[0])
+            with timing.spent(timing.FRAMEWORK):
+                got = np.asarray(adapter.run_model(composite, dtype, target.device, target.precision), np.float64)
         else:
-            exact = aspp(composite, reference_conv)
-            got = aspp(composite, conv)
+            got = build(composite, LayerByLayer(conv), x)
+        if composite.kind == "stack":
+            exact, got = exact[0, :, :, 0], got[0, :, :, 0]
+            picture = coverage_map(got)
     except Unavailable as exc:
         return make_record(case, target, dtype, Verdict(Outcome.SKIP, str(exc)))
     except NotImplementedError as exc:
         return make_record(case, target, dtype, Verdict(Outcome.UNSUPPORTED, f"a layer is not expressible: {exc}"))
     except Exception as exc:
         return make_record(case, target, dtype, Verdict(Outcome.ERROR, f"raised {exception_text(exc)}"))
+    if got.shape != exact.shape:
+        shape = Verdict(Outcome.SHAPE, f"output shape {list(got.shape)}, expected {list(exact.shape)}")
+        return make_record(case, target, dtype, shape, reproduction=sources[0] if sources else "")
     differs = got != exact
     if differs.any():
         index = [int(i) for i in np.argwhere(differs)[0]]
@@ -284,8 +398,11 @@ def _run_check(
             exact=True,
         )
     else:
-        verdict = Verdict(Outcome.PASS, f"bit-exact over {got.size} outputs of the ASPP head", exact=True)
+        head = "the ASPP head" if composite.kind == "aspp" else "the U-Net bottleneck"
+        verdict = Verdict(Outcome.PASS, f"bit-exact over {got.size} outputs of {head}", exact=True)
     verdict.error_map = picture
     note = f"# {composite.kind} {composite.id}: {len(sources)} framework calls; the first is below"
+    if adapter.runs_models:
+        note = f"# {composite.kind} {composite.id}: the whole composite as one model"
     record = make_record(case, target, dtype, verdict, reproduction=f"{note}\n{sources[0]}" if sources else "")
     return record

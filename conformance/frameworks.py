@@ -33,6 +33,11 @@ class Framework:
     # Variables that point every worker of one run at a shared directory inside the run's state
     # directory: (variable, subdirectory).
     shared_directories: tuple[tuple[str, str], ...] = ()
+    # `-m` markers beside `name` that select it with its kin ("keras" for every Keras backend).
+    markers: tuple[str, ...] = ()
+    # A front-end's backend: the name of the framework record it computes with, whose version each
+    # record carries as `backend_version` (Keras 3 on "jax").
+    backend: str | None = None
 
     def version(self) -> str | None:
         """The installed version, from package metadata (no import, so even a skip knows it)."""
@@ -41,6 +46,22 @@ class Framework:
     @property
     def packages(self) -> tuple[str, ...]:
         return (*self.distributions, *self.companions)
+
+    @property
+    def all_markers(self) -> tuple[str, ...]:
+        return (self.name, *self.markers)
+
+    def backend_version(self) -> str | None:
+        return version_of(self.backend) if self.backend else None
+
+    def missing(self) -> str | None:
+        """Why this framework cannot run here, from package metadata alone (no import): its own
+        distribution or its backend's is not installed."""
+        if self.distributions and self.version() is None:
+            return f"{self.title} is not installed (pip: {' or '.join(self.distributions)})"
+        if self.backend and self.backend_version() is None:
+            return f"{self.title} needs {self.backend}, which is not installed"
+        return None
 
     def worker_environment(self, state_dir: Path) -> dict[str, str]:
         """What each worker of a run (and each child it starts) needs set."""
@@ -77,6 +98,23 @@ JAX = Framework(
 )
 
 ONNXRUNTIME = Framework("onnxruntime", "ONNX Runtime", ("onnxruntime", "onnxruntime-gpu"), companions=("onnx",))
+
+
+def _keras_on(backend: Framework) -> Framework:
+    """Keras 3 on one backend: a framework of its own (its backend is fixed at import, its bugs are
+    per backend), versioned by Keras, with the backend's version beside it; `-m keras` selects all."""
+    return Framework(
+        f"keras-{backend.name}",
+        f"Keras 3 on {backend.title}",
+        ("keras",),
+        companions=backend.packages,
+        environment_defaults=backend.environment_defaults,
+        markers=("keras",),
+        backend=backend.name,
+    )
+
+
+KERAS_TENSORFLOW, KERAS_JAX, KERAS_TORCH = (_keras_on(backend) for backend in (TENSORFLOW, JAX, TORCH))
 
 _registry: dict[str, Framework] = {}
 
@@ -118,5 +156,5 @@ def installed_versions(frameworks: Iterable[Framework]) -> dict[str, str]:
     return {f.name: version for f in frameworks if (version := f.version()) is not None}
 
 
-for _built_in in (NUMPY, TORCH, TENSORFLOW, JAX, ONNXRUNTIME):
+for _built_in in (NUMPY, TORCH, TENSORFLOW, JAX, ONNXRUNTIME, KERAS_TENSORFLOW, KERAS_JAX, KERAS_TORCH):
     register(_built_in)

@@ -14,6 +14,7 @@ class Record(TypedDict, total=False):
     target: str
     framework: str
     framework_version: str | None
+    backend_version: str | None  # front-ends only (Keras 3): the version of the framework it runs on
     op: str
     variant: str
     quantity: str

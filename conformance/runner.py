@@ -288,6 +288,12 @@ def _output_hash(got: Any) -> str | None:
     return hashlib.sha256(f"{array.dtype.str}{array.shape}".encode() + array.tobytes()).hexdigest()[:16]
 
 
+def _backend_version(target: Target) -> Record:
+    """A front-end's record also names its backend's version (Keras 3 on JAX: JAX's)."""
+    framework = target.adapter.framework
+    return {"backend_version": framework.backend_version()} if framework.backend else {}
+
+
 def make_record(
     case: Case,
     target: Target,
@@ -306,6 +312,7 @@ def make_record(
         "target": target.id,
         "framework": target.adapter.framework.name,
         "framework_version": target.adapter.version(),
+        **_backend_version(target),
         "op": target.adapter.op,
         "variant": target.adapter.variant,
         "quantity": target.adapter.quantity,

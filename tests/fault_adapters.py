@@ -16,6 +16,8 @@ import numpy as np
 
 from conformance import reference
 from conformance.adapters import Adapter, ConvCall
+from conformance.adapters.keras import KerasConv2D
+from conformance.adapters.program import Expr, method
 from conformance.frameworks import Framework
 
 
@@ -163,3 +165,30 @@ class StrideRateBug(FaultAdapter):
         if call.stride[0] > 1 and call.rate[0] > 1:
             y = y + 1.0
         return y.astype(call.x.dtype)
+
+
+# -- Keras layers that a broken front-end could produce (they run in Keras' own child processes,
+# which import them from here) --
+
+
+class KerasKernelNotTransposed(KerasConv2D):
+    """A loader that writes the kernel's spatial axes swapped (k_w, k_h): what a port from an
+    OIHW framework that forgets one transpose gives for square kernels."""
+
+    def kernel_value(self, call: ConvCall) -> Expr:
+        return method("w", "transpose", 1, 0, 2, 3)
+
+
+class KerasModelWrongRate(KerasConv2D):
+    """A model builder that writes one ASPP branch's rate off by one."""
+
+    def model_source(self, composite: Any, dtype: str, device: str, precision: str) -> str:
+        return super().model_source(composite, dtype, device, precision).replace("dilation_rate=12", "dilation_rate=11")
+
+
+class KerasDiesInTheCall(KerasConv2D):
+    """The Keras process killed in the middle of a layer call (a native crash in the backend)."""
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        os.kill(os.getpid(), 9)
+        raise AssertionError("unreachable")

@@ -3,11 +3,18 @@
 Every adapter in ADAPTERS that runs on the CPU (NumPy's im2col, each framework's plain calls, its
 execution modes, oracles, derivatives and child-process variants) runs one check here; its record's
 reproduction is executed and its `y` (`g` for a derivative) compared bit for bit with what the
-adapter's own `run` returned on the same data. A GPU-only target is listed, and skipped, with why.
+adapter's own `run` returned on the same data. A GPU-only target is listed, and skipped, with why. A target that runs in a process of its own
+(Keras' backends, oneDNN) has its reproductions executed in a fresh interpreter, one per such
+environment: the pasted text must set what that process was started with, before the import.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +22,7 @@ import pytest
 
 from conformance import derivatives
 from conformance.adapters import ADAPTERS, OUTPUT, QUANTITIES, Adapter, ConvCall, Target, Unavailable
+from conformance.adapters.child import InChildProcess
 from conformance.cases import Case, load_file
 from conformance.runner import prepare, run_check
 
@@ -78,30 +86,106 @@ def _adapter_call(case: Case, adapter: Adapter) -> ConvCall:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS, ids=lambda a: a.name)
-def test_the_reproduction_gives_the_bits_the_target_returned(adapter: Adapter, cases: list[Case]) -> None:
+def _passing_check(adapter: Adapter, cases: list[Case]) -> tuple[Case, str] | str:
+    """(the first case this adapter passes, its reproduction), or why there is none to try."""
     if "cpu" not in adapter.devices:
-        pytest.skip(f"{adapter.name} runs on a GPU only; its reproduction is the CPU's twice over")
+        return f"{adapter.name} runs on a GPU only; its reproduction is the CPU's twice over"
     try:
         adapter.check_available("cpu")
     except Unavailable as exc:
-        pytest.skip(str(exc))
+        return str(exc)
     target = Target(adapter, "cpu", "strict")
     records = {case.id: run_check(case, target, "float32") for case in cases}
     passing = [case for case in cases if records[case.id]["outcome"] == "pass"]
     if not passing and all(r["outcome"] == "unsupported" for r in records.values()):
-        pytest.skip(f"unsupported on this machine: {records[cases[0].id]['message']}")
+        return f"unsupported on this machine: {records[cases[0].id]['message']}"
     assert passing, {case_id: (r["outcome"], r["message"]) for case_id, r in records.items()}
-    case = passing[0]
-    record = records[case.id]
-    namespace: dict[str, Any] = {}
-    exec(record["reproduction"], namespace)  # the text a user would paste
-    name = "y" if adapter.quantity == OUTPUT else "g"
-    value = namespace[name]
-    pasted = np.asarray(value.detach() if hasattr(value, "detach") else value)
+    return passing[0], str(records[passing[0].id]["reproduction"])
+
+
+def _same_bits(pasted: np.ndarray, adapter: Adapter, case: Case) -> None:
     returned = adapter.run(_adapter_call(case, adapter), "cpu", "strict")
-    assert pasted.dtype == returned.dtype and pasted.shape == returned.shape
-    np.testing.assert_array_equal(pasted.view(np.uint32), returned.view(np.uint32))  # every bit
+    assert pasted.dtype == returned.dtype and pasted.shape == returned.shape, adapter.name
+    np.testing.assert_array_equal(pasted.view(np.uint32), returned.view(np.uint32), adapter.name)  # every bit
+
+
+def _result_name(adapter: Adapter) -> str:
+    return "y" if adapter.quantity == OUTPUT else "g"
+
+
+IN_PROCESS = [adapter for adapter in ADAPTERS if not isinstance(adapter, InChildProcess)]
+
+
+@pytest.mark.parametrize("adapter", IN_PROCESS, ids=lambda a: a.name)
+def test_the_reproduction_gives_the_bits_the_target_returned(adapter: Adapter, cases: list[Case]) -> None:
+    found = _passing_check(adapter, cases)
+    if isinstance(found, str):
+        pytest.skip(found)
+    case, reproduction = found
+    namespace: dict[str, Any] = {}
+    exec(reproduction, namespace)  # the text a user would paste
+    value = namespace[_result_name(adapter)]
+    _same_bits(np.asarray(value.detach() if hasattr(value, "detach") else value), adapter, case)
+
+
+def _environment_id(environment: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f"{name}={value}" for name, value in environment)
+
+
+CHILD_ENVIRONMENTS = sorted(
+    {tuple(sorted(a.child_environment.items())) for a in ADAPTERS if isinstance(a, InChildProcess)}
+)
+
+# Runs each pasted reproduction in a fresh namespace of one fresh interpreter, saving its result.
+# Results alone would not show a missing setting (integer data gives the same bits on every
+# backend), so it also reports the variables each reproduction left set.
+PASTE_ALL = """
+import json, os, sys
+import numpy as np
+sources, variables = json.load(open(sys.argv[1]))
+results, settings = {}, {}
+for name, (source, result) in sources.items():
+    namespace = {}
+    exec(source, namespace)
+    settings[name] = {variable: os.environ.get(variable) for variable in variables}
+    value = namespace[result]
+    value = value.detach() if hasattr(value, "detach") else value
+    results[name] = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+np.savez(sys.argv[2], **results)
+json.dump(settings, open(sys.argv[3], "w"))
+"""
+
+
+@pytest.mark.parametrize("environment", CHILD_ENVIRONMENTS, ids=_environment_id)
+def test_reproductions_of_child_process_targets_in_a_fresh_interpreter(
+    environment: tuple[tuple[str, str], ...], cases: list[Case], tmp_path: Path
+) -> None:
+    adapters = [
+        a for a in ADAPTERS if isinstance(a, InChildProcess) and tuple(sorted(a.child_environment.items())) == environment
+    ]
+    checks: dict[str, tuple[Adapter, Case, str]] = {}
+    skipped = []
+    for adapter in adapters:
+        found = _passing_check(adapter, cases)
+        if isinstance(found, str):
+            skipped.append(found)
+        else:
+            checks[adapter.name] = (adapter, *found)
+    if not checks:
+        pytest.skip("; ".join(sorted(set(skipped))))
+    sources = {name: (source, _result_name(adapter)) for name, (adapter, _, source) in checks.items()}
+    (tmp_path / "sources.json").write_text(json.dumps([sources, [name for name, _ in environment]]))
+    # The interpreter starts without the environment: the reproduction must set it itself.
+    files = [str(tmp_path / name) for name in ("sources.json", "pasted.npz", "settings.json")]
+    subprocess.run(
+        [sys.executable, "-c", PASTE_ALL, *files], check=True,
+        env={k: v for k, v in os.environ.items() if k not in dict(environment)},
+    )  # fmt: skip
+    pasted = np.load(tmp_path / "pasted.npz")
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    for name, (adapter, case, _) in checks.items():
+        assert settings[name] == dict(environment), name
+        _same_bits(pasted[name], adapter, case)
 
 
 def test_every_target_kind_is_covered() -> None:
@@ -109,3 +193,5 @@ def test_every_target_kind_is_covered() -> None:
     names = {a.name for a in ADAPTERS}
     assert "numpy.im2col" in names and "tensorflow.conv2d@onednn-on" in names
     assert {f"torch.conv2d@{q}" for q in QUANTITIES} <= names
+    assert "keras-jax.Conv2D@grad-kernel" in names
+    assert set(IN_PROCESS) | {a for a in ADAPTERS if isinstance(a, InChildProcess)} == set(ADAPTERS)

@@ -5,7 +5,7 @@ Importing this package imports no framework: each adapter loads its own on first
 
 from __future__ import annotations
 
-from conformance.adapters import jax, numpy, onnxruntime, pytorch, tensorflow
+from conformance.adapters import jax, keras, numpy, onnxruntime, pytorch, tensorflow
 from conformance.adapters.base import (
     OUTPUT,
     QUANTITIES,
@@ -26,6 +26,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     *tensorflow.ADAPTERS,
     *jax.ADAPTERS,
     *onnxruntime.ADAPTERS,
+    *keras.ADAPTERS,
 )
 
 

@@ -95,6 +95,9 @@ class Adapter(ABC):
     own_environment = False  # runs in its own process with its own settings: recorded separately
     # "output" (the forward result) or a derivative of it, one of QUANTITIES.
     quantity = OUTPUT
+    # Runs a composite (conformance/composites.py) as one model of its framework's own, not layer by
+    # layer: such a target implements `run_model` and `model_reproduction`.
+    runs_models = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -132,6 +135,14 @@ class Adapter(ABC):
     @abstractmethod
     def environment(self) -> dict[str, Any]:
         """Versions, devices and precision flags, read at run time (only after the framework is loaded)."""
+
+    def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
+        """(Where `runs_models`.) The composite's output, computed as one model of the framework."""
+        raise NotImplementedError(f"{self.name} runs composites layer by layer")
+
+    def model_reproduction(self, composite: Any, dtype: str, device: str, precision: str) -> str:
+        """(Where `runs_models`.) Python source that builds and runs that model."""
+        raise NotImplementedError(f"{self.name} runs composites layer by layer")
 
 
 class DescribedAdapter(Adapter):

@@ -3,12 +3,13 @@ once, at import (TensorFlow's `TF_ENABLE_ONEDNN_OPTS`, Keras' `KERAS_BACKEND`), 
 started with it.
 
 `InChildProcess(inner, variant, environment)` is a target that runs the adapter `inner` in a child
-started with `environment` set. The parent never imports the framework: availability, every call
-and the environment block are asked of the child. Messages are typed dataclasses, pickled and
-framed by their length (8 bytes, little-endian) over the child's stdin and stdout; the adapter
-itself travels in the request (pickled by reference to its class, so the child imports the same
-module). A child ends when its parent closes the pipe or dies (PR_SET_PDEATHSIG on Linux, and a
-check of its parent's pid), so no framework process outlives a killed run.
+started with `environment` set. The parent never imports the framework: availability, every call (a
+check's, or a whole composite model's) and the environment block are asked of the child. Messages
+are typed dataclasses, pickled and framed by their length (8 bytes, little-endian) over the child's
+stdin and stdout; the adapter itself travels in the request (pickled by reference to its class, so
+the child imports the same module). A child ends when its parent closes the pipe or dies
+(PR_SET_PDEATHSIG on Linux, and a check of its parent's pid), so no framework process outlives a
+killed run.
 
 Each distinct (framework, environment) gets one child per process, started on first use. A child
 that dies is reported on the check that was running in it and forgotten alone: the next check
@@ -55,13 +56,24 @@ class Run:
 
 
 @dataclass(frozen=True)
+class RunModel:
+    """A composite as one model of the framework's own (`Adapter.run_model`)."""
+
+    adapter: Adapter
+    composite: Any
+    dtype: str
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
 class Describe:
     """The adapter's environment block, read in the child."""
 
     adapter: Adapter
 
 
-Request = CheckAvailable | Run | Describe
+Request = CheckAvailable | Run | RunModel | Describe
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,8 @@ class InChildProcess(Adapter):
 
     def __init__(self, inner: Adapter, variant: str, environment: dict[str, str], devices: tuple[str, ...]) -> None:
         self.inner, self.variant, self.devices = inner, variant, devices
-        self.framework, self.op = inner.framework, inner.op
+        self.framework, self.op, self.quantity = inner.framework, inner.op, inner.quantity
+        self.runs_models = inner.runs_models
         self.child_environment = dict(environment)
 
     def _ask(self, message: Request) -> Any:
@@ -200,6 +213,9 @@ class InChildProcess(Adapter):
         return self.inner.unsupported_reason(call_params)
 
     def check_available(self, device: str) -> None:
+        missing = self.framework.missing()
+        if missing:  # known from package metadata: no process is started to learn it
+            raise Unavailable(missing)
         try:
             self._ask(CheckAvailable(self.inner, device))
         except ProcessDied:  # it died between checks (no check of this one's doing): once more, in a new one
@@ -209,10 +225,20 @@ class InChildProcess(Adapter):
         result: np.ndarray = self._ask(Run(self.inner, call, device, precision))
         return result
 
-    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        """The inner call after the variables this process was started with (they must come before the import)."""
+    def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
+        result: np.ndarray = self._ask(RunModel(self.inner, composite, dtype, device, precision))
+        return result
+
+    def _after_settings(self, source: str) -> str:
+        """`source` after the variables this process was started with (they must come before the import)."""
         settings = Program(tuple(SetEnv(name, value) for name, value in self.child_environment.items()))
-        return "\n".join(part for part in (settings.source(), self.inner.reproduction(call, device, precision)) if part)
+        return "\n".join(part for part in (settings.source(), source) if part)
+
+    def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
+        return self._after_settings(self.inner.reproduction(call, device, precision))
+
+    def model_reproduction(self, composite: Any, dtype: str, device: str, precision: str) -> str:
+        return self._after_settings(self.inner.model_reproduction(composite, dtype, device, precision))
 
     def environment(self) -> dict[str, Any]:
         info: dict[str, Any] = self._ask(Describe(self.inner))
@@ -242,6 +268,10 @@ def _answer(message: Request) -> Reply:
         if isinstance(message, Run):
             message.adapter.check_available(message.device)
             return Answer(message.adapter.run(message.call, message.device, message.precision))
+        if isinstance(message, RunModel):
+            message.adapter.check_available(message.device)
+            model = (message.composite, message.dtype, message.device, message.precision)
+            return Answer(message.adapter.run_model(*model))
         return Answer(message.adapter.environment())
     except Unavailable as exc:
         return Refusal("unavailable", type(exc).__name__, str(exc))

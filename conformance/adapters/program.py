@@ -11,8 +11,9 @@ when they were written separately); `tests/test_reproductions.py` executes every
 and compares bits.
 
 Only what the adapters need is here: no control flow, operators `+` and `*`, one-expression
-lambdas, `with` blocks, and `Cached` for an expression whose value is expensive to rebuild and
-safe to reuse (a `tf.function`, whose tracing is the expensive part).
+lambdas, `with` blocks, and `Cached` (an expression) and `Once` (statements) for what is expensive
+to rebuild and safe to reuse (a `tf.function`, whose tracing is the expensive part; a compiled
+Keras model).
 """
 
 from __future__ import annotations
@@ -388,6 +389,36 @@ class With(Statement):
     def lines(self) -> list[str]:
         header = f"with {self.context.source()}" + (f" as {self.name}" if self.name else "") + ":"
         return [header, *(f"    {line}" for statement in self.body for line in statement.lines())]
+
+
+@dataclass(frozen=True)
+class Once(Statement):
+    """Statements whose results are expensive to rebuild and safe to reuse (a Keras model built and
+    compiled, whose compiled predict step is the expensive part): run once per distinct source and
+    `context`, and on every later run the names they bound are bound again. Like `Cached`, the body
+    may read only modules; it prints as the plain statements."""
+
+    body: tuple[Statement, ...]
+    context: tuple[Any, ...] = ()
+
+    def execute(self, namespace: Namespace) -> None:
+        key = ("\n".join(self.lines()), self.context)
+        if key not in _cached:
+            modules = {name: value for name, value in namespace.items() if isinstance(value, types.ModuleType)}
+            scope: dict[str, Any] = dict(modules)
+            try:
+                for statement in self.body:
+                    statement.execute(scope)
+            except KeyError as exc:
+                raise ValueError(f"a statement run once may read only modules, not {exc}: {key[0]}") from None
+            _cached[key] = {name: value for name, value in scope.items() if name not in modules}
+            if len(_cached) > CACHE_SIZE:
+                _cached.popitem(last=False)
+        _cached.move_to_end(key)
+        namespace.update(_cached[key])
+
+    def lines(self) -> list[str]:
+        return [line for statement in self.body for line in statement.lines()]
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,8 @@ class CaseFile(pytest.File):
 
 
 class CompositesFile(pytest.File):
-    """The documents' multi-layer examples: each composite through every plain (non-variant) target."""
+    """The documents' multi-layer examples: each composite through every plain (non-variant) target,
+    and every target that runs it as one model (Keras' eager and compiled models)."""
 
     def collect(self) -> Iterator[pytest.Item]:
         rootpath = self.config.rootpath
@@ -89,7 +90,7 @@ class CompositesFile(pytest.File):
         loaded, errors = composites.load(self.path, label)
         for error in errors:
             yield invalid_item(self, error)
-        plain = [t for t in collected_targets(self.config) if not t.adapter.variant]
+        plain = [t for t in collected_targets(self.config) if not t.adapter.variant or t.adapter.runs_models]
         lines = id_lines(self.path.read_text())
         not_run = NotRunChecks(self.config)
         for composite in loaded:

@@ -45,16 +45,21 @@ def targets(config: pytest.Config) -> list[Target]:
 
 
 def register_markers(config: pytest.Config) -> None:
-    names = {t.adapter.framework.name: t.adapter.framework.title for t in targets(config)}
-    for name, title in sorted(names.items()):
-        config.addinivalue_line("markers", f"{name}: {title} targets")
+    names: dict[str, str] = {}
+    for framework in {t.adapter.framework for t in targets(config)}:
+        names[framework.name] = f"{framework.title} targets"
+        for family in framework.markers:
+            names.setdefault(family, f"every {family} target")
+    for name, text in sorted(names.items()):
+        config.addinivalue_line("markers", f"{name}: {text}")
     for name, text in {**PLACES, **KINDS}.items():
         config.addinivalue_line("markers", f"{name}: {text}")
 
 
 def every_marker(config: pytest.Config) -> list[str]:
     """What an item that concerns every check carries (a broken case file would have run on all)."""
-    return sorted({t.adapter.framework.name for t in targets(config)} | set(PLACES) | set(KINDS))
+    frameworks_markers = {marker for t in targets(config) for marker in t.adapter.framework.all_markers}
+    return sorted(frameworks_markers | set(PLACES) | set(KINDS))
 
 
 def collected_targets(config: pytest.Config) -> list[Target]:
@@ -106,13 +111,14 @@ def selected_by_markers(config: pytest.Config, markers: frozenset[str]) -> bool:
     return selected[markers]
 
 
-_item_markers: dict[tuple[str, str, str], frozenset[str]] = {}
+_item_markers: dict[tuple[str, frameworks.Framework, str], frozenset[str]] = {}
 
 
 def item_markers(case: Case, target: Target) -> frozenset[str]:
-    key = (case.tier, target.adapter.framework.name, target.device)
+    key = (case.tier, target.adapter.framework, target.device)
     if key not in _item_markers:
-        _item_markers[key] = frozenset(["conformance", *key[1:], *([case.tier] if case.tier != "default" else [])])
+        tier = [case.tier] if case.tier != "default" else []
+        _item_markers[key] = frozenset(["conformance", *target.adapter.framework.all_markers, target.device, *tier])
     return _item_markers[key]
 
 

@@ -1,0 +1,495 @@
+"""Keras 3: `keras.layers.Conv2D` and `keras.layers.DepthwiseConv2D`, the layers people write, on
+every Keras backend installed (TensorFlow, JAX, PyTorch).
+
+Keras fixes its backend when it is first imported (`KERAS_BACKEND`), so every target here runs in
+a child process started with it: the one mechanism of conformance/adapters/child.py, which the
+oneDNN targets use too. In the child the layer is built as users build it: the constructor with
+the case's geometry, `layer.build(input_shape)`, then the kernel's `assign`. Keras kernels are HWIO
+in both data formats (our layout); a depthwise kernel is (k_h, k_w, C, multiplier), the reshape of
+our (k_h, k_w, 1, C * multiplier) (output channel c * m + j reads input channel c in both).
+
+Per backend and layer:
+- the eager layer call;
+- `@compiled`: a `keras.Sequential` around the layer, called by `predict_on_batch`, the compiled
+  predict step that `model.predict` runs (a tf.function on TensorFlow, jax.jit on JAX; the torch
+  backend runs it eagerly unless `jit_compile=True`, which means torch.compile: about 15 s per
+  geometry here, so it is not a target);
+- `@jit-compile` (TensorFlow): the same model after `compile(jit_compile=True)`, XLA (on a
+  CPU-only machine Keras' "auto" leaves XLA off, so `@compiled` is not XLA there);
+- `@channels-first`: `data_format="channels_first"` (the input transposed to NCHW, the kernel
+  still HWIO);
+- `@zero-padding` (Conv2D): pads written as Keras users write them, `ZeroPadding2D` before a
+  `padding="valid"` layer: every case, SAME included (with the pads of DESIGN.md);
+- `@grad-input`, `@grad-kernel`: the eager layer call differentiated by the backend's own
+  autodiff (`tf.GradientTape`, `jax.vjp` over `layer.stateless_call`, `torch.autograd.grad`).
+
+Keras layers take padding "valid" or "same" only, so the plain targets leave explicit-pad cases
+to `@zero-padding`. A geometry that the layer's constructor refuses (Keras 3.15: strides > 1 with
+dilation_rate > 1, on every backend alike) is `unsupported` in Keras' own words; what one backend
+refuses at the call while the others compute it is an error, and a known divergence in
+cases/expectations.toml. The child keeps each backend's defaults as users get them: on JAX that
+means jax_enable_x64 is off, so a float64 layer silently computes in float32 (a divergence too).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from conformance.adapters import padding
+from conformance.adapters.base import (
+    CallParams,
+    ConvCall,
+    DerivativeAdapter,
+    DescribedAdapter,
+    Unavailable,
+    Unsupported,
+)
+from conformance.adapters.child import InChildProcess
+from conformance.adapters.modes import numpy_output
+from conformance.adapters.program import (
+    Assign,
+    Attr,
+    Call,
+    Do,
+    Expr,
+    Import,
+    Index,
+    Lambda,
+    Name,
+    Once,
+    Program,
+    SetAttr,
+    Statement,
+    With,
+    invoke,
+    method,
+)
+from conformance.frameworks import KERAS_JAX, KERAS_TENSORFLOW, KERAS_TORCH, Framework
+
+if TYPE_CHECKING:  # (conformance.composites imports the adapters: it is imported where it is used)
+    from conformance.composites import Composite
+
+BACKENDS: dict[str, Framework] = {"tensorflow": KERAS_TENSORFLOW, "jax": KERAS_JAX, "torch": KERAS_TORCH}
+BACKEND_VARIABLE = "KERAS_BACKEND"
+KERNEL = Attr(Name("layer"), "kernel")
+# The kernel is assigned right after `build`: Keras' default random initializer would only cost
+# (on JAX, a compilation of the random draw for every kernel shape: 80 ms a check, against 4).
+INITIALIZER = "zeros"
+
+
+@cache
+def _keras(backend: str) -> Any:
+    """Keras, imported in this process with `backend` (a child started with KERAS_BACKEND set)."""
+    os.environ.setdefault(BACKEND_VARIABLE, backend)
+    try:
+        import keras
+    except Exception as exc:  # Keras, or its backend, missing or broken: Keras raises at import
+        raise Unavailable(f"Keras on {backend} cannot be imported ({type(exc).__name__}: {exc})") from None
+    if keras.backend.backend() != backend:
+        raise Unavailable(f"this process's Keras runs on {keras.backend.backend()}, not {backend}")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        # Every geometry's model traces its own predict step, by design: TF's retracing warning
+        # for each of them is noise on the run's stderr.
+        tf.get_logger().setLevel("ERROR")
+    return keras
+
+
+def _gpu_visible(backend: str) -> bool:
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _precision(backend: str, device: str, precision: str) -> list[Statement]:
+    """TF32 on a GPU: off in strict mode, the backend's default otherwise (Keras has no switch of
+    its own; one child serves both modes, so each check states its own)."""
+    if device != "gpu":
+        return []
+    strict = precision == "strict"
+    if backend == "tensorflow":
+        return [
+            Import("tensorflow", "tf"),
+            Do(invoke("tf.config.experimental.enable_tensor_float_32_execution", not strict)),
+        ]
+    if backend == "jax":
+        return [
+            Import("jax"),
+            Do(invoke("jax.config.update", "jax_default_matmul_precision", "highest" if strict else None)),
+        ]
+    return [Import("torch"), SetAttr("torch.backends.cudnn.allow_tf32", not strict)]  # (True is torch's default)
+
+
+def _tensor(name: str, source: Expr, dtype: str, comment: str = "") -> Assign:
+    return Assign(name, invoke("keras.ops.convert_to_tensor", source, dtype=dtype), comment)
+
+
+class _KerasLayer(DescribedAdapter):
+    """One Keras layer on one backend, run in a process whose Keras has that backend."""
+
+    layer_class: str  # "Conv2D" or "DepthwiseConv2D"
+
+    def __init__(self, backend: str, variant: str = "") -> None:
+        self.backend, self.variant = backend, variant
+        self.framework, self.op = BACKENDS[backend], self.layer_class
+
+    # -- what differs between the two layers --
+
+    def layer_arguments(self, call: ConvCall) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def kernel_value(self, call: ConvCall) -> Expr:
+        """The case's HWIO kernel in the layer's own kernel layout."""
+        return Name("w")
+
+    # -- the layer, as users build it --
+
+    @property
+    def channels_first(self) -> bool:
+        return self.variant == "channels-first"
+
+    def padding_word(self, call: CallParams | ConvCall) -> str | None:
+        if self.variant == "zero-padding":
+            return "valid"
+        word = padding.native_word(call.padding)
+        return word.lower() if word else None
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        if self.padding_word(call_params) is None:
+            return (
+                f'keras.layers.{self.layer_class} takes padding "valid" or "same"; Keras users write explicit '
+                f"pads as ZeroPadding2D before a valid layer (the @zero-padding target)"
+            )
+        return None
+
+    def layer(self, call: ConvCall) -> Call:
+        data_format = "channels_first" if self.channels_first else "channels_last"
+        return invoke(
+            f"keras.layers.{self.layer_class}",
+            **self.layer_arguments(call),
+            strides=tuple(call.stride),
+            padding=self.padding_word(call),
+            data_format=data_format,
+            dilation_rate=tuple(call.rate),
+            use_bias=False,
+            dtype=call.dtype,
+        )
+
+    def input_shape(self, call: ConvCall) -> tuple[int, ...]:
+        n, h, w, c = call.x.shape
+        if self.variant == "zero-padding":
+            (top, bottom), (left, right) = call.geometry.pads
+            h, w = h + top + bottom, w + left + right
+        return (n, c, h, w) if self.channels_first else (n, h, w, c)
+
+    def input_tensor(self, call: ConvCall) -> list[Statement]:
+        """`x_k`, the input as the layer takes it (NCHW for channels-first, padded for zero-padding)."""
+        if self.channels_first:
+            return [_tensor("x_k", method("x", "transpose", 0, 3, 1, 2), call.dtype, "NCHW")]
+        tensor = _tensor("x_k", Name("x"), call.dtype, "NHWC")
+        if self.variant != "zero-padding":
+            return [tensor]
+        (top, bottom), (left, right) = call.geometry.pads
+        zero_padding = invoke("keras.layers.ZeroPadding2D", padding=((top, bottom), (left, right)), dtype=call.dtype)
+        return [tensor, Assign("x_k", invoke(zero_padding, Name("x_k")), "explicit pads, the Keras way")]
+
+    def built_layer(self, call: ConvCall) -> list[Statement]:
+        return [
+            Assign("layer", self.layer(call)),
+            Do(method("layer", "build", self.input_shape(call))),
+            Do(method(KERNEL, "assign", self.kernel_value(call)), "Keras' own kernel layout"),
+        ]
+
+    def forward(self, call: ConvCall, device: str) -> list[Statement]:
+        """`y` (NHWC) from the built layer and the case's data."""
+        if self.variant in ("compiled", "jit-compile"):
+            return self.compiled(call, device)
+        if self.channels_first:
+            return [
+                *self.built_layer(call),
+                *self.input_tensor(call),
+                Assign("y_nchw", invoke("layer", Name("x_k"))),
+                Assign("y", invoke("keras.ops.transpose", Name("y_nchw"), (0, 2, 3, 1)), "NHWC"),
+            ]
+        return [*self.built_layer(call), *self.input_tensor(call), Assign("y", invoke("layer", Name("x_k")))]
+
+    def compiled(self, call: ConvCall, device: str) -> list[Statement]:
+        """A model around the layer, built (and compiled) once per geometry and reused by every
+        check that shares it, as a served model is; each check assigns its own kernel."""
+        n, h, w, c = call.x.shape
+        model_input = invoke("keras.Input", shape=(h, w, c), batch_size=n, dtype=call.dtype)
+        build: list[Statement] = [Assign("model", invoke("keras.Sequential", [model_input, self.layer(call)]))]
+        if self.variant == "jit-compile":
+            build.append(Do(method("model", "compile", jit_compile=True)))
+        layer = Index(Attr(Name("model"), "layers"), -1)
+        return [
+            Once(tuple(build), context=(device,)),
+            Do(method(Attr(layer, "kernel"), "assign", self.kernel_value(call)), "Keras' own kernel layout"),
+            Assign("y", method("model", "predict_on_batch", Name("x"))),
+        ]
+
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        body = self.forward(call, device)
+        return Program(
+            (
+                Import("keras"),
+                *_precision(self.backend, device, precision),
+                With(invoke("keras.device", f"{device}:0"), tuple(body)),
+            )
+        )
+
+    # -- running in the child --
+
+    def check_available(self, device: str) -> None:
+        keras = _keras(self.backend)
+        if device == "gpu" and not _gpu_visible(self.backend):
+            raise Unavailable(f"no GPU visible to Keras {keras.__version__} on {self.backend}")
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        keras = _keras(self.backend)
+        try:  # the constructor alone: what it refuses, it refuses on every backend alike
+            self.layer(call).evaluate({"keras": keras})
+        except ValueError as exc:
+            raise Unsupported(f"keras.layers.{self.layer_class} refuses it: {exc}") from None
+        return super().run(call, device, precision)
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        keras = _keras(self.backend)
+        return numpy_output(keras.ops.convert_to_numpy(value), keras.backend.standardize_dtype(value.dtype))
+
+    def environment(self) -> dict[str, Any]:
+        keras = _keras(self.backend)
+        return {
+            "version": keras.__version__,
+            "backend": self.backend,
+            "backend_version": self.framework.backend_version(),
+            "devices": ["cpu"] + (["gpu"] if _gpu_visible(self.backend) else []),
+            "flags": {
+                BACKEND_VARIABLE: os.environ.get(BACKEND_VARIABLE, "(unset)"),
+                "floatx": keras.config.floatx(),
+                "image_data_format (default)": keras.config.image_data_format(),
+            },
+        }
+
+
+class KerasConv2D(_KerasLayer):
+    layer_class = "Conv2D"
+
+    def __init__(self, backend: str, variant: str = "") -> None:
+        super().__init__(backend, variant)
+        # The composites run as whole Keras models through the eager call and the compiled ones.
+        self.runs_models = variant in MODEL_VARIANTS
+
+    def model_source(self, composite: Composite, dtype: str, device: str, precision: str) -> str:
+        """The composite as a functional Keras model of Conv2D, ReLU, GlobalAveragePooling2D,
+        UpSampling2D and Concatenate layers: runnable source (it is what `run_model` executes)."""
+        from conformance import composites
+
+        graph = _ModelSource(dtype)
+        output = composites.build(composite, graph, "inputs")
+        n, h, w, c = composites.composite_input(composite).shape
+        call = {
+            "": "model(x)",
+            "compiled": "model.predict_on_batch(x)",
+            "jit-compile": "model.predict_on_batch(x)",
+        }[self.variant]
+        body = [
+            f"inputs = keras.Input(shape={(h, w, c)}, batch_size={n}, dtype={dtype!r})",
+            *graph.lines,
+            f"model = keras.Model(inputs, {output})",
+            *(["model.compile(jit_compile=True)"] if self.variant == "jit-compile" else []),
+            f"y = {call}",
+        ]
+        precision_lines = [
+            line for statement in _precision(self.backend, device, precision) for line in statement.lines()
+        ]
+        return "\n".join(
+            [
+                "import keras",
+                "from conformance import composites",
+                *precision_lines,
+                f"composite = composites.{composite!r}",
+                "x = composites.composite_input(composite)  # NHWC, float64",
+                "kernels = composites.kernels(composite)  # HWIO, in the order the layers use them",
+                f"with keras.device({device + ':0'!r}):",
+                *(f"    {line}" for line in body),
+            ]
+        )
+
+    def model_reproduction(self, composite: Any, dtype: str, device: str, precision: str) -> str:
+        return self.model_source(composite, dtype, device, precision)
+
+    def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
+        namespace: dict[str, Any] = {}
+        exec(self.model_source(composite, dtype, device, precision), namespace)  # the reproduction, as written
+        return self.to_numpy(namespace["y"])
+
+    def layer_arguments(self, call: ConvCall) -> dict[str, Any]:
+        k_h, k_w, _, out_channels = call.w.shape
+        return {
+            "filters": out_channels, "kernel_size": (k_h, k_w), "groups": call.groups,
+            "kernel_initializer": INITIALIZER,
+        }  # fmt: skip
+
+
+class KerasDepthwiseConv2D(_KerasLayer):
+    layer_class = "DepthwiseConv2D"
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        channels = call_params.input_shape[3]
+        if call_params.groups != channels or call_params.kernel_shape[2] != 1:
+            return "keras.layers.DepthwiseConv2D is only for depthwise convolution (groups = input channels)"
+        return super().unsupported_reason(call_params)
+
+    def layer_arguments(self, call: ConvCall) -> dict[str, Any]:
+        k_h, k_w, _, out_channels = call.w.shape
+        return {
+            "kernel_size": (k_h, k_w), "depth_multiplier": out_channels // call.x.shape[3],
+            "depthwise_initializer": INITIALIZER,
+        }  # fmt: skip
+
+    def kernel_value(self, call: ConvCall) -> Expr:
+        k_h, k_w, _, out_channels = call.w.shape
+        channels = call.x.shape[3]
+        return method("w", "reshape", k_h, k_w, channels, out_channels // channels)
+
+
+class _ModelSource:
+    """A composites.Graph whose values are variable names: each layer applied is a line of the
+    functional model's source; a convolution's kernel is assigned once calling it built it."""
+
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
+        self.lines: list[str] = []
+        self.kernels = 0
+
+    def _apply(self, layer: str, arguments: str, inputs: str) -> str:
+        name = f"t{len(self.lines)}"
+        separator = ", " if arguments else ""
+        self.lines.append(f"{name} = keras.layers.{layer}({arguments}{separator}dtype={self.dtype!r})({inputs})")
+        return name
+
+    def conv(self, x: str, w: np.ndarray, rate: int) -> str:
+        k_h, k_w, _, out_channels = w.shape
+        layer, name, number = f"conv{self.kernels}", f"t{len(self.lines)}", self.kernels
+        self.lines += [
+            f"{layer} = keras.layers.Conv2D({out_channels}, {(k_h, k_w)}, padding='same', dilation_rate={rate}, "
+            f"use_bias=False, kernel_initializer={INITIALIZER!r}, dtype={self.dtype!r})",
+            f"{name} = {layer}({x})",
+            f"{layer}.kernel.assign(kernels[{number}])",
+        ]
+        self.kernels += 1
+        return name
+
+    def relu(self, x: str) -> str:
+        return self._apply("ReLU", "", x)
+
+    def global_mean(self, x: str) -> str:
+        return self._apply("GlobalAveragePooling2D", "keepdims=True", x)
+
+    def broadcast(self, x: str, size: int) -> str:
+        return self._apply("UpSampling2D", f"size={size}", x)  # nearest: the 1x1 map repeated
+
+    def concat(self, xs: list[str]) -> str:
+        return self._apply("Concatenate", "", f"[{', '.join(xs)}]")
+
+
+class KerasGradient(DerivativeAdapter, DescribedAdapter):
+    """The eager layer call's gradient of <y, dy>, by the backend's own autodiff: the path
+    training takes (for JAX, Keras' stateless call, which is what its trainer differentiates)."""
+
+    primary: _KerasLayer
+
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        layer, backend = self.primary, self.primary.backend
+        wrt_input = self.with_respect_to == "input"
+        setup = [*layer.built_layer(call), *layer.input_tensor(call), _tensor("dy_k", Name("dy"), call.dtype)]
+        kernel = Attr(KERNEL, "value")
+        if backend == "tensorflow":
+            taped = With(
+                invoke("tf.GradientTape"),
+                (Do(method("tape", "watch", Name("x_k"))), Assign("y", invoke("layer", Name("x_k")))),
+                "tape",
+            )
+            wrt = Name("x_k") if wrt_input else kernel
+            body: list[Statement] = [
+                taped,
+                Assign("g", method("tape", "gradient", Name("y"), wrt, output_gradients=Name("dy_k"))),
+            ]
+            imports: list[Statement] = [Import("tensorflow", "tf")]
+        elif backend == "jax":
+            stateless = Lambda(
+                ("x_k", "kernel"), Index(method("layer", "stateless_call", [Name("kernel")], [], Name("x_k")), 0)
+            )
+            body = [
+                Assign("y, pullback", invoke("jax.vjp", stateless, Name("x_k"), kernel)),
+                Assign("gx, gw", invoke("pullback", Name("dy_k"))),
+                Assign("g", Name("gx" if wrt_input else "gw")),
+            ]
+            imports = [Import("jax")]
+        else:
+            wrt = Name("x_k") if wrt_input else kernel
+            body = [
+                Do(method("x_k", "requires_grad_")),
+                Assign("y", invoke("layer", Name("x_k"))),
+                Assign("(g,)", invoke("torch.autograd.grad", Name("y"), [wrt], grad_outputs=Name("dy_k"))),
+            ]
+            imports = [Import("torch")]
+        if not wrt_input and isinstance(layer, KerasDepthwiseConv2D):
+            k_h, k_w, _, out_channels = call.w.shape
+            body.append(Assign("g", invoke("keras.ops.reshape", Name("g"), (k_h, k_w, 1, out_channels)), "HWIO"))
+        statements = (
+            Import("keras"),
+            *imports,
+            *_precision(backend, device, precision),
+            With(invoke("keras.device", f"{device}:0"), (*setup, *body)),
+        )
+        return Program(statements, result="g")
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        keras = _keras(self.primary.backend)
+        try:
+            self.primary.layer(call).evaluate({"keras": keras})
+        except ValueError as exc:
+            raise Unsupported(f"keras.layers.{self.primary.layer_class} refuses it: {exc}") from None
+        return DescribedAdapter.run(self, call, device, precision)
+
+
+CONV2D_VARIANTS = ("", "compiled", "channels-first", "zero-padding")
+MODEL_VARIANTS = ("", "compiled", "jit-compile")
+DEPTHWISE_VARIANTS = ("", "compiled", "channels-first")
+GRADIENTS = ("grad-input", "grad-kernel")
+
+
+def _in_child(inner: _KerasLayer | KerasGradient) -> InChildProcess:
+    backend = inner.primary.backend if isinstance(inner, KerasGradient) else inner.backend
+    return InChildProcess(inner, inner.variant, {BACKEND_VARIABLE: backend}, devices=inner.devices)
+
+
+def _backend_targets(backend: str) -> list[InChildProcess]:
+    conv, depthwise = KerasConv2D(backend), KerasDepthwiseConv2D(backend)
+    layers: list[_KerasLayer] = [
+        *(KerasConv2D(backend, variant) for variant in CONV2D_VARIANTS),
+        *(KerasDepthwiseConv2D(backend, variant) for variant in DEPTHWISE_VARIANTS),
+    ]
+    if backend == "tensorflow":
+        layers.append(KerasConv2D(backend, "jit-compile"))
+    gradients = [KerasGradient(primary, quantity) for primary in (conv, depthwise) for quantity in GRADIENTS]
+    adapters: list[_KerasLayer | KerasGradient] = [*layers, *gradients]
+    return [_in_child(adapter) for adapter in adapters]
+
+
+ADAPTERS = tuple(target for backend in BACKENDS for target in _backend_targets(backend))
