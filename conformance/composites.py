@@ -164,9 +164,21 @@ def framework_conv(
         if len(sources) == 1 and before_first_call is not None:
             before_first_call(sources[0])
         with timing.spent(timing.FRAMEWORK):
-            return np.asarray(adapter.run(call, target.device, target.precision), dtype=np.float64)
+            out = adapter.run(call, target.device, target.precision)
+        return np.asarray(_in_dtype(out, dtype), dtype=np.float64)
 
     return conv, sources
+
+
+class WrongDtype(Exception):
+    """A layer (or the whole model) answered in another dtype than the composite's."""
+
+
+def _in_dtype(out: np.ndarray, dtype: str) -> np.ndarray:
+    want = float_format(dtype).numpy_dtype
+    if np.asarray(out).dtype != want:
+        raise WrongDtype(f"output dtype {np.asarray(out).dtype.name}, expected {want.name}")
+    return out
 
 
 def reference_conv(x: np.ndarray, w: np.ndarray, rate: int) -> np.ndarray:
@@ -364,7 +376,8 @@ def _run_check(
             sources.append(adapter.model_reproduction(composite, dtype, target.device, target.precision))
             before_first_call(sources[0])
             with timing.spent(timing.FRAMEWORK):
-                got = np.asarray(adapter.run_model(composite, dtype, target.device, target.precision), np.float64)
+                answer = adapter.run_model(composite, dtype, target.device, target.precision)
+            got = np.asarray(_in_dtype(answer, dtype), np.float64)
         else:
             got = build(composite, LayerByLayer(conv), x)
         if composite.kind == "stack":
@@ -374,6 +387,8 @@ def _run_check(
         return make_record(case, target, dtype, Verdict(Outcome.SKIP, str(exc)))
     except NotImplementedError as exc:
         return make_record(case, target, dtype, Verdict(Outcome.UNSUPPORTED, f"a layer is not expressible: {exc}"))
+    except WrongDtype as exc:
+        return make_record(case, target, dtype, Verdict(Outcome.SHAPE, str(exc)), reproduction=sources[0])
     except Exception as exc:
         return make_record(case, target, dtype, Verdict(Outcome.ERROR, f"raised {exception_text(exc)}"))
     if got.shape != exact.shape:
