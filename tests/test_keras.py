@@ -114,7 +114,10 @@ def test_explicit_pads_are_zero_padding_before_a_valid_layer(cases: dict[str, Ca
     assert plain["outcome"] == "unsupported" and "@zero-padding" in plain["message"]
     padded = _check(cases["explicit"], KerasConv2D("jax", "zero-padding"))
     assert padded["outcome"] == "pass", padded["message"]
-    assert "ZeroPadding2D(padding=((1, 2), (0, 1))" in padded["reproduction"] and "padding='valid'" in padded["reproduction"]
+    assert (
+        "ZeroPadding2D(padding=((1, 2), (0, 1))" in padded["reproduction"]
+        and "padding='valid'" in padded["reproduction"]
+    )
 
 
 def test_a_backend_refusal_is_an_error_naming_the_backends_words(cases: dict[str, Case]) -> None:
@@ -162,8 +165,8 @@ def test_a_composite_runs_as_one_keras_model_and_a_wrong_one_is_caught() -> None
 def test_every_backend_has_every_mode_and_the_keras_marker() -> None:
     names = {adapter.name for adapter in ADAPTERS}
     for backend in BACKENDS:
-        for op, variant in [("Conv2D", ""), ("Conv2D", "@compiled"), ("Conv2D", "@channels-first"),
-                            ("Conv2D", "@zero-padding"), ("Conv2D", "@grad-input"), ("DepthwiseConv2D", "@grad-kernel")]:  # fmt: skip
-            assert f"keras-{backend}.{op}{variant}" in names
+        for variant in ("", "@compiled", "@channels-first", "@zero-padding", "@grad-input"):
+            assert f"keras-{backend}.Conv2D{variant}" in names
+        assert f"keras-{backend}.DepthwiseConv2D@grad-kernel" in names
         assert "keras" in BACKENDS[backend].all_markers
     assert "keras-tensorflow.Conv2D@jit-compile" in names

@@ -3,9 +3,10 @@
 Every adapter in ADAPTERS that runs on the CPU (NumPy's im2col, each framework's plain calls, its
 execution modes, oracles, derivatives and child-process variants) runs one check here; its record's
 reproduction is executed and its `y` (`g` for a derivative) compared bit for bit with what the
-adapter's own `run` returned on the same data. A GPU-only target is listed, and skipped, with why. A target that runs in a process of its own
-(Keras' backends, oneDNN) has its reproductions executed in a fresh interpreter, one per such
-environment: the pasted text must set what that process was started with, before the import.
+adapter's own `run` returned on the same data. A GPU-only target is listed, and skipped, with why.
+A target that runs in a process of its own (Keras' backends, oneDNN) has its reproductions
+executed in a fresh interpreter, one per such environment: the pasted text must set what that
+process was started with, before the import.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ def test_reproductions_of_child_process_targets_in_a_fresh_interpreter(
     environment: tuple[tuple[str, str], ...], cases: list[Case], tmp_path: Path
 ) -> None:
     adapters = [
-        a for a in ADAPTERS if isinstance(a, InChildProcess) and tuple(sorted(a.child_environment.items())) == environment
+        a
+        for a in ADAPTERS
+        if isinstance(a, InChildProcess) and tuple(sorted(a.child_environment.items())) == environment
     ]
     checks: dict[str, tuple[Adapter, Case, str]] = {}
     skipped = []

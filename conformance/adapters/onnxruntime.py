@@ -189,15 +189,18 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
         weight = method(invoke("torch.tensor", Name("w"), dtype=dtype), "permute", 3, 2, 0, 1)
         example = (invoke("torch.zeros", n, c_in, h, w, dtype=dtype),)
         export = invoke(
-            "torch.onnx.export", Name("model"), example, Name("exported"), input_names=["x"], dynamo=False,
+            "torch.onnx.export",
+            Name("model"),
+            example,
+            Name("exported"),
+            input_names=["x"],
+            dynamo=False,
             opset_version=EXPORT_OPSET,
         )
         provider: Any = PROVIDERS[device]
         if device == "gpu" and precision == "strict":
             provider = (provider, {"use_tf32": "0"})
-        session = invoke(
-            "ort.InferenceSession", method("exported", "getvalue"), Name("options"), providers=[provider]
-        )
+        session = invoke("ort.InferenceSession", method("exported", "getvalue"), Name("options"), providers=[provider])
         run = Index(method("session", "run", None, Dict((("x", Name("x_nchw")),))), 0)
         return Program(
             (
