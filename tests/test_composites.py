@@ -49,7 +49,17 @@ class IgnoresRate(NumpyIm2col):
         return y.astype(call.x.dtype)
 
 
-@pytest.mark.parametrize("composite_id", ["hdc-1-2-3", "aspp-6-12-18"])
+class AnswersInFloat64(NumpyIm2col):
+    """Right values in a dtype the composite did not ask for (the way Keras on JAX answers float64
+    in float32): the composite check says so instead of comparing values only."""
+
+    op = "answers_in_float64"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        return super().run(call, device, precision).astype(np.float64)
+
+
+@pytest.mark.parametrize("composite_id", ["hdc-1-2-3", "aspp-6-12-18", "unet-bottleneck-rate2"])
 def test_a_wrong_layer_is_a_mismatch(loaded: list[composites.Composite], composite_id: str) -> None:
     composite = next(c for c in loaded if c.id == composite_id)
     case = composite.as_case("cases/composites.toml")
@@ -60,6 +70,21 @@ def test_a_wrong_layer_is_a_mismatch(loaded: list[composites.Composite], composi
     if composite.kind == "stack":
         assert good["error_map"]["kind"] == "coverage"
         assert bad["error_map"]["values"] != good["error_map"]["values"]  # the wrong field is drawn as computed
+    wrong_dtype = composites.run_check(composite, case, Target(AnswersInFloat64(), "cpu", "strict"), "float32")
+    assert wrong_dtype["outcome"] == "shape" and "output dtype float64, expected float32" in wrong_dtype["message"]
+
+
+def test_the_bottleneck_is_two_relu_layers_and_kernels_come_in_layer_order(
+    loaded: list[composites.Composite],
+) -> None:
+    bottleneck = next(c for c in loaded if c.kind == "bottleneck")
+    x = composites.composite_input(bottleneck)
+    first, second = composites.kernels(bottleneck)
+    by_hand = np.maximum(composites.reference_conv(np.maximum(composites.reference_conv(x, first, 2), 0), second, 2), 0)
+    built = composites.build(bottleneck, composites.LayerByLayer(composites.reference_conv), x)
+    np.testing.assert_array_equal(built, by_hand)
+    assert by_hand.min() == 0 and by_hand.max() > 0 and (by_hand == np.round(by_hand)).all()
+    assert len(composites.kernels(next(c for c in loaded if c.kind == "aspp"))) == 6  # 1x1, three rates, pool, merge
 
 
 @pytest.mark.parametrize("composite_id", ["gridding-2-2-2", "aspp-6-12-18"])

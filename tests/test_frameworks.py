@@ -48,3 +48,15 @@ def test_an_adapter_naming_its_framework_by_a_string_is_refused_where_it_is_writ
 
         class Old(Adapter):  # (the pre-registry spelling of an adapter)
             framework = "mybuild"  # type: ignore[assignment]
+
+
+def test_a_front_end_names_its_backend_and_says_what_is_missing() -> None:
+    keras_jax = frameworks.get("keras-jax")
+    assert keras_jax is not None and keras_jax.backend == "jax" and keras_jax.all_markers == ("keras-jax", "keras")
+    assert keras_jax.backend_version() == frameworks.version_of("jax")
+    assert "jax" in keras_jax.packages and "keras" in keras_jax.packages
+    absent = frameworks.Framework("nothing-here", "Nothing", ("no-such-distribution-anywhere",))
+    assert absent.missing() == "Nothing is not installed (pip: no-such-distribution-anywhere)"
+    orphan = frameworks.Framework("orphan", "Keras on nothing", ("numpy",), backend="no-such-distribution-anywhere")
+    assert orphan.missing() == "Keras on nothing needs no-such-distribution-anywhere, which is not installed"
+    assert frameworks.NUMPY.missing() is None

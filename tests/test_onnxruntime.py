@@ -10,7 +10,8 @@ import pytest
 
 from conformance import runner
 from conformance.adapters import Target
-from conformance.adapters.onnxruntime import OnnxRuntimeConv
+from conformance.adapters.onnxruntime import OnnxRuntimeConv, OnnxRuntimeTorchExport
+from conformance.adapters.program import Do, Name, Program, With, invoke, method
 from conformance.cases import Case, load_file
 
 pytest.importorskip("onnxruntime")
@@ -102,3 +103,31 @@ def test_records_and_environment_name_the_runtime(cases: dict[str, Case]) -> Non
     assert "ORT_DISABLE_ALL" in record["reproduction"]
     environment = OnnxRuntimeConv().environment()
     assert environment["opset"] == 21 and "CPUExecutionProvider" in environment["providers"]
+
+
+class ExportWithoutTranspose(OnnxRuntimeTorchExport):
+    """An export script that loads the HWIO kernel into the OIHW weight with the spatial axes swapped."""
+
+    def describe(self, call: Any, device: str, precision: str) -> Any:
+        program = super().describe(call, device, precision)
+        kernel = invoke("torch.tensor", method("w", "transpose", 1, 0, 2, 3), dtype=Name(f"torch.{call.dtype}"))
+        swapped = method(kernel, "permute", 3, 2, 0, 1)
+        statements = tuple(
+            With(s.context, (Do(method("conv.weight", "copy_", swapped)),)) if isinstance(s, With) else s
+            for s in program.statements
+        )
+        return Program(statements)
+
+
+def test_the_torch_export_path_runs_the_exported_model(cases: dict[str, Case]) -> None:
+    pytest.importorskip("torch")
+    exported = OnnxRuntimeTorchExport()
+    padded = _check(cases["asymmetric"], exported)
+    assert padded["outcome"] == "pass" and padded["exact"], padded["message"]
+    assert "torch.nn.ZeroPad2d([0, 1, 1, 2])" in padded["reproduction"] and "dynamo=False" in padded["reproduction"]
+    # torch's padding="same" is exported as auto_pad SAME_UPPER, which ONNX Runtime refuses with dilation (#20582)
+    same = _check(cases["same-rate2"], exported)
+    assert same["outcome"] == "error" and "Dilation not supported for AutoPadType::SAME_UPPER" in same["message"]
+    assert _check(cases["same-rate1"], exported)["outcome"] == "unsupported"  # torch: padding="same" at stride 1 only
+    wrong = _check(cases["asymmetric"], ExportWithoutTranspose())
+    assert wrong["outcome"] in ("mismatch", "shape", "error"), wrong["message"]

@@ -46,21 +46,11 @@ def pytest_configure(config: pytest.Config) -> None:
     run_state.start(config)
     if run_state.is_worker(config):
         return
-    if settings.workers and _xdist_chose_load(config):
-        # xdist's "load" hands each worker its share up front: the harness tests that run pytest in
-        # subprocesses (minutes) held one worker while the other ran 80% of the checks. Work
-        # stealing rebalances as they finish. (A --dist of the user's own is kept.)
-        config.option.dist = "worksteal"
     if settings.workers and config.option.maxworkerrestart is None:
         # Each crash costs a worker restart; the crash limit bounds how many a run can need.
         budget = settings.limits.crash_limit * len(selection.targets(config)) + 4 * settings.workers
         config.option.maxworkerrestart = str(budget)
     config.pluginmanager.register(controller.ResultCollector(config), "conformance-collector")
-
-
-def _xdist_chose_load(config: pytest.Config) -> bool:
-    given = any(arg == "-d" or arg.startswith("--dist") for arg in config.invocation_params.args)
-    return getattr(config.option, "dist", None) == "load" and not given
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
