@@ -12,7 +12,14 @@ import pytest
 from conformance import composites, runner
 from conformance.adapters import ADAPTERS, Target
 from conformance.adapters.child import InChildProcess, children
-from conformance.adapters.keras import BACKEND_VARIABLE, BACKENDS, KerasConv2D, KerasDepthwiseConv2D, KerasGradient
+from conformance.adapters.keras import (
+    BACKEND_VARIABLE,
+    BACKENDS,
+    KerasConv2D,
+    KerasDepthwiseConv2D,
+    KerasGradient,
+    in_child,
+)
 from conformance.cases import Case, load_file
 from conformance.frameworks import version_of
 from tests import fault_adapters
@@ -73,8 +80,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
 
 
 def _in_child(inner: Any) -> InChildProcess:
-    backend = inner.primary.backend if isinstance(inner, KerasGradient) else inner.backend
-    return InChildProcess(inner, inner.variant, {BACKEND_VARIABLE: backend}, devices=("cpu",))
+    return in_child(inner, devices=("cpu",))
 
 
 def _check(case: Case, inner: Any, dtype: str = "float32") -> dict[str, Any]:

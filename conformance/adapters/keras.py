@@ -258,12 +258,15 @@ class _KerasLayer(DescribedAdapter):
         if device == "gpu" and not _gpu_visible(self.backend):
             raise Unavailable(f"no GPU visible to Keras {keras.__version__} on {self.backend}")
 
-    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        keras = _keras(self.backend)
-        try:  # the constructor alone: what it refuses, it refuses on every backend alike
-            self.layer(call).evaluate({"keras": keras})
+    def refuse_what_keras_refuses(self, call: ConvCall) -> None:
+        """The constructor alone: what it refuses, it refuses on every backend alike (`Unsupported`)."""
+        try:
+            self.layer(call).evaluate({"keras": _keras(self.backend)})
         except ValueError as exc:
             raise Unsupported(f"keras.layers.{self.layer_class} refuses it: {exc}") from None
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        self.refuse_what_keras_refuses(call)
         return super().run(call, device, precision)
 
     def to_numpy(self, value: Any) -> np.ndarray:
@@ -460,11 +463,7 @@ class KerasGradient(DerivativeAdapter, DescribedAdapter):
         return Program(statements, result="g")
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        keras = _keras(self.primary.backend)
-        try:
-            self.primary.layer(call).evaluate({"keras": keras})
-        except ValueError as exc:
-            raise Unsupported(f"keras.layers.{self.primary.layer_class} refuses it: {exc}") from None
+        self.primary.refuse_what_keras_refuses(call)
         return DescribedAdapter.run(self, call, device, precision)
 
 
@@ -474,9 +473,10 @@ DEPTHWISE_VARIANTS = ("", "compiled", "channels-first")
 GRADIENTS = ("grad-input", "grad-kernel")
 
 
-def _in_child(inner: _KerasLayer | KerasGradient) -> InChildProcess:
+def in_child(inner: _KerasLayer | KerasGradient, devices: tuple[str, ...] | None = None) -> InChildProcess:
+    """`inner` as a target: run in a process whose Keras was imported with its backend."""
     backend = inner.primary.backend if isinstance(inner, KerasGradient) else inner.backend
-    return InChildProcess(inner, inner.variant, {BACKEND_VARIABLE: backend}, devices=inner.devices)
+    return InChildProcess(inner, inner.variant, {BACKEND_VARIABLE: backend}, devices=devices or inner.devices)
 
 
 def _backend_targets(backend: str) -> list[InChildProcess]:
@@ -489,7 +489,7 @@ def _backend_targets(backend: str) -> list[InChildProcess]:
         layers.append(KerasConv2D(backend, "jit-compile"))
     gradients = [KerasGradient(primary, quantity) for primary in (conv, depthwise) for quantity in GRADIENTS]
     adapters: list[_KerasLayer | KerasGradient] = [*layers, *gradients]
-    return [_in_child(adapter) for adapter in adapters]
+    return [in_child(adapter) for adapter in adapters]
 
 
 ADAPTERS = tuple(target for backend in BACKENDS for target in _backend_targets(backend))
