@@ -388,9 +388,12 @@ def _run_check(
     except NotImplementedError as exc:
         return make_record(case, target, dtype, Verdict(Outcome.UNSUPPORTED, f"a layer is not expressible: {exc}"))
     except WrongDtype as exc:
-        return make_record(case, target, dtype, Verdict(Outcome.SHAPE, str(exc)), reproduction=sources[0])
+        return make_record(
+            case, target, dtype, Verdict(Outcome.SHAPE, str(exc)), reproduction=sources[0] if sources else ""
+        )
     except Exception as exc:
-        return make_record(case, target, dtype, Verdict(Outcome.ERROR, f"raised {exception_text(exc)}"))
+        raised = Verdict(Outcome.ERROR, f"raised {exception_text(exc)}")
+        return make_record(case, target, dtype, raised, reproduction=sources[0] if sources else "")
     if got.shape != exact.shape:
         shape = Verdict(Outcome.SHAPE, f"output shape {list(got.shape)}, expected {list(exact.shape)}")
         return make_record(case, target, dtype, shape, reproduction=sources[0] if sources else "")

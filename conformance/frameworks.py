@@ -85,14 +85,18 @@ TENSORFLOW = Framework(
     "tensorflow",
     "TensorFlow",
     ("tensorflow", "tensorflow-cpu"),
-    # TensorFlow's C++ start-up chatter is noise in test output; a user's own setting wins.
-    environment_defaults=(("TF_CPP_MIN_LOG_LEVEL", "2"),),
+    # TensorFlow's C++ start-up chatter is noise in test output; and each process that runs it (a
+    # worker, a oneDNN or Keras child) would otherwise claim the whole GPU at start. A user's own
+    # setting wins.
+    environment_defaults=(("TF_CPP_MIN_LOG_LEVEL", "2"), ("TF_FORCE_GPU_ALLOW_GROWTH", "true")),
 )
 JAX = Framework(
     "jax",
     "JAX",
     ("jax",),
     companions=("jaxlib",),
+    # Several processes of one run share the GPU: none takes 75% of its memory up front.
+    environment_defaults=(("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),),
     # Workers of one run share compiled executables (see adapters/jax.py).
     shared_directories=(("CONFORMANCE_JAX_CACHE_DIR", "jax-cache"),),
 )

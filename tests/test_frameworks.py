@@ -27,9 +27,15 @@ def test_versions_come_from_package_metadata_without_an_import() -> None:
 def test_the_environment_a_worker_needs(tmp_path: Path) -> None:
     jax = frameworks.get("jax")
     assert jax is not None
-    assert jax.worker_environment(tmp_path) == {"CONFORMANCE_JAX_CACHE_DIR": str(tmp_path / "jax-cache")}
+    assert jax.worker_environment(tmp_path) == {
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+        "CONFORMANCE_JAX_CACHE_DIR": str(tmp_path / "jax-cache"),
+    }
     tensorflow = frameworks.get("tensorflow")
-    assert tensorflow is not None and tensorflow.worker_environment(tmp_path) == {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    assert tensorflow is not None
+    assert tensorflow.worker_environment(tmp_path) == {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    keras_tensorflow = frameworks.get("keras-tensorflow")  # its child gets what TensorFlow's processes get
+    assert keras_tensorflow is not None and keras_tensorflow.environment_defaults == tensorflow.environment_defaults
 
 
 def test_one_name_one_record() -> None:

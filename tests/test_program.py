@@ -19,6 +19,7 @@ from conformance.adapters.program import (
     Index,
     Lambda,
     Name,
+    Once,
     Program,
     SetAttr,
     With,
@@ -105,4 +106,27 @@ def test_cached_values_are_reused_per_text_and_context() -> None:
     assert program.cached_values() == 1
     Cached(invoke("math.floor", 2.5), context=("gpu",)).evaluate(namespace)  # another context: another value
     assert program.cached_values() == 2
+    program.clear_cache()
+
+
+def test_statements_run_once_per_text_and_context_and_rebind_their_names() -> None:
+    program.clear_cache()
+    namespace: dict[str, Any] = {}
+    Import("itertools").execute(namespace)
+    Import("builtins").execute(namespace)
+    body = (Assign("counter", invoke("itertools.count")), Do(invoke("builtins.next", Name("counter"))))
+    counter = Once(body, ("cpu",))
+    assert counter.lines() == ["counter = itertools.count()", "builtins.next(counter)"]
+    counter.execute(namespace)
+    first = namespace.pop("counter")
+    counter.execute(namespace)
+    assert namespace["counter"] is first and next(first) == 1  # the body ran once: one next() so far
+    Once(body, ("gpu",)).execute(namespace)  # another context: run again, a new counter
+    assert namespace["counter"] is not first
+    namespace["data"] = [1, 2]
+    with pytest.raises(ValueError, match="may read only modules, not 'data'"):
+        Once((Assign("n", invoke("builtins.len", Name("data"))),)).execute(namespace)
+    # An error of the code it runs is not relabelled.
+    with pytest.raises(KeyError, match="inside"):
+        Once((Do(method(invoke("builtins.dict"), "__getitem__", "inside")),)).execute(namespace)
     program.clear_cache()

@@ -14,8 +14,9 @@ Per backend and layer:
   predict step that `model.predict` runs (a tf.function on TensorFlow, jax.jit on JAX; the torch
   backend runs it eagerly unless `jit_compile=True`, which means torch.compile: about 15 s per
   geometry here, so it is not a target);
-- `@jit-compile` (TensorFlow): the same model after `compile(jit_compile=True)`, XLA (on a
-  CPU-only machine Keras' "auto" leaves XLA off, so `@compiled` is not XLA there);
+- `@jit-compile` (TensorFlow): the same model after `compile(jit_compile=True)`, XLA. Keras'
+  default "auto" turns XLA on only where TensorFlow sees a GPU: on a GPU `@compiled` is XLA too,
+  and the two differ on the CPU only;
 - `@channels-first`: `data_format="channels_first"` (the input transposed to NCHW, the kernel
   still HWIO);
 - `@zero-padding` (Conv2D): pads written as Keras users write them, `ZeroPadding2D` before a
@@ -169,9 +170,10 @@ class _KerasLayer(DescribedAdapter):
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         if self.padding_word(call_params) is None:
+            where = f" (the {self.framework.name}.Conv2D@zero-padding target)" if self.layer_class == "Conv2D" else ""
             return (
                 f'keras.layers.{self.layer_class} takes padding "valid" or "same"; Keras users write explicit '
-                f"pads as ZeroPadding2D before a valid layer (the @zero-padding target)"
+                f"pads as ZeroPadding2D before a valid layer{where}"
             )
         return None
 
@@ -203,7 +205,12 @@ class _KerasLayer(DescribedAdapter):
         if self.variant != "zero-padding":
             return [tensor]
         (top, bottom), (left, right) = call.geometry.pads
-        zero_padding = invoke("keras.layers.ZeroPadding2D", padding=((top, bottom), (left, right)), dtype=call.dtype)
+        zero_padding = invoke(
+            "keras.layers.ZeroPadding2D",
+            padding=((top, bottom), (left, right)),
+            data_format="channels_last",
+            dtype=call.dtype,
+        )
         return [tensor, Assign("x_k", invoke(zero_padding, Name("x_k")), "explicit pads, the Keras way")]
 
     def built_layer(self, call: ConvCall) -> list[Statement]:
@@ -213,10 +220,10 @@ class _KerasLayer(DescribedAdapter):
             Do(method(KERNEL, "assign", self.kernel_value(call)), "Keras' own kernel layout"),
         ]
 
-    def forward(self, call: ConvCall, device: str) -> list[Statement]:
+    def forward(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
         """`y` (NHWC) from the built layer and the case's data."""
         if self.variant in ("compiled", "jit-compile"):
-            return self.compiled(call, device)
+            return self.compiled(call, device, precision)
         if self.channels_first:
             return [
                 *self.built_layer(call),
@@ -226,7 +233,7 @@ class _KerasLayer(DescribedAdapter):
             ]
         return [*self.built_layer(call), *self.input_tensor(call), Assign("y", invoke("layer", Name("x_k")))]
 
-    def compiled(self, call: ConvCall, device: str) -> list[Statement]:
+    def compiled(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
         """A model around the layer, built (and compiled) once per geometry and reused by every
         check that shares it, as a served model is; each check assigns its own kernel."""
         n, h, w, c = call.x.shape
@@ -236,13 +243,13 @@ class _KerasLayer(DescribedAdapter):
             build.append(Do(method("model", "compile", jit_compile=True)))
         layer = Index(Attr(Name("model"), "layers"), -1)
         return [
-            Once(tuple(build), context=(device,)),
+            Once(tuple(build), context=(device, precision)),  # TF32 is captured when it compiles
             Do(method(Attr(layer, "kernel"), "assign", self.kernel_value(call)), "Keras' own kernel layout"),
             Assign("y", method("model", "predict_on_batch", Name("x"))),
         ]
 
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        body = self.forward(call, device)
+        body = self.forward(call, device, precision)
         return Program(
             (
                 Import("keras"),
@@ -376,13 +383,15 @@ class _ModelSource:
 
     def __init__(self, dtype: str) -> None:
         self.dtype = dtype
+        # Every layer states its data format: unstated, it is the user's ~/.keras/keras.json default.
+        self.common = f"data_format='channels_last', dtype={dtype!r}"
         self.lines: list[str] = []
         self.kernels = 0
 
     def _apply(self, layer: str, arguments: str, inputs: str) -> str:
         name = f"t{len(self.lines)}"
         separator = ", " if arguments else ""
-        self.lines.append(f"{name} = keras.layers.{layer}({arguments}{separator}dtype={self.dtype!r})({inputs})")
+        self.lines.append(f"{name} = keras.layers.{layer}({arguments}{separator}{self.common})({inputs})")
         return name
 
     def conv(self, x: str, w: np.ndarray, rate: int) -> str:
@@ -390,7 +399,7 @@ class _ModelSource:
         layer, name, number = f"conv{self.kernels}", f"t{len(self.lines)}", self.kernels
         self.lines += [
             f"{layer} = keras.layers.Conv2D({out_channels}, {(k_h, k_w)}, padding='same', dilation_rate={rate}, "
-            f"use_bias=False, kernel_initializer={INITIALIZER!r}, dtype={self.dtype!r})",
+            f"use_bias=False, kernel_initializer={INITIALIZER!r}, {self.common})",
             f"{name} = {layer}({x})",
             f"{layer}.kernel.assign(kernels[{number}])",
         ]
@@ -398,7 +407,9 @@ class _ModelSource:
         return name
 
     def relu(self, x: str) -> str:
-        return self._apply("ReLU", "", x)
+        name = f"t{len(self.lines)}"
+        self.lines.append(f"{name} = keras.layers.ReLU(dtype={self.dtype!r})({x})")  # (no data format)
+        return name
 
     def global_mean(self, x: str) -> str:
         return self._apply("GlobalAveragePooling2D", "keepdims=True", x)
@@ -407,7 +418,9 @@ class _ModelSource:
         return self._apply("UpSampling2D", f"size={size}", x)  # nearest: the 1x1 map repeated
 
     def concat(self, xs: list[str]) -> str:
-        return self._apply("Concatenate", "", f"[{', '.join(xs)}]")
+        name = f"t{len(self.lines)}"
+        self.lines.append(f"{name} = keras.layers.Concatenate(axis=-1, dtype={self.dtype!r})([{', '.join(xs)}])")
+        return name
 
 
 class KerasGradient(DerivativeAdapter, DescribedAdapter):

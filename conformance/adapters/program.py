@@ -391,12 +391,25 @@ class With(Statement):
         return [header, *(f"    {line}" for statement in self.body for line in statement.lines())]
 
 
+class _ModulesOnly(dict[str, Any]):
+    """The scope of a `Once` body: the modules, and what the body binds; reading any other name is
+    the description's mistake, said as such (a KeyError inside a framework call passes as it is)."""
+
+    def __init__(self, modules: Mapping[str, Any], source: str) -> None:
+        super().__init__(modules)
+        self.source = source
+
+    def __missing__(self, name: str) -> Any:
+        raise ValueError(f"a statement run once may read only modules, not {name!r}: {self.source}")
+
+
 @dataclass(frozen=True)
 class Once(Statement):
     """Statements whose results are expensive to rebuild and safe to reuse (a Keras model built and
     compiled, whose compiled predict step is the expensive part): run once per distinct source and
     `context`, and on every later run the names they bound are bound again. Like `Cached`, the body
-    may read only modules; it prints as the plain statements."""
+    may read only modules; it prints as the plain statements. `context` must carry every setting
+    made outside the body that a compilation captures (the device, TF32)."""
 
     body: tuple[Statement, ...]
     context: tuple[Any, ...] = ()
@@ -405,12 +418,9 @@ class Once(Statement):
         key = ("\n".join(self.lines()), self.context)
         if key not in _cached:
             modules = {name: value for name, value in namespace.items() if isinstance(value, types.ModuleType)}
-            scope: dict[str, Any] = dict(modules)
-            try:
-                for statement in self.body:
-                    statement.execute(scope)
-            except KeyError as exc:
-                raise ValueError(f"a statement run once may read only modules, not {exc}: {key[0]}") from None
+            scope = _ModulesOnly(modules, source=key[0])
+            for statement in self.body:
+                statement.execute(scope)
             _cached[key] = {name: value for name, value in scope.items() if name not in modules}
             if len(_cached) > CACHE_SIZE:
                 _cached.popitem(last=False)
