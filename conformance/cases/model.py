@@ -1,5 +1,5 @@
 """What a case is: the `Case` the loader builds, the errors it reports, and a case's data made in
-one dtype (`materialize`: generated in float64, rounded once to the case dtype)."""
+one dtype (`materialize`: generated in float64, then rounded to the case dtype: `dtypes.case_values`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.dtypes import float_format
+from conformance.dtypes import case_values
 from conformance.generators import content_hash, generate
 from conformance.semantics import Geometry, PaddingSpec, geometry
 
@@ -101,9 +101,9 @@ class CaseData:
 
 
 def tensor(spec: Mapping[str, Any], shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """A case tensor: made in float64, then rounded once to the case dtype."""
+    """A case tensor: made in float64, then rounded to the case dtype (see dtypes.case_values)."""
     values = np.asarray(spec["values"], dtype=np.float64) if "values" in spec else generate(spec, shape)
-    return values.astype(float_format(dtype).numpy_dtype)
+    return case_values(values, dtype)
 
 
 # The runner's forward reference and the derivatives' tangents both need a case's data: made once.
