@@ -175,9 +175,9 @@ class WrongDtype(Exception):
 
 
 def _in_dtype(out: np.ndarray, dtype: str) -> np.ndarray:
-    want = float_format(dtype).numpy_dtype
-    if np.asarray(out).dtype != want:
-        raise WrongDtype(f"output dtype {np.asarray(out).dtype.name}, expected {want.name}")
+    out, want = np.asarray(out), float_format(dtype).numpy_dtype
+    if out.dtype != want:
+        raise WrongDtype(f"output dtype {out.dtype.name}, expected {want.name}")
     return out
 
 
@@ -223,34 +223,16 @@ class LayerByLayer:
         return np.concatenate(xs, axis=3)
 
 
-class _Kernels:
-    """A Graph that only collects the kernels, in the order the layers use them."""
-
-    def __init__(self) -> None:
-        self.kernels: list[np.ndarray] = []
-
-    def conv(self, x: Any, w: np.ndarray, rate: int) -> Any:
-        self.kernels.append(w)
-        return x
-
-    def relu(self, x: Any) -> Any:
-        return x
-
-    def global_mean(self, x: Any) -> Any:
-        return x
-
-    def broadcast(self, x: Any, size: int) -> Any:
-        return x
-
-    def concat(self, xs: list[Any]) -> Any:
-        return xs[0]
-
-
 def kernels(composite: Composite) -> list[np.ndarray]:
     """The composite's kernels (HWIO, float64), in the order its layers use them."""
-    collected = _Kernels()
-    build(composite, collected, None)
-    return collected.kernels
+    collected: list[np.ndarray] = []
+
+    def record(x: np.ndarray, w: np.ndarray, rate: int) -> np.ndarray:
+        collected.append(w)
+        return x
+
+    build(composite, LayerByLayer(record), composite_input(composite))
+    return collected
 
 
 def composite_input(composite: Composite) -> np.ndarray:
@@ -310,11 +292,6 @@ def _bottleneck(composite: Composite, graph: Graph, x: Any) -> Any:
         w = generate(kernel_spec if number == 0 else {**spec, "seed": composite.seed + 1 + number}, kernel_shape)
         x = graph.relu(graph.conv(x, w, rate))
     return x
-
-
-def aspp(composite: Composite, conv: Conv) -> np.ndarray:
-    out: np.ndarray = build(composite, LayerByLayer(conv), composite_input(composite))
-    return out
 
 
 def coverage_map(paths: np.ndarray) -> dict[str, Any]:

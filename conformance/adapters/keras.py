@@ -224,14 +224,14 @@ class _KerasLayer(DescribedAdapter):
         """`y` (NHWC) from the built layer and the case's data."""
         if self.variant in ("compiled", "jit-compile"):
             return self.compiled(call, device, precision)
-        if self.channels_first:
-            return [
-                *self.built_layer(call),
-                *self.input_tensor(call),
-                Assign("y_nchw", invoke("layer", Name("x_k"))),
-                Assign("y", invoke("keras.ops.transpose", Name("y_nchw"), (0, 2, 3, 1)), "NHWC"),
-            ]
-        return [*self.built_layer(call), *self.input_tensor(call), Assign("y", invoke("layer", Name("x_k")))]
+        statements = [*self.built_layer(call), *self.input_tensor(call)]
+        if not self.channels_first:
+            return [*statements, Assign("y", invoke("layer", Name("x_k")))]
+        return [
+            *statements,
+            Assign("y_nchw", invoke("layer", Name("x_k"))),
+            Assign("y", invoke("keras.ops.transpose", Name("y_nchw"), (0, 2, 3, 1)), "NHWC"),
+        ]
 
     def compiled(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
         """A model around the layer, built (and compiled) once per geometry and reused by every
@@ -248,15 +248,19 @@ class _KerasLayer(DescribedAdapter):
             Assign("y", method("model", "predict_on_batch", Name("x"))),
         ]
 
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        body = self.forward(call, device, precision)
-        return Program(
-            (
-                Import("keras"),
-                *_precision(self.backend, device, precision),
-                With(invoke("keras.device", f"{device}:0"), tuple(body)),
-            )
+    def placed(
+        self, body: list[Statement], device: str, precision: str, imports: tuple[Statement, ...] = ()
+    ) -> tuple[Statement, ...]:
+        """The imports, the precision mode's TF32 setting, then `body` on the device."""
+        return (
+            Import("keras"),
+            *imports,
+            *_precision(self.backend, device, precision),
+            With(invoke("keras.device", f"{device}:0"), tuple(body)),
         )
+
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        return Program(self.placed(self.forward(call, device, precision), device, precision))
 
     # -- running in the child --
 
@@ -311,11 +315,7 @@ class KerasConv2D(_KerasLayer):
         graph = _ModelSource(dtype)
         output = composites.build(composite, graph, "inputs")
         n, h, w, c = composites.composite_input(composite).shape
-        call = {
-            "": "model(x)",
-            "compiled": "model.predict_on_batch(x)",
-            "jit-compile": "model.predict_on_batch(x)",
-        }[self.variant]
+        call = "model.predict_on_batch(x)" if self.variant else "model(x)"  # compiled, or the eager call
         body = [
             f"inputs = keras.Input(shape={(h, w, c)}, batch_size={n}, dtype={dtype!r})",
             *graph.lines,
@@ -388,10 +388,10 @@ class _ModelSource:
         self.lines: list[str] = []
         self.kernels = 0
 
-    def _apply(self, layer: str, arguments: str, inputs: str) -> str:
+    def _apply(self, layer: str, arguments: str, inputs: str, data_format: bool = True) -> str:
         name = f"t{len(self.lines)}"
-        separator = ", " if arguments else ""
-        self.lines.append(f"{name} = keras.layers.{layer}({arguments}{separator}{self.common})({inputs})")
+        common = self.common if data_format else f"dtype={self.dtype!r}"
+        self.lines.append(f"{name} = keras.layers.{layer}({', '.join(filter(None, (arguments, common)))})({inputs})")
         return name
 
     def conv(self, x: str, w: np.ndarray, rate: int) -> str:
@@ -407,9 +407,7 @@ class _ModelSource:
         return name
 
     def relu(self, x: str) -> str:
-        name = f"t{len(self.lines)}"
-        self.lines.append(f"{name} = keras.layers.ReLU(dtype={self.dtype!r})({x})")  # (no data format)
-        return name
+        return self._apply("ReLU", "", x, data_format=False)
 
     def global_mean(self, x: str) -> str:
         return self._apply("GlobalAveragePooling2D", "keepdims=True", x)
@@ -418,9 +416,7 @@ class _ModelSource:
         return self._apply("UpSampling2D", f"size={size}", x)  # nearest: the 1x1 map repeated
 
     def concat(self, xs: list[str]) -> str:
-        name = f"t{len(self.lines)}"
-        self.lines.append(f"{name} = keras.layers.Concatenate(axis=-1, dtype={self.dtype!r})([{', '.join(xs)}])")
-        return name
+        return self._apply("Concatenate", "axis=-1", f"[{', '.join(xs)}]", data_format=False)
 
 
 class KerasGradient(DerivativeAdapter, DescribedAdapter):
@@ -434,18 +430,18 @@ class KerasGradient(DerivativeAdapter, DescribedAdapter):
         wrt_input = self.with_respect_to == "input"
         setup = [*layer.built_layer(call), *layer.input_tensor(call), _tensor("dy_k", Name("dy"), call.dtype)]
         kernel = Attr(KERNEL, "value")
+        wrt = Name("x_k") if wrt_input else kernel
         if backend == "tensorflow":
             taped = With(
                 invoke("tf.GradientTape"),
                 (Do(method("tape", "watch", Name("x_k"))), Assign("y", invoke("layer", Name("x_k")))),
                 "tape",
             )
-            wrt = Name("x_k") if wrt_input else kernel
             body: list[Statement] = [
                 taped,
                 Assign("g", method("tape", "gradient", Name("y"), wrt, output_gradients=Name("dy_k"))),
             ]
-            imports: list[Statement] = [Import("tensorflow", "tf")]
+            imports: tuple[Statement, ...] = (Import("tensorflow", "tf"),)
         elif backend == "jax":
             stateless = Lambda(
                 ("x_k", "kernel"), Index(method("layer", "stateless_call", [Name("kernel")], [], Name("x_k")), 0)
@@ -455,25 +451,18 @@ class KerasGradient(DerivativeAdapter, DescribedAdapter):
                 Assign("gx, gw", invoke("pullback", Name("dy_k"))),
                 Assign("g", Name("gx" if wrt_input else "gw")),
             ]
-            imports = [Import("jax")]
+            imports = (Import("jax"),)
         else:
-            wrt = Name("x_k") if wrt_input else kernel
             body = [
                 Do(method("x_k", "requires_grad_")),
                 Assign("y", invoke("layer", Name("x_k"))),
                 Assign("(g,)", invoke("torch.autograd.grad", Name("y"), [wrt], grad_outputs=Name("dy_k"))),
             ]
-            imports = [Import("torch")]
+            imports = (Import("torch"),)
         if not wrt_input and isinstance(layer, KerasDepthwiseConv2D):
             k_h, k_w, _, out_channels = call.w.shape
             body.append(Assign("g", invoke("keras.ops.reshape", Name("g"), (k_h, k_w, 1, out_channels)), "HWIO"))
-        statements = (
-            Import("keras"),
-            *imports,
-            *_precision(backend, device, precision),
-            With(invoke("keras.device", f"{device}:0"), (*setup, *body)),
-        )
-        return Program(statements, result="g")
+        return Program(layer.placed([*setup, *body], device, precision, imports), result="g")
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         self.primary.refuse_what_keras_refuses(call)

@@ -92,6 +92,20 @@ class OnnxRuntimeConv(DescribedAdapter):
             **pads,
         }
 
+    def session(self, model: Expr, device: str, precision: str) -> list[Statement]:
+        """`session`: an InferenceSession of the serialised `model` on the device's provider, with
+        the variant's graph optimisation level."""
+        provider: Any = PROVIDERS[device]
+        if device == "gpu" and precision == "strict":
+            provider = (provider, {"use_tf32": "0"})
+        options: list[Statement] = [Assign("options", invoke("ort.SessionOptions"))]
+        if self.variant in OPTIMISATION_LEVELS:
+            level = Name(f"ort.GraphOptimizationLevel.{OPTIMISATION_LEVELS[self.variant]}")
+            options.append(SetAttr("options.graph_optimization_level", level))
+        options.append(SetAttr("options.log_severity_level", 4))  # fatal only: errors reach the record, not stderr
+        session = invoke("ort.InferenceSession", model, Name("options"), providers=[provider])
+        return [*options, Assign("session", session)]
+
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
         element = Name(f"onnx.TensorProto.{ELEMENT_TYPES[call.dtype]}")
         n, h, w, c_in = call.x.shape
@@ -104,22 +118,11 @@ class OnnxRuntimeConv(DescribedAdapter):
         inputs = [value_info("x", [n, c_in, h, w]), value_info("w", [c_out, c_per_group, k_h, k_w])]
         graph = invoke("oh.make_graph", [Name("conv")], "conv", inputs, [value_info("y", None)])
         opset = [invoke("oh.make_opsetid", "", OPSET)]
-        provider: Any = PROVIDERS[device]
-        if device == "gpu" and precision == "strict":
-            provider = (provider, {"use_tf32": "0"})
-        options: list[Statement] = [Assign("options", invoke("ort.SessionOptions"))]
-        if self.variant in OPTIMISATION_LEVELS:
-            level = Name(f"ort.GraphOptimizationLevel.{OPTIMISATION_LEVELS[self.variant]}")
-            options.append(SetAttr("options.graph_optimization_level", level))
-        options.append(SetAttr("options.log_severity_level", 4))  # fatal only: errors reach the record, not stderr
         numpy_type = Name(f"np.{call.dtype}")
         feeds = {
             "x": method(method("x", "transpose", 0, 3, 1, 2), "astype", numpy_type),
             "w": method(method("w", "transpose", 3, 2, 0, 1), "astype", numpy_type),
         }
-        session = invoke(
-            "ort.InferenceSession", method("model", "SerializeToString"), Name("options"), providers=[provider]
-        )
         outputs = Index(method("session", "run", None, Dict(tuple(feeds.items()))), 0)
         return Program(
             (
@@ -130,8 +133,7 @@ class OnnxRuntimeConv(DescribedAdapter):
                 Assign("conv", node),
                 Assign("graph", graph),
                 Assign("model", invoke("oh.make_model", Name("graph"), opset_imports=opset, ir_version=IR_VERSION)),
-                *options,
-                Assign("session", session),
+                *self.session(method("model", "SerializeToString"), device, precision),
                 Assign("y", method(outputs, "transpose", 0, 2, 3, 1), "NCHW -> NHWC"),
             )
         )
@@ -163,9 +165,9 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
         super().__init__("torch-export")
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
-        if call_params.padding == "SAME" and call_params.stride != (1, 1):
-            return "torch's padding='same' is only defined for stride 1"
-        return super().unsupported_reason(call_params)
+        return padding.torch_same_refusal(call_params.padding, call_params.stride) or super().unsupported_reason(
+            call_params
+        )
 
     def check_available(self, device: str) -> None:
         super().check_available(device)
@@ -197,10 +199,6 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
             dynamo=False,
             opset_version=EXPORT_OPSET,
         )
-        provider: Any = PROVIDERS[device]
-        if device == "gpu" and precision == "strict":
-            provider = (provider, {"use_tf32": "0"})
-        session = invoke("ort.InferenceSession", method("exported", "getvalue"), Name("options"), providers=[provider])
         run = Index(method("session", "run", None, Dict((("x", Name("x_nchw")),))), 0)
         return Program(
             (
@@ -213,9 +211,7 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
                 With(invoke("torch.no_grad"), (Do(method("conv.weight", "copy_", weight), "OIHW"),)),
                 Assign("exported", invoke("io.BytesIO")),
                 Do(export),
-                Assign("options", invoke("ort.SessionOptions")),
-                SetAttr("options.log_severity_level", 4),
-                Assign("session", session),
+                *self.session(method("exported", "getvalue"), device, precision),
                 Assign("x_nchw", method(method("x", "transpose", 0, 3, 1, 2), "astype", Name(f"np.{call.dtype}"))),
                 Assign("y", method(run, "transpose", 0, 2, 3, 1), "NCHW -> NHWC"),
             )

@@ -44,6 +44,13 @@ def last_axis_first(pads: PadPairs) -> list[int]:
     return [left, right, top, bottom]
 
 
+def torch_same_refusal(padding: PaddingSpec, stride: tuple[int, int]) -> str | None:
+    """Why torch cannot state this case's padding (its padding="same" exists at stride 1 only), or None."""
+    if padding == "SAME" and stride != (1, 1):
+        return "torch's padding='same' is only defined for stride 1"
+    return None
+
+
 def torch_arguments(padding: PaddingSpec, pads: PadPairs) -> tuple[str | tuple[int, int], list[int] | None]:
     """(conv2d's `padding=`, the `F.pad` to apply first or None): "same"/"valid" where the case
     says so, symmetric pads as (pad_h, pad_w), asymmetric ones as `F.pad` then no padding (the

@@ -87,9 +87,7 @@ class TorchConv2d(DescribedAdapter):
     op = "conv2d"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
-        if call_params.padding == "SAME" and call_params.stride != (1, 1):
-            return "torch's padding='same' is only defined for stride 1"
-        return None
+        return padding.torch_same_refusal(call_params.padding, call_params.stride)
 
     def check_available(self, device: str) -> None:
         torch = _torch()
