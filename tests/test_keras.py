@@ -176,3 +176,11 @@ def test_every_backend_has_every_mode_and_the_keras_marker() -> None:
         assert f"keras-{backend}.DepthwiseConv2D@grad-kernel" in names
         assert "keras" in BACKENDS[backend].all_markers
     assert "keras-tensorflow.Conv2D@jit-compile" in names
+
+
+def test_the_report_names_a_keras_columns_backend_version(cases: dict[str, Case]) -> None:
+    from conformance.report import pack
+
+    record = _check(cases["same-rate2"], KerasConv2D("torch"))
+    columns = pack({"results": [record]})["columns"]
+    assert [column["version"] for column in columns] == [f"{version_of('keras')} (torch {version_of('torch')})"]

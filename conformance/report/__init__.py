@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from conformance import frameworks
 from conformance.results import atomic_write_text, runs_of, summarize
 
 ASSETS = Path(__file__).with_name("assets")
@@ -58,6 +59,15 @@ CASE_FIELDS = (
 )
 
 
+def _version_text(record: dict[str, Any]) -> str:
+    """The framework's version, and a front-end's backend beside it: "3.15.1 (jax 0.10.2)"."""
+    version = str(record.get("framework_version") or "")
+    framework = frameworks.get(record["framework"])
+    if framework is not None and framework.backend and record.get("backend_version"):
+        version += f" ({framework.backend} {record['backend_version']})"
+    return version
+
+
 def pack(document: dict[str, Any]) -> dict[str, Any]:
     """The report's data model: cases, columns (target x framework version), rows (case x dtype), cells."""
     strings = _Strings()
@@ -74,11 +84,12 @@ def pack(document: dict[str, Any]) -> dict[str, Any]:
         column = columns.setdefault(
             column_key,
             {
+                "key": f"{column_key[0]}@{column_key[1]}",  # the cells' key (the version shown may say more)
                 "target": record["target"],
                 "framework": record["framework"],
                 "op": record["op"],
                 "variant": record.get("variant") or "",  # an execution mode or oracle (older results: none)
-                "version": record.get("framework_version") or "",
+                "version": _version_text(record),
                 "device": record["device"],
                 "precision": record["precision"],
             },
@@ -111,7 +122,6 @@ def pack(document: dict[str, Any]) -> dict[str, Any]:
     order = ("framework", "op", "variant", "device", "precision", "version")
     ordered_columns = sorted(columns.values(), key=lambda c: tuple(c[k] for k in order))
     for number, column in enumerate(ordered_columns):
-        column["key"] = f"{column['target']}@{column['version']}"
         column["n"] = number
     column_number = {c["key"]: c["n"] for c in ordered_columns}
     packed_rows = []
