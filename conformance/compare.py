@@ -314,6 +314,7 @@ def _json_float(value: Any) -> float | str:
 
 _ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 # Keras wraps a backend's error in a line that names only the layer; the backend's words come next.
+_GRAPH_ERROR = "Graph execution error:"
 _KERAS_WRAPPER = "Exception encountered when calling"
 
 
@@ -322,6 +323,10 @@ def first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in _ANSI_ESCAPES.sub("", str(exc)).splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith(_KERAS_WRAPPER):
         lines = [f"{lines[0]} {lines[1]}"]
+    if lines and lines[0] == _GRAPH_ERROR:
+        # TensorFlow's graph errors list the Python frames that built the node, then the message.
+        message = [line for line in lines[1:] if not line.startswith(("Detected at node", "File "))]
+        lines = [f"{lines[0]} {message[0]}" if message else lines[0]]
     return lines[0][:500] if lines else "(no message)"
 
 

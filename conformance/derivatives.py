@@ -14,6 +14,14 @@ bilinear, so H (vx, vw) = (dL/dx with kernel vw, dL/dw with input vx):
     hvp-input    conv2d_input_grad(dy, vw)           same n as grad-input
     hvp-kernel   conv2d_kernel_grad(vx, dy)          same n as grad-kernel
 
+A transposed convolution (op = "conv_transpose") z = T_w(x) is the adjoint of the forward convolution
+A_w of its geometry's `forward`: L = <T_w x, dy> = <x, A_w dy>, so its derivatives are forward ones:
+
+    output       conv2d_transpose(x, w)          n = taps_h * taps_w * C_in/g
+    grad-input   conv2d(dy, w)                   n = k_h * k_w * C_out/g
+    grad-kernel  conv2d_kernel_grad(dy, x)       n = N * i_h * i_w (every input pixel)
+    hvp-*        the same with vw, vx in place of w, x
+
 Each element is one dot product of two case-dtype operands, so the forward pass's bound applies
 with that n and S = the same sum over absolute values; integer data whose partial sums fit the
 format must match bit for bit. Derivatives are checked on finite data only.
@@ -33,7 +41,7 @@ from conformance.adapters.base import OUTPUT, Unsupported
 from conformance.cases import Case, materialize, tensor
 from conformance.compare import ErrorModel, Expected
 from conformance.dtypes import float_format
-from conformance.semantics import taps_meeting_one_input
+from conformance.semantics import TransposedGeometry, taps_meeting_one_input
 from conformance.sweeps import derived_seed
 
 
@@ -72,6 +80,16 @@ def tangents(case: Case, dtype: str) -> Tangents:
 def accumulation_length(case: Case, quantity: str) -> int:
     """n of the error bound: how many products one element of `quantity` sums."""
     geo = case.geometry
+    if isinstance(geo, TransposedGeometry):
+        if quantity == OUTPUT:
+            taps = [
+                taps_meeting_one_input(k, r, s) for k, r, s in zip(geo.kernel_hw, geo.rate, geo.stride, strict=True)
+            ]
+            return taps[0] * taps[1] * (case.input_shape[3] // case.groups)
+        if quantity.endswith("-input"):
+            k_h, k_w, out_per_group, _ = case.kernel_shape
+            return k_h * k_w * out_per_group
+        return case.input_shape[0] * case.input_shape[1] * case.input_shape[2]
     if quantity == OUTPUT:
         k_h, k_w, c_per_group, _ = case.kernel_shape
         return k_h * k_w * c_per_group
@@ -82,8 +100,15 @@ def accumulation_length(case: Case, quantity: str) -> int:
     return case.input_shape[0] * o_h * o_w
 
 
-def _operands(quantity: str, x: np.ndarray, w: np.ndarray, t: Tangents) -> tuple[np.ndarray, np.ndarray]:
+def _operands(case: Case, quantity: str, x: np.ndarray, w: np.ndarray, t: Tangents) -> tuple[np.ndarray, np.ndarray]:
     """The two tensors whose products the quantity sums, in the order the reference takes them."""
+    if case.transposed:
+        return {
+            "grad-input": (t.cotangent, w),
+            "grad-kernel": (t.cotangent, x),
+            "hvp-input": (t.cotangent, t.direction_kernel),
+            "hvp-kernel": (t.cotangent, t.direction_input),
+        }[quantity]
     return {
         "grad-input": (t.cotangent, w),
         "grad-kernel": (x, t.cotangent),
@@ -96,6 +121,10 @@ def exact_answer(case: Case, quantity: str, a: np.ndarray, b: np.ndarray) -> np.
     """The float64 derivative from the quantity's two operands (see `_operands`)."""
     geo, groups = case.geometry, case.groups
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if isinstance(geo, TransposedGeometry):  # (a, b) = (dy, w) or (dy, x): see the module's docstring
+        if quantity.endswith("-input"):
+            return reference.conv2d_resolved(a64, b64, geo.forward, groups)
+        return reference.conv2d_kernel_grad(a64, b64, geo.forward, groups)
     if quantity.endswith("-input"):
         return reference.conv2d_input_grad(a64, b64, geo, groups)
     return reference.conv2d_kernel_grad(a64, b64, geo, groups)
@@ -104,7 +133,7 @@ def exact_answer(case: Case, quantity: str, a: np.ndarray, b: np.ndarray) -> np.
 @lru_cache(maxsize=16)
 def _answer(case: Case, dtype: str, quantity: str, tangents: Tangents) -> tuple[np.ndarray, np.ndarray]:
     data = materialize(case, dtype)
-    a, b = _operands(quantity, data.x, data.w, tangents)
+    a, b = _operands(case, quantity, data.x, data.w, tangents)
     with timing.spent(timing.REFERENCE):
         return exact_answer(case, quantity, a, b), exact_answer(case, quantity, np.abs(a), np.abs(b))
 
@@ -113,7 +142,7 @@ def expected(case: Case, dtype: str, quantity: str, tangents: Tangents, tf32: bo
     """What a derivative target must return: the float64 answer, its bound, bit-exactness."""
     values, abs_products = _answer(case, dtype, quantity, tangents)
     data = materialize(case, dtype)
-    a, b = _operands(quantity, data.x, data.w, tangents)
+    a, b = _operands(case, quantity, data.x, data.w, tangents)
     # (TF32 rounds float32 operands to 11 bits: integers stay exact only while they fit.)
     model = ErrorModel(float_format(dtype), accumulation_length(case, quantity), tf32=tf32)
     kernel = quantity.endswith("-kernel")

@@ -1,8 +1,9 @@
 """Property-based exploration: random valid convolutions through every selected target.
 
-Hypothesis draws configurations (sizes, kernels, per-axis rates and strides, every padding form,
-groups, dtypes, seeded data) and looks for one on which a target diverges: an outcome that is
-neither conformant nor excused by the expectations file. It then shrinks that configuration while
+Hypothesis draws configurations (the forward or the transposed op, sizes, kernels, per-axis rates
+and strides, every padding form, output_padding, groups, dtypes, seeded data) and looks for one on
+which a target of that op diverges: an outcome that is neither conformant nor excused by the
+expectations file. It then shrinks that configuration while
 the *same* target keeps diverging the *same* way, and the minimal one is written out as a case
 file that can be committed as it is.
 """
@@ -23,6 +24,7 @@ from conformance.cases import Case, CaseFileError, build_case
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 from conformance.records import Record
 from conformance.results import atomic_write_text
+from conformance.semantics import CONV2D, CONV_TRANSPOSE, output_padding_limit
 
 EXCUSED = CONFORMANT | NOT_RUN | {Outcome.XFAIL}
 
@@ -47,6 +49,17 @@ def configurations() -> Any:
                 st.lists(st.lists(st.integers(0, 4), min_size=2, max_size=2), min_size=2, max_size=2),
             )
         )
+        op = draw(st.sampled_from([CONV2D, CONV2D, CONV_TRANSPOSE]))
+        rate = [draw(small), draw(small)]
+        stride = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+        # The forward op's kernel either way: (k_h, k_w, C_in / g, C_out), or (k_h, k_w, C_out / g, C_in).
+        kernel_channels = [channels // groups, out_channels] if op == CONV2D else [out_channels // groups, channels]
+        extra: dict[str, Any] = {}
+        if op == CONV_TRANSPOSE:
+            extra["op"] = op
+            if not isinstance(padding, str):  # (SAME and VALID fix the output size)
+                limits = [output_padding_limit(s, r) for s, r in zip(stride, rate, strict=True)]
+                extra["output_padding"] = [draw(st.integers(0, limit - 1)) for limit in limits]
         return {
             "id": "fuzz",
             "dtypes": [draw(st.sampled_from(["float32", "float64", "float16", "bfloat16"]))],
@@ -58,12 +71,13 @@ def configurations() -> Any:
             "kernel": {
                 "generator": "normal",
                 "seed": draw(st.integers(0, 2**16)),
-                "shape": [*kernel, channels // groups, out_channels],
+                "shape": [*kernel, *kernel_channels],
             },
-            "rate": [draw(small), draw(small)],
-            "stride": [draw(st.integers(1, 3)), draw(st.integers(1, 3))],
+            "rate": rate,
+            "stride": stride,
             "padding": padding,
             "groups": groups,
+            **extra,
         }
 
     return draw()
@@ -110,7 +124,7 @@ def explore(
             return False
         result.checked += 1
         for target in targets:
-            if pinned and target.id != pinned[0][0]:
+            if target.adapter.operation != case.op or (pinned and target.id != pinned[0][0]):
                 continue
             record = runner.run_check(case, target, case.dtypes[0])
             expectations.apply(record, known)
@@ -158,9 +172,8 @@ def write_case_file(raw: Mapping[str, Any], record: Mapping[str, Any], out_dir: 
         f'id = "{case_id}"',
         f"description = {_toml(summary)}",
     ]
-    lines += [
-        f"{key} = {_toml(raw[key])}" for key in ("dtypes", "input", "kernel", "rate", "stride", "padding", "groups")
-    ]
+    keys = ("op", "dtypes", "input", "kernel", "rate", "stride", "padding", "output_padding", "groups")
+    lines += [f"{key} = {_toml(raw[key])}" for key in keys if key in raw]
     if record.get("quantity") in QUANTITIES:  # found in a gradient: the case must opt into it
         lines.append(f"derivatives = {QUANTITIES[record['quantity']]}")
     path = out_dir / f"{case_id}.toml"

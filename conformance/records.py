@@ -33,6 +33,8 @@ class Record(TypedDict, total=False):
     padding: str | int | list[list[int]]
     pads: list[list[int]]
     groups: int
+    operation: str  # "conv2d" or "conv_transpose" (the case's op; older files lack it: conv2d)
+    output_padding: list[int]  # conv_transpose only
     expect: str
     exact: bool
     max_abs_error: float | None

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.semantics import Geometry, PaddingSpec, geometry, pair
+from conformance.semantics import Geometry, PaddingSpec, PadPairs, TransposedGeometry, geometry, pair
 
 
 def conv2d(
@@ -50,8 +50,7 @@ def conv2d_resolved(x: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) ->
     y = np.zeros((n, o_h, o_w, groups, out_per_group), dtype=np.float64)
     if o_h == 0 or o_w == 0:
         return y.reshape(n, o_h, o_w, c_out)
-    (top, bottom), (left, right) = geo.pads
-    x_pad = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    x_pad = _padded(x, geo.pads)
     (r_h, r_w), (s_h, s_w) = geo.rate, geo.stride
     w_grouped = w.reshape(k_h, k_w, c_per_group, groups, out_per_group)
     path = None
@@ -64,6 +63,15 @@ def conv2d_resolved(x: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) ->
             path = path or _path("nhwgc,cgo->nhwgo", window, w_grouped[u, v])
             y += np.einsum("nhwgc,cgo->nhwgo", window, w_grouped[u, v], optimize=path)
     return y.reshape(n, o_h, o_w, c_out)
+
+
+def _padded(x: np.ndarray, pads: PadPairs) -> np.ndarray:
+    """x with zeros added per side; a negative pad crops instead (the forward convolution that a
+    transposed one with output_padding is the adjoint of never reads its last pixels)."""
+    (top, bottom), (left, right) = pads
+    x = np.pad(x, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)), (0, 0)))
+    h, w = x.shape[1:3]
+    return x[:, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
 
 
 def _path(subscripts: str, a: np.ndarray, b: np.ndarray) -> list[Any]:
@@ -120,8 +128,7 @@ def conv2d_kernel_grad(x: np.ndarray, dy: np.ndarray, geo: Geometry, groups: int
     k_h, k_w = geo.kernel_hw
     c_per_group, out_per_group = c_in // groups, c_out // groups
     (r_h, r_w), (s_h, s_w) = geo.rate, geo.stride
-    (top, bottom), (left, right) = geo.pads
-    x_pad = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    x_pad = _padded(x, geo.pads)
     cotangent = dy.reshape(n, o_h, o_w, groups, out_per_group)
     dw = np.zeros((k_h, k_w, c_per_group, groups, out_per_group), dtype=np.float64)
     if o_h and o_w:
@@ -134,3 +141,36 @@ def conv2d_kernel_grad(x: np.ndarray, dy: np.ndarray, geo: Geometry, groups: int
                 path = path or _path("nhwgc,nhwgo->cgo", sampled, cotangent)
                 dw[u, v] = np.einsum("nhwgc,nhwgo->cgo", sampled, cotangent, optimize=path)
     return dw.reshape(k_h, k_w, c_per_group, c_out)
+
+
+def conv2d_transpose_resolved(y: np.ndarray, w: np.ndarray, geo: TransposedGeometry, groups: int) -> np.ndarray:
+    """The transposed convolution, from its own definition: z[p] = sum y[a] w[u] over a*s + u*r - p_before = p.
+
+    y is NHWC with C_in channels; w is the forward convolution's HWIO kernel, (k_h, k_w, C_out/g, C_in)
+    (TensorFlow's conv2d_transpose filters). Each tap scatters y @ w[u, v] into a strided view of the
+    full output, which is then cropped by the pads and extended by output_padding (pixels no tap
+    reaches stay zero). Written by scattering, not by reusing `conv2d_input_grad`'s gathering, so
+    that tests comparing the two and the adjoint identity catch either one's mistake."""
+    y = np.asarray(y, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n, i_h, i_w, c_in = y.shape
+    k_h, k_w, out_per_group, _ = w.shape
+    in_per_group = c_in // groups
+    (r_h, r_w), (s_h, s_w) = geo.rate, geo.stride
+    full_h, full_w = geo.full_hw
+    (top, _), (left, _) = geo.pads
+    o_h, o_w = geo.output_hw
+    # Room for the crops and the output_padding beyond the full output.
+    room_h, room_w = max(full_h, top + o_h), max(full_w, left + o_w)
+    full = np.zeros((n, room_h, room_w, groups, out_per_group), dtype=np.float64)
+    grouped_y = y.reshape(n, i_h, i_w, groups, in_per_group)
+    grouped_w = w.reshape(k_h, k_w, out_per_group, groups, in_per_group)
+    if o_h and o_w:
+        path = None
+        for u in range(k_h):
+            rows = slice(u * r_h, u * r_h + (i_h - 1) * s_h + 1, s_h)
+            for v in range(k_w):
+                cols = slice(v * r_w, v * r_w + (i_w - 1) * s_w + 1, s_w)
+                path = path or _path("nhwgc,ogc->nhwgo", grouped_y, grouped_w[u, v])
+                full[:, rows, cols] += np.einsum("nhwgc,ogc->nhwgo", grouped_y, grouped_w[u, v], optimize=path)
+    return full[:, top : top + o_h, left : left + o_w].reshape(n, o_h, o_w, groups * out_per_group)

@@ -22,7 +22,7 @@ from conformance.cases import Case, CaseData, materialize
 from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify, exception_text
 from conformance.dtypes import float_format
 from conformance.records import Record
-from conformance.semantics import Geometry
+from conformance.semantics import TransposedGeometry
 
 # Frameworks that have run at least once in this process, for the environment block.
 _loaded_adapters: dict[str, Any] = {}
@@ -42,18 +42,22 @@ class Prepared:
 @lru_cache(maxsize=16)
 def prepare(case: Case, dtype: str) -> Prepared:
     data = materialize(case, dtype)
-    geo = case.geometry
-    if not geo.has_valid_output:
+    if not case.geometry.has_valid_output:
         return Prepared(data, None, None)
     x64, w64 = data.x.astype(np.float64), data.w.astype(np.float64)
     with timing.spent(timing.REFERENCE):
-        if case.expected_values is not None:
-            values = case.expected_values
-        else:
-            values = reference.conv2d_resolved(x64, w64, geo, case.groups)
+        values = case.expected_values if case.expected_values is not None else reference_output(case, x64, w64)
         with np.errstate(invalid="ignore"):  # inf * 0 in S is NaN, and S then says "unbounded"
-            abs_products = reference.conv2d_resolved(np.abs(x64), np.abs(w64), geo, case.groups)
+            abs_products = reference_output(case, np.abs(x64), np.abs(w64))
     return Prepared(data, values, np.nan_to_num(abs_products, nan=np.inf))
+
+
+def reference_output(case: Case, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The case's op in float64: the forward convolution, or the transposed one."""
+    geo = case.geometry
+    if isinstance(geo, TransposedGeometry):
+        return reference.conv2d_transpose_resolved(x, w, geo, case.groups)
+    return reference.conv2d_resolved(x, w, geo, case.groups)
 
 
 def call_params(case: Case, dtype: str) -> CallParams:
@@ -82,8 +86,7 @@ def error_model(case: Case, dtype: str, target: Target) -> ErrorModel:
 
 def expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) -> Expected:
     model = error_model(case, dtype, target)
-    geo: Geometry = case.geometry
-    no_output_axes = tuple(axis + 1 for axis in range(2) if geo.padded_hw[axis] < geo.effective_kernel_hw[axis])
+    no_output_axes = tuple(axis + 1 for axis in case.geometry.no_output_axes)
     exact = prepared.abs_products is not None and model.requires_exact(
         prepared.data.x, prepared.data.w, prepared.abs_products
     )
@@ -331,6 +334,8 @@ def make_record(
         "padding": case.padding if isinstance(case.padding, (str, int)) else [list(p) for p in case.padding],
         "pads": [list(geo.pads[0]), list(geo.pads[1])],
         "groups": case.groups,
+        "operation": case.op,
+        **({"output_padding": list(case.output_padding)} if case.transposed else {}),
         "expect": "no-valid-output" if case.expects_no_output else case.expect_kind,
         "exact": verdict.exact,
         "max_abs_error": verdict.max_abs_error,

@@ -19,18 +19,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from conformance.generators import RANDOM_GENERATORS
-from conformance.semantics import geometry, pair
+from conformance.semantics import CONV2D, CONV_TRANSPOSE, TransposedGeometry, geometry, pair, transposed_geometry
 
 # Geometry settings a sweep may vary (under `axes`) or fix (as a key of the sweep itself), in the
 # order their parts appear in case ids.
-SETTINGS = ("batch", "size", "channels", "kernel_size", "out_channels", "rate", "stride", "padding", "groups")
+SETTINGS = (
+    "op",
+    "batch",
+    "size",
+    "channels",
+    "kernel_size",
+    "out_channels",
+    "rate",
+    "stride",
+    "padding",
+    "output_padding",
+    "groups",
+)
 DEFAULT_SETTINGS: dict[str, Any] = {
+    "op": CONV2D,
     "batch": 1,
     "channels": 1,
     "out_channels": 1,
     "rate": 1,
     "stride": 1,
     "padding": "VALID",
+    "output_padding": 0,
     "groups": 1,
 }
 REQUIRED_SETTINGS = ("size", "kernel_size")
@@ -44,6 +58,7 @@ _ID_PREFIX = {
     "out_channels": "o",
     "rate": "r",
     "stride": "s",
+    "output_padding": "op",
     "groups": "g",
 }
 
@@ -58,6 +73,8 @@ class SweepError(Exception):
 
 def id_part(setting: str, value: Any) -> str:
     """One readable id fragment: `k3`, `k3x5`, `r2x3`, `same`, `valid`, `p1`, `p0.2.1.0`."""
+    if setting == "op":
+        return str(value)
     if setting == "padding":
         if isinstance(value, str):
             return value.lower()
@@ -85,17 +102,23 @@ def variables(values: Mapping[str, Any]) -> dict[str, Any]:
     rate_h, rate_w = pair(values["rate"])
     stride_h, stride_w = pair(values["stride"])
     padding = values["padding"]
-    geo = geometry(
-        tuple(tuple(p) for p in padding) if isinstance(padding, list) else padding,  # type: ignore[arg-type]
+    spatial = (
+        tuple(tuple(p) for p in padding) if isinstance(padding, list) else padding,
         (size_h, size_w),
         (kernel_h, kernel_w),
         (rate_h, rate_w),
         (stride_h, stride_w),
     )
+    op = values.get("op", CONV2D)
+    extra = pair(values.get("output_padding", 0))
+    geo = transposed_geometry(*spatial, extra) if op == CONV_TRANSPOSE else geometry(*spatial)  # type: ignore[arg-type]
     (pad_top, pad_bottom), (pad_left, pad_right) = geo.pads
     effective_h, effective_w = geo.effective_kernel_hw
     output_h, output_w = geo.output_hw
     return {
+        "op": op,
+        "output_padding_h": geo.output_padding[0] if isinstance(geo, TransposedGeometry) else 0,
+        "output_padding_w": geo.output_padding[1] if isinstance(geo, TransposedGeometry) else 0,
         "batch": values["batch"],
         "channels": values["channels"],
         "out_channels": values["out_channels"],
@@ -125,7 +148,9 @@ def record_variables(record: Mapping[str, Any]) -> dict[str, Any] | None:
     """The same names for a result record (what an expectation's `where` is evaluated on)."""
     try:
         n, h, w, c_in = record["input_shape"]
-        k_h, k_w, _, c_out = record["kernel_shape"]
+        k_h, k_w, kernel_in, kernel_last = record["kernel_shape"]
+        transposed = record.get("operation") == CONV_TRANSPOSE  # its kernel is (k_h, k_w, C_out / groups, C_in)
+        c_out = kernel_in * record["groups"] if transposed else kernel_last
         return variables(
             {
                 "batch": n,
@@ -137,6 +162,8 @@ def record_variables(record: Mapping[str, Any]) -> dict[str, Any] | None:
                 "stride": list(record["stride"]),
                 "padding": record["padding"],
                 "groups": record["groups"],
+                "op": record.get("operation", CONV2D),
+                "output_padding": list(record.get("output_padding", [0, 0])),
             }
         )
     except (KeyError, TypeError, ValueError):
@@ -298,19 +325,26 @@ def _raw_case(
     groups = values["groups"]
     channels = values["channels"]
     # Integer division keeps the shape well-formed; a remainder is reported by the case's own check.
-    kernel_in = max(1, channels // groups) if channels % groups == 0 else channels
+    per_group = max(1, channels // groups) if channels % groups == 0 else channels
+    out_channels = values["out_channels"]
+    if values["op"] == CONV_TRANSPOSE:  # the forward op's kernel: (k_h, k_w, C_out / groups, C_in)
+        kernel_shape = [kernel_h, kernel_w, max(1, out_channels // groups), channels]
+    else:
+        kernel_shape = [kernel_h, kernel_w, per_group, out_channels]
     seed = sweep["seed"]
     raw: dict[str, Any] = {
         "id": case_id,
         "description": sweep.get("description", ""),
         "input": _data(input_data, [values["batch"], size_h, size_w, channels], seed, case_id, "input"),
-        "kernel": _data(kernel_data, [kernel_h, kernel_w, kernel_in, values["out_channels"]], seed, case_id, "kernel"),
+        "kernel": _data(kernel_data, kernel_shape, seed, case_id, "kernel"),
         "rate": values["rate"],
         "stride": values["stride"],
         "padding": values["padding"],
         "groups": groups,
         "tags": [*sweep.get("tags", []), sweep["id"]],
     }
+    for key in ("op", "output_padding"):  # stated even when default: the file's defaults must not override the sweep
+        raw[key] = values[key]
     for key in ("source", "dtypes", "tier", "derivatives"):
         if key in sweep:
             raw[key] = sweep[key]

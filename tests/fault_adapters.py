@@ -7,6 +7,7 @@ Each fault happens inside `run`, i.e. inside the framework call, where a real na
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import re
 import time
@@ -19,6 +20,7 @@ from conformance.adapters import Adapter, ConvCall
 from conformance.adapters.keras import KerasConv2D
 from conformance.adapters.program import Expr, method
 from conformance.frameworks import Framework
+from conformance.semantics import CONV_TRANSPOSE, TransposedGeometry
 
 
 class FaultAdapter(Adapter):
@@ -192,3 +194,46 @@ class KerasDiesInTheCall(KerasConv2D):
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         os.kill(os.getpid(), 9)
         raise AssertionError("unreachable")
+
+
+class _TransposedFault(FaultAdapter):
+    """A transposed convolution computed by the reference on a distorted geometry or kernel."""
+
+    operation = CONV_TRANSPOSE
+
+    def distort(self, call: ConvCall) -> tuple[np.ndarray, TransposedGeometry]:
+        raise NotImplementedError
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        w, geo = self.distort(call)
+        return reference.conv2d_transpose_resolved(call.x, w, geo, call.groups).astype(call.x.dtype)
+
+
+class TransposeShiftedOnePixel(_TransposedFault):
+    """The crop moved one pixel later (Keras' torch backend did this for SAME, keras-team/keras#22876)."""
+
+    op = "transpose_shifted"
+
+    def distort(self, call: ConvCall) -> tuple[np.ndarray, TransposedGeometry]:
+        geo = call.geometry
+        assert isinstance(geo, TransposedGeometry)
+        (top, bottom), (left, right) = geo.pads
+        return call.w, dataclasses.replace(geo, pads=((top + 1, bottom - 1), (left + 1, right - 1)))
+
+
+class TransposeKernelNotFlipped(_TransposedFault):
+    """The kernel's taps reversed: what jax.lax.conv_transpose computes without transpose_kernel=True."""
+
+    op = "transpose_unflipped"
+
+    def distort(self, call: ConvCall) -> tuple[np.ndarray, TransposedGeometry]:
+        return call.w[::-1, ::-1], call.geometry  # type: ignore[return-value]
+
+
+class TransposeIgnoresOutputPadding(_TransposedFault):
+    op = "transpose_no_output_padding"
+
+    def distort(self, call: ConvCall) -> tuple[np.ndarray, TransposedGeometry]:
+        geo = call.geometry
+        assert isinstance(geo, TransposedGeometry)
+        return call.w, dataclasses.replace(geo, output_padding=(0, 0))

@@ -52,6 +52,27 @@ kernel = { generator = "integers", seed = 4, low = -2, high = 2, shape = [3, 3, 
 padding = "SAME"
 
 [[case]]
+id = "transposed-stride2"
+op = "conv_transpose"
+dtypes = ["float32"]
+derivatives = 2
+input = { generator = "integers", seed = 13, low = -3, high = 3, shape = [1, 4, 5, 2] }
+kernel = { generator = "integers", seed = 14, low = -2, high = 2, shape = [3, 3, 3, 2] }
+stride = 2
+padding = 1
+output_padding = 1
+
+[[case]]
+id = "transposed-rate2"
+op = "conv_transpose"
+dtypes = ["float32"]
+derivatives = 2
+input = { generator = "integers", seed = 15, low = -3, high = 3, shape = [1, 4, 5, 2] }
+kernel = { generator = "integers", seed = 16, low = -2, high = 2, shape = [3, 3, 3, 2] }
+rate = 2
+padding = "SAME"
+
+[[case]]
 id = "depthwise"
 dtypes = ["float32"]
 derivatives = 2
@@ -308,12 +329,16 @@ DERIVATIVE_ADAPTERS = [a for a in ADAPTERS if isinstance(a, DerivativeAdapter)]
 def test_the_reproduction_repeats_the_derivative(adapter: DerivativeAdapter, cases: dict[str, Case]) -> None:
     """Executed as written, the reproduction's `g` is the derivative the target returned (exact
     integer data, so bit for bit). TF's conv2d gradient refuses rates > 1 on the CPU (a known
-    divergence): the SAME rate-1 case then stands in; depthwise_conv2d needs its own case."""
+    divergence): the SAME rate-1 case then stands in; depthwise_conv2d needs its own case, and the
+    transposed convolution's targets a transposed case."""
     try:
         adapter.check_available("cpu")
     except Exception as exc:
         pytest.skip(str(exc))
-    for case in (cases["integer"], cases["same-rate1"], cases["depthwise"]):
+    transposed = (cases["transposed-stride2"], cases["transposed-rate2"])
+    for case in (cases["integer"], cases["same-rate1"], cases["depthwise"], *transposed):
+        if case.op != adapter.operation:
+            continue
         record = runner.run_check(case, Target(adapter, "cpu", "strict"), "float32")
         if record["outcome"] == "pass":
             break

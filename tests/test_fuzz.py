@@ -13,7 +13,7 @@ import pytest
 from conformance import fuzz, runner
 from conformance.adapters import Target
 from conformance.cases import load_file
-from tests.fault_adapters import Slow, StrideRateBug
+from tests.fault_adapters import Slow, StrideRateBug, TransposeIgnoresOutputPadding
 from tests.projects import child_environment, write_project
 
 pytest.importorskip("hypothesis")
@@ -30,6 +30,19 @@ def test_a_divergence_is_shrunk_and_written_as_a_case_file(tmp_path: Path) -> No
     assert raw["input"]["shape"][0] == 1
     (case,) = load_file(result.case_file, tmp_path).cases
     assert runner.run_check(case, target, case.dtypes[0])["outcome"] == "mismatch"
+
+
+def test_a_transposed_divergence_is_found_and_written_with_its_op(tmp_path: Path) -> None:
+    """The fuzzer draws the transposed op too; a target of that op gets only such configurations."""
+    target = Target(TransposeIgnoresOutputPadding(), "cpu", "strict")
+    result = fuzz.explore(300, [target], [], tmp_path, seed=5)
+    assert result.case_file is not None
+    raw = tomllib.loads(result.case_file.read_text())["case"][0]
+    assert raw["op"] == "conv_transpose"
+    (case,) = load_file(result.case_file, tmp_path).cases
+    # Shrunk to the smallest trigger: one pixel of output_padding, stated or derived (a short kernel's).
+    assert max(case.geometry.output_padding) == 1  # type: ignore[union-attr]
+    assert runner.run_check(case, target, case.dtypes[0])["outcome"] == "shape"
 
 
 def test_no_divergence_no_file(tmp_path: Path) -> None:

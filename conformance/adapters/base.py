@@ -20,7 +20,7 @@ import numpy as np
 from conformance.adapters.modes import DEVICES
 from conformance.adapters.program import Name, Program, Statement, Value
 from conformance.frameworks import Framework
-from conformance.semantics import Geometry, PaddingSpec
+from conformance.semantics import CONV2D, AnyGeometry, PaddingSpec
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class CallParams:
     rate: tuple[int, int]
     stride: tuple[int, int]
     padding: PaddingSpec
-    geometry: Geometry
+    geometry: AnyGeometry
     groups: int
     dtype: str
 
@@ -44,7 +44,7 @@ class ConvCall:
     rate: tuple[int, int]
     stride: tuple[int, int]
     padding: PaddingSpec  # as the case states it: adapters use native SAME/VALID where they have them
-    geometry: Geometry  # the resolved pads, for adapters that need explicit ones
+    geometry: AnyGeometry  # the resolved pads (a transposed op's crops and output_padding), for adapters that need them
     groups: int
     dtype: str
     # Derivative targets only (see conformance.derivatives): the cotangent dy (NHWC, the output's
@@ -84,6 +84,8 @@ class Unsupported(Exception):
 class Adapter(ABC):
     framework: Framework  # the framework's record (conformance/frameworks.py)
     op: str  # the API under test, e.g. "conv2d", "atrous_conv2d"
+    # The operation it computes (conformance.semantics.OPERATIONS): only cases of that op reach it.
+    operation = CONV2D
     devices: tuple[str, ...] = DEVICES
     # An execution mode ("function", "jit", "layer", "onednn-off") or an equivalence oracle
     # ("zero-inserted", "nchw", ...); empty for the plain eager call.
@@ -184,6 +186,7 @@ class DerivativeAdapter(Adapter):
         self.primary = primary
         self.quantity = self.variant = quantity
         self.framework, self.op, self.devices = primary.framework, primary.op, primary.devices
+        self.operation = primary.operation
 
     @property
     def order(self) -> int:
@@ -222,7 +225,7 @@ class DeviceComparison(Adapter):
     def __init__(self, primary: Adapter) -> None:
         self.primary = self.baseline = primary
         self.baseline_device = "cpu"
-        self.framework, self.op = primary.framework, primary.op
+        self.framework, self.op, self.operation = primary.framework, primary.op, primary.operation
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         return self.primary.unsupported_reason(call_params)

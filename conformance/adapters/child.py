@@ -203,6 +203,7 @@ class InChildProcess(Adapter):
     def __init__(self, inner: Adapter, variant: str, environment: dict[str, str], devices: tuple[str, ...]) -> None:
         self.inner, self.variant, self.devices = inner, variant, devices
         self.framework, self.op, self.quantity = inner.framework, inner.op, inner.quantity
+        self.operation = inner.operation
         self.runs_models = inner.runs_models
         self.child_environment = dict(environment)
 

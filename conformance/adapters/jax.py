@@ -19,6 +19,7 @@ import numpy as np
 from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
+    CallParams,
     ConvCall,
     DerivativeAdapter,
     DescribedAdapter,
@@ -42,6 +43,7 @@ from conformance.adapters.program import (
 )
 from conformance.compare import first_line
 from conformance.frameworks import JAX
+from conformance.semantics import CONV_TRANSPOSE
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Set by the plugin for a run's xdist workers (the framework record's shared directory).
@@ -103,6 +105,10 @@ class JaxConvGeneralDilated(DescribedAdapter):
             jax.devices(_platform(device))
         except RuntimeError as exc:
             raise Unavailable(f"no {device.upper()} backend in jax {jax.__version__}: {first_line(exc)}") from None
+
+    def convolution(self, call: ConvCall, lhs: Expr, rhs: Expr, arguments: dict[str, Value]) -> Expr:
+        """The call on an input and a kernel (as the derivatives differentiate it)."""
+        return invoke("jax.lax.conv_general_dilated", lhs, rhs, **arguments)
 
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
         arguments = self.arguments(call, precision)
@@ -220,7 +226,7 @@ class JaxDerivative(DerivativeAdapter, DescribedAdapter):
         arguments = self.primary.arguments(call, precision)
         names = ("x", "w", "dy", *(("vx", "vw") if self.order == 2 else ()))
         wrt = 0 if self.with_respect_to == "input" else 1
-        conv = Lambda(("a", "b"), invoke("jax.lax.conv_general_dilated", Name("a"), Name("b"), **arguments))
+        conv = Lambda(("a", "b"), self.primary.convolution(call, Name("a"), Name("b"), arguments))
         grads = Lambda(
             ("a", "b"), invoke(Index(invoke("jax.vjp", Name("conv"), Name("a"), Name("b")), 1), Name("dy_j"))
         )
@@ -242,6 +248,68 @@ class JaxDerivative(DerivativeAdapter, DescribedAdapter):
         )
 
 
+class JaxConvTranspose(JaxConvGeneralDilated):
+    """`jax.lax.conv_transpose(transpose_kernel=True)`: the kernel flipped and its in/out axes swapped
+    by JAX, which makes it the gradient of conv_general_dilated (without it, JAX computes a
+    stride-dilated correlation with the kernel as given, what its docs call the non-gradient form).
+    SAME and VALID are JAX's own words (its `_conv_transpose_padding`), explicit crops become pads."""
+
+    op = "conv_transpose"
+    operation = CONV_TRANSPOSE
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return "jax.lax.conv_transpose has no feature_group_count (groups)" if call_params.groups != 1 else None
+
+    def convolution(self, call: ConvCall, lhs: Expr, rhs: Expr, arguments: dict[str, Value]) -> Expr:
+        return invoke("jax.lax.conv_transpose", lhs, rhs, **arguments)
+
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        y = self.convolution(call, Name("x_j"), Name("w_j"), self.arguments(call, precision))
+        return Program((*_prelude(device), *self.inputs(call), Assign("y", y)))
+
+    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
+        word = padding.native_word(call.padding)
+        return {
+            "strides": call.stride,
+            "padding": word if word is not None else padding.dilated_input_pads(call.geometry),
+            "rhs_dilation": call.rate,
+            "dimension_numbers": DIMENSION_NUMBERS,
+            "transpose_kernel": True,
+            "precision": Name("jax.lax.Precision.HIGHEST") if precision == "strict" else None,
+        }
+
+
+class JaxLhsDilation(JaxConvTranspose):
+    """`conv_general_dilated` with lhs_dilation = the stride: the formulation of JAX's own gradient of a
+    strided convolution. The kernel is flipped and its in/out axes swapped per group in the call."""
+
+    op = "conv_general_dilated"
+    variant = "lhs-dilation"
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return None
+
+    def convolution(self, call: ConvCall, lhs: Expr, rhs: Expr, arguments: dict[str, Value]) -> Expr:
+        k_h, k_w, out_per_group, c_in = call.w.shape
+        groups = call.groups
+        grouped = method(invoke("jnp.flip", rhs, (0, 1)), "reshape", k_h, k_w, out_per_group, groups, c_in // groups)
+        swapped = method(method(grouped, "transpose", 0, 1, 4, 3, 2), "reshape", k_h, k_w, c_in // groups, -1)
+        return invoke("jax.lax.conv_general_dilated", lhs, swapped, **arguments)
+
+    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
+        return {
+            "window_strides": (1, 1),
+            "padding": padding.dilated_input_pads(call.geometry),
+            "lhs_dilation": call.stride,
+            "rhs_dilation": call.rate,
+            "dimension_numbers": DIMENSION_NUMBERS,
+            "feature_group_count": call.groups,
+            "precision": Name("jax.lax.Precision.HIGHEST") if precision == "strict" else None,
+        }
+
+
+TRANSPOSED = JaxConvTranspose()
+
 ADAPTERS = (
     PRIMARY,
     JaxConvGeneralDilated("jit"),
@@ -250,4 +318,8 @@ ADAPTERS = (
     JaxNchw(),
     DeviceComparison(PRIMARY),
     *(JaxDerivative(PRIMARY, quantity) for quantity in QUANTITIES),
+    TRANSPOSED,
+    JaxLhsDilation(),
+    DeviceComparison(TRANSPOSED),
+    *(JaxDerivative(TRANSPOSED, quantity) for quantity in QUANTITIES),
 )

@@ -1,5 +1,5 @@
-"""Keras 3: `keras.layers.Conv2D` and `keras.layers.DepthwiseConv2D`, the layers people write, on
-every Keras backend installed (TensorFlow, JAX, PyTorch).
+"""Keras 3: `keras.layers.Conv2D`, `keras.layers.DepthwiseConv2D` and `keras.layers.Conv2DTranspose`,
+the layers people write, on every Keras backend installed (TensorFlow, JAX, PyTorch).
 
 Keras fixes its backend when it is first imported (`KERAS_BACKEND`), so every target here runs in
 a child process started with it: the one mechanism of conformance/adapters/child.py, which the
@@ -70,6 +70,7 @@ from conformance.adapters.program import (
     method,
 )
 from conformance.frameworks import KERAS_JAX, KERAS_TENSORFLOW, KERAS_TORCH, Framework
+from conformance.semantics import CONV_TRANSPOSE, as_transposed
 
 if TYPE_CHECKING:  # (conformance.composites imports the adapters: it is imported where it is used)
     from conformance.composites import Composite
@@ -377,6 +378,51 @@ class KerasDepthwiseConv2D(_KerasLayer):
         return method("w", "reshape", k_h, k_w, channels, out_channels // channels)
 
 
+class KerasConv2DTranspose(_KerasLayer):
+    """`keras.layers.Conv2DTranspose`: its kernel (k_h, k_w, filters, C_in) is the case's as it stands.
+    "same" and "valid" with output_padding unset follow Keras' `deconv_output_length` (TensorFlow's
+    rule, the semantics' SAME and VALID); `@cropping` writes explicit crops as Keras users do, a
+    "valid" layer with `output_padding` and then `Cropping2D`."""
+
+    layer_class = "Conv2DTranspose"
+    operation = CONV_TRANSPOSE
+
+    def padding_word(self, call: CallParams | ConvCall) -> str | None:
+        if self.variant == "cropping":
+            return "valid"
+        word = padding.native_word(call.padding)
+        return word.lower() if word else None
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        if call_params.groups != 1:
+            return "keras.layers.Conv2DTranspose has no groups"
+        if self.padding_word(call_params) is None:
+            return (
+                f'keras.layers.Conv2DTranspose takes padding "valid" or "same"; Keras users write explicit crops as '
+                f"Cropping2D after a valid layer (the {self.framework.name}.Conv2DTranspose@cropping target)"
+            )
+        return None
+
+    def layer_arguments(self, call: ConvCall) -> dict[str, Any]:
+        k_h, k_w, out_channels, _ = call.w.shape
+        extra = list(as_transposed(call.geometry).output_padding) if self.variant == "cropping" else None
+        return {
+            "filters": out_channels, "kernel_size": (k_h, k_w), "output_padding": extra,
+            "kernel_initializer": INITIALIZER,
+        }  # fmt: skip
+
+    def forward(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
+        statements = super().forward(call, device, precision)
+        if self.variant != "cropping":
+            return statements
+        (top, bottom), (left, right) = call.geometry.pads
+        cropping = invoke(
+            "keras.layers.Cropping2D", cropping=((top, bottom), (left, right)), data_format="channels_last",
+            dtype=call.dtype,
+        )  # fmt: skip
+        return [*statements, Assign("y", invoke(cropping, Name("y")), "explicit crops, the Keras way")]
+
+
 class _ModelSource:
     """A composites.Graph whose values are variable names: each layer applied is a line of the
     functional model's source; a convolution's kernel is assigned once calling it built it."""
@@ -472,6 +518,7 @@ class KerasGradient(DerivativeAdapter, DescribedAdapter):
 CONV2D_VARIANTS = ("", "compiled", "channels-first", "zero-padding")
 MODEL_VARIANTS = ("", "compiled", "jit-compile")
 DEPTHWISE_VARIANTS = ("", "compiled", "channels-first")
+TRANSPOSE_VARIANTS = ("", "compiled", "channels-first", "cropping")
 GRADIENTS = ("grad-input", "grad-kernel")
 
 
@@ -482,14 +529,15 @@ def in_child(inner: _KerasLayer | KerasGradient, devices: tuple[str, ...] | None
 
 
 def _backend_targets(backend: str) -> list[InChildProcess]:
-    conv, depthwise = KerasConv2D(backend), KerasDepthwiseConv2D(backend)
+    conv, depthwise, transpose = KerasConv2D(backend), KerasDepthwiseConv2D(backend), KerasConv2DTranspose(backend)
     layers: list[_KerasLayer] = [
         *(KerasConv2D(backend, variant) for variant in CONV2D_VARIANTS),
         *(KerasDepthwiseConv2D(backend, variant) for variant in DEPTHWISE_VARIANTS),
+        *(KerasConv2DTranspose(backend, variant) for variant in TRANSPOSE_VARIANTS),
     ]
     if backend == "tensorflow":
         layers.append(KerasConv2D(backend, "jit-compile"))
-    gradients = [KerasGradient(primary, quantity) for primary in (conv, depthwise) for quantity in GRADIENTS]
+    gradients = [KerasGradient(primary, quantity) for primary in (conv, depthwise, transpose) for quantity in GRADIENTS]
     adapters: list[_KerasLayer | KerasGradient] = [*layers, *gradients]
     return [in_child(adapter) for adapter in adapters]
 

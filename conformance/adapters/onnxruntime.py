@@ -38,6 +38,7 @@ from conformance.adapters.program import (
     method,
 )
 from conformance.frameworks import ONNXRUNTIME
+from conformance.semantics import CONV_TRANSPOSE, as_transposed
 
 OPSET = 21  # the newest opset whose Conv this onnxruntime release implements on every provider here
 EXPORT_OPSET = 18  # an opset every torch.onnx.export (TorchScript) release here writes
@@ -114,7 +115,8 @@ class OnnxRuntimeConv(DescribedAdapter):
         def value_info(name: str, shape: list[int] | None) -> Expr:
             return invoke("oh.make_tensor_value_info", name, element, shape)
 
-        node = invoke("oh.make_node", "Conv", ["x", "w"], ["y"], **self.attributes(call))
+        node = invoke("oh.make_node", self.op, ["x", "w"], ["y"], **self.attributes(call))
+        # (ConvTranspose's W is (C_in, C_out / group, k_h, k_w): the same permutation of the case's kernel.)
         inputs = [value_info("x", [n, c_in, h, w]), value_info("w", [c_out, c_per_group, k_h, k_w])]
         graph = invoke("oh.make_graph", [Name("conv")], "conv", inputs, [value_info("y", None)])
         opset = [invoke("oh.make_opsetid", "", OPSET)]
@@ -218,7 +220,23 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
         )
 
 
+class OnnxRuntimeConvTranspose(OnnxRuntimeConv):
+    """`ConvTranspose`: pads are crops, `output_padding` adds at the end; `@auto-pad` states SAME as
+    auto_pad="SAME_UPPER" alone, which by the spec means output = input * stride with the odd crop
+    pixel at the end (TF's SAME), with no `output_shape` to lean on."""
+
+    op = "ConvTranspose"
+    operation = CONV_TRANSPOSE
+
+    def attributes(self, call: ConvCall) -> dict[str, Any]:
+        attributes = super().attributes(call)
+        if self.variant == "auto-pad":
+            return attributes
+        return {**attributes, "output_padding": list(as_transposed(call.geometry).output_padding)}
+
+
 PRIMARY = OnnxRuntimeConv()
+TRANSPOSED = OnnxRuntimeConvTranspose()
 
 ADAPTERS = (
     PRIMARY,
@@ -226,4 +244,7 @@ ADAPTERS = (
     *(OnnxRuntimeConv(variant) for variant in OPTIMISATION_LEVELS),
     OnnxRuntimeTorchExport(),
     DeviceComparison(PRIMARY),
+    TRANSPOSED,
+    OnnxRuntimeConvTranspose("auto-pad"),
+    DeviceComparison(TRANSPOSED),
 )

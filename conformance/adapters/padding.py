@@ -7,7 +7,7 @@ framework's SAME rather than ours; only explicit pads (and the explicit-pads ora
 
 from __future__ import annotations
 
-from conformance.semantics import PaddingSpec, PadPairs, is_symmetric
+from conformance.semantics import AnyGeometry, PaddingSpec, PadPairs, as_transposed, is_symmetric, output_padding_limit
 
 
 def native_word(padding: PaddingSpec) -> str | None:
@@ -61,3 +61,35 @@ def torch_arguments(padding: PaddingSpec, pads: PadPairs) -> tuple[str | tuple[i
     if is_symmetric(pads):
         return (pads[0][0], pads[1][0]), None
     return (0, 0), last_axis_first(pads)
+
+
+def torch_transpose_arguments(geometry: AnyGeometry) -> tuple[tuple[int, int], tuple[int, int]] | str:
+    """conv_transpose2d's (padding=, output_padding=), or why it cannot state these crops.
+
+    torch crops `padding` from both ends alike and adds `output_padding` at the end, which must stay
+    below max(stride, dilation): crops (before, after) with output_padding e are padding=before with
+    output_padding e + before - after. TensorFlow's SAME with an odd total crop (after = before + 1,
+    e = 0) needs -1: not expressible, the pixel Keras' torch backend has to move by hand."""
+    geo = as_transposed(geometry)
+    paddings, extras = [], []
+    for (before, after), extra, s, r in zip(geo.pads, geo.output_padding, geo.stride, geo.rate, strict=True):
+        added = extra + before - after
+        if not 0 <= added < output_padding_limit(s, r):
+            return (
+                f"torch crops both sides alike: crops ({before}, {after}) with output_padding {extra} need "
+                f"padding={before}, output_padding={added}, outside 0..{output_padding_limit(s, r) - 1}"
+            )
+        paddings.append(before)
+        extras.append(added)
+    return (paddings[0], paddings[1]), (extras[0], extras[1])
+
+
+def dilated_input_pads(geometry: AnyGeometry) -> list[tuple[int, int]]:
+    """A transposed convolution's crops as pads of the stride-dilated input (JAX's conv_transpose and
+    lhs_dilation): the full output has k_eff - 1 pads on both sides, so a crop c is a pad
+    k_eff - 1 - c, and output_padding pads the end further."""
+    geo = as_transposed(geometry)
+    return [
+        (k_eff - 1 - before, k_eff - 1 - after + extra)
+        for k_eff, (before, after), extra in zip(geo.effective_kernel_hw, geo.pads, geo.output_padding, strict=True)
+    ]

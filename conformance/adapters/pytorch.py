@@ -11,6 +11,7 @@ bfloat16), permuted from NHWC/HWIO and back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -43,6 +44,7 @@ from conformance.adapters.program import (
     method,
 )
 from conformance.frameworks import TORCH
+from conformance.semantics import CONV_TRANSPOSE
 
 NCHW, OIHW = (0, 3, 1, 2), (3, 2, 0, 1)  # from NHWC and HWIO
 TO_NHWC, TO_HWIO = (0, 2, 3, 1), (2, 3, 1, 0)
@@ -159,7 +161,7 @@ class TorchLayer(TorchConv2d):
 
     def forward(self, call: ConvCall) -> list[Statement]:
         argument, explicit = self.padding(call)
-        n, h, w, c_in = call.x.shape
+        c_in = call.x.shape[3]
         k_h, k_w, _, c_out = call.w.shape
 
         def padded(tensor: str) -> Expr:
@@ -169,17 +171,63 @@ class TorchLayer(TorchConv2d):
             "torch.nn.Conv2d", c_in, c_out, (k_h, k_w), stride=call.stride, padding=argument, dilation=call.rate,
             groups=call.groups, bias=False, device=Name("xt.device"), dtype=Name("xt.dtype"),
         )  # fmt: skip
-        other = invoke("torch.ones", n, c_in, h + 3, w + 5, dtype=Name("xt.dtype"), device=Name("xt.device"))
-        return [
-            Assign("layer", layer),
-            Do(method("layer.weight", "copy_", Name("wt"))),
-            Assign("other", other),
-            Do(invoke("layer", padded("other")), "another spatial size first", f"on an input of size {[h + 3, w + 5]}"),
-            Assign("y", method(invoke("layer", padded("xt")), "permute", *TO_NHWC), "NHWC"),
-        ]
+        return _called_on_another_size_first(layer, call, padded)
+
+
+def _called_on_another_size_first(
+    layer: Expr, call: ConvCall, prepared: Callable[[str], Expr] = Name
+) -> list[Statement]:
+    """`layer` (a module) with the case's kernel, called on an input 3 x 5 pixels larger, then on `xt`
+    (each input through `prepared`: the pads the module cannot state)."""
+    n, h, w, c_in = call.x.shape
+    other = invoke("torch.ones", n, c_in, h + 3, w + 5, dtype=Name("xt.dtype"), device=Name("xt.device"))
+    return [
+        Assign("layer", layer),
+        Do(method("layer.weight", "copy_", Name("wt"))),
+        Assign("other", other),
+        Do(invoke("layer", prepared("other")), "another spatial size first", f"on an input of size {[h + 3, w + 5]}"),
+        Assign("y", method(invoke("layer", prepared("xt")), "permute", *TO_NHWC), "NHWC"),
+    ]
+
+
+class TorchConvTranspose2d(TorchConv2d):
+    """`torch.nn.functional.conv_transpose2d`: the weight is (C_in, C_out / groups, k_h, k_w), which is the
+    forward op's OIHW weight, so the case's kernel permutes exactly as conv2d's does."""
+
+    op = "conv_transpose2d"
+    operation = CONV_TRANSPOSE
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        arguments = padding.torch_transpose_arguments(call_params.geometry)
+        return arguments if isinstance(arguments, str) else None
+
+    def arguments(self, call: ConvCall) -> dict[str, Any]:
+        arguments = padding.torch_transpose_arguments(call.geometry)
+        assert not isinstance(arguments, str), arguments  # (refused by unsupported_reason)
+        crops, extra = arguments
+        return {"stride": call.stride, "padding": crops, "output_padding": extra, "groups": call.groups}
+
+    def forward(self, call: ConvCall) -> list[Statement]:
+        conv = invoke("F.conv_transpose2d", Name("xt"), Name("wt"), **self.arguments(call), dilation=call.rate)
+        return [Assign("y", method(conv, "permute", *TO_NHWC), "NHWC")]
+
+
+class TorchConvTransposeLayer(TorchConvTranspose2d):
+    """`torch.nn.ConvTranspose2d`, called first on an input of another spatial size, then on the case."""
+
+    variant = "layer"
+
+    def forward(self, call: ConvCall) -> list[Statement]:
+        k_h, k_w, out_per_group, c_in = call.w.shape
+        layer = invoke(
+            "torch.nn.ConvTranspose2d", c_in, out_per_group * call.groups, (k_h, k_w), **self.arguments(call),
+            dilation=call.rate, bias=False, device=Name("xt.device"), dtype=Name("xt.dtype"),
+        )  # fmt: skip
+        return _called_on_another_size_first(layer, call)
 
 
 PRIMARY = TorchConv2d()
+TRANSPOSED = TorchConvTranspose2d()
 
 
 class TorchZeroInserted(oracles.ZeroInserted, TorchConv2d):
@@ -261,4 +309,8 @@ ADAPTERS = (
     TorchExplicitPads(),
     DeviceComparison(PRIMARY),
     *(TorchDerivative(PRIMARY, quantity) for quantity in QUANTITIES),
+    TRANSPOSED,
+    TorchConvTransposeLayer(),
+    DeviceComparison(TRANSPOSED),
+    *(TorchDerivative(TRANSPOSED, quantity) for quantity in QUANTITIES),
 )

@@ -52,6 +52,7 @@ from conformance.adapters.program import (
     method,
 )
 from conformance.frameworks import TENSORFLOW, set_defaults
+from conformance.semantics import CONV_TRANSPOSE, as_transposed
 
 # oneDNN is switched by an environment variable read once, at import.
 ONEDNN_VARIANTS = {"onednn-on": "1", "onednn-off": "0"}
@@ -299,6 +300,61 @@ class TensorFlowNchw(TensorFlowConv2d):
             raise
 
 
+def _transposed_output_shape(call: ConvCall) -> list[int]:
+    """TF states a transposed convolution's size as its output shape, NHWC."""
+    n, _, _, _ = call.x.shape
+    o_h, o_w = call.geometry.output_hw
+    return [n, o_h, o_w, call.w.shape[2] * call.groups]
+
+
+def _forward_reaches(call_params: CallParams) -> str | None:
+    """TF defines the transposed convolution by the forward one whose input has `output_shape` and
+    checks that its output has this input's size: output_padding at or past the stride gives the
+    forward convolution another output row, so no output_shape states it."""
+    geo = as_transposed(call_params.geometry)
+    if any(extra >= s for extra, s in zip(geo.output_padding, geo.stride, strict=True)):
+        return (
+            f"output_padding {list(geo.output_padding)} is not below the stride {list(geo.stride)}: "
+            "TensorFlow states the output by its forward convolution's input shape, which then has another output row"
+        )
+    return None
+
+
+class TensorFlowConv2dTranspose(_TensorFlowAdapter):
+    """`tf.nn.conv2d_transpose`: filters [k_h, k_w, out, in] are the case's kernel as it stands; SAME,
+    VALID or explicit [[0, 0], [top, bottom], [left, right], [0, 0]] pads (crops), and `output_shape`."""
+
+    op = "conv2d_transpose"
+    operation = CONV_TRANSPOSE
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return _forward_reaches(call_params)
+
+    def convolution(self, call: ConvCall) -> Expr:
+        return invoke(
+            "tf.nn.conv2d_transpose", *TENSORS, output_shape=_transposed_output_shape(call),
+            strides=list(call.stride), padding=_padding_argument(call), dilations=list(call.rate),
+        )  # fmt: skip
+
+
+class TensorFlowAtrousConv2dTranspose(_TensorFlowAdapter):
+    """`tf.nn.atrous_conv2d_transpose`: atrous_conv2d's adjoint, with its limits (one rate, no stride,
+    SAME or VALID, no groups); TensorFlow computes it through space_to_batch, not a dilated kernel."""
+
+    op = "atrous_conv2d_transpose"
+    operation = CONV_TRANSPOSE
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        reason = ATROUS_CONV2D.unsupported_reason(call_params)
+        return reason.replace("atrous_conv2d", "atrous_conv2d_transpose") if reason else None
+
+    def convolution(self, call: ConvCall) -> Expr:
+        return invoke(
+            "tf.nn.atrous_conv2d_transpose", *TENSORS, output_shape=_transposed_output_shape(call), rate=call.rate[0],
+            padding=call.padding,
+        )  # fmt: skip
+
+
 class TensorFlowDerivative(DerivativeAdapter, DescribedAdapter):
     """tf.GradientTape on the primary eager call (for atrous_conv2d that differentiates through its
     space_to_batch formulation, a gradient path of its own); the HVP nests a second tape around
@@ -342,6 +398,7 @@ class TensorFlowDerivative(DerivativeAdapter, DescribedAdapter):
 
 
 ATROUS_CONV2D, DEPTHWISE_CONV2D = TensorFlowAtrousConv2d(), TensorFlowDepthwiseConv2d()
+CONV2D_TRANSPOSE, ATROUS_CONV2D_TRANSPOSE = TensorFlowConv2dTranspose(), TensorFlowAtrousConv2dTranspose()
 
 ADAPTERS = (
     ATROUS_CONV2D,
@@ -362,7 +419,11 @@ ADAPTERS = (
     DeviceComparison(CONV2D),
     *(
         TensorFlowDerivative(primary, quantity)
-        for primary in (ATROUS_CONV2D, CONV2D, DEPTHWISE_CONV2D)
+        for primary in (ATROUS_CONV2D, CONV2D, DEPTHWISE_CONV2D, CONV2D_TRANSPOSE, ATROUS_CONV2D_TRANSPOSE)
         for quantity in QUANTITIES
     ),
+    CONV2D_TRANSPOSE,
+    ATROUS_CONV2D_TRANSPOSE,
+    TensorFlowConv2dTranspose("function"),
+    DeviceComparison(CONV2D_TRANSPOSE),
 )

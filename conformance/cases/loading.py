@@ -22,7 +22,7 @@ from conformance import sweeps
 from conformance.cases.model import Case, CaseError, CaseFileError, LoadResult
 from conformance.cases.positions import SourceLines, id_lines
 from conformance.cases.schema_errors import explain_schema_error, field_path, strict_validator
-from conformance.semantics import pair
+from conformance.semantics import CONV2D, CONV_TRANSPOSE, TransposedGeometry, output_padding_limit, pair
 
 SCHEMA_PATH = Path(__file__).parent.parent / "schema" / "cases.schema.json"
 # Refuse tensors above this many elements before allocating them (float64: 512 MiB).
@@ -247,20 +247,13 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
     input_shape = _tensor_shape(label, case_id, line, "input", raw["input"])
     kernel_shape = _tensor_shape(label, case_id, line, "kernel", raw["kernel"])
     groups = int(setting("groups", 1))
-    c_in, c_out = input_shape[3], kernel_shape[3]
-    if c_in % groups:
-        raise fail(f"groups {groups} does not divide the {c_in} input channels", "groups")
-    if kernel_shape[2] * groups != c_in:
-        raise fail(
-            f"kernel in-channels {kernel_shape[2]} x groups {groups} != input channels {c_in} "
-            "(HWIO kernel: its third axis is C_in / groups)",
-            "kernel.shape",
-        )
-    if c_out % groups:
-        raise fail(f"kernel out-channels {c_out} is not divisible by groups {groups}", "groups")
+    op = setting("op", CONV2D)
+    _check_channels(op, input_shape, kernel_shape, groups, fail)
     padding = setting("padding", "VALID")
     if isinstance(padding, list):
         padding = (tuple(padding[0]), tuple(padding[1]))
+    rate, stride = pair(setting("rate", 1)), pair(setting("stride", 1))
+    output_padding = _output_padding(op, setting("output_padding", 0), padding, rate, stride, fail)
     case = Case(
         file=label,
         suite=suite,
@@ -274,13 +267,15 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
         kernel_spec=raw["kernel"],
         input_shape=input_shape,  # type: ignore[arg-type]
         kernel_shape=kernel_shape,  # type: ignore[arg-type]
-        rate=pair(setting("rate", 1)),
-        stride=pair(setting("stride", 1)),
+        rate=rate,
+        stride=stride,
         padding=padding,
         groups=groups,
         expect_kind="reference",
         tier=raw.get("tier", defaults.get("tier", "default")),
         derivatives=int(setting("derivatives", 0)),
+        op=op,
+        output_padding=output_padding,
     )
     _check_work_size(case, fail)
     expect = raw.get("expect", {"kind": "reference"})
@@ -308,7 +303,7 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
     expected_values = None
     if kind == "values":
         if not case.geometry.has_valid_output:
-            raise fail("gives values, but the dilated kernel does not fit: there is no valid output", "expect.kind")
+            raise fail(f"gives values, but there is no valid output ({_why_no_output(case)})", "expect.kind")
         key = "values" if "values" in expect else "plane"
         try:
             shape = _nested_shape(expect[key], f"expect.{key}")
@@ -324,14 +319,79 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
     return replace(case, expect_kind=kind, expected_values=expected_values)
 
 
+def _check_channels(
+    op: str, input_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups: int, fail: Any
+) -> None:
+    """Input channels, kernel axes and groups agree: HWIO (k_h, k_w, C_in/g, C_out) for conv2d, the
+    forward op's kernel (k_h, k_w, C_out/g, C_in) for conv_transpose."""
+    c_in = input_shape[3]
+    if c_in % groups:
+        raise fail(f"groups {groups} does not divide the {c_in} input channels", "groups")
+    if op == CONV_TRANSPOSE:
+        if kernel_shape[3] != c_in:
+            raise fail(
+                f"kernel's fourth axis {kernel_shape[3]} != input channels {c_in} (a conv_transpose kernel is the "
+                "forward op's HWIO kernel, (k_h, k_w, C_out / groups, C_in): TensorFlow's conv2d_transpose filters)",
+                "kernel.shape",
+            )
+        return
+    c_out = kernel_shape[3]
+    if kernel_shape[2] * groups != c_in:
+        raise fail(
+            f"kernel in-channels {kernel_shape[2]} x groups {groups} != input channels {c_in} "
+            "(HWIO kernel: its third axis is C_in / groups)",
+            "kernel.shape",
+        )
+    if c_out % groups:
+        raise fail(f"kernel out-channels {c_out} is not divisible by groups {groups}", "groups")
+
+
+def _output_padding(
+    op: str, value: Any, padding: Any, rate: tuple[int, int], stride: tuple[int, int], fail: Any
+) -> tuple[int, int]:
+    """A conv_transpose's stated output_padding, checked: explicit pads only (SAME and VALID fix the
+    output size), each axis below max(stride, rate) (`semantics.output_padding_limit`)."""
+    extra = pair(value)
+    if extra == (0, 0):
+        return extra
+    if op != CONV_TRANSPOSE:
+        raise fail('output_padding belongs to op = "conv_transpose" only', "output_padding")
+    if isinstance(padding, str):
+        raise fail(
+            f"{padding} fixes a transposed convolution's output size (TensorFlow's rule): state explicit pads "
+            "(crops) to give output_padding",
+            "output_padding",
+        )
+    for axis, (added, s, r) in enumerate(zip(extra, stride, rate, strict=True)):
+        limit = output_padding_limit(s, r)
+        if not 0 <= added < limit:
+            name = ("height", "width")[axis]
+            raise fail(
+                f"{added} along the {name} is outside 0..{limit - 1}: it must be smaller than the stride ({s}) "
+                f"or the rate ({r})",
+                "output_padding",
+            )
+    return extra
+
+
+def _why_no_output(case: Case) -> str:
+    if isinstance(case.geometry, TransposedGeometry):
+        return f"the crops {case.geometry.pads} exceed the uncropped output {case.geometry.full_hw}"
+    return "the dilated kernel does not fit"
+
+
 def _check_work_size(case: Case, fail: Any) -> None:
     """Refuse, before anything is allocated, a case whose padded input or output would be absurd
     (a 5x5 input with padding 20000 is two small tensors but a 1.6e9-element padded one)."""
     geo = case.geometry
     (top, bottom), (left, right) = geo.pads
     n, h, w, c_in = case.input_shape
-    padded = n * (h + top + bottom) * (w + left + right) * c_in
-    output = n * geo.output_hw[0] * geo.output_hw[1] * case.kernel_shape[3]
+    if isinstance(geo, TransposedGeometry):  # what the scatter fills before it crops
+        full_h, full_w = geo.full_hw
+        padded = n * max(full_h, top + geo.output_hw[0]) * max(full_w, left + geo.output_hw[1]) * case.output_channels
+    else:
+        padded = n * (h + top + bottom) * (w + left + right) * c_in
+    output = n * geo.output_hw[0] * geo.output_hw[1] * case.output_channels
     explicit = not isinstance(case.padding, str)
     for name, elements, field_name in (
         ("padded input", padded, "padding" if explicit else "input.shape"),

@@ -13,7 +13,7 @@ import numpy as np
 
 from conformance.dtypes import case_values
 from conformance.generators import content_hash, generate
-from conformance.semantics import Geometry, PaddingSpec, geometry
+from conformance.semantics import CONV2D, CONV_TRANSPOSE, AnyGeometry, PaddingSpec, geometry, transposed_geometry
 
 
 @dataclass(frozen=True)
@@ -64,20 +64,36 @@ class Case:
     expect_kind: str  # "reference", "values" or "no-valid-output"
     tier: str = "default"  # "extended": only with --conformance-tier extended
     derivatives: int = 0  # 1: also the gradients; 2: also Hessian-vector products (conformance.derivatives)
+    # "conv2d", or "conv_transpose": its input is what the forward op outputs, its kernel is the forward
+    # op's HWIO kernel (k_h, k_w, C_out / groups, C_in), and explicit pads are what it crops.
+    op: str = CONV2D
+    output_padding: tuple[int, int] = (0, 0)  # conv_transpose only: pixels added at the end
     expected_values: np.ndarray | None = dataclass_field(default=None, repr=False)
 
     @property
     def qualified_id(self) -> str:
         return f"{self.suite}/{self.id}"
 
+    @property
+    def transposed(self) -> bool:
+        return self.op == CONV_TRANSPOSE
+
     @cached_property  # read several times per check; a frozen Case never changes it
-    def geometry(self) -> Geometry:
-        return geometry(self.padding, self.input_shape[1:3], self.kernel_shape[:2], self.rate, self.stride)
+    def geometry(self) -> AnyGeometry:
+        """The case's op's geometry: a `Geometry`, or a `TransposedGeometry` for conv_transpose."""
+        spatial = (self.padding, self.input_shape[1:3], self.kernel_shape[:2], self.rate, self.stride)
+        if self.transposed:
+            return transposed_geometry(*spatial, self.output_padding)
+        return geometry(*spatial)
+
+    @property
+    def output_channels(self) -> int:
+        return self.kernel_shape[2] * self.groups if self.transposed else self.kernel_shape[3]
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
         o_h, o_w = self.geometry.output_hw
-        return (self.input_shape[0], o_h, o_w, self.kernel_shape[3])
+        return (self.input_shape[0], o_h, o_w, self.output_channels)
 
     @property
     def expects_no_output(self) -> bool:

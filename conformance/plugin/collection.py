@@ -16,6 +16,7 @@ from conformance.cases import NON_CASE_FILES, id_lines, load_file
 from conformance.plugin.items import CompositeItem, ConformanceItem, NotRunChecks, invalid_item
 from conformance.plugin.selection import case_targets as targets_for_case
 from conformance.plugin.selection import collected_targets, collected_tiers, item_markers, selected_by_markers
+from conformance.semantics import CONV2D
 
 _roots_key = pytest.StashKey[list[Path]]()
 
@@ -90,7 +91,11 @@ class CompositesFile(pytest.File):
         loaded, errors = composites.load(self.path, label)
         for error in errors:
             yield invalid_item(self, error)
-        plain = [t for t in collected_targets(self.config) if not t.adapter.variant or t.adapter.runs_models]
+        plain = [
+            t
+            for t in collected_targets(self.config)
+            if t.adapter.operation == CONV2D and (not t.adapter.variant or t.adapter.runs_models)
+        ]
         lines = id_lines(self.path.read_text())
         not_run = NotRunChecks(self.config)
         for composite in loaded:

@@ -79,12 +79,13 @@ def collected_tiers(config: pytest.Config) -> tuple[str, ...]:
 
 
 def case_targets(config: pytest.Config, case: Case, candidates: list[Target]) -> list[Target]:
-    """The targets a case runs on: derivative targets only for the order it opts into, and only
-    those `-m` can select."""
+    """The targets a case runs on: those of its op, derivative targets only for the order it opts
+    into, and only those `-m` can select."""
     return [
         t
         for t in candidates
-        if QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
+        if t.adapter.operation == case.op
+        and QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
         and selected_by_markers(config, item_markers(case, t))
     ]
 

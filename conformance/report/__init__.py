@@ -43,6 +43,8 @@ class _Strings:
 
 CASE_FIELDS = (
     "case_file",
+    "operation",
+    "output_padding",
     "description",
     "tags",
     "input_shape",

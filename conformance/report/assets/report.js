@@ -97,7 +97,7 @@ function prepareRows() {
   rows = D.rows.map((row) => {
     const kase = D.cases[row.case] || { id: row.case };
     const messages = Object.values(row.cells).map((c) => string(c.m)).join(" ");
-    const text = [row.case, row.dtype, kase.description, kase.case_file, (kase.tags || []).join(" "), messages]
+    const text = [row.case, row.dtype, kase.operation, kase.description, kase.case_file, (kase.tags || []).join(" "), messages]
       .join(" ").toLowerCase();
     return { case: kase, dtype: row.dtype, cells: row.cells, text, tags: kase.tags || [] };
   });
@@ -257,7 +257,7 @@ function paint() {
       line.dataset.case = row.case.id;
       line.dataset.dtype = row.dtype;
       line.append(el("div", { class: "label", title: row.case.description || row.case.id }, row.case.id,
-        el("span", { class: "dtype" }, row.dtype)));
+        el("span", { class: "dtype" }, row.dtype), opBadge(row.case)));
       for (const column of visibleColumns) {
         const cell = row.cells[column.n];
         line.append(cell ? el("div", { class: `cell o-${cell.o}`, title: `${columnLabel(column)}: ${cell.o}` }, short(cell))
@@ -329,16 +329,27 @@ function heatColour(value, exact) {
   return `hsl(${50 - 50 * t}, 95%, ${55 - 15 * t}%)`;
 }
 
+const TRANSPOSED = "conv_transpose";
+
+// The op a row is, where it is not the forward convolution (older results files have no `operation`).
+function opBadge(kase) {
+  return kase.operation === TRANSPOSED ? el("span", { class: "op", title: "transposed convolution" }, "transposed") : null;
+}
+
 function openDetail(row) {
   selectedRow = row;
   const kase = row.case;
+  const transposed = kase.operation === TRANSPOSED;
   const content = document.getElementById("detail-content");
   const parts = [el("h2", { id: "detail-title" }, kase.id, el("span", { class: "dtype" }, row.dtype)),
     kase.description ? el("p", { class: "description" }, kase.description) : null,
     el("p", {}, (kase.tags || []).map((t) => el("span", { class: "tag" }, t))),
-    keyValueTable([["file", kase.case_file], ["input (NHWC)", kase.input_shape], ["kernel (HWIO)", kase.kernel_shape],
+    keyValueTable([["file", kase.case_file], ["operation", kase.operation || "conv2d"], ["input (NHWC)", kase.input_shape],
+      [transposed ? "kernel (the forward op's HWIO: k_h, k_w, C_out / groups, C_in)" : "kernel (HWIO)", kase.kernel_shape],
       ["output (NHWC)", kase.output_shape], ["rate", kase.rate], ["stride", kase.stride], ["padding", kase.padding],
-      ["pads [[top, bottom], [left, right]]", kase.pads], ["groups", kase.groups], ["expected", kase.expect],
+      [transposed ? "crops [[top, bottom], [left, right]]" : "pads [[top, bottom], [left, right]]", kase.pads],
+      ...(transposed ? [["output_padding [height, width]", kase.output_padding]] : []),
+      ["groups", kase.groups], ["expected", kase.expect],
       ["input sha256", kase.input_sha256], ["kernel sha256", kase.kernel_sha256]], "detail-params"),
     el("h3", {}, "Results per target")];
   for (const column of D.columns) {
