@@ -125,6 +125,8 @@ def run_check(
     output_hash: str | None = None
     tangents: derivatives.Tangents | None = None
     reason = adapter.unsupported_reason(params)
+    if adapter.operation != case.op:  # (collection pairs them; this guards every other caller)
+        reason = f"{adapter.name} computes {adapter.operation}; this case is {case.op}"
     if reason:
         verdict = Verdict(Outcome.UNSUPPORTED, reason)
     else:
@@ -335,7 +337,7 @@ def make_record(
         "pads": [list(geo.pads[0]), list(geo.pads[1])],
         "groups": case.groups,
         "operation": case.op,
-        **({"output_padding": list(case.output_padding)} if case.transposed else {}),
+        **({"output_padding": list(geo.output_padding)} if isinstance(geo, TransposedGeometry) else {}),
         "expect": "no-valid-output" if case.expects_no_output else case.expect_kind,
         "exact": verdict.exact,
         "max_abs_error": verdict.max_abs_error,

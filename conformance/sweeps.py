@@ -328,7 +328,13 @@ def _raw_case(
     per_group = max(1, channels // groups) if channels % groups == 0 else channels
     out_channels = values["out_channels"]
     if values["op"] == CONV_TRANSPOSE:  # the forward op's kernel: (k_h, k_w, C_out / groups, C_in)
-        kernel_shape = [kernel_h, kernel_w, max(1, out_channels // groups), channels]
+        if out_channels % groups:  # (no transposed kernel has this many outputs: the case cannot say it)
+            raise SweepError(
+                "where",
+                f"combination {case_id!r}: out_channels {out_channels} is not divisible by groups {groups}; drop such "
+                'combinations with a `where` constraint (e.g. "out_channels % groups == 0")',
+            )
+        kernel_shape = [kernel_h, kernel_w, out_channels // groups, channels]
     else:
         kernel_shape = [kernel_h, kernel_w, per_group, out_channels]
     seed = sweep["seed"]

@@ -19,7 +19,12 @@ from conformance.semantics import (
     output_padding_limit,
     transposed_geometry,
 )
-from tests.fault_adapters import TransposeIgnoresOutputPadding, TransposeKernelNotFlipped, TransposeShiftedOnePixel
+from tests.fault_adapters import (
+    StrideRateBug,
+    TransposeIgnoresOutputPadding,
+    TransposeKernelNotFlipped,
+    TransposeShiftedOnePixel,
+)
 
 
 def random_geometries(count: int, seed: int = 0):
@@ -243,3 +248,28 @@ def test_a_correct_transposed_target_passes_exactly(tmp_path: Path) -> None:
 class Undistorted(TransposeShiftedOnePixel):
     def distort(self, call: ConvCall) -> tuple[np.ndarray, TransposedGeometry]:
         return call.w, call.geometry  # type: ignore[return-value]
+
+
+def test_a_target_of_the_other_op_is_unsupported_whoever_calls(tmp_path: Path) -> None:
+    """Collection pairs ops; run_check refuses a mismatch itself, so no caller can judge a forward
+    convolution's answer (the crops read as pads) against a transposed case."""
+    (case,) = load(tmp_path, CASE).cases
+    record = run_check(case, Target(StrideRateBug(), "cpu", "strict"), "float32")
+    assert record["outcome"] == "unsupported" and "computes conv2d; this case is conv_transpose" in record["message"]
+
+
+def test_records_carry_the_derived_output_padding(tmp_path: Path) -> None:
+    text = CASE.replace("padding = [[1, 0], [1, 1]]", 'padding = "SAME"').replace("output_padding = 1\n", "")
+    text = text.replace("shape = [3, 2, 3, 2]", "shape = [1, 1, 3, 2]").replace("stride = 2", "stride = 3")
+    (case,) = load(tmp_path, text).cases
+    record = run_check(case, Target(Undistorted(), "cpu", "strict"), "float32")
+    assert record["output_padding"] == [2, 2] and record["output_shape"] == [1, 12, 15, 3]  # a 1x1 kernel at stride 3
+
+
+def test_a_transposed_sweep_refuses_outputs_that_groups_do_not_divide() -> None:
+    sweep = {
+        "id": "s", "seed": 1, "op": "conv_transpose", "size": 4, "kernel_size": 3, "channels": 4, "groups": 2,
+        "axes": {"out_channels": [2, 3]},
+    }  # fmt: skip
+    with pytest.raises(sweeps.SweepError, match="out_channels 3 is not divisible by groups 2"):
+        list(sweeps.expand(sweep, {}))

@@ -67,7 +67,7 @@ class OnnxRuntimeConv(DescribedAdapter):
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         if call_params.dtype not in ELEMENT_TYPES:
-            return f"ONNX Conv (opset {OPSET}) takes float16, float and double tensors, not {call_params.dtype}"
+            return f"ONNX {self.op} (opset {OPSET}) takes float16, float and double tensors, not {call_params.dtype}"
         if self.variant == "auto-pad" and call_params.padding != "SAME":
             return "auto_pad states SAME only; other paddings are explicit pads already"
         return None
