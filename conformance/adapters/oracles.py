@@ -6,6 +6,9 @@ an oracle applies at all. Each framework's module says how its own API runs them
   a dilation argument.
 - explicit-pads: SAME written out as the pads of DESIGN.md, which `conformance.semantics` computes.
 - another layout (NCHW, channels_last): the same call through another kernel family.
+- transposed as forward: a transposed convolution is a forward one (rate r, stride 1) of the input
+  with s - 1 zeros inserted between its pixels, padded by k_eff - 1 - crop, with the kernel flipped
+  in space and its in/out channels swapped per group.
 """
 
 from __future__ import annotations
@@ -27,6 +30,25 @@ def zero_inserted_kernel(w: np.ndarray, rate: tuple[int, int]) -> np.ndarray:
     dilated = np.zeros((*span, *w.shape[2:]), dtype=w.dtype)
     dilated[:: rate[0], :: rate[1]] = w
     return dilated
+
+
+def stride_dilated_input(x: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    """NHWC x with stride - 1 zeros between its pixels along each axis."""
+    n, h, w, c = x.shape
+    spread = np.zeros((n, (h - 1) * stride[0] + 1, (w - 1) * stride[1] + 1, c), dtype=x.dtype)
+    spread[:, :: stride[0], :: stride[1]] = x
+    return spread
+
+
+def adjoint_kernel(w: np.ndarray, groups: int) -> np.ndarray:
+    """The forward op's HWIO kernel (k_h, k_w, C_out / g, C_in) as the HWIO kernel (k_h, k_w, C_in / g,
+    C_out) of the forward convolution that computes its transpose: flipped in space, in and out
+    channels swapped within each group."""
+    k_h, k_w, out_per_group, c_in = w.shape
+    grouped = w[::-1, ::-1].reshape(k_h, k_w, out_per_group, groups, c_in // groups)
+    return np.ascontiguousarray(
+        grouped.transpose(0, 1, 4, 3, 2).reshape(k_h, k_w, c_in // groups, groups * out_per_group)
+    )
 
 
 def require_finite_for_zero_insertion(call: ConvCall) -> None:

@@ -230,6 +230,32 @@ PRIMARY = TorchConv2d()
 TRANSPOSED = TorchConvTranspose2d()
 
 
+class TorchTransposeAsForward(TorchConvTranspose2d):
+    """Oracle: conv_transpose2d as F.conv2d (stride 1, the rate) of the zero-inserted input, padded (or,
+    where negative, cropped) by F.pad, with the flipped, channel-swapped kernel: torch's forward
+    kernels against its transposed one."""
+
+    variant = "as-forward"
+    baseline = TRANSPOSED
+
+    def inputs(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
+        oracles.require_finite_for_zero_insertion(call)
+        spread = invoke("stride_dilated_input", Name("x"), call.stride)
+        kernel = invoke("adjoint_kernel", Name("w"), call.groups)
+        return [
+            Import("conformance.adapters.oracles", names=("adjoint_kernel", "stride_dilated_input")),
+            *_prelude(precision),
+            Assign("xt", _tensor("x", call, device, NCHW, spread), "zeros between pixels, NHWC -> NCHW"),
+            Assign("wt", _tensor("w", call, device, OIHW, kernel), "flipped, in/out swapped, HWIO -> OIHW"),
+        ]
+
+    def forward(self, call: ConvCall) -> list[Statement]:
+        (top, bottom), (left, right) = padding.dilated_input_pads(call.geometry)
+        padded = invoke("F.pad", Name("xt"), [left, right, top, bottom])  # (negative: a crop)
+        conv = invoke("F.conv2d", padded, Name("wt"), dilation=call.rate, groups=call.groups)
+        return [Assign("y", method(conv, "permute", *TO_NHWC), "NHWC")]
+
+
 class TorchZeroInserted(oracles.ZeroInserted, TorchConv2d):
     """Oracle: dilation 1 with the kernel's taps spread out by explicit zeros."""
 
@@ -311,6 +337,7 @@ ADAPTERS = (
     *(TorchDerivative(PRIMARY, quantity) for quantity in QUANTITIES),
     TRANSPOSED,
     TorchConvTransposeLayer(),
+    TorchTransposeAsForward(),
     DeviceComparison(TRANSPOSED),
     *(TorchDerivative(TRANSPOSED, quantity) for quantity in QUANTITIES),
 )
