@@ -134,14 +134,15 @@ class _TensorFlowAdapter(DescribedAdapter):
         """The convolution eagerly, or in graph mode: a `tf.function` is built (and traced) once per
         text and reused by every check that shares it, as a model reuses its layers."""
         conv = self.convolution(call)
-        if self.variant not in ("function", "layer"):
+        if self.variant not in ("function", "jit-compile", "layer"):
             return [Assign("y", conv)]
         # One graph per input shape, as the old per-shape cache had it (a tf.function retraced for
         # many shapes warns about retracing on every check).
         context = (device, precision, call.dtype, call.x.shape, call.w.shape)
         # autograph=False: the body is one expression, there is no Python control flow to convert.
-        if self.variant == "function":
-            graph = Cached(invoke("tf.function", Lambda(("x_t", "w_t"), conv), autograph=False), context)
+        if self.variant in ("function", "jit-compile"):
+            xla = {"jit_compile": True} if self.variant == "jit-compile" else {}  # XLA's kernels, not TF's
+            graph = Cached(invoke("tf.function", Lambda(("x_t", "w_t"), conv), autograph=False, **xla), context)
             return [Assign("y", invoke(graph, *TENSORS))]
         # A graph built for unknown spatial sizes (as a Keras layer's is), run on another size first:
         # padding or space_to_batch blocks computed for the first size must not be reused.
@@ -425,5 +426,6 @@ ADAPTERS = (
     CONV2D_TRANSPOSE,
     ATROUS_CONV2D_TRANSPOSE,
     TensorFlowConv2dTranspose("function"),
+    TensorFlowConv2dTranspose("jit-compile"),  # XLA computes what the CPU kernel refuses (dilation, groups)
     DeviceComparison(CONV2D_TRANSPOSE),
 )
