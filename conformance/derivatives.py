@@ -80,11 +80,9 @@ def tangents(case: Case, dtype: str) -> Tangents:
 def accumulation_length(case: Case, quantity: str) -> int:
     """n of the error bound: how many products one element of `quantity` sums."""
     geo = case.geometry
+    taps = [taps_meeting_one_input(k, r, s) for k, r, s in zip(geo.kernel_hw, geo.rate, geo.stride, strict=True)]
     if isinstance(geo, TransposedGeometry):
-        if quantity == OUTPUT:
-            taps = [
-                taps_meeting_one_input(k, r, s) for k, r, s in zip(geo.kernel_hw, geo.rate, geo.stride, strict=True)
-            ]
+        if quantity == OUTPUT:  # (the forward op's input gradient, summing over this op's input channels)
             return taps[0] * taps[1] * (case.input_shape[3] // case.groups)
         if quantity.endswith("-input"):
             k_h, k_w, out_per_group, _ = case.kernel_shape
@@ -94,7 +92,6 @@ def accumulation_length(case: Case, quantity: str) -> int:
         k_h, k_w, c_per_group, _ = case.kernel_shape
         return k_h * k_w * c_per_group
     if quantity.endswith("-input"):
-        taps = [taps_meeting_one_input(k, r, s) for k, r, s in zip(geo.kernel_hw, geo.rate, geo.stride, strict=True)]
         return taps[0] * taps[1] * (case.kernel_shape[3] // case.groups)
     o_h, o_w = geo.output_hw
     return case.input_shape[0] * o_h * o_w

@@ -142,7 +142,9 @@ def _tensor(name: str, source: Expr, dtype: str, comment: str = "") -> Assign:
 class _KerasLayer(DescribedAdapter):
     """One Keras layer on one backend, run in a process whose Keras has that backend."""
 
-    layer_class: str  # "Conv2D" or "DepthwiseConv2D"
+    layer_class: str  # "Conv2D", "DepthwiseConv2D" or "Conv2DTranspose"
+    # The variant that writes explicit pads around a "valid" layer (ZeroPadding2D before it, Cropping2D after).
+    explicit_pads_variant = "zero-padding"
 
     def __init__(self, backend: str, variant: str = "") -> None:
         self.backend, self.variant = backend, variant
@@ -164,7 +166,7 @@ class _KerasLayer(DescribedAdapter):
         return self.variant == "channels-first"
 
     def padding_word(self, call: CallParams | ConvCall) -> str | None:
-        if self.variant == "zero-padding":
+        if self.variant == self.explicit_pads_variant:
             return "valid"
         word = padding.native_word(call.padding)
         return word.lower() if word else None
@@ -386,12 +388,7 @@ class KerasConv2DTranspose(_KerasLayer):
 
     layer_class = "Conv2DTranspose"
     operation = CONV_TRANSPOSE
-
-    def padding_word(self, call: CallParams | ConvCall) -> str | None:
-        if self.variant == "cropping":
-            return "valid"
-        word = padding.native_word(call.padding)
-        return word.lower() if word else None
+    explicit_pads_variant = "cropping"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         if call_params.groups != 1:

@@ -198,7 +198,7 @@ class TensorFlowAtrousConv2d(_TensorFlowAdapter):
             reasons.append('takes only "SAME" or "VALID" padding')
         if call_params.groups != 1:
             reasons.append("has no groups")
-        return "tf.nn.atrous_conv2d " + "; ".join(reasons) if reasons else None
+        return f"tf.nn.{self.op} " + "; ".join(reasons) if reasons else None
 
     def convolution(self, call: ConvCall) -> Expr:
         return invoke("tf.nn.atrous_conv2d", *TENSORS, rate=call.rate[0], padding=call.padding)
@@ -338,16 +338,12 @@ class TensorFlowConv2dTranspose(_TensorFlowAdapter):
         )  # fmt: skip
 
 
-class TensorFlowAtrousConv2dTranspose(_TensorFlowAdapter):
+class TensorFlowAtrousConv2dTranspose(TensorFlowAtrousConv2d):
     """`tf.nn.atrous_conv2d_transpose`: atrous_conv2d's adjoint, with its limits (one rate, no stride,
     SAME or VALID, no groups); TensorFlow computes it through space_to_batch, not a dilated kernel."""
 
     op = "atrous_conv2d_transpose"
     operation = CONV_TRANSPOSE
-
-    def unsupported_reason(self, call_params: CallParams) -> str | None:
-        reason = ATROUS_CONV2D.unsupported_reason(call_params)
-        return reason.replace("atrous_conv2d", "atrous_conv2d_transpose") if reason else None
 
     def convolution(self, call: ConvCall) -> Expr:
         return invoke(
