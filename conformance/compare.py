@@ -72,6 +72,7 @@ class ErrorModel:
         # TF32 rounds each product's two inputs before an exact product: two more roundings.
         return self.accumulation_length + (2 if self.tf32 else 0)
 
+    @np.errstate(over="ignore", invalid="ignore")  # an Inf product makes the bound Inf there: no bound is due
     def bound(self, reference: np.ndarray, abs_products: np.ndarray) -> np.ndarray:
         u = self.unit_roundoff
         n = self.accumulation_length

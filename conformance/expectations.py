@@ -48,6 +48,7 @@ class Expectation:
     precision: str | None = None
     machine: str | None = None
     env: tuple[tuple[str, str | bool], ...] = ()
+    runtime: tuple[tuple[str, str | bool], ...] = ()  # facts the record's process reported (its `runtime`)
     outcomes: tuple[str, ...] = ()
     strict: bool = True
     where: tuple[sweeps.Constraint, ...] = ()  # geometry conditions, in the names sweeps' `where` uses
@@ -81,6 +82,9 @@ class Expectation:
             value = environ.get(name)
             if (value is not None) if wanted is False else (value != wanted):
                 return False
+        facts = record.get("runtime") or {}
+        if any(name not in facts or facts[name] != wanted for name, wanted in self.runtime):
+            return False
         for name, specifier in self.versions:
             version = (
                 record.get("framework_version") if name == record.get("framework") else frameworks.version_of(name)
@@ -88,6 +92,26 @@ class Expectation:
             if version is None or not specifier.contains(version, prereleases=True):
                 return False
         return True
+
+    def conditions_met(self, record: Mapping[str, Any]) -> list[str]:
+        """The entry's conditions, each as this record met it: what to narrow when it matched a
+        check that is conformant."""
+        met = []
+        if self.where:
+            names = sweeps.record_variables(record) or {}
+            values = ", ".join(f"{n}={names.get(n)}" for c in self.where for n in c.names)
+            met.append(f"`where` holds here ({values})")
+        if self.dtypes:
+            met.append(f"`dtypes` include {record['dtype']}")
+        for name, specifier in self.versions:
+            own = name == record.get("framework")
+            version = record.get("framework_version") if own else frameworks.version_of(name)
+            met.append(f"`versions` {name} {specifier} contains {version}")
+        met += [f"`env` {name}={'(unset)' if value is False else value}" for name, value in self.env]
+        met += [f"`runtime` {name}={value}" for name, value in self.runtime]
+        if self.cases != ("*",):
+            met.append(f"`cases` match {record['case']}")
+        return met
 
     def summary(self) -> dict[str, str]:
         return {"id": self.id, "reason": self.reason, "link": self.link}
@@ -169,6 +193,7 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
                 precision=raw.get("precision"),
                 machine=raw.get("machine"),
                 env=tuple(sorted(raw.get("env", {}).items())),
+                runtime=tuple(sorted(raw.get("runtime", {}).items())),
                 outcomes=tuple(raw.get("outcomes", ())),
                 strict=raw.get("strict", True),
                 where=where,
@@ -203,9 +228,11 @@ def apply(record: Record, entries: Iterable[Expectation], environ: Mapping[str, 
     if observed in CONFORMANT:
         record["observed_outcome"] = observed.value
         record["outcome"] = Outcome.XPASS.value
+        met = entry.conditions_met(record)
         record["message"] = (
-            f"known divergence {entry.id!r} no longer reproduces ({observed.value}); "
-            f"narrow its version range or remove it from {entry.file}. {record['message']}"
+            f"known divergence {entry.id!r} ({entry.file}) matched this conformant check ({observed.value}): "
+            f"narrow the condition that took it in: {'; '.join(met) or 'its case and target globs'}. "
+            f"{record['message']}"
         ).strip()
     elif not entry.outcomes or observed.value in entry.outcomes:
         record["observed_outcome"] = observed.value
@@ -237,17 +264,34 @@ def statuses(
     for entry in entries:
         matches_check = _memoized(entry)  # a large run has 10^5 records: glob each case and target once
         bucket = dict.fromkeys(COUNTS, 0)
+        dtypes: dict[str, set[str]] = {"xfail": set(), "xpass": set()}
         for record in records:
             matched = record.get("expectation")
             if matched and matched["id"] == entry.id:
                 outcome = record["outcome"]
                 bucket[outcome if outcome in ("xfail", "xpass") else "not_run" if outcome in NOT_RUN else "other"] += 1
+                dtypes.get(outcome, set()).add(record["dtype"])
             elif not matched and matches_check(record["case"], record["target"], record["dtype"]):
                 bucket["conditions_unmet"] += 1  # its checks ran, but version/env/device/... did not hold
         in_corpus = corpus is None or any(matches_check(*check) for check in corpus)
         bucket["in_corpus"] = int(in_corpus or any(bucket[k] for k in COUNTS[:5]))
-        result.append({**entry.summary(), "status": status_from_counts(bucket), **bucket})
+        status = status_from_counts(bucket)
+        result.append({**entry.summary(), "status": status, **bucket, "narrow": _what_to_narrow(entry, status, dtypes)})
     return result
+
+
+def _what_to_narrow(entry: Expectation, status: str, dtypes: Mapping[str, set[str]]) -> str | None:
+    """Which condition of an entry that excuses conformant checks to edit, judged from all of them:
+    reproducing nowhere is a fix (its version range); reproducing in some dtypes only, its dtypes;
+    otherwise the geometry (`where`) or the case globs."""
+    if status == "fixed":
+        return "bound `versions` above (it reproduces on none of its checks) or remove the entry"
+    if status != "partly fixed":
+        return None
+    if dtypes["xpass"].isdisjoint(dtypes["xfail"]):
+        passing = ", ".join(sorted(dtypes["xpass"]))
+        return f"narrow `dtypes` (it passes in {passing}, still fails in {', '.join(sorted(dtypes['xfail']))})"
+    return "narrow `where` (some of its geometries pass)" if entry.where else "narrow `cases` (some of its cases pass)"
 
 
 @lru_cache(maxsize=4096)

@@ -56,4 +56,6 @@ class Record(TypedDict, total=False):
     reference_s: float
     observed_outcome: str  # xfail/xpass: what the target did before a known divergence relabelled it
     expectation: dict[str, Any]  # the matching known divergence {id, reason, link, strict}
+    runtime: dict[str, Any]  # facts the framework reported in the process that computed it (e.g. onednn_enabled)
+    warnings: list[dict[str, Any]]  # framework warnings during the check: {category, where, message}, each once
     run: int  # merged files: index into `runs`

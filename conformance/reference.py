@@ -36,6 +36,11 @@ def conv2d(
     return conv2d_resolved(x, w, geo, groups)
 
 
+# Special-value cases put Inf and NaN through the sums on purpose: IEEE's answer is the reference, not a warning.
+_IEEE = np.errstate(invalid="ignore", over="ignore")
+
+
+@_IEEE
 def conv2d_resolved(x: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
     """`conv2d` for a geometry already resolved by `conformance.semantics`."""
     n, _, _, c_in = x.shape
@@ -84,6 +89,7 @@ def _path(subscripts: str, a: np.ndarray, b: np.ndarray) -> list[Any]:
 # each can catch the other: tests check the adjoint identity <conv(x, w), dy> = <x, dx> = <w, dw>.
 
 
+@_IEEE
 def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
     """dL/dx for the cotangent dy = dL/dy: a transposed, dilated correlation.
 
@@ -117,6 +123,7 @@ def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, geo: Geometry, groups: int)
     return dx_pad[:, top : top + in_h, left : left + in_w].reshape(n, in_h, in_w, groups * c_per_group)
 
 
+@_IEEE
 def conv2d_kernel_grad(x: np.ndarray, dy: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
     """dL/dw for the cotangent dy: per kernel tap (u, v), the correlation of the padded input,
     sampled at that tap's rate offset and the stride, with the cotangent, summed over the batch
@@ -143,6 +150,7 @@ def conv2d_kernel_grad(x: np.ndarray, dy: np.ndarray, geo: Geometry, groups: int
     return dw.reshape(k_h, k_w, c_per_group, c_out)
 
 
+@_IEEE
 def conv2d_transpose_resolved(y: np.ndarray, w: np.ndarray, geo: TransposedGeometry, groups: int) -> np.ndarray:
     """The transposed convolution, from its own definition: z[p] = sum y[a] w[u] over a*s + u*r - p_before = p.
 

@@ -124,6 +124,7 @@ def run_check(
     reproduction = ""
     output_hash: str | None = None
     tangents: derivatives.Tangents | None = None
+    facts: dict[str, bool | str | None] = {}
     reason = adapter.unsupported_reason(params)
     if adapter.operation != case.op:  # (collection pairs them; this guards every other caller)
         reason = f"{adapter.name} computes {adapter.operation}; this case is {case.op}"
@@ -168,6 +169,7 @@ def run_check(
             except Exception as exc:  # a framework error is a finding, not a harness failure
                 raised = exc
             _loaded_adapters.setdefault(adapter.name if adapter.own_environment else adapter.framework.name, adapter)
+            facts = runtime_facts(adapter)
             if tangents is not None:
                 expected = derivatives.expected(
                     case, dtype, adapter.quantity, tangents, tf32=_tf32_bound(target, dtype)
@@ -198,7 +200,22 @@ def run_check(
     duration = time.perf_counter() - started
     record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash, tangents)
     record.update(timing.since(spent_before))
+    if facts:
+        record["runtime"] = facts
     return record
+
+
+_runtime_facts: dict[Any, dict[str, bool | str | None]] = {}  # adapters hash by identity
+
+
+def runtime_facts(adapter: Any) -> dict[str, bool | str | None]:
+    """The adapter's runtime facts, read once per process (a failure to read them is no fact)."""
+    if adapter not in _runtime_facts:
+        try:
+            _runtime_facts[adapter] = dict(adapter.runtime_facts())
+        except Exception:
+            _runtime_facts[adapter] = {}
+    return _runtime_facts[adapter]
 
 
 # The primary call's output per (case, dtype, baseline target): every oracle of a framework judges

@@ -84,6 +84,17 @@ class Geometry:
         return (out[0], out[1])
 
     @property
+    def unclamped_output_hw(self) -> tuple[int, int]:
+        """floor((i + p_before + p_after - k_eff) / s) + 1 without the clamp at 0: how far a dilated
+        kernel is from fitting. Frameworks that compute it in integer arithmetic of their own (C++
+        division truncates toward zero) raise, or do not, on its sign."""
+        out = [
+            (padded - k_eff) // s + 1
+            for padded, k_eff, s in zip(self.padded_hw, self.effective_kernel_hw, self.stride, strict=True)
+        ]
+        return (out[0], out[1])
+
+    @property
     def no_output_axes(self) -> tuple[int, ...]:
         """The spatial axes (0: height, 1: width) along which no output position is valid."""
         return tuple(axis for axis in range(2) if self.padded_hw[axis] < self.effective_kernel_hw[axis])
@@ -137,6 +148,12 @@ class TransposedGeometry:
     @property
     def output_hw(self) -> tuple[int, int]:
         sizes = [max(size, 0) for size in self._sizes()]
+        return (sizes[0], sizes[1])
+
+    @property
+    def unclamped_output_hw(self) -> tuple[int, int]:
+        """The output size without the clamp at 0: negative when the crops take more than there is."""
+        sizes = self._sizes()
         return (sizes[0], sizes[1])
 
     @property

@@ -138,8 +138,12 @@ def variables(values: Mapping[str, Any]) -> dict[str, Any]:
         "pad_right": pad_right,
         "effective_h": effective_h,
         "effective_w": effective_w,
+        "padded_h": size_h + pad_top + pad_bottom,
+        "padded_w": size_w + pad_left + pad_right,
         "output_h": output_h,
         "output_w": output_w,
+        "unclamped_output_h": geo.unclamped_output_hw[0],
+        "unclamped_output_w": geo.unclamped_output_hw[1],
         "valid_output": geo.has_valid_output,
     }
 
@@ -233,6 +237,12 @@ class Constraint:
             if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS):
                 raise ValueError(f"{text!r}: only min, max and abs may be called")
         return cls(text, tree)
+
+    @property
+    def names(self) -> list[str]:
+        """The variables it reads, in order of first use."""
+        found = [n.id for n in ast.walk(self.tree) if isinstance(n, ast.Name) and n.id not in _FUNCTIONS]
+        return list(dict.fromkeys(found))
 
     def holds(self, names: Mapping[str, Any]) -> bool:
         return bool(_evaluate(self.tree.body, names))

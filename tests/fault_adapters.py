@@ -11,6 +11,7 @@ import dataclasses
 import os
 import re
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -166,6 +167,18 @@ class StrideRateBug(FaultAdapter):
         y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         if call.stride[0] > 1 and call.rate[0] > 1:
             y = y + 1.0
+        return y.astype(call.x.dtype)
+
+
+class Warns(FaultAdapter):
+    """Right, and warns on every call, as a framework's deprecation or performance notice does."""
+
+    framework = Framework("warning", "a framework that warns")
+    op = "warns"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        warnings.warn(f"fake framework notice for rate {list(call.rate)}", UserWarning, stacklevel=1)
+        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         return y.astype(call.x.dtype)
 
 

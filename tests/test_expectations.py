@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,10 @@ def test_a_matching_failure_is_xfail_and_keeps_what_was_observed(entries: list[e
 def test_a_matching_pass_is_xpass_and_says_what_to_do(entries: list[expectations.Expectation]) -> None:
     result = expectations.apply(record(outcome="pass", message=""), entries, environ={})
     assert result["outcome"] == "xpass"
-    assert "no longer reproduces" in result["message"]
-    assert "narrow its version range" in result["message"]
+    assert "matched this conformant check (pass): narrow the condition that took it in" in result["message"]
+    # It names each condition as this check met it (here: the version range and the case globs).
+    assert "`versions` tensorflow <3,>=2.4 contains 2.21.0" in result["message"]
+    assert "`cases` match depthwise/stride2-rate2-valid" in result["message"]
 
 
 def test_a_different_failure_is_not_excused(entries: list[expectations.Expectation]) -> None:
@@ -248,3 +251,80 @@ def test_where_matches_by_geometry(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("max(stride_h", "import(stride_h"))
     (error,) = expectations.load(path).errors
     assert error.field == "where" and "not an expression" in error.message
+
+
+RUNTIME_AND_WHERE = """
+[[divergence]]
+id = "onednn-geometry"
+cases = ["*"]
+targets = ["tensorflow.conv2d-cpu"]
+dtypes = ["float32"]
+runtime = { onednn_enabled = true }
+where = ["not valid_output and padded_h - effective_h + 2 * stride_h > 0"]
+reason = "garbage instead of empty"
+link = "https://github.com/tensorflow/tensorflow/issues/64396"
+"""
+
+
+def geometry_record(size: int, rate: int, **fields: Any) -> dict[str, Any]:
+    """A 3x3 kernel at `rate` over a size x size input, VALID, stride 1 (the geometry a `where` reads)."""
+    geometry = {
+        "case": f"g/in{size}-r{rate}", "target": "tensorflow.conv2d-cpu", "input_shape": [1, size, size, 1],
+        "kernel_shape": [3, 3, 1, 1], "rate": [rate, rate], "stride": [1, 1], "padding": "VALID", "groups": 1,
+        "outcome": "shape", "runtime": {"onednn_enabled": True},
+    }  # fmt: skip
+    return record(**{**geometry, **fields})
+
+
+def test_runtime_facts_decide_not_the_environment_variable(tmp_path: Path) -> None:
+    path = tmp_path / "expectations.toml"
+    path.write_text(RUNTIME_AND_WHERE)
+    entries = expectations.load(path).entries
+    # 6x6 at rate 3 (k_eff 7): no valid output, and 6 - 7 + 2 > 0: TensorFlow lets oneDNN run.
+    assert expectations.apply(geometry_record(6, 3), entries, environ={})["outcome"] == "xfail"
+    off = geometry_record(6, 3, runtime={"onednn_enabled": False})
+    assert expectations.apply(off, entries, environ={"TF_ENABLE_ONEDNN_OPTS": "1"})["outcome"] == "shape"
+    unknown = geometry_record(6, 3)
+    del unknown["runtime"]  # a record whose framework reported nothing (it never loaded)
+    assert expectations.apply(unknown, entries, environ={})["outcome"] == "shape"
+
+
+def test_the_unclamped_output_size_tells_the_geometries_apart(tmp_path: Path) -> None:
+    from conformance.sweeps import record_variables
+
+    names = record_variables(geometry_record(5, 3))
+    assert names is not None
+    assert (names["output_h"], names["unclamped_output_h"], names["padded_h"]) == (0, -1, 5)
+    assert record_variables(geometry_record(6, 3))["unclamped_output_h"] == 0  # type: ignore[index]
+    # The issue's example, 5x5 at rate 3, VALID: TensorFlow's own size check raises ((5 - 7 + 1) / 1 < 0),
+    # conformant, and the entry does not match it.
+    path = tmp_path / "expectations.toml"
+    path.write_text(RUNTIME_AND_WHERE)
+    raised = geometry_record(5, 3, outcome="expected-error")
+    assert expectations.apply(raised, expectations.load(path).entries, environ={})["outcome"] == "expected-error"
+
+
+def test_an_xpass_names_the_condition_to_narrow_and_the_status_says_which(tmp_path: Path) -> None:
+    path = tmp_path / "expectations.toml"
+    path.write_text(RUNTIME_AND_WHERE)
+    entries = expectations.load(path).entries
+    passing = expectations.apply(geometry_record(6, 3, outcome="expected-error"), entries, environ={})
+    assert passing["outcome"] == "xpass"
+    assert "`where` holds here (valid_output=False, padded_h=6, effective_h=7, stride_h=1)" in passing["message"]
+    assert "`dtypes` include float32" in passing["message"] and "`runtime` onednn_enabled=True" in passing["message"]
+    failing = expectations.apply(geometry_record(6, 3), entries, environ={})
+    in_float64 = expectations.apply(geometry_record(6, 3, dtype="float64", outcome="pass"), entries, environ={})
+    assert (failing["outcome"], in_float64["outcome"]) == ("xfail", "pass")  # (not float32: not matched)
+
+    def narrow(*records: dict[str, Any]) -> str | None:
+        (status,) = expectations.statuses(entries, records)
+        return status["narrow"]
+
+    assert narrow(failing, passing) == "narrow `where` (some of its geometries pass)"
+    assert narrow(passing).startswith("bound `versions` above")
+    assert narrow(failing) is None
+    # Passing in one dtype and failing in another points at `dtypes`.
+    entries = [dataclasses.replace(entries[0], dtypes=("float32", "float16"))]
+    half = expectations.apply(geometry_record(6, 3, dtype="float16", outcome="pass"), entries, environ={})
+    assert half["outcome"] == "xpass"
+    assert narrow(failing, half) == "narrow `dtypes` (it passes in float16, still fails in float32)"

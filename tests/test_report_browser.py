@@ -342,3 +342,72 @@ def test_composite_receptive_fields_are_drawn(driver: Any, tmp_path: Path, repo:
         caption = caption.get_attribute("textContent")
         assert "Receptive field of the centre output" in caption
     screenshot(driver, "report-receptive-field.png")
+
+
+KNOWN_RAISE = """
+[[divergence]]
+id = "fakefw-raises"
+cases = ["*"]
+targets = ["fakefw.raises_markup-cpu"]
+outcomes = ["error"]
+reason = "raises with markup"
+link = "https://github.com/example/fakefw/issues/1"
+"""
+
+
+def test_the_first_screen_says_which_framework_fails_which_case(driver: Any, tmp_path: Path) -> None:
+    """At 1280x800, without scrolling: framework x kind of check with the failing framework first, its
+    known divergence linked, the failing checks and the targets that ran nothing; the per-target table
+    folded away below."""
+    from conformance import expectations
+
+    (tmp_path / "browser.toml").write_text(CASES)
+    (tmp_path / "expectations.toml").write_text(KNOWN_RAISE)
+    known = expectations.load(tmp_path / "expectations.toml").entries
+    loaded = load_file(tmp_path / "browser.toml", tmp_path)
+    targets = [Target(NumpyIm2col(), "cpu", "strict"), Target(BreaksOnePixel(), "cpu", "strict")]
+    targets += [Target(RaisesMarkup(), "cpu", "strict"), Target(TorchConv2d(), "gpu", "strict")]
+    writer = ResultsWriter(tmp_path / "results.json")
+    for case in loaded.cases:
+        for dtype in case.dtypes:
+            for target in targets:
+                writer.add(expectations.apply(run_check(case, target, dtype), known, environ={}))
+    document = writer.finish(base_environment(), ["test_report_browser"])
+    path = tmp_path / "index.html"
+    write_report(document, path)
+
+    metrics = {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    try:
+        driver.get(path.as_uri())
+        assert wait_ready(driver, 60) == "true"
+        assert driver.execute_script("return [innerWidth, innerHeight]") == [1280, 800]
+        screenshot(driver, "report-first-screen.png")
+
+        def bottom(selector: str) -> float:
+            script = "return document.querySelector(arguments[0]).getBoundingClientRect().bottom"
+            return float(driver.execute_script(script, selector))
+
+        for selector in ("#glance", "#failing-checks", "details.idle > summary"):
+            assert 0 < bottom(selector) <= 800, f"{selector} is below the first screen"
+        rows_ = driver.find_elements("css selector", "#glance tr[data-framework]")
+        assert [r.get_attribute("data-framework") for r in rows_] == ["fakefw", "numpy"]  # failing first
+        forward = rows_[0].find_elements("css selector", "td.glance")[0]
+        assert "failing" in forward.get_attribute("class") and "4 failing" in forward.text and "4 known" in forward.text
+        link = rows_[0].find_element("css selector", "td.known a")
+        assert (
+            link.text == "fakefw-raises" and link.get_attribute("href") == "https://github.com/example/fakefw/issues/1"
+        )
+        assert "worst" in rows_[1].find_elements("css selector", "td.glance")[0].text  # numpy: conformant, its margin
+        failing = driver.find_elements("css selector", "#failing-checks li")
+        assert failing and all("fakefw.broken_pixel-cpu" in li.text and "worst at" in li.text for li in failing)
+        idle = driver.find_element("css selector", "details.idle > summary").text
+        assert idle.startswith("Ran nothing here: 1 target(s), 4 checks: "), idle  # then the reason, e.g. no CUDA
+        # The per-target table is folded: present, closed, not drawn.
+        per_target = driver.find_element("id", "per-target")
+        assert per_target.get_attribute("open") is None
+        assert not driver.find_element("id", "summary-table").is_displayed()
+        failing[0].find_element("css selector", "a").click()
+        wait_for(lambda: driver.find_element("id", "detail").is_displayed())
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -138,6 +138,12 @@ class Adapter(ABC):
     def environment(self) -> dict[str, Any]:
         """Versions, devices and precision flags, read at run time (only after the framework is loaded)."""
 
+    def runtime_facts(self) -> dict[str, bool | str | None]:
+        """What the loaded framework reports about the process it runs in, that a known divergence
+        may be conditioned on (`runtime` in expectations.toml): a library really in use, which an
+        environment variable only requests. Read after the framework is loaded; each record carries it."""
+        return {}
+
     def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
         """(Where `runs_models`.) The composite's output, computed as one model of the framework."""
         raise NotImplementedError(f"{self.name} runs composites layer by layer")
@@ -213,6 +219,9 @@ class DerivativeAdapter(Adapter):
     def environment(self) -> dict[str, Any]:
         return self.primary.environment()
 
+    def runtime_facts(self) -> dict[str, bool | str | None]:
+        return self.primary.runtime_facts()
+
 
 class DeviceComparison(Adapter):
     """The primary call on the GPU judged against the same call on the CPU, same data, strict mode
@@ -244,6 +253,9 @@ class DeviceComparison(Adapter):
 
     def environment(self) -> dict[str, Any]:
         return self.primary.environment()
+
+    def runtime_facts(self) -> dict[str, bool | str | None]:
+        return self.primary.runtime_facts()
 
 
 @dataclass(frozen=True)

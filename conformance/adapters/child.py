@@ -68,9 +68,10 @@ class RunModel:
 
 @dataclass(frozen=True)
 class Describe:
-    """The adapter's environment block, read in the child."""
+    """The adapter's environment block (or its runtime facts), read in the child."""
 
     adapter: Adapter
+    what: Literal["environment", "runtime_facts"] = "environment"
 
 
 Request = CheckAvailable | Run | RunModel | Describe
@@ -245,6 +246,10 @@ class InChildProcess(Adapter):
         info: dict[str, Any] = self._ask(Describe(self.inner))
         return info
 
+    def runtime_facts(self) -> dict[str, bool | str | None]:
+        facts: dict[str, bool | str | None] = self._ask(Describe(self.inner, "runtime_facts"))
+        return facts
+
 
 # -- the child's side -----------------------------------------------------------------------------
 
@@ -273,7 +278,7 @@ def _answer(message: Request) -> Reply:
             message.adapter.check_available(message.device)
             model = (message.composite, message.dtype, message.device, message.precision)
             return Answer(message.adapter.run_model(*model))
-        return Answer(message.adapter.environment())
+        return Answer(getattr(message.adapter, message.what)())
     except Unavailable as exc:
         return Refusal("unavailable", type(exc).__name__, str(exc))
     except Unsupported as exc:

@@ -184,6 +184,10 @@ class _TensorFlowAdapter(DescribedAdapter):
             },
         }
 
+    def runtime_facts(self) -> dict[str, bool | str | None]:
+        # Unset TF_ENABLE_ONEDNN_OPTS means on for some CPUs only: oneDNN's defects follow this, not the variable.
+        return {"onednn_enabled": _onednn_enabled()}
+
 
 class TensorFlowAtrousConv2d(_TensorFlowAdapter):
     op = "atrous_conv2d"

@@ -15,7 +15,13 @@ from conformance import composites
 from conformance.cases import NON_CASE_FILES, id_lines, load_file
 from conformance.plugin.items import CompositeItem, ConformanceItem, NotRunChecks, invalid_item
 from conformance.plugin.selection import case_targets as targets_for_case
-from conformance.plugin.selection import collected_targets, collected_tiers, item_markers, selected_by_markers
+from conformance.plugin.selection import (
+    collected_targets,
+    collected_tiers,
+    count_deselected,
+    item_markers,
+    selected_by_markers,
+)
 from conformance.semantics import CONV2D
 
 _roots_key = pytest.StashKey[list[Path]]()
@@ -103,6 +109,7 @@ class CompositesFile(pytest.File):
             for dtype in case.dtypes:
                 for target in plain:
                     if not selected_by_markers(self.config, item_markers(case, target)):
+                        count_deselected(self.config, 1)
                         continue
                     if not not_run.add(case, target, dtype):
                         yield CompositeItem.from_parent(

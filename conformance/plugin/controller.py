@@ -22,13 +22,14 @@ from conformance.plugin.items import CASE_ERROR_KEY, RECORD_KEY
 from conformance.plugin.options import settings
 from conformance.plugin.run_state import STATE_DIR_INPUT, run_state
 from conformance.plugin.selection import targets
-from conformance.plugin.terminal import failure_text, terminal_safe, write_summary
+from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
 from conformance.records import Record
 from conformance.results import ResultsWriter, atomic_write_text, base_environment, read_stream
 
 ENV_KEY = "conformance_environment"  # workeroutput keys
 USAGE_KEY = "conformance_usage"
+DESELECTED_KEY = "conformance_deselected"
 
 
 def corpus_checks(config: pytest.Config) -> list[tuple[str, str, str]]:
@@ -63,6 +64,7 @@ class ResultCollector:
         self.processes: dict[str, dict[str, Any]] = {}  # worker id -> process_usage()
         self.document: dict[str, Any] | None = None
         self.recovered_report: Path | None = None
+        self.deselected_reported = False
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -107,6 +109,9 @@ class ResultCollector:
                 self.frameworks.setdefault(name, info)
         if output.get(USAGE_KEY):  # (a crashed worker sends none; its replacement gets an id of its own)
             self.processes[node.gateway.id] = json.loads(output[USAGE_KEY])
+        if DESELECTED_KEY in output and not self.deselected_reported:  # every worker collected the same
+            self.deselected_reported = True
+            report_deselected(self.config, int(output[DESELECTED_KEY]), before_collection_report=False)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

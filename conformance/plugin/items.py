@@ -23,6 +23,7 @@ from conformance import composites, expectations, isolation, runner
 from conformance.adapters import Target
 from conformance.cases import Case, CaseError
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
+from conformance.plugin import framework_warnings
 from conformance.plugin.options import settings
 from conformance.plugin.run_state import run_state
 from conformance.plugin.selection import every_marker, item_keywords, item_markers, no_device_reason, targets
@@ -125,7 +126,10 @@ class ConformanceItem(pytest.Item):
         dead = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
         guard.starting(self.nodeid, runner.make_record(self.case, self.target, self.dtype, dead))
         try:
-            record = check(guard.progress, guard.loaded)
+            with framework_warnings.recorded() as seen:
+                record = check(guard.progress, guard.loaded)
+            if seen:
+                record["warnings"] = seen
         except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
             record = runner.harness_error_record(self.case, self.target, self.dtype, exc)
         finally:

@@ -11,6 +11,7 @@ import pytest
 from conformance import isolation
 
 TIERS = ("default", "extended", "large")
+SUITE_CASES = Path(__file__).resolve().parents[2] / "cases"  # in a checkout (or an editable install)
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -123,7 +124,8 @@ def add_options(parser: pytest.Parser) -> None:
         "--expectations",
         default=None,
         metavar="PATH",
-        help="known divergences file (default: cases/expectations.toml under the rootdir; 'none' for none)",
+        help="known divergences file (default: cases/expectations.toml under the rootdir, or the suite's own "
+        "where the rootdir has no cases/; 'none' for none)",
     )
 
 
@@ -170,12 +172,11 @@ def _read(config: pytest.Config) -> Settings:
     expectations = config.getoption("expectations")
     expectations_path = None
     if expectations != "none":
-        expectations_path = invocation_path(config, expectations) if expectations else None
-        expectations_path = expectations_path or Path(config.rootpath, "cases", "expectations.toml")
+        expectations_path = invocation_path(config, expectations) if expectations else _default_expectations(config)
     # A worker's own options do not carry the resolved -n; xdist tells each worker the count.
     workers = getattr(config, "workerinput", {}).get("workercount") or getattr(config.option, "numprocesses", None)
     return Settings(
-        cases=tuple(Path(p).resolve() for p in config.getoption("cases")),
+        cases=tuple(Path(p).expanduser().resolve() for p in config.getoption("cases")),
         json_path=invocation_path(config, config.getoption("conformance_json")),
         html_path=None if html == "none" else invocation_path(config, html),
         expectations_path=expectations_path,
@@ -191,6 +192,13 @@ def _read(config: pytest.Config) -> Settings:
         fuzz_seed=config.getoption("conformance_fuzz_seed"),
         workers=int(workers or 0),
     )
+
+
+def _default_expectations(config: pytest.Config) -> Path:
+    """The rootdir's cases/expectations.toml; from a project without cases/ (`--cases` elsewhere), the
+    suite's own: its entries are framework defects, and excuse them in any corpus."""
+    own = Path(config.rootpath, "cases")
+    return Path(own if own.is_dir() or not SUITE_CASES.is_dir() else SUITE_CASES, "expectations.toml")
 
 
 def _limits(config: pytest.Config, workers: int) -> isolation.Limits:

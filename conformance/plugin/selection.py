@@ -80,14 +80,27 @@ def collected_tiers(config: pytest.Config) -> tuple[str, ...]:
 
 def case_targets(config: pytest.Config, case: Case, candidates: list[Target]) -> list[Target]:
     """The targets a case runs on: those of its op, derivative targets only for the order it opts
-    into, and only those `-m` can select."""
-    return [
+    into, and only those `-m` can select (the others are counted as deselected)."""
+    applicable = [
         t
         for t in candidates
-        if t.adapter.operation == case.op
-        and QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
-        and selected_by_markers(config, item_markers(case, t))
+        if t.adapter.operation == case.op and QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
     ]
+    selected = [t for t in applicable if selected_by_markers(config, item_markers(case, t))]
+    count_deselected(config, (len(applicable) - len(selected)) * len(case.dtypes))
+    return selected
+
+
+_deselected_key = pytest.StashKey[list[int]]()
+
+
+def count_deselected(config: pytest.Config, checks: int) -> None:
+    """Checks `-m` ruled out while collecting: pytest never saw them, so it cannot count them itself."""
+    config.stash.setdefault(_deselected_key, [0])[0] += checks
+
+
+def deselected(config: pytest.Config) -> int:
+    return config.stash.get(_deselected_key, [0])[0]
 
 
 def selected_by_markers(config: pytest.Config, markers: frozenset[str]) -> bool:

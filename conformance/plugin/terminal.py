@@ -7,6 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from conformance.overview import BUCKETS, Overview
+
 # Terminal control characters and bidirectional overrides in case text or framework messages could
 # clear the screen, recolour it or reorder what a reader sees ("Trojan source"): shown escaped.
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -33,6 +37,9 @@ def failure_text(record: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+FAILURE_LINES = 30  # the terminal's list of failing checks; the report has them all
+
+
 def write_summary(
     terminal: Any,
     document: dict[str, Any],
@@ -42,19 +49,46 @@ def write_summary(
     json_path: Path,
     html_path: Path | None,
 ) -> None:
-    """Counts per outcome, the known divergences that need an edit, targets stopped by crashes,
-    an interrupted earlier run, and where the results are."""
+    """One screen: counts per outcome; a table per framework and operation; the targets that ran
+    nothing, once per reason; one line per failing check; each framework warning once per target;
+    the known divergences that need an edit, targets stopped by crashes, an interrupted earlier
+    run, and where the results are."""
     summary = document["summary"]
+    glance = Overview(failure_limit=FAILURE_LINES).add_all(document["results"])
     counts = ", ".join(f"{n} {o}" for o, n in summary["by_outcome"].items())
     terminal.write_sep("-", "conformance")
     terminal.write_line(f"{summary['total']} checks: {counts}")
+    _write_table(terminal, glance)
+    for idle in glance.idle():
+        names = idle["targets"]
+        shown = ", ".join(names[:3]) + (f", ... ({len(names) - 3} more)" if len(names) > 3 else "")
+        terminal.write_line(f"ran nothing here: {len(names)} target(s), {idle['checks']} checks: {idle['reason']}")
+        terminal.write_line(f"  {shown}")
+    if glance.failure_count:
+        terminal.write_line(f"failing checks ({glance.failure_count}):", red=True, bold=True)
+        for failure in glance.failures:
+            check = f"{failure['case']} {failure['target']} {failure['dtype']}"
+            terminal.write_line(terminal_safe(f"  {check}: {failure['outcome']}: {failure['detail']}"), red=True)
+        if glance.failure_count > len(glance.failures):
+            terminal.write_line(f"  ... and {glance.failure_count - len(glance.failures)} more (all in the report)")
+    for warning in glance.warnings():
+        names = warning["targets"]
+        shown = ", ".join(names[:4]) + (f", ... ({len(names) - 4} more)" if len(names) > 4 else "")
+        terminal.write_line(
+            terminal_safe(
+                f"{warning['category']} at {warning['where']} ({warning['checks']} check(s) of {shown}): "
+                f"{warning['message']}"
+            ),
+            yellow=True,
+        )
     if document["case_errors"]:
-        terminal.write_line(f"{len(document['case_errors'])} invalid case(s) or file(s)")
+        terminal.write_line(f"{len(document['case_errors'])} invalid case(s) or file(s)", red=True)
     for entry in document["expectations"]:
         if entry["status"] in ("fixed", "partly fixed", "stale", "changed"):  # the ones that need an edit
+            narrow = f": {entry['narrow']}" if entry.get("narrow") else ""
             terminal.write_line(
                 f"known divergence {entry['id']}: {entry['status']} "
-                f"({entry['xfail']} xfail, {entry['xpass']} xpass, {entry['other']} other failures)",
+                f"({entry['xfail']} xfail, {entry['xpass']} xpass, {entry['other']} other failures){narrow}",
                 yellow=True,
             )
     for target, tally in sorted(lost_checks.items()):
@@ -72,3 +106,41 @@ def write_summary(
     terminal.write_line(f"results: {json_path}")
     if html_path is not None:
         terminal.write_line(f"report: {html_path}")
+
+
+_COLUMNS = ("targets", "checks", *BUCKETS)
+
+
+def _write_table(terminal: Any, glance: Overview) -> None:
+    groups = glance.groups("operation")
+    if not groups:
+        return
+    width = max(len(f"{framework} {operation}") for framework, operation in groups) + 2
+    terminal.write_line("".rjust(width) + "".join(f"{c:>12}" for c in _COLUMNS) + "  worst error/bound")
+    for (framework, operation), tally in groups.items():
+        row = tally.as_dict()
+        worst = "" if row["worst_ratio"] is None else f"{row['worst_ratio']:.3g}"
+        line = f"{framework} {operation}".ljust(width) + "".join(f"{row[c]:>12}" for c in _COLUMNS) + f"  {worst}"
+        terminal.write_line(line, red=bool(row["failing"]))
+
+
+class _RuledOut:
+    """What pytest's deselected count holds for a check `-m` ruled out while collecting (no item
+    was ever made for it; one shared object stands for each)."""
+
+    nodeid = "(a check -m ruled out while collecting)"
+    count_towards_summary = True
+
+
+RULED_OUT = _RuledOut()
+
+
+def report_deselected(config: pytest.Config, checks: int, *, before_collection_report: bool) -> None:
+    """Tell pytest about `checks` deselected checks. Before its "collected N items" line, they also
+    count as collected, or that line would say fewer were selected than were collected and run."""
+    if checks <= 0:
+        return
+    terminal: Any = config.pluginmanager.get_plugin("terminalreporter")
+    if before_collection_report and hasattr(terminal, "_numcollected"):
+        terminal._numcollected += checks  # (private: pytest counts only the items it was shown)
+    config.hook.pytest_deselected(items=[RULED_OUT] * checks)

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from conformance import frameworks
+from conformance.overview import Overview
 from conformance.results import atomic_write_text, runs_of, summarize
 
 ASSETS = Path(__file__).with_name("assets")
+OVERVIEW_FAILURES = 200  # failing checks listed on the first screen's list (the matrix has them all)
 
 
 def _split_reproduction(text: str) -> tuple[str, str]:
@@ -135,6 +137,7 @@ def pack(document: dict[str, Any]) -> dict[str, Any]:
         "created": document.get("created"),
         "runs": runs,
         "summary": summarize(document["results"]),  # from the records: a hand-made file may lack it
+        "overview": Overview(failure_limit=OVERVIEW_FAILURES).add_all(document["results"]).as_dict(),
         "case_errors": document.get("case_errors", []),
         "expectations": document.get("expectations", []),
         "conflicts": document.get("conflicts", []),

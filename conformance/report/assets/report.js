@@ -104,14 +104,90 @@ function prepareRows() {
 }
 
 function overview() {
+  // The first screen answers "which framework fails which case and why": framework x kind of check,
+  // failures first, then the failing checks and the targets that ran nothing; the details fold below.
   const section = document.getElementById("overview");
   const totals = D.summary.by_outcome || {};
+  const O = D.overview;
   section.append(el("h2", {}, "Summary"),
-    el("p", {}, `${D.summary.total ?? 0} checks (case × target × dtype): `,
+    el("p", { id: "totals" }, `${D.summary.total ?? 0} checks (case × target × dtype): `,
       OUTCOMES.filter((o) => totals[o]).map((o) => chip(o, `${totals[o]} ${o}`))));
+  const glance = el("table", { class: "plain", id: "glance" },
+    el("tr", {}, el("th", {}, "framework"), O.kinds.map((k) => el("th", {}, k)), el("th", {}, "known divergences")));
+  for (const framework of O.frameworks) {
+    const known = (O.known[framework] || []).map((k) => el("a", { href: k.link, rel: "noopener noreferrer", target: "_blank",
+      title: `${k.checks} check(s) excused` }, k.id));
+    glance.append(el("tr", { "data-framework": framework }, el("th", {}, framework),
+      O.kinds.map((kind) => glanceCell(O.cells[`${framework}|${kind}`])),
+      el("td", { class: "known" }, known.flatMap((a, i) => (i ? [", ", a] : [a])))));
+  }
+  section.append(glance);
+  if (O.failure_count) {
+    const list = el("ul", { id: "failing-checks" }, O.failures.slice(0, 5).map((f) => el("li", {},
+      el("a", { href: `#case=${encodeURIComponent(f.case)}&dtype=${encodeURIComponent(f.dtype)}` }, f.case), ` ${f.dtype} `,
+      el("b", {}, f.target), " ", chip(f.outcome), " ", f.detail)));
+    const more = O.failure_count - Math.min(5, O.failures.length);
+    section.append(el("h3", {}, `Failing checks (${O.failure_count})`), list,
+      more > 0 ? el("button", { type: "button", id: "show-failures", onclick: () => { setOutcomes(FAILING);
+        document.getElementById("matrix-section").scrollIntoView(); } }, `${more} more in the matrix`) : null);
+  }
+  for (const idle of O.idle) {
+    section.append(el("details", { class: "idle" }, el("summary", {},
+      `Ran nothing here: ${idle.targets.length} target(s), ${idle.checks} checks: ${idle.reason}`),
+    el("p", { class: "muted" }, idle.targets.join(", "))));
+  }
+  for (const warning of O.warnings) {
+    section.append(el("p", { class: "warning" }, `${warning.category} at ${warning.where} (${warning.checks} check(s) of ` +
+      `${warning.targets.join(", ")}): ${warning.message}`));
+  }
+  if (D.case_errors.length) {
+    section.append(el("h3", {}, `Invalid case files (${D.case_errors.length})`),
+      el("ul", { id: "case-errors" }, D.case_errors.map((e) => el("li", {},
+        `${e.file}${e.line ? ":" + e.line : ""}: ${e.case ? "case " + e.case + ": " : ""}${e.field ? "field " + e.field + ": " : ""}${e.message}`))));
+  }
+  section.append(perTarget());
+  if (D.expectations.length) {
+    const statuses = {};
+    for (const entry of D.expectations) statuses[entry.status] = (statuses[entry.status] || 0) + 1;
+    const known = el("table", { class: "plain", id: "expectations-table" },
+      el("tr", {}, ["id", "status", "xfail", "xpass", "not run", "reason", "link"].map((h) => el("th", {}, h))));
+    for (const entry of D.expectations) {
+      known.append(el("tr", {}, el("td", {}, entry.id), el("td", { class: `status-${entry.status.replace(" ", "-")}` },
+        entry.status === "reproduced" ? chip("xfail", entry.status) : entry.status === "not evaluated" ? entry.status
+          : chip("xpass", entry.status), entry.narrow ? el("div", { class: "muted" }, entry.narrow) : null),
+      el("td", { class: "num" }, entry.xfail), el("td", { class: "num" }, entry.xpass), el("td", { class: "num" }, entry.not_run),
+      el("td", {}, entry.reason), el("td", {}, safeLink(entry.link))));
+    }
+    const needEdit = D.expectations.filter((e) => ["fixed", "partly fixed", "stale", "changed"].includes(e.status)).length;
+    section.append(el("details", { id: "expectations", open: needEdit > 0 }, el("summary", {},
+      `Known divergences (expectations.toml): ${D.expectations.length} — ` +
+      Object.entries(statuses).map(([s, n]) => `${n} ${s}`).join(", ")), known));
+  }
+  if (D.conflicts.length) {
+    section.append(el("details", { open: true }, el("summary", {}, `Runs that disagree (${D.conflicts.length})`),
+      el("ul", {}, D.conflicts.slice(0, 200).map((c) => el("li", {}, `${c.case} ${c.target} ${c.dtype} ${c.framework_version}: ` +
+        c.outcomes.map((o) => `${o.run}: ${o.outcome}`).join(", "))))));
+  }
+}
+
+function glanceCell(cell) {
+  if (!cell) return el("td", { class: "glance none" }, "—");
+  const state = cell.failing ? "failing" : cell.xfail ? "known" : "ok";
+  const title = `${cell.targets} target(s), ${cell.checks} checks: ${cell.conformant} conformant, ${cell.xfail} known divergence(s), ` +
+    `${cell.failing} failing, ${cell.unsupported} unsupported, ${cell.skip} skipped` +
+    (cell.worst_check ? `; worst error/bound ${fmt(cell.worst_ratio)} (${cell.worst_check})` : "");
+  return el("td", { class: `glance ${state}`, title },
+    cell.failing ? chip("mismatch", `${cell.failing} failing`) : null,
+    cell.xfail ? chip("xfail", `${cell.xfail} known`) : null,
+    el("span", { class: "conformant" }, `${cell.conformant} ok`),
+    cell.worst_ratio !== null ? el("span", { class: "ratio" }, ` · worst ${fmt(cell.worst_ratio, 2)}`) : null);
+}
+
+function perTarget() {
+  const active = D.columns.filter((c) => !c.idle);
   const table = el("table", { class: "plain", id: "summary-table" },
     el("tr", {}, el("th", {}, "target"), el("th", {}, "version"), OUTCOMES.map((o) => el("th", { title: MEANING[o] }, o))));
-  for (const column of D.columns) {
+  for (const column of active) {
     const counts = {};
     for (const row of rows) {
       const cell = row.cells[column.n];
@@ -120,30 +196,9 @@ function overview() {
     table.append(el("tr", {}, el("td", {}, column.target), el("td", {}, column.version),
       OUTCOMES.map((o) => el("td", { class: "num" }, counts[o] ? chip(o, String(counts[o])) : ""))));
   }
-  section.append(table);
-  if (D.expectations.length) {
-    section.append(el("h3", {}, "Known divergences (expectations.toml)"));
-    const known = el("table", { class: "plain", id: "expectations-table" },
-      el("tr", {}, ["id", "status", "xfail", "xpass", "not run", "reason", "link"].map((h) => el("th", {}, h))));
-    for (const entry of D.expectations) {
-      known.append(el("tr", {}, el("td", {}, entry.id), el("td", { class: `status-${entry.status.replace(" ", "-")}` },
-        entry.status === "reproduced" ? chip("xfail", entry.status) : entry.status === "not evaluated" ? entry.status
-          : chip("xpass", entry.status)),
-      el("td", { class: "num" }, entry.xfail), el("td", { class: "num" }, entry.xpass), el("td", { class: "num" }, entry.not_run),
-      el("td", {}, entry.reason), el("td", {}, safeLink(entry.link))));
-    }
-    section.append(known);
-  }
-  if (D.case_errors.length) {
-    section.append(el("h3", {}, `Invalid case files (${D.case_errors.length})`),
-      el("ul", { id: "case-errors" }, D.case_errors.map((e) => el("li", {},
-        `${e.file}${e.line ? ":" + e.line : ""}: ${e.case ? "case " + e.case + ": " : ""}${e.field ? "field " + e.field + ": " : ""}${e.message}`))));
-  }
-  if (D.conflicts.length) {
-    section.append(el("h3", {}, `Runs that disagree (${D.conflicts.length})`),
-      el("ul", {}, D.conflicts.slice(0, 200).map((c) => el("li", {}, `${c.case} ${c.target} ${c.dtype} ${c.framework_version}: ` +
-        c.outcomes.map((o) => `${o.run}: ${o.outcome}`).join(", ")))));
-  }
+  const idle = D.columns.length - active.length;
+  return el("details", { id: "per-target" }, el("summary", {},
+    `Per target: ${active.length} target(s) that ran checks` + (idle ? ` (${idle} that ran nothing are listed above)` : "")), table);
 }
 
 function safeLink(url) {

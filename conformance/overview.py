@@ -1,0 +1,203 @@
+"""A run at a glance, from its records: which framework fails which case, and why.
+
+The terminal summary and the report's first screen both read this. It is an accumulator (`add` one
+record at a time) whose size grows with the number of targets and failing checks, not with the run.
+
+Targets are grouped by framework and by kind of check (`KINDS`): the plain forward call, gradients,
+execution modes, equivalence oracles (judged against their framework's own primary call) and GPU
+targets. A target that ran nothing on this machine (every check skipped, or unexpressible) is not a
+row of its own: such targets are listed once per reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from conformance.compare import Outcome
+
+KINDS = ("forward", "gradients", "execution modes", "oracles", "GPU")
+# What a check's outcome means at a glance; "failing" is everything that fails the run.
+BUCKETS = ("conformant", "xfail", "failing", "unsupported", "skip")
+_BUCKET = {
+    Outcome.PASS: "conformant",
+    Outcome.EXPECTED_ERROR: "conformant",
+    Outcome.XFAIL: "xfail",
+    Outcome.UNSUPPORTED: "unsupported",
+    Outcome.SKIP: "skip",
+}
+
+
+def kind_of(record: Mapping[str, Any]) -> str:
+    if record.get("device") == "gpu":
+        return "GPU"
+    if record.get("quantity", "output") != "output":
+        return "gradients"
+    if record.get("baseline"):
+        return "oracles"
+    return "execution modes" if record.get("variant") else "forward"
+
+
+def bucket_of(record: Mapping[str, Any]) -> str:
+    outcome = record["outcome"]
+    if outcome == Outcome.XPASS and not (record.get("expectation") or {}).get("strict", True):
+        return "conformant"  # a non-strict entry's xpass does not fail the run
+    return _BUCKET.get(outcome, "failing")
+
+
+def failure_detail(record: Mapping[str, Any]) -> str:
+    """The worst element of a mismatch, or the first line of what went wrong."""
+    worst, ratio = record.get("worst"), record.get("error_ratio")
+    if record["outcome"] == Outcome.MISMATCH and worst:
+        ratio_text = f"error/bound {ratio:.3g}, " if isinstance(ratio, float) and math.isfinite(ratio) else ""
+        return f"{ratio_text}worst at {worst['index']}: got {worst['got']:.6g}, expected {worst['expected']:.6g}"
+    return (record.get("message") or "").split("\n", 1)[0][:200]
+
+
+@dataclass
+class Tally:
+    targets: set[str] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+    worst_ratio: float | None = None  # the largest finite error/bound of a conformant or failing check
+    worst_check: str = ""
+
+    def add(self, record: Mapping[str, Any], bucket: str) -> None:
+        self.targets.add(record["target"])
+        self.counts[bucket] += 1
+        ratio = record.get("error_ratio")
+        if (
+            bucket in ("conformant", "failing")
+            and isinstance(ratio, (int, float))
+            and math.isfinite(ratio)
+            and (self.worst_ratio is None or ratio > self.worst_ratio)
+        ):
+            self.worst_ratio = float(ratio)
+            self.worst_check = f"{record['case']} {record['target']} {record['dtype']}"
+
+    def merge(self, other: Tally) -> None:
+        self.targets |= other.targets
+        self.counts.update(other.counts)
+        if other.worst_ratio is not None and (self.worst_ratio is None or other.worst_ratio > self.worst_ratio):
+            self.worst_ratio, self.worst_check = other.worst_ratio, other.worst_check
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "targets": len(self.targets),
+            "checks": sum(self.counts.values()),
+            **{bucket: self.counts[bucket] for bucket in BUCKETS},
+            "worst_ratio": self.worst_ratio,
+            "worst_check": self.worst_check,
+        }
+
+
+@dataclass
+class _Target:
+    framework: str
+    operation: str
+    kind: str
+    tally: Tally = field(default_factory=Tally)
+    not_run_reasons: Counter[str] = field(default_factory=Counter)
+    warnings: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (category, where) -> first, count
+
+    @property
+    def ran_nothing(self) -> bool:
+        counts = self.tally.counts
+        return counts["skip"] + counts["unsupported"] == sum(counts.values())
+
+
+class Overview:
+    def __init__(self, failure_limit: int = 200) -> None:
+        self.targets: dict[str, _Target] = {}
+        self.failures: list[dict[str, Any]] = []
+        self.failure_count = 0
+        self.failure_limit = failure_limit
+        self.known: dict[str, dict[str, dict[str, Any]]] = {}  # framework -> expectation id -> {link, checks}
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        target = self.targets.get(record["target"])
+        if target is None:
+            operation = record.get("operation", "conv2d")
+            target = self.targets[record["target"]] = _Target(record["framework"], operation, kind_of(record))
+        bucket = bucket_of(record)
+        target.tally.add(record, bucket)
+        if bucket in ("skip", "unsupported"):
+            target.not_run_reasons[(record.get("message") or bucket).split("\n", 1)[0]] += 1
+        for warning in record.get("warnings") or ():
+            key = (warning["category"], warning["where"])
+            seen = target.warnings.setdefault(key, {**warning, "checks": 0})
+            seen["checks"] += 1
+        if bucket == "xfail" and record.get("expectation"):
+            expectation = record["expectation"]
+            known = self.known.setdefault(record["framework"], {})
+            known.setdefault(
+                expectation["id"], {"id": expectation["id"], "link": expectation.get("link", ""), "checks": 0}
+            )
+            known[expectation["id"]]["checks"] += 1
+        if bucket == "failing":
+            self.failure_count += 1
+            if len(self.failures) < self.failure_limit:
+                self.failures.append(
+                    {
+                        "case": record["case"],
+                        "target": record["target"],
+                        "dtype": record["dtype"],
+                        "outcome": record["outcome"],
+                        "detail": failure_detail(record),
+                    }
+                )
+
+    def add_all(self, records: Iterable[Mapping[str, Any]]) -> Overview:
+        for record in records:
+            self.add(record)
+        return self
+
+    def groups(self, by: str) -> dict[tuple[str, str], Tally]:
+        """Tallies per (framework, `by`), `by` being "operation" or "kind", over targets that ran
+        something; failing groups first."""
+        grouped: dict[tuple[str, str], Tally] = {}
+        for target in self.targets.values():
+            if not target.ran_nothing:
+                grouped.setdefault((target.framework, getattr(target, by)), Tally()).merge(target.tally)
+        return dict(sorted(grouped.items(), key=lambda item: (-item[1].counts["failing"], item[0])))
+
+    def idle(self) -> list[dict[str, Any]]:
+        """Targets that ran nothing here, grouped by their commonest reason."""
+        by_reason: dict[str, dict[str, Any]] = {}
+        for name, target in sorted(self.targets.items()):
+            if target.ran_nothing:
+                reason = target.not_run_reasons.most_common(1)[0][0] if target.not_run_reasons else "not run"
+                entry = by_reason.setdefault(reason, {"reason": reason, "targets": [], "checks": 0})
+                entry["targets"].append(name)
+                entry["checks"] += sum(target.tally.counts.values())
+        return sorted(by_reason.values(), key=lambda e: -len(e["targets"]))
+
+    def warnings(self) -> list[dict[str, Any]]:
+        """Each framework warning (its category and place) once, with the targets that raised it, how
+        many checks saw it, and its first message."""
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        for name, target in sorted(self.targets.items()):
+            for (category, where), warning in target.warnings.items():
+                entry = merged.setdefault((category, where), {**warning, "targets": [], "checks": 0})
+                entry["targets"].append(name)
+                entry["checks"] += warning["checks"]
+        return list(merged.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the report embeds: framework x kind (failing frameworks first), the idle targets,
+        the failing checks, the warnings."""
+        cells = {f"{framework}|{kind}": tally.as_dict() for (framework, kind), tally in self.groups("kind").items()}
+        frameworks = sorted({key.split("|")[0] for key in cells})
+        failing = {f: sum(cells.get(f"{f}|{k}", {}).get("failing", 0) for k in KINDS) for f in frameworks}
+        return {
+            "kinds": list(KINDS),
+            "frameworks": sorted(frameworks, key=lambda f: (-failing[f], f)),
+            "cells": cells,
+            "idle": self.idle(),
+            "failures": self.failures,
+            "failure_count": self.failure_count,
+            "warnings": self.warnings(),
+            "known": {framework: list(entries.values()) for framework, entries in self.known.items()},
+        }

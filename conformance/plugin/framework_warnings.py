@@ -1,0 +1,48 @@
+"""Warnings a framework raises during a check become part of that check's record.
+
+pytest would list such a warning once per check (the same TensorFlow notice 30 times); as data, the
+terminal summary and the report show it once per target, with how many checks saw it, and each
+record still says what it saw. Warnings from the harness's own code are issued again unchanged, so
+a harness bug is not hidden in the data.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+_PREFIXES = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}, key=len, reverse=True)
+
+
+def _where(filename: str, lineno: int) -> str:
+    """The place, relative to site-packages (the same on every machine)."""
+    for prefix in _PREFIXES:
+        if filename.startswith(prefix):
+            return f"{filename[len(prefix) :].lstrip('/')}:{lineno}"
+    return f"{filename}:{lineno}"
+
+
+@contextmanager
+def recorded() -> Iterator[list[dict[str, Any]]]:
+    """The distinct framework warnings (category, place, first message) raised inside the block."""
+    found: list[dict[str, Any]] = []
+    with warnings.catch_warnings(record=True) as caught:  # the filters in force (pytest's, the config's) apply
+        yield found
+    seen: set[tuple[str, str]] = set()
+    for warning in caught:
+        if Path(warning.filename).resolve().is_relative_to(_PACKAGE):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            continue
+        entry = {
+            "category": warning.category.__name__,
+            "where": _where(warning.filename, warning.lineno),
+            "message": str(warning.message).split("\n", 1)[0][:300],
+        }
+        if (entry["category"], entry["where"]) not in seen:
+            seen.add((entry["category"], entry["where"]))
+            found.append(entry)

@@ -1,0 +1,197 @@
+"""The plugin from anywhere: loaded by its entry point, inert where nobody asked for it, `--cases`
+from any directory in both spellings; and what the terminal says at the end of a run.
+
+Every run here is a real `python -m pytest` in a subprocess, with the package installed as CI
+installs it (the `pytest11` entry point, no conftest naming the plugin).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.projects import child_environment
+
+REPO = Path(__file__).resolve().parent.parent
+
+UNRELATED_TESTS = """
+import pytest
+
+
+def test_passes():
+    assert 1 + 1 == 2
+
+
+def test_fails():
+    assert 1 + 1 == 3
+
+
+@pytest.mark.skip(reason="not today")
+def test_skipped():
+    pass
+
+
+@pytest.mark.xfail(reason="known")
+def test_xfails():
+    raise ValueError
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_parametrized(n):
+    assert n
+"""
+
+CORPUS = """
+[[case]]
+id = "rate2"
+input = { generator = "normal", seed = 1, shape = [1, 7, 7, 2] }
+kernel = { generator = "normal", seed = 2, shape = [3, 3, 2, 2] }
+rate = 2
+padding = "SAME"
+dtypes = ["float32", "float64"]
+"""
+
+
+def pytest_run(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--color=no", *args]
+    return subprocess.run(command, cwd=directory, capture_output=True, text=True, env=child_environment(), timeout=600)
+
+
+def outcomes(output: str) -> list[str]:
+    """What pytest said about each test and the final count, without timings."""
+    lines = [line for line in output.splitlines() if re.match(r"(PASSED|FAILED|SKIPPED|XFAIL|XPASS|ERROR) ", line)]
+    final = re.sub(r" in [\d.]+s.*", "", output.strip().splitlines()[-1])
+    return [*sorted(lines), final]
+
+
+@pytest.fixture
+def unrelated(tmp_path: Path) -> Path:
+    project = tmp_path / "unrelated"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\naddopts = --strict-markers\n")
+    (project / "test_unrelated.py").write_text(UNRELATED_TESTS)
+    # A name the suite registers as a marker when it is active: unregistered here, an error under --strict-markers.
+    (project / "test_marker.py").write_text("import pytest\n\n\n@pytest.mark.numpy\ndef test_marked():\n    pass\n")
+    (project / "cases").mkdir()  # a folder of that name, but no corpus in it
+    (project / "cases" / "notes.txt").write_text("not a case file")
+    return project
+
+
+def test_the_entry_point_loads_the_plugin_wherever_the_package_is_installed(unrelated: Path) -> None:
+    result = pytest_run(unrelated, "--help")
+    assert "--cases=PATH" in result.stdout and "--conformance-json" in result.stdout
+    version = pytest_run(unrelated, "--version", "--version")
+    listed = r"dilated-conv-conformance-[\d.]+ at .*conformance/plugin/__init__.py"
+    assert re.search(listed, version.stdout + version.stderr)
+
+
+def test_an_unrelated_project_runs_the_same_with_the_plugin_installed(unrelated: Path) -> None:
+    runs = {}
+    for name, switch in (("with", []), ("without", ["-p", "no:conformance.plugin"])):
+        result = pytest_run(unrelated, "-rA", "--continue-on-collection-errors", *switch)
+        collected = re.sub(r" in [\d.]+s", "", pytest_run(unrelated, "--collect-only", "-q", *switch).stdout)
+        markers = pytest_run(unrelated, "--markers", *switch).stdout
+        runs[name] = (result.returncode, outcomes(result.stdout), collected, markers)
+    assert runs["with"] == runs["without"]
+    returncode, lines, collected, _ = runs["with"]
+    assert returncode == 1 and lines[-1].startswith("=") and "2 failed" not in lines[-1]
+    assert lines[-1].strip("= ") == "1 failed, 3 passed, 1 skipped, 1 xfailed, 1 error", lines
+    assert "'numpy' not found in `markers`" in collected  # (with the suite active, it would be a marker)
+    assert not (unrelated / "reports").exists(), "an inert plugin writes no results"
+
+
+def test_cases_anywhere_from_any_directory_in_both_spellings(tmp_path: Path) -> None:
+    corpus = tmp_path / "elsewhere" / "my corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "mine.toml").write_text(CORPUS)
+    project = tmp_path / "my_project"
+    project.mkdir()
+    for spelling in (["--cases", str(corpus)], [f"--cases={corpus}"]):
+        out = tmp_path / "out" / ("-".join(spelling)[:8] + ".json")
+        result = pytest_run(project, *spelling, "-m", "numpy", f"--conformance-json={out}", "--conformance-html=none")
+        assert result.returncode == 0, result.stdout + result.stderr
+        document = json.loads(out.read_text())
+        assert {(r["case"], r["dtype"], r["outcome"]) for r in document["results"]} == {
+            ("mine/rate2", "float32", "pass"),
+            ("mine/rate2", "float64", "pass"),
+        }
+        # Run from a project without cases/, the suite's own known divergences apply.
+        assert {e["id"] for e in document["expectations"]} >= {"tf-onednn-no-valid-output"}
+
+
+def test_checks_that_m_rules_out_while_collecting_count_as_deselected(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "mine.toml").write_text(CORPUS)
+    base = ["--cases", str(corpus), "--conformance-html=none", "--conformance-gpu=probe", "--expectations=none"]
+    every = pytest_run(tmp_path, *base, "--collect-only", "-q", "-p", "no:xdist").stdout
+    total = int(re.search(r"(\d+) tests? collected", every).group(1))  # type: ignore[union-attr]
+    assert total > 10
+    for workers in ([], ["-n", "2"]):
+        result = pytest_run(tmp_path, *base, f"--conformance-json={tmp_path / 'r.json'}", "-m", "numpy", *workers)
+        counts = dict((name, int(n)) for n, name in re.findall(r"(\d+) (\w+)", result.stdout.splitlines()[-1]))
+        assert counts.get("passed") == 2, result.stdout[-2000:]
+        assert counts.get("deselected") == total - 2, (workers, counts, total)
+
+
+SPECIAL = """
+[[case]]
+id = "inf-input"
+# +Inf and -Inf in one rate-2 window: the reference's sum is NaN there, on purpose
+input = { generator = "normal", seed = 1, shape = [1, 6, 6, 1], set = [
+  { at = [0, 2, 2, 0], value = inf }, { at = [0, 2, 4, 0], value = -inf },
+] }
+kernel = { generator = "normal", seed = 2, shape = [3, 3, 1, 1] }
+rate = 2
+padding = "SAME"
+dtypes = ["float32", "float16"]
+
+[[case]]
+id = "stride2-rate2"
+input = { generator = "normal", seed = 3, shape = [1, 9, 9, 1] }
+kernel = { generator = "normal", seed = 4, shape = [3, 3, 1, 1] }
+rate = 2
+stride = 2
+padding = "VALID"
+"""
+
+
+def test_the_terminal_summary_answers_at_a_glance(tmp_path: Path) -> None:
+    from tests.projects import write_project
+
+    (tmp_path / "project").mkdir()
+    project = write_project(tmp_path / "project", ["StrideRateBug", "Warns"], {"mine.toml": CORPUS + SPECIAL})
+    # The numpy target, two fakes (one wrong, one that warns), and a GPU target that cannot run here.
+    result = pytest_run(project, "-m", "numpy or faulty or warning or (torch and gpu)", "-n", "2")
+    summary = result.stdout[result.stdout.index("- conformance -") :]
+    lines = summary.splitlines()
+    assert len(lines) < 40, summary
+    # One table row per framework and operation that ran; the GPU target collapsed into one line.
+    assert re.search(r"^numpy conv2d\s+1\s+5\s+5\s", summary, re.M), summary
+    assert re.search(r"^faulty conv2d\s+\d+\s+\d+.*", summary, re.M)
+    assert re.search(r"ran nothing here: \d+ target\(s\), \d+ checks: no GPU on this machine", summary)
+    # One line per failing check, with its worst element.
+    failing = [line for line in lines if line.startswith("  mine/") and "faulty.stride_rate_bug" in line]
+    assert failing and all("worst at" in line or "mismatch" not in line for line in failing), summary
+    # The framework warning once, naming its target and how many checks saw it; the harness's own
+    # floating-point warnings (Inf through the reference, the bound, im2col) are not warnings at all.
+    assert summary.count("fake framework notice") == 1
+    assert re.search(r"UserWarning at .*fault_adapters.py:\d+ \(\d+ check\(s\) of warning\.warns-cpu\)", summary)
+    assert "RuntimeWarning" not in result.stdout and "warnings summary" not in result.stdout
+    assert "SKIPPED [" not in result.stdout and "XFAIL " not in result.stdout
+    # The user can still ask pytest for its per-item lines.
+    assert "SKIPPED [" in pytest_run(project, "-m", "torch and gpu", "-rs").stdout
+
+
+def test_the_suite_asks_pytest_for_no_per_item_summary_lines() -> None:
+    """-ra in addopts would print a SKIPPED/XFAIL line per check (about 1,400 in the default run)
+    under the summary; the conformance summary says the same once per reason."""
+    import tomllib
+
+    addopts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    assert not re.search(r"(^|\s)-r", addopts), addopts
