@@ -99,16 +99,19 @@ class Expectation:
         met = []
         if self.where:
             names = sweeps.record_variables(record) or {}
-            values = ", ".join(f"{n}={names.get(n)}" for c in self.where for n in c.names)
-            met.append(f"`where` holds here ({values})")
+            used = dict.fromkeys(n for c in self.where for n in c.names)
+            met.append(f"`where` holds here ({', '.join(f'{n}={_toml(names.get(n))}' for n in used)})")
         if self.dtypes:
             met.append(f"`dtypes` include {record['dtype']}")
         for name, specifier in self.versions:
             own = name == record.get("framework")
             version = record.get("framework_version") if own else frameworks.version_of(name)
             met.append(f"`versions` {name} {specifier} contains {version}")
+        for name in ("expect", "device", "precision", "machine"):
+            if getattr(self, name):
+                met.append(f"`{name}` is {getattr(self, name)}")
         met += [f"`env` {name}={'(unset)' if value is False else value}" for name, value in self.env]
-        met += [f"`runtime` {name}={value}" for name, value in self.runtime]
+        met += [f"`runtime` {name}={_toml(value)}" for name, value in self.runtime]
         if self.cases != ("*",):
             met.append(f"`cases` match {record['case']}")
         return met
@@ -200,6 +203,11 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
             )
         )
     return LoadedExpectations(entries, errors)
+
+
+def _toml(value: Any) -> str:
+    """A value as the entry's TOML spells it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def unmatched_globs(entries: Iterable[Expectation], case_ids: list[str], target_ids: list[str]) -> list[CaseError]:

@@ -53,8 +53,15 @@ def failure_detail(record: Mapping[str, Any]) -> str:
     worst, ratio = record.get("worst"), record.get("error_ratio")
     if record["outcome"] == Outcome.MISMATCH and worst:
         ratio_text = f"error/bound {ratio:.3g}, " if isinstance(ratio, float) and math.isfinite(ratio) else ""
-        return f"{ratio_text}worst at {worst['index']}: got {worst['got']:.6g}, expected {worst['expected']:.6g}"
+        return (
+            f"{ratio_text}worst at {worst['index']}: got {_number(worst['got'])}, expected {_number(worst['expected'])}"
+        )
     return (record.get("message") or "").split("\n", 1)[0][:200]
+
+
+def _number(value: Any) -> str:
+    """A value of the worst element: a float, or the text a record keeps for NaN and the infinities."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 @dataclass

@@ -201,7 +201,7 @@ def run_check(
     record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash, tangents)
     record.update(timing.since(spent_before))
     if facts:
-        record["runtime"] = facts
+        record["runtime"] = dict(facts)
     return record
 
 
@@ -209,12 +209,13 @@ _runtime_facts: dict[Any, dict[str, bool | str | None]] = {}  # adapters hash by
 
 
 def runtime_facts(adapter: Any) -> dict[str, bool | str | None]:
-    """The adapter's runtime facts, read once per process (a failure to read them is no fact)."""
+    """The adapter's runtime facts, read once per process. A failure to read them (a child that died
+    answering) is no fact for this check, and is asked again next time."""
     if adapter not in _runtime_facts:
         try:
             _runtime_facts[adapter] = dict(adapter.runtime_facts())
         except Exception:
-            _runtime_facts[adapter] = {}
+            return {}
     return _runtime_facts[adapter]
 
 

@@ -86,8 +86,9 @@ class Geometry:
     @property
     def unclamped_output_hw(self) -> tuple[int, int]:
         """floor((i + p_before + p_after - k_eff) / s) + 1 without the clamp at 0: how far a dilated
-        kernel is from fitting. Frameworks that compute it in integer arithmetic of their own (C++
-        division truncates toward zero) raise, or do not, on its sign."""
+        kernel is from fitting. (A framework's own arithmetic may round otherwise: TensorFlow computes
+        (padded - k_eff + s) / s in C++, which truncates toward zero, and raises only where that is
+        negative, i.e. padded - k_eff <= -2s.)"""
         out = [
             (padded - k_eff) // s + 1
             for padded, k_eff, s in zip(self.padded_hw, self.effective_kernel_hw, self.stride, strict=True)

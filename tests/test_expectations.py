@@ -310,8 +310,8 @@ def test_an_xpass_names_the_condition_to_narrow_and_the_status_says_which(tmp_pa
     entries = expectations.load(path).entries
     passing = expectations.apply(geometry_record(6, 3, outcome="expected-error"), entries, environ={})
     assert passing["outcome"] == "xpass"
-    assert "`where` holds here (valid_output=False, padded_h=6, effective_h=7, stride_h=1)" in passing["message"]
-    assert "`dtypes` include float32" in passing["message"] and "`runtime` onednn_enabled=True" in passing["message"]
+    assert "`where` holds here (valid_output=false, padded_h=6, effective_h=7, stride_h=1)" in passing["message"]
+    assert "`dtypes` include float32" in passing["message"] and "`runtime` onednn_enabled=true" in passing["message"]
     failing = expectations.apply(geometry_record(6, 3), entries, environ={})
     in_float64 = expectations.apply(geometry_record(6, 3, dtype="float64", outcome="pass"), entries, environ={})
     assert (failing["outcome"], in_float64["outcome"]) == ("xfail", "pass")  # (not float32: not matched)

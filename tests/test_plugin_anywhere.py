@@ -77,8 +77,8 @@ def unrelated(tmp_path: Path) -> Path:
     (project / "test_unrelated.py").write_text(UNRELATED_TESTS)
     # A name the suite registers as a marker when it is active: unregistered here, an error under --strict-markers.
     (project / "test_marker.py").write_text("import pytest\n\n\n@pytest.mark.numpy\ndef test_marked():\n    pass\n")
-    (project / "cases").mkdir()  # a folder of that name, but no corpus in it
-    (project / "cases" / "notes.txt").write_text("not a case file")
+    (project / "cases").mkdir()  # a folder of that name, but no corpus in it: TOML of another kind
+    (project / "cases" / "fixture.toml").write_text('[[user]]\nname = "a"\n[settings]\nlevel = 3\n')
     return project
 
 

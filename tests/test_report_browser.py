@@ -394,7 +394,7 @@ def test_the_first_screen_says_which_framework_fails_which_case(driver: Any, tmp
         assert [r.get_attribute("data-framework") for r in rows_] == ["fakefw", "numpy"]  # failing first
         forward = rows_[0].find_elements("css selector", "td.glance")[0]
         assert "failing" in forward.get_attribute("class") and "4 failing" in forward.text and "4 known" in forward.text
-        link = rows_[0].find_element("css selector", "td.known a")
+        link = rows_[0].find_element("css selector", "td.divergences a")
         assert (
             link.text == "fakefw-raises" and link.get_attribute("href") == "https://github.com/example/fakefw/issues/1"
         )

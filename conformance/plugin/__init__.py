@@ -1,7 +1,8 @@
 """pytest plugin: one test item per case x target x dtype, results collected xdist-safely.
 
 Installed, it loads in every pytest run (the `pytest11` entry point) and is inert unless asked for:
-`--cases` given, or a rootdir whose cases/ holds case files. Inert, it has added its options and
+`--cases` given, or a rootdir whose cases/ holds the suite's kind of TOML ([[case]], [[sweep]],
+[[divergence]] or [[stack]] tables). Inert, it has added its options and
 nothing else: no markers, no items, no results, no change to pytest's own settings or output.
 
 This module holds only the hooks; each job has a module of its own:
@@ -16,6 +17,10 @@ This module holds only the hooks; each job has a module of its own:
 - `framework_warnings`  a framework's warnings during a check, into its record (shown once per target)
 - `usage`       what each process that ran checks used
 
+Only `options` (for pytest's option parser) loads with the plugin; everything else, NumPy and the
+harness included, is imported once a run has asked for the suite, so installing it costs other
+projects' pytest runs nothing but the options.
+
 Workers run items and attach each result record to its report (`user_properties`, builtin types
 only); the controller, and only the controller, streams those records to disk and writes the
 final JSON. Framework details travel from the workers through `config.workeroutput`.
@@ -23,16 +28,16 @@ final JSON. Framework details travel from the workers through `config.workeroutp
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
-from conformance import hookspecs, runner
-from conformance.plugin import collection, controller, options, run_state, selection, usage
-from conformance.plugin.items import ConformanceItem, FuzzItem, InvalidCaseItem, NotRunItem
-from conformance.plugin.terminal import report_deselected, terminal_safe
+from conformance import hookspecs
+from conformance.plugin import options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,23 +52,44 @@ _active_key = pytest.StashKey[bool]()
 
 
 def active(config: pytest.Config) -> bool:
-    """Whether this run asked for the suite: `--cases`, or the rootdir's own corpus (cases/*.toml)."""
+    """Whether this run asked for the suite: `--cases`, or a corpus in the rootdir's cases/."""
     if _active_key not in config.stash:
-        corpus = Path(config.rootpath, "cases")
-        found = bool(config.getoption("cases")) or (corpus.is_dir() and next(corpus.rglob("*.toml"), None) is not None)
-        config.stash[_active_key] = found
+        config.stash[_active_key] = bool(config.getoption("cases")) or _holds_a_corpus(Path(config.rootpath, "cases"))
     return config.stash[_active_key]
+
+
+# The suite's kinds of TOML file: case files, known divergences, composites. A cases/ folder of
+# other TOML (fixtures, settings) is someone else's, and leaves the plugin inert.
+_CORPUS_TABLE = re.compile(r"^\s*\[\[(case|sweep|divergence|stack)\]\]", re.M)
+
+
+def _holds_a_corpus(folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    for path in itertools.islice(folder.rglob("*.toml"), 50):  # (the first few files decide)
+        try:
+            if _CORPUS_TABLE.search(path.read_text(encoding="utf-8", errors="replace")):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's DSession reads --max-worker-restart
 def pytest_configure(config: pytest.Config) -> None:
     if not active(config):
         return
+    from conformance.plugin import collection, controller, run_state, selection
+
     selection.register_markers(config)
     settings = options.settings(config)
     collection.set_roots(config, settings.cases)
     run_state.start(config)
-    if run_state.is_worker(config):
+    if _is_worker(config):
         return
     if settings.workers and config.option.maxworkerrestart is None:
         # Each crash costs a worker restart; the crash limit bounds how many a run can need.
@@ -73,7 +99,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    return collection.collect_file(file_path, parent) if active(parent.config) else None
+    if not active(parent.config):
+        return None
+    from conformance.plugin import collection
+
+    return collection.collect_file(file_path, parent)
 
 
 @pytest.hookimpl(trylast=True)
@@ -83,7 +113,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     results. Valid entries still apply."""
     if not active(config):
         return
-    if not run_state.is_worker(config):  # (a worker's count reaches the controller at its end)
+    from conformance.plugin import run_state, selection
+    from conformance.plugin.items import FuzzItem, InvalidCaseItem
+    from conformance.plugin.terminal import report_deselected, terminal_safe
+
+    if not _is_worker(config):  # (a worker's count reaches the controller at its end)
         report_deselected(config, selection.deselected(config), before_collection_report=True)
     examples = options.settings(config).fuzz_examples
     if examples > 0:
@@ -104,7 +138,7 @@ _natively_deselected_key = pytest.StashKey[list[int]]()
 def pytest_deselected(items: list[pytest.Item]) -> None:
     """In a worker, what pytest itself deselected: xdist's controller never hears of it, so the
     worker reports it with the checks `-m` ruled out while collecting."""
-    if items and hasattr(items[0], "config") and run_state.is_worker(items[0].config):
+    if items and hasattr(items[0], "config") and _is_worker(items[0].config):
         items[0].config.stash.setdefault(_natively_deselected_key, [0])[0] += len(items)
 
 
@@ -116,14 +150,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     try:
         return (yield)
     finally:
-        if isinstance(item, (ConformanceItem, NotRunItem)):
-            item.user_properties = []
+        if item.user_properties and active(item.config):
+            from conformance.plugin.items import ConformanceItem, NotRunItem
+
+            if isinstance(item, (ConformanceItem, NotRunItem)):
+                item.user_properties = []
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    if active(config) and run_state.is_worker(config):
+    if active(config) and _is_worker(config):
+        from conformance import runner
+        from conformance.plugin import controller, selection, usage
+
         config.workeroutput[controller.ENV_KEY] = json.dumps(runner.loaded_environments())  # type: ignore[attr-defined]
         config.workeroutput[controller.USAGE_KEY] = json.dumps(usage.process_usage(config))  # type: ignore[attr-defined]
         natively = config.stash.get(_natively_deselected_key, [0])[0]

@@ -3,7 +3,9 @@
 pytest would list such a warning once per check (the same TensorFlow notice 30 times); as data, the
 terminal summary and the report show it once per target, with how many checks saw it, and each
 record still says what it saw. Warnings from the harness's own code are issued again unchanged, so
-a harness bug is not hidden in the data.
+a harness bug is not hidden in the data. The adapters count as the framework's side: a warning from
+native code (TORCH_WARN, a C++ deprecation) is attributed to the Python frame that called it, which
+is an adapter's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 _PACKAGE = Path(__file__).resolve().parents[1]
+_ADAPTERS = _PACKAGE / "adapters"
 _PREFIXES = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}, key=len, reverse=True)
 
 
@@ -32,10 +35,17 @@ def recorded() -> Iterator[list[dict[str, Any]]]:
     """The distinct framework warnings (category, place, first message) raised inside the block."""
     found: list[dict[str, Any]] = []
     with warnings.catch_warnings(record=True) as caught:  # the filters in force (pytest's, the config's) apply
-        yield found
+        try:
+            yield found
+        finally:
+            _sort(caught, found)
+
+
+def _sort(caught: list[warnings.WarningMessage], found: list[dict[str, Any]]) -> None:
     seen: set[tuple[str, str]] = set()
     for warning in caught:
-        if Path(warning.filename).resolve().is_relative_to(_PACKAGE):
+        place = Path(warning.filename).resolve()
+        if place.is_relative_to(_PACKAGE) and not place.is_relative_to(_ADAPTERS):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
             continue
         entry = {

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from conformance import isolation
+if TYPE_CHECKING:  # (imported when the settings are read: the plugin loads this module in every run)
+    from conformance import isolation
 
 TIERS = ("default", "extended", "large")
 SUITE_CASES = Path(__file__).resolve().parents[2] / "cases"  # in a checkout (or an editable install)
@@ -202,6 +204,8 @@ def _default_expectations(config: pytest.Config) -> Path:
 
 
 def _limits(config: pytest.Config, workers: int) -> isolation.Limits:
+    from conformance import isolation
+
     try:
         option = config.getoption("conformance_memory_limit")
         memory = isolation.default_memory_limit(workers) if option == "auto" else isolation.parse_size(option)

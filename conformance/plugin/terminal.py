@@ -62,8 +62,9 @@ def write_summary(
     for idle in glance.idle():
         names = idle["targets"]
         shown = ", ".join(names[:3]) + (f", ... ({len(names) - 3} more)" if len(names) > 3 else "")
-        terminal.write_line(f"ran nothing here: {len(names)} target(s), {idle['checks']} checks: {idle['reason']}")
-        terminal.write_line(f"  {shown}")
+        line = f"ran nothing here: {len(names)} target(s), {idle['checks']} checks: {idle['reason']}"
+        terminal.write_line(terminal_safe(line))
+        terminal.write_line(terminal_safe(f"  {shown}"))
     if glance.failure_count:
         terminal.write_line(f"failing checks ({glance.failure_count}):", red=True, bold=True)
         for failure in glance.failures:
@@ -121,7 +122,7 @@ def _write_table(terminal: Any, glance: Overview) -> None:
         row = tally.as_dict()
         worst = "" if row["worst_ratio"] is None else f"{row['worst_ratio']:.3g}"
         line = f"{framework} {operation}".ljust(width) + "".join(f"{row[c]:>12}" for c in _COLUMNS) + f"  {worst}"
-        terminal.write_line(line, red=bool(row["failing"]))
+        terminal.write_line(terminal_safe(line), red=bool(row["failing"]))
 
 
 class _RuledOut:

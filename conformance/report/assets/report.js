@@ -115,11 +115,12 @@ function overview() {
   const glance = el("table", { class: "plain", id: "glance" },
     el("tr", {}, el("th", {}, "framework"), O.kinds.map((k) => el("th", {}, k)), el("th", {}, "known divergences")));
   for (const framework of O.frameworks) {
-    const known = (O.known[framework] || []).map((k) => el("a", { href: k.link, rel: "noopener noreferrer", target: "_blank",
-      title: `${k.checks} check(s) excused` }, k.id));
+    const known = (O.known[framework] || []).map((k) => /^https?:\/\//.test(k.link || "")
+      ? el("a", { href: k.link, rel: "noopener noreferrer", target: "_blank", title: `${k.checks} check(s) excused` }, k.id)
+      : el("span", { title: `${k.checks} check(s) excused` }, k.id));  // (only web links become links)
     glance.append(el("tr", { "data-framework": framework }, el("th", {}, framework),
       O.kinds.map((kind) => glanceCell(O.cells[`${framework}|${kind}`])),
-      el("td", { class: "known" }, known.flatMap((a, i) => (i ? [", ", a] : [a])))));
+      el("td", { class: "divergences" }, known.flatMap((a, i) => (i ? [", ", a] : [a])))));
   }
   section.append(glance);
   if (O.failure_count) {
@@ -180,7 +181,7 @@ function glanceCell(cell) {
     cell.failing ? chip("mismatch", `${cell.failing} failing`) : null,
     cell.xfail ? chip("xfail", `${cell.xfail} known`) : null,
     el("span", { class: "conformant" }, `${cell.conformant} ok`),
-    cell.worst_ratio !== null ? el("span", { class: "ratio" }, ` · worst ${fmt(cell.worst_ratio, 2)}`) : null);
+    cell.worst_ratio !== null ? el("span", { class: "ratio" }, `worst error/bound ${fmt(cell.worst_ratio, 2)}`) : null);
 }
 
 function perTarget() {
