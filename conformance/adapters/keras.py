@@ -287,6 +287,13 @@ class _KerasLayer(DescribedAdapter):
         keras = _keras(self.backend)
         return numpy_output(keras.ops.convert_to_numpy(value), keras.backend.standardize_dtype(value.dtype))
 
+    def runtime_facts(self) -> dict[str, bool | str | None]:
+        if self.backend != "tensorflow":
+            return {}
+        from conformance.adapters.tensorflow import onednn_enabled  # (TensorFlow is loaded: Keras runs on it)
+
+        return {"onednn_enabled": onednn_enabled()}
+
     def environment(self) -> dict[str, Any]:
         keras = _keras(self.backend)
         return {

@@ -75,7 +75,8 @@ def _tf32_default() -> bool:
     return bool(_tf().config.experimental.tensor_float_32_execution_enabled())
 
 
-def _onednn_enabled() -> bool | None:
+def onednn_enabled() -> bool | None:
+    """Whether this process's TensorFlow uses oneDNN, as TensorFlow itself reports it (None: cannot tell)."""
     try:
         from tensorflow.python.util import _pywrap_util_port  # private, but the only runtime answer
     except ImportError:
@@ -179,14 +180,14 @@ class _TensorFlowAdapter(DescribedAdapter):
             "flags": {
                 # Unset means on only for x86 CPUs with AVX512_VNNI/BF16 or AMX: record what is in effect.
                 "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),
-                "onednn_enabled": _onednn_enabled(),
+                "onednn_enabled": onednn_enabled(),
                 "tensor_float_32_execution (default)": _tf32_default(),
             },
         }
 
     def runtime_facts(self) -> dict[str, bool | str | None]:
         # Unset TF_ENABLE_ONEDNN_OPTS means on for some CPUs only: oneDNN's defects follow this, not the variable.
-        return {"onednn_enabled": _onednn_enabled()}
+        return {"onednn_enabled": onednn_enabled()}
 
 
 class TensorFlowAtrousConv2d(_TensorFlowAdapter):
