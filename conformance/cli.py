@@ -6,6 +6,8 @@ merge A.json B.json ... -o OUT    one results file from shards, machines or fram
 report RESULTS.json -o OUT.html   render the HTML report of any results file (merged ones included, or a
                                   .jsonl stream, also one cut off by a kill)
 hashes [PATHS] [-o FILE]          content hashes of every generated tensor, to compare machines
+from-model MODEL -o DIR           a case file with every distinct 2-D convolution of a model (.onnx, .keras,
+                                  or a torch module as package.module:factory); --weights keeps its kernels
 """
 
 from __future__ import annotations
@@ -126,6 +128,35 @@ def _hashes(args: argparse.Namespace) -> int:
     return 1 if loaded.errors else 0
 
 
+def _input_shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 4 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: four positive sizes N,H,W,C (NHWC)")
+    n, h, w, c = sizes
+    return (n, h, w, c)
+
+
+def _from_model(args: argparse.Namespace) -> int:
+    from conformance import from_model
+
+    try:
+        found = from_model.read(args.model, args.input_shape)
+    except from_model.ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = from_model.write_cases(found, args.model, args.output, weights=args.weights, tier=args.tier)
+    loaded = load_paths([path])  # what was written must load: a reader's mistake shows here, not in a run
+    for skipped in found.skipped:
+        print(f"not a case: {skipped.layer}: {skipped.reason}")
+    for error in loaded.errors:
+        print(f"error: {error}", file=sys.stderr)
+    print(f"{len(found.convolutions)} convolution(s), {len(loaded.cases)} case(s): {path}")
+    return 1 if loaded.errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="conformance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -169,6 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     digest.add_argument("paths", nargs="*", type=Path, default=[Path("cases")])
     digest.add_argument("-o", "--output", type=Path, help="write them to this JSON file")
     digest.set_defaults(run=_hashes)
+
+    model = commands.add_parser("from-model", help="a case file with every distinct 2-D convolution of a model")
+    model.add_argument("model", help="an .onnx or .keras file, or a torch module as package.module:factory")
+    model.add_argument("-o", "--output", type=Path, required=True, help="the directory for the case file")
+    model.add_argument("--input-shape", type=_input_shape, help="N,H,W,C: the model's input (needed for torch)")
+    model.add_argument("--weights", action="store_true", help="use the model's own kernels (an .npz beside it)")
+    model.add_argument("--tier", choices=("default", "extended", "large"), default="default")
+    model.set_defaults(run=_from_model)
 
     args = parser.parse_args(argv)
     status: int = args.run(args)

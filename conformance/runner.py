@@ -404,6 +404,8 @@ INLINE_LIMIT = 256  # elements; larger tensors are rebuilt from their generator 
 
 
 def _tensor_source(spec: Any, shape: tuple[int, ...]) -> str:
+    if "file" in spec:
+        return f"np.load({spec['file']!r})[{spec['key']!r}].astype(np.float64)"
     if "values" in spec:
         return f"np.array({_literal(spec['values'])}, dtype=np.float64)"
     kind = spec["generator"] if "set" not in spec else "set"  # special values set into a generated tensor

@@ -195,3 +195,20 @@ def test_the_suite_asks_pytest_for_no_per_item_summary_lines() -> None:
 
     addopts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
     assert not re.search(r"(^|\s)-r", addopts), addopts
+
+
+def test_the_spaced_spelling_says_when_pytest_took_the_path_for_the_rootdir(tmp_path: Path) -> None:
+    """pytest settles the rootdir before plugins load (pytest-dev/pytest#8846): `--cases PATH` then
+    costs the project's configuration file, and the run says so (and how to keep it)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "mine.toml").write_text(CORPUS)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    common = ["-m", "numpy", "--conformance-html=none", f"--conformance-json={tmp_path / 'r.json'}"]
+    spaced = pytest_run(project, "--cases", str(corpus), *common)
+    joined = pytest_run(project, f"--cases={corpus}", *common)
+    assert spaced.returncode == joined.returncode == 0
+    assert f"write --cases={corpus} to keep those" in spaced.stdout and "pytest-dev/pytest#8846" in spaced.stdout
+    assert "pytest-dev/pytest#8846" not in joined.stdout and f"rootdir: {project}" in joined.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from functools import cache
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from conformance import sweeps
-from conformance.cases.model import Case, CaseError, CaseFileError, LoadResult
+from conformance.cases.model import Case, CaseError, CaseFileError, LoadResult, stored_array
 from conformance.cases.positions import SourceLines, id_lines
 from conformance.cases.schema_errors import explain_schema_error, field_path, strict_validator
 from conformance.semantics import CONV2D, CONV_TRANSPOSE, TransposedGeometry, output_padding_limit, pair
@@ -133,6 +134,7 @@ def load_file(path: Path, root: Path | None = None) -> LoadResult:
             errors.append(CaseError(label, message, case_id, "id", source.entry_line(index, ["id"]) or line))
             continue
         seen[case_id] = index
+        raw = _files_beside(raw, path.parent)
         try:
             cases.append(build_case(label, suite, raw, defaults, line))
         except CaseFileError as exc:
@@ -207,11 +209,31 @@ def _drop_echoes(errors: list[CaseError]) -> list[CaseError]:
     ]
 
 
+def _files_beside(raw: Mapping[str, Any], folder: Path) -> Mapping[str, Any]:
+    """A case whose tensors name .npz files, with those paths made absolute (relative to its file)."""
+    resolved = {
+        name: {**raw[name], "file": str((folder / raw[name]["file"]).resolve())}
+        for name in ("input", "kernel")
+        if isinstance(raw.get(name), Mapping) and "file" in raw[name]
+    }
+    return {**raw, **resolved} if resolved else raw
+
+
 def _tensor_shape(label: str, case_id: str, line: int | None, name: str, spec: Mapping[str, Any]) -> tuple[int, ...]:
     def fail(message: str, sub: str = "") -> CaseFileError:
         return CaseFileError(CaseError(label, message, case_id, name + sub, line))
 
-    if "values" in spec:
+    if "file" in spec:
+        try:
+            shape = stored_array(spec["file"], spec["key"]).shape
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise fail(f"cannot read {spec['key']!r} from {spec['file']}: {exc}", ".file") from None
+        if len(shape) != 4:
+            raise fail(
+                f"{spec['key']!r} has shape {list(shape)}: it must be 4-D ({'NHWC' if name == 'input' else 'HWIO'})",
+                ".key",
+            )
+    elif "values" in spec:
         try:
             shape = _nested_shape(spec["values"], f"{name}.values")
         except ValueError as exc:

@@ -116,9 +116,23 @@ class CaseData:
     w_hash: str
 
 
+@lru_cache(maxsize=32)
+def stored_array(file: str, key: str) -> np.ndarray:
+    """An array of a .npz file (a model's own kernel), in float64; read once per process."""
+    with np.load(file, allow_pickle=False) as arrays:
+        if key not in arrays.files:
+            raise KeyError(f"no array named {key!r} (it has {', '.join(arrays.files[:8]) or 'none'})")
+        values: np.ndarray = arrays[key].astype(np.float64)
+    values.flags.writeable = False  # (shared by every check of the case)
+    return values
+
+
 def tensor(spec: Mapping[str, Any], shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """A case tensor: made in float64, then rounded to the case dtype (see dtypes.case_values)."""
-    values = np.asarray(spec["values"], dtype=np.float64) if "values" in spec else generate(spec, shape)
+    if "file" in spec:
+        values = stored_array(spec["file"], spec["key"])
+    else:
+        values = np.asarray(spec["values"], dtype=np.float64) if "values" in spec else generate(spec, shape)
     return case_values(values, dtype)
 
 

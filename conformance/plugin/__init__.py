@@ -98,6 +98,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(controller.ResultCollector(config), "conformance-collector")
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if not active(config):
+        return None
+    from conformance.plugin.terminal import spaced_cases_notice, terminal_safe
+
+    notice = spaced_cases_notice(config)
+    return terminal_safe(f"conformance: {notice}") if notice else None
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if not active(parent.config):
         return None

@@ -107,6 +107,9 @@ def write_summary(
     terminal.write_line(f"results: {json_path}")
     if html_path is not None:
         terminal.write_line(f"report: {html_path}")
+    notice = spaced_cases_notice(terminal.config)
+    if notice:
+        terminal.write_line(terminal_safe(notice), yellow=True)
 
 
 _COLUMNS = ("targets", "checks", *BUCKETS)
@@ -145,3 +148,32 @@ def report_deselected(config: pytest.Config, checks: int, *, before_collection_r
     if before_collection_report and hasattr(terminal, "_numcollected"):
         terminal._numcollected += checks  # (private: pytest counts only the items it was shown)
     config.hook.pytest_deselected(items=[RULED_OUT] * checks)
+
+
+def spaced_cases_notice(config: pytest.Config) -> str | None:
+    """pytest settles the rootdir and its configuration file before any plugin loads, so in
+    `--cases PATH` (with a space) it takes PATH for a test path (pytest-dev/pytest#8846): the rootdir
+    becomes PATH's, and the configuration of where pytest was run may be lost. Says so when it was."""
+    args = list(config.invocation_params.args)
+    spaced = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--cases"]
+    if not spaced:
+        return None
+    try:
+        from _pytest.config.findpaths import determine_setup  # (private: the rule pytest itself applies)
+
+        rootpath, inipath, *_ = determine_setup(
+            inifile=config.option.inifilename,
+            override_ini=config.option.override_ini,
+            args=list(config.option.file_or_dir or []),
+            rootdir_cmd_arg=config.option.rootdir or None,
+            invocation_dir=config.invocation_params.dir,
+        )
+    except Exception:
+        return None
+    if (rootpath, inipath) == (config.rootpath, config.inipath):
+        return None
+    return (
+        f"--cases {spaced[0]}: pytest read the path before the plugin loaded (pytest-dev/pytest#8846), so the "
+        f"rootdir is {config.rootpath} with {config.inipath or 'no configuration file'}, not {rootpath} with "
+        f"{inipath or 'none'}; write --cases={spaced[0]} to keep those"
+    )

@@ -1,0 +1,165 @@
+"""The convolutions of a Keras model file (`.keras`): its Conv2D, DepthwiseConv2D, SeparableConv2D
+and Conv2DTranspose layers, nested models included, each with the input shape it is called on.
+
+Keras states kernels as HWIO already (Conv2DTranspose: (k_h, k_w, C_out, C_in), the case format's
+transposed kernel); a DepthwiseConv2D's (k_h, k_w, C_in, multiplier) is the grouped kernel
+(k_h, k_w, 1, C_in * multiplier) with groups = C_in; a SeparableConv2D is that depthwise
+convolution followed by a 1x1 one, two cases. Keras' "same" is TensorFlow's SAME.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformance.from_model import Convolution, Found, ModelError, Skipped
+from conformance.semantics import CONV2D, CONV_TRANSPOSE, effective_kernel_size
+
+_READ = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
+_OTHER_CONVOLUTIONS = ("Conv1D", "Conv3D", "Conv1DTranspose", "Conv3DTranspose", "SeparableConv1D", "DepthwiseConv1D",
+                       "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")  # fmt: skip
+
+
+def read(path: Path, input_shape: tuple[int, int, int, int] | None) -> Found:
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"{path}: not a Keras model file (a .keras file is a zip archive; this one is not, or is truncated)"
+        )
+    import keras
+
+    try:
+        model = keras.saving.load_model(str(path), compile=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: Keras cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    found = Found()
+    batch = input_shape[0] if input_shape else 1
+    for name, layer in _layers(model):
+        kind = type(layer).__name__
+        if kind in _OTHER_CONVOLUTIONS:
+            found.skipped.append(Skipped(name, f"{kind} is not a 2-D convolution"))
+            continue
+        if kind not in _READ:
+            continue
+        shapes = _input_shapes(layer)
+        if not shapes:
+            found.skipped.append(Skipped(name, "its input shape is unknown (the layer is never called in the model)"))
+        for call, shape in enumerate(shapes):
+            label = name if len(shapes) == 1 else f"{name} (call {call + 1})"
+            try:
+                found.convolutions += _convolutions(layer, kind, label, shape, batch)
+            except _Unsupported as exc:
+                found.skipped.append(Skipped(label, str(exc)))
+    return found
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _layers(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for layer in getattr(model, "layers", []):
+        name = f"{prefix}{layer.name}"
+        if getattr(layer, "layers", None) and type(layer).__name__ not in _READ:  # a nested model
+            yield from _layers(layer, f"{name}/")
+        else:
+            yield name, layer
+
+
+def _input_shapes(layer: Any) -> list[tuple[Any, ...]]:
+    """The input shape of each call of the layer (a shared layer is called more than once)."""
+    nodes = getattr(layer, "_inbound_nodes", None)  # (Keras keeps each call's tensors there)
+    if nodes:
+        return [tuple(node.input_tensors[0].shape) for node in nodes if node.input_tensors]
+    try:
+        return [tuple(layer.input.shape)]
+    except Exception:
+        return []
+
+
+def _nhwc(shape: tuple[Any, ...], data_format: str, batch: int) -> tuple[int, int, int, int]:
+    if len(shape) != 4:
+        raise _Unsupported(f"input of rank {len(shape)}, not 4")
+    n, a, b, c = shape
+    h, w, channels = (b, c, a) if data_format == "channels_first" else (a, b, c)
+    if any(d is None for d in (h, w, channels)):
+        raise _Unsupported(f"dynamic spatial size {list(shape)}: save the model with a fixed input shape")
+    return (int(n) if n is not None else batch, int(h), int(w), int(channels))
+
+
+def _padding(word: str) -> str:
+    if word not in ("same", "valid"):
+        raise _Unsupported(f"padding {word!r}")
+    return word.upper()
+
+
+def _kernel(variable: Any) -> np.ndarray:
+    return np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
+
+
+def _convolutions(layer: Any, kind: str, name: str, shape: tuple[Any, ...], batch: int) -> list[Convolution]:
+    config = layer.get_config()
+    nhwc = _nhwc(shape, config.get("data_format") or "channels_last", batch)
+    rate = tuple(int(r) for r in config.get("dilation_rate", (1, 1)))
+    stride = tuple(int(s) for s in config.get("strides", (1, 1)))
+    padding = _padding(config["padding"])
+    k_h, k_w = (int(k) for k in config["kernel_size"])
+    c_in = nhwc[3]
+    if kind == "Conv2D":
+        kernel = _kernel(layer.kernel)
+        groups = int(config.get("groups", 1))
+        return [Convolution(name, CONV2D, nhwc, tuple(kernel.shape), rate, stride, padding, groups, kernel=kernel)]  # type: ignore[arg-type]
+    if kind in ("DepthwiseConv2D", "SeparableConv2D"):
+        # (Keras 3 names a DepthwiseConv2D's kernel `kernel`, a SeparableConv2D's `depthwise_kernel`)
+        depthwise = _kernel(layer.depthwise_kernel if kind == "SeparableConv2D" else layer.kernel)
+        multiplier = depthwise.shape[3]
+        grouped = depthwise.reshape(k_h, k_w, 1, c_in * multiplier)  # output channel c * multiplier + m
+        part = f"{name}/depthwise" if kind == "SeparableConv2D" else name
+        convs = [Convolution(part, CONV2D, nhwc, tuple(grouped.shape), rate, stride, padding, c_in, kernel=grouped)]  # type: ignore[arg-type]
+        if kind == "SeparableConv2D":
+            pointwise = _kernel(layer.pointwise_kernel)
+            out_hw = tuple(_output_size(size, k, r, s, padding) for size, k, r, s in
+                           zip(nhwc[1:3], (k_h, k_w), rate, stride, strict=True))  # fmt: skip
+            if min(out_hw) <= 0:
+                raise _Unsupported("its depthwise part has no valid output, so the pointwise part has no input")
+            pointwise_input = (nhwc[0], out_hw[0], out_hw[1], c_in * multiplier)
+            convs.append(Convolution(f"{name}/pointwise", CONV2D, pointwise_input, tuple(pointwise.shape), (1, 1),
+                                     (1, 1), "VALID", 1, kernel=pointwise))  # fmt: skip
+        return convs
+    kernel = _kernel(layer.kernel)  # (k_h, k_w, C_out, C_in)
+    extra = config.get("output_padding")
+    if extra is None:
+        return [Convolution(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, padding, kernel=kernel)]  # type: ignore[arg-type]
+    # With output_padding, Keras defines the output by its own rule (keras/src/backend/common/
+    # backend_utils.py, the JAX and torch backends' conversion): written out here as crops.
+    axes = [_crops(size, k, r, s_, padding, int(op)) for size, k, r, s_, op in
+            zip(nhwc[1:3], (k_h, k_w), rate, stride, extra, strict=True)]  # fmt: skip
+    crops = (axes[0][0], axes[1][0])
+    extra_hw = (axes[0][1], axes[1][1])
+    return [Convolution(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, crops, 1, extra_hw,  # type: ignore[arg-type]
+                        kernel=kernel)]  # fmt: skip
+
+
+def _crops(size: int, k: int, r: int, s: int, padding: str, output_padding: int) -> tuple[tuple[int, int], int]:
+    """Keras' transposed output along one axis as (crop before, crop after) and output_padding.
+    "valid": the full output plus output_padding. "same": a length of (i-1)s + k_eff % 2 +
+    output_padding, JAX's left pad min(ceil(pad_len / 2), k_eff - 1) of pad_len = k_eff + k_eff % 2
+    - 2 + output_padding, i.e. k_eff - 1 - left_pad cropped before."""
+    k_eff = effective_kernel_size(k, r)
+    if padding == "VALID":
+        return (0, 0), output_padding
+    pad_len = k_eff + k_eff % 2 - 2 + output_padding
+    before = k_eff - 1 - min(pad_len // 2 + pad_len % 2, k_eff - 1)
+    length = (size - 1) * s + k_eff % 2 + output_padding
+    after = (size - 1) * s + k_eff - before - length
+    return (before, max(after, 0)), max(-after, 0)
+
+
+def _output_size(size: int, k: int, r: int, s: int, padding: str) -> int:
+    k_eff = effective_kernel_size(k, r)
+    return -(-size // s) if padding == "SAME" else (size - k_eff) // s + 1 if size >= k_eff else 0
