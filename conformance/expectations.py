@@ -86,9 +86,7 @@ class Expectation:
         if any(name not in facts or facts[name] != wanted for name, wanted in self.runtime):
             return False
         for name, specifier in self.versions:
-            version = (
-                record.get("framework_version") if name == record.get("framework") else frameworks.version_of(name)
-            )
+            version = _version(name, record)
             if version is None or not specifier.contains(version, prereleases=True):
                 return False
         return True
@@ -104,8 +102,7 @@ class Expectation:
         if self.dtypes:
             met.append(f"`dtypes` include {record['dtype']}")
         for name, specifier in self.versions:
-            own = name == record.get("framework")
-            version = record.get("framework_version") if own else frameworks.version_of(name)
+            version = _version(name, record)
             met.append(f"`versions` {name} {specifier} contains {version}")
         for name in ("expect", "device", "precision", "machine"):
             if getattr(self, name):
@@ -203,6 +200,14 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
             )
         )
     return LoadedExpectations(entries, errors)
+
+
+def _version(name: str, record: Mapping[str, Any]) -> str | None:
+    """The version a range is checked against: the one that produced the result for the record's
+    own framework, the one installed in this process for any other package."""
+    own = name == record.get("framework")
+    version: str | None = record.get("framework_version") if own else frameworks.version_of(name)
+    return version
 
 
 def _toml(value: Any) -> str:

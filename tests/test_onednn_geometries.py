@@ -20,6 +20,7 @@ from conformance.adapters import Target
 from conformance.adapters.child import InChildProcess
 from conformance.cases import load_file
 from conformance.compare import CONFORMANT, Outcome
+from conformance.sweeps import record_variables
 
 pytest.importorskip("tensorflow")
 
@@ -81,15 +82,9 @@ def test_the_onednn_entries_excuse_exactly_the_geometries_onednn_gets_wrong(adap
             seen[judged["outcome"]] += 1
             if judged["outcome"] not in {o.value for o in CONFORMANT} | {Outcome.XFAIL.value}:
                 variables = {
-                    k: v for k, v in (runner_variables(judged)).items() if k.startswith(("padded", "unclamped"))
+                    k: v for k, v in (record_variables(judged) or {}).items() if k.startswith(("padded", "unclamped"))
                 }
                 wrong.append(f"{target_id} {case.id}: {judged['outcome']} {variables}: {judged['message'][:160]}")
     assert not wrong, "\n".join(wrong)
     # Both kinds occur, so the entry can be wrong either way.
     assert seen[Outcome.XFAIL.value] > 0 and seen[Outcome.EXPECTED_ERROR.value] > 0, seen
-
-
-def runner_variables(record: dict) -> dict:  # type: ignore[type-arg]
-    from conformance.sweeps import record_variables
-
-    return record_variables(record) or {}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.semantics import CONV2D, CONV_TRANSPOSE
+from conformance.semantics import CONV2D, CONV_TRANSPOSE, pair
 
 Padding = str | tuple[tuple[int, int], tuple[int, int]]
 
@@ -48,6 +48,26 @@ class Convolution:
     groups: int = 1
     output_padding: tuple[int, int] = (0, 0)
     kernel: np.ndarray | None = field(default=None, compare=False, repr=False)  # the model's own, HWIO
+
+    @classmethod
+    def of(
+        cls,
+        layer: str,
+        op: str,
+        input_shape: Sequence[int],
+        kernel_shape: Sequence[int],
+        rate: Sequence[int],
+        stride: Sequence[int],
+        padding: Padding,
+        groups: int = 1,
+        output_padding: Sequence[int] = (0, 0),
+        kernel: np.ndarray | None = None,
+    ) -> Convolution:
+        """From what a reader holds (lists, framework tuples, numpy ints), as plain int tuples."""
+        n, h, w, c = (int(d) for d in input_shape)
+        k_h, k_w, k_in, k_out = (int(d) for d in kernel_shape)
+        return cls(layer, op, (n, h, w, c), (k_h, k_w, k_in, k_out), pair(list(rate)), pair(list(stride)), padding,
+                   int(groups), pair(list(output_padding)), kernel)  # fmt: skip
 
     @property
     def configuration(self) -> tuple[object, ...]:

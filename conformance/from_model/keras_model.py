@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from conformance.from_model import Convolution, Found, ModelError, Skipped
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, effective_kernel_size
+from conformance.semantics import CONV2D, CONV_TRANSPOSE, effective_kernel_size, geometry, pair
 
 _READ = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
 _OTHER_CONVOLUTIONS = ("Conv1D", "Conv3D", "Conv1DTranspose", "Conv3DTranspose", "SeparableConv1D", "DepthwiseConv1D",
@@ -105,43 +105,42 @@ def _kernel(variable: Any) -> np.ndarray:
 def _convolutions(layer: Any, kind: str, name: str, shape: tuple[Any, ...], batch: int) -> list[Convolution]:
     config = layer.get_config()
     nhwc = _nhwc(shape, config.get("data_format") or "channels_last", batch)
-    rate = tuple(int(r) for r in config.get("dilation_rate", (1, 1)))
-    stride = tuple(int(s) for s in config.get("strides", (1, 1)))
+    rate, stride = pair(config.get("dilation_rate", 1)), pair(config.get("strides", 1))
     padding = _padding(config["padding"])
     k_h, k_w = (int(k) for k in config["kernel_size"])
     c_in = nhwc[3]
     if kind == "Conv2D":
         kernel = _kernel(layer.kernel)
         groups = int(config.get("groups", 1))
-        return [Convolution(name, CONV2D, nhwc, tuple(kernel.shape), rate, stride, padding, groups, kernel=kernel)]  # type: ignore[arg-type]
+        return [Convolution.of(name, CONV2D, nhwc, tuple(kernel.shape), rate, stride, padding, groups, kernel=kernel)]
     if kind in ("DepthwiseConv2D", "SeparableConv2D"):
         # (Keras 3 names a DepthwiseConv2D's kernel `kernel`, a SeparableConv2D's `depthwise_kernel`)
         depthwise = _kernel(layer.depthwise_kernel if kind == "SeparableConv2D" else layer.kernel)
         multiplier = depthwise.shape[3]
         grouped = depthwise.reshape(k_h, k_w, 1, c_in * multiplier)  # output channel c * multiplier + m
         part = f"{name}/depthwise" if kind == "SeparableConv2D" else name
-        convs = [Convolution(part, CONV2D, nhwc, tuple(grouped.shape), rate, stride, padding, c_in, kernel=grouped)]  # type: ignore[arg-type]
+        convs = [Convolution.of(part, CONV2D, nhwc, tuple(grouped.shape), rate, stride, padding, c_in, kernel=grouped)]
         if kind == "SeparableConv2D":
             pointwise = _kernel(layer.pointwise_kernel)
-            out_hw = tuple(_output_size(size, k, r, s, padding) for size, k, r, s in
-                           zip(nhwc[1:3], (k_h, k_w), rate, stride, strict=True))  # fmt: skip
-            if min(out_hw) <= 0:
+            depthwise_geometry = geometry(padding, (nhwc[1], nhwc[2]), (k_h, k_w), rate, stride)  # type: ignore[arg-type]  # ("SAME"/"VALID")
+            out_hw = depthwise_geometry.output_hw
+            if not depthwise_geometry.has_valid_output:
                 raise _Unsupported("its depthwise part has no valid output, so the pointwise part has no input")
             pointwise_input = (nhwc[0], out_hw[0], out_hw[1], c_in * multiplier)
-            convs.append(Convolution(f"{name}/pointwise", CONV2D, pointwise_input, tuple(pointwise.shape), (1, 1),
+            convs.append(Convolution.of(f"{name}/pointwise", CONV2D, pointwise_input, tuple(pointwise.shape), (1, 1),
                                      (1, 1), "VALID", 1, kernel=pointwise))  # fmt: skip
         return convs
     kernel = _kernel(layer.kernel)  # (k_h, k_w, C_out, C_in)
     extra = config.get("output_padding")
     if extra is None:
-        return [Convolution(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, padding, kernel=kernel)]  # type: ignore[arg-type]
+        return [Convolution.of(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, padding, kernel=kernel)]
     # With output_padding, Keras defines the output by its own rule (keras/src/backend/common/
     # backend_utils.py, the JAX and torch backends' conversion): written out here as crops.
     axes = [_crops(size, k, r, s_, padding, int(op)) for size, k, r, s_, op in
             zip(nhwc[1:3], (k_h, k_w), rate, stride, extra, strict=True)]  # fmt: skip
     crops = (axes[0][0], axes[1][0])
     extra_hw = (axes[0][1], axes[1][1])
-    return [Convolution(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, crops, 1, extra_hw,  # type: ignore[arg-type]
+    return [Convolution.of(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, crops, 1, extra_hw,
                         kernel=kernel)]  # fmt: skip
 
 
@@ -158,8 +157,3 @@ def _crops(size: int, k: int, r: int, s: int, padding: str, output_padding: int)
     length = (size - 1) * s + k_eff % 2 + output_padding
     after = (size - 1) * s + k_eff - before - length
     return (before, max(after, 0)), max(-after, 0)
-
-
-def _output_size(size: int, k: int, r: int, s: int, padding: str) -> int:
-    k_eff = effective_kernel_size(k, r)
-    return -(-size // s) if padding == "SAME" else (size - k_eff) // s + 1 if size >= k_eff else 0

@@ -105,7 +105,13 @@ def _convolution(node: Any, name: str, shapes: dict[str, Any], initializers: dic
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     weight = initializers.get(node.input[1])
     kernel = None if weight is None else np.ascontiguousarray(weight.transpose(2, 3, 1, 0))  # -> HWIO
-    common = {"layer": name, "input_shape": (n, h, w, c_in), "rate": rate, "stride": stride, "groups": groups}
+    common: dict[str, Any] = {
+        "layer": name,
+        "input_shape": (n, h, w, c_in),
+        "rate": rate,
+        "stride": stride,
+        "groups": groups,
+    }
     if node.op_type == "Conv":
         if auto_pad in ("SAME_UPPER", "VALID"):
             padding: Any = "SAME" if auto_pad == "SAME_UPPER" else "VALID"
@@ -116,8 +122,8 @@ def _convolution(node: Any, name: str, shapes: dict[str, Any], initializers: dic
             padding = pads_or_word((down, up, east, west))  # SAME's pads with the odd pixel before
         else:
             padding = pads_or_word((top, bottom, left, right))
-        return Convolution(op=CONV2D, kernel_shape=(k_h, k_w, int(w_shape[1]), int(w_shape[0])), padding=padding,
-                           kernel=kernel, **common)  # type: ignore[arg-type]  # fmt: skip
+        return Convolution.of(op=CONV2D, kernel_shape=(k_h, k_w, int(w_shape[1]), int(w_shape[0])), padding=padding,
+                           kernel=kernel, **common)  # fmt: skip
     if "output_shape" in attributes:
         raise _Unsupported("ConvTranspose states output_shape: write its pads instead")
     extra = tuple(int(p) for p in attributes.get("output_padding", (0, 0)))
@@ -134,5 +140,5 @@ def _convolution(node: Any, name: str, shapes: dict[str, Any], initializers: dic
     # Always explicit crops: "VALID" for a transposed convolution is TensorFlow's rule, which adds
     # output_padding where the kernel is shorter than the stride; zero crops do not.
     crops = ((top, bottom), (left, right))
-    return Convolution(op=CONV_TRANSPOSE, kernel_shape=(k_h, k_w, int(w_shape[1]), int(w_shape[0])), padding=crops,
-                       output_padding=extra, kernel=kernel, **common)  # type: ignore[arg-type]  # fmt: skip
+    return Convolution.of(op=CONV_TRANSPOSE, kernel_shape=(k_h, k_w, int(w_shape[1]), int(w_shape[0])), padding=crops,
+                       output_padding=extra, kernel=kernel, **common)  # fmt: skip

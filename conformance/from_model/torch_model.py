@@ -87,18 +87,19 @@ def _convolution(layer: Any, name: str, args: tuple[Any, ...], kwargs: dict[str,
         raise _Unsupported(f"padding_mode {layer.padding_mode!r}: the suite states zero padding")
     weight = layer.weight.detach().cpu().numpy()
     kernel = np.ascontiguousarray(weight.transpose(2, 3, 1, 0))  # -> HWIO (transposed: k_h, k_w, C_out/g, C_in)
-    rate, stride = tuple(layer.dilation), tuple(layer.stride)
-    common = {"layer": name, "input_shape": (n, h, w, c_in), "kernel_shape": tuple(kernel.shape), "rate": rate,
-              "stride": stride, "groups": int(layer.groups), "kernel": kernel}  # fmt: skip
+    common: dict[str, Any] = {
+        "layer": name, "input_shape": (n, h, w, c_in), "kernel_shape": kernel.shape, "rate": layer.dilation,
+        "stride": layer.stride, "groups": layer.groups, "kernel": kernel,
+    }  # fmt: skip
     if isinstance(layer, nn.Conv2d):
         if isinstance(layer.padding, str):
             padding: Any = layer.padding.upper()  # 'same' (stride 1 only, odd pixel after) or 'valid'
         else:
             (p_h, p_w) = layer.padding
             padding = pads_or_word((p_h, p_h, p_w, p_w))
-        return Convolution(op=CONV2D, padding=padding, **common)  # type: ignore[arg-type]
+        return Convolution.of(op=CONV2D, padding=padding, **common)
     if len(args) > 1 or kwargs.get("output_size") is not None:
         raise _Unsupported("called with output_size: its output_padding is chosen per call")
     (p_h, p_w) = layer.padding
-    return Convolution(op=CONV_TRANSPOSE, padding=((p_h, p_h), (p_w, p_w)), output_padding=tuple(layer.output_padding),
-                       **common)  # type: ignore[arg-type]  # fmt: skip
+    crops = ((p_h, p_h), (p_w, p_w))
+    return Convolution.of(op=CONV_TRANSPOSE, padding=crops, output_padding=layer.output_padding, **common)

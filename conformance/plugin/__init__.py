@@ -75,10 +75,6 @@ def _holds_a_corpus(folder: Path) -> bool:
     return False
 
 
-def _is_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
-
-
 @pytest.hookimpl(tryfirst=True)  # before xdist's DSession reads --max-worker-restart
 def pytest_configure(config: pytest.Config) -> None:
     if not active(config):
@@ -89,7 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = options.settings(config)
     collection.set_roots(config, settings.cases)
     run_state.start(config)
-    if _is_worker(config):
+    if options.is_worker(config):
         return
     if settings.workers and config.option.maxworkerrestart is None:
         # Each crash costs a worker restart; the crash limit bounds how many a run can need.
@@ -126,7 +122,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     from conformance.plugin.items import FuzzItem, InvalidCaseItem
     from conformance.plugin.terminal import report_deselected, terminal_safe
 
-    if not _is_worker(config):  # (a worker's count reaches the controller at its end)
+    if not options.is_worker(config):  # (a worker's count reaches the controller at its end)
         report_deselected(config, selection.deselected(config), before_collection_report=True)
     examples = options.settings(config).fuzz_examples
     if examples > 0:
@@ -147,7 +143,7 @@ _natively_deselected_key = pytest.StashKey[list[int]]()
 def pytest_deselected(items: list[pytest.Item]) -> None:
     """In a worker, what pytest itself deselected: xdist's controller never hears of it, so the
     worker reports it with the checks `-m` ruled out while collecting."""
-    if items and hasattr(items[0], "config") and _is_worker(items[0].config):
+    if items and hasattr(items[0], "config") and options.is_worker(items[0].config):
         items[0].config.stash.setdefault(_natively_deselected_key, [0])[0] += len(items)
 
 
@@ -169,7 +165,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    if active(config) and _is_worker(config):
+    if active(config) and options.is_worker(config):
         from conformance import runner
         from conformance.plugin import controller, selection, usage
 

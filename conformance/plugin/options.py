@@ -155,6 +155,11 @@ class Settings:
         return max(1, max(self.repeat, self.gpu_repeat) if device == "gpu" else self.repeat)
 
 
+def is_worker(config: pytest.Config) -> bool:
+    """An xdist worker (it has workerinput); the controller and a run without xdist have none."""
+    return hasattr(config, "workerinput")
+
+
 _settings_key = pytest.StashKey[Settings]()
 
 

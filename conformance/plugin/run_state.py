@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conformance import expectations
-from conformance.plugin.options import settings
+from conformance.plugin.options import is_worker, settings
 from conformance.plugin.selection import targets
 
 STATE_DIR_INPUT = "conformance_state_dir"  # the workerinput key
@@ -30,10 +30,6 @@ class RunState:
 
 
 _run_key = pytest.StashKey[RunState]()
-
-
-def is_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
 
 
 def run_state(config: pytest.Config) -> RunState:

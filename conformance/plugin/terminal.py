@@ -61,7 +61,7 @@ def write_summary(
     _write_table(terminal, glance)
     for idle in glance.idle():
         names = idle["targets"]
-        shown = ", ".join(names[:3]) + (f", ... ({len(names) - 3} more)" if len(names) > 3 else "")
+        shown = _first(names, 3)
         line = f"ran nothing here: {len(names)} target(s), {idle['checks']} checks: {idle['reason']}"
         terminal.write_line(terminal_safe(line))
         terminal.write_line(terminal_safe(f"  {shown}"))
@@ -74,7 +74,7 @@ def write_summary(
             terminal.write_line(f"  ... and {glance.failure_count - len(glance.failures)} more (all in the report)")
     for warning in glance.warnings():
         names = warning["targets"]
-        shown = ", ".join(names[:4]) + (f", ... ({len(names) - 4} more)" if len(names) > 4 else "")
+        shown = _first(names, 4)
         terminal.write_line(
             terminal_safe(
                 f"{warning['category']} at {warning['where']} ({warning['checks']} check(s) of {shown}): "
@@ -110,6 +110,10 @@ def write_summary(
     notice = spaced_cases_notice(terminal.config)
     if notice:
         terminal.write_line(terminal_safe(notice), yellow=True)
+
+
+def _first(names: list[str], count: int) -> str:
+    return ", ".join(names[:count]) + (f", ... ({len(names) - count} more)" if len(names) > count else "")
 
 
 _COLUMNS = ("targets", "checks", *BUCKETS)
