@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from conformance import composites, expectations
+from conformance import contracts as accumulation_contracts
 from conformance import diff as diffing
 from conformance.adapters import all_targets
 from conformance.cases import load_paths, materialize
@@ -53,16 +54,22 @@ def _validate(args: argparse.Namespace) -> int:
             composite_ids += [f"composites/{c.id}" for c in found]
     known = expectations.load(args.expectations, str(args.expectations))
     errors += known.errors
+    contracts_path = args.expectations.with_name(accumulation_contracts.FILE_NAME)
+    stated = accumulation_contracts.load(contracts_path, str(contracts_path))
+    errors += stated.errors
     # Globs are checked against the whole corpus only: a subset of case files would make them look unmatched.
     if args.paths == [Path("cases")]:
         case_ids = [case.qualified_id for case in loaded.cases] + composite_ids
-        errors += expectations.unmatched_globs(known.entries, case_ids, [t.id for t in all_targets()])
+        target_ids = [t.id for t in all_targets()]
+        errors += expectations.unmatched_globs(known.entries, case_ids, target_ids)
+        errors += accumulation_contracts.unmatched(stated.entries, target_ids)
     for error in errors:
         print(error, file=sys.stderr)
     checks = sum(len(case.dtypes) for case in loaded.cases)
     print(
         f"{len(loaded.cases)} valid case(s), {checks} case x dtype combination(s), {len(composite_ids)} composite(s), "
-        f"{len(known.entries)} known divergence(s), {len(errors)} error(s)"
+        f"{len(known.entries)} known divergence(s), {len(stated.entries)} accumulation contract(s), "
+        f"{len(errors)} error(s)"
     )
     return 1 if errors else 0
 

@@ -1,6 +1,6 @@
-"""Outcome classification and the per-element error bound (DESIGN.md sections 3 and 4).
+"""Outcome classification and the per-element error bounds (DESIGN.md sections 3 and 4).
 
-The bound for one output element of a dot product of length n in a format with unit
+The case dtype's bound for one output element of a dot product of length n in a format with unit
 roundoff u (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., eq. 3.5):
 
     |y_hat - y| <= gamma_n(u) * S + u * |y| + n * eta + gamma_n(2**-53) * S
@@ -9,11 +9,34 @@ with S = sum |x||w| over the element's window (computed exactly like the referen
 absolute values), gamma_n(u) = n*u / (1 - n*u), u*|y| for rounding the result into the
 output format, n*eta for products that underflow (eta: the format's smallest normal, which
 also covers flush-to-zero), and the last term for the float64 reference's own rounding.
+It is the worst the dtype allows: every partial sum rounded in the case dtype. Beyond it: `mismatch`.
+
+An accumulation contract (`conformance/contracts.py`) states what a framework keeps instead, e.g.
+float16 products summed in float32 and the result rounded once to float16. Its bound:
+
+    u_out * |y| + (1 + u_out) * gamma_n(u_acc) * S + n * eta_acc + u_out * eta_out + gamma_n(2**-53) * S
+
+(rounding the accumulated value s_hat once costs u_out * |s_hat| <= u_out * (|y| + gamma_n(u_acc) * S);
+u_out * eta_out is that rounding's absolute error where the result is subnormal). Within the dtype's
+bound but beyond the contract's: `contract`.
+
+Long accumulations. Where gamma_n(u) is infinite (n*u >= 1) or looser than the probabilistic bound of
+Higham and Mary (SIAM J. Sci. Comput. 41(5), 2019, Theorem 3.1) by more than LOOSENESS_LIMIT, and the
+operands are seeded random data, gamma_n is replaced by
+
+    gamma~_n(lambda) = exp(lambda * sqrt(n) * u + n * u**2 / (1 - u)) - 1
+
+which holds for the whole dot product with probability at least 1 - 2n exp(-lambda**2 (1-u)**2 / 2)
+when the rounding errors are independent with mean zero. lambda is chosen per n so that this failure
+probability is ELEMENT_FALSE_ALARM, which over at most PROBABILISTIC_ELEMENT_CAP judged elements a run
+keeps the expected number of false alarms below RUN_FALSE_ALARMS (docs/precision.md says why the
+model's assumptions hold for these kernels, and where they would not).
 Exact-integer data whose every partial sum is representable must match bit for bit.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,6 +47,13 @@ import numpy as np
 from conformance.dtypes import TF32_PRECISION_BITS, FloatFormat
 
 FLOAT64_UNIT_ROUNDOFF = 2.0**-53
+
+WORST_CASE = "worst-case"
+PROBABILISTIC = "probabilistic"
+LOOSENESS_LIMIT = 10.0  # the worst case judges unless it is this much looser than the probabilistic bound
+RUN_FALSE_ALARMS = 1e-6  # expected false alarms per run of the default and extended tiers, at most
+PROBABILISTIC_ELEMENT_CAP = 10**9  # elements a run judges probabilistically, at most (tests/test_precision.py counts)
+ELEMENT_FALSE_ALARM = RUN_FALSE_ALARMS / PROBABILISTIC_ELEMENT_CAP
 
 
 class Outcome(StrEnum):
@@ -38,6 +68,7 @@ class Outcome(StrEnum):
     CRASH = "crash"
     TIMEOUT = "timeout"
     NONDETERMINISTIC = "nondeterministic"  # repeat mode: the same call gave different bits
+    CONTRACT = "contract"  # within the dtype's worst-case bound, beyond the framework's accumulation contract
     XFAIL = "xfail"
     XPASS = "xpass"
 
@@ -52,36 +83,82 @@ def gamma(n: int, u: float) -> float:
     return nu / (1.0 - nu) if nu < 1.0 else float("inf")
 
 
+def probabilistic_lambda(n: int, u: float, failure: float = ELEMENT_FALSE_ALARM) -> float:
+    """lambda with 2n exp(-lambda**2 (1-u)**2 / 2) = failure: Theorem 3.1's failure probability."""
+    return math.sqrt(2.0 * math.log(2.0 * max(n, 1) / failure)) / (1.0 - u)
+
+
+def probabilistic_gamma(n: int, u: float, failure: float = ELEMENT_FALSE_ALARM) -> float:
+    """Higham and Mary's gamma~_n(lambda) = exp(lambda sqrt(n) u + n u**2 / (1 - u)) - 1."""
+    lam = probabilistic_lambda(n, u, failure)
+    return math.expm1(lam * math.sqrt(n) * u + n * u * u / (1.0 - u))
+
+
 @dataclass(frozen=True)
 class ErrorModel:
     """How much error a conformant target may make, for one (case, dtype, precision mode)."""
 
-    fmt: FloatFormat
+    fmt: FloatFormat  # the output's format (the case dtype)
     accumulation_length: int  # n = k_h * k_w * C_in / groups
     tf32: bool = False  # float32 products whose inputs are first rounded to TF32
     scale: float = 1.0  # 2 when two computations, each within the bound, are compared with each other
+    # A contract's accumulator (partial sums kept in it, one rounding to fmt at the end); None: the
+    # dtype's worst case, every partial sum rounded in fmt.
+    accumulation: FloatFormat | None = None
+    # The operands are seeded random data, so rounding errors may be modelled as independent: the
+    # probabilistic bound may judge a long accumulation.
+    random_data: bool = False
 
     @property
     def unit_roundoff(self) -> float:
+        """u of the partial sums."""
         if self.tf32:
             return 2.0**-TF32_PRECISION_BITS
-        return self.fmt.unit_roundoff
+        return (self.accumulation or self.fmt).unit_roundoff
 
     @property
     def rounding_steps(self) -> int:
         # TF32 rounds each product's two inputs before an exact product: two more roundings.
         return self.accumulation_length + (2 if self.tf32 else 0)
 
+    @property
+    def gamma(self) -> tuple[float, str]:
+        """The accumulation's relative-error constant, and which analysis gives it."""
+        steps, u = self.rounding_steps, self.unit_roundoff
+        worst = gamma(steps, u)
+        if self.random_data:
+            likely = probabilistic_gamma(steps, u)
+            if not math.isfinite(worst) or worst > LOOSENESS_LIMIT * likely:
+                return likely, PROBABILISTIC
+        return worst, WORST_CASE
+
+    @property
+    def rule(self) -> str:
+        """The bound in words, for failure messages."""
+        name = "gamma~" if self.gamma[1] == PROBABILISTIC else "gamma"
+        term = f"{name}_{self.rounding_steps}(u={self.unit_roundoff:.3g}) * sum|x||w|"
+        if self.accumulation is None:
+            return f"{self.gamma[1]} bound: {term} + u|y| + ..."
+        return (
+            f"{self.gamma[1]} bound of {self.accumulation.name} accumulation, one rounding to {self.fmt.name}: "
+            f"u_out|y| + {term} + ..."
+        )
+
     @np.errstate(over="ignore", invalid="ignore")  # an Inf product makes the bound Inf there: no bound is due
     def bound(self, reference: np.ndarray, abs_products: np.ndarray) -> np.ndarray:
-        u = self.unit_roundoff
         n = self.accumulation_length
-        bound: np.ndarray = self.scale * (
-            gamma(self.rounding_steps, u) * abs_products
-            + u * np.abs(reference)
-            + n * self.fmt.smallest_normal
-            + gamma(n, FLOAT64_UNIT_ROUNDOFF) * abs_products
-        )
+        accumulated = self.gamma[0] * abs_products
+        if self.accumulation is None:
+            terms = accumulated + self.unit_roundoff * np.abs(reference) + n * self.fmt.smallest_normal
+        else:
+            u_out = self.fmt.unit_roundoff
+            terms = (
+                u_out * np.abs(reference)
+                + (1.0 + u_out) * accumulated
+                + n * self.accumulation.smallest_normal
+                + u_out * self.fmt.smallest_normal
+            )
+        bound: np.ndarray = self.scale * (terms + gamma(n, FLOAT64_UNIT_ROUNDOFF) * abs_products)
         return bound
 
     def requires_exact(self, x: np.ndarray, w: np.ndarray, abs_products: np.ndarray) -> bool:
@@ -115,6 +192,8 @@ class Verdict:
     got_shape: list[int] | None = None
     got_dtype: str | None = None
     error_map: dict[str, Any] | None = None  # where a mismatch sits, for the report's heatmap
+    # Each bound that judged the values: {"dtype": {...}, "contract": {...}}, with its kind and ratio.
+    bounds: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +207,8 @@ class Expected:
     exact: bool
     no_output_axes: tuple[int, ...] = ()  # the spatial axes (1, 2) with no valid position
     layout: str = "NHWC"  # of the compared tensor: "HWIO" for a kernel gradient
+    contract: ErrorModel | None = None  # the framework's accumulation contract, where one is stated
+    contract_id: str = ""
 
     @property
     def index_names(self) -> str:
@@ -227,14 +308,15 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
     error[finite] = np.abs(got64[finite] - ref[finite])
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(finite & (ref != 0), error / np.abs(ref), 0.0)
-        ratio = np.where(finite, np.where(bound > 0, error / bound, np.where(error > 0, np.inf, 0.0)), 0.0)
+    ratio = _ratio(error, bound, finite)
     ulps = np.where(finite, ulp_distance(got, ref_in_format), 0.0)
 
     verdict.max_abs_error = float(error.max(initial=0.0))
     verdict.max_rel_error = float(relative.max(initial=0.0))
     verdict.max_ulp = float(ulps.max(initial=0.0))
-    finite_ratio = ratio[np.isfinite(ratio)]
-    verdict.error_ratio = None if expected.exact else float(finite_ratio.max(initial=0.0))
+    verdict.error_ratio = None if expected.exact else _worst(ratio)
+    if not expected.exact:
+        verdict.bounds = {"dtype": _bound_facts(expected.model, ratio)}
 
     if special_bad.any():
         index = tuple(int(i) for i in np.argwhere(special_bad)[0])
@@ -260,11 +342,10 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
             if expected.exact
             else error_map(ratio, layout=expected.layout)
         )
-        model = expected.model
         rule = (
             f"bit-exact required: integer data whose every partial sum is exact in {fmt.name}"
             if expected.exact
-            else f"bound: gamma_{model.rounding_steps}(u={model.unit_roundoff:.3g}) * sum|x||w| + u|y| + ..."
+            else expected.model.rule
         )
         ratio_text = "" if expected.exact else f", error/bound {ratio[index]:.3g}"
         verdict.message = (
@@ -273,7 +354,56 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
             f"expected {ref[index]!r}, got {got64[index]!r}, |error| {error[index]:.6g}, bound {bound[index]:.6g}"
             f"{ratio_text} ({rule})"
         )
+        return verdict
+    if expected.contract is not None and not expected.exact:
+        _judge_contract(expected, verdict, ref, got64, error, finite)
     return verdict
+
+
+def _ratio(error: np.ndarray, bound: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """error / bound per element; inf where an error meets a zero bound, 0 where a value is non-finite."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio: np.ndarray = np.where(finite, np.where(bound > 0, error / bound, np.where(error > 0, np.inf, 0.0)), 0.0)
+    return ratio
+
+
+def _worst(ratio: np.ndarray) -> float:
+    finite_ratio = ratio[np.isfinite(ratio)]
+    return float(finite_ratio.max(initial=0.0))
+
+
+def _bound_facts(model: ErrorModel, ratio: np.ndarray) -> dict[str, Any]:
+    facts: dict[str, Any] = {"kind": model.gamma[1], "ratio": _worst(ratio)}
+    if model.accumulation is not None:
+        facts["accumulation"] = model.accumulation.name
+    return facts
+
+
+def _judge_contract(
+    expected: Expected, verdict: Verdict, ref: np.ndarray, got64: np.ndarray, error: np.ndarray, finite: np.ndarray
+) -> None:
+    """Within the dtype's bound: now the framework's own contract. Its ratio becomes the check's
+    error_ratio (the tighter bound is the one whose drift says something)."""
+    contract = expected.contract
+    assert contract is not None and expected.abs_products is not None and verdict.bounds is not None
+    bound = contract.bound(ref, expected.abs_products)
+    ratio = _ratio(error, bound, finite)
+    verdict.bounds["contract"] = {"id": expected.contract_id, **_bound_facts(contract, ratio)}
+    verdict.error_ratio = _worst(ratio)
+    failing = ratio > 1.0
+    if not failing.any():
+        return
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(ratio)), ref.shape))
+    verdict.outcome = Outcome.CONTRACT
+    verdict.worst = _element(index, ref, got64, bound)
+    verdict.error_map = error_map(ratio, "error/contract bound", expected.layout)
+    verdict.message = (
+        f"{int(failing.sum())} of {ref.size} elements beyond contract {expected.contract_id} "
+        f"(within {contract.fmt.name}'s worst-case bound, ratio {verdict.bounds['dtype']['ratio']:.3g}); "
+        f"worst at {list(index)} ({expected.index_names}): expected {ref[index]!r}, got {got64[index]!r}, "
+        f"|error| {error[index]:.6g}, contract bound {bound[index]:.6g}, error/bound {ratio[index]:.3g} "
+        f"({contract.rule})"
+    )
 
 
 ERROR_MAP_MAX_SIDE = 48  # cells per side: enough to see a border or a stripe, small enough for 20k-row reports

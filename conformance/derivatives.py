@@ -135,13 +135,16 @@ def _answer(case: Case, dtype: str, quantity: str, tangents: Tangents) -> tuple[
         return exact_answer(case, quantity, a, b), exact_answer(case, quantity, np.abs(a), np.abs(b))
 
 
-def expected(case: Case, dtype: str, quantity: str, tangents: Tangents, tf32: bool) -> Expected:
+def expected(
+    case: Case, dtype: str, quantity: str, tangents: Tangents, tf32: bool, random_data: bool = False
+) -> Expected:
     """What a derivative target must return: the float64 answer, its bound, bit-exactness."""
     values, abs_products = _answer(case, dtype, quantity, tangents)
     data = materialize(case, dtype)
     a, b = _operands(case, quantity, data.x, data.w, tangents)
     # (TF32 rounds float32 operands to 11 bits: integers stay exact only while they fit.)
-    model = ErrorModel(float_format(dtype), accumulation_length(case, quantity), tf32=tf32)
+    # (dy, vx and vw are seeded uniform data: random when the case's own data are)
+    model = ErrorModel(float_format(dtype), accumulation_length(case, quantity), tf32=tf32, random_data=random_data)
     kernel = quantity.endswith("-kernel")
     return Expected(
         values=values,

@@ -59,7 +59,7 @@ def _state(record: dict[str, Any] | None) -> str:
     if record is None:
         return "(absent)"
     text = observed(record)
-    if record.get("error_ratio") is not None and text in ("pass", "mismatch"):
+    if record.get("error_ratio") is not None and text in ("pass", "contract", "mismatch"):
         text += f" (error/bound {record['error_ratio']:.3g})"
     version = record.get("framework_version")
     return f"{text} @{version}" if version else text
@@ -102,6 +102,21 @@ def diff(base: dict[str, Any], new: dict[str, Any], drift_factor: float = 2.0, d
     return result
 
 
+def comparable_ratios(old: dict[str, Any], new: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Ratios against the same bound: error_ratio where both records were judged by the same contract
+    or neither by one; the dtype's where only one was (e.g. a file from before contracts)."""
+    old_contract = ((old.get("bounds") or {}).get("contract") or {}).get("id")
+    new_contract = ((new.get("bounds") or {}).get("contract") or {}).get("id")
+    if old_contract == new_contract:
+        return old.get("error_ratio"), new.get("error_ratio")
+
+    def dtype_ratio(record: dict[str, Any]) -> float | None:
+        dtype_bound = (record.get("bounds") or {}).get("dtype")
+        return dtype_bound.get("ratio") if dtype_bound else record.get("error_ratio")
+
+    return dtype_ratio(old), dtype_ratio(new)
+
+
 def _category(old: dict[str, Any], new: dict[str, Any], drift_factor: float, drift_floor: float) -> str | None:
     was, now = Outcome(observed(old)), Outcome(observed(new))
     if was in NOT_RUN and now in NOT_RUN:
@@ -116,7 +131,7 @@ def _category(old: dict[str, Any], new: dict[str, Any], drift_factor: float, dri
         return "improved"
     if was not in CONFORMANT:
         return "changed" if was != now else None
-    old_ratio, new_ratio = old.get("error_ratio"), new.get("error_ratio")
+    old_ratio, new_ratio = comparable_ratios(old, new)
     if (
         old_ratio is not None
         and new_ratio is not None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import platform
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -24,7 +23,8 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from conformance import frameworks, sweeps
-from conformance.cases import CaseError, SourceLines, explain_schema_error, field_path, id_lines, strict_validator
+from conformance.cases import CaseError, strict_validator
+from conformance.cases.entries import read_entries
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 from conformance.records import Record
 
@@ -62,6 +62,8 @@ class Expectation:
         )
 
     def matches(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+        if self.outcomes == (Outcome.CONTRACT,) and not (record.get("bounds") or {}).get("contract"):
+            return False  # a broken accumulation contract: only checks a contract judged can show it, or its fix
         if not _matches_target(self, record["target"]) or not self.matches_check(
             record["case"], record["target"], record["dtype"]
         ):
@@ -131,51 +133,21 @@ def _validator() -> Any:
 def load(path: Path, label: str | None = None) -> LoadedExpectations:
     """Every valid entry, and an error naming file, entry and field for each invalid one."""
     label = label or str(path)
-    if not path.exists():
-        return LoadedExpectations([], [])
-    try:
-        text = path.read_text(encoding="utf-8")
-        document = tomllib.loads(text)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        return LoadedExpectations([], [CaseError(label, f"cannot read known divergences: {exc}")])
-    lines = id_lines(text)
-    source = SourceLines(text, "divergence")
-    found = document.get("divergence")
-    raw_entries: list[Any] = found if isinstance(found, list) else []
-    errors: list[CaseError] = []
-    bad: set[int] = set()
-    for error in _validator().iter_errors(document):
-        message, parts = explain_schema_error(error)
-        entry_id, line = None, None
-        if len(parts) >= 2 and parts[0] == "divergence" and isinstance(parts[1], int):
-            bad.add(parts[1])
-            raw = raw_entries[parts[1]] if parts[1] < len(raw_entries) else {}
-            entry_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else f"#{parts[1] + 1}"
-            line = source.entry_line(parts[1], parts[2:])
-            parts = parts[2:]
-        errors.append(CaseError(label, message, entry_id, field_path(parts) or None, line))
-    if errors and not bad:
-        return LoadedExpectations([], errors)
+    read = read_entries(path, label, "divergence", _validator(), "known divergences")
     entries: list[Expectation] = []
-    seen: set[str] = set()
-    for index, raw in enumerate(raw_entries):
-        if index in bad:
-            continue
-        line = lines.get(raw["id"])
-        if raw["id"] in seen:
-            errors.append(CaseError(label, "duplicate divergence id", raw["id"], "id", line))
-            continue
-        seen.add(raw["id"])
+    errors = read.errors
+    for index, raw in read.valid:
+        line = read.lines.get(raw["id"])
         try:
             versions = tuple((name, SpecifierSet(spec)) for name, spec in sorted(raw.get("versions", {}).items()))
         except InvalidSpecifier as exc:
-            line = source.entry_line(index, ["versions"])
+            line = read.line_of(index, ["versions"])
             errors.append(CaseError(label, f"not a PEP 440 version range: {exc}", raw["id"], "versions", line))
             continue
         try:
             where = tuple(sweeps.Constraint.parse(text) for text in raw.get("where", []))
         except ValueError as exc:
-            errors.append(CaseError(label, str(exc), raw["id"], "where", source.entry_line(index, ["where"])))
+            errors.append(CaseError(label, str(exc), raw["id"], "where", read.line_of(index, ["where"])))
             continue
         entries.append(
             Expectation(

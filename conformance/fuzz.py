@@ -22,6 +22,7 @@ from conformance import expectations, runner
 from conformance.adapters import QUANTITIES, Target
 from conformance.cases import Case, CaseFileError, build_case
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
+from conformance.contracts import NONE, Contracts
 from conformance.records import Record
 from conformance.results import atomic_write_text
 from conformance.semantics import CONV2D, CONV_TRANSPOSE, output_padding_limit
@@ -111,6 +112,7 @@ def explore(
     out_dir: Path,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    contracts: Contracts = NONE,
 ) -> FuzzResult:
     from hypothesis import HealthCheck, Phase, find, settings
     from hypothesis.errors import NoSuchExample
@@ -126,7 +128,7 @@ def explore(
         for target in targets:
             if target.adapter.operation != case.op or (pinned and target.id != pinned[0][0]):
                 continue
-            record = runner.run_check(case, target, case.dtypes[0])
+            record = runner.run_check(case, target, case.dtypes[0], contracts=contracts)
             expectations.apply(record, known)
             outcome = record["outcome"]
             if outcome in EXCUSED:

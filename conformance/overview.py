@@ -49,9 +49,9 @@ def bucket_of(record: Mapping[str, Any]) -> str:
 
 
 def failure_detail(record: Mapping[str, Any]) -> str:
-    """The worst element of a mismatch, or the first line of what went wrong."""
+    """The worst element of a mismatch (or a broken contract), or the first line of what went wrong."""
     worst, ratio = record.get("worst"), record.get("error_ratio")
-    if record["outcome"] == Outcome.MISMATCH and worst:
+    if record["outcome"] in (Outcome.MISMATCH, Outcome.CONTRACT) and worst:
         ratio_text = f"error/bound {ratio:.3g}, " if isinstance(ratio, float) and math.isfinite(ratio) else ""
         return (
             f"{ratio_text}worst at {worst['index']}: got {_number(worst['got'])}, expected {_number(worst['expected'])}"

@@ -40,7 +40,10 @@ class Record(TypedDict, total=False):
     max_abs_error: float | None
     max_rel_error: float | None
     max_ulp: float | None
-    error_ratio: float | None
+    error_ratio: float | None  # against the tightest bound that judged: the contract's where one is stated
+    # Each bound that judged the values: {"dtype": {kind, ratio}, "contract": {id, accumulation, kind, ratio}};
+    # kind is "worst-case" or "probabilistic" (compare.py). None for exact checks and checks without values.
+    bounds: dict[str, dict[str, Any]] | None
     worst: dict[str, Any] | None
     error_map: dict[str, Any] | None
     message: str

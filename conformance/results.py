@@ -308,7 +308,7 @@ def runs_of(document: dict[str, Any], label: str | None = None) -> list[dict[str
 # Worst last: when merged runs disagree on a result, the matrix shows the worse one (and lists the conflict).
 SEVERITY = (
     "skip", "unsupported", "pass", "expected-error", "xfail", "xpass",
-    "nondeterministic", "mismatch", "shape", "missing-error", "error", "timeout", "crash",
+    "nondeterministic", "contract", "mismatch", "shape", "missing-error", "error", "timeout", "crash",
 )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance import contracts as accumulation_contracts
 from conformance import derivatives, reference, timing
 from conformance.adapters import OUTPUT, CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.adapters.base import ProcessDied
@@ -78,9 +79,39 @@ def _tf32_bound(target: Target, dtype: str) -> bool:
     return target.precision == "defaults" and dtype == "float32"
 
 
+# Seeded random data: rounding errors on them may be modelled as independent with mean zero, the
+# probabilistic bound's assumption. Constants, ramps, stated values and model weights are not.
+RANDOM_GENERATORS = frozenset({"normal", "uniform"})
+
+
+def random_operands(case: Case) -> bool:
+    return all(
+        spec.get("generator") in RANDOM_GENERATORS and not spec.get("set")
+        for spec in (case.input_spec, case.kernel_spec)
+    )
+
+
 def error_model(case: Case, dtype: str, target: Target) -> ErrorModel:
     return ErrorModel(
-        float_format(dtype), derivatives.accumulation_length(case, OUTPUT), tf32=_tf32_bound(target, dtype)
+        float_format(dtype),
+        derivatives.accumulation_length(case, OUTPUT),
+        tf32=_tf32_bound(target, dtype),
+        random_data=random_operands(case),
+    )
+
+
+def with_contract(
+    expected: Expected, target: Target, dtype: str, contracts: accumulation_contracts.Contracts
+) -> Expected:
+    """The expected answer with the target's accumulation contract, where one is stated (a TF32 bound
+    has none: TF32 is a contract of its own)."""
+    if expected.values is None or expected.exact or expected.model.tf32:
+        return expected
+    found = contracts.find(target.id, target.adapter.quantity, target.device, target.precision, dtype)
+    if found is None:
+        return expected
+    return replace(
+        expected, contract=replace(expected.model, accumulation=found.accumulation_format), contract_id=found.id
     )
 
 
@@ -107,6 +138,7 @@ def run_check(
     before_call: Callable[[Record], None] | None = None,
     repeat: int = 1,
     after_load: Callable[[], None] | None = None,
+    contracts: accumulation_contracts.Contracts = accumulation_contracts.NONE,
 ) -> Record:
     """Run one check and return its result record (builtin types only: it crosses processes).
 
@@ -115,6 +147,7 @@ def run_check(
     `after_load` is told when the framework is loaded (a death before that is the build's, not the case's).
     With `repeat` > 1 the framework is called that many times on the same data, and a target whose
     outputs are not bitwise identical is `nondeterministic` (unless it already failed otherwise).
+    `contracts`: the accumulation contracts values are judged against after the dtype's bound.
     """
     started = time.perf_counter()
     spent_before = timing.totals()
@@ -172,10 +205,16 @@ def run_check(
             facts = runtime_facts(adapter)
             if tangents is not None:
                 expected = derivatives.expected(
-                    case, dtype, adapter.quantity, tangents, tf32=_tf32_bound(target, dtype)
+                    case,
+                    dtype,
+                    adapter.quantity,
+                    tangents,
+                    tf32=_tf32_bound(target, dtype),
+                    random_data=random_operands(case),
                 )
             else:
                 expected = expected_answer(case, dtype, target, prepared)
+            expected = with_contract(expected, target, dtype, contracts)
             if adapter.baseline is not None and expected.values is not None:
                 base = _baseline_output(case, dtype, adapter.baseline, call, target)
                 baseline_name = adapter.baseline.name + (
@@ -261,6 +300,7 @@ def _judge_against_baseline(
         expected,
         values=np.asarray(base, dtype=np.float64),
         model=replace(expected.model, scale=2.0),
+        contract=replace(expected.contract, scale=2.0) if expected.contract is not None else None,
         output_shape=np.shape(base),
     )
     verdict = classify(against, got, raised)
@@ -362,6 +402,7 @@ def make_record(
         "max_rel_error": verdict.max_rel_error,
         "max_ulp": verdict.max_ulp,
         "error_ratio": verdict.error_ratio,
+        "bounds": verdict.bounds,
         "worst": verdict.worst,
         "error_map": verdict.error_map,
         "message": verdict.message,

@@ -20,7 +20,7 @@ from conformance import reference
 from conformance.adapters import Adapter, ConvCall
 from conformance.adapters.keras import KerasConv2D
 from conformance.adapters.program import Expr, method
-from conformance.frameworks import Framework
+from conformance.frameworks import JAX, Framework
 from conformance.semantics import CONV_TRANSPOSE, TransposedGeometry
 
 
@@ -250,3 +250,66 @@ class TransposeIgnoresOutputPadding(_TransposedFault):
         geo = call.geometry
         assert isinstance(geo, TransposedGeometry)
         return call.w, dataclasses.replace(geo, output_padding=(0, 0))
+
+
+class StorageDtypeSum(FaultAdapter):
+    """A build that sums float16/bfloat16 taps in the storage dtype (the classic "optimisation"): every
+    product and partial sum rounded to the case dtype, groups = 1. It answers as JAX, whose contract
+    (cases/contracts.toml: float32 accumulation) it breaks while staying inside the dtype's bound."""
+
+    framework = JAX
+    op = "storage_sum"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        from conformance.semantics import effective_kernel_size
+
+        dtype = call.x.dtype
+        (top, bottom), (left, right) = call.geometry.pads
+        x = np.pad(call.x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        k_h, k_w, c_in, c_out = call.w.shape
+        (r_h, r_w), (s_h, s_w) = call.geometry.rate, call.geometry.stride
+        span = (effective_kernel_size(k_h, r_h), effective_kernel_size(k_w, r_w))
+        windows = sliding_window_view(x, span, axis=(1, 2))[:, ::s_h, ::s_w, :, ::r_h, ::r_w]  # n h w c u v
+        total = np.zeros((*windows.shape[:3], c_out), dtype=dtype)
+        for u in range(k_h):
+            for v in range(k_w):
+                for c in range(c_in):
+                    total = (total + windows[..., c, u, v, None] * call.w[u, v, c]).astype(dtype)
+        return total
+
+
+class WithinContract(FaultAdapter):
+    """Right up to random error just inside float32 accumulation's bound: 0.9 * gamma_n(2**-24) * S
+    with random signs, then one rounding to the case dtype. Answers as JAX, like StorageDtypeSum."""
+
+    framework = JAX
+    op = "within_contract"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        from conformance.compare import gamma
+
+        x, w = call.x.astype(np.float64), call.w.astype(np.float64)
+        exact = reference.conv2d_resolved(x, w, call.geometry, call.groups)
+        abs_products = reference.conv2d_resolved(np.abs(x), np.abs(w), call.geometry, call.groups)
+        n = w.shape[0] * w.shape[1] * w.shape[2]
+        signs = np.random.default_rng(0).choice([-1.0, 1.0], size=exact.shape)
+        return (exact + signs * 0.9 * gamma(n, 2.0**-24) * abs_products).astype(call.x.dtype)
+
+
+class ScaledKernelGradient(FaultAdapter):
+    """The exact kernel gradient scaled by 1 + 2**-6, rounded once to the case dtype: in bfloat16 over a
+    long accumulation the dtype's worst-case bound is infinite and a float32 contract's worst case is
+    loose, so only the probabilistic bound sees it. Answers as JAX's kernel gradient."""
+
+    framework = JAX
+    op = "scaled_grad"
+    quantity = "grad-kernel"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        assert call.cotangent is not None
+        exact = reference.conv2d_kernel_grad(
+            call.x.astype(np.float64), call.cotangent.astype(np.float64), call.geometry, call.groups
+        )
+        return (exact * (1.0 + 2.0**-6)).astype(call.x.dtype)

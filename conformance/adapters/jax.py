@@ -293,7 +293,10 @@ class JaxLhsDilation(JaxConvTranspose):
         k_h, k_w, out_per_group, c_in = call.w.shape
         groups = call.groups
         grouped = method(invoke("jnp.flip", rhs, (0, 1)), "reshape", k_h, k_w, out_per_group, groups, c_in // groups)
-        swapped = method(method(grouped, "transpose", 0, 1, 4, 3, 2), "reshape", k_h, k_w, c_in // groups, -1)
+        # (the size spelled out, not -1: reshape cannot infer -1 for a zero-sized kernel)
+        swapped = method(
+            method(grouped, "transpose", 0, 1, 4, 3, 2), "reshape", k_h, k_w, c_in // groups, groups * out_per_group
+        )
         return invoke("jax.lax.conv_general_dilated", lhs, swapped, **arguments)
 
     def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:

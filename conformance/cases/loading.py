@@ -29,7 +29,7 @@ SCHEMA_PATH = Path(__file__).parent.parent / "schema" / "cases.schema.json"
 # Refuse tensors above this many elements before allocating them (float64: 512 MiB).
 MAX_TENSOR_ELEMENTS = 1 << 26
 # Files under a cases directory that hold other data, not cases.
-NON_CASE_FILES = frozenset({"expectations.toml", "composites.toml"})
+NON_CASE_FILES = frozenset({"expectations.toml", "composites.toml", "contracts.toml"})
 
 
 @cache
@@ -345,7 +345,14 @@ def _check_channels(
     op: str, input_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups: int, fail: Any
 ) -> None:
     """Input channels, kernel axes and groups agree: HWIO (k_h, k_w, C_in/g, C_out) for conv2d, the
-    forward op's kernel (k_h, k_w, C_out/g, C_in) for conv_transpose."""
+    forward op's kernel (k_h, k_w, C_out/g, C_in) for conv_transpose. Batch and channels may be 0 (a
+    zero-sized tensor: the right shape, and zeros where the sum is empty); sizes in space may not."""
+    for name, shape, axes in (("input", input_shape, (1, 2)), ("kernel", kernel_shape, (0, 1))):
+        if any(shape[axis] == 0 for axis in axes):
+            what = "height and width" if name == "input" else "k_h and k_w"
+            raise fail(
+                f"{name} shape {list(shape)}: its {what} must be at least 1 (only batch and channels may be 0)", name
+            )
     c_in = input_shape[3]
     if c_in % groups:
         raise fail(f"groups {groups} does not divide the {c_in} input channels", "groups")

@@ -128,13 +128,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if examples > 0:
         name = f"fuzz[{examples}]"
         items.append(FuzzItem.from_parent(session, name=name, nodeid=f"conformance::{name}"))
-    path = options.settings(config).expectations_path
-    if path is None:
-        return
-    for error in run_state.run_state(config).known.errors:
-        name = terminal_safe(f"{error.case or '(file)'}[expectations-error]")
-        nodeid = f"{error.file}::{name}"
-        items.append(InvalidCaseItem.from_parent(session, name=name, path=path, nodeid=nodeid, error=error))
+    state, settings = run_state.run_state(config), options.settings(config)
+    for path, kind, errors in (
+        (settings.expectations_path, "expectations", state.known.errors),
+        (settings.contracts_path, "contracts", state.contracts.errors),
+    ):
+        for error in errors if path is not None else ():
+            name = terminal_safe(f"{error.case or '(file)'}[{kind}-error]")
+            nodeid = f"{error.file}::{name}"
+            items.append(InvalidCaseItem.from_parent(session, name=name, path=path, nodeid=nodeid, error=error))
 
 
 _natively_deselected_key = pytest.StashKey[list[int]]()

@@ -108,6 +108,7 @@ class ConformanceItem(pytest.Item):
             before_call=before_call,
             after_load=after_load,
             repeat=settings(self.config).repeat_for(self.target.device),
+            contracts=run_state(self.config).contracts,
         )
 
     def _guarded(self, check: Check) -> Record:
@@ -229,7 +230,12 @@ class FuzzItem(pytest.Item):
             raise pytest.UsageError("--conformance-fuzz-target matches no CPU target")
         out_dir = options.json_path.parent / "fuzz"
         result = fuzz.explore(
-            options.fuzz_examples, fuzz_targets, run_state(config).known.entries, out_dir, seed=options.fuzz_seed
+            options.fuzz_examples,
+            fuzz_targets,
+            run_state(config).known.entries,
+            out_dir,
+            seed=options.fuzz_seed,
+            contracts=run_state(config).contracts,
         )
         if result.divergence is not None:
             record = result.divergence.record

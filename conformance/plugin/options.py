@@ -129,6 +129,13 @@ def add_options(parser: pytest.Parser) -> None:
         help="known divergences file (default: cases/expectations.toml under the rootdir, or the suite's own "
         "where the rootdir has no cases/; 'none' for none)",
     )
+    group.addoption(
+        "--contracts",
+        default=None,
+        metavar="PATH",
+        help="accumulation contracts file (default: cases/contracts.toml beside the default known divergences; "
+        "'none' judges by the dtype's bound alone)",
+    )
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ class Settings:
     json_path: Path
     html_path: Path | None
     expectations_path: Path | None  # None: no known divergences
+    contracts_path: Path | None  # None: no accumulation contracts
     limits: isolation.Limits
     repeat: int
     gpu_repeat: int
@@ -176,10 +184,8 @@ def invocation_path(config: pytest.Config, option: str) -> Path:
 
 def _read(config: pytest.Config) -> Settings:
     html = config.getoption("conformance_html")
-    expectations = config.getoption("expectations")
-    expectations_path = None
-    if expectations != "none":
-        expectations_path = invocation_path(config, expectations) if expectations else _default_expectations(config)
+    expectations_path = _data_file(config, "expectations", "expectations.toml")
+    contracts_path = _data_file(config, "contracts", "contracts.toml")
     # A worker's own options do not carry the resolved -n; xdist tells each worker the count.
     workers = getattr(config, "workerinput", {}).get("workercount") or getattr(config.option, "numprocesses", None)
     return Settings(
@@ -187,6 +193,7 @@ def _read(config: pytest.Config) -> Settings:
         json_path=invocation_path(config, config.getoption("conformance_json")),
         html_path=None if html == "none" else invocation_path(config, html),
         expectations_path=expectations_path,
+        contracts_path=contracts_path,
         limits=_limits(config, int(workers or 1)),
         repeat=config.getoption("conformance_repeat"),
         gpu_repeat=config.getoption("conformance_gpu_repeat"),
@@ -201,11 +208,19 @@ def _read(config: pytest.Config) -> Settings:
     )
 
 
-def _default_expectations(config: pytest.Config) -> Path:
-    """The rootdir's cases/expectations.toml; from a project without cases/ (`--cases` elsewhere), the
-    suite's own: its entries are framework defects, and excuse them in any corpus."""
+def _data_file(config: pytest.Config, option: str, name: str) -> Path | None:
+    """The option's path; by default the rootdir's cases/NAME, or from a project without cases/
+    (`--cases` elsewhere) the suite's own: known divergences and contracts are about frameworks,
+    and hold in any corpus. None when the option says 'none'."""
+    given = config.getoption(option)
+    if given == "none":
+        return None
+    if given:
+        return invocation_path(config, given)
     own = Path(config.rootpath, "cases")
-    return Path(own if own.is_dir() or not SUITE_CASES.is_dir() else SUITE_CASES, "expectations.toml")
+    if name == "contracts.toml" and not (own / name).exists() and (SUITE_CASES / name).exists():
+        return SUITE_CASES / name  # a framework's contract holds for every corpus: the suite's, unless one's own
+    return Path(own if own.is_dir() or not SUITE_CASES.is_dir() else SUITE_CASES, name)
 
 
 def _limits(config: pytest.Config, workers: int) -> isolation.Limits:

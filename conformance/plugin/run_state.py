@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import expectations
+from conformance import contracts, expectations
 from conformance.plugin.options import is_worker, settings
 from conformance.plugin.selection import targets
 
@@ -26,6 +26,7 @@ STATE_DIR_INPUT = "conformance_state_dir"  # the workerinput key
 class RunState:
     state_dir: Path
     known: expectations.LoadedExpectations
+    contracts: contracts.Contracts
     thread_limits: dict[str, str] = field(default_factory=dict)  # what share_cores set
 
 
@@ -37,15 +38,18 @@ def run_state(config: pytest.Config) -> RunState:
 
 
 def start(config: pytest.Config) -> RunState:
-    """Load the known divergences; on the controller also make the state directory and the
-    workers' environment (restored when the run ends: pytest may run inside a test)."""
-    path = settings(config).expectations_path
+    """Load the known divergences and the accumulation contracts; on the controller also make the
+    state directory and the workers' environment (restored when the run ends: pytest may run inside
+    a test)."""
+    options = settings(config)
     known = expectations.LoadedExpectations([], [])
-    if path is not None:
-        label = path.resolve().relative_to(config.rootpath) if path.resolve().is_relative_to(config.rootpath) else path
-        known = expectations.load(path, str(label))
+    if options.expectations_path is not None:
+        known = expectations.load(options.expectations_path, _label(config, options.expectations_path))
+    stated = contracts.NONE
+    if options.contracts_path is not None:
+        stated = contracts.load(options.contracts_path, _label(config, options.contracts_path))
     if is_worker(config):
-        state = RunState(Path(config.workerinput[STATE_DIR_INPUT]), known)  # type: ignore[attr-defined]
+        state = RunState(Path(config.workerinput[STATE_DIR_INPUT]), known, stated)  # type: ignore[attr-defined]
     else:
         state_dir = Path(tempfile.mkdtemp(prefix="conformance-run-"))
         config.add_cleanup(lambda: shutil.rmtree(state_dir, ignore_errors=True))
@@ -57,13 +61,19 @@ def start(config: pytest.Config) -> RunState:
 
         config.add_cleanup(restore_environment)
         workers = settings(config).workers
-        state = RunState(state_dir, known, share_cores(workers))
+        state = RunState(state_dir, known, stated, share_cores(workers))
         if workers > 1:
             for framework in {t.adapter.framework for t in targets(config)}:
                 for variable, value in framework.worker_environment(state_dir).items():
                     os.environ.setdefault(variable, value)
     config.stash[_run_key] = state
     return state
+
+
+def _label(config: pytest.Config, path: Path) -> str:
+    """A data file's name in messages: relative to the rootdir where it is inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(config.rootpath) if resolved.is_relative_to(config.rootpath) else path)
 
 
 def share_cores(workers: int) -> dict[str, str]:

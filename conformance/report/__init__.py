@@ -113,6 +113,7 @@ def pack(document: dict[str, Any]) -> dict[str, Any]:
             ("u", "max_ulp"),
             ("w", "worst"),
             ("em", "error_map"),
+            ("bd", "bounds"),
             ("gs", "got_shape"),
             ("gd", "got_dtype"),
             ("ob", "observed_outcome"),

@@ -2,15 +2,16 @@
 // Renders the conformance report from the embedded data. Every piece of data reaches the page
 // through text nodes or attribute setters, never as markup: case text cannot inject anything.
 
-const OUTCOMES = ["pass", "expected-error", "xfail", "xpass", "nondeterministic", "mismatch", "shape", "error",
-  "missing-error", "crash", "timeout", "unsupported", "skip"];
-const FAILING = new Set(["xpass", "nondeterministic", "mismatch", "shape", "error", "missing-error", "crash",
-  "timeout"]);
+const OUTCOMES = ["pass", "expected-error", "xfail", "xpass", "nondeterministic", "contract", "mismatch", "shape",
+  "error", "missing-error", "crash", "timeout", "unsupported", "skip"];
+const FAILING = new Set(["xpass", "nondeterministic", "contract", "mismatch", "shape", "error", "missing-error",
+  "crash", "timeout"]);
 const MEANING = {
   "pass": "within the error bound (or bit-exact where exactness is due)",
   "expected-error": "no valid output exists and the target raised or returned an empty tensor (conformant)",
   "xfail": "a known divergence listed in expectations.toml (not conformant, but known)",
   "xpass": "listed as a known divergence but conformant now: the entry is stale",
+  "contract": "within the dtype's worst-case bound, beyond the framework's accumulation contract (cases/contracts.toml)",
   "mismatch": "values beyond the error bound, or NaN/Inf in the wrong places",
   "shape": "wrong output shape or dtype",
   "error": "raised where a value was due",
@@ -63,6 +64,7 @@ function short(cell) {
     case "pass": return cell.x ? "= exact" : fmt(cell.r, 2);
     case "expected-error": return "no output";
     case "mismatch": return cell.x ? `≠ ${fmt(cell.u, 2)}ulp` : (cell.r === undefined ? "NaN/Inf" : `${fmt(cell.r, 2)}×`);
+    case "contract": return `${fmt(cell.r, 2)}× contract`;
     case "xfail": return `known ${cell.ob || ""}`;
     case "xpass": return "xpass!";
     case "missing-error": return "no raise";
@@ -70,6 +72,18 @@ function short(cell) {
     case "skip": return "–";
     default: return cell.o;
   }
+}
+
+// Each bound that judged the values: the dtype's, and the framework's accumulation contract where one is stated.
+function boundRows(bounds) {
+  if (!bounds) return [];
+  const rows = [];
+  if (bounds.dtype) rows.push(["dtype bound", `${bounds.dtype.kind}, error/bound ${fmt(bounds.dtype.ratio)}`]);
+  if (bounds.contract) {
+    const c = bounds.contract;
+    rows.push(["contract", `${c.id} (${c.accumulation} accumulation, ${c.kind}), error/bound ${fmt(c.ratio)}`]);
+  }
+  return rows;
 }
 
 function columnLabel(column) {
@@ -415,7 +429,7 @@ function openDetail(row) {
     const block = el("details", { class: "result", open: bad || (cell.em && cell.em.kind === "coverage") },
       el("summary", {}, chip(cell.o), " ", columnLabel(column), " ", el("span", { class: "muted" }, short(cell))));
     block.append(keyValueTable([["outcome", cell.o + (cell.ob ? ` (observed ${cell.ob})` : "")],
-      ["error / bound", cell.x ? "bit-exact required" : fmt(cell.r)], ["max |error|", fmt(cell.ae)],
+      ["error / bound", cell.x ? "bit-exact required" : fmt(cell.r)], ...boundRows(cell.bd), ["max |error|", fmt(cell.ae)],
       ["max relative error", fmt(cell.re)], ["max ULP", fmt(cell.u)], ["output shape, dtype", cell.gs ? `${JSON.stringify(cell.gs)} ${cell.gd || ""}` : ""],
       ["run", cell.run !== undefined && D.runs[cell.run] ? D.runs[cell.run].label : ""], ["seconds", fmt(cell.t)]]));
     if (cell.w) {
