@@ -15,7 +15,7 @@ GPU (TF32) has none unless an entry says `precision = "defaults"`.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -124,3 +124,21 @@ def unmatched(contracts: Iterable[Contract], target_ids: list[str]) -> list[Case
         for glob in c.targets
         if not any(fnmatch.fnmatchcase(t, glob) for t in target_ids)
     ]
+
+
+def tally(stated: Iterable[Mapping[str, Any]], records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each contract as stated (`Contract.summary()`), with what the run saw under `run`: the checks
+    it judged, how many broke it (known divergences included) and the worst ratio per dtype."""
+    rows: dict[str, dict[str, Any]] = {}
+    for summary in stated:
+        rows.setdefault(summary["id"], {**summary, "run": {"checks": 0, "broken": 0, "worst_ratio": {}}})
+    for record in records:
+        judged = (record.get("bounds") or {}).get("contract")
+        if not judged or judged.get("id") not in rows:
+            continue
+        seen = rows[judged["id"]]["run"]
+        seen["checks"] += 1
+        seen["broken"] += (record.get("observed_outcome") or record["outcome"]) == "contract"
+        worst = seen["worst_ratio"]
+        worst[record["dtype"]] = max(worst.get(record["dtype"], 0.0), judged["ratio"])
+    return list(rows.values())

@@ -260,6 +260,7 @@ def statuses(
                 bucket["conditions_unmet"] += 1  # its checks ran, but version/env/device/... did not hold
         in_corpus = corpus is None or any(matches_check(*check) for check in corpus)
         bucket["in_corpus"] = int(in_corpus or any(bucket[k] for k in COUNTS[:5]))
+        bucket["strict"] = int(entry.strict)
         status = status_from_counts(bucket)
         result.append({**entry.summary(), "status": status, **bucket, "narrow": _what_to_narrow(entry, status, dtypes)})
     return result
@@ -306,7 +307,8 @@ def _memoized(entry: Expectation) -> Callable[[str, str, str], bool]:
 
 def status_from_counts(counts: Mapping[str, int]) -> str:
     if counts["xfail"] and counts["xpass"]:
-        return "partly fixed"
+        # A non-strict entry says some of its checks may pass (a defect only some data reveal).
+        return "partly fixed" if counts.get("strict", True) else "reproduced"
     if counts["xfail"]:
         return "reproduced"
     if counts["other"]:

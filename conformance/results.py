@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from conformance import __version__, frameworks
+from conformance import __version__, contracts, frameworks
 from conformance.expectations import COUNTS, status_from_counts
 from conformance.records import Record
 
@@ -162,7 +162,11 @@ class ResultsWriter:
             self._append("case_error", error)
 
     def document(
-        self, environment: dict[str, Any], command: list[str], expectations: list[dict[str, Any]] | None = None
+        self,
+        environment: dict[str, Any],
+        command: list[str],
+        expectations: list[dict[str, Any]] | None = None,
+        contracts: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         records = sorted(self.records, key=result_key)
         return {
@@ -174,13 +178,18 @@ class ResultsWriter:
             "summary": summarize(records),
             "case_errors": self.case_errors,
             "expectations": expectations or [],
+            "contracts": contracts or [],
             "results": records,
         }
 
     def finish(
-        self, environment: dict[str, Any], command: list[str], expectations: list[dict[str, Any]] | None = None
+        self,
+        environment: dict[str, Any],
+        command: list[str],
+        expectations: list[dict[str, Any]] | None = None,
+        contracts: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        document = self.document(environment, command, expectations)
+        document = self.document(environment, command, expectations, contracts)
         atomic_write(self.json_path, lambda handle: write_json(document, handle))
         if self._stream is not None:
             self._write_line({"kind": "end", "results": len(self.records), "json": self.json_path.name})
@@ -362,6 +371,8 @@ def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "summary": summarize(records),
         "case_errors": case_errors,
         "expectations": [{**e, "status": status_from_counts(e)} for e in known.values()],
+        # Each contract once, as the first run stated it, tallied again over the merged records.
+        "contracts": contracts.tally((c for d in documents for c in d[1].get("contracts", [])), records),
         "conflicts": [
             {
                 "case": k[0],

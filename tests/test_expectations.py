@@ -328,3 +328,7 @@ def test_an_xpass_names_the_condition_to_narrow_and_the_status_says_which(tmp_pa
     half = expectations.apply(geometry_record(6, 3, dtype="float16", outcome="pass"), entries, environ={})
     assert half["outcome"] == "xpass"
     assert narrow(failing, half) == "narrow `dtypes` (it passes in float16, still fails in float32)"
+    # A non-strict entry says some of its checks may pass: mixed results are a reproduction, not a fix.
+    entries = [dataclasses.replace(entries[0], strict=False)]
+    (status,) = expectations.statuses(entries, [failing, half])
+    assert (status["status"], status["narrow"]) == ("reproduced", None)

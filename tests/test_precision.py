@@ -227,3 +227,31 @@ def test_a_tensor_with_its_input_channels_dropped_is_a_shape_failure(tmp_path: P
     assert run_check(case, Target(dropped, "cpu", "strict"), "float32")["outcome"] == "shape"
     nonzero = FakeAdapter("conv", lambda call: np.full((1, 3, 3, 2), 1e-30, np.float32))
     assert run_check(case, Target(nonzero, "cpu", "strict"), "float32")["outcome"] == "mismatch"
+
+
+def test_the_run_tallies_each_contract_and_merge_tallies_again() -> None:
+    from conformance.results import merge
+
+    stated = [c.summary() for c in SUITE.entries]
+    judged = {"id": "jax-cpu-float32-accumulation", "accumulation": "float32", "kind": WORST_CASE}
+    records = [
+        {"dtype": "float16", "outcome": "pass", "bounds": {"contract": {**judged, "ratio": 0.5}}},
+        {
+            "dtype": "float16",
+            "outcome": "xfail",
+            "observed_outcome": "contract",
+            "bounds": {"contract": {**judged, "ratio": 3.0}},
+        },
+        {"dtype": "bfloat16", "outcome": "pass", "bounds": {"dtype": {"kind": WORST_CASE, "ratio": 0.1}}},
+    ]
+    (jax,) = [c for c in contracts.tally(stated, records) if c["id"] == judged["id"]]
+    assert jax["run"] == {"checks": 2, "broken": 1, "worst_ratio": {"float16": 3.0}}
+    keys = ("case", "target", "dtype")
+
+    def run_of(name: str) -> dict[str, object]:
+        named = [{**r, **dict(zip(keys, (f"c{i}", name, r["dtype"]), strict=True))} for i, r in enumerate(records)]
+        return {"results": named, "contracts": contracts.tally(stated, named), "environment": {}, "command": []}
+
+    documents = [(name, run_of(name)) for name in ("a", "b")]
+    (merged,) = [c for c in merge(documents)["contracts"] if c["id"] == judged["id"]]
+    assert merged["run"]["checks"] == 4 and merged["run"]["broken"] == 2

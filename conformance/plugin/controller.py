@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conformance import expectations, isolation, report, runner
+from conformance import contracts, expectations, isolation, report, runner
 from conformance.cases import case_files, load_file
 from conformance.compare import Outcome
 from conformance.plugin.collection import roots
@@ -128,7 +128,9 @@ class ResultCollector:
         environment["processes"] = {**self.processes, own: process_usage(session.config)}
         environment["thread_limits"] = run_state(session.config).thread_limits
         known = expectations.statuses(self.known.entries, self.writer.records, corpus_checks(session.config))
-        self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known)
+        stated = [c.summary() for c in run_state(session.config).contracts.entries]
+        kept = contracts.tally(stated, self.writer.records)
+        self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known, kept)
         if self.html_path is not None:
             report.write_report(self.document, self.html_path)
         if self.writer.preserved is not None and self.html_path is not None:

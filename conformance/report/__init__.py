@@ -141,6 +141,7 @@ def pack(document: dict[str, Any]) -> dict[str, Any]:
         "overview": Overview(failure_limit=OVERVIEW_FAILURES).add_all(document["results"]).as_dict(),
         "case_errors": document.get("case_errors", []),
         "expectations": document.get("expectations", []),
+        "contracts": document.get("contracts", []),
         "conflicts": document.get("conflicts", []),
         "cases": cases,
         "columns": ordered_columns,

@@ -178,11 +178,30 @@ function overview() {
       `Known divergences (expectations.toml): ${D.expectations.length} — ` +
       Object.entries(statuses).map(([s, n]) => `${n} ${s}`).join(", ")), known));
   }
+  if (D.contracts && D.contracts.length) section.append(contractsTable());
   if (D.conflicts.length) {
     section.append(el("details", { open: true }, el("summary", {}, `Runs that disagree (${D.conflicts.length})`),
       el("ul", {}, D.conflicts.slice(0, 200).map((c) => el("li", {}, `${c.case} ${c.target} ${c.dtype} ${c.framework_version}: ` +
         c.outcomes.map((o) => `${o.run}: ${o.outcome}`).join(", "))))));
   }
+}
+
+// Accumulation contracts: what each framework keeps while it sums, what this run measured, and the evidence.
+function contractsTable() {
+  const ratios = (worst) => Object.entries(worst || {}).map(([dtype, r]) => `${dtype} ${fmt(r, 3)}`).join(", ");
+  const table = el("table", { class: "plain", id: "contracts-table" },
+    el("tr", {}, ["id", "contract", "checks", "broken", "worst ratio (this run)", "worst ratio (stated)", "evidence"]
+      .map((h) => el("th", {}, h))));
+  let broken = 0;
+  for (const c of D.contracts) {
+    broken += c.run.broken;
+    table.append(el("tr", {}, el("td", {}, c.id), el("td", {}, `${c.statement} (${c.accumulation} accumulation)`),
+      el("td", { class: "num" }, c.run.checks), el("td", { class: "num" }, c.run.broken ? chip("contract", c.run.broken) : "0"),
+      el("td", {}, ratios(c.run.worst_ratio)), el("td", {}, ratios(c.measured.worst_ratio)),
+      el("td", {}, ...c.evidence.map((e) => el("div", {}, safeLink(e.link), " ", el("span", { class: "muted" }, e.says))))));
+  }
+  return el("details", { id: "contracts" }, el("summary", {},
+    `Accumulation contracts (contracts.toml): ${D.contracts.length}, broken by ${broken} check(s)`), table);
 }
 
 function glanceCell(cell) {
