@@ -122,7 +122,7 @@ class ErrorModel:
         return self.accumulation_length + (2 if self.tf32 else 0)
 
     @property
-    def gamma(self) -> tuple[float, str]:
+    def accumulation_gamma(self) -> tuple[float, str]:
         """The accumulation's relative-error constant, and which analysis gives it."""
         steps, u = self.rounding_steps, self.unit_roundoff
         worst = gamma(steps, u)
@@ -135,19 +135,20 @@ class ErrorModel:
     @property
     def rule(self) -> str:
         """The bound in words, for failure messages."""
-        name = "gamma~" if self.gamma[1] == PROBABILISTIC else "gamma"
+        kind = self.accumulation_gamma[1]
+        name = "gamma~" if kind == PROBABILISTIC else "gamma"
         term = f"{name}_{self.rounding_steps}(u={self.unit_roundoff:.3g}) * sum|x||w|"
         if self.accumulation is None:
-            return f"{self.gamma[1]} bound: {term} + u|y| + ..."
+            return f"{kind} bound: {term} + u|y| + ..."
         return (
-            f"{self.gamma[1]} bound of {self.accumulation.name} accumulation, one rounding to {self.fmt.name}: "
+            f"{kind} bound of {self.accumulation.name} accumulation, one rounding to {self.fmt.name}: "
             f"u_out|y| + {term} + ..."
         )
 
     @np.errstate(over="ignore", invalid="ignore")  # an Inf product makes the bound Inf there: no bound is due
     def bound(self, reference: np.ndarray, abs_products: np.ndarray) -> np.ndarray:
         n = self.accumulation_length
-        accumulated = self.gamma[0] * abs_products
+        accumulated = self.accumulation_gamma[0] * abs_products
         if self.accumulation is None:
             terms = accumulated + self.unit_roundoff * np.abs(reference) + n * self.fmt.smallest_normal
         else:
@@ -373,7 +374,7 @@ def _worst(ratio: np.ndarray) -> float:
 
 
 def _bound_facts(model: ErrorModel, ratio: np.ndarray) -> dict[str, Any]:
-    facts: dict[str, Any] = {"kind": model.gamma[1], "ratio": _worst(ratio)}
+    facts: dict[str, Any] = {"kind": model.accumulation_gamma[1], "ratio": _worst(ratio)}
     if model.accumulation is not None:
         facts["accumulation"] = model.accumulation.name
     return facts

@@ -8,8 +8,9 @@ evidence (the framework's documentation or source, and the worst ratio measured 
 beyond the contract's is the outcome `contract`: the framework no longer keeps what it documents,
 e.g. a build that starts summing float16 taps in float16.
 
-The first entry that matches a check is its contract. A target in the "defaults" precision mode on a
-GPU (TF32) has none unless an entry says `precision = "defaults"`.
+The first entry that matches a check is its contract. An entry holds for the "strict" precision mode
+unless it says `precision = "defaults"`; a float32 check judged by TF32's bound has none (TF32 is a
+model of its own).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from conformance.cases import CaseError, strict_validator
 from conformance.cases.entries import read_entries
 from conformance.dtypes import FloatFormat, float_format
+from conformance.records import observed
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "contracts.schema.json"
 FILE_NAME = "contracts.toml"
@@ -138,7 +140,7 @@ def tally(stated: Iterable[Mapping[str, Any]], records: Iterable[Mapping[str, An
             continue
         seen = rows[judged["id"]]["run"]
         seen["checks"] += 1
-        seen["broken"] += (record.get("observed_outcome") or record["outcome"]) == "contract"
+        seen["broken"] += observed(record) == "contract"
         worst = seen["worst_ratio"]
         worst[record["dtype"]] = max(worst.get(record["dtype"], 0.0), judged["ratio"])
     return list(rows.values())

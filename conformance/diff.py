@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
-from conformance.results import observed, result_key
+from conformance.records import observed
+from conformance.results import result_key
 
 CATEGORIES = {
     "regressed": "was conformant, now fails",

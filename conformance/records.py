@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypedDict
 
 
@@ -62,3 +63,8 @@ class Record(TypedDict, total=False):
     runtime: dict[str, Any]  # facts the framework reported in the process that computed it (e.g. onednn_enabled)
     warnings: list[dict[str, Any]]  # framework warnings during the check: {category, where, message}, each once
     run: int  # merged files: index into `runs`
+
+
+def observed(record: Mapping[str, Any]) -> str:
+    """What the target did, before known divergences relabel it (xfail/xpass)."""
+    return str(record.get("observed_outcome") or record["outcome"])

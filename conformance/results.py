@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from conformance import __version__, contracts, frameworks
 from conformance.expectations import COUNTS, status_from_counts
-from conformance.records import Record
+from conformance.records import Record, observed
 
 SCHEMA_VERSION = 1
 
@@ -319,11 +319,6 @@ SEVERITY = (
     "skip", "unsupported", "pass", "expected-error", "xfail", "xpass",
     "nondeterministic", "contract", "mismatch", "shape", "missing-error", "error", "timeout", "crash",
 )  # fmt: skip
-
-
-def observed(record: dict[str, Any]) -> str:
-    """What the target did, before known divergences relabel it (xfail/xpass)."""
-    return str(record.get("observed_outcome") or record["outcome"])
 
 
 def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:

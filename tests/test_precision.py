@@ -118,12 +118,14 @@ def test_lambda_meets_the_false_alarm_budget() -> None:
 
 def test_the_probabilistic_bound_judges_only_long_sums_of_random_data() -> None:
     bf16, f32 = float_format("bfloat16"), float_format("float32")
-    assert ErrorModel(bf16, 9, random_data=True).gamma[1] == WORST_CASE  # short: the worst case is not loose
+    assert (
+        ErrorModel(bf16, 9, random_data=True).accumulation_gamma[1] == WORST_CASE
+    )  # short: the worst case is not loose
     long = ErrorModel(bf16, 16384, accumulation=f32, random_data=True)
-    assert long.gamma[1] == PROBABILISTIC
-    assert long.gamma[0] == probabilistic_gamma(16384, 2.0**-24)
-    assert gamma(16384, 2.0**-24) > LOOSENESS_LIMIT * long.gamma[0]
-    assert ErrorModel(bf16, 16384, accumulation=f32).gamma[1] == WORST_CASE  # structured data: no model
+    assert long.accumulation_gamma[1] == PROBABILISTIC
+    assert long.accumulation_gamma[0] == probabilistic_gamma(16384, 2.0**-24)
+    assert gamma(16384, 2.0**-24) > LOOSENESS_LIMIT * long.accumulation_gamma[0]
+    assert ErrorModel(bf16, 16384, accumulation=f32).accumulation_gamma[1] == WORST_CASE  # structured data: no model
 
 
 def test_the_corpus_stays_inside_the_probabilistic_element_cap() -> None:
@@ -149,7 +151,10 @@ def test_the_corpus_stays_inside_the_probabilistic_element_cap() -> None:
             for dtype in case.dtypes:
                 fmt = float_format(dtype)
                 for accumulation in (None, fp32):
-                    if ErrorModel(fmt, n, accumulation=accumulation, random_data=True).gamma[1] == PROBABILISTIC:
+                    if (
+                        ErrorModel(fmt, n, accumulation=accumulation, random_data=True).accumulation_gamma[1]
+                        == PROBABILISTIC
+                    ):
                         total += int(np.prod(shape)) * per_op[case.op] * 2  # (and each HVP twin)
                         break
     assert 0 < total < PROBABILISTIC_ELEMENT_CAP / 10, total

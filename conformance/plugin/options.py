@@ -133,7 +133,7 @@ def add_options(parser: pytest.Parser) -> None:
         "--contracts",
         default=None,
         metavar="PATH",
-        help="accumulation contracts file (default: cases/contracts.toml beside the default known divergences; "
+        help="accumulation contracts file (default: cases/contracts.toml under the rootdir, else the suite's own; "
         "'none' judges by the dtype's bound alone)",
     )
 
@@ -185,7 +185,8 @@ def invocation_path(config: pytest.Config, option: str) -> Path:
 def _read(config: pytest.Config) -> Settings:
     html = config.getoption("conformance_html")
     expectations_path = _data_file(config, "expectations", "expectations.toml")
-    contracts_path = _data_file(config, "contracts", "contracts.toml")
+    # A framework's contract holds for every corpus: a project's cases/ without one gets the suite's.
+    contracts_path = _data_file(config, "contracts", "contracts.toml", suite_unless_own=True)
     # A worker's own options do not carry the resolved -n; xdist tells each worker the count.
     workers = getattr(config, "workerinput", {}).get("workercount") or getattr(config.option, "numprocesses", None)
     return Settings(
@@ -208,18 +209,19 @@ def _read(config: pytest.Config) -> Settings:
     )
 
 
-def _data_file(config: pytest.Config, option: str, name: str) -> Path | None:
+def _data_file(config: pytest.Config, option: str, name: str, suite_unless_own: bool = False) -> Path | None:
     """The option's path; by default the rootdir's cases/NAME, or from a project without cases/
     (`--cases` elsewhere) the suite's own: known divergences and contracts are about frameworks,
-    and hold in any corpus. None when the option says 'none'."""
+    and hold in any corpus. `suite_unless_own`: the suite's also where cases/ lacks NAME. None when
+    the option says 'none'."""
     given = config.getoption(option)
     if given == "none":
         return None
     if given:
         return invocation_path(config, given)
     own = Path(config.rootpath, "cases")
-    if name == "contracts.toml" and not (own / name).exists() and (SUITE_CASES / name).exists():
-        return SUITE_CASES / name  # a framework's contract holds for every corpus: the suite's, unless one's own
+    if suite_unless_own and not (own / name).exists() and (SUITE_CASES / name).exists():
+        return SUITE_CASES / name
     return Path(own if own.is_dir() or not SUITE_CASES.is_dir() else SUITE_CASES, name)
 
 

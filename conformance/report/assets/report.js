@@ -190,7 +190,7 @@ function overview() {
 function contractsTable() {
   const ratios = (worst) => Object.entries(worst || {}).map(([dtype, r]) => `${dtype} ${fmt(r, 3)}`).join(", ");
   const table = el("table", { class: "plain", id: "contracts-table" },
-    el("tr", {}, ["id", "contract", "checks", "broken", "worst ratio (this run)", "worst ratio (stated)", "evidence"]
+    el("tr", {}, ["id", "contract", "checks", "broken", "worst ratio, this run (broken included)", "worst ratio kept (stated)", "evidence"]
       .map((h) => el("th", {}, h))));
   let broken = 0;
   for (const c of D.contracts) {
