@@ -19,8 +19,15 @@ Sections:
               what each xdist worker holds (every worker collects everything).
   report      rendering 20,000- and 100,000-result reports: time, size, and the time until the page
               is drawn and answers in headless Chromium (needs chromium and chromedriver).
-  large       the large tier itself, `pytest -m "large and cpu" -n auto`: checks, wall time, peak
-              memory per worker (opt-in: --only large; about 15 minutes on 2 cores).
+  large       the large tier itself, `pytest -m "large and cpu" -n auto`: checks, wall time, overhead
+              ratio, peak memory of the controller, of each worker and of any process (opt-in: --only
+              large; about 10 minutes on 2 cores).
+  shards      the large tier as 3 shards one after another (--conformance-shard K/3), merged: the
+              merge against the unsharded run (same checks, outcomes, output hashes) and the cost
+              of splitting (opt-in; reuses the large section's run when both are asked for).
+  million     the large tier's geometries with more replicates, about 10^6 checks, as 3 shards one
+              after another; merged, its report rendered and opened in Chromium: wall time, every
+              process's peak memory, time until the report is usable (opt-in; about an hour).
 
 Results print as a table (value, goal, whether it is met) and are saved as JSON (--json; by default
 benchmarks/results/<UTC time>.json and benchmarks/results/latest.json). Figures are ratios within one
@@ -51,7 +58,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report_load import chromium, measure, synthetic_document  # noqa: E402
 from conformance import timing  # noqa: E402
 
-SECTIONS = ("reference", "corpus", "collection", "report", "large")
+SECTIONS = ("reference", "corpus", "collection", "report", "large", "shards", "million")
+# Records of `-m "large and cpu"` (6,240 cases x 52 CPU checks): the million section scales its replicates by this.
+LARGE_TIER_RECORDS = 324_480
 DEFAULT_SECTIONS = ("reference", "corpus", "collection", "report")
 # (name, goal, comparison): the issue's targets, checked against what was measured.
 GOALS: dict[str, tuple[float, str]] = {
@@ -63,6 +72,13 @@ GOALS: dict[str, tuple[float, str]] = {
     "collection.large_tier.peak_rss_gib": (1.5, "<"),
     "large.peak_rss_gib_per_worker": (1.5, "<"),
     "large.checks": (100_000, ">="),
+    "large.overhead_ratio": (1.2, "<="),
+    "large.peak_rss_gib_controller": (1.0, "<"),
+    "shards.sequential_over_unsharded": (1.1, "<="),
+    "million.records": (1_000_000, ">="),
+    "million.peak_rss_gib_any_process": (2.0, "<"),
+    "million.merge_peak_rss_gib": (2.0, "<"),
+    "million.report_usable_s": (3.0, "<="),
 }
 RSS_HELPER = (
     "import resource, subprocess, sys, time\n"
@@ -136,17 +152,22 @@ def section_reference(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def pytest_run(arguments: list[str], scratch: Path, name: str) -> dict[str, Any]:
-    """One fresh pytest over the corpus; its wall time and what its results say about where time went."""
+def pytest_run(arguments: list[str], scratch: Path, name: str, html: bool = True) -> dict[str, Any]:
+    """One fresh pytest over the corpus; its wall time and what its results say about where time went.
+    The results are read one record at a time (a million-check file is gigabytes of JSON)."""
+    from conformance.record_files import open_results_json
+
     out = scratch / name
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *arguments]
-    command += ["--conformance-json", str(out / "results.json"), "--conformance-html", str(out / "index.html")]
+    command += ["--conformance-json", str(out / "results.json")]
+    command += ["--conformance-html", str(out / "index.html") if html else "none"]
     process = measured_process(command)
-    document = json.loads((out / "results.json").read_text())
-    processes = document["environment"].get("processes", {})
+    opened = open_results_json(out / "results.json")
+    assert opened is not None, f"{out / 'results.json'}: not a results file\n{process['output'][-3000:]}"
+    header, records = opened
+    processes = header["environment"].get("processes", {})
     workers = {k: v for k, v in processes.items() if k not in ("controller", "main")} or processes
     bare = {kind: sum(p.get(kind, 0.0) for p in workers.values()) for kind in timing.KINDS}
-    records = document["results"]
     outcomes: dict[str, int] = {}
     for record in records:
         outcomes[record["outcome"]] = outcomes.get(record["outcome"], 0) + 1
@@ -156,7 +177,7 @@ def pytest_run(arguments: list[str], scratch: Path, name: str) -> dict[str, Any]
         "wall_s": process["wall_s"],
         "workers": len(workers),
         "records": len(records),
-        "checks_run": sum(1 for r in records if r["outcome"] not in ("skip", "unsupported")),
+        "checks_run": sum(n for outcome, n in outcomes.items() if outcome not in ("skip", "unsupported")),
         "outcomes": outcomes,
         **{f"bare_{kind}": round(seconds, 2) for kind, seconds in bare.items()},
         "bare_s": round(sum(bare.values()), 2),
@@ -166,7 +187,10 @@ def pytest_run(arguments: list[str], scratch: Path, name: str) -> dict[str, Any]
         "checks_phase_s": max(p.get("last_check_at", 0.0) for p in workers.values())
         - min(p.get("first_check_at", 0.0) for p in workers.values()),
         "peak_rss_bytes_per_worker": {k: p.get("peak_rss_bytes") for k, p in workers.items()},
+        "peak_rss_bytes_controller": (processes.get("controller") or {}).get("peak_rss_bytes"),
+        # The largest of every process the run started (controller, workers, their child processes).
         "peak_rss_bytes_all": process["peak_rss_bytes"],
+        "results_path": str(out / "results.json"),
     }
 
 
@@ -240,7 +264,8 @@ def section_collection(args: argparse.Namespace, scratch: Path) -> dict[str, Any
     figures["sweep_collect_s"] = sweep["wall_s"]
     figures["sweep_collect_us_per_item"] = sweep["wall_s"] / max(1, figures["sweep_items"]) * 1e6
     figures["sweep_collect_peak_rss_gib"] = sweep["peak_rss_bytes"] / 2**30
-    large = measured_process([*collect, "cases/", "-m", "large"])
+    # One item per check (--conformance-batch off): what collecting costs at its most.
+    large = measured_process([*collect, "cases/", "-m", "large", "--conformance-batch=off"])
     figures["large_tier"] = {
         "items": collected(large["output"]),
         "collect_s": large["wall_s"],
@@ -277,15 +302,132 @@ def section_report(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     return figures
 
 
-def section_large(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    run = pytest_run(["cases/", "-m", "large and cpu", "-n", args.workers], scratch, "large")
+def _large_figures(run: dict[str, Any]) -> dict[str, Any]:
     rss = [v for v in run["peak_rss_bytes_per_worker"].values() if v]
     return {
         **run,
         "checks": run["records"],
+        "overhead_ratio": run["wall_s"] * run["workers"] / run["bare_s"],
         "peak_rss_gib_per_worker": max(rss) / 2**30 if rss else None,
+        "peak_rss_gib_controller": (run["peak_rss_bytes_controller"] or 0) / 2**30,
+        "peak_rss_gib_any_process": run["peak_rss_bytes_all"] / 2**30,
         "checks_per_s": run["records"] / run["wall_s"],
     }
+
+
+def section_large(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    figures = _large_figures(pytest_run(["cases/", "-m", args.large_mark, "-n", args.workers], scratch, "large"))
+    args.large_run = figures  # (the shards section compares against this run rather than repeating it)
+    return figures
+
+
+def _same_checks(first: Path, second: Path) -> dict[str, Any]:
+    """Whether two results files hold the same checks with the same outcomes and output hashes
+    (both are in record order: one pass over each)."""
+    from itertools import zip_longest
+
+    from conformance.record_files import open_results_json, record_key
+
+    files = [open_results_json(path) for path in (first, second)]
+    assert all(files), "not results files"
+    differing = compared = 0
+    for a, b in zip_longest(files[0][1], files[1][1]):  # type: ignore[index]
+        compared += 1
+        view = [None if r is None else (record_key(r)[:3], r["outcome"], r.get("output_sha256")) for r in (a, b)]
+        differing += view[0] != view[1]
+    return {"compared": compared, "differing": differing, "identical": differing == 0}
+
+
+def section_shards(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The large tier as 3 shards, one after another, merged: identical to the unsharded run, and
+    what splitting costs (each shard starts, imports and collects on its own)."""
+    whole = getattr(args, "large_run", None) or _large_figures(
+        pytest_run(["cases/", "-m", args.large_mark, "-n", args.workers], scratch, "large")
+    )
+    shards = [
+        _large_figures(
+            pytest_run(
+                ["cases/", "-m", args.large_mark, "-n", args.workers, f"--conformance-shard={k}/3"],
+                scratch,
+                f"shard{k}",
+                html=False,
+            )
+        )
+        for k in (1, 2, 3)
+    ]
+    merged = scratch / "shards-merged.json"
+    merge = measured_process(
+        [sys.executable, "-m", "conformance", "merge", *(s["results_path"] for s in shards), "-o", str(merged)]
+    )
+    assert merge["exit"] == 0, merge["output"][-3000:]
+    return {
+        "unsharded_wall_s": whole["wall_s"],
+        "shard_wall_s": [s["wall_s"] for s in shards],
+        "shard_records": [s["records"] for s in shards],
+        "sequential_over_unsharded": sum(s["wall_s"] for s in shards) / whole["wall_s"],
+        "merge_wall_s": merge["wall_s"],
+        "merge_peak_rss_gib": merge["peak_rss_bytes"] / 2**30,
+        "merged_vs_unsharded": _same_checks(Path(whole["results_path"]), merged),
+    }
+
+
+def section_million(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The large tier's geometries with enough replicates for about 10^6 checks, run as 3 shards one
+    after another, merged, and the merged report opened in headless Chromium."""
+    text = (ROOT / "cases" / "large.toml").read_text()
+    scale = args.million_checks / LARGE_TIER_RECORDS
+    text = re.sub(r"^replicates = (\d+)$", lambda m: f"replicates = {round(int(m.group(1)) * scale)}", text, flags=re.M)
+    corpus = scratch / "million"
+    corpus.mkdir()
+    (corpus / "million.toml").write_text(text)
+    shards = [
+        _large_figures(
+            pytest_run(
+                [f"--cases={corpus}", "-m", args.large_mark, "-n", args.workers, f"--conformance-shard={k}/3"],
+                scratch,
+                f"million{k}",
+                html=False,
+            )
+        )
+        for k in (1, 2, 3)
+    ]
+    merged, html = scratch / "million-merged.json", scratch / "million.html"
+    merge = measured_process(
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "merge",
+            *(s["results_path"] for s in shards),
+            "-o",
+            str(merged),
+            "--html",
+            str(html),
+        ]
+    )
+    assert merge["exit"] == 0, merge["output"][-3000:]
+    figures: dict[str, Any] = {
+        "records": sum(s["records"] for s in shards),
+        "checks_run": sum(s["checks_run"] for s in shards),
+        "shard_wall_s": [s["wall_s"] for s in shards],
+        "wall_s": sum(s["wall_s"] for s in shards),
+        "overhead_ratio": sum(s["wall_s"] * s["workers"] for s in shards) / sum(s["bare_s"] for s in shards),
+        "peak_rss_gib_controller": max(s["peak_rss_gib_controller"] for s in shards),
+        "peak_rss_gib_per_worker": max(s["peak_rss_gib_per_worker"] or 0 for s in shards),
+        "peak_rss_gib_any_process": max(s["peak_rss_gib_any_process"] for s in shards),
+        "merge_and_report_wall_s": merge["wall_s"],
+        "merge_peak_rss_gib": merge["peak_rss_bytes"] / 2**30,
+        "results_bytes": merged.stat().st_size,
+        "report_bytes": html.stat().st_size,
+    }
+    if shutil.which("chromedriver"):
+        driver = chromium(str(scratch / "chromium-million"))
+        try:
+            browser = measure(driver, html, 1)
+        finally:
+            driver.quit()
+        figures.update(report_usable_s=browser["wall_s"], report_filter_ms=browser["filter_ms"])
+    return figures
 
 
 def flatten(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -329,6 +471,12 @@ def main() -> int:
     parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[], help="passed to the corpus runs")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sweep-cases", type=int, default=100_000)
+    parser.add_argument("--million-checks", type=int, default=1_000_000, help="the million section's size")
+    parser.add_argument(
+        "--large-mark",
+        default="large and cpu",
+        help="-m of the large, shards and million sections (default: large and cpu)",
+    )
     parser.add_argument("--report-sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--compare", type=Path, default=None, help="an earlier results JSON to show beside this one")

@@ -25,15 +25,21 @@ from conformance import contracts as accumulation_contracts
 from conformance import diff as diffing
 from conformance.adapters import all_targets
 from conformance.cases import load_paths, materialize
+from conformance.record_files import open_results_json
 from conformance.report import write_report
-from conformance.results import atomic_write_text, merge, read_stream
+from conformance.results import atomic_write, atomic_write_text, merge, read_stream, write_json
 
 
 def _load_results(path: Path) -> dict[str, Any]:
-    """A results file: the final JSON, or the `.jsonl` stream (also one cut off by a kill)."""
+    """A results file: the final JSON, or the `.jsonl` stream (also one cut off by a kill). Files in
+    the suite's own layout are read one record at a time, as they are used; others are read whole."""
     try:
         if path.suffix == ".jsonl":
             return read_stream(path)
+        opened = open_results_json(path)
+        if opened is not None:
+            header, records = opened
+            return {**header, "results": records}
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SystemExit(f"{path}: cannot read a results file: {exc}") from None
@@ -96,7 +102,7 @@ def _diff(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     documents = [(path.stem, _load_results(path)) for path in args.inputs]
     merged = merge(documents)
-    atomic_write_text(args.output, json.dumps(merged, indent=1, allow_nan=False) + "\n")
+    atomic_write(args.output, lambda handle: write_json(merged, handle))
     summary = merged["summary"]
     print(
         f"merged {len(documents)} file(s), {len(merged['runs'])} run(s): {summary['total']} results, "

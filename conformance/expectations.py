@@ -243,26 +243,31 @@ def statuses(
     `corpus_checks` (case, target, dtype) of the whole corpus tell a stale entry (its globs match no
     check at all: a renamed or removed case) from one whose checks were merely not selected this run.
     """
-    records = list(records)
+    entries = list(entries)
+    matchers = [_memoized(entry) for entry in entries]  # a large run has 10^5 records: glob each case and target once
+    buckets = {entry.id: dict.fromkeys(COUNTS, 0) for entry in entries}
+    dtypes: dict[str, dict[str, set[str]]] = {entry.id: {"xfail": set(), "xpass": set()} for entry in entries}
+    for record in records:  # one pass: records may be a file read as it goes
+        matched = record.get("expectation")
+        if matched and matched["id"] in buckets:
+            outcome = record["outcome"]
+            bucket = buckets[matched["id"]]
+            bucket[outcome if outcome in ("xfail", "xpass") else "not_run" if outcome in NOT_RUN else "other"] += 1
+            dtypes[matched["id"]].get(outcome, set()).add(record["dtype"])
+        elif not matched:
+            for entry, matches_check in zip(entries, matchers, strict=True):
+                if matches_check(record["case"], record["target"], record["dtype"]):
+                    buckets[entry.id]["conditions_unmet"] += 1  # its checks ran, but version/env/... did not hold
     corpus = list(corpus_checks) if corpus_checks is not None else None
     result = []
-    for entry in entries:
-        matches_check = _memoized(entry)  # a large run has 10^5 records: glob each case and target once
-        bucket = dict.fromkeys(COUNTS, 0)
-        dtypes: dict[str, set[str]] = {"xfail": set(), "xpass": set()}
-        for record in records:
-            matched = record.get("expectation")
-            if matched and matched["id"] == entry.id:
-                outcome = record["outcome"]
-                bucket[outcome if outcome in ("xfail", "xpass") else "not_run" if outcome in NOT_RUN else "other"] += 1
-                dtypes.get(outcome, set()).add(record["dtype"])
-            elif not matched and matches_check(record["case"], record["target"], record["dtype"]):
-                bucket["conditions_unmet"] += 1  # its checks ran, but version/env/device/... did not hold
+    for entry, matches_check in zip(entries, matchers, strict=True):
+        bucket = buckets[entry.id]
         in_corpus = corpus is None or any(matches_check(*check) for check in corpus)
         bucket["in_corpus"] = int(in_corpus or any(bucket[k] for k in COUNTS[:5]))
         bucket["strict"] = int(entry.strict)
         status = status_from_counts(bucket)
-        result.append({**entry.summary(), "status": status, **bucket, "narrow": _what_to_narrow(entry, status, dtypes)})
+        narrow = _what_to_narrow(entry, status, dtypes[entry.id])
+        result.append({**entry.summary(), "status": status, **bucket, "narrow": narrow})
     return result
 
 

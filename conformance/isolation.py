@@ -22,6 +22,11 @@ build that segfaults on every convolution would otherwise cost a worker restart 
 that dies while its framework loads is stopped at once, since no case would load it differently.
 Without xdist there is no second process, so a crash or a hang ends the whole run (the streamed
 results up to then are still on disk).
+
+A batch (one item that runs several checks, `--conformance-batch`) keeps a journal beside the
+state file: the checks it will run, then each record as it is finished. When its worker dies, the
+controller reports the check that was running as above, the finished ones from the journal, and
+the ones the batch never reached as not run: none is lost (`batch_remainder`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from conformance.compare import Outcome
 from conformance.records import Record
 
 BROKEN_TARGETS_FILE = "broken-targets.json"
+BATCH_JOURNAL_SUFFIX = ".batch.jsonl"
 LOG_EXCERPT_LINES = 24
 LOADING = "loading the framework"
 PREPARING = "preparing the data and the reference"
@@ -105,6 +111,8 @@ class WorkerGuard:
         self.log: IO[bytes] = (state_dir / f"{worker_id}.log").open("ab", buffering=0)
         self._faulthandler_ours = False
         self._state: dict[str, Any] = {}
+        self._journal_fd = os.open(state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}", os.O_WRONLY | os.O_CREAT, 0o644)
+        self._journal_offset = 0
         # Targets this process has already loaded. Per target, not per framework: an adapter may load
         # more than its framework (a device context, a child process), and a target that hangs while
         # loading must be told from one that hangs later, whatever ran before it in this worker.
@@ -167,6 +175,20 @@ class WorkerGuard:
 
     def finished(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def batch_started(self, nodeid: str, planned: list[Record]) -> None:
+        """A batch item starts: its checks (as not-run records) open the journal."""
+        self._journal_offset = 0
+        os.ftruncate(self._journal_fd, 0)
+        self._journal({"nodeid": nodeid, "planned": planned})
+
+    def batch_finished_check(self, record: Record) -> None:
+        self._journal({"record": record})
+
+    def _journal(self, entry: dict[str, Any]) -> None:
+        data = (json.dumps(entry) + "\n").encode()
+        os.pwrite(self._journal_fd, data, self._journal_offset)
+        self._journal_offset += len(data)
 
     def broken(self, target: str) -> dict[str, Any] | None:
         """The crash tally of a target the controller has stopped, or None (re-read only when it changed)."""
@@ -253,3 +275,39 @@ def lost_check_record(state_dir: Path, worker_id: str, nodeid: str, limits: Limi
     if outcome == Outcome.TIMEOUT:
         record["duration_s"] = state.get("limit_s") or limits.timeout_s
     return LostCheck(record, message, state.get("phase") == LOADING)
+
+
+def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) -> list[Record]:
+    """The rest of a batch whose worker died running `lost`: the records it had finished, then
+    every check it had not reached, as not run (an empty list for an item that was not a batch)."""
+    finished: list[Record] = []
+    planned: list[Record] = []
+    try:
+        lines = (state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for number, line in enumerate(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # (a line torn by the death itself)
+        if number == 0:
+            if entry.get("nodeid") != nodeid:
+                return []  # the journal of an earlier batch of this worker
+            planned = entry["planned"]
+        elif "record" in entry:
+            finished.append(entry["record"])
+    done = {_check_key(r) for r in finished} | {_check_key(lost)}
+    reason = (
+        f"not run: its batch's worker died running {lost['target']} {lost['dtype']} ({lost['outcome']}) before "
+        "reaching it; --conformance-batch off runs each check as an item of its own"
+    )
+    not_reached: list[Record] = []
+    for record in planned:
+        if _check_key(record) not in done:
+            not_reached.append({**record, "outcome": Outcome.SKIP.value, "message": reason})
+    return [*finished, *not_reached]
+
+
+def _check_key(record: Record) -> tuple[str, str, str]:
+    return (record["case"], record["target"], record["dtype"])

@@ -14,14 +14,18 @@ import platform
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
+from itertools import groupby
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from conformance import __version__, contracts, frameworks
 from conformance.expectations import COUNTS, status_from_counts
+from conformance.record_files import RESULTS_OPENING, RecordFile, sort_records, store_sorted
 from conformance.records import Record, observed
+
+_T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
 
@@ -67,29 +71,40 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text))
 
 
-def write_json(document: dict[str, Any], handle: IO[str]) -> None:
+def write_json(document: dict[str, Any], handle: IO[str]) -> int:
     """The document with its header indented and each result on one line of its own: grep and line
-    diffs see one record per line, and the C encoder writes 100,000 records in about a second
-    (pretty-printing them all took minutes of the pure-Python one)."""
+    diffs see one record per line, the C encoder writes 100,000 records in about a second
+    (pretty-printing them all took minutes of the pure-Python one), and `open_results_json` reads
+    the records back one at a time. Returns the byte offset of the first record's line."""
     header = json.dumps({k: v for k, v in document.items() if k != "results"}, indent=1, allow_nan=False)
     opening = header[: header.rindex("}")].rstrip()
-    handle.write(opening + ("," if opening != "{" else "") + '\n "results": [')
-    for number, record in enumerate(document.get("results", [])):
-        handle.write(("," if number else "") + "\n  " + json.dumps(record, allow_nan=False))
+    opening += ("," if opening != "{" else "") + "\n " + RESULTS_OPENING
+    handle.write(opening)
+    records = document.get("results", [])
+    lines = records.lines() if isinstance(records, RecordFile) else (json.dumps(r, allow_nan=False) for r in records)
+    for number, line in enumerate(lines):
+        handle.write(("," if number else "") + "\n  " + line)
     handle.write("\n ]\n}\n")
+    return len(opening.encode("utf-8")) + 1
 
 
 def atomic_write(path: Path, write: Callable[[IO[str]], object]) -> None:
     """`atomic_write_text` for a writer that streams (a 100,000-result document is not built as one string)."""
+    atomic_write_returning(path, write)
+
+
+def atomic_write_returning(path: Path, write: Callable[[IO[str]], _T]) -> _T:
+    """`atomic_write`, returning what `write` returned."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.chmod(descriptor, 0o644)  # mkstemp makes it private; a report is for reading
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            write(handle)
+            returned = write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        return returned
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -99,30 +114,34 @@ def result_key(record: Mapping[str, Any]) -> tuple[str, str, str]:
     return (record["case"], record["target"], record["dtype"])
 
 
-def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts by outcome and by target, in one pass (records may be a file read as it goes)."""
     by_target: dict[str, Counter[str]] = {}
+    by_outcome: Counter[str] = Counter()
     for record in records:
         by_target.setdefault(record["target"], Counter())[record["outcome"]] += 1
+        by_outcome[record["outcome"]] += 1
     return {
-        "total": len(records),
-        "by_outcome": dict(sorted(Counter(r["outcome"] for r in records).items())),
+        "total": sum(by_outcome.values()),
+        "by_outcome": dict(sorted(by_outcome.items())),
         "by_target": {t: dict(sorted(c.items())) for t, c in sorted(by_target.items())},
     }
 
 
 class ResultsWriter:
-    """Collects records on the controller; streams each one to JSONL, writes JSON at the end.
+    """Streams the controller's records to JSONL as they arrive; writes the JSON from the stream at the end.
 
-    The stream starts with a `run` line (when, what command, which machine) and ends with an
-    `end` line once the JSON is complete, so a stream without `end` is from a run that was killed.
-    A new run never overwrites such a stream: it is kept beside as `<name>.interrupted-<time>.jsonl`.
+    The stream is the store: no record is held in memory. The stream starts with a `run` line (when,
+    what command, which machine) and ends with an `end` line once the JSON is complete, so a stream
+    without `end` is from a run that was killed. A new run never overwrites such a stream: it is
+    kept beside as `<name>.interrupted-<time>.jsonl`.
     """
 
     def __init__(self, json_path: Path, command: list[str] | None = None) -> None:
         self.json_path = json_path
         self.stream_path = json_path.with_suffix(".jsonl")
         self.command = command or []
-        self.records: list[Record] = []
+        self.count = 0  # records streamed
         self.case_errors: list[dict[str, Any]] = []
         self.preserved: Path | None = None  # an earlier, interrupted run's stream, kept
         self._stream: IO[str] | None = None
@@ -153,7 +172,7 @@ class ResultsWriter:
         self._write_line({"kind": kind, **record})
 
     def add(self, record: Record) -> None:
-        self.records.append(record)
+        self.count += 1
         self._append("result", record)
 
     def add_case_error(self, error: dict[str, Any]) -> None:
@@ -161,26 +180,11 @@ class ResultsWriter:
             self.case_errors.append(error)
             self._append("case_error", error)
 
-    def document(
-        self,
-        environment: dict[str, Any],
-        command: list[str],
-        expectations: list[dict[str, Any]] | None = None,
-        contracts: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        records = sorted(self.records, key=result_key)
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "tool": TOOL,
-            "created": _now(),
-            "command": command,
-            "environment": environment,
-            "summary": summarize(records),
-            "case_errors": self.case_errors,
-            "expectations": expectations or [],
-            "contracts": contracts or [],
-            "results": records,
-        }
+    def sorted_records(self) -> RecordFile:
+        """The records streamed so far, in results order, in a store beside the JSON (discard it after)."""
+        if self._stream is None:
+            return sort_records([], self.json_path.parent)
+        return sort_records(stream_entries(self.stream_path, "result"), self.json_path.parent)
 
     def finish(
         self,
@@ -188,11 +192,29 @@ class ResultsWriter:
         command: list[str],
         expectations: list[dict[str, Any]] | None = None,
         contracts: list[dict[str, Any]] | None = None,
+        records: RecordFile | None = None,
     ) -> dict[str, Any]:
-        document = self.document(environment, command, expectations, contracts)
-        atomic_write(self.json_path, lambda handle: write_json(document, handle))
+        """Write the results JSON (from `records`, by default sorted from the stream here) and close
+        the stream. The document returned reads its records from the JSON just written."""
+        ordered = records if records is not None else self.sorted_records()
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "tool": TOOL,
+            "created": _now(),
+            "command": command,
+            "environment": environment,
+            "summary": summarize(ordered),
+            "case_errors": self.case_errors,
+            "expectations": expectations or [],
+            "contracts": contracts or [],
+            "results": ordered,
+        }
+        start = atomic_write_returning(self.json_path, lambda handle: write_json(document, handle))
+        if records is None:
+            ordered.discard()
+        document["results"] = RecordFile(self.json_path, len(ordered), start)
         if self._stream is not None:
-            self._write_line({"kind": "end", "results": len(self.records), "json": self.json_path.name})
+            self._write_line({"kind": "end", "results": self.count, "json": self.json_path.name})
             self._stream.close()
             self._stream = None
         return document
@@ -228,40 +250,69 @@ class StreamError(ValueError):
     pass
 
 
-def read_stream(path: Path) -> dict[str, Any]:
-    """A results document from a `.jsonl` stream, complete or cut off by a kill.
+def stream_entries(
+    path: Path, kind: str | None = None, state: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """A stream's lines as entries (with their `kind`, or only those of `kind`, without it), read as they go.
 
-    A torn last line (the process died while writing it) is dropped; a bad line anywhere else
-    means the file is not one of ours and is refused, naming the line.
+    A torn last line (the process died while writing it) is dropped and counted in `state`; a bad
+    line anywhere else means the file is not one of ours and is refused, naming the line. `state`
+    also learns whether the stream `ended`.
     """
+    state = state if state is not None else {}
+    state.update(torn_lines=0, ended=False)
+    with path.open("rb") as handle:
+        pending: tuple[int, bytes] | None = None  # a line is judged once the next is seen (the last may be torn)
+        for number, raw in enumerate(handle, start=1):
+            if pending is not None:
+                yield from _stream_entry(path, *pending, kind, state, last=False)
+            pending = (number, raw)
+        if pending is not None:
+            yield from _stream_entry(path, *pending, kind, state, last=True)
+
+
+def _stream_entry(
+    path: Path, number: int, raw: bytes, kind: str | None, state: dict[str, Any], *, last: bool
+) -> Iterator[dict[str, Any]]:
+    line = raw.decode("utf-8", errors="replace")
+    if not line.strip():
+        return
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        if last:  # cut off mid-write
+            state["torn_lines"] = 1
+            return
+        raise StreamError(f"{path}:{number}: not a JSON line of a results stream") from None
+    found = entry.get("kind") if isinstance(entry, dict) else None
+    if found not in ("run", "result", "case_error", "end"):
+        raise StreamError(f"{path}:{number}: unknown line kind {found!r}")
+    state["ended"] = state["ended"] or found == "end"
+    if kind is None:
+        yield entry
+    elif found == kind:
+        entry.pop("kind")
+        yield entry
+
+
+def read_stream(path: Path) -> dict[str, Any]:
+    """A results document from a `.jsonl` stream, complete or cut off by a kill; its records sorted
+    into a store (a document's results are iterated, never held)."""
     header: dict[str, Any] = {}
-    records: list[dict[str, Any]] = []
     case_errors: list[dict[str, Any]] = []
-    ended = False
-    torn = 0
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            if number >= len(lines) - 1:  # the last line, cut off mid-write
-                torn = 1
-                continue
-            raise StreamError(f"{path}:{number}: not a JSON line of a results stream") from None
-        kind = entry.pop("kind", None) if isinstance(entry, dict) else None
-        if kind == "run":
-            header = entry
-        elif kind == "result":
-            records.append(entry)
-        elif kind == "case_error":
-            case_errors.append(entry)
-        elif kind == "end":
-            ended = True
-        else:
-            raise StreamError(f"{path}:{number}: unknown line kind {kind!r}")
-    records.sort(key=result_key)
+    state: dict[str, Any] = {}
+
+    def results() -> Iterator[dict[str, Any]]:
+        for entry in stream_entries(path, state=state):
+            kind = entry.pop("kind")
+            if kind == "result":
+                yield entry
+            elif kind == "run":
+                header.update(entry)
+            elif kind == "case_error":
+                case_errors.append(entry)
+
+    records = sort_records(results())
     return {
         "schema_version": header.get("schema_version", SCHEMA_VERSION),
         "tool": header.get("tool", TOOL),
@@ -272,7 +323,9 @@ def read_stream(path: Path) -> dict[str, Any]:
         "case_errors": case_errors,
         "expectations": [],
         "results": records,
-        "interrupted": None if ended else {"stream": path.name, "results": len(records), "torn_lines": torn},
+        "interrupted": None
+        if state["ended"]
+        else {"stream": path.name, "results": len(records), "torn_lines": state["torn_lines"]},
     }
 
 
@@ -328,35 +381,55 @@ def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     column. A result that was not run (skip) gives way to a run of the same check elsewhere, e.g.
     the GPU targets that a CPU machine skipped. Two runs that evaluated the same key differently
     are kept as the worse one and listed under `conflicts`.
+
+    The records are sorted on disk and chosen in one pass over them: merging holds one check's
+    records at a time, whatever the size of the runs.
     """
     runs: list[dict[str, Any]] = []
-    chosen: dict[tuple[Any, ...], dict[str, Any]] = {}
-    disagreements: dict[tuple[Any, ...], dict[str, str]] = {}
     case_errors: list[dict[str, Any]] = []
     known: dict[str, dict[str, Any]] = {}
-    for source, document in documents:
-        offset = len(runs)
-        for run in runs_of(document, source):
-            runs.append({**run, "source": run.get("source", source)})
-        for record in document["results"]:
-            record = {**record, "run": offset + record.get("run", 0)}
-            key = (*result_key(record), record.get("framework_version"))
-            kept = chosen.get(key)
-            if kept is None or (kept["outcome"] == "skip" and record["outcome"] != "skip"):
-                chosen[key] = record
-            elif record["outcome"] != "skip" and observed(record) != observed(kept):
-                seen = disagreements.setdefault(key, {runs[kept["run"]]["label"]: observed(kept)})
+    disagreements: list[tuple[tuple[Any, ...], dict[str, str]]] = []
+
+    def numbered() -> Iterator[dict[str, Any]]:
+        for source, document in documents:
+            offset = len(runs)
+            for run in runs_of(document, source):
+                runs.append({**run, "source": run.get("source", source)})
+            for record in document["results"]:
+                yield {**record, "run": offset + record.get("run", 0)}
+
+    def chosen(ordered: RecordFile) -> Iterator[dict[str, Any]]:
+        for _, check in groupby(ordered, key=result_key):
+            kept: list[dict[str, Any]] = []  # one per framework version, in the order runs were given
+            for _, arrived in groupby(check, key=lambda r: r.get("framework_version") or ""):
+                kept.append(_choose(list(arrived)))
+            evaluated = any(r["outcome"] != "skip" for r in kept)
+            yield from (r for r in kept if r["outcome"] != "skip" or not evaluated)
+
+    def _choose(arrived: list[dict[str, Any]]) -> dict[str, Any]:
+        pick = arrived[0]
+        seen: dict[str, str] = {}
+        for record in arrived[1:]:
+            if pick["outcome"] == "skip" and record["outcome"] != "skip":
+                pick = record
+            elif record["outcome"] != "skip" and observed(record) != observed(pick):
+                seen.setdefault(runs[pick["run"]]["label"], observed(pick))
                 seen[runs[record["run"]]["label"]] = observed(record)
-                if SEVERITY.index(record["outcome"]) > SEVERITY.index(kept["outcome"]):
-                    chosen[key] = record
+                if SEVERITY.index(record["outcome"]) > SEVERITY.index(pick["outcome"]):
+                    pick = record
+        if seen:
+            disagreements.append(((*result_key(pick), pick.get("framework_version")), seen))
+        return pick
+
+    ordered = sort_records(numbered())
+    records = store_sorted(chosen(ordered), "merged")
+    ordered.discard()
+    for _, document in documents:
         case_errors += [e for e in document.get("case_errors", []) if e not in case_errors]
         for entry in document.get("expectations", []):
             total = known.setdefault(entry["id"], {**entry, **dict.fromkeys(COUNTS, 0)})
             for count in COUNTS:
                 total[count] += entry.get(count, 0)
-    evaluated = {result_key(r) for r in chosen.values() if r["outcome"] != "skip"}
-    records = [r for r in chosen.values() if r["outcome"] != "skip" or result_key(r) not in evaluated]
-    records.sort(key=lambda r: (*result_key(r), r.get("framework_version") or ""))
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "merged",
@@ -376,7 +449,7 @@ def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 "framework_version": k[3],
                 "outcomes": [{"run": run, "outcome": outcome} for run, outcome in v.items()],
             }
-            for k, v in sorted(disagreements.items(), key=lambda kv: tuple(str(p) for p in kv[0]))
+            for k, v in sorted(disagreements, key=lambda kv: tuple(str(p) for p in kv[0]))
         ],
         "results": records,
     }

@@ -160,3 +160,40 @@ def test_the_default_memory_limit_is_shared_among_the_workers(tmp_path: Path) ->
     (record,) = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     share = isolation.format_size(isolation.default_memory_limit(WORKERS) or 0)
     assert f"each worker may use {share}" in record["message"], record["message"]
+
+
+def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> None:
+    """--conformance-batch case: one item per case x dtype runs numpy, then a segfault, then a hang.
+    The check that killed the worker is the one reported; the rest of its batch is finished or
+    reported as not run, and the next batch goes on in a new worker."""
+    corpus = {"faults.toml": "".join(CASE.format(n=n, size=6 + n) for n in range(3))}
+    directory = write_project(tmp_path, ["Segfault", "NativeHang"], corpus)
+    command = [
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "1", "--conformance-batch=case",
+        "--conformance-target=numpy.*", "--conformance-target=faulty.*", f"--conformance-timeout={TIMEOUT_S}",
+        f"--conformance-load-timeout={LOAD_S}", "--conformance-crash-limit=1", "--expectations=none",
+        "--conformance-json=out/results.json", "--conformance-html=none",
+    ]  # fmt: skip
+    finished = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True)
+    assert finished.returncode == 1, finished.stdout[-4000:] + finished.stderr[-4000:]
+    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    outcomes = {(r["case"], r["target"].split("-")[0]): r["outcome"] for r in records}
+    assert len(records) == len(outcomes) == 9  # every check once: none lost, none twice
+    by_target = {
+        target: sorted(outcome for (_, t), outcome in outcomes.items() if t == target)
+        for target in ("numpy.im2col", "faulty.segfault", "faulty.hang")
+    }
+    # Each fault costs one check (crash limit 1: then its target is stopped); the numpy checks all ran.
+    assert by_target == {
+        "numpy.im2col": ["pass"] * 3,
+        "faulty.segfault": ["crash", "skip", "skip"],
+        "faulty.hang": ["skip", "skip", "timeout"],
+    }
+    # The segfault's batch never reached its hang: reported as not run, and why.
+    (crashed,) = [case for (case, target), outcome in outcomes.items() if outcome == "crash"]
+    assert outcomes[(crashed, "faulty.hang")] == "skip" and outcomes[(crashed, "numpy.im2col")] == "pass"
+    (not_reached,) = [r for r in records if r["case"] == crashed and r["target"].startswith("faulty.hang")]
+    assert "its batch's worker died running faulty.segfault-cpu float32 (crash)" in not_reached["message"]
+    assert "Segmentation fault" in next(r for r in records if r["outcome"] == "crash")["message"]
+    assert "the rest of its batch: 1 check(s) finished, 1 not run" in finished.stdout
+    assert "3 items" in finished.stdout or "3 item" in finished.stdout  # one item per case x dtype

@@ -11,6 +11,7 @@ This module holds only the hooks; each job has a module of its own:
 - `selection`   targets (built-in and from `pytest_conformance_adapters`), tiers, markers, `-m` while collecting
 - `run_state`   what a run shares across processes: state directory, known divergences, workers' environment
 - `collection`  case files and composites.toml -> items
+- `sharding`    which cases `--conformance-shard K/N` takes (by hash, or balanced by measured durations)
 - `items`       the item kinds, and the guard every framework call runs under
 - `controller`  the controller's collector: streamed records, crash records, results JSON, report
 - `terminal`    failure text, the run's one-screen summary, the count of checks `-m` ruled out
@@ -47,6 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
+
+# The user_properties keys a report carries its records and invalid cases under (items.py).
+RECORD_KEY = "conformance"
+CASE_ERROR_KEY = "conformance_case_error"
 
 _active_key = pytest.StashKey[bool]()
 
@@ -94,13 +99,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(controller.ResultCollector(config), "conformance-collector")
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if not active(config):
         return None
+    from conformance.plugin import sharding
     from conformance.plugin.terminal import spaced_cases_notice, terminal_safe
 
-    notice = spaced_cases_notice(config)
-    return terminal_safe(f"conformance: {notice}") if notice else None
+    lines = [f"conformance: {text}" for text in (spaced_cases_notice(config),) if text]
+    shard = sharding.plan(config)
+    if shard is not None:
+        lines.append(f"conformance: {shard.describe()}")
+    return [terminal_safe(line) for line in lines] or None
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -125,7 +134,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not options.is_worker(config):  # (a worker's count reaches the controller at its end)
         report_deselected(config, selection.deselected(config), before_collection_report=True)
     examples = options.settings(config).fuzz_examples
-    if examples > 0:
+    shard = options.settings(config).shard
+    if examples > 0 and (shard is None or shard[0] == 1):  # (the exploration runs once, in the first shard)
         name = f"fuzz[{examples}]"
         items.append(FuzzItem.from_parent(session, name=name, nodeid=f"conformance::{name}"))
     state, settings = run_state.run_state(config), options.settings(config)
@@ -158,10 +168,32 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return (yield)
     finally:
         if item.user_properties and active(item.config):
-            from conformance.plugin.items import ConformanceItem, NotRunItem
+            from conformance.plugin.items import BatchItem, ConformanceItem, NotRunItem
 
-            if isinstance(item, (ConformanceItem, NotRunItem)):
+            if isinstance(item, (ConformanceItem, BatchItem, NotRunItem)):
                 item.user_properties = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    """A check's reports go without the item's keywords: nothing reads them off a report, and every
+    process's terminal reporter keeps every report (three per item) to the end of the run."""
+    report = yield
+    if isinstance(report, pytest.TestReport) and active(item.config):
+        from conformance.plugin.items import BatchItem, ConformanceItem, NotRunItem
+
+        if isinstance(item, (ConformanceItem, BatchItem, NotRunItem)):
+            report.keywords = {}
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Last, once every other hook has seen the report (a worker's xdist has sent it, the controller's
+    collector has streamed it): its records leave it. The terminal reporter of every process keeps
+    each report to the end of the run, and the records on them were most of a worker's growth."""
+    if report.user_properties:
+        report.user_properties = [(k, v) for k, v in report.user_properties if k not in (RECORD_KEY, CASE_ERROR_KEY)]
 
 
 @pytest.hookimpl(trylast=True)

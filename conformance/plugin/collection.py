@@ -1,6 +1,7 @@
-"""Collecting the corpus: each case file becomes one item per case x target x dtype (and one
-`NotRunItem` per target this machine cannot run), `composites.toml` one item per composite x
-plain target x dtype, and every validation error an item of its own that fails with it."""
+"""Collecting the corpus: each case file becomes one item per case x target x dtype, or one
+`BatchItem` per case x dtype (`--conformance-batch`), and one `NotRunItem` per target this machine
+cannot run; `composites.toml` one item per composite x plain target x dtype, and every validation
+error an item of its own that fails with it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 
 from conformance import composites
 from conformance.cases import NON_CASE_FILES, id_lines, load_file
-from conformance.plugin.items import CompositeItem, ConformanceItem, NotRunChecks, invalid_item
+from conformance.plugin import sharding
+from conformance.plugin.items import BatchItem, CompositeItem, ConformanceItem, NotRunChecks, invalid_item
+from conformance.plugin.options import settings
 from conformance.plugin.selection import case_targets as targets_for_case
 from conformance.plugin.selection import (
     collected_targets,
@@ -74,16 +77,23 @@ class CaseFile(pytest.File):
         candidates = collected_targets(self.config)
         tiers = collected_tiers(self.config)
         not_run = NotRunChecks(self.config)
+        # "case": every case's checks of one dtype as one item; "large": the large tier's only; "off": none.
+        batch = settings(self.config).batch
         for case in loaded.cases:
-            if case.tier not in tiers:
+            if case.tier not in tiers or not sharding.takes(self.config, case.qualified_id):
                 continue
             case_targets = targets_for_case(self.config, case, candidates)
+            batched = batch in ("case", case.tier)
             for dtype in case.dtypes:
-                for target in case_targets:
-                    if not not_run.add(case, target, dtype):
-                        yield ConformanceItem.from_parent(
-                            self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype
-                        )
+                runnable = [target for target in case_targets if not not_run.add(case, target, dtype)]
+                if batched and runnable:
+                    name = f"{case.id}[batch-{dtype}]"
+                    yield BatchItem.from_parent(self, name=name, case=case, targets=runnable, dtype=dtype)
+                    continue
+                for target in runnable:
+                    yield ConformanceItem.from_parent(
+                        self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype
+                    )
         yield from not_run.items(self)
 
 
@@ -106,6 +116,8 @@ class CompositesFile(pytest.File):
         not_run = NotRunChecks(self.config)
         for composite in loaded:
             case = dataclasses.replace(composite.as_case(label), line=lines.get(composite.id, 1))
+            if not sharding.takes(self.config, case.qualified_id):
+                continue
             for dtype in case.dtypes:
                 for target in plain:
                     if not selected_by_markers(self.config, item_markers(case, target)):

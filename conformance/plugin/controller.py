@@ -1,8 +1,10 @@
 """The controller: lives on the xdist controller only (or in the single process without xdist).
 
 It hands each worker the run's state directory, turns a worker's death into that check's `crash`
-or `timeout` record, writes every record to the stream as its report arrives (before the terminal
-says the check finished), and at the end writes the results JSON, the report and the summary.
+or `timeout` record (and the rest of a batch from its journal), writes every record to the stream
+as its report arrives (before the terminal says the check finished), and at the end writes the
+results JSON, the report and the summary. It holds no records: the stream is the store, sorted on
+disk at the end and read back one record at a time (conformance/record_files.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import pytest
 from conformance import contracts, expectations, isolation, report, runner
 from conformance.cases import case_files, load_file
 from conformance.compare import Outcome
+from conformance.plugin import CASE_ERROR_KEY, RECORD_KEY
 from conformance.plugin.collection import roots
-from conformance.plugin.items import CASE_ERROR_KEY, RECORD_KEY
 from conformance.plugin.options import settings
 from conformance.plugin.run_state import STATE_DIR_INPUT, run_state
 from conformance.plugin.selection import targets
@@ -78,6 +80,7 @@ class ResultCollector:
         if record is None:  # it died outside a framework call (e.g. collecting): say what is known
             report.longrepr = f"{report.longrepr}\n{message}"
             return
+        rest = isolation.batch_remainder(self.state_dir, worker, crashitem, record)
         tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"], "stopped": False})
         tally["count"] += 1
         # A death while loading stops the target at once: every later check would load it the same way.
@@ -85,7 +88,16 @@ class ResultCollector:
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
         report.user_properties.append((RECORD_KEY, record))
+        for other in rest:  # (finished checks had their divergences applied in the worker)
+            if other["outcome"] == Outcome.SKIP:
+                expectations.apply(other, self.known.entries)
+            report.user_properties.append((RECORD_KEY, other))
         report.longrepr = terminal_safe(failure_text(record))
+        if rest:
+            not_reached = sum(r["outcome"] == Outcome.SKIP for r in rest)
+            report.longrepr += (
+                f"\n\nthe rest of its batch: {len(rest) - not_reached} check(s) finished, {not_reached} not run"
+            )
         if record["outcome"] == Outcome.XFAIL:
             report.outcome = "skipped"
             report.wasxfail = f"known divergence {record['expectation']['id']}"
@@ -115,22 +127,25 @@ class ResultCollector:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if not self.writer.records and not self.writer.case_errors:
+        if not self.writer.count and not self.writer.case_errors:
             return  # a run of the harness's own tests only: leave the last results alone
+        # Everything below reads the records back from disk, one at a time: the stream is the store.
+        records = self.writer.sorted_records()
         environment = base_environment()
         self.frameworks.update({k: v for k, v in runner.loaded_environments().items() if k not in self.frameworks})
         # Only frameworks that produced results: harness tests in the same process run fake adapters.
-        ran = {record["framework"] for record in self.writer.records}
+        ran = {record["framework"] for record in records}
         # Keys are frameworks, or targets that run with settings of their own ("tensorflow.conv2d@onednn-on").
         environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k.split(".")[0] in ran}
         # Without xdist this process ran the checks; with it, the controller only gathered results.
         own = "controller" if self.processes else "main"
         environment["processes"] = {**self.processes, own: process_usage(session.config)}
         environment["thread_limits"] = run_state(session.config).thread_limits
-        known = expectations.statuses(self.known.entries, self.writer.records, corpus_checks(session.config))
+        known = expectations.statuses(self.known.entries, records, corpus_checks(session.config))
         stated = [c.summary() for c in run_state(session.config).contracts.entries]
-        kept = contracts.tally(stated, self.writer.records)
-        self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known, kept)
+        kept = contracts.tally(stated, records)
+        self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known, kept, records)
+        records.discard()
         if self.html_path is not None:
             report.write_report(self.document, self.html_path)
         if self.writer.preserved is not None and self.html_path is not None:

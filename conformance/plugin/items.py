@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from conformance import composites, expectations, isolation, runner
 from conformance.adapters import Target
 from conformance.cases import Case, CaseError
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
-from conformance.plugin import framework_warnings
+from conformance.plugin import CASE_ERROR_KEY, RECORD_KEY, framework_warnings
 from conformance.plugin.options import settings
 from conformance.plugin.run_state import run_state
 from conformance.plugin.selection import every_marker, item_keywords, item_markers, no_device_reason, targets
@@ -31,8 +31,6 @@ from conformance.plugin.terminal import failure_text, terminal_safe
 from conformance.plugin.usage import count_checks
 from conformance.records import Record
 
-RECORD_KEY = "conformance"
-CASE_ERROR_KEY = "conformance_case_error"
 # How the frameworks word an allocation failure (NumPy/Python, PyTorch, TensorFlow, XLA).
 OUT_OF_MEMORY = re.compile(r"MemoryError|out of memory|can't allocate|ResourceExhausted|RESOURCE_EXHAUSTED", re.I)
 
@@ -61,20 +59,20 @@ _marks: dict[str, pytest.Mark] = {}
 _keyword_sets: dict[tuple[Any, ...], set[str]] = {}
 
 
-def _shared_mark(name: str) -> pytest.Mark:
-    if name not in _marks:
-        _marks[name] = getattr(pytest.mark, name).mark
-    return _marks[name]
+def _carry_markers(item: pytest.Item, markers: Iterable[str]) -> None:
+    """What add_marker does, with shared marks and without its per-call import."""
+    for name in sorted(markers):
+        if name not in _marks:
+            _marks[name] = getattr(pytest.mark, name).mark
+        item.keywords[name] = _marks[name]
+        item.own_markers.append(_marks[name])
 
 
 class ConformanceItem(pytest.Item):
     def __init__(self, *, case: Case, target: Target, dtype: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.case, self.target, self.dtype = case, target, dtype
-        for marker in sorted(item_markers(case, target)):
-            mark = _shared_mark(marker)  # what add_marker does, without its per-call import
-            self.keywords[marker] = mark
-            self.own_markers.append(mark)
+        _carry_markers(self, item_markers(case, target))
         key = (case.tags, dtype, target.id)
         if key not in _keyword_sets:
             _keyword_sets[key] = item_keywords(case, target, dtype)
@@ -101,43 +99,10 @@ class ConformanceItem(pytest.Item):
             raise ConformanceFailure(record)
 
     def _check(self, before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record:
-        return runner.run_check(
-            self.case,
-            self.target,
-            self.dtype,
-            before_call=before_call,
-            after_load=after_load,
-            repeat=settings(self.config).repeat_for(self.target.device),
-            contracts=run_state(self.config).contracts,
-        )
+        return conformance_check(self.config, self.case, self.target, self.dtype)(before_call, after_load)
 
     def _guarded(self, check: Check) -> Record:
-        """`check` under the worker guard: noted before it starts (so a crash or hang is reported as
-        this check's), with its time limit, and not run at all for a target stopped by crashes."""
-        guard = worker_guard(self.config)
-        broken = guard.broken(self.target.id)
-        if broken is not None:
-            verdict = Verdict(
-                Outcome.SKIP,
-                f"not run: {self.target.id} crashed or timed out {broken['count']} time(s) in this run "
-                f"(first: {broken['first']}); --conformance-crash-limit is {guard.limits.crash_limit}",
-            )
-            return runner.make_record(self.case, self.target, self.dtype, verdict)
-        # A broken build may die importing its framework, long before the call itself.
-        dead = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
-        guard.starting(self.nodeid, runner.make_record(self.case, self.target, self.dtype, dead))
-        try:
-            with framework_warnings.recorded() as seen:
-                record = check(guard.progress, guard.loaded)
-            if seen:
-                record["warnings"] = seen
-        except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
-            record = runner.harness_error_record(self.case, self.target, self.dtype, exc)
-        finally:
-            guard.finished()
-        if record["outcome"] == Outcome.ERROR and OUT_OF_MEMORY.search(record["message"] or ""):
-            record["message"] += isolation.memory_hint(guard.limits)
-        return record
+        return guarded(self.config, self.nodeid, self.case, self.target, self.dtype, check)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ConformanceFailure):
@@ -154,6 +119,109 @@ class ConformanceItem(pytest.Item):
             (self.case.line - 1 if self.case.line else None),
             f"{self.case.qualified_id} {self.target.id} {self.dtype}",
         )
+
+
+def conformance_check(config: pytest.Config, case: Case, target: Target, dtype: str) -> Check:
+    """One case x target x dtype check, ready for `guarded`."""
+
+    def check(before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record:
+        return runner.run_check(
+            case,
+            target,
+            dtype,
+            before_call=before_call,
+            after_load=after_load,
+            repeat=settings(config).repeat_for(target.device),
+            contracts=run_state(config).contracts,
+        )
+
+    return check
+
+
+def guarded(config: pytest.Config, nodeid: str, case: Case, target: Target, dtype: str, check: Check) -> Record:
+    """`check` under the worker guard: noted before it starts (so a crash or hang is reported as
+    this check's), with its time limit, and not run at all for a target stopped by crashes."""
+    guard = worker_guard(config)
+    broken = guard.broken(target.id)
+    if broken is not None:
+        verdict = Verdict(
+            Outcome.SKIP,
+            f"not run: {target.id} crashed or timed out {broken['count']} time(s) in this run "
+            f"(first: {broken['first']}); --conformance-crash-limit is {guard.limits.crash_limit}",
+        )
+        return runner.make_record(case, target, dtype, verdict)
+    # A broken build may die importing its framework, long before the call itself.
+    dead = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
+    guard.starting(nodeid, runner.make_record(case, target, dtype, dead))
+    try:
+        with framework_warnings.recorded() as seen:
+            record = check(guard.progress, guard.loaded)
+        if seen:
+            record["warnings"] = seen
+    except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
+        record = runner.harness_error_record(case, target, dtype, exc)
+    finally:
+        guard.finished()
+    if record["outcome"] == Outcome.ERROR and OUT_OF_MEMORY.search(record["message"] or ""):
+        record["message"] += isolation.memory_hint(guard.limits)
+    return record
+
+
+def failing(record: Record) -> bool:
+    """Whether a check fails the run: not conformant, not excused, not a non-strict entry's pass."""
+    outcome = Outcome(record["outcome"])
+    if outcome in NOT_RUN or outcome in CONFORMANT or outcome == Outcome.XFAIL:
+        return False
+    return not (outcome == Outcome.XPASS and not record["expectation"]["strict"])
+
+
+class BatchItem(pytest.Item):
+    """One case x dtype through all its targets as one item (`--conformance-batch`; the default for
+    the large tier): a pytest item costs more than a check of a small case itself. Each check keeps
+    its own record, outcome, guard and time limit; a crash or timeout is reported on the check that
+    caused it, and the rest of the batch from its journal (conformance/isolation.py)."""
+
+    def __init__(self, *, case: Case, targets: list[Target], dtype: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case, self.targets, self.dtype = case, targets, dtype
+        _carry_markers(self, {m for target in targets for m in item_markers(case, target)})
+        for target in targets:
+            self.extra_keyword_matches.update(item_keywords(case, target, dtype))
+
+    def runtest(self) -> None:
+        state = run_state(self.config)
+        planned = [runner.make_record(self.case, t, self.dtype, Verdict(Outcome.SKIP, "not run")) for t in self.targets]
+        worker_guard(self.config).batch_started(self.nodeid, planned)
+        records = []
+        for target in self.targets:
+            started = time.time()
+            check = conformance_check(self.config, self.case, target, self.dtype)
+            record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check)
+            count_checks(self.config, 1, started)
+            expectations.apply(record, state.known.entries)
+            worker_guard(self.config).batch_finished_check(record)
+            self.user_properties.append((RECORD_KEY, record))
+            records.append(record)
+        failures = [r for r in records if failing(r)]
+        if failures:
+            raise ConformanceFailure(batch_failure_text(failures, len(records)))
+        if all(Outcome(r["outcome"]) in NOT_RUN for r in records):
+            raise pytest.skip.Exception(terminal_safe(f"{len(records)} check(s) not run"), _use_item_location=True)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ConformanceFailure):
+            return terminal_safe(str(excinfo.value.args[0]))
+        return str(super().repr_failure(excinfo, style))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        line = self.case.line - 1 if self.case.line else None
+        return self.path, line, f"{self.case.qualified_id} {self.dtype}: {len(self.targets)} checks"
+
+
+def batch_failure_text(failures: list[Record], checks: int) -> str:
+    """Every failing check of a batch, each with its reproduction."""
+    shown = [failure_text(r) for r in failures]
+    return f"{len(failures)} of the batch's {checks} checks failed:\n\n" + "\n\n".join(shown)
 
 
 class CompositeItem(ConformanceItem):

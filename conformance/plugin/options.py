@@ -123,6 +123,28 @@ def add_options(parser: pytest.Parser) -> None:
         "--conformance-fuzz-seed", type=int, default=0, metavar="SEED", help="the exploration's seed (default 0)"
     )
     group.addoption(
+        "--conformance-batch",
+        choices=("auto", "case", "off"),
+        default="auto",
+        help="case: run each case x dtype through all its targets as one item (each check still has its own "
+        "record, outcome, time limit and crash isolation; -k then selects whole batches); auto: so for the large "
+        "tier only; off: one item per check (default auto)",
+    )
+    group.addoption(
+        "--conformance-shard",
+        default=None,
+        metavar="K/N",
+        help="run shard K of N (1 <= K <= N): whole cases, by a stable hash of the case id, so a case lands in "
+        "the same shard on every machine; `python -m conformance merge` of all N equals the unsharded run",
+    )
+    group.addoption(
+        "--conformance-durations",
+        default=None,
+        metavar="RESULTS",
+        help="with --conformance-shard: balance the shards by the seconds each case took in an earlier run's "
+        "results (.json or .jsonl); cases it lacks are placed by hash",
+    )
+    group.addoption(
         "--expectations",
         default=None,
         metavar="PATH",
@@ -156,6 +178,9 @@ class Settings:
     fuzz_target_globs: tuple[str, ...]
     fuzz_seed: int
     workers: int  # xdist workers of this run (0: none)
+    batch: str  # which cases run as one item per case x dtype: "case" (all), "large" (that tier's), "off"
+    shard: tuple[int, int] | None  # (K, N) of --conformance-shard
+    durations_path: Path | None  # --conformance-durations
 
     def repeat_for(self, device: str) -> int:
         """Calls per check: GPU libraries may pick nondeterministic algorithms per shape, so GPU
@@ -189,6 +214,9 @@ def _read(config: pytest.Config) -> Settings:
     contracts_path = _data_file(config, "contracts", "contracts.toml", suite_unless_own=True)
     # A worker's own options do not carry the resolved -n; xdist tells each worker the count.
     workers = getattr(config, "workerinput", {}).get("workercount") or getattr(config.option, "numprocesses", None)
+    durations = config.getoption("conformance_durations")
+    if durations is not None and config.getoption("conformance_shard") is None:
+        raise pytest.UsageError("--conformance-durations balances shards: give --conformance-shard K/N with it")
     return Settings(
         cases=tuple(Path(p).expanduser().resolve() for p in config.getoption("cases")),
         json_path=invocation_path(config, config.getoption("conformance_json")),
@@ -206,7 +234,23 @@ def _read(config: pytest.Config) -> Settings:
         fuzz_target_globs=tuple(config.getoption("conformance_fuzz_target")),
         fuzz_seed=config.getoption("conformance_fuzz_seed"),
         workers=int(workers or 0),
+        batch={"auto": "large"}.get(config.getoption("conformance_batch"), config.getoption("conformance_batch")),
+        shard=_shard(config.getoption("conformance_shard")),
+        durations_path=None if durations is None else invocation_path(config, durations),
     )
+
+
+def _shard(option: str | None) -> tuple[int, int] | None:
+    if option is None:
+        return None
+    index, _, count = option.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        shard = (0, 0)
+    if not 1 <= shard[0] <= shard[1]:
+        raise pytest.UsageError(f"--conformance-shard {option}: write K/N with 1 <= K <= N, e.g. 2/3")
+    return shard
 
 
 def _data_file(config: pytest.Config, option: str, name: str, suite_unless_own: bool = False) -> Path | None:

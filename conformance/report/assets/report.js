@@ -113,7 +113,7 @@ function prepareRows() {
     const messages = Object.values(row.cells).map((c) => string(c.m)).join(" ");
     const text = [row.case, row.dtype, kase.operation, kase.description, kase.case_file, (kase.tags || []).join(" "), messages]
       .join(" ").toLowerCase();
-    return { case: kase, dtype: row.dtype, cells: row.cells, text, tags: kase.tags || [] };
+    return { case: kase, dtype: row.dtype, cells: row.cells, tensors: row.rd || [], text, tags: kase.tags || [] };
   });
 }
 
@@ -460,7 +460,13 @@ function openDetail(row) {
       block.append(el("p", {}, `known divergence ${cell.k.id}: ${cell.k.reason} `, safeLink(cell.k.link)));
     }
     if (cell.em) block.append(heatmap(cell.em));
-    const source = string(cell.rp[0]) + string(cell.rp[1]);
+    // A row keeps the tensors part of its reproductions once (its targets share it); a cell, its call.
+    // A brief cell (a very large run's conformant or not-run check) has none: results.json has it.
+    if (!cell.rp && D.brief) {
+      block.append(el("p", { class: "muted" }, `reproduction and error details: in the results file (this report keeps them ` +
+        `for failing and excused checks only, above ${D.brief.limit.toLocaleString()} results)`));
+    }
+    const source = cell.rp ? (row.tensors[cell.rp[0]] || "") + (cell.rp[1] || "") : "";
     if (source) {
       const pre = el("pre", { class: "reproduction" }, source);
       block.append(el("div", {}, el("span", { class: "muted" }, "reproduction "),

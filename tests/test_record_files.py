@@ -1,0 +1,102 @@
+"""Records on disk: the external sort, reading a results JSON one record at a time, and the
+controller's results, merge and report written from them without holding them."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from conformance import record_files
+from conformance.record_files import open_results_json, record_key, sort_records
+from conformance.report import embedded_data, write_report
+from conformance.results import ResultsWriter, atomic_write, merge, write_json
+
+
+def _records(count: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "case": f"family/case-{rng.randrange(count // 3 + 1):05d}",
+            "target": rng.choice(["torch.conv2d-cpu", "jax.conv_general_dilated-cpu", "numpy.im2col-cpu"]),
+            "dtype": rng.choice(["float32", "float64"]),
+            "framework": "torch",
+            "framework_version": "1.0",
+            "op": "conv2d",
+            "device": "cpu",
+            "precision": "strict",
+            "outcome": rng.choice(["pass", "pass", "skip", "mismatch"]),
+            "serial": number,  # the order of arrival, to see that the sort is stable
+            "message": 'tab\there, newline\nthere, quote " and é',
+        }
+        for number in range(count)
+    ]
+
+
+def test_sorting_in_chunks_orders_like_sorted_and_keeps_arrival_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(record_files, "CHUNK", 97)  # many chunks, merged from disk
+    records = _records(1000)
+    stored = sort_records(records, tmp_path)
+    assert list(stored) == sorted(records, key=record_key) and len(stored) == 1000
+    assert [p.name for p in tmp_path.iterdir()] == [stored.path.name]  # the chunks are gone
+    stored.discard()
+    assert not stored.path.exists()
+
+
+def test_a_results_json_is_read_back_one_record_at_a_time(tmp_path: Path) -> None:
+    records = sorted(_records(50), key=record_key)
+    document = {"schema_version": 1, "summary": {"total": 50}, "results": records}
+    path = tmp_path / "results.json"
+    atomic_write(path, lambda handle: write_json(document, handle))
+    assert json.loads(path.read_text()) == document  # still one JSON document
+    header, stored = open_results_json(path)  # type: ignore[misc]
+    assert header == {"schema_version": 1, "summary": {"total": 50}} and list(stored) == records
+    # A file laid out otherwise (pretty-printed by hand) is left to a whole read.
+    path.write_text(json.dumps(document, indent=2))
+    assert open_results_json(path) is None
+    empty = tmp_path / "empty.json"
+    atomic_write(empty, lambda handle: write_json({"results": []}, handle))
+    header, stored = open_results_json(empty)  # type: ignore[misc]
+    assert header == {} and list(stored) == []
+
+
+def test_the_controller_s_json_comes_from_its_stream_sorted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(record_files, "CHUNK", 64)
+    writer = ResultsWriter(tmp_path / "results.json")
+    records = _records(300, seed=1)
+    for record in records:
+        writer.add(record)  # type: ignore[arg-type]
+    document = writer.finish({"cpu": "test"}, ["test"])
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["results"] == sorted(records, key=record_key) == list(document["results"])
+    assert written["summary"]["total"] == 300
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no store left behind
+    # The report draws every record, a row per case x dtype in case order.
+    write_report(document, tmp_path / "index.html")
+    model = embedded_data((tmp_path / "index.html").read_text())
+    checks = {(r["case"], r["target"], r["dtype"]) for r in records}  # (random ids repeat: one cell each)
+    assert sum(len(row["cells"]) for row in model["rows"]) == len(checks)
+    assert [(r["case"], r["dtype"]) for r in model["rows"]] == sorted({(r["case"], r["dtype"]) for r in records})
+
+
+def test_merge_streams_and_chooses_like_the_rules_say(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(record_files, "CHUNK", 5)
+    base = {"case": "c", "dtype": "float32", "framework": "torch", "framework_version": "1.0"}
+    cpu = {"environment": {"cpu": "a"}, "results": [
+        {**base, "target": "t-gpu", "outcome": "skip"},
+        {**base, "target": "t-cpu", "outcome": "pass", "output_sha256": "1"},
+    ]}  # fmt: skip
+    gpu = {"environment": {"cpu": "b"}, "results": [
+        {**base, "target": "t-gpu", "outcome": "pass", "output_sha256": "2"},
+        {**base, "target": "t-cpu", "outcome": "mismatch", "output_sha256": "3"},
+    ]}  # fmt: skip
+    merged = merge([("cpu", cpu), ("gpu", gpu)])
+    results = {r["target"]: r for r in merged["results"]}
+    assert results["t-gpu"]["outcome"] == "pass" and results["t-gpu"]["run"] == 1  # a skip gives way
+    assert results["t-cpu"]["outcome"] == "mismatch"  # disagreeing runs: the worse one, and a conflict
+    assert [c["target"] for c in merged["conflicts"]] == ["t-cpu"]
+    assert merged["summary"]["total"] == 2
