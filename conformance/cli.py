@@ -25,27 +25,15 @@ from conformance import contracts as accumulation_contracts
 from conformance import diff as diffing
 from conformance.adapters import all_targets
 from conformance.cases import load_paths, materialize
-from conformance.record_files import open_results_json
 from conformance.report import write_report
-from conformance.results import atomic_write, atomic_write_text, merge, read_stream, write_json
+from conformance.results import ResultsFileError, atomic_write, atomic_write_text, merge, read_results, write_json
 
 
 def _load_results(path: Path) -> dict[str, Any]:
-    """A results file: the final JSON, or the `.jsonl` stream (also one cut off by a kill). Files in
-    the suite's own layout are read one record at a time, as they are used; others are read whole."""
     try:
-        if path.suffix == ".jsonl":
-            return read_stream(path)
-        opened = open_results_json(path)
-        if opened is not None:
-            header, records = opened
-            return {**header, "results": records}
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"{path}: cannot read a results file: {exc}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
-        raise SystemExit(f"{path}: not a results file (no 'results' list)")
-    return document
+        return read_results(path)
+    except ResultsFileError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -128,19 +128,33 @@ def unmatched(contracts: Iterable[Contract], target_ids: list[str]) -> list[Case
     ]
 
 
-def tally(stated: Iterable[Mapping[str, Any]], records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+class Tally:
     """Each contract as stated (`Contract.summary()`), with what the run saw under `run`: the checks
-    it judged, how many broke it (known divergences included) and the worst ratio per dtype."""
-    rows: dict[str, dict[str, Any]] = {}
-    for summary in stated:
-        rows.setdefault(summary["id"], {**summary, "run": {"checks": 0, "broken": 0, "worst_ratio": {}}})
-    for record in records:
+    it judged, how many broke it (known divergences included) and the worst ratio per dtype. Fed
+    one record at a time."""
+
+    def __init__(self, stated: Iterable[Mapping[str, Any]]) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        for summary in stated:
+            self.rows.setdefault(summary["id"], {**summary, "run": {"checks": 0, "broken": 0, "worst_ratio": {}}})
+
+    def add(self, record: Mapping[str, Any]) -> None:
         judged = (record.get("bounds") or {}).get("contract")
-        if not judged or judged.get("id") not in rows:
-            continue
-        seen = rows[judged["id"]]["run"]
+        if not judged or judged.get("id") not in self.rows:
+            return
+        seen = self.rows[judged["id"]]["run"]
         seen["checks"] += 1
         seen["broken"] += observed(record) == "contract"
         worst = seen["worst_ratio"]
         worst[record["dtype"]] = max(worst.get(record["dtype"], 0.0), judged["ratio"])
-    return list(rows.values())
+
+    def result(self) -> list[dict[str, Any]]:
+        return list(self.rows.values())
+
+
+def tally(stated: Iterable[Mapping[str, Any]], records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`Tally` over `records`."""
+    counted = Tally(stated)
+    for record in records:
+        counted.add(record)
+    return counted.result()

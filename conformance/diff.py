@@ -9,10 +9,13 @@ hide that a newer release broke a case.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
+from conformance.record_files import RecordFile, sort_records
 from conformance.records import observed
 from conformance.results import result_key
 
@@ -44,16 +47,28 @@ class Change:
         return f"{case} [{target}, {dtype}]: {before} -> {after}"
 
 
+# Changes kept per category for the terminal and the HTML page; beyond it they are counted only (a
+# diff between framework releases may change the bits of every check of a million).
+KEEP_CHANGES = 10_000
+
+
 @dataclass
 class DiffResult:
     changes: dict[str, list[Change]] = field(default_factory=lambda: {c: [] for c in CATEGORIES})
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
     compared: int = 0
+    keep: int = field(default_factory=lambda: KEEP_CHANGES)  # (read when made: tests lower it)
 
     def count(self, category: str) -> int:
-        return len(self.changes[category])
+        return self.counts[category]
+
+    def add(self, change: Change) -> None:
+        self.counts[change.category] += 1
+        if len(self.changes[change.category]) < self.keep:
+            self.changes[change.category].append(change)
 
     def failed(self, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> bool:
-        return any(self.changes[c] for c in fail_on)
+        return any(self.counts[c] for c in fail_on)
 
 
 def _state(record: dict[str, Any] | None) -> str:
@@ -66,40 +81,79 @@ def _state(record: dict[str, Any] | None) -> str:
     return f"{text} @{version}" if version else text
 
 
+# What a kept change remembers of a record: what `_state` and the page show.
+_KEPT_FIELDS = ("outcome", "observed_outcome", "error_ratio", "framework_version", "message")
+
+
+def _kept(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if record is None else {k: record[k] for k in _KEPT_FIELDS if k in record}
+
+
 class AmbiguousResults(ValueError):
     """A merged file with several framework versions of one check cannot be diffed cell by cell."""
 
 
-def index(document: dict[str, Any], label: str) -> dict[tuple[str, str, str], dict[str, Any]]:
-    indexed: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for record in document["results"]:
-        key = result_key(record)
-        if key in indexed and indexed[key].get("framework_version") != record.get("framework_version"):
-            raise AmbiguousResults(
-                f"{label}: {key} appears for {indexed[key].get('framework_version')} and "
-                f"{record.get('framework_version')}; diff single-version runs (or merge shards of one environment)"
-            )
-        indexed[key] = record
-    return indexed
+class _OutOfOrder(Exception):
+    pass
+
+
+def _checks(records: Iterable[dict[str, Any]], label: str) -> Iterator[tuple[tuple[str, str, str], dict[str, Any]]]:
+    """(key, record) per check, in key order, from records in key order; a key twice with
+    different framework versions is ambiguous, twice with the same version, the last one counts."""
+    previous: tuple[str, str, str] | None = None
+    for key, group in groupby(records, key=result_key):
+        if previous is not None and key < previous:
+            raise _OutOfOrder
+        previous = key
+        first, *others = group
+        chosen = first
+        for record in others:
+            if record.get("framework_version") != chosen.get("framework_version"):
+                raise AmbiguousResults(
+                    f"{label}: {key} appears for {chosen.get('framework_version')} and "
+                    f"{record.get('framework_version')}; diff single-version runs (or merge shards of one environment)"
+                )
+            chosen = record
+        yield key, chosen
+
+
+def _sorted(records: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    return records if isinstance(records, RecordFile) else sort_records(records)
 
 
 def diff(base: dict[str, Any], new: dict[str, Any], drift_factor: float = 2.0, drift_floor: float = 0.05) -> DiffResult:
     """Classify every (case, target, dtype) that differs. Drift needs the new ratio >= drift_floor, so
-    a ratio going from 1e-9 to 1e-8 (noise in an exact-looking result) is not reported."""
-    before, after = index(base, "base"), index(new, "new")
+    a ratio going from 1e-9 to 1e-8 (noise in an exact-looking result) is not reported.
+
+    Both files are read in step, one record of each at a time (results files are in key order);
+    records in another order (a hand-made file) are sorted on disk first."""
+    sides = [_sorted(base["results"]), _sorted(new["results"])]
+    try:
+        return _diff(sides[0], sides[1], drift_factor, drift_floor)
+    except _OutOfOrder:
+        return _diff(sort_records(sides[0]), sort_records(sides[1]), drift_factor, drift_floor)
+
+
+def _diff(
+    base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], drift_factor: float, drift_floor: float
+) -> DiffResult:
     result = DiffResult()
-    for key in sorted(before.keys() | after.keys()):
-        old_record, new_record = before.get(key), after.get(key)
-        if old_record is None:
-            result.changes["appeared"].append(Change("appeared", key, None, new_record))
-            continue
-        if new_record is None:
-            result.changes["disappeared"].append(Change("disappeared", key, old_record, None))
-            continue
-        result.compared += 1
-        category = _category(old_record, new_record, drift_factor, drift_floor)
-        if category:
-            result.changes[category].append(Change(category, key, old_record, new_record))
+    before, after = _checks(base, "base"), _checks(new, "new")
+    old_item, new_item = next(before, None), next(after, None)
+    while old_item is not None or new_item is not None:
+        if new_item is None or (old_item is not None and old_item[0] < new_item[0]):
+            assert old_item is not None
+            result.add(Change("disappeared", old_item[0], _kept(old_item[1]), None))
+            old_item = next(before, None)
+        elif old_item is None or new_item[0] < old_item[0]:
+            result.add(Change("appeared", new_item[0], None, _kept(new_item[1])))
+            new_item = next(after, None)
+        else:
+            result.compared += 1
+            category = _category(old_item[1], new_item[1], drift_factor, drift_floor)
+            if category:
+                result.add(Change(category, old_item[0], _kept(old_item[1]), _kept(new_item[1])))
+            old_item, new_item = next(before, None), next(after, None)
     return result
 
 
@@ -152,10 +206,12 @@ def text_report(result: DiffResult, limit: int = 50) -> str:
         changes = result.changes[category]
         if not changes:
             continue
-        lines.append(f"\n{category.upper()} ({len(changes)}): {meaning}")
-        lines += [f"  {change.describe()}" for change in changes[:limit]]
-        if len(changes) > limit:
-            lines.append(f"  ... and {len(changes) - limit} more (see --html)")
+        lines.append(f"\n{category.upper()} ({result.count(category)}): {meaning}")
+        shown = changes[:limit]
+        lines += [f"  {change.describe()}" for change in shown]
+        if result.count(category) > len(shown):
+            where = "see --html" if len(changes) > len(shown) else f"the first {len(changes)} are kept"
+            lines.append(f"  ... and {result.count(category) - len(shown)} more ({where})")
     return "\n".join(lines)
 
 
@@ -173,7 +229,9 @@ def html_report(result: DiffResult, base_label: str, new_label: str) -> str:
     ]
     for category, meaning in CATEGORIES.items():
         changes = result.changes[category]
-        parts.append(f"<h2 class='{category}'>{escape(category)} ({len(changes)})</h2><p>{escape(meaning)}</p>")
+        parts.append(
+            f"<h2 class='{category}'>{escape(category)} ({result.count(category)})</h2><p>{escape(meaning)}</p>"
+        )
         if not changes:
             continue
         parts.append(
@@ -184,5 +242,7 @@ def html_report(result: DiffResult, base_label: str, new_label: str) -> str:
             cells = (*change.key, _state(change.base), _state(change.new), message)
             parts.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
+        if result.count(category) > len(changes):
+            parts.append(f"<p>... and {result.count(category) - len(changes)} more, not listed.</p>")
     parts.append("</body></html>\n")
     return "".join(parts)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import platform
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -32,7 +32,8 @@ SCHEMA_PATH = Path(__file__).with_name("schema") / "expectations.schema.json"
 FILE_NAME = "expectations.toml"
 
 
-@dataclass(frozen=True)
+# eq=False: an entry is itself (hashed by identity), and a large run looks entries up per record.
+@dataclass(frozen=True, eq=False)
 class Expectation:
     id: str
     file: str
@@ -200,10 +201,25 @@ def unmatched_globs(entries: Iterable[Expectation], case_ids: list[str], target_
     return errors
 
 
+# (entries list, target) -> the entries whose target globs take the target, in file order: a worker
+# applies the same entries to every record it makes, and most entries name a few targets.
+_taking: dict[tuple[int, int, str], tuple[Sequence[Expectation], list[Expectation]]] = {}
+
+
+def _entries_taking(entries: Iterable[Expectation], target: str) -> Iterable[Expectation]:
+    if not isinstance(entries, list | tuple):
+        return entries
+    key = (id(entries), len(entries), target)
+    found = _taking.get(key)
+    if found is None or found[0] is not entries:  # (the list itself is kept: its id is not reused)
+        found = _taking[key] = (entries, [e for e in entries if _matches_target(e, target)])
+    return found[1]
+
+
 def apply(record: Record, entries: Iterable[Expectation], environ: Mapping[str, str] | None = None) -> Record:
     """Turn a matched failure into xfail and a matched success into xpass (in place; returns the record)."""
     environ = os.environ if environ is None else environ
-    entry = next((e for e in entries if e.matches(record, environ)), None)
+    entry = next((e for e in _entries_taking(entries, record["target"]) if e.matches(record, environ)), None)
     if entry is None:
         return record
     observed = Outcome(record["outcome"])
@@ -233,42 +249,89 @@ def apply(record: Record, entries: Iterable[Expectation], environ: Mapping[str, 
 COUNTS = ("xfail", "xpass", "not_run", "other", "conditions_unmet", "in_corpus")
 
 
-def statuses(
-    entries: Iterable[Expectation],
-    records: Iterable[Mapping[str, Any]],
-    corpus_checks: Iterable[tuple[str, str, str]] | None = None,
-) -> list[dict[str, Any]]:
-    """Per entry: what it did to this run's results, and a status.
+@dataclass(frozen=True)
+class Corpus:
+    """Every check of the corpus, selected or not, without listing them: every target takes every
+    case in each of its dtypes, so a check exists for an entry when one of its target globs
+    matches a target and one of its case globs a case that has one of its dtypes."""
 
-    `corpus_checks` (case, target, dtype) of the whole corpus tell a stale entry (its globs match no
-    check at all: a renamed or removed case) from one whose checks were merely not selected this run.
+    case_dtypes: Mapping[str, tuple[str, ...]]  # case id -> its dtypes
+    targets: tuple[str, ...]
+
+    def has_checks_of(self, entry: Expectation) -> bool:
+        if not any(fnmatch.fnmatchcase(t, g) for g in entry.targets for t in self.targets):
+            return False
+        wanted = set(entry.dtypes)
+        return any(
+            (not wanted or not wanted.isdisjoint(dtypes)) and any(fnmatch.fnmatchcase(case, g) for g in entry.cases)
+            for case, dtypes in self.case_dtypes.items()
+        )
+
+
+class StatusTally:
+    """Per entry: what it did to a run's results, fed one record at a time; `statuses()` gives each
+    its counts and status.
+
+    `corpus` tells a stale entry (its globs match no check at all: a renamed or removed case) from
+    one whose checks were merely not selected this run.
     """
-    entries = list(entries)
-    matchers = [_memoized(entry) for entry in entries]  # a large run has 10^5 records: glob each case and target once
-    buckets = {entry.id: dict.fromkeys(COUNTS, 0) for entry in entries}
-    dtypes: dict[str, dict[str, set[str]]] = {entry.id: {"xfail": set(), "xpass": set()} for entry in entries}
-    for record in records:  # one pass: records may be a file read as it goes
+
+    def __init__(self, entries: Iterable[Expectation], corpus: Corpus | None = None) -> None:
+        self.entries = list(entries)
+        self.corpus = corpus
+        self.buckets = {entry.id: dict.fromkeys(COUNTS, 0) for entry in self.entries}
+        self.dtypes: dict[str, dict[str, set[str]]] = {e.id: {"xfail": set(), "xpass": set()} for e in self.entries}
+        # Entries whose target and dtype globs take a (target, dtype): a million records meet each
+        # entry's target globs once per target, and their case globs once per case.
+        self._candidates: dict[tuple[str, str], list[tuple[Expectation, dict[str, bool]]]] = {}
+        self._case_matches: dict[str, dict[str, bool]] = {entry.id: {} for entry in self.entries}  # id -> case -> glob
+
+    def add(self, record: Mapping[str, Any]) -> None:
         matched = record.get("expectation")
-        if matched and matched["id"] in buckets:
+        if matched and matched["id"] in self.buckets:
             outcome = record["outcome"]
-            bucket = buckets[matched["id"]]
+            bucket = self.buckets[matched["id"]]
             bucket[outcome if outcome in ("xfail", "xpass") else "not_run" if outcome in NOT_RUN else "other"] += 1
-            dtypes[matched["id"]].get(outcome, set()).add(record["dtype"])
+            self.dtypes[matched["id"]].get(outcome, set()).add(record["dtype"])
         elif not matched:
-            for entry, matches_check in zip(entries, matchers, strict=True):
-                if matches_check(record["case"], record["target"], record["dtype"]):
-                    buckets[entry.id]["conditions_unmet"] += 1  # its checks ran, but version/env/... did not hold
-    corpus = list(corpus_checks) if corpus_checks is not None else None
-    result = []
-    for entry, matches_check in zip(entries, matchers, strict=True):
-        bucket = buckets[entry.id]
-        in_corpus = corpus is None or any(matches_check(*check) for check in corpus)
-        bucket["in_corpus"] = int(in_corpus or any(bucket[k] for k in COUNTS[:5]))
-        bucket["strict"] = int(entry.strict)
-        status = status_from_counts(bucket)
-        narrow = _what_to_narrow(entry, status, dtypes[entry.id])
-        result.append({**entry.summary(), "status": status, **bucket, "narrow": narrow})
-    return result
+            case = record["case"]
+            for entry, cases in self._candidates_for(record["target"], record["dtype"]):
+                if case not in cases:
+                    cases[case] = any(fnmatch.fnmatchcase(case, g) for g in entry.cases)
+                if cases[case]:
+                    self.buckets[entry.id]["conditions_unmet"] += 1  # its checks ran, but version/env/... did not hold
+
+    def _candidates_for(self, target: str, dtype: str) -> list[tuple[Expectation, dict[str, bool]]]:
+        key = (target, dtype)
+        if key not in self._candidates:
+            self._candidates[key] = [
+                (entry, self._case_matches[entry.id])
+                for entry in self.entries
+                if (not entry.dtypes or dtype in entry.dtypes) and _matches_target(entry, target)
+            ]
+        return self._candidates[key]
+
+    def statuses(self) -> list[dict[str, Any]]:
+        result = []
+        for entry in self.entries:
+            bucket = self.buckets[entry.id]
+            in_corpus = self.corpus is None or self.corpus.has_checks_of(entry)
+            bucket["in_corpus"] = int(in_corpus or any(bucket[k] for k in COUNTS[:5]))
+            bucket["strict"] = int(entry.strict)
+            status = status_from_counts(bucket)
+            narrow = _what_to_narrow(entry, status, self.dtypes[entry.id])
+            result.append({**entry.summary(), "status": status, **bucket, "narrow": narrow})
+        return result
+
+
+def statuses(
+    entries: Iterable[Expectation], records: Iterable[Mapping[str, Any]], corpus: Corpus | None = None
+) -> list[dict[str, Any]]:
+    """`StatusTally` over `records`."""
+    tally = StatusTally(entries, corpus)
+    for record in records:
+        tally.add(record)
+    return tally.statuses()
 
 
 def _what_to_narrow(entry: Expectation, status: str, dtypes: Mapping[str, set[str]]) -> str | None:
@@ -289,25 +352,6 @@ def _what_to_narrow(entry: Expectation, status: str, dtypes: Mapping[str, set[st
 def _matches_target(entry: Expectation, target: str) -> bool:
     """Most entries name a few targets: ruling the others out once per target keeps `apply` cheap."""
     return any(fnmatch.fnmatchcase(target, g) for g in entry.targets)
-
-
-def _memoized(entry: Expectation) -> Callable[[str, str, str], bool]:
-    """`entry.matches_check`, with each case id's and target id's glob result remembered."""
-    cases: dict[str, bool] = {}
-    targets: dict[str, bool] = {}
-
-    def matches_check(case: str, target: str, dtype: str) -> bool:
-        if entry.dtypes and dtype not in entry.dtypes:
-            return False
-        if target not in targets:
-            targets[target] = any(fnmatch.fnmatchcase(target, g) for g in entry.targets)
-        if not targets[target]:
-            return False
-        if case not in cases:
-            cases[case] = any(fnmatch.fnmatchcase(case, g) for g in entry.cases)
-        return cases[case]
-
-    return matches_check
 
 
 def status_from_counts(counts: Mapping[str, int]) -> str:

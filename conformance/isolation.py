@@ -182,11 +182,15 @@ class WorkerGuard:
         os.ftruncate(self._journal_fd, 0)
         self._journal({"nodeid": nodeid, "planned": planned})
 
-    def batch_finished_check(self, record: Record) -> None:
-        self._journal({"record": record})
+    def batch_finished_check(self, record_text: str) -> None:
+        """A check of the batch finished: its record, as the JSON text its report will carry."""
+        self._journal_line('{"record": ' + record_text + "}")
 
     def _journal(self, entry: dict[str, Any]) -> None:
-        data = (json.dumps(entry) + "\n").encode()
+        self._journal_line(json.dumps(entry))
+
+    def _journal_line(self, line: str) -> None:
+        data = (line + "\n").encode()
         os.pwrite(self._journal_fd, data, self._journal_offset)
         self._journal_offset += len(data)
 

@@ -12,9 +12,10 @@ import atexit
 import heapq
 import json
 import os
+import pickle
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +28,45 @@ def record_key(record: Mapping[str, Any]) -> tuple[str, str, str, str]:
     """The order of records in every results file: case, target, dtype, then framework version
     (a merged file holds one record per version)."""
     return (record["case"], record["target"], record["dtype"], record.get("framework_version") or "")
+
+
+_fast_loads: Callable[[str | bytes], Any] | None
+try:  # a third of json.loads' time on records; optional, for the same dicts (records hold no NaN, no huge ints)
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - the suite runs without it (e.g. a GPU image without it)
+    _fast_loads = None
+
+
+def parse_record(text: str | bytes) -> dict[str, Any]:
+    """A record from its JSON text (orjson where it is installed: reading records back is most of
+    what a large run's end, `merge`, `diff` and `report` do)."""
+    record: dict[str, Any] = _fast_loads(text) if _fast_loads is not None else json.loads(text)
+    return record
+
+
+def record_text(record: Mapping[str, Any]) -> str:
+    """A record's JSON text, as every file of results holds it (NaN and infinities are never bare
+    numbers in a record: `worst` spells them as strings)."""
+    return json.dumps(record, allow_nan=False)
+
+
+# How a record travels from a worker to the controller (on a pytest report): its key's four strings,
+# then its text. Serialised once, in the worker (xdist's own serialiser walks nested dicts in Python,
+# several times slower than the C JSON encoder); the controller spills and streams the text unparsed.
+WireRecord = list[str]
+
+
+def to_wire(record: Mapping[str, Any]) -> WireRecord:
+    return [*record_key(record), record_text(record)]
+
+
+def from_wire(value: object) -> tuple[tuple[str, str, str, str], str]:
+    """(key, text) of a record as a report carried it."""
+    assert isinstance(value, list) and len(value) == 5 and all(isinstance(v, str) for v in value), (
+        f"not a record on the wire: {value!r:.200}"
+    )
+    case, target, dtype, version, text = value
+    return (case, target, dtype, version), text
 
 
 class RecordFile:
@@ -45,7 +85,7 @@ class RecordFile:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for line in self.lines():
-            yield json.loads(line)
+            yield parse_record(line)
 
     def lines(self) -> Iterator[str]:
         """Each record's JSON text (no separators): for copying records without parsing them."""
@@ -77,72 +117,130 @@ def scratch_directory() -> Path:
     return _scratch[0]
 
 
+class SortedSpill:
+    """Records sorted as they arrive, in memory up to `CHUNK` and then in sorted chunks on disk:
+    `lines()` merges them into `record_key` order, keeping arrival order among equal keys.
+
+    Whoever adds a record says its key and JSON text, so nothing is parsed or serialised here:
+    the controller spills workers' records as they come (their text is what the worker wrote),
+    and only the chunks' merge is left for the end of the run.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory  # (made when the first chunk is written; by default the scratch directory)
+        self.count = 0
+        self._buffer: list[tuple[tuple[str, ...], int, str]] = []
+        self._chunks: list[Path] = []
+
+    def add(self, key: tuple[str, ...], text: str) -> None:
+        self._buffer.append((key, self.count, text))
+        self.count += 1
+        if len(self._buffer) >= CHUNK:
+            self._chunks.append(_write_chunk(self._buffer, self._made_directory()))
+            self._buffer = []
+
+    def _made_directory(self) -> Path:
+        directory = self.directory or scratch_directory()
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    def lines(self) -> Iterator[str]:
+        """Every record's text in order (once: the chunks are removed as the merge ends)."""
+        self._buffer.sort()
+        handles = [chunk.open("rb") for chunk in self._chunks]
+        try:
+            merged = heapq.merge(*(_read_chunk(handle) for handle in handles), iter(self._buffer))
+            for *_, text in merged:
+                yield text
+        finally:
+            for handle in handles:
+                handle.close()
+            self.discard()
+
+    def store(self, name: str = "records") -> RecordFile:
+        """The records, in order, as a store in the same directory (removed by its `discard`)."""
+        return _write_store(self._made_directory(), name, self.lines(), self.count)
+
+    def discard(self) -> None:
+        for chunk in self._chunks:
+            chunk.unlink(missing_ok=True)
+        self._chunks, self._buffer = [], []
+
+
 def sort_records(
     records: Iterable[Mapping[str, Any]], directory: Path | None = None, name: str = "records"
 ) -> RecordFile:
     """`records` in `record_key` order, in a new file in `directory` (by default this process's
-    scratch directory; removed by `discard` or when the process exits).
-
-    Chunks of `CHUNK` records are sorted in memory and written out with their keys; one heap merge
-    of the chunks then writes the store. Equal keys keep their arrival order (the sort is stable).
-    """
-    directory = directory or scratch_directory()
-    directory.mkdir(parents=True, exist_ok=True)
-    chunks: list[Path] = []
-    buffer: list[tuple[tuple[str, ...], int, str]] = []
-    arrived = 0
+    scratch directory; removed by `discard` or when the process exits): an external sort
+    (`SortedSpill`) that holds at most `CHUNK` records."""
+    spill = SortedSpill(directory)
     try:
         for record in records:
-            buffer.append((record_key(record), arrived, json.dumps(record, allow_nan=False)))
-            arrived += 1
-            if len(buffer) >= CHUNK:
-                chunks.append(_write_chunk(buffer, directory))
-                buffer = []
-        buffer.sort()
-        if not chunks:  # (one chunk: no merge needed)
-            return _write_store(directory, name, (line for *_, line in buffer), len(buffer))
-        chunks.append(_write_chunk(buffer, directory))
-        handles = [chunk.open(encoding="utf-8") for chunk in chunks]
-        try:
-            merged = heapq.merge(*(_read_chunk(handle) for handle in handles))
-            return _write_store(directory, name, (line for *_, line in merged), arrived)
-        finally:
-            for handle in handles:
-                handle.close()
+            spill.add(record_key(record), record_text(record))
+        return spill.store(name)
     finally:
-        for chunk in chunks:
-            chunk.unlink(missing_ok=True)
+        spill.discard()
+
+
+# Entries per pickled block of a chunk: a merge holds one block of each chunk (about 1.5 MB of text).
+CHUNK_BLOCK = 500
 
 
 def _write_chunk(buffer: list[tuple[tuple[str, ...], int, str]], directory: Path) -> Path:
+    """A sorted chunk, pickled in blocks: read back without parsing any JSON (keys are tuples)."""
     buffer.sort()
-    descriptor, name = tempfile.mkstemp(dir=directory, prefix=".chunk-", suffix=".jsonl")
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        for key, arrived, line in buffer:
-            # JSON text never holds a raw tab: the key and arrival number end at the first one.
-            handle.write(json.dumps([*key, arrived]) + "\t" + line + "\n")
+    descriptor, name = tempfile.mkstemp(dir=directory, prefix=".chunk-", suffix=".pickle")
+    with os.fdopen(descriptor, "wb") as handle:
+        for start in range(0, len(buffer), CHUNK_BLOCK):
+            pickle.dump(buffer[start : start + CHUNK_BLOCK], handle, protocol=pickle.HIGHEST_PROTOCOL)
     return Path(name)
 
 
-def _read_chunk(handle: IO[str]) -> Iterator[tuple[tuple[str, ...], int, str]]:
-    for line in handle:
-        head, _, text = line.rstrip("\n").partition("\t")
-        *key, arrived = json.loads(head)
-        yield tuple(key), arrived, text
+def _read_chunk(handle: IO[bytes]) -> Iterator[tuple[tuple[str, ...], int, str]]:
+    while True:
+        try:
+            block = pickle.load(handle)
+        except EOFError:
+            return
+        yield from block
 
 
 def store_sorted(records: Iterable[Mapping[str, Any]], name: str = "records") -> RecordFile:
     """Records that already arrive in `record_key` order (a pass over a sorted store), stored as they come."""
-    return _write_store(scratch_directory(), name, (json.dumps(r, allow_nan=False) for r in records))
+    return _write_store(scratch_directory(), name, (record_text(r) for r in records))
+
+
+def fold_into_store(
+    lines: Iterable[str],
+    consumers: list[Callable[[dict[str, Any]], object]],
+    directory: Path | None = None,
+    count: int | None = None,
+    name: str = "records",
+) -> RecordFile:
+    """Records' texts, already in order, written to a new store; with `consumers`, each record is
+    also parsed once and handed to every one of them (everything a run's end makes of its records,
+    in the pass that stores them)."""
+
+    def handed(texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            record = parse_record(text)
+            for consume in consumers:
+                consume(record)
+            yield text
+
+    directory = directory or scratch_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    return _write_store(directory, name, handed(lines) if consumers else lines, count)
 
 
 def _write_store(directory: Path, name: str, lines: Iterable[str], count: int | None = None) -> RecordFile:
     descriptor, path = tempfile.mkstemp(dir=directory, prefix=f".{name}-", suffix=".jsonl")
     written = 0
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-            written += 1
+        lines = iter(lines)
+        while block := list(islice(lines, 1000)):  # (one write per line costs more than the line)
+            handle.write("\n".join(block) + "\n")
+            written += len(block)
     assert count is None or count == written, f"stored {written} records of {count}"
     return RecordFile(Path(path), written, owned=True)
 

@@ -22,8 +22,18 @@ from typing import IO, Any, TypeVar
 
 from conformance import __version__, contracts, frameworks
 from conformance.expectations import COUNTS, status_from_counts
-from conformance.record_files import RESULTS_OPENING, RecordFile, sort_records, store_sorted
-from conformance.records import Record, observed
+from conformance.record_files import (
+    RESULTS_OPENING,
+    RecordFile,
+    SortedSpill,
+    fold_into_store,
+    open_results_json,
+    record_key,
+    record_text,
+    sort_records,
+    store_sorted,
+)
+from conformance.records import observed
 
 _T = TypeVar("_T")
 
@@ -114,18 +124,34 @@ def result_key(record: Mapping[str, Any]) -> tuple[str, str, str]:
     return (record["case"], record["target"], record["dtype"])
 
 
+class Summary:
+    """Counts by outcome and by target, one record at a time (records are read as they go)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}  # (target, outcome) -> checks
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        key = (record["target"], record["outcome"])
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        by_target: dict[str, Counter[str]] = {}
+        by_outcome: Counter[str] = Counter()
+        for (target, outcome), count in self.counts.items():
+            by_target.setdefault(target, Counter())[outcome] += count
+            by_outcome[outcome] += count
+        return {
+            "total": sum(by_outcome.values()),
+            "by_outcome": dict(sorted(by_outcome.items())),
+            "by_target": {t: dict(sorted(c.items())) for t, c in sorted(by_target.items())},
+        }
+
+
 def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts by outcome and by target, in one pass (records may be a file read as it goes)."""
-    by_target: dict[str, Counter[str]] = {}
-    by_outcome: Counter[str] = Counter()
+    summary = Summary()
     for record in records:
-        by_target.setdefault(record["target"], Counter())[record["outcome"]] += 1
-        by_outcome[record["outcome"]] += 1
-    return {
-        "total": sum(by_outcome.values()),
-        "by_outcome": dict(sorted(by_outcome.items())),
-        "by_target": {t: dict(sorted(c.items())) for t, c in sorted(by_target.items())},
-    }
+        summary.add(record)
+    return summary.as_dict()
 
 
 class ResultsWriter:
@@ -145,6 +171,8 @@ class ResultsWriter:
         self.case_errors: list[dict[str, Any]] = []
         self.preserved: Path | None = None  # an earlier, interrupted run's stream, kept
         self._stream: IO[str] | None = None
+        # The records again, sorted as they come (the stream keeps arrival order, for a killed run).
+        self._spill = SortedSpill(json_path.parent)
 
     def _open_stream(self) -> IO[str]:
         if self._stream is None:
@@ -167,24 +195,30 @@ class ResultsWriter:
         self._stream.write(json.dumps(entry, allow_nan=False) + "\n")
         self._stream.flush()
 
-    def _append(self, kind: str, record: Mapping[str, Any]) -> None:
-        self._open_stream()
-        self._write_line({"kind": kind, **record})
+    def add(self, record: Mapping[str, Any]) -> None:
+        self.add_text(record_key(record), record_text(record))
 
-    def add(self, record: Record) -> None:
+    def add_text(self, key: tuple[str, ...], text: str, *, flush: bool = True) -> None:
+        """A record as its key and JSON text (how workers send them): streamed and spilled as it is.
+        `flush=False` for all but the last of the records that arrived together."""
+        stream = self._open_stream()
+        # (a record's text is an object with keys: the kind goes first, inside its braces)
+        stream.write('{"kind": "result", ' + text[1:] + "\n")
+        if flush:
+            stream.flush()
+        self._spill.add(key, text)
         self.count += 1
-        self._append("result", record)
 
     def add_case_error(self, error: dict[str, Any]) -> None:
         if error not in self.case_errors:
             self.case_errors.append(error)
-            self._append("case_error", error)
+            self._open_stream()
+            self._write_line({"kind": "case_error", **error})
 
-    def sorted_records(self) -> RecordFile:
-        """The records streamed so far, in results order, in a store beside the JSON (discard it after)."""
-        if self._stream is None:
-            return sort_records([], self.json_path.parent)
-        return sort_records(stream_entries(self.stream_path, "result"), self.json_path.parent)
+    def sorted_records(self, consumers: Iterable[Callable[[dict[str, Any]], object]] = ()) -> RecordFile:
+        """The records added so far, in results order, in a store beside the JSON (discard it after),
+        each handed to every one of `consumers` on the way: a run's end reads its records once."""
+        return fold_into_store(self._spill.lines(), list(consumers), self.json_path.parent, self._spill.count)
 
     def finish(
         self,
@@ -193,17 +227,24 @@ class ResultsWriter:
         expectations: list[dict[str, Any]] | None = None,
         contracts: list[dict[str, Any]] | None = None,
         records: RecordFile | None = None,
+        summary: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write the results JSON (from `records`, by default sorted from the stream here) and close
-        the stream. The document returned reads its records from the JSON just written."""
-        ordered = records if records is not None else self.sorted_records()
+        """Write the results JSON and close the stream. `records` (with their `summary`) from
+        `sorted_records`; by default they are sorted and summarised here. The document returned
+        reads its records from the JSON just written."""
+        if records is None:
+            counts = Summary()
+            ordered = self.sorted_records([counts.add])
+            summary = counts.as_dict()
+        else:
+            ordered = records
         document = {
             "schema_version": SCHEMA_VERSION,
             "tool": TOOL,
             "created": _now(),
             "command": command,
             "environment": environment,
-            "summary": summarize(ordered),
+            "summary": summary if summary is not None else summarize(ordered),
             "case_errors": self.case_errors,
             "expectations": expectations or [],
             "contracts": contracts or [],
@@ -327,6 +368,29 @@ def read_stream(path: Path) -> dict[str, Any]:
         if state["ended"]
         else {"stream": path.name, "results": len(records), "torn_lines": state["torn_lines"]},
     }
+
+
+class ResultsFileError(ValueError):
+    pass
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results file as a document: the final JSON, a merged file, or a `.jsonl` stream (also one
+    cut off by a kill). Files in the suite's own layout are read one record at a time, as their
+    records are used (`open_results_json`); others are read whole."""
+    try:
+        if path.suffix == ".jsonl":
+            return read_stream(path)
+        opened = open_results_json(path)
+        if opened is not None:
+            header, records = opened
+            return {**header, "results": records}
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResultsFileError(f"{path}: cannot read a results file: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise ResultsFileError(f"{path}: not a results file (no 'results' list)")
+    return document
 
 
 def run_label(environment: dict[str, Any]) -> str:

@@ -424,6 +424,11 @@ def _full_reproduction(
 ) -> str:
     """Copy-paste source: the case's tensors (inline when small) followed by the framework call;
     for a derivative, also its seeded cotangent dy (and the HVP direction vx, vw)."""
+    return _tensors_source(case, dtype, quantity, tangents) + call_source
+
+
+@lru_cache(maxsize=16)  # every target of a case shares it: a case's checks run back to back
+def _tensors_source(case: Case, dtype: str, quantity: str, tangents: derivatives.Tangents | None) -> str:
     lines = ["import numpy as np"]
     tensors: list[tuple[str, Mapping[str, Any], tuple[int, ...]]] = [
         ("x", case.input_spec, case.input_shape),
@@ -438,7 +443,7 @@ def _full_reproduction(
         layout = "HWIO" if name in ("w", "vw") else "NHWC"
         lines.append(f"{name} = {_tensor_source(spec, shape)}  # {layout}")
     lines.append(f"# case {case.qualified_id} ({case.file}), dtype {dtype}")
-    return "\n".join(lines) + "\n" + call_source
+    return "\n".join(lines) + "\n"
 
 
 INLINE_LIMIT = 256  # elements; larger tensors are rebuilt from their generator spec

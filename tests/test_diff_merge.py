@@ -185,3 +185,39 @@ def test_diff_refuses_unreadable_input(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(SystemExit, match="cannot read a results file"):
         cli_main(["diff", str(bad), str(bad)])
+
+
+def test_diff_reads_both_files_in_step_and_holds_only_what_it_lists(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files in the suite's layout are read one record at a time, in key order; a file in another
+    order is sorted first (not misread as appeared/disappeared); past KEEP_CHANGES a category is
+    counted, not listed."""
+    from conformance.record_files import open_results_json
+    from conformance.results import atomic_write, write_json
+
+    base = load(runs["clean1"])
+    shuffled = {**base, "results": list(reversed(base["results"]))}
+    path = tmp_path / "shuffled.json"
+    atomic_write(path, lambda handle: write_json(shuffled, handle))
+    opened = open_results_json(path)
+    assert opened is not None, "written in the suite's layout: read as it goes"
+    same = diffing.diff(base, {**opened[0], "results": opened[1]})
+    assert same.compared == len(base["results"]) and not any(same.counts.values())
+
+    changed = copy.deepcopy(base)
+    for record in changed["results"]:
+        record["output_sha256"] = "0" * 16
+    monkeypatch.setattr(diffing, "KEEP_CHANGES", 3)
+    result = diffing.diff(base, changed)
+    bits = sum(r["outcome"] == "pass" and r.get("output_sha256") is not None for r in base["results"])
+    assert result.count("bits-changed") == bits > 3 and len(result.changes["bits-changed"]) == 3
+    assert f"... and {bits - 3} more" in diffing.text_report(result, limit=50)
+    assert set(result.changes["bits-changed"][0].base or {}) <= {
+        "outcome", "observed_outcome", "error_ratio", "framework_version", "message",
+    }  # fmt: skip
+
+    twice = copy.deepcopy(base)
+    twice["results"].append({**twice["results"][0], "framework_version": "9.9.9"})
+    with pytest.raises(diffing.AmbiguousResults, match=r"9\.9\.9"):
+        diffing.diff(base, twice)

@@ -125,6 +125,10 @@ def test_an_unset_condition_and_the_device(entries: list[expectations.Expectatio
     assert expectations.apply(dict(gpu), entries, environ={"SOME_FLAG": "1"})["outcome"] == "mismatch"
 
 
+def by_id_entry(entries: list[expectations.Expectation], entry_id: str) -> expectations.Expectation:
+    return next(e for e in entries if e.id == entry_id)
+
+
 def test_statuses_reproduced_fixed_not_evaluated_and_stale(entries: list[expectations.Expectation]) -> None:
     records = [
         expectations.apply(record(), entries, environ={}),
@@ -135,7 +139,9 @@ def test_statuses_reproduced_fixed_not_evaluated_and_stale(entries: list[expecta
             environ={},
         ),
     ]
-    corpus = [(r["case"], r["target"], r["dtype"]) for r in records]
+    case_dtypes = {r["case"]: (r["dtype"],) for r in records}
+    targets = tuple(r["target"] for r in records)
+    corpus = expectations.Corpus(case_dtypes, targets)
     by_id = {s["id"]: s for s in expectations.statuses(entries, records, corpus)}
     assert by_id["tf-depthwise"]["status"] == "partly fixed"
     assert (by_id["tf-depthwise"]["xfail"], by_id["tf-depthwise"]["xpass"]) == (1, 1)
@@ -143,7 +149,13 @@ def test_statuses_reproduced_fixed_not_evaluated_and_stale(entries: list[expecta
     assert by_id["onednn-empty"]["status"] == "stale", "its globs match no check of the corpus"
 
     # The same entry when the corpus has its checks but this run deselected them, or its env did not hold.
-    corpus.append(("documents/tf-4x4-rate2-valid", "tensorflow.conv2d-cpu", "float32"))
+    # (every target of the corpus takes every case of it: the corpus is cases x targets)
+    corpus_targets = (*targets, "tensorflow.conv2d-cpu")
+    corpus = expectations.Corpus({**case_dtypes, "documents/tf-4x4-rate2-valid": ("float32",)}, corpus_targets)
+    onednn = by_id_entry(entries, "onednn-empty")
+    assert corpus.has_checks_of(onednn)
+    assert not expectations.Corpus({"documents/tf-4x4-rate2-valid": ("float64",)}, corpus_targets).has_checks_of(onednn)
+    assert not expectations.Corpus(corpus.case_dtypes, targets).has_checks_of(onednn)
     by_id = {s["id"]: s for s in expectations.statuses(entries, records, corpus)}
     assert by_id["onednn-empty"]["status"] == "not in this run"
     oned = record(case="documents/tf-4x4-rate2-valid", target="tensorflow.conv2d-cpu", expect="no-valid-output")

@@ -100,3 +100,32 @@ def test_merge_streams_and_chooses_like_the_rules_say(tmp_path: Path, monkeypatc
     assert results["t-cpu"]["outcome"] == "mismatch"  # disagreeing runs: the worse one, and a conflict
     assert [c["target"] for c in merged["conflicts"]] == ["t-cpu"]
     assert merged["summary"]["total"] == 2
+
+
+def test_records_travel_as_key_and_text_and_read_back_alike_with_or_without_orjson(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker sends (key, text); the text is the record's JSON as every results file holds it,
+    and it parses back to the same record whichever parser is installed."""
+    record = {**_records(1)[0], "worst": {"index": [0, 1, 2, 3], "expected": 0.1, "got": "nan"}, "ratio": 1e-310}
+    key, text = record_files.from_wire(record_files.to_wire(record))
+    assert key == record_key(record) and text == json.dumps(record, allow_nan=False)
+    assert record_files.parse_record(text) == record
+    monkeypatch.setattr(record_files, "_fast_loads", None)
+    assert record_files.parse_record(text) == record
+    with pytest.raises(AssertionError, match="not a record on the wire"):
+        record_files.from_wire({"case": "x"})
+
+
+def test_a_spill_sorts_as_records_arrive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller's spill: records added one at a time, chunks written as they fill, one merge at the end."""
+    monkeypatch.setattr(record_files, "CHUNK", 50)
+    monkeypatch.setattr(record_files, "CHUNK_BLOCK", 7)  # blocks that do not divide the chunks
+    records = _records(333, seed=2)
+    spill = record_files.SortedSpill(tmp_path)
+    for record in records:
+        spill.add(record_key(record), record_files.record_text(record))
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".chunk-")]) == 6
+    stored = spill.store()
+    assert list(stored) == sorted(records, key=record_key)
+    assert [p.name for p in tmp_path.iterdir()] == [stored.path.name]

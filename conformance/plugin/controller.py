@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conformance import contracts, expectations, isolation, report, runner
+from conformance import contracts, expectations, isolation, report, results, runner
 from conformance.cases import case_files, load_file
 from conformance.compare import Outcome
 from conformance.plugin import CASE_ERROR_KEY, RECORD_KEY
@@ -26,7 +26,7 @@ from conformance.plugin.run_state import STATE_DIR_INPUT, run_state
 from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
-from conformance.records import Record
+from conformance.record_files import from_wire, to_wire
 from conformance.results import ResultsWriter, atomic_write_text, base_environment, read_stream
 
 ENV_KEY = "conformance_environment"  # workeroutput keys
@@ -34,22 +34,22 @@ USAGE_KEY = "conformance_usage"
 DESELECTED_KEY = "conformance_deselected"
 
 
-def corpus_checks(config: pytest.Config) -> list[tuple[str, str, str]]:
-    """Every (case, target, dtype) of the corpus, selected or not: what 'stale' is judged against.
+def corpus(config: pytest.Config) -> expectations.Corpus:
+    """Every check of the corpus, selected or not: what 'stale' is judged against.
 
     The corpus is what this run was given plus the directory the expectations file sits in (cases/),
     so running one case file does not make the entries for the others look stale.
     """
-    target_ids = [t.id for t in targets(config)]
     searched = list(roots(config))
     expectations_path = settings(config).expectations_path
     if expectations_path is not None and expectations_path.parent.is_dir():
         searched.append(expectations_path.parent)
-    checks = []
-    for path, root in dict(case_files(searched)).items():
-        for case in load_file(path, root).cases:
-            checks += [(case.qualified_id, t, d) for t in target_ids for d in case.dtypes]
-    return checks
+    case_dtypes = {
+        case.qualified_id: tuple(case.dtypes)
+        for path, root in dict(case_files(searched)).items()
+        for case in load_file(path, root).cases
+    }
+    return expectations.Corpus(case_dtypes, tuple(t.id for t in targets(config)))
 
 
 class ResultCollector:
@@ -87,11 +87,11 @@ class ResultCollector:
         tally["stopped"] = tally["stopped"] or while_loading or tally["count"] >= self.limits.crash_limit
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
-        report.user_properties.append((RECORD_KEY, record))
+        report.user_properties.append((RECORD_KEY, to_wire(record)))
         for other in rest:  # (finished checks had their divergences applied in the worker)
             if other["outcome"] == Outcome.SKIP:
                 expectations.apply(other, self.known.entries)
-            report.user_properties.append((RECORD_KEY, other))
+            report.user_properties.append((RECORD_KEY, to_wire(other)))
         report.longrepr = terminal_safe(failure_text(record))
         if rest:
             not_reached = sum(r["outcome"] == Outcome.SKIP for r in rest)
@@ -106,10 +106,11 @@ class ResultCollector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when not in ("call", "???"):  # "???": xdist's report for an item whose worker died
             return
+        arrived = [value for key, value in report.user_properties if key == RECORD_KEY]
+        for number, value in enumerate(arrived, start=1):
+            self.writer.add_text(*from_wire(value), flush=number == len(arrived))
         for key, value in report.user_properties:
-            if key == RECORD_KEY:
-                self.writer.add(_record(value))
-            elif key == CASE_ERROR_KEY:
+            if key == CASE_ERROR_KEY:
                 assert isinstance(value, dict), f"not a case error: {value!r}"
                 self.writer.add_case_error(value)
 
@@ -129,25 +130,32 @@ class ResultCollector:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.writer.count and not self.writer.case_errors:
             return  # a run of the harness's own tests only: leave the last results alone
-        # Everything below reads the records back from disk, one at a time: the stream is the store.
-        records = self.writer.sorted_records()
+        # One pass over the sorted records makes everything below: the stream is the store, and the
+        # records are read back once, one at a time.
+        state = run_state(session.config)
+        counts = results.Summary()
+        ran: set[str] = set()
+        known = expectations.StatusTally(self.known.entries, corpus(session.config))
+        kept = contracts.Tally(c.summary() for c in state.contracts.entries)
+        page = report.ReportData(self.writer.count) if self.html_path is not None else None
+        consumers = [counts.add, known.add, kept.add, lambda record: ran.add(record["framework"])]
+        records = self.writer.sorted_records(consumers + ([page.add] if page is not None else []))
         environment = base_environment()
         self.frameworks.update({k: v for k, v in runner.loaded_environments().items() if k not in self.frameworks})
         # Only frameworks that produced results: harness tests in the same process run fake adapters.
-        ran = {record["framework"] for record in records}
         # Keys are frameworks, or targets that run with settings of their own ("tensorflow.conv2d@onednn-on").
         environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k.split(".")[0] in ran}
         # Without xdist this process ran the checks; with it, the controller only gathered results.
         own = "controller" if self.processes else "main"
         environment["processes"] = {**self.processes, own: process_usage(session.config)}
-        environment["thread_limits"] = run_state(session.config).thread_limits
-        known = expectations.statuses(self.known.entries, records, corpus_checks(session.config))
-        stated = [c.summary() for c in run_state(session.config).contracts.entries]
-        kept = contracts.tally(stated, records)
-        self.document = self.writer.finish(environment, ["pytest", *sys.argv[1:]], known, kept, records)
+        environment["thread_limits"] = state.thread_limits
+        command = ["pytest", *sys.argv[1:]]
+        self.document = self.writer.finish(
+            environment, command, known.statuses(), kept.result(), records, counts.as_dict()
+        )
         records.discard()
-        if self.html_path is not None:
-            report.write_report(self.document, self.html_path)
+        if page is not None and self.html_path is not None:
+            page.write(self.document, self.html_path)
         if self.writer.preserved is not None and self.html_path is not None:
             # The killed run's finished results, drawn beside this run's report.
             self.recovered_report = self.html_path.with_name(f"{self.writer.preserved.stem}.html")
@@ -159,9 +167,3 @@ class ResultCollector:
                 terminalreporter, self.document, self.lost_checks, self.writer.preserved, self.recovered_report,
                 self.writer.json_path, self.html_path,
             )  # fmt: skip
-
-
-def _record(value: object) -> Record:
-    """A record as it came off a report (user_properties are typed `object`)."""
-    assert isinstance(value, dict), f"not a record: {value!r}"
-    return value  # type: ignore[return-value]

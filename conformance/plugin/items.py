@@ -29,6 +29,7 @@ from conformance.plugin.run_state import run_state
 from conformance.plugin.selection import every_marker, item_keywords, item_markers, no_device_reason, targets
 from conformance.plugin.terminal import failure_text, terminal_safe
 from conformance.plugin.usage import count_checks
+from conformance.record_files import to_wire
 from conformance.records import Record
 
 # How the frameworks word an allocation failure (NumPy/Python, PyTorch, TensorFlow, XLA).
@@ -83,7 +84,7 @@ class ConformanceItem(pytest.Item):
         record = self._guarded(self._check)
         count_checks(self.config, 1, started)
         expectations.apply(record, run_state(self.config).known.entries)
-        self.user_properties.append((RECORD_KEY, record))
+        self.user_properties.append((RECORD_KEY, to_wire(record)))
         outcome = Outcome(record["outcome"])
         if outcome in NOT_RUN:
             # Report the skip at the case's line in its file, not inside the plugin.
@@ -93,9 +94,7 @@ class ConformanceItem(pytest.Item):
             raise pytest.xfail.Exception(
                 f"known divergence {known['id']} ({record['observed_outcome']}), {known['link']}"
             )
-        if outcome == Outcome.XPASS and not record["expectation"]["strict"]:
-            return
-        if outcome not in CONFORMANT:
+        if failing(record):
             raise ConformanceFailure(record)
 
     def _check(self, before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record:
@@ -199,8 +198,9 @@ class BatchItem(pytest.Item):
             record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check)
             count_checks(self.config, 1, started)
             expectations.apply(record, state.known.entries)
-            worker_guard(self.config).batch_finished_check(record)
-            self.user_properties.append((RECORD_KEY, record))
+            wire = to_wire(record)
+            worker_guard(self.config).batch_finished_check(wire[-1])
+            self.user_properties.append((RECORD_KEY, wire))
             records.append(record)
         failures = [r for r in records if failing(r)]
         if failures:
@@ -256,7 +256,7 @@ class NotRunItem(pytest.Item):
         for case, dtype in self.checks:
             record = runner.make_record(case, self.target, dtype, Verdict(Outcome.SKIP, reason))
             expectations.apply(record, entries)
-            self.user_properties.append((RECORD_KEY, record))
+            self.user_properties.append((RECORD_KEY, to_wire(record)))
         raise pytest.skip.Exception(f"{self.target.id}: {len(self.checks)} check(s) not run: {reason}")
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

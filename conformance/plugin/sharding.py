@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +51,6 @@ def balanced(seconds: Mapping[str, float], count: int) -> dict[str, int]:
     return assigned
 
 
-def _read_records(path: Path) -> Iterator[dict[str, Any]]:
-    from conformance.record_files import open_results_json
-    from conformance.results import stream_entries
-
-    if path.suffix == ".jsonl":
-        yield from stream_entries(path, "result")
-        return
-    opened = open_results_json(path)
-    if opened is not None:
-        yield from opened[1]
-        return
-    document = json.loads(path.read_text(encoding="utf-8"))
-    yield from document.get("results", [])
-
-
 _plan_key = pytest.StashKey["ShardPlan | None"]()
 
 
@@ -98,8 +82,10 @@ def plan(config: pytest.Config) -> ShardPlan | None:
         else:
             measured: dict[str, int] = {}
             if options.durations_path is not None:
+                from conformance.results import read_results
+
                 try:
-                    measured = balanced(case_seconds(_read_records(options.durations_path)), options.shard[1])
+                    measured = balanced(case_seconds(read_results(options.durations_path)["results"]), options.shard[1])
                 except (OSError, ValueError, KeyError) as exc:
                     raise pytest.UsageError(f"--conformance-durations {options.durations_path}: {exc}") from None
             config.stash[_plan_key] = ShardPlan(*options.shard, measured, options.durations_path)

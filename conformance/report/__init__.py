@@ -12,16 +12,17 @@ import base64
 import gzip
 import io
 import json
+import os
+import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import groupby
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from conformance import frameworks
 from conformance.overview import Overview
-from conformance.record_files import RecordFile, sort_records
-from conformance.results import atomic_write, runs_of, summarize
+from conformance.record_files import RecordFile, scratch_directory, sort_records
+from conformance.results import Summary, atomic_write, runs_of
 
 ASSETS = Path(__file__).with_name("assets")
 OVERVIEW_FAILURES = 200  # failing checks listed on the first screen's list (the matrix has them all)
@@ -117,65 +118,113 @@ def _column(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _ordered_by_case(records: Iterable[Mapping[str, Any]]) -> Iterator[list[Mapping[str, Any]]]:
-    """Each case's records together. A results file is in case order; a hand-made list may not be,
-    and is sorted (on disk) first."""
+class ReportData:
+    """The report's data model, built from records in case order, one record at a time: the
+    controller feeds it in the same pass that writes the results JSON, so a run's end reads its
+    records once. It holds the cases, columns and first-screen totals; each case's rows are written
+    to a scratch file as the case ends (a row keeps its cells' reproductions, the tensors part,
+    shared by a row's targets, once per row; messages repeat across cases and are numbered in
+    `strings`).
+
+    `total` (the number of records to come) decides whether conformant and not-run cells keep
+    their details (`FULL_DETAIL_RESULTS`).
+    """
+
+    def __init__(self, total: int) -> None:
+        self.brief = total > FULL_DETAIL_RESULTS
+        self.cases: dict[str, dict[str, Any]] = {}
+        # Numbered as first seen (a cell's key); the header lists them in display order.
+        self.columns: dict[str, dict[str, Any]] = {}
+        self.overview = Overview(failure_limit=OVERVIEW_FAILURES)
+        self.summary = Summary()
+        self.messages = _Strings()
+        self._group: list[Mapping[str, Any]] = []  # the current case's records
+        self._missing: list[str] = []  # CASE_FIELDS its records have not given yet
+        descriptor, name = tempfile.mkstemp(dir=scratch_directory(), prefix=".report-rows-", suffix=".json")
+        self._rows_path = Path(name)
+        self._rows: IO[str] | None = os.fdopen(descriptor, "w", encoding="utf-8")
+        self._first_row = True
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        if self._group and record["case"] != self._group[0]["case"]:
+            self._write_group()
+        if self._group and record["case"] < self._group[0]["case"]:
+            raise ValueError(f"records out of case order at {record['case']!r}: sort them first (sort_records)")
+        if not self._group:
+            self.cases[record["case"]] = {"id": record["case"]}
+            self._missing = list(CASE_FIELDS)
+        self._group.append(record)
+        if self._missing:  # a skipped record lacks hashes: take them from any record that has them
+            case = self.cases[record["case"]]
+            for name in self._missing:
+                if record.get(name) is not None:
+                    case[name] = record[name]
+            self._missing = [name for name in self._missing if case.get(name) in (None, "")]
+        key = _column_key(record)
+        if key not in self.columns:
+            self.columns[key] = {**_column(record), "n": len(self.columns)}
+        self.overview.add(record)
+        self.summary.add(record)
+
+    def _write_group(self) -> None:
+        assert self._rows is not None, "the report's rows are already written"
+        for row in _rows(self._group, self.columns, self.messages, self.brief):
+            self._rows.write(("" if self._first_row else ",") + json.dumps(row, separators=(",", ":"), allow_nan=False))
+            self._first_row = False
+        self._group = []
+
+    def emit(self, document: Mapping[str, Any], emit: Callable[[str], object]) -> None:
+        """The data model as JSON text, in pieces: the header (from `document`: its runs,
+        expectations, contracts and conflicts), the rows, the strings. Once: the rows are moved out."""
+        if self._group:
+            self._write_group()
+        assert self._rows is not None, "the report's data can be emitted once"
+        self._rows.close()
+        self._rows = None
+        header = {
+            "title": document.get("title") or "Dilated convolution conformance",
+            "created": document.get("created"),
+            "runs": runs_of(dict(document)),
+            "summary": self.summary.as_dict(),  # from the records: a hand-made file may lack it
+            "brief": {"limit": FULL_DETAIL_RESULTS, "outcomes": sorted(_BRIEF_OUTCOMES)} if self.brief else None,
+            "overview": self.overview.as_dict(),
+            "case_errors": document.get("case_errors", []),
+            "expectations": document.get("expectations", []),
+            "contracts": document.get("contracts", []),
+            "conflicts": document.get("conflicts", []),
+            "cases": self.cases,
+            "columns": sorted(self.columns.values(), key=lambda c: tuple(c[k] for k in _COLUMN_ORDER)),
+        }
+        opening = json.dumps(header, separators=(",", ":"), allow_nan=False)
+        emit(opening[:-1] + ',"rows":[')
+        try:
+            with self._rows_path.open(encoding="utf-8") as rows:
+                while piece := rows.read(1 << 20):
+                    emit(piece)
+        finally:
+            self._rows_path.unlink(missing_ok=True)
+        emit('],"strings":' + json.dumps(self.messages.table, separators=(",", ":")) + "}")
+
+    def write(self, document: Mapping[str, Any], path: Path) -> None:
+        """The report file: atomically, the data compressed as it is emitted."""
+        atomic_write(path, lambda handle: _render_to(handle, lambda emit: self.emit(document, emit)))
+
+
+def report_data(document: Mapping[str, Any]) -> ReportData:
+    """The data model of a document's records (a results file is in case order; other lists are
+    sorted on disk first): one pass over them."""
+    records = document["results"]
     if not isinstance(records, RecordFile):
         records = sort_records(records)
-    for _, group in groupby(records, key=lambda r: r["case"]):
-        yield list(group)
+    data = ReportData(len(records))
+    for record in records:
+        data.add(record)
+    return data
 
 
 def write_data(document: dict[str, Any], emit: Callable[[str], object]) -> None:
-    """The report's data model as JSON text, in pieces: cases, columns (target x framework version),
-    rows (case x dtype, in case order) with their cells, and a table of the messages cells share.
-
-    Two passes over the records, holding one case's records at a time: the first finds the cases,
-    columns and totals, the second writes the rows. A row keeps its cells' reproductions (the
-    tensors part, shared by a row's targets, once per row); messages repeat across cases and are
-    numbered in `strings`.
-    """
-    records = document["results"]
-    cases: dict[str, dict[str, Any]] = {}
-    columns: dict[str, dict[str, Any]] = {}
-    overview = Overview(failure_limit=OVERVIEW_FAILURES)
-    for group in _ordered_by_case(records):
-        case = cases.setdefault(group[0]["case"], {"id": group[0]["case"]})
-        for record in group:
-            for name in CASE_FIELDS:  # a skipped record lacks hashes: take them from any record that has them
-                if case.get(name) in (None, "") and record.get(name) is not None:
-                    case[name] = record[name]
-            if _column_key(record) not in columns:
-                columns[_column_key(record)] = _column(record)
-            overview.add(record)
-    ordered_columns = sorted(columns.values(), key=lambda c: tuple(c[k] for k in _COLUMN_ORDER))
-    for number, column in enumerate(ordered_columns):
-        column["n"] = number
-    summary = summarize(records)  # from the records: a hand-made file may lack it
-    brief = summary["total"] > FULL_DETAIL_RESULTS
-    header = {
-        "title": document.get("title") or "Dilated convolution conformance",
-        "created": document.get("created"),
-        "runs": runs_of(document),
-        "summary": summary,
-        "brief": {"limit": FULL_DETAIL_RESULTS, "outcomes": sorted(_BRIEF_OUTCOMES)} if brief else None,
-        "overview": overview.as_dict(),
-        "case_errors": document.get("case_errors", []),
-        "expectations": document.get("expectations", []),
-        "contracts": document.get("contracts", []),
-        "conflicts": document.get("conflicts", []),
-        "cases": cases,
-        "columns": ordered_columns,
-    }
-    opening = json.dumps(header, separators=(",", ":"), allow_nan=False)
-    emit(opening[:-1] + ',"rows":[')
-    messages = _Strings()
-    first = True
-    for group in _ordered_by_case(records):
-        for row in _rows(group, columns, messages, brief):
-            emit(("" if first else ",") + json.dumps(row, separators=(",", ":"), allow_nan=False))
-            first = False
-    emit('],"strings":' + json.dumps(messages.table, separators=(",", ":")) + "}")
+    """The report's data model of `document` as JSON text, in pieces (`ReportData.emit`)."""
+    report_data(document).emit(document, emit)
 
 
 def _rows(
@@ -237,7 +286,7 @@ class _Base64Gzip:
             self.pending = self.pending[whole:]
 
 
-def render_to(document: dict[str, Any], handle: IO[str]) -> None:
+def _render_to(handle: IO[str], write_data_to: Callable[[Callable[[str], object]], None]) -> None:
     template = (ASSETS / "report.html").read_text(encoding="utf-8")
     # Split first, then join: no inserted text is ever searched for the next placeholder.
     head, rest = template.split("/*STYLE*/")
@@ -245,10 +294,14 @@ def render_to(document: dict[str, Any], handle: IO[str]) -> None:
     before_script, tail = rest.split("/*SCRIPT*/")
     handle.write(head + (ASSETS / "report.css").read_text(encoding="utf-8") + middle)
     encoder = _Base64Gzip(handle)
-    write_data(document, encoder.write)
+    write_data_to(encoder.write)
     encoder.close()
     script = (ASSETS / "report.js").read_text(encoding="utf-8").replace("</script", "<\\/script")
     handle.write(before_script + script + tail)
+
+
+def render_to(document: dict[str, Any], handle: IO[str]) -> None:
+    _render_to(handle, lambda emit: write_data(document, emit))
 
 
 def render(document: dict[str, Any]) -> str:
@@ -258,7 +311,8 @@ def render(document: dict[str, Any]) -> str:
 
 
 def write_report(document: dict[str, Any], path: Path) -> None:
-    atomic_write(path, lambda handle: render_to(document, handle))
+    """The report of a document: one pass over its records, then the file, atomically."""
+    report_data(document).write(document, path)
 
 
 def embedded_data(html: str) -> dict[str, Any]:
