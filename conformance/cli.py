@@ -6,6 +6,8 @@ merge A.json B.json ... -o OUT    one results file from shards, machines or fram
 report RESULTS.json -o OUT.html   render the HTML report of any results file (merged ones included, or a
                                   .jsonl stream, also one cut off by a kill)
 hashes [PATHS] [-o FILE]          content hashes of every generated tensor, to compare machines
+reproduce CASE TARGET DTYPE       the Python source that repeats one check (what its record's
+                                  `reproduction` holds; routine large-tier records leave it out)
 from-model MODEL -o DIR           a case file with every distinct 2-D convolution of a model (.onnx, .keras,
                                   or a torch module as package.module:factory); --weights keeps its kernels
 """
@@ -20,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from conformance import composites, expectations
+from conformance import composites, expectations, runner
 from conformance import contracts as accumulation_contracts
 from conformance import diff as diffing
 from conformance.adapters import all_targets
-from conformance.cases import load_paths, materialize
+from conformance.cases import case_files, load_file, load_paths, materialize
 from conformance.report import write_report
 from conformance.results import ResultsFileError, atomic_write, atomic_write_text, merge, read_results, write_json
 
@@ -129,6 +131,34 @@ def _hashes(args: argparse.Namespace) -> int:
     return 1 if loaded.errors else 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    """One check's reproduction, from the case files and the target's adapter (nothing is run)."""
+    # Labelled as a run labels them (relative to the corpus directory's parent): the same source.
+    cases = [c for path, root in case_files(args.cases) for c in load_file(path, root.parent).cases]
+    case = next((c for c in cases if c.qualified_id == args.case), None)
+    if case is None:
+        near = sorted(c.qualified_id for c in cases if args.case.split("/")[-1] in c.qualified_id)[:5]
+        hint = f"; similar: {', '.join(near)}" if near else ""
+        print(f"error: no case {args.case!r} in {', '.join(map(str, args.cases))}{hint}", file=sys.stderr)
+        return 2
+    target = next((t for t in all_targets() if t.id == args.target), None)
+    if target is None:
+        print(f"error: no target {args.target!r} (the target ids are the records' `target`)", file=sys.stderr)
+        return 2
+    if args.dtype not in case.dtypes:
+        print(
+            f"error: {case.qualified_id} has no dtype {args.dtype!r} (it has {', '.join(case.dtypes)})", file=sys.stderr
+        )
+        return 2
+    if target.adapter.operation != case.op:
+        print(
+            f"error: {target.id} computes {target.adapter.operation}; {case.qualified_id} is {case.op}", file=sys.stderr
+        )
+        return 2
+    print(runner.reproduction_of(case, target, args.dtype))
+    return 0
+
+
 def _input_shape(text: str) -> tuple[int, int, int, int]:
     try:
         sizes = tuple(int(part) for part in text.split(","))
@@ -201,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     digest.add_argument("paths", nargs="*", type=Path, default=[Path("cases")])
     digest.add_argument("-o", "--output", type=Path, help="write them to this JSON file")
     digest.set_defaults(run=_hashes)
+
+    again = commands.add_parser("reproduce", help="the Python source that repeats one check")
+    again.add_argument("case", help="the record's `case`, e.g. large/draws-k3-r1-s1-same-d61")
+    again.add_argument("target", help="the record's `target`, e.g. torch.conv2d-cpu")
+    again.add_argument("dtype")
+    again.add_argument("--cases", nargs="+", type=Path, default=[Path("cases")], help="the corpus (default: cases/)")
+    again.set_defaults(run=_reproduce)
 
     model = commands.add_parser("from-model", help="a case file with every distinct 2-D convolution of a model")
     model.add_argument("model", help="an .onnx or .keras file, or a torch module as package.module:factory")

@@ -20,7 +20,7 @@ from conformance import derivatives, reference, timing
 from conformance.adapters import OUTPUT, CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.adapters.base import ProcessDied
 from conformance.cases import Case, CaseData, materialize
-from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify, exception_text
+from conformance.compare import CONFORMANT, NOT_RUN, ErrorModel, Expected, Outcome, Verdict, classify, exception_text
 from conformance.dtypes import float_format
 from conformance.records import Record
 from conformance.semantics import TransposedGeometry
@@ -131,6 +131,54 @@ def expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) 
     )
 
 
+def conv_call(
+    case: Case, dtype: str, quantity: str, prepared: Prepared
+) -> tuple[ConvCall, derivatives.Tangents | None]:
+    """The call a target is given for a case: its data, and for a derivative its seeded tangents."""
+    call = ConvCall(
+        x=prepared.data.x,
+        w=prepared.data.w,
+        rate=case.rate,
+        stride=case.stride,
+        padding=case.padding,
+        geometry=case.geometry,
+        groups=case.groups,
+        dtype=dtype,
+    )
+    if quantity == OUTPUT:
+        return call, None
+    tangents = derivatives.tangents(case, dtype)
+    call = replace(
+        call,
+        cotangent=tangents.cotangent,
+        direction_input=tangents.direction_input,
+        direction_kernel=tangents.direction_kernel,
+    )
+    return call, tangents
+
+
+def reproduction_of(case: Case, target: Target, dtype: str) -> str:
+    """A check's reproduction, as its record would carry it, without running anything (the
+    framework is not imported): `python -m conformance reproduce`."""
+    adapter = target.adapter
+    call, tangents = conv_call(case, dtype, adapter.quantity, prepare(case, dtype))
+    source = adapter.reproduction(call, target.device, target.precision)
+    return _full_reproduction(case, dtype, source, adapter.quantity, tangents)
+
+
+# Outcomes that need no reproduction to act on. A large-tier record of one leaves its reproduction
+# out (`lean`): 60% of such a record's bytes, in a tier of hundreds of thousands of them.
+ROUTINE_OUTCOMES = CONFORMANT | NOT_RUN
+
+
+def lean(record: Record, case: Case) -> Record:
+    """A settled record (known divergences applied) without the reproduction a routine large-tier
+    check does not need; `python -m conformance reproduce CASE TARGET DTYPE` writes it on demand."""
+    if case.tier == "large" and record["outcome"] in ROUTINE_OUTCOMES and record.get("reproduction"):
+        record["reproduction"] = ""
+    return record
+
+
 def run_check(
     case: Case,
     target: Target,
@@ -170,24 +218,7 @@ def run_check(
             if after_load is not None:
                 after_load()
             prepared = prepare(case, dtype)
-            call = ConvCall(
-                x=prepared.data.x,
-                w=prepared.data.w,
-                rate=case.rate,
-                stride=case.stride,
-                padding=case.padding,
-                geometry=case.geometry,
-                groups=case.groups,
-                dtype=dtype,
-            )
-            if adapter.quantity != OUTPUT:
-                tangents = derivatives.tangents(case, dtype)
-                call = replace(
-                    call,
-                    cotangent=tangents.cotangent,
-                    direction_input=tangents.direction_input,
-                    direction_kernel=tangents.direction_kernel,
-                )
+            call, tangents = conv_call(case, dtype, adapter.quantity, prepared)
             reproduction = adapter.reproduction(call, target.device, target.precision)
             if before_call is not None:
                 crashed = Verdict(Outcome.CRASH, "the process died during the framework call")

@@ -235,3 +235,63 @@ def test_every_target_kind_is_covered() -> None:
     assert "keras-jax.Conv2D@grad-kernel" in names
     assert {"torch.conv_transpose2d@grad-kernel", "jax.conv_general_dilated@lhs-dilation"} <= names
     assert set(IN_PROCESS) | {a for a in ADAPTERS if isinstance(a, InChildProcess)} == set(ADAPTERS)
+
+
+LARGE_TIER = """
+tier = "large"
+
+[defaults]
+dtypes = ["float32"]
+
+[[sweep]]
+id = "draws"
+seed = 5
+replicates = 2
+channels = 2
+out_channels = 2
+size = [9, 9]
+kernel_size = 3
+rate = 2
+[sweep.axes]
+stride = [1, 2]
+"""
+
+
+def test_routine_large_tier_records_are_lean_and_reproduce_writes_what_they_left_out(tmp_path: Path) -> None:
+    """A large-tier check that passes (or was not run) leaves its reproduction out of its record;
+    a failing one keeps it. `python -m conformance reproduce` writes a lean record's."""
+    from tests.projects import child_environment, write_project
+
+    directory = write_project(tmp_path, ["StrideRateBug"], {"large.toml": LARGE_TIER})
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "large", "-k", "numpy or faulty"]
+    command += ["--expectations=none", "--conformance-json=out/results.json", "--conformance-html=none"]
+    run = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True, timeout=600)
+    assert (directory / "out" / "results.json").exists(), run.stdout[-3000:]
+    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    passed = [r for r in records if r["outcome"] == "pass"]
+    failed = [r for r in records if r["outcome"] == "mismatch"]
+    assert passed and failed, run.stdout[-3000:]
+    assert all(r["reproduction"] == "" for r in passed)
+    assert all(r["reproduction"] and r["target"] == "faulty.stride_rate_bug-cpu" for r in failed)
+
+    lean = next(r for r in passed if r["target"] == "numpy.im2col-cpu")
+    again = [sys.executable, "-m", "conformance", "reproduce", lean["case"], lean["target"], lean["dtype"]]
+    printed = subprocess.run(again, cwd=directory, capture_output=True, text=True, timeout=300)
+    assert printed.returncode == 0, printed.stderr
+    assert f"# case {lean['case']} (cases/large.toml), dtype float32" in printed.stdout
+    unknown = subprocess.run([*again[:5], "faulty.stride_rate_bug-cpu", "float32"], cwd=directory, capture_output=True)
+    assert unknown.returncode == 2 and b"no target" in unknown.stderr
+
+
+@pytest.mark.parametrize("name", ["numpy.im2col-cpu", "torch.conv2d@grad-kernel-cpu"])
+def test_reproduce_writes_what_a_record_holds(name: str, cases: list[Case]) -> None:
+    """`reproduction_of` (the reproduce command) and a run's record agree, derivatives included."""
+    from conformance import runner
+    from conformance.adapters import all_targets
+
+    target = next((t for t in all_targets() if t.id == name), None)
+    if target is None:
+        pytest.skip(f"{name} is not a target here")
+    case = cases[0]
+    record = run_check(case, target, "float32")
+    assert record["reproduction"] and record["reproduction"] == runner.reproduction_of(case, target, "float32")

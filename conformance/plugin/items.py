@@ -83,7 +83,7 @@ class ConformanceItem(pytest.Item):
         started = time.time()
         record = self._guarded(self._check)
         count_checks(self.config, 1, started)
-        expectations.apply(record, run_state(self.config).known.entries)
+        settle(record, self.case, run_state(self.config).known.entries)
         self.user_properties.append((RECORD_KEY, to_wire(record)))
         outcome = Outcome(record["outcome"])
         if outcome in NOT_RUN:
@@ -166,6 +166,12 @@ def guarded(config: pytest.Config, nodeid: str, case: Case, target: Target, dtyp
     return record
 
 
+def settle(record: Record, case: Case, entries: list[expectations.Expectation]) -> None:
+    """A finished check's record as it is reported: known divergences applied, then lean if routine."""
+    expectations.apply(record, entries)
+    runner.lean(record, case)
+
+
 def failing(record: Record) -> bool:
     """Whether a check fails the run: not conformant, not excused, not a non-strict entry's pass."""
     outcome = Outcome(record["outcome"])
@@ -197,7 +203,7 @@ class BatchItem(pytest.Item):
             check = conformance_check(self.config, self.case, target, self.dtype)
             record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check)
             count_checks(self.config, 1, started)
-            expectations.apply(record, state.known.entries)
+            settle(record, self.case, state.known.entries)
             wire = to_wire(record)
             worker_guard(self.config).batch_finished_check(wire[-1])
             self.user_properties.append((RECORD_KEY, wire))

@@ -461,12 +461,17 @@ function openDetail(row) {
     }
     if (cell.em) block.append(heatmap(cell.em));
     // A row keeps the tensors part of its reproductions once (its targets share it); a cell, its call.
-    // A brief cell (a very large run's conformant or not-run check) has none: results.json has it.
+    // A brief cell (a very large run's conformant or not-run check) has none, and a routine
+    // large-tier record leaves its reproduction out: the reproduce command writes it.
     if (!cell.rp && D.brief) {
-      block.append(el("p", { class: "muted" }, `reproduction and error details: in the results file (this report keeps them ` +
+      block.append(el("p", { class: "muted" }, `error details: in the results file (this report keeps them ` +
         `for failing and excused checks only, above ${D.brief.limit.toLocaleString()} results)`));
     }
     const source = cell.rp ? (row.tensors[cell.rp[0]] || "") + (cell.rp[1] || "") : "";
+    if (!source && (cell.o === "pass" || cell.o === "expected-error")) {
+      block.append(el("p", { class: "muted" }, "reproduction: ",
+        el("code", {}, `python -m conformance reproduce '${kase.id}' '${column.target}' ${row.dtype}`)));
+    }
     if (source) {
       const pre = el("pre", { class: "reproduction" }, source);
       block.append(el("div", {}, el("span", { class: "muted" }, "reproduction "),
