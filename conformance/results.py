@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -171,13 +172,17 @@ class ResultsWriter:
         self.case_errors: list[dict[str, Any]] = []
         self.preserved: Path | None = None  # an earlier, interrupted run's stream, kept
         self._stream: IO[str] | None = None
-        # The records again, sorted as they come (the stream keeps arrival order, for a killed run).
-        self._spill = SortedSpill(json_path.parent)
+        # The records again, sorted as they come (the stream keeps arrival order, for a killed run),
+        # in a directory of this process's beside the JSON: what a killed run leaves there is
+        # removed by the next run that writes here.
+        self.spill_directory = json_path.with_name(f".{json_path.stem}.spill-{os.getpid()}")
+        self._spill = SortedSpill(self.spill_directory)
 
     def _open_stream(self) -> IO[str]:
         if self._stream is None:
             self.stream_path.parent.mkdir(parents=True, exist_ok=True)
             self.preserved = preserve_interrupted(self.stream_path)
+            remove_abandoned_spills(self.json_path)
             self._stream = self.stream_path.open("w", encoding="utf-8")
             self._write_line({
                 "kind": "run",
@@ -218,7 +223,7 @@ class ResultsWriter:
     def sorted_records(self, consumers: Iterable[Callable[[dict[str, Any]], object]] = ()) -> RecordFile:
         """The records added so far, in results order, in a store beside the JSON (discard it after),
         each handed to every one of `consumers` on the way: a run's end reads its records once."""
-        return fold_into_store(self._spill.lines(), list(consumers), self.json_path.parent, self._spill.count)
+        return fold_into_store(self._spill.lines(), list(consumers), self.spill_directory, self._spill.count)
 
     def finish(
         self,
@@ -258,6 +263,7 @@ class ResultsWriter:
             self._write_line({"kind": "end", "results": self.count, "json": self.json_path.name})
             self._stream.close()
             self._stream = None
+        shutil.rmtree(self.spill_directory, ignore_errors=True)  # (the caller discards its store first)
         return document
 
 
@@ -275,6 +281,24 @@ def _stream_ended(path: Path) -> bool:
         return bool(lines) and json.loads(lines[-1]).get("kind") == "end"
     except ValueError:
         return False
+
+
+def remove_abandoned_spills(json_path: Path) -> None:
+    """The spill directories of runs that wrote here and were killed (their process is gone)."""
+    for directory in json_path.parent.glob(f".{json_path.stem}.spill-*"):
+        pid = directory.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def preserve_interrupted(stream_path: Path) -> Path | None:
@@ -486,7 +510,18 @@ def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         return pick
 
     ordered = sort_records(numbered())
-    records = store_sorted(chosen(ordered), "merged")
+    # Each contract once, as the first run stated it, tallied again over the merged records; the
+    # counts and the tally are made in the pass that stores them.
+    counts = Summary()
+    kept = contracts.Tally(c for d in documents for c in d[1].get("contracts", []))
+
+    def counted(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in records:
+            counts.add(record)
+            kept.add(record)
+            yield record
+
+    records = store_sorted(counted(chosen(ordered)), "merged")
     ordered.discard()
     for _, document in documents:
         case_errors += [e for e in document.get("case_errors", []) if e not in case_errors]
@@ -500,11 +535,10 @@ def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "tool": TOOL,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "runs": runs,
-        "summary": summarize(records),
+        "summary": counts.as_dict(),
         "case_errors": case_errors,
         "expectations": [{**e, "status": status_from_counts(e)} for e in known.values()],
-        # Each contract once, as the first run stated it, tallied again over the merged records.
-        "contracts": contracts.tally((c for d in documents for c in d[1].get("contracts", [])), records),
+        "contracts": kept.result(),
         "conflicts": [
             {
                 "case": k[0],

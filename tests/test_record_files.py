@@ -4,6 +4,7 @@ controller's results, merge and report written from them without holding them.""
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def test_the_controller_s_json_comes_from_its_stream_sorted(tmp_path: Path, monk
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["results"] == sorted(records, key=record_key) == list(document["results"])
     assert written["summary"]["total"] == 300
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no store left behind
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no spill or store left behind
     # The report draws every record, a row per case x dtype in case order.
     write_report(document, tmp_path / "index.html")
     model = embedded_data((tmp_path / "index.html").read_text())
@@ -129,3 +130,29 @@ def test_a_spill_sorts_as_records_arrive(tmp_path: Path, monkeypatch: pytest.Mon
     stored = spill.store()
     assert list(stored) == sorted(records, key=record_key)
     assert [p.name for p in tmp_path.iterdir()] == [stored.path.name]
+
+
+def test_the_report_of_a_file_found_out_of_order_sorts_it_first(tmp_path: Path) -> None:
+    """A results file in the suite's layout is read as it goes, in case order; one that is not in
+    order (written by hand, or by an older tool) is sorted on disk, not drawn with split cases."""
+    records = _records(120, seed=3)
+    path = tmp_path / "results.json"
+    atomic_write(path, lambda handle: write_json({"results": list(reversed(sorted(records, key=record_key)))}, handle))
+    header, stored = open_results_json(path)  # type: ignore[misc]
+    write_report({**header, "results": stored}, tmp_path / "index.html")
+    model = embedded_data((tmp_path / "index.html").read_text())
+    assert [(r["case"], r["dtype"]) for r in model["rows"]] == sorted({(r["case"], r["dtype"]) for r in records})
+    assert not list(record_files.scratch_directory().glob(".report-rows-*")), "the abandoned pass left its rows"
+
+
+def test_a_killed_run_s_spill_is_removed_by_the_next_run_that_writes_there(tmp_path: Path) -> None:
+    abandoned = tmp_path / ".results.spill-99999999"  # (no such process)
+    abandoned.mkdir()
+    (abandoned / ".chunk-x.pickle").write_bytes(b"...")
+    ours = tmp_path / f".results.spill-{os.getpid()}"
+    ours.mkdir()  # (a live process's: left alone)
+    writer = ResultsWriter(tmp_path / "results.json")
+    writer.add(_records(1)[0])  # type: ignore[arg-type]
+    assert not abandoned.exists() and ours.exists()
+    writer.finish({"cpu": "test"}, ["test"])
+    assert not ours.exists(), "a finished run removes its own spill"

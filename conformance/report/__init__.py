@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -146,11 +146,11 @@ class ReportData:
         self._first_row = True
 
     def add(self, record: Mapping[str, Any]) -> None:
-        if self._group and record["case"] != self._group[0]["case"]:
-            self._write_group()
-        if self._group and record["case"] < self._group[0]["case"]:
-            raise ValueError(f"records out of case order at {record['case']!r}: sort them first (sort_records)")
-        if not self._group:
+        if not self._group or record["case"] != self._group[0]["case"]:
+            if self._group and record["case"] < self._group[0]["case"]:  # (cases come in order, each once)
+                raise OutOfOrder(f"records out of case order at {record['case']!r}: sort them first (sort_records)")
+            if self._group:
+                self._write_group()
             self.cases[record["case"]] = {"id": record["case"]}
             self._missing = list(CASE_FIELDS)
         self._group.append(record)
@@ -205,18 +205,36 @@ class ReportData:
             self._rows_path.unlink(missing_ok=True)
         emit('],"strings":' + json.dumps(self.messages.table, separators=(",", ":")) + "}")
 
+    def discard(self) -> None:
+        if self._rows is not None:
+            self._rows.close()
+            self._rows = None
+        self._rows_path.unlink(missing_ok=True)
+
     def write(self, document: Mapping[str, Any], path: Path) -> None:
         """The report file: atomically, the data compressed as it is emitted."""
         atomic_write(path, lambda handle: _render_to(handle, lambda emit: self.emit(document, emit)))
 
 
+class OutOfOrder(ValueError):
+    pass
+
+
 def report_data(document: Mapping[str, Any]) -> ReportData:
-    """The data model of a document's records (a results file is in case order; other lists are
-    sorted on disk first): one pass over them."""
+    """The data model of a document's records: one pass over them. A results file is in case
+    order; a hand-made list, or a file found out of order, is sorted on disk first."""
     records = document["results"]
     if not isinstance(records, RecordFile):
         records = sort_records(records)
     data = ReportData(len(records))
+    try:
+        return _fed(data, records)
+    except OutOfOrder:
+        data.discard()
+        return _fed(ReportData(len(records)), sort_records(records))
+
+
+def _fed(data: ReportData, records: Iterable[Mapping[str, Any]]) -> ReportData:
     for record in records:
         data.add(record)
     return data
