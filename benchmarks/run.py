@@ -165,6 +165,11 @@ def pytest_run(arguments: list[str], scratch: Path, name: str, html: bool = True
     opened = open_results_json(out / "results.json")
     assert opened is not None, f"{out / 'results.json'}: not a results file\n{process['output'][-3000:]}"
     header, records = opened
+    print(
+        f"  {name}: exit {process['exit']}, {process['wall_s']:.0f} s,"
+        f" peak {process['peak_rss_bytes'] / 2**30:.2f} GiB in any process",
+        flush=True,
+    )
     processes = header["environment"].get("processes", {})
     workers = {k: v for k, v in processes.items() if k not in ("controller", "main")} or processes
     bare = {kind: sum(p.get(kind, 0.0) for p in workers.values()) for kind in timing.KINDS}
@@ -488,6 +493,9 @@ def main() -> int:
         "command": sys.argv,
         "sections": {},
     }
+    out = args.json or ROOT / "benchmarks" / "results" / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = ""
     with tempfile.TemporaryDirectory(prefix="conformance-bench-") as directory:
         scratch = Path(directory)
         for section in SECTIONS:
@@ -496,10 +504,11 @@ def main() -> int:
             print(f"[{section}] ...", flush=True)
             function = globals()[f"section_{section}"]
             results["sections"][section] = function(args) if section == "reference" else function(args, scratch)
-    out = args.json or ROOT / "benchmarks" / "results" / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(results, indent=1) + "\n"
-    out.write_text(text)
+            # Written after every section, so a run stopped in a later one keeps what it measured.
+            text = json.dumps(results, indent=1) + "\n"
+            partial = out.with_name(f".{out.name}.partial")
+            partial.write_text(text)
+            partial.replace(out)
     if args.json is None:
         (out.parent / "latest.json").write_text(text)
     earlier = json.loads(args.compare.read_text()) if args.compare else None

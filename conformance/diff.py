@@ -117,21 +117,29 @@ def _checks(records: Iterable[dict[str, Any]], label: str) -> Iterator[tuple[tup
         yield key, chosen
 
 
-def _sorted(records: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
-    return records if isinstance(records, RecordFile) else sort_records(records)
-
-
 def diff(base: dict[str, Any], new: dict[str, Any], drift_factor: float = 2.0, drift_floor: float = 0.05) -> DiffResult:
     """Classify every (case, target, dtype) that differs. Drift needs the new ratio >= drift_floor, so
     a ratio going from 1e-9 to 1e-8 (noise in an exact-looking result) is not reported.
 
     Both files are read in step, one record of each at a time (results files are in key order);
     records in another order (a hand-made file) are sorted on disk first."""
-    sides = [_sorted(base["results"]), _sorted(new["results"])]
+    made: list[RecordFile] = []  # sorted copies, removed when the diff is made
+
+    def in_order(records: Iterable[dict[str, Any]], *, sort: bool = False) -> Iterable[dict[str, Any]]:
+        if isinstance(records, RecordFile) and not sort:
+            return records
+        made.append(sort_records(records))
+        return made[-1]
+
     try:
-        return _diff(sides[0], sides[1], drift_factor, drift_floor)
-    except _OutOfOrder:
-        return _diff(sort_records(sides[0]), sort_records(sides[1]), drift_factor, drift_floor)
+        sides = [in_order(base["results"]), in_order(new["results"])]
+        try:
+            return _diff(sides[0], sides[1], drift_factor, drift_floor)
+        except _OutOfOrder:
+            return _diff(in_order(sides[0], sort=True), in_order(sides[1], sort=True), drift_factor, drift_floor)
+    finally:
+        for copy in made:
+            copy.discard()
 
 
 def _diff(

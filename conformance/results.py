@@ -7,7 +7,10 @@ every finished result readable.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import glob
 import json
 import os
 import platform
@@ -173,16 +176,18 @@ class ResultsWriter:
         self.preserved: Path | None = None  # an earlier, interrupted run's stream, kept
         self._stream: IO[str] | None = None
         # The records again, sorted as they come (the stream keeps arrival order, for a killed run),
-        # in a directory of this process's beside the JSON: what a killed run leaves there is
-        # removed by the next run that writes here.
-        self.spill_directory = json_path.with_name(f".{json_path.stem}.spill-{os.getpid()}")
-        self._spill = SortedSpill(self.spill_directory)
+        # in a directory of this run's beside the JSON (made with the stream; see `claim_spill`).
+        self.spill_directory: Path | None = None
+        self._spill_lock: IO[bytes] | None = None
+        self._spill = SortedSpill()
 
     def _open_stream(self) -> IO[str]:
         if self._stream is None:
             self.stream_path.parent.mkdir(parents=True, exist_ok=True)
             self.preserved = preserve_interrupted(self.stream_path)
             remove_abandoned_spills(self.json_path)
+            self.spill_directory, self._spill_lock = claim_spill(self.json_path)
+            self._spill.directory = self.spill_directory
             self._stream = self.stream_path.open("w", encoding="utf-8")
             self._write_line({
                 "kind": "run",
@@ -233,10 +238,13 @@ class ResultsWriter:
         contracts: list[dict[str, Any]] | None = None,
         records: RecordFile | None = None,
         summary: dict[str, Any] | None = None,
+        *,
+        keep_spill: bool = False,
     ) -> dict[str, Any]:
         """Write the results JSON and close the stream. `records` (with their `summary`) from
         `sorted_records`; by default they are sorted and summarised here. The document returned
-        reads its records from the JSON just written."""
+        reads its records from the JSON just written. The spill directory is removed, unless
+        `keep_spill` (the caller still has scratch files there, and calls `close`)."""
         if records is None:
             counts = Summary()
             ordered = self.sorted_records([counts.add])
@@ -263,8 +271,17 @@ class ResultsWriter:
             self._write_line({"kind": "end", "results": self.count, "json": self.json_path.name})
             self._stream.close()
             self._stream = None
-        shutil.rmtree(self.spill_directory, ignore_errors=True)  # (the caller discards its store first)
+        if not keep_spill:
+            self.close()
         return document
+
+    def close(self) -> None:
+        """Remove this run's spill directory (whatever is still in it) and release its lock."""
+        if self.spill_directory is not None:
+            shutil.rmtree(self.spill_directory, ignore_errors=True)
+        if self._spill_lock is not None:
+            self._spill_lock.close()
+            self._spill_lock = None
 
 
 def _now() -> str:
@@ -283,22 +300,39 @@ def _stream_ended(path: Path) -> bool:
         return False
 
 
+# A run's spill directory holds a lock file, locked while the run lives: the kernel releases it when
+# the process ends however it ends, so "abandoned" needs no pid (pids are reused, and mean nothing
+# to another host or container sharing the directory).
+SPILL_LOCK = ".lock"
+
+
+def claim_spill(json_path: Path) -> tuple[Path, IO[bytes]]:
+    """A new spill directory beside `json_path` and its lock, held until the handle is closed.
+    Made under another name and renamed once locked, so no run ever sees one unlocked while alive."""
+    prefix = f".{json_path.stem}.making-"
+    making = Path(tempfile.mkdtemp(prefix=prefix, dir=json_path.parent))
+    lock = (making / SPILL_LOCK).open("wb")
+    # (on a file system without locks nobody can take it either, so nobody removes the directory)
+    with contextlib.suppress(OSError):
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    directory = making.with_name(f".{json_path.stem}.spill-{making.name[len(prefix) :]}")
+    making.rename(directory)
+    return directory, lock
+
+
 def remove_abandoned_spills(json_path: Path) -> None:
-    """The spill directories of runs that wrote here and were killed (their process is gone)."""
-    for directory in json_path.parent.glob(f".{json_path.stem}.spill-*"):
-        pid = directory.name.rpartition("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+    """The spill directories of runs that wrote here and were killed: those whose lock nobody holds."""
+    for directory in json_path.parent.glob(glob.escape(f".{json_path.stem}.spill-") + "*"):
+        try:
+            with (directory / SPILL_LOCK).open("rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live run's
+        except FileNotFoundError:
+            pass  # (an older version's, which had no lock: its run is long over)
+        except OSError:
+            continue  # unreadable: not ours to remove
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def preserve_interrupted(stream_path: Path) -> Path | None:

@@ -193,9 +193,10 @@ def test_diff_reads_both_files_in_step_and_holds_only_what_it_lists(
     """Files in the suite's layout are read one record at a time, in key order; a file in another
     order is sorted first (not misread as appeared/disappeared); past KEEP_CHANGES a category is
     counted, not listed."""
-    from conformance.record_files import open_results_json
+    from conformance.record_files import open_results_json, scratch_directory
     from conformance.results import atomic_write, write_json
 
+    stores_before = set(scratch_directory().glob(".records-*"))
     base = load(runs["clean1"])
     shuffled = {**base, "results": list(reversed(base["results"]))}
     path = tmp_path / "shuffled.json"
@@ -204,6 +205,11 @@ def test_diff_reads_both_files_in_step_and_holds_only_what_it_lists(
     assert opened is not None, "written in the suite's layout: read as it goes"
     same = diffing.diff(base, {**opened[0], "results": opened[1]})
     assert same.compared == len(base["results"]) and not any(same.counts.values())
+    # A hand-made file may hold NaN (json.loads reads it): sorted all the same, not refused.
+    odd = copy.deepcopy(base)
+    odd["results"][0]["error_ratio"] = float("nan")
+    assert diffing.diff(base, odd).compared == len(base["results"])
+    assert set(scratch_directory().glob(".records-*")) == stores_before, "the diff's sorted copies are removed"
 
     changed = copy.deepcopy(base)
     for record in changed["results"]:

@@ -4,8 +4,9 @@ controller's results, merge and report written from them without holding them.""
 from __future__ import annotations
 
 import json
-import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_a_results_json_is_read_back_one_record_at_a_time(tmp_path: Path) -> Non
     assert header == {} and list(stored) == []
 
 
-def test_the_controller_s_json_comes_from_its_stream_sorted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_writer_s_json_comes_from_its_spill_sorted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(record_files, "CHUNK", 64)
     writer = ResultsWriter(tmp_path / "results.json")
     records = _records(300, seed=1)
@@ -108,7 +109,13 @@ def test_records_travel_as_key_and_text_and_read_back_alike_with_or_without_orjs
 ) -> None:
     """A worker sends (key, text); the text is the record's JSON as every results file holds it,
     and it parses back to the same record whichever parser is installed."""
-    record = {**_records(1)[0], "worst": {"index": [0, 1, 2, 3], "expected": 0.1, "got": "nan"}, "ratio": 1e-310}
+    record = {
+        **_records(1)[0],
+        "worst": {"index": [0, 1, 2, 3], "expected": 0.1, "got": "nan"},
+        "ratio": 1e-310,
+        # Non-ASCII, and a lone surrogate: an OSError's path decoded with surrogateescape.
+        "message": "OSError: [Errno 2] '/tmp/\udcff.so' \u2260 \U0001f600",
+    }
     key, text = record_files.from_wire(record_files.to_wire(record))
     assert key == record_key(record) and text == json.dumps(record, allow_nan=False)
     assert record_files.parse_record(text) == record
@@ -146,13 +153,39 @@ def test_the_report_of_a_file_found_out_of_order_sorts_it_first(tmp_path: Path) 
 
 
 def test_a_killed_run_s_spill_is_removed_by_the_next_run_that_writes_there(tmp_path: Path) -> None:
-    abandoned = tmp_path / ".results.spill-99999999"  # (no such process)
-    abandoned.mkdir()
-    (abandoned / ".chunk-x.pickle").write_bytes(b"...")
-    ours = tmp_path / f".results.spill-{os.getpid()}"
-    ours.mkdir()  # (a live process's: left alone)
-    writer = ResultsWriter(tmp_path / "results.json")
-    writer.add(_records(1)[0])  # type: ignore[arg-type]
-    assert not abandoned.exists() and ours.exists()
-    writer.finish({"cpu": "test"}, ["test"])
-    assert not ours.exists(), "a finished run removes its own spill"
+    """A spill directory is abandoned when no process holds its lock (whatever its name's pid says):
+    a killed run's is removed, a live run's is left alone, and a run removes its own as it ends."""
+    claim = (
+        "import sys, time; from pathlib import Path; from conformance.results import claim_spill\n"
+        "directory, lock = claim_spill(Path(sys.argv[1]))\n"
+        "(directory / '.chunk-x.pickle').write_bytes(b'...')\n"
+        "print(directory, flush=True); time.sleep(float(sys.argv[2]))\n"
+    )
+
+    def other_run(seconds: float) -> tuple[subprocess.Popen[str], Path]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", claim, str(tmp_path / "results.json"), str(seconds)],
+            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
+        )  # fmt: skip
+        assert process.stdout is not None
+        return process, Path(process.stdout.readline().strip())
+
+    killed, abandoned = other_run(60)
+    killed.kill()
+    killed.wait()
+    alive, live = other_run(60)
+    old_layout = tmp_path / ".results.spill-12345"  # (an older version's: no lock file)
+    old_layout.mkdir()
+    try:
+        writer = ResultsWriter(tmp_path / "results.json")
+        writer.add(_records(1)[0])  # type: ignore[arg-type]
+        ours = writer.spill_directory
+        assert ours is not None and ours.is_dir() and ours not in (abandoned, live)
+        assert not abandoned.exists() and not old_layout.exists()
+        assert live.exists(), "a live run's spill was removed"
+        writer.finish({"cpu": "test"}, ["test"])
+        assert not ours.exists(), "a finished run removes its own spill"
+        assert live.exists()
+    finally:
+        alive.kill()
+        alive.wait()

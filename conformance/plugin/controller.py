@@ -130,6 +130,16 @@ class ResultCollector:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.writer.count and not self.writer.case_errors:
             return  # a run of the harness's own tests only: leave the last results alone
+        try:
+            self._write_results(session)
+        finally:
+            self.writer.close()  # (its spill directory: the sorted store and the report's rows lived there)
+        if self.writer.preserved is not None and self.html_path is not None:
+            # The killed run's finished results, drawn beside this run's report.
+            self.recovered_report = self.html_path.with_name(f"{self.writer.preserved.stem}.html")
+            report.write_report(read_stream(self.writer.preserved), self.recovered_report)
+
+    def _write_results(self, session: pytest.Session) -> None:
         # One pass over the sorted records makes everything below: the stream is the store, and the
         # records are read back once, one at a time.
         state = run_state(session.config)
@@ -137,7 +147,7 @@ class ResultCollector:
         ran: set[str] = set()
         known = expectations.StatusTally(self.known.entries, corpus(session.config))
         kept = contracts.Tally(c.summary() for c in state.contracts.entries)
-        page = report.ReportData(self.writer.count) if self.html_path is not None else None
+        page = report.ReportData(self.writer.count, self.writer.spill_directory) if self.html_path else None
         consumers = [counts.add, known.add, kept.add, lambda record: ran.add(record["framework"])]
         records = self.writer.sorted_records(consumers + ([page.add] if page is not None else []))
         environment = base_environment()
@@ -151,15 +161,11 @@ class ResultCollector:
         environment["thread_limits"] = state.thread_limits
         command = ["pytest", *sys.argv[1:]]
         self.document = self.writer.finish(
-            environment, command, known.statuses(), kept.result(), records, counts.as_dict()
+            environment, command, known.statuses(), kept.result(), records, counts.as_dict(), keep_spill=True
         )
         records.discard()
         if page is not None and self.html_path is not None:
             page.write(self.document, self.html_path)
-        if self.writer.preserved is not None and self.html_path is not None:
-            # The killed run's finished results, drawn beside this run's report.
-            self.recovered_report = self.html_path.with_name(f"{self.writer.preserved.stem}.html")
-            report.write_report(read_stream(self.writer.preserved), self.recovered_report)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.document is not None:

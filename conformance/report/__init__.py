@@ -127,10 +127,11 @@ class ReportData:
     `strings`).
 
     `total` (the number of records to come) decides whether conformant and not-run cells keep
-    their details (`FULL_DETAIL_RESULTS`).
+    their details (`FULL_DETAIL_RESULTS`). The rows file goes in `directory` (the controller's:
+    its run's spill directory beside the results, not a temporary directory that may be in memory).
     """
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, directory: Path | None = None) -> None:
         self.brief = total > FULL_DETAIL_RESULTS
         self.cases: dict[str, dict[str, Any]] = {}
         # Numbered as first seen (a cell's key); the header lists them in display order.
@@ -140,7 +141,8 @@ class ReportData:
         self.messages = _Strings()
         self._group: list[Mapping[str, Any]] = []  # the current case's records
         self._missing: list[str] = []  # CASE_FIELDS its records have not given yet
-        descriptor, name = tempfile.mkstemp(dir=scratch_directory(), prefix=".report-rows-", suffix=".json")
+        directory = directory or scratch_directory()
+        descriptor, name = tempfile.mkstemp(dir=directory, prefix=".report-rows-", suffix=".json")
         self._rows_path = Path(name)
         self._rows: IO[str] | None = os.fdopen(descriptor, "w", encoding="utf-8")
         self._first_row = True
@@ -224,14 +226,17 @@ def report_data(document: Mapping[str, Any]) -> ReportData:
     """The data model of a document's records: one pass over them. A results file is in case
     order; a hand-made list, or a file found out of order, is sorted on disk first."""
     records = document["results"]
-    if not isinstance(records, RecordFile):
-        records = sort_records(records)
-    data = ReportData(len(records))
+    if isinstance(records, RecordFile):
+        data = ReportData(len(records))
+        try:
+            return _fed(data, records)
+        except OutOfOrder:
+            data.discard()
+    ordered = sort_records(records)
     try:
-        return _fed(data, records)
-    except OutOfOrder:
-        data.discard()
-        return _fed(ReportData(len(records)), sort_records(records))
+        return _fed(ReportData(len(ordered)), ordered)
+    finally:
+        ordered.discard()
 
 
 def _fed(data: ReportData, records: Iterable[Mapping[str, Any]]) -> ReportData:
