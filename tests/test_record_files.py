@@ -189,3 +189,35 @@ def test_a_killed_run_s_spill_is_removed_by_the_next_run_that_writes_there(tmp_p
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_very_large_report_keeps_details_for_failing_cells_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above FULL_DETAIL_RESULTS a conformant or not-run cell keeps what the matrix shows, figures to
+    4 significant digits, empty fields left out; a failing cell keeps everything."""
+    import conformance.report as report
+
+    monkeypatch.setattr(report, "FULL_DETAIL_RESULTS", 10)
+    base = {"framework": "torch", "framework_version": "1.0", "op": "conv2d", "device": "cpu", "precision": "strict"}
+    records = [
+        {**base, "case": "c1", "target": "torch.conv2d-cpu", "dtype": "float32", "outcome": "pass",
+         "error_ratio": 0.123456789, "duration_s": 0.00123456789, "exact": False, "message": "",
+         "reproduction": "import numpy as np\n# case c1\ny = 1\n"},
+        {**base, "case": "c1", "target": "jax.conv-cpu", "dtype": "float32", "outcome": "mismatch",
+         "error_ratio": 12.3456789, "message": "off", "reproduction": "x = 1\n# case c1\ny = 2\n"},
+    ] + [
+        {**base, "case": f"c{n}", "target": "torch.conv2d-cpu", "dtype": "float32", "outcome": "skip", "message": ""}
+        for n in range(2, 12)
+    ]  # fmt: skip
+    write_report({"results": records}, tmp_path / "index.html")
+    model = embedded_data((tmp_path / "index.html").read_text())
+    assert model["brief"]["limit"] == 10
+    cells = {(row["case"], n): cell for row in model["rows"] for n, cell in row["cells"].items()}
+    columns = {c["n"]: c for c in model["columns"]}
+    passed, failed = (next(cell for (case, n), cell in cells.items() if case == "c1" and cell["o"] == o)
+                      for o in ("pass", "mismatch"))  # fmt: skip
+    assert passed == {"o": "pass", "r": 0.1235, "t": 0.001235}
+    assert failed["r"] == 12.3456789 and "rp" in failed and model["strings"][failed["m"]] == "off"
+    assert all(cell == {"o": "skip"} for (case, _), cell in cells.items() if case != "c1")
+    assert len(columns) == 2

@@ -214,6 +214,21 @@ def test_a_link_to_a_detail_opens_it(driver: Any, report: Path) -> None:
     assert driver.find_element("id", "detail-title").text.startswith("browser/plain-valid")
 
 
+def test_a_browser_without_from_base64_decodes_the_same_data(driver: Any, report: Path) -> None:
+    """Older browsers lack Uint8Array.fromBase64: the report falls back to atob and draws the same rows."""
+    driver.get(report.as_uri())
+    assert wait_ready(driver, 60) == "true"
+    native = [r.get_attribute("data-case") for r in rows(driver)]
+    added = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": "delete Uint8Array.fromBase64;"})
+    try:
+        driver.get(report.as_uri())
+        assert wait_ready(driver, 60) == "true"
+        assert driver.execute_script("return Uint8Array.fromBase64 === undefined")
+        assert [r.get_attribute("data-case") for r in rows(driver)] == native and native
+    finally:
+        driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]})
+
+
 def test_twenty_thousand_results_stay_virtualised_and_filterable(driver: Any, tmp_path: Path) -> None:
     document = synthetic_document(20_000)
     path = tmp_path / "big.html"

@@ -93,9 +93,17 @@ function columnLabel(column) {
 
 function string(index) { return D.strings[index] || ""; }
 
+function binaryBytes(binary) {
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
 async function decode() {
   const text = document.getElementById("report-data").textContent.trim();
-  const bytes = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+  // Uint8Array.from(atob(text), mapper) walks an iterator with a call per byte: 3.8 s of a 52 MB
+  // report's 7.2 s in Chromium. fromBase64 (Chromium 140, Firefox 133, Safari 18.2) takes 60 ms.
+  const bytes = Uint8Array.fromBase64 ? Uint8Array.fromBase64(text) : binaryBytes(atob(text));
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
   return JSON.parse(await new Response(stream).text());
 }
