@@ -327,18 +327,19 @@ def section_large(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
 
 def _same_checks(first: Path, second: Path) -> dict[str, Any]:
-    """Whether two results files hold the same checks with the same outcomes and output hashes
-    (both are in record order: one pass over each)."""
+    """Whether two results files hold the same checks with the same outcomes and output bits (where
+    they are a function of the inputs: `records.output_identity`); both in record order, one pass each."""
     from itertools import zip_longest
 
     from conformance.record_files import open_results_json, record_key
+    from conformance.records import output_identity
 
     files = [open_results_json(path) for path in (first, second)]
     assert all(files), "not results files"
     differing = compared = 0
     for a, b in zip_longest(files[0][1], files[1][1]):  # type: ignore[index]
         compared += 1
-        view = [None if r is None else (record_key(r)[:3], r["outcome"], r.get("output_sha256")) for r in (a, b)]
+        view = [None if r is None else (record_key(r)[:3], r["outcome"], output_identity(r)) for r in (a, b)]
         differing += view[0] != view[1]
     return {"compared": compared, "differing": differing, "identical": differing == 0}
 

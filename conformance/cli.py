@@ -8,6 +8,8 @@ report RESULTS.json -o OUT.html   render the HTML report of any results file (me
 hashes [PATHS] [-o FILE]          content hashes of every generated tensor, to compare machines
 reproduce CASE TARGET DTYPE       the Python source that repeats one check (what its record's
                                   `reproduction` holds; routine large-tier records leave it out)
+replay RESULTS...                 judge recorded results (or an evidence file) again with a known-
+                                  divergences file and the facts of the machine that made them
 from-model MODEL -o DIR           a case file with every distinct 2-D convolution of a model (.onnx, .keras,
                                   or a torch module as package.module:factory); --weights keeps its kernels
 """
@@ -17,16 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from conformance import composites, expectations, runner
+from conformance import composites, expectations, machine, replay, runner
 from conformance import contracts as accumulation_contracts
 from conformance import diff as diffing
 from conformance.adapters import all_targets
 from conformance.cases import case_files, load_file, load_paths, materialize
+from conformance.overview import Overview
 from conformance.report import write_report
 from conformance.results import ResultsFileError, atomic_write, atomic_write_text, merge, read_results, write_json
 
@@ -159,6 +164,55 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_source(path: Path) -> tuple[replay.Machine, Iterable[dict[str, Any]], str]:
+    """(the machine, the records, a note) of a results file, a stream, or an evidence file."""
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        opening = json.loads(first)
+    except ValueError:
+        opening = None
+    if isinstance(opening, dict) and opening.get("kind") == "run" and "cpu_flags" in opening:
+        where, records = replay.read_evidence(path.read_text(encoding="utf-8").splitlines())
+        return where, records, ""
+    document = _load_results(path)
+    environment = document.get("environment") or {}
+    note = "" if environment.get("cpu_features") else " (it does not say its CPU: judged as this machine's)"
+    return replay.Machine.of(environment, fallback=machine.this_cpu()), document["results"], note
+
+
+def _replay(args: argparse.Namespace) -> int:
+    known = expectations.load(args.expectations, str(args.expectations))
+    for error in known.errors:
+        print(error, file=sys.stderr)
+    if known.errors:
+        return 2
+    corpus = {case.qualified_id: case for case in load_paths(args.cases).cases}  # (what abridged records leave out)
+    glance = Overview(failure_limit=0)
+    before: Counter[str] = Counter()
+    after: Counter[str] = Counter()
+    for path in args.results:
+        where, records, note = _replay_source(path)
+        count = 0
+        for record in records:
+            judged = replay.rejudge(record, known.entries, where, corpus.get(record["case"]))
+            before[record["outcome"]] += 1
+            after[judged["outcome"]] += 1
+            glance.add(judged)
+            count += 1
+        print(f"{path}: {count} record(s), machine {machine.describe(where.cpu)}{note}")
+    print(f"as recorded: {', '.join(f'{n} {o}' for o, n in sorted(before.items()))}")
+    print(f"judged by {args.expectations}: {', '.join(f'{n} {o}' for o, n in sorted(after.items()))}")
+    for group in glance.failure_groups():
+        near = f"; nearly known: {group.near_miss}" if group.near_miss else ""
+        print(
+            f"  {group.count:>5}  {group.framework} {group.kind}, {group.outcome}: {group.cause}; "
+            f"e.g. {group.example}{near}"
+        )
+    print(f"{glance.failure_count} record(s) would fail a run")
+    return 1 if glance.failure_count else 0
+
+
 def _input_shape(text: str) -> tuple[int, int, int, int]:
     try:
         sizes = tuple(int(part) for part in text.split(","))
@@ -238,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("dtype")
     again.add_argument("--cases", nargs="+", type=Path, default=[Path("cases")], help="the corpus (default: cases/)")
     again.set_defaults(run=_reproduce)
+
+    judge = commands.add_parser("replay", help="judge recorded results again with a known-divergences file")
+    judge.add_argument("results", nargs="+", type=Path, help="results files, streams or evidence files")
+    judge.add_argument("--expectations", type=Path, default=Path("cases", expectations.FILE_NAME))
+    judge.add_argument("--cases", nargs="+", type=Path, default=[Path("cases")], help="the corpus (default: cases/)")
+    judge.set_defaults(run=_replay)
 
     model = commands.add_parser("from-model", help="a case file with every distinct 2-D convolution of a model")
     model.add_argument("model", help="an .onnx or .keras file, or a torch module as package.module:factory")

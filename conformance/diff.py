@@ -16,7 +16,7 @@ from typing import Any
 
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 from conformance.record_files import RecordFile, sort_records
-from conformance.records import observed
+from conformance.records import edition, observed, output_identity
 from conformance.results import result_key
 
 CATEGORIES = {
@@ -77,12 +77,12 @@ def _state(record: dict[str, Any] | None) -> str:
     text = observed(record)
     if record.get("error_ratio") is not None and text in ("pass", "contract", "mismatch"):
         text += f" (error/bound {record['error_ratio']:.3g})"
-    version = record.get("framework_version")
+    version = edition(record)
     return f"{text} @{version}" if version else text
 
 
 # What a kept change remembers of a record: what `_state` and the page show.
-_KEPT_FIELDS = ("outcome", "observed_outcome", "error_ratio", "framework_version", "message")
+_KEPT_FIELDS = ("outcome", "observed_outcome", "error_ratio", "framework_version", "profile", "message")
 
 
 def _kept(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -108,10 +108,10 @@ def _checks(records: Iterable[dict[str, Any]], label: str) -> Iterator[tuple[tup
         first, *others = group
         chosen = first
         for record in others:
-            if record.get("framework_version") != chosen.get("framework_version"):
+            if edition(record) != edition(chosen):
                 raise AmbiguousResults(
-                    f"{label}: {key} appears for {chosen.get('framework_version')} and "
-                    f"{record.get('framework_version')}; diff single-version runs (or merge shards of one environment)"
+                    f"{label}: {key} appears for {edition(chosen)} and {edition(record)}; diff single-version, "
+                    "single-profile runs (or merge shards of one environment)"
                 )
             chosen = record
         yield key, chosen
@@ -202,7 +202,8 @@ def _category(old: dict[str, Any], new: dict[str, Any], drift_factor: float, dri
         and new_ratio > drift_factor * old_ratio
     ):
         return "drift"
-    if old.get("output_sha256") and new.get("output_sha256") and old["output_sha256"] != new["output_sha256"]:
+    old_bits, new_bits = output_identity(old), output_identity(new)
+    if old_bits and new_bits and old_bits != new_bits:
         return "bits-changed"
     return None
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from conformance import frameworks, sweeps
+from conformance import frameworks, machine, sweeps
 from conformance.cases import CaseError, strict_validator
 from conformance.cases.entries import read_entries
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome
@@ -49,7 +49,8 @@ class Expectation:
     precision: str | None = None
     machine: str | None = None
     env: tuple[tuple[str, str | bool], ...] = ()
-    runtime: tuple[tuple[str, str | bool], ...] = ()  # facts the record's process reported (its `runtime`)
+    # Facts of the record's process (its `runtime`): a value, or a tuple of values any of which will do.
+    runtime: tuple[tuple[str, Any], ...] = ()
     outcomes: tuple[str, ...] = ()
     strict: bool = True
     where: tuple[sweeps.Constraint, ...] = ()  # geometry conditions, in the names sweeps' `where` uses
@@ -69,30 +70,40 @@ class Expectation:
             record["case"], record["target"], record["dtype"]
         ):
             return False
+        return not self.unmet(record, environ, first_only=True)
+
+    def unmet(self, record: Mapping[str, Any], environ: Mapping[str, str], first_only: bool = False) -> list[str]:
+        """The conditions beyond the case, target and dtype globs that this record does not meet, in
+        words (the first one only, when that is all a caller needs): empty when the entry takes it."""
+        unmet: list[str] = []
         if self.expect and record.get("expect") != self.expect:
-            return False
-        if self.where:
+            unmet.append(f"`expect` is {self.expect}, the case expects {record.get('expect')}")
+        if self.where and not (first_only and unmet):
             names = sweeps.record_variables(record)
-            if names is None or not all(c.holds(names) for c in self.where):
-                return False
-        if self.device and record.get("device") != self.device:
-            return False
-        if self.precision and record.get("precision") != self.precision:
-            return False
-        if self.machine and platform.machine() != self.machine:
-            return False
+            failing = [c.text for c in self.where if names is None or not c.holds(names)]
+            unmet += [f"`where` {text!r} does not hold" for text in failing]
+        for name in ("device", "precision"):
+            wanted = getattr(self, name)
+            if wanted and record.get(name) != wanted and not (first_only and unmet):
+                unmet.append(f"`{name}` is {wanted}, the check's is {record.get(name)}")
+        if self.machine and platform.machine() != self.machine and not (first_only and unmet):
+            unmet.append(f"`machine` is {self.machine}, this is {platform.machine()}")
         for name, wanted in self.env:
             value = environ.get(name)
-            if (value is not None) if wanted is False else (value != wanted):
-                return False
+            if ((value is not None) if wanted is False else (value != wanted)) and not (first_only and unmet):
+                unmet.append(f"`env` {name}={_toml(wanted)}, here {'(unset)' if value is None else value}")
         facts = record.get("runtime") or {}
-        if any(name not in facts or facts[name] != wanted for name, wanted in self.runtime):
-            return False
+        for name, wanted in self.runtime:
+            if (name not in facts or not machine.fact_matches(facts[name], wanted)) and not (first_only and unmet):
+                here = _toml(facts[name]) if name in facts else "not reported"
+                unmet.append(f"`runtime` {name}={_toml(wanted)}, here {here}")
         for name, specifier in self.versions:
+            if first_only and unmet:
+                break
             version = _version(name, record)
             if version is None or not specifier.contains(version, prereleases=True):
-                return False
-        return True
+                unmet.append(f"`versions` {name} {specifier}, here {version or 'none'}")
+        return unmet
 
     def conditions_met(self, record: Mapping[str, Any]) -> list[str]:
         """The entry's conditions, each as this record met it: what to narrow when it matched a
@@ -111,7 +122,8 @@ class Expectation:
             if getattr(self, name):
                 met.append(f"`{name}` is {getattr(self, name)}")
         met += [f"`env` {name}={'(unset)' if value is False else value}" for name, value in self.env]
-        met += [f"`runtime` {name}={_toml(value)}" for name, value in self.runtime]
+        facts = record.get("runtime") or {}
+        met += [f"`runtime` {name}={_toml(facts.get(name, value))}" for name, value in self.runtime]
         if self.cases != ("*",):
             met.append(f"`cases` match {record['case']}")
         return met
@@ -166,7 +178,7 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
                 precision=raw.get("precision"),
                 machine=raw.get("machine"),
                 env=tuple(sorted(raw.get("env", {}).items())),
-                runtime=tuple(sorted(raw.get("runtime", {}).items())),
+                runtime=tuple(sorted(raw.get("runtime", {}).items())),  # (lists stay lists: "any of")
                 outcomes=tuple(raw.get("outcomes", ())),
                 strict=raw.get("strict", True),
                 where=where,
@@ -184,8 +196,12 @@ def _version(name: str, record: Mapping[str, Any]) -> str | None:
 
 
 def _toml(value: Any) -> str:
-    """A value as the entry's TOML spells it (true, not True)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """A value as the entry's TOML spells it (true, not True; "AVX2")."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def unmatched_globs(entries: Iterable[Expectation], case_ids: list[str], target_ids: list[str]) -> list[CaseError]:
@@ -219,10 +235,13 @@ def _entries_taking(entries: Iterable[Expectation], target: str) -> Iterable[Exp
 def apply(record: Record, entries: Iterable[Expectation], environ: Mapping[str, str] | None = None) -> Record:
     """Turn a matched failure into xfail and a matched success into xpass (in place; returns the record)."""
     environ = os.environ if environ is None else environ
-    entry = next((e for e in _entries_taking(entries, record["target"]) if e.matches(record, environ)), None)
-    if entry is None:
-        return record
+    taking = _entries_taking(entries, record["target"])
+    entry = next((e for e in taking if e.matches(record, environ)), None)
     observed = Outcome(record["outcome"])
+    if entry is None:
+        if observed not in CONFORMANT and observed not in NOT_RUN:
+            _note_near_miss(record, taking, environ)
+        return record
     record["expectation"] = {**entry.summary(), "strict": entry.strict}
     if observed in NOT_RUN:
         return record
@@ -244,6 +263,18 @@ def apply(record: Record, entries: Iterable[Expectation], environ: Mapping[str, 
             f"this is {observed.value}: not excused)"
         )
     return record
+
+
+def _note_near_miss(record: Record, taking: Iterable[Expectation], environ: Mapping[str, str]) -> None:
+    """A failure no entry excuses: the entry that names its case, target and dtype and misses it by
+    the fewest conditions, and those conditions (a machine whose facts the entry did not foresee,
+    or a new geometry), so that a red run says which entry to look at."""
+    named = [e for e in taking if e.matches_check(record["case"], record["target"], record["dtype"])]
+    misses = [(entry, entry.unmet(record, environ)) for entry in named]
+    misses = [(entry, unmet) for entry, unmet in misses if unmet]
+    if misses:
+        entry, unmet = min(misses, key=lambda miss: len(miss[1]))  # the nearest; the first of equals
+        record["near_miss"] = {"id": entry.id, "unmet": unmet}
 
 
 COUNTS = ("xfail", "xpass", "not_run", "other", "conditions_unmet", "in_corpus")

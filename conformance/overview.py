@@ -12,6 +12,7 @@ row of its own: such targets are listed once per reason.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,78 @@ def failure_detail(record: Mapping[str, Any]) -> str:
 def _number(value: Any) -> str:
     """A value of the worst element: a float, or the text a record keeps for NaN and the infinities."""
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+# What varies between checks of one cause and is left out of its words: framework graph names
+# ({{function_node ...}}), op tags ([Op:...]), numbers and shapes.
+_NOISE = (
+    (re.compile(r"\{\{[^}]*\}\}\s*"), ""),
+    (re.compile(r"\s*\[Op:[^\]]*\]"), ""),
+    (re.compile(r"\s*\(a value was due\)"), ""),
+    (re.compile(r"^raised "), ""),
+    (re.compile(r"Exception encountered when calling [\w.]+\(\)\.\s*"), ""),
+    (re.compile(r"Graph execution error:\s*"), ""),
+    (re.compile(r"[.\s]*name:\s*$"), ""),
+    (re.compile(r"\[[-\d, ]*\]"), "[...]"),
+    (re.compile(r"\d+(\.\d+)?(e[-+]?\d+)?"), "N"),
+)
+_CAUSES = {
+    Outcome.MISMATCH: "values beyond the error bound",
+    Outcome.CONTRACT: "values beyond the accumulation contract",
+    Outcome.MISSING_ERROR: "a non-empty answer where no valid output exists",
+    Outcome.NONDETERMINISTIC: "different bits from the same call",
+}
+
+
+def cause_of(record: Mapping[str, Any]) -> str:
+    """What went wrong, in words that checks of one cause share: the outcome's meaning, or the
+    framework's message without the numbers, shapes and names that vary from check to check."""
+    outcome = record["outcome"]
+    if outcome == Outcome.XPASS:
+        return f"known divergence {(record.get('expectation') or {}).get('id', '?')} no longer reproduces here"
+    message = (record.get("message") or "").split("\n", 1)[0]
+    if outcome in _CAUSES:
+        nan = " (NaN/Inf placement)" if "differ in NaN/Inf" in message else ""
+        return _CAUSES[Outcome(outcome)] + nan
+    for pattern, replacement in _NOISE:
+        message = pattern.sub(replacement, message)
+    return message.strip().rstrip(".")[:120] or outcome
+
+
+@dataclass
+class FailureGroup:
+    """Failing checks of one cause: one framework and kind of check, one outcome, the same words,
+    and the same known divergence that nearly took them in."""
+
+    framework: str
+    kind: str
+    outcome: str
+    cause: str
+    near_miss: str  # "entry-id: its first unmet condition", or ""
+    count: int = 0
+    example: str = ""  # the first check: "case target dtype"
+    example_detail: str = ""  # its worst element, or the first line of what went wrong
+    targets: set[str] = field(default_factory=set)
+    dtypes: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "framework": self.framework,
+            "kind": self.kind,
+            "outcome": self.outcome,
+            "cause": self.cause,
+            "near_miss": self.near_miss,
+            "count": self.count,
+            "example": self.example,
+            "example_detail": self.example_detail,
+            "targets": sorted(self.targets),
+            "dtypes": sorted(self.dtypes),
+        }
+
+
+def _near_miss_text(record: Mapping[str, Any]) -> str:
+    near = record.get("near_miss")
+    return f"{near['id']}: {near['unmet'][0]}" if near and near.get("unmet") else ""
 
 
 @dataclass
@@ -121,6 +194,7 @@ class Overview:
         self.failures: list[dict[str, Any]] = []
         self.failure_count = 0
         self.failure_limit = failure_limit
+        self.causes: dict[tuple[str, str, str, str, str], FailureGroup] = {}
         self.known: dict[str, dict[str, dict[str, Any]]] = {}  # framework -> expectation id -> {link, checks}
 
     def add(self, record: Mapping[str, Any]) -> None:
@@ -144,6 +218,19 @@ class Overview:
             )
             known[expectation["id"]]["checks"] += 1
         if bucket == "failing":
+            near = _near_miss_text(record)
+            cause = cause_of(record)
+            framework, kind, outcome = str(record["framework"]), kind_of(record), str(record["outcome"])
+            cause_key = (framework, kind, outcome, cause, near)
+            group = self.causes.get(cause_key)
+            if group is None:
+                example = f"{record['case']} {record['target']} {record['dtype']}"
+                group = self.causes[cause_key] = FailureGroup(
+                    framework, kind, outcome, cause, near, example=example, example_detail=failure_detail(record)
+                )
+            group.count += 1
+            group.targets.add(record["target"])
+            group.dtypes.add(record["dtype"])
             self.failure_count += 1
             if len(self.failures) < self.failure_limit:
                 self.failures.append(
@@ -169,6 +256,10 @@ class Overview:
             if not target.ran_nothing:
                 grouped.setdefault((target.framework, getattr(target, by)), Tally()).merge(target.tally)
         return dict(sorted(grouped.items(), key=lambda item: (-item[1].counts["failing"], item[0])))
+
+    def failure_groups(self) -> list[FailureGroup]:
+        """The failing checks by cause, the largest first."""
+        return sorted(self.causes.values(), key=lambda g: (-g.count, g.framework, g.kind, g.cause))
 
     def idle(self) -> list[dict[str, Any]]:
         """Targets that ran nothing here, grouped by their commonest reason."""
@@ -205,6 +296,7 @@ class Overview:
             "idle": self.idle(),
             "failures": self.failures,
             "failure_count": self.failure_count,
+            "failure_groups": [group.as_dict() for group in self.failure_groups()],
             "warnings": self.warnings(),
             "known": {framework: list(entries.values()) for framework, entries in self.known.items()},
         }

@@ -20,14 +20,16 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
+from conformance.records import edition
+
 # Records per sorted chunk: about 40 MB of JSON text in memory while one is sorted.
 CHUNK = 20_000
 
 
 def record_key(record: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    """The order of records in every results file: case, target, dtype, then framework version
-    (a merged file holds one record per version)."""
-    return (record["case"], record["target"], record["dtype"], record.get("framework_version") or "")
+    """The order of records in every results file: case, target, dtype, then framework version and
+    profile (a merged file holds one record per version and profile: `records.edition`)."""
+    return (record["case"], record["target"], record["dtype"], edition(record))
 
 
 _fast_loads: Callable[[str | bytes], Any] | None

@@ -16,6 +16,7 @@ class Record(TypedDict, total=False):
     framework: str
     framework_version: str | None
     backend_version: str | None  # front-ends only (Keras 3): the version of the framework it runs on
+    profile: str  # the machine profile it ran under (conformance/profiles.py); absent: the host's defaults
     op: str
     variant: str
     quantity: str
@@ -60,9 +61,29 @@ class Record(TypedDict, total=False):
     reference_s: float
     observed_outcome: str  # xfail/xpass: what the target did before a known divergence relabelled it
     expectation: dict[str, Any]  # the matching known divergence {id, reason, link, strict}
+    near_miss: dict[str, Any]  # a failure no entry excused: {id, unmet} of the first entry that names this check
     runtime: dict[str, Any]  # facts the framework reported in the process that computed it (e.g. onednn_enabled)
     warnings: list[dict[str, Any]]  # framework warnings during the check: {category, where, message}, each once
     run: int  # merged files: index into `runs`
+
+
+def edition(record: Mapping[str, Any]) -> str:
+    """What tells the same check's records apart in a merged file: the framework version, and the
+    machine profile it ran under where that is not the host's ("2.21.0 [onednn-off]")."""
+    version = str(record.get("framework_version") or "")
+    profile = record.get("profile")
+    return f"{version} [{profile}]" if profile else version
+
+
+def output_identity(record: Mapping[str, Any]) -> str | None:
+    """The output's bits, as runs, shards and versions compare them (`output_sha256`), or None where
+    they are not a function of the inputs: where no valid output exists, whatever a target returns
+    is not an answer to anything (TensorFlow under oneDNN returns uninitialised memory there, other
+    bits on every run). Its outcome is still compared."""
+    if record.get("expect") == "no-valid-output":
+        return None
+    found = record.get("output_sha256")
+    return str(found) if found else None
 
 
 def observed(record: Mapping[str, Any]) -> str:

@@ -24,7 +24,8 @@ from itertools import groupby
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from conformance import __version__, contracts, frameworks
+from conformance import __version__, contracts, frameworks, machine, profiles
+from conformance.adapters.modes import gpu_stand_in
 from conformance.expectations import COUNTS, status_from_counts
 from conformance.record_files import (
     RESULTS_OPENING,
@@ -37,7 +38,7 @@ from conformance.record_files import (
     sort_records,
     store_sorted,
 )
-from conformance.records import observed
+from conformance.records import edition, observed
 
 _T = TypeVar("_T")
 
@@ -74,6 +75,11 @@ def base_environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
+        # What decides which kernels the frameworks take here (known divergences are judged by it).
+        "cpu_features": machine.machine_environment(),
+        "profile": profiles.current() or profiles.HOST,
+        # The GPU kit's dry run: "gpu" targets ran on the CPU (conformance/adapters/modes.py).
+        **({"gpu_stand_in": stand_in} if (stand_in := gpu_stand_in()) else {}),
         "packages": packages,
         "framework_versions": frameworks.installed_versions(known),
         "frameworks": {},
@@ -452,7 +458,7 @@ def read_results(path: Path) -> dict[str, Any]:
 
 
 def run_label(environment: dict[str, Any]) -> str:
-    """A short name for a run: its machine and the framework versions it ran."""
+    """A short name for a run: its machine, its profile unless the host's, and the framework versions it ran."""
     versions = environment.get("framework_versions")
     if versions is None:  # results written before frameworks were recorded by name: read the packages
         packages = environment.get("packages", {})
@@ -468,7 +474,9 @@ def run_label(environment: dict[str, Any]) -> str:
         for d in info.get("devices", [])
         if "cpu" not in str(d).lower()
     ]
-    return f"{environment.get('cpu', '?')}{' + ' + gpus[0] if gpus else ''}; {versions}".strip()
+    profile = environment.get("profile")
+    shown = f" [{profile}]" if profile and profile != profiles.HOST else ""
+    return f"{environment.get('cpu', '?')}{' + ' + gpus[0] if gpus else ''}{shown}; {versions}".strip()
 
 
 def runs_of(document: dict[str, Any], label: str | None = None) -> list[dict[str, Any]]:
@@ -499,10 +507,10 @@ SEVERITY = (
 def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """One document from several runs (shards, machines, framework versions).
 
-    Results are keyed by case, target, dtype and framework version, so each version gets its own
-    column. A result that was not run (skip) gives way to a run of the same check elsewhere, e.g.
-    the GPU targets that a CPU machine skipped. Two runs that evaluated the same key differently
-    are kept as the worse one and listed under `conflicts`.
+    Results are keyed by case, target, dtype, framework version and machine profile (`edition`),
+    so each version and profile gets its own column. A result that was not run (skip) gives way to
+    a run of the same check elsewhere, e.g. the GPU targets that a CPU machine skipped. Two runs
+    that evaluated the same key differently are kept as the worse one and listed under `conflicts`.
 
     The records are sorted on disk and chosen in one pass over them: merging holds one check's
     records at a time, whatever the size of the runs.
@@ -522,8 +530,8 @@ def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 
     def chosen(ordered: RecordFile) -> Iterator[dict[str, Any]]:
         for _, check in groupby(ordered, key=result_key):
-            kept: list[dict[str, Any]] = []  # one per framework version, in the order runs were given
-            for _, arrived in groupby(check, key=lambda r: r.get("framework_version") or ""):
+            kept: list[dict[str, Any]] = []  # one per framework version and profile, in the order runs were given
+            for _, arrived in groupby(check, key=edition):
                 kept.append(_choose(list(arrived)))
             evaluated = any(r["outcome"] != "skip" for r in kept)
             yield from (r for r in kept if r["outcome"] != "skip" or not evaluated)
@@ -540,7 +548,7 @@ def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 if SEVERITY.index(record["outcome"]) > SEVERITY.index(pick["outcome"]):
                     pick = record
         if seen:
-            disagreements.append(((*result_key(pick), pick.get("framework_version")), seen))
+            disagreements.append(((*result_key(pick), edition(pick)), seen))
         return pick
 
     ordered = sort_records(numbered())

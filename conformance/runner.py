@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from conformance import contracts as accumulation_contracts
-from conformance import derivatives, reference, timing
+from conformance import derivatives, machine, profiles, reference, timing
 from conformance.adapters import OUTPUT, CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.adapters.base import ProcessDied
 from conformance.cases import Case, CaseData, materialize
 from conformance.compare import CONFORMANT, NOT_RUN, ErrorModel, Expected, Outcome, Verdict, classify, exception_text
 from conformance.dtypes import float_format
+from conformance.machine import FactValue
 from conformance.records import Record
 from conformance.semantics import TransposedGeometry
 
@@ -205,7 +206,7 @@ def run_check(
     reproduction = ""
     output_hash: str | None = None
     tangents: derivatives.Tangents | None = None
-    facts: dict[str, bool | str | None] = {}
+    facts: dict[str, FactValue] = {}
     reason = adapter.unsupported_reason(params)
     if adapter.operation != case.op:  # (collection pairs them; this guards every other caller)
         reason = f"{adapter.name} computes {adapter.operation}; this case is {case.op}"
@@ -271,14 +272,14 @@ def run_check(
     record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash, tangents)
     record.update(timing.since(spent_before))
     if facts:
-        record["runtime"] = dict(facts)
+        record["runtime"] = machine.check_facts(facts, dtype)
     return record
 
 
-_runtime_facts: dict[Any, dict[str, bool | str | None]] = {}  # adapters hash by identity
+_runtime_facts: dict[Any, dict[str, FactValue]] = {}  # adapters hash by identity
 
 
-def runtime_facts(adapter: Any) -> dict[str, bool | str | None]:
+def runtime_facts(adapter: Any) -> dict[str, FactValue]:
     """The adapter's runtime facts, read once per process. A failure to read them (a child that died
     answering) is no fact for this check, and is asked again next time."""
     if adapter not in _runtime_facts:
@@ -327,6 +328,8 @@ def _judge_against_baseline(
             f"{baseline} raised ({base_error}); this formulation returned shape {shape}",
             got_shape=shape,
         )
+    if tuple(np.shape(base)) != tuple(expected.output_shape):
+        return _against_misshapen_baseline(baseline, base, expected, got, raised)
     against = replace(
         expected,
         values=np.asarray(base, dtype=np.float64),
@@ -339,6 +342,26 @@ def _judge_against_baseline(
     if verdict.outcome == Outcome.PASS and verdict.max_abs_error == 0:
         verdict.message = f"bitwise equal to {baseline}"
     return verdict
+
+
+def _against_misshapen_baseline(
+    baseline: str, base: np.ndarray, expected: Expected, got: Any, raised: Exception | None
+) -> Verdict:
+    """The primary call returned the wrong shape (its own check says so): no bound can hold this
+    formulation to it. The same shape and bits agree with it; anything else is the framework
+    disagreeing with itself, which is this oracle's finding."""
+    due, base_shape = list(expected.output_shape), list(np.shape(base))
+    if raised is not None:
+        return Verdict(Outcome.SHAPE, f"{baseline} returned shape {base_shape} ({due} was due); this formulation "
+                       f"raised {exception_text(raised)}")  # fmt: skip
+    shape = list(np.shape(got))
+    if shape == base_shape and _output_hash(got) == _output_hash(base):
+        return Verdict(Outcome.PASS, f"bitwise equal to {baseline}, whose shape {base_shape} is wrong ({due} was due)")
+    return Verdict(
+        Outcome.SHAPE,
+        f"{baseline} returned shape {base_shape} ({due} was due); this formulation returned shape {shape}",
+        got_shape=shape,
+    )
 
 
 def _repeat_calls(adapter: Any, call: ConvCall, target: Target, first: Any, repeat: int) -> str | None:
@@ -382,6 +405,12 @@ def _output_hash(got: Any) -> str | None:
     return hashlib.sha256(f"{array.dtype.str}{array.shape}".encode() + array.tobytes()).hexdigest()[:16]
 
 
+def _profile() -> Record:
+    """The machine profile the run's processes started with (conformance/profiles.py), unless the host's."""
+    label = profiles.current()
+    return {"profile": label} if label else {}
+
+
 def _backend_version(target: Target) -> Record:
     """A front-end's record also names its backend's version (Keras 3 on JAX: JAX's)."""
     framework = target.adapter.framework
@@ -407,6 +436,7 @@ def make_record(
         "framework": target.adapter.framework.name,
         "framework_version": target.adapter.version(),
         **_backend_version(target),
+        **_profile(),
         "op": target.adapter.op,
         "variant": target.adapter.variant,
         "quantity": target.adapter.quantity,

@@ -147,6 +147,25 @@ class Slow(FaultAdapter):
         return y.astype(call.x.dtype)
 
 
+class DieTogether(FaultAdapter):
+    """Kills its process at the same moment as another worker's check does: each check writes its
+    pid into $CONFORMANCE_TEST_RENDEZVOUS and waits until two have, then SIGKILLs itself (two
+    crashing builds at once, or the OOM killer taking two workers)."""
+
+    op = "die_together"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        import signal
+
+        rendezvous = os.environ["CONFORMANCE_TEST_RENDEZVOUS"]
+        open(os.path.join(rendezvous, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(rendezvous)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+
 FAULT_ADAPTERS: tuple[Adapter, ...] = (
     Segfault(),
     CrashOnImport(),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -173,6 +174,7 @@ def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> N
         "--conformance-target=numpy.*", "--conformance-target=faulty.*", f"--conformance-timeout={TIMEOUT_S}",
         f"--conformance-load-timeout={LOAD_S}", "--conformance-crash-limit=1", "--expectations=none",
         "--conformance-json=out/results.json", "--conformance-html=none",
+        "-rf",  # (each failing check's own text, on request)
     ]  # fmt: skip
     finished = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True)
     assert finished.returncode == 1, finished.stdout[-4000:] + finished.stderr[-4000:]
@@ -197,3 +199,86 @@ def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> N
     assert "Segmentation fault" in next(r for r in records if r["outcome"] == "crash")["message"]
     assert "the rest of its batch: 1 check(s) finished, 1 not run" in finished.stdout
     assert "3 items" in finished.stdout or "3 item" in finished.stdout  # one item per case x dtype
+
+
+TOGETHER_CASES = 30  # enough that work is still pending when both workers die
+
+
+def test_two_workers_that_die_together_cost_only_their_own_checks(tmp_path: Path) -> None:
+    """Two workers die at the same moment, again and again (every check of the target kills its
+    worker together with the other's): the run finishes, and every check is reported."""
+    rendezvous = tmp_path / "rendezvous"
+    rendezvous.mkdir()
+    (tmp_path / "project").mkdir()
+    corpus = {"together.toml": "".join(CASE.format(n=n, size=6 + n % 4) for n in range(TOGETHER_CASES))}
+    directory = write_project(tmp_path / "project", ["DieTogether"], corpus)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "-k", "numpy or faulty"]
+    command += ["--conformance-crash-limit=2", "--expectations=none", "--conformance-html=none"]
+    command += ["--conformance-json=out/results.json", "--conformance-timeout=120"]
+    env = child_environment(CONFORMANCE_TEST_RENDEZVOUS=str(rendezvous))
+    finished = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, timeout=600)
+    output = finished.stdout + finished.stderr
+    assert "INTERNALERROR" not in output, output[-4000:]
+    assert finished.returncode == 1, output[-4000:]  # failures (the crashes), not an internal error (3)
+    assert len(list(rendezvous.iterdir())) >= 2, "two workers met"
+    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    numpy_records = [r for r in records if r["framework"] == "numpy"]
+    assert len(numpy_records) == TOGETHER_CASES and {r["outcome"] for r in numpy_records} == {"pass"}
+    dying = Counter(r["outcome"] for r in records if r["framework"] == "faulty")
+    assert sum(dying.values()) == TOGETHER_CASES and dying["crash"] >= 2, dying
+
+
+class _Worker:
+    """What xdist's scheduler asks of a worker (execnet's WorkerController): a dead one's pipe
+    refuses every send, as execnet's does."""
+
+    def __init__(self, name: str, dead: bool = False) -> None:
+        self.name, self.dead, self.shutting_down, self.received = name, dead, False, []
+        self.gateway = SimpleNamespace(id=name)
+
+    def sendcommand(self, name: str, **kwargs: object) -> None:
+        if self.dead:
+            raise OSError("cannot send (already closed?)")
+        self.received.append(name)
+
+    def send_runtest_some(self, indices: list[int]) -> None:
+        self.sendcommand("runtests", indices=indices)
+
+    def send_runtest_all(self) -> None:
+        self.sendcommand("runtests_all")
+
+    def shutdown(self) -> None:
+        self.sendcommand("shutdown")
+
+    def log(self, *message: object) -> None:
+        pass
+
+
+def test_xdist_s_rescheduling_onto_a_worker_that_died_too_loses_nothing() -> None:
+    """xdist's own LoadScheduling, two workers: the first dies and its checks go to the second,
+    which died at the same moment (its death not yet reported). The send fails; the plugin lets it
+    go, the checks stay on the second worker's list, and its own death hands them on."""
+    from xdist.scheduler.load import LoadScheduling
+
+    from conformance.plugin.controller import tolerate_a_dead_worker
+
+    values = {"tx": ["2*popen"], "maxschedchunk": 1}  # -n 2, one check sent at a time
+    config = SimpleNamespace(getvalue=values.get, getoption=values.get)
+    scheduler = LoadScheduling(config)  # type: ignore[arg-type]
+    first, second, third = _Worker("gw0"), _Worker("gw1"), _Worker("gw2")
+    items = [f"cases/x.toml::c{n}" for n in range(40)]
+    for worker in (first, second):
+        tolerate_a_dead_worker(worker)
+        scheduler.add_node(worker)  # type: ignore[arg-type]
+        scheduler.add_node_collection(worker, items)  # type: ignore[arg-type]
+    scheduler.schedule()
+    first.dead = second.dead = True
+    crashed = scheduler.remove_node(first)  # type: ignore[arg-type]  # (unguarded: OSError, INTERNALERROR)
+    assert crashed == items[0]
+    pending_on_second = list(scheduler.node2pending[second])  # type: ignore[index]
+    tolerate_a_dead_worker(third)
+    scheduler.add_node(third)  # type: ignore[arg-type]  # the replacement worker
+    scheduler.add_node_collection(third, items)  # type: ignore[arg-type]
+    assert scheduler.remove_node(second) == items[pending_on_second[0]]  # type: ignore[arg-type]
+    handed_on = set(scheduler.pending) | set(scheduler.node2pending[third])  # type: ignore[index]
+    assert set(pending_on_second[1:]) <= handed_on, "what the second worker never received is run elsewhere"

@@ -127,12 +127,14 @@ def test_explicit_pads_are_zero_padding_before_a_valid_layer(cases: dict[str, Ca
 
 
 def test_a_backend_refusal_is_an_error_naming_the_backends_words(cases: dict[str, Case]) -> None:
-    """TensorFlow's CPU Conv2D takes NHWC only (keras-team/keras#23650, a known divergence): the
-    record gives TensorFlow's message, not only Keras' wrapper line."""
-    record = _check(cases["same-rate2"], KerasConv2D("tensorflow", "channels-first"))
+    """TensorFlow's own CPU Conv2D takes NHWC only (keras-team/keras#23650, a known divergence): the
+    record gives TensorFlow's message, not only Keras' wrapper line. In float64, which TensorFlow
+    never hands oneDNN (whose Conv2D takes NCHW), it is refused on every CPU."""
+    record = _check(cases["same-rate2"], KerasConv2D("tensorflow", "channels-first"), "float64")
+    assert record["runtime"]["onednn_dtype"] is False
     assert record["outcome"] == "error", record["message"]
     assert "only supports the NHWC tensor format on the CPU" in record["message"]
-    assert _check(cases["same-rate2"], KerasConv2D("torch", "channels-first"))["outcome"] == "pass"
+    assert _check(cases["same-rate2"], KerasConv2D("torch", "channels-first"), "float64")["outcome"] == "pass"
 
 
 def test_records_carry_keras_and_backend_versions_and_the_reproduction_sets_the_backend(cases: dict[str, Case]) -> None:

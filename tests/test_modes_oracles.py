@@ -32,6 +32,13 @@ rate = 2
 padding = "SAME"
 
 [[case]]
+id = "valid"
+dtypes = ["float32"]
+input = { generator = "normal", seed = 1, shape = [1, 9, 9, 2] }
+kernel = { generator = "normal", seed = 2, shape = [3, 3, 2, 3] }
+rate = 2
+
+[[case]]
 id = "no-output"
 dtypes = ["float32"]
 input = { generator = "normal", seed = 1, shape = [1, 4, 4, 1] }
@@ -113,6 +120,31 @@ def test_one_formulation_raising_is_a_divergence(cases: dict[str, Any]) -> None:
     assert record["outcome"] == "shape" and "fake.conv raised" in record["message"]
     both = _check(cases["plain"], _oracle(refusing, raises=True))
     assert both["outcome"] == "pass" and "both formulations raise" in both["message"]
+
+
+class MisShapen(Truth):
+    """A primary call that returns its input (oneDNN's Conv2D on a batch of 0 returns the input's shape)."""
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        return call.x.copy()
+
+
+def test_an_oracle_whose_baseline_has_the_wrong_shape_is_judged_not_a_harness_error(cases: dict[str, Any]) -> None:
+    """No bound relates two tensors of different shapes: the same wrong answer agrees with the
+    primary, a right one or an exception is the framework disagreeing with itself (it was the
+    harness's own "operands could not be broadcast" error on an AVX-512 machine)."""
+    agreeing = _check(cases["valid"], _oracle_of(MisShapen(), MisShapen()))
+    assert agreeing["outcome"] == "pass" and "whose shape [1, 9, 9, 2] is wrong ([1, 5, 5, 3]" in agreeing["message"]
+    right = _check(cases["valid"], _oracle(MisShapen()))
+    assert right["outcome"] == "shape" and right["got_shape"] == [1, 5, 5, 3]
+    assert right["message"].startswith("fake.conv returned shape [1, 9, 9, 2] ([1, 5, 5, 3] was due)")
+    refusing = _check(cases["valid"], _oracle(MisShapen(), raises=True))
+    assert refusing["outcome"] == "shape" and "this formulation raised ValueError" in refusing["message"]
+
+
+def _oracle_of(primary: Adapter, oracle: Truth) -> Adapter:
+    oracle.variant, oracle.baseline = "alt", primary
+    return oracle
 
 
 def test_without_a_valid_output_an_oracle_follows_the_conformance_rule(cases: dict[str, Any]) -> None:

@@ -135,7 +135,8 @@ def test_a_listed_divergence_that_passes_is_xpass(pytester: pytest.Pytester, cor
     result.stdout.fnmatch_lines(["*known.toml*case 'broken-entry'*'link' is a required property*"])
     if strict == "true":
         result.assert_outcomes(failed=2, deselected=result.parseoutcomes().get("deselected", 0))
-        result.stdout.fnmatch_lines(["*matched this conformant check*narrow the condition*"])
+        result.stdout.fnmatch_lines(["*1  numpy forward, xpass (float32): known divergence numpy-listed no longer*"])
+        assert "matched this conformant check" in record["message"] and "narrow the condition" in record["message"]
     else:
         result.assert_outcomes(passed=1, failed=1, deselected=result.parseoutcomes().get("deselected", 0))
 
@@ -317,3 +318,67 @@ def test_a_framework_registered_by_a_conftest_alone_is_known_everywhere(pytester
     write_report(merged, pytester.path / "merged.html")
     columns = embedded_data((pytester.path / "merged.html").read_text())["columns"]
     assert sorted((c["framework"], c["version"]) for c in columns) == [("fakefw", "1.2.3"), ("fakefw", "2.0.0")]
+
+
+SWEEP = """
+[[sweep]]
+id = "many"
+seed = 4
+channels = 2
+out_channels = 2
+kernel_size = 3
+[sweep.axes]
+size = [7, 8, 9, 10, 11, 12, 13, 14]
+rate = [1, 2, 3]
+"""
+NEARLY = """
+[[divergence]]
+id = "numpy-doubles-on-old-numpy"
+cases = ["many/*"]
+targets = ["numpy.im2col-cpu"]
+versions = { numpy = "<1" }
+reason = "a numpy release that doubles every answer"
+link = "https://example.org/old-numpy"
+"""
+DOUBLING = """
+from conformance.adapters import numpy as numpy_adapter
+original = numpy_adapter.NumpyIm2col.run
+def broken(self, call, device, precision):
+    return original(self, call, device, precision) * 2
+numpy_adapter.NumpyIm2col.run = broken
+"""
+
+
+@pytest.mark.parametrize("asked", [[], ["-rf"], ["-v"]], ids=["default", "rf", "verbose"])
+def test_a_red_run_reads_on_one_screen(pytester: pytest.Pytester, asked: list[str]) -> None:
+    """24 checks fail of one cause: one group with its count, an example and the entry that nearly
+    knew it, instead of a FAILURES section and a FAILED line each (those on request)."""
+    cases = pytester.mkdir("many")
+    (cases / "many.toml").write_text(SWEEP)
+    (pytester.path / "known.toml").write_text(NEARLY)
+    pytester.makeconftest(DOUBLING)
+    out = pytester.path / "out" / "results.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "conformance.plugin", "--cases", str(cases), "--conformance-json", str(out), "-m", "numpy",
+        "--expectations", str(pytester.path / "known.toml"), "-p", "no:cacheprovider", *asked,
+    )  # fmt: skip
+    result.assert_outcomes(failed=24, deselected=result.parseoutcomes().get("deselected", 0))
+    result.stdout.fnmatch_lines(
+        [
+            "*failing checks: 24 in 1 group(s) by cause*",
+            "*   24  numpy forward, mismatch (float32): values beyond the error bound",
+            "*e.g. many/many-in*numpy.im2col-cpu float32: error/bound *, worst at *",
+            "*nearly known: numpy-doubles-on-old-numpy: `versions` numpy <1, here *",
+        ]
+    )
+    text = result.stdout.str()
+    failed_lines = [line for line in text.splitlines() if line.startswith("FAILED ")]
+    sections = text.count("reproduction:")
+    if not asked:
+        assert not failed_lines and sections == 0 and "= FAILURES =" not in text
+        summary = text[text.index("- conformance -") :]
+        assert len(summary.splitlines()) < 20, summary
+    else:  # pytest as usual: each check's failure with its reproduction, and a FAILED line each
+        assert len(failed_lines) == 24 and sections == 24
+    records = json.loads(out.read_text())["results"]
+    assert all(r["near_miss"]["id"] == "numpy-doubles-on-old-numpy" for r in records)

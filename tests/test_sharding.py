@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conformance.plugin.sharding import balanced, case_seconds, hashed_shard
+from conformance.records import output_identity
 from tests.projects import REPO, child_environment
 
 pytest_plugins = ["pytester"]
@@ -50,7 +51,7 @@ def _run(directory: Path, name: str, *extra: str) -> dict:
 
 
 def _checks(document: dict) -> dict[tuple[str, str, str], tuple[str, str | None]]:
-    return {(r["case"], r["target"], r["dtype"]): (r["outcome"], r.get("output_sha256")) for r in document["results"]}
+    return {(r["case"], r["target"], r["dtype"]): (r["outcome"], output_identity(r)) for r in document["results"]}
 
 
 def test_three_shards_merged_equal_the_unsharded_run(tmp_path: Path) -> None:

@@ -78,6 +78,14 @@ def test_the_matrix_is_every_framework_release_of_tox_and_the_shard_count_agrees
     assert int(workflow["env"]["SHARDS"]) == len(matrix["shard"]) and matrix["shard"] == list(
         range(1, len(matrix["shard"]) + 1)
     )
-    # The merge job waits for every shard and the GPU job, and runs even when a shard found failures.
+    # Every machine profile the suite defines runs as a job of its own, through its tox environment.
+    from conformance.profiles import PROFILES
+
+    profiles = workflow["jobs"]["profile"]["strategy"]["matrix"]["profile"]
+    assert sorted(profiles) == sorted(PROFILES)
+    assert sorted(s.removeprefix("testenv:profile-") for s in tox.sections() if s.startswith("testenv:profile-")) == (
+        sorted(PROFILES)
+    )
+    # The merge job waits for every shard, profile and the GPU job, and runs even when a shard found failures.
     merge = workflow["jobs"]["merge"]
-    assert set(merge["needs"]) == {"shard", "gpu"} and "always()" in merge["if"]
+    assert set(merge["needs"]) == {"shard", "profile", "gpu"} and "always()" in merge["if"]

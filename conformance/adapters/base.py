@@ -20,6 +20,7 @@ import numpy as np
 from conformance.adapters.modes import DEVICES
 from conformance.adapters.program import Name, Program, Statement, Value
 from conformance.frameworks import Framework
+from conformance.machine import FactValue
 from conformance.semantics import CONV2D, AnyGeometry, PaddingSpec
 
 
@@ -138,7 +139,7 @@ class Adapter(ABC):
     def environment(self) -> dict[str, Any]:
         """Versions, devices and precision flags, read at run time (only after the framework is loaded)."""
 
-    def runtime_facts(self) -> dict[str, bool | str | None]:
+    def runtime_facts(self) -> dict[str, FactValue]:
         """What the loaded framework reports about the process it runs in, that a known divergence
         may be conditioned on (`runtime` in expectations.toml): a library really in use, which an
         environment variable only requests. Read after the framework is loaded; each record carries it."""
@@ -219,7 +220,7 @@ class DerivativeAdapter(Adapter):
     def environment(self) -> dict[str, Any]:
         return self.primary.environment()
 
-    def runtime_facts(self) -> dict[str, bool | str | None]:
+    def runtime_facts(self) -> dict[str, FactValue]:
         return self.primary.runtime_facts()
 
 
@@ -254,7 +255,7 @@ class DeviceComparison(Adapter):
     def environment(self) -> dict[str, Any]:
         return self.primary.environment()
 
-    def runtime_facts(self) -> dict[str, bool | str | None]:
+    def runtime_facts(self) -> dict[str, FactValue]:
         return self.primary.runtime_facts()
 
 

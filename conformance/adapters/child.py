@@ -33,6 +33,7 @@ import numpy as np
 from conformance.adapters.base import Adapter, CallParams, ConvCall, ProcessDied, Unavailable, Unsupported
 from conformance.adapters.program import Program, SetEnv
 from conformance.frameworks import Framework
+from conformance.machine import FactValue
 
 PARENT_VARIABLE = "CONFORMANCE_CHILD_PARENT"
 _HEADER = struct.Struct("<Q")
@@ -246,8 +247,8 @@ class InChildProcess(Adapter):
         info: dict[str, Any] = self._ask(Describe(self.inner))
         return info
 
-    def runtime_facts(self) -> dict[str, bool | str | None]:
-        facts: dict[str, bool | str | None] = self._ask(Describe(self.inner, "runtime_facts"))
+    def runtime_facts(self) -> dict[str, FactValue]:
+        facts: dict[str, FactValue] = self._ask(Describe(self.inner, "runtime_facts"))
         return facts
 
 

@@ -26,7 +26,7 @@ from conformance.adapters.base import (
     DeviceComparison,
     Unavailable,
 )
-from conformance.adapters.modes import numpy_output
+from conformance.adapters.modes import numpy_output, physical_device
 from conformance.adapters.program import (
     Assign,
     Do,
@@ -70,7 +70,7 @@ def _jax() -> Any:
 
 def _platform(device: str) -> str:
     """JAX's platform name for a target's device (one place, so tests can point "gpu" elsewhere)."""
-    return "gpu" if device == "gpu" else "cpu"
+    return "gpu" if physical_device(device) == "gpu" else "cpu"
 
 
 def _prelude(device: str) -> list[Statement]:

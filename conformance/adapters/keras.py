@@ -70,6 +70,7 @@ from conformance.adapters.program import (
     method,
 )
 from conformance.frameworks import KERAS_JAX, KERAS_TENSORFLOW, KERAS_TORCH, Framework
+from conformance.machine import FactValue
 from conformance.semantics import CONV_TRANSPOSE, as_transposed
 
 if TYPE_CHECKING:  # (conformance.composites imports the adapters: it is imported where it is used)
@@ -287,12 +288,17 @@ class _KerasLayer(DescribedAdapter):
         keras = _keras(self.backend)
         return numpy_output(keras.ops.convert_to_numpy(value), keras.backend.standardize_dtype(value.dtype))
 
-    def runtime_facts(self) -> dict[str, bool | str | None]:
-        if self.backend != "tensorflow":
-            return {}
-        from conformance.adapters.tensorflow import onednn_enabled  # (TensorFlow is loaded: Keras runs on it)
+    def runtime_facts(self) -> dict[str, FactValue]:
+        """The backend's facts: its kernels are the backend's (oneDNN in TensorFlow and torch)."""
+        if self.backend == "tensorflow":
+            from conformance.adapters import tensorflow  # (loaded already: Keras runs on it)
 
-        return {"onednn_enabled": onednn_enabled()}
+            return tensorflow.runtime_facts()
+        if self.backend == "torch":
+            from conformance.adapters import pytorch
+
+            return pytorch.runtime_facts()
+        return {}
 
     def environment(self) -> dict[str, Any]:
         keras = _keras(self.backend)

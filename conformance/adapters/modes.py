@@ -4,6 +4,7 @@ at all, and the one conversion of a framework's answer into the NumPy array the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,24 @@ PRECISION_MODES = ("strict", "defaults")
 GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
+# The GPU kit's dry run (benchmarks/gpu/run.sh on a machine without one): every GPU target runs
+# on the CPU under its GPU id, so the kit's whole path (selection, results, merge, report,
+# account) is exercised where CI runs. Records and the environment say so (`gpu_stand_in`).
+GPU_STAND_IN_VARIABLE = "CONFORMANCE_GPU_STAND_IN"
+
+
+def gpu_stand_in() -> str | None:
+    """ "cpu" where GPU targets run on the CPU (the kit's dry run), else None."""
+    return "cpu" if os.environ.get(GPU_STAND_IN_VARIABLE) == "cpu" else None
+
+
+def physical_device(device: str) -> str:
+    """Where a target's device really is: "gpu" is the CPU in the kit's dry run."""
+    return "cpu" if device == "gpu" and gpu_stand_in() else device
+
+
 def gpu_driver_present() -> bool:
-    return any(Path(node).exists() for node in GPU_DEVICE_NODES)
+    return gpu_stand_in() is not None or any(Path(node).exists() for node in GPU_DEVICE_NODES)
 
 
 def no_gpu_reason() -> str | None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from conformance.adapters import padding
 from conformance.adapters.base import CallParams, ConvCall, DescribedAdapter, DeviceComparison, Unavailable
-from conformance.adapters.modes import numpy_output
+from conformance.adapters.modes import numpy_output, physical_device
 from conformance.adapters.program import (
     Assign,
     Dict,
@@ -74,9 +74,9 @@ class OnnxRuntimeConv(DescribedAdapter):
 
     def check_available(self, device: str) -> None:
         ort = _ort()
-        if PROVIDERS[device] not in ort.get_available_providers():
+        if PROVIDERS[physical_device(device)] not in ort.get_available_providers():
             raise Unavailable(
-                f"onnxruntime {ort.__version__} has no {PROVIDERS[device]} "
+                f"onnxruntime {ort.__version__} has no {PROVIDERS[physical_device(device)]} "
                 f"(it has {', '.join(ort.get_available_providers())})"
             )
 
@@ -96,8 +96,8 @@ class OnnxRuntimeConv(DescribedAdapter):
     def session(self, model: Expr, device: str, precision: str) -> list[Statement]:
         """`session`: an InferenceSession of the serialised `model` on the device's provider, with
         the variant's graph optimisation level."""
-        provider: Any = PROVIDERS[device]
-        if device == "gpu" and precision == "strict":
+        provider: Any = PROVIDERS[physical_device(device)]
+        if physical_device(device) == "gpu" and precision == "strict":
             provider = (provider, {"use_tf32": "0"})
         options: list[Statement] = [Assign("options", invoke("ort.SessionOptions"))]
         if self.variant in OPTIMISATION_LEVELS:

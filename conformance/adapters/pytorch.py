@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance import machine
 from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
@@ -27,7 +28,7 @@ from conformance.adapters.base import (
     DeviceComparison,
     Unavailable,
 )
-from conformance.adapters.modes import numpy_output
+from conformance.adapters.modes import numpy_output, physical_device
 from conformance.adapters.program import (
     Assign,
     BinOp,
@@ -44,6 +45,7 @@ from conformance.adapters.program import (
     method,
 )
 from conformance.frameworks import TORCH
+from conformance.machine import FactValue
 from conformance.semantics import CONV_TRANSPOSE
 
 NCHW, OIHW = (0, 3, 1, 2), (3, 2, 0, 1)  # from NHWC and HWIO
@@ -65,9 +67,32 @@ def _torch() -> Any:
     return torch
 
 
+def runtime_facts() -> dict[str, FactValue]:
+    """This process's torch's facts (Keras' torch backend too): what it reports, and oneDNN's ISA."""
+    return machine.facts_of_this_process(TORCH.name, reported_facts())
+
+
+def reported_facts() -> dict[str, FactValue]:
+    """What this process's torch reports of the CPU kernels it takes: ATen's kernel level, and which
+    dtypes its oneDNN convolutions take (bfloat16 only where oneDNN runs AVX-512, so
+    ONEDNN_MAX_CPU_ISA decides it: the half-precision backward passes differ)."""
+    torch = _torch()
+    mkldnn = torch.backends.mkldnn
+    reported: dict[str, FactValue] = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_enabled": bool(mkldnn.is_available() and mkldnn.enabled),
+    }
+    try:  # (private, but the check torch itself makes before choosing oneDNN for a half dtype)
+        reported["onednn_bfloat16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        reported["onednn_float16"] = bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        pass  # an older torch: the dtypes are derived from the CPU instead
+    return reported
+
+
 def _torch_device(device: str) -> str:
     """The torch device of a target's device (one place, so tests can point "gpu" elsewhere)."""
-    return "cuda" if device == "gpu" else "cpu"
+    return "cuda" if physical_device(device) == "gpu" else "cpu"
 
 
 def _prelude(precision: str) -> list[Statement]:
@@ -93,7 +118,7 @@ class TorchConv2d(DescribedAdapter):
 
     def check_available(self, device: str) -> None:
         torch = _torch()
-        if device == "gpu" and not torch.cuda.is_available():
+        if physical_device(device) == "gpu" and not torch.cuda.is_available():
             build = "CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
             raise Unavailable(f"no CUDA device visible to torch {torch.__version__} ({build})")
 
@@ -151,6 +176,9 @@ class TorchConv2d(DescribedAdapter):
         if torch.cuda.is_available():
             info["devices"].append(f"gpu: {torch.cuda.get_device_name(0)}")
         return info
+
+    def runtime_facts(self) -> dict[str, FactValue]:
+        return runtime_facts()
 
 
 class TorchLayer(TorchConv2d):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance import machine
 from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
@@ -52,6 +53,7 @@ from conformance.adapters.program import (
     method,
 )
 from conformance.frameworks import TENSORFLOW, set_defaults
+from conformance.machine import FactValue
 from conformance.semantics import CONV_TRANSPOSE, as_transposed
 
 # oneDNN is switched by an environment variable read once, at import.
@@ -82,6 +84,19 @@ def onednn_enabled() -> bool | None:
     except ImportError:
         return None
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def runtime_facts() -> dict[str, FactValue]:
+    """oneDNN as this process's TensorFlow uses it (Keras' TensorFlow backend too). Unset
+    TF_ENABLE_ONEDNN_OPTS means on for some CPUs only, and with it on TensorFlow still hands oneDNN
+    only the dtypes the CPU supports: its defects (and the refusals it avoids) follow these facts,
+    not the variable. TensorFlow reports whether oneDNN is on; the rest is derived by its own rules."""
+    return machine.facts_of_this_process(TENSORFLOW.name, reported_facts())
+
+
+def reported_facts() -> dict[str, FactValue]:
+    """What TensorFlow itself answers: whether oneDNN is on in this process."""
+    return {"onednn_enabled": onednn_enabled()}
 
 
 def _padding_argument(call: CallParams | ConvCall) -> str | list[list[int]]:
@@ -185,9 +200,8 @@ class _TensorFlowAdapter(DescribedAdapter):
             },
         }
 
-    def runtime_facts(self) -> dict[str, bool | str | None]:
-        # Unset TF_ENABLE_ONEDNN_OPTS means on for some CPUs only: oneDNN's defects follow this, not the variable.
-        return {"onednn_enabled": onednn_enabled()}
+    def runtime_facts(self) -> dict[str, FactValue]:
+        return runtime_facts()
 
 
 class TensorFlowAtrousConv2d(_TensorFlowAdapter):

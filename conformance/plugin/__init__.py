@@ -34,6 +34,7 @@ import json
 import re
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 # The user_properties keys a report carries its records and invalid cases under (items.py).
 RECORD_KEY = "conformance"
 CASE_ERROR_KEY = "conformance_case_error"
+CHECK_KEY = "conformance_check"  # on a failing check's report: its detail is the suite's summary's
 
 _active_key = pytest.StashKey[bool]()
 
@@ -84,8 +86,10 @@ def _holds_a_corpus(folder: Path) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     if not active(config):
         return
+    from conformance import native
     from conformance.plugin import collection, controller, run_state, selection
 
+    native.guard()  # a framework dropped from sys.modules is never imported again (corrupted) in this process
     selection.register_markers(config)
     settings = options.settings(config)
     collection.set_roots(config, settings.cases)
@@ -184,7 +188,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
         if isinstance(item, (ConformanceItem, BatchItem, NotRunItem)):
             report.keywords = {}
+            if report.failed:  # (travels with the report under xdist, as user properties do)
+                report.user_properties.append((CHECK_KEY, True))
     return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # around the terminal reporter's own summary
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Generator[None, object, object]:
+    """A failing check is one line of the suite's summary, grouped by cause, not a FAILURES section
+    and a FAILED line each: hundreds fail together when a framework regresses. They are held back
+    from pytest's own summary while it prints (the counts still include them), unless the run asks
+    for them: -v, or -r with f, a or A. Failing harness tests print as usual."""
+    from conformance.plugin.terminal import wants_each_failure
+
+    if not active(config) or wants_each_failure(config):
+        return (yield)
+    failed = terminalreporter.stats.get("failed", [])
+    terminalreporter.stats["failed"] = [r for r in failed if (CHECK_KEY, True) not in (r.user_properties or ())]
+    try:
+        return (yield)
+    finally:
+        terminalreporter.stats["failed"] = failed
 
 
 @pytest.hookimpl(trylast=True)

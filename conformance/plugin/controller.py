@@ -19,7 +19,7 @@ import pytest
 from conformance import contracts, expectations, isolation, report, results, runner
 from conformance.cases import case_files, load_file
 from conformance.compare import Outcome
-from conformance.plugin import CASE_ERROR_KEY, RECORD_KEY
+from conformance.plugin import CASE_ERROR_KEY, CHECK_KEY, RECORD_KEY
 from conformance.plugin.collection import roots
 from conformance.plugin.options import settings
 from conformance.plugin.run_state import STATE_DIR_INPUT, run_state
@@ -52,6 +52,24 @@ def corpus(config: pytest.Config) -> expectations.Corpus:
     return expectations.Corpus(case_dtypes, tuple(t.id for t in targets(config)))
 
 
+def tolerate_a_dead_worker(node: Any) -> None:
+    """A send to a worker that has died is let go. When a worker dies, xdist gives its pending checks
+    to the others (LoadScheduling.remove_node); one that died at the same moment, whose death xdist
+    has not heard of yet, cannot take them, and the failed send would end the whole run with an
+    INTERNALERROR. The checks stay on that worker's list, so its own death, reported next, hands
+    them on again: nothing is lost. (xdist sends only to its workers; execnet raises OSError only
+    when the pipe to the worker is closed.)"""
+    send = node.sendcommand
+
+    def sendcommand(name: str, **kwargs: object) -> None:
+        try:
+            send(name, **kwargs)
+        except OSError as exc:
+            node.log(f"not sent to a dead worker: {name} ({exc})")
+
+    node.sendcommand = sendcommand
+
+
 class ResultCollector:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -71,6 +89,7 @@ class ResultCollector:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[STATE_DIR_INPUT] = str(self.state_dir)
+        tolerate_a_dead_worker(node)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
@@ -93,6 +112,7 @@ class ResultCollector:
                 expectations.apply(other, self.known.entries)
             report.user_properties.append((RECORD_KEY, to_wire(other)))
         report.longrepr = terminal_safe(failure_text(record))
+        report.user_properties.append((CHECK_KEY, True))  # (its detail is the summary's: plugin's terminal_summary)
         if rest:
             not_reached = sum(r["outcome"] == Outcome.SKIP for r in rest)
             report.longrepr += (

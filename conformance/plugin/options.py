@@ -145,6 +145,14 @@ def add_options(parser: pytest.Parser) -> None:
         "results (.json or .jsonl); cases it lacks are placed by hash",
     )
     group.addoption(
+        "--conformance-profile",
+        default="host",
+        metavar="NAME",
+        help="machine profile: the variables every framework process starts with, to show another class of "
+        "machine on this one (host, onednn-on, onednn-off, avx2; default host: the machine as it is). "
+        "Recorded in the results; merged runs show one column per profile",
+    )
+    group.addoption(
         "--expectations",
         default=None,
         metavar="PATH",
@@ -181,6 +189,7 @@ class Settings:
     batch: str  # which cases run as one item per case x dtype: "case" (all), "large" (that tier's), "off"
     shard: tuple[int, int] | None  # (K, N) of --conformance-shard
     durations_path: Path | None  # --conformance-durations
+    profile: str  # --conformance-profile (conformance/profiles.py)
 
     def repeat_for(self, device: str) -> int:
         """Calls per check: GPU libraries may pick nondeterministic algorithms per shape, so GPU
@@ -237,7 +246,17 @@ def _read(config: pytest.Config) -> Settings:
         batch={"auto": "large"}.get(config.getoption("conformance_batch"), config.getoption("conformance_batch")),
         shard=_shard(config.getoption("conformance_shard")),
         durations_path=None if durations is None else invocation_path(config, durations),
+        profile=_profile(config.getoption("conformance_profile")),
     )
+
+
+def _profile(name: str) -> str:
+    from conformance import profiles
+
+    try:
+        return profiles.get(name).name
+    except profiles.ProfileError as exc:
+        raise pytest.UsageError(f"--conformance-profile: {exc}") from None
 
 
 def _shard(option: str | None) -> tuple[int, int] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import contracts, expectations
+from conformance import contracts, expectations, machine, profiles
 from conformance.plugin.options import is_worker, settings
 from conformance.plugin.selection import targets
 
@@ -60,6 +60,12 @@ def start(config: pytest.Config) -> RunState:
             os.environ.update(saved)
 
         config.add_cleanup(restore_environment)
+        profile = profiles.get(options.profile)
+        try:  # before any worker starts (they inherit this environment), and before share_cores' XLA_FLAGS
+            profiles.apply(profile, os.environ, machine.this_cpu())
+        except profiles.ProfileError as exc:
+            raise pytest.UsageError(f"--conformance-profile: {exc}") from None
+        os.environ[profiles.LABEL_VARIABLE] = profiles.label(profile, os.environ)  # (records carry it)
         workers = settings(config).workers
         state = RunState(state_dir, known, stated, share_cores(workers))
         if workers > 1:

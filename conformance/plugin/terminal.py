@@ -37,9 +37,6 @@ def failure_text(record: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FAILURE_LINES = 30  # the terminal's list of failing checks; the report has them all
-
-
 def write_summary(
     terminal: Any,
     document: dict[str, Any],
@@ -54,7 +51,7 @@ def write_summary(
     the known divergences that need an edit, targets stopped by crashes, an interrupted earlier
     run, and where the results are."""
     summary = document["summary"]
-    glance = Overview(failure_limit=FAILURE_LINES).add_all(document["results"])
+    glance = Overview(failure_limit=0).add_all(document["results"])
     counts = ", ".join(f"{n} {o}" for o, n in summary["by_outcome"].items())
     terminal.write_sep("-", "conformance")
     terminal.write_line(f"{summary['total']} checks: {counts}")
@@ -66,12 +63,7 @@ def write_summary(
         terminal.write_line(terminal_safe(line))
         terminal.write_line(terminal_safe(f"  {shown}"))
     if glance.failure_count:
-        terminal.write_line(f"failing checks ({glance.failure_count}):", red=True, bold=True)
-        for failure in glance.failures:
-            check = f"{failure['case']} {failure['target']} {failure['dtype']}"
-            terminal.write_line(terminal_safe(f"  {check}: {failure['outcome']}: {failure['detail']}"), red=True)
-        if glance.failure_count > len(glance.failures):
-            terminal.write_line(f"  ... and {glance.failure_count - len(glance.failures)} more (all in the report)")
+        _write_failure_groups(terminal, glance)
     for warning in glance.warnings():
         names = warning["targets"]
         shown = _first(names, 4)
@@ -110,6 +102,32 @@ def write_summary(
     notice = spaced_cases_notice(terminal.config)
     if notice:
         terminal.write_line(terminal_safe(notice), yellow=True)
+
+
+GROUP_LINES = 12  # failure groups shown; the report and the results hold every check
+
+
+def _write_failure_groups(terminal: Any, glance: Overview) -> None:
+    """The failing checks by cause: a framework's regression fails hundreds of checks at once, which
+    is when the terminal must stay short. Each check is in the report and the results JSON, and
+    pytest lists each one with -v (its failure and reproduction) or -rf."""
+    groups = glance.failure_groups()
+    terminal.write_line(
+        f"failing checks: {glance.failure_count} in {len(groups)} group(s) by cause "
+        "(each check: the report, the results JSON, or pytest -v / -rf)",
+        red=True,
+        bold=True,
+    )
+    for group in groups[:GROUP_LINES]:
+        dtypes = ", ".join(sorted(group.dtypes))
+        head = f"  {group.count:>5}  {group.framework} {group.kind}, {group.outcome} ({dtypes}): {group.cause}"
+        terminal.write_line(terminal_safe(head), red=True)
+        terminal.write_line(terminal_safe(f"         e.g. {group.example}: {group.example_detail}"))
+        if group.near_miss:
+            terminal.write_line(terminal_safe(f"         nearly known: {group.near_miss}"), yellow=True)
+    if len(groups) > GROUP_LINES:
+        rest = sum(group.count for group in groups[GROUP_LINES:])
+        terminal.write_line(f"  ... and {len(groups) - GROUP_LINES} more group(s), {rest} check(s) (all in the report)")
 
 
 def _first(names: list[str], count: int) -> str:
@@ -181,3 +199,14 @@ def spaced_cases_notice(config: pytest.Config) -> str | None:
         f"rootdir is {config.rootpath} with {config.inipath or 'no configuration file'}, not {rootpath} with "
         f"{inipath or 'none'}; write --cases={spaced[0]} to keep those"
     )
+
+
+def wants_each_failure(config: pytest.Config) -> bool:
+    """Whether the run asked pytest to show every failing check: -v, or -r naming f, a or A (the
+    default -r is fE, so only a -r on the command line counts)."""
+    if config.option.verbose > 0:
+        return True
+    args = list(config.invocation_params.args)
+    given = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "-r"]
+    given += [arg[2:] for arg in args if arg.startswith("-r") and not arg.startswith("--")]
+    return any(char in chars for chars in given for char in "faA")

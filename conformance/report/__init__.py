@@ -22,6 +22,7 @@ from typing import IO, Any
 from conformance import frameworks
 from conformance.overview import Overview
 from conformance.record_files import RecordFile, scratch_directory, sort_records
+from conformance.records import edition
 from conformance.results import Summary, atomic_write, runs_of
 
 ASSETS = Path(__file__).with_name("assets")
@@ -75,12 +76,13 @@ CASE_FIELDS = (
 
 
 def _version_text(record: Mapping[str, Any]) -> str:
-    """The framework's version, and a front-end's backend beside it: "3.15.1 (jax 0.10.2)"."""
+    """The framework's version, a front-end's backend beside it, and the machine profile where it is
+    not the host's: "3.15.1 (jax 0.10.2)", "2.21.0 [onednn-off]"."""
     version = str(record.get("framework_version") or "")
     framework = frameworks.get(record["framework"])
     if framework is not None and framework.backend and record.get("backend_version"):
         version += f" ({framework.backend} {record['backend_version']})"
-    return version
+    return f"{version} [{record['profile']}]" if record.get("profile") else version
 
 
 _CELL_FIELDS = (
@@ -101,7 +103,7 @@ _COLUMN_ORDER = ("framework", "op", "variant", "device", "precision", "version")
 
 
 def _column_key(record: Mapping[str, Any]) -> str:
-    return f"{record['target']}@{record.get('framework_version') or ''}"
+    return f"{record['target']}@{edition(record)}"
 
 
 def _column(record: Mapping[str, Any]) -> dict[str, Any]:
