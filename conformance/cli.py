@@ -188,13 +188,17 @@ def _replay(args: argparse.Namespace) -> int:
     if known.errors:
         return 2
     corpus = {case.qualified_id: case for case in load_paths(args.cases).cases}  # (what abridged records leave out)
-    glance = Overview(failure_limit=0)
+    glance = Overview()
     before: Counter[str] = Counter()
     after: Counter[str] = Counter()
+    harness = 0
     for path in args.results:
         where, records, note = _replay_source(path)
         count = 0
         for record in records:
+            if (record.get("message") or "").startswith(runner.HARNESS_FAILED):
+                harness += 1  # no framework behaviour to judge: the harness's own failure
+                continue
             judged = replay.rejudge(record, known.entries, where, corpus.get(record["case"]))
             before[record["outcome"]] += 1
             after[judged["outcome"]] += 1
@@ -209,8 +213,10 @@ def _replay(args: argparse.Namespace) -> int:
             f"  {group.count:>5}  {group.framework} {group.kind}, {group.outcome}: {group.cause}; "
             f"e.g. {group.example}{near}"
         )
+    if harness:
+        print(f"{harness} record(s) were the harness's own failure ({runner.HARNESS_FAILED}): not judged")
     print(f"{glance.failure_count} record(s) would fail a run")
-    return 1 if glance.failure_count else 0
+    return 1 if glance.failure_count or harness else 0
 
 
 def _input_shape(text: str) -> tuple[int, int, int, int]:

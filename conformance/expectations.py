@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -70,40 +70,39 @@ class Expectation:
             record["case"], record["target"], record["dtype"]
         ):
             return False
-        return not self.unmet(record, environ, first_only=True)
+        return next(self._misses(record, environ), None) is None
 
-    def unmet(self, record: Mapping[str, Any], environ: Mapping[str, str], first_only: bool = False) -> list[str]:
+    def unmet(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
         """The conditions beyond the case, target and dtype globs that this record does not meet, in
-        words (the first one only, when that is all a caller needs): empty when the entry takes it."""
-        unmet: list[str] = []
+        words: empty when the entry takes it."""
+        return list(self._misses(record, environ))
+
+    def _misses(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> Iterator[str]:
+        """Each condition the record misses, as it is found (`matches` stops at the first)."""
         if self.expect and record.get("expect") != self.expect:
-            unmet.append(f"`expect` is {self.expect}, the case expects {record.get('expect')}")
-        if self.where and not (first_only and unmet):
+            yield f"`expect` is {self.expect}, the case expects {record.get('expect')}"
+        if self.where:
             names = sweeps.record_variables(record)
-            failing = [c.text for c in self.where if names is None or not c.holds(names)]
-            unmet += [f"`where` {text!r} does not hold" for text in failing]
+            yield from (f"`where` {c.text!r} does not hold" for c in self.where if names is None or not c.holds(names))
         for name in ("device", "precision"):
             wanted = getattr(self, name)
-            if wanted and record.get(name) != wanted and not (first_only and unmet):
-                unmet.append(f"`{name}` is {wanted}, the check's is {record.get(name)}")
-        if self.machine and platform.machine() != self.machine and not (first_only and unmet):
-            unmet.append(f"`machine` is {self.machine}, this is {platform.machine()}")
+            if wanted and record.get(name) != wanted:
+                yield f"`{name}` is {wanted}, the check's is {record.get(name)}"
+        if self.machine and platform.machine() != self.machine:
+            yield f"`machine` is {self.machine}, this is {platform.machine()}"
         for name, wanted in self.env:
             value = environ.get(name)
-            if ((value is not None) if wanted is False else (value != wanted)) and not (first_only and unmet):
-                unmet.append(f"`env` {name}={_toml(wanted)}, here {'(unset)' if value is None else value}")
+            if (value is not None) if wanted is False else (value != wanted):
+                yield f"`env` {name}={_toml(wanted)}, here {'(unset)' if value is None else value}"
         facts = record.get("runtime") or {}
         for name, wanted in self.runtime:
-            if (name not in facts or not machine.fact_matches(facts[name], wanted)) and not (first_only and unmet):
+            if name not in facts or not machine.fact_matches(facts[name], wanted):
                 here = _toml(facts[name]) if name in facts else "not reported"
-                unmet.append(f"`runtime` {name}={_toml(wanted)}, here {here}")
+                yield f"`runtime` {name}={_toml(wanted)}, here {here}"
         for name, specifier in self.versions:
-            if first_only and unmet:
-                break
             version = _version(name, record)
             if version is None or not specifier.contains(version, prereleases=True):
-                unmet.append(f"`versions` {name} {specifier}, here {version or 'none'}")
-        return unmet
+                yield f"`versions` {name} {specifier}, here {version or 'none'}"
 
     def conditions_met(self, record: Mapping[str, Any]) -> list[str]:
         """The entry's conditions, each as this record met it: what to narrow when it matched a

@@ -89,8 +89,9 @@ class Cpu:
         best = None
         have: set[str] = set()
         for name, flags in ONEDNN_ISA_LEVELS:
-            implied = _LEVEL_NAMES.index(name) < _LEVEL_NAMES.index("AVX2") and "avx2" in self.flags
-            have |= set() if implied else flags
+            below_avx2 = _LEVEL_NAMES.index(name) < _LEVEL_NAMES.index("AVX2")
+            if not (below_avx2 and "avx2" in self.flags):  # (every AVX2 CPU has the levels below it)
+                have |= flags
             if not have <= self.flags:
                 break
             best = name
@@ -110,10 +111,10 @@ class Cpu:
         return wanted if wanted in levels else best
 
     def tensorflow_onednn_default(self) -> bool:
-        """TensorFlow's default for TF_ENABLE_ONEDNN_OPTS on Linux (tensorflow/core/util/port.cc,
-        DefaultOneDnnPolicy): on for CPUs with neural-network instructions."""
+        """TensorFlow's default for TF_ENABLE_ONEDNN_OPTS on Linux, the suite's platform
+        (tensorflow/core/util/port.cc, DefaultOneDnnPolicy): on for CPUs with neural-network instructions."""
         nn = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-        return self.x86 and platform.system() in ("Linux", "") and any(flag in self.flags for flag in nn)
+        return self.x86 and any(flag in self.flags for flag in nn)
 
     def tensorflow_onednn_half(self) -> dict[str, bool]:
         """Whether TensorFlow hands bfloat16 and float16 to oneDNN on this CPU (float32 always,

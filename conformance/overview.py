@@ -1,7 +1,8 @@
 """A run at a glance, from its records: which framework fails which case, and why.
 
 The terminal summary and the report's first screen both read this. It is an accumulator (`add` one
-record at a time) whose size grows with the number of targets and failing checks, not with the run.
+record at a time) whose size grows with the number of targets and of causes of failure (checks that
+fail alike are one `FailureGroup`), not with the run.
 
 Targets are grouped by framework and by kind of check (`KINDS`): the plain forward call, gradients,
 execution modes, equivalence oracles (judged against their framework's own primary call) and GPU
@@ -189,11 +190,9 @@ class _Target:
 
 
 class Overview:
-    def __init__(self, failure_limit: int = 200) -> None:
+    def __init__(self) -> None:
         self.targets: dict[str, _Target] = {}
-        self.failures: list[dict[str, Any]] = []
         self.failure_count = 0
-        self.failure_limit = failure_limit
         self.causes: dict[tuple[str, str, str, str, str], FailureGroup] = {}
         self.known: dict[str, dict[str, dict[str, Any]]] = {}  # framework -> expectation id -> {link, checks}
 
@@ -232,16 +231,6 @@ class Overview:
             group.targets.add(record["target"])
             group.dtypes.add(record["dtype"])
             self.failure_count += 1
-            if len(self.failures) < self.failure_limit:
-                self.failures.append(
-                    {
-                        "case": record["case"],
-                        "target": record["target"],
-                        "dtype": record["dtype"],
-                        "outcome": record["outcome"],
-                        "detail": failure_detail(record),
-                    }
-                )
 
     def add_all(self, records: Iterable[Mapping[str, Any]]) -> Overview:
         for record in records:
@@ -285,7 +274,7 @@ class Overview:
 
     def as_dict(self) -> dict[str, Any]:
         """What the report embeds: framework x kind (failing frameworks first), the idle targets,
-        the failing checks, the warnings."""
+        the failing checks by cause, the warnings."""
         cells = {f"{framework}|{kind}": tally.as_dict() for (framework, kind), tally in self.groups("kind").items()}
         frameworks = sorted({key.split("|")[0] for key in cells})
         failing = {f: sum(cells.get(f"{f}|{k}", {}).get("failing", 0) for k in KINDS) for f in frameworks}
@@ -294,7 +283,6 @@ class Overview:
             "frameworks": sorted(frameworks, key=lambda f: (-failing[f], f)),
             "cells": cells,
             "idle": self.idle(),
-            "failures": self.failures,
             "failure_count": self.failure_count,
             "failure_groups": [group.as_dict() for group in self.failure_groups()],
             "warnings": self.warnings(),

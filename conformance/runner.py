@@ -389,12 +389,13 @@ def _repeat_calls(adapter: Any, call: ConvCall, target: Target, first: Any, repe
     return f"not bitwise reproducible: {distinct} different outputs in {repeat} calls on the same data{where}"
 
 
+HARNESS_FAILED = "the harness failed before a verdict"  # how a harness_error_record's message opens
+
+
 def harness_error_record(case: Case, target: Target, dtype: str, exc: BaseException) -> Record:
     """The record of a check that the harness itself could not finish (e.g. the reference ran out
     of memory): reported as an error with the reason rather than lost."""
-    return make_record(
-        case, target, dtype, Verdict(Outcome.ERROR, f"the harness failed before a verdict: {exception_text(exc)}")
-    )
+    return make_record(case, target, dtype, Verdict(Outcome.ERROR, f"{HARNESS_FAILED}: {exception_text(exc)}"))
 
 
 def _output_hash(got: Any) -> str | None:

@@ -18,7 +18,7 @@ import pytest
 
 from conformance import diff as diffing
 from conformance.cli import main as cli_main
-from conformance.results import merge
+from conformance.results import merge, run_label
 
 CORPUS = """
 [defaults]
@@ -169,6 +169,32 @@ def test_merge_keeps_a_column_per_version_and_prefers_evaluated_over_skipped(run
     ]
     assert [r["outcome"] for r in kept] == ["mismatch"]
     assert merged["summary"]["total"] == len(gpu_box["results"])
+
+
+def test_merge_puts_machine_profiles_side_by_side(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The same checks under two profiles are two columns, not a conflict; the run labels say which."""
+    from conformance.report import embedded_data, write_report
+
+    host = load(runs["clean1"])
+    host["environment"]["profile"] = "host"  # (the host's defaults, whatever variables this run was made with)
+    for record in host["results"]:
+        record.pop("profile", None)
+    capped = copy.deepcopy(host)
+    capped["environment"]["profile"] = "avx2"
+    for record in capped["results"]:
+        record["profile"] = "avx2"
+    capped["results"][0]["outcome"] = "mismatch"  # (differently, but in a column of its own)
+    merged = merge([("host", host), ("avx2", capped)])
+    assert len(merged["results"]) == 2 * len(host["results"]) and merged["conflicts"] == []
+    assert [run["environment"]["profile"] for run in merged["runs"]][1] == "avx2"
+    assert run_label(capped["environment"]).split(";")[0].endswith(" [avx2]")  # (a run without a file name)
+    assert run_label(host["environment"]) != run_label(capped["environment"])
+    page = tmp_path / "profiles.html"
+    write_report(merged, page)
+    columns = {c["key"]: c["version"] for c in embedded_data(page.read_text())["columns"]}
+    version = host["results"][0]["framework_version"]
+    target = host["results"][0]["target"]
+    assert columns[f"{target}@{version}"] == columns[f"{target}@{version} [avx2]"].removesuffix(" [avx2]")
 
 
 def test_merge_cli_writes_file_and_report(runs: dict[str, Path], tmp_path: Path) -> None:

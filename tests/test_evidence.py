@@ -20,6 +20,7 @@ import pytest
 
 from conformance import expectations, replay
 from conformance.cases import Case, load_paths
+from conformance.runner import HARNESS_FAILED
 from tests.projects import REPO
 
 EVIDENCE = REPO / "tests" / "data" / "evidence"
@@ -27,7 +28,6 @@ EVIDENCE = REPO / "tests" / "data" / "evidence"
 RECORDED = {
     "2026-12-04-avx512-onednn-default.jsonl": "21e1a644024fc9971d58b6f22cd1afe519499ff800e69500198cb9810663c3fd",
 }
-HARNESS_FAILED = "the harness failed before a verdict"
 # Records that were the harness's own failure, not a framework's: each with what removed its cause.
 HARNESS_FAULTS = {
     (case, target, "float32"): (
@@ -106,3 +106,16 @@ def test_an_entry_put_back_as_it_was_leaves_records_unexplained(tmp_path: Path, 
         assert not known.errors
         _, left = _unexplained(path, known.entries, corpus)
         assert left, f"{then!r} should leave records of {path.name} unexplained"
+
+
+def test_replay_on_the_command_line_says_what_would_still_fail(capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance import cli
+
+    path = EVIDENCE / sorted(RECORDED)[0]
+    status = cli.main(["replay", str(path), "--expectations", str(REPO / "cases" / "expectations.toml")])
+    out = capsys.readouterr().out
+    # 818 records, less the harness's own failures (488 errors of 494), judged on the file's machine.
+    assert f"{path}: 812 record(s), machine avx2 avx512f" in out and "avx512_bf16; no amx" in out
+    assert "as recorded: 488 error" in out and "0 record(s) would fail a run" in out
+    # The harness's own failures are not framework behaviour: counted apart, and they keep the status 1.
+    assert f"{len(HARNESS_FAULTS)} record(s) were the harness's own failure" in out and status == 1

@@ -38,3 +38,21 @@ def test_the_gpu_kit_runs_end_to_end_with_the_gpu_pointed_at_the_cpu(tmp_path: P
     assert "| torch |" in account and "| jax |" in account
     assert (out / "pytest.status").read_text().strip() in ("0", "1")
     assert "<html" in (out / "index.html").read_text()[:2000].lower()
+
+
+def test_a_kit_run_the_budget_stops_still_reports_what_finished(tmp_path: Path) -> None:
+    """The device allows one call of a few minutes: past the budget the checks are stopped, and the
+    results streamed so far still make the report and the account, which says the run was cut."""
+    pytest.importorskip("torch")
+    out = tmp_path / "gpu"
+    env = child_environment(
+        CONFORMANCE_GPU_STAND_IN="cpu", CONFORMANCE_GPU_KIT_WORKERS="2", CONFORMANCE_GPU_KIT_BUDGET_S="12"
+    )
+    finished = subprocess.run(
+        [str(REPO / "benchmarks" / "gpu" / "run.sh"), str(out), "-k", "documents"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert (out / "pytest.status").read_text().strip() == "124"
+    assert "the budget stopped the run" in (out / "ACCOUNT.md").read_text()
+    assert (out / "index.html").exists() and (out / "merged.json.gz").exists()

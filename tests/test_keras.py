@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conformance import composites, runner
+from conformance import composites, profiles, runner
 from conformance.adapters import ADAPTERS, Target
 from conformance.adapters.child import InChildProcess, children
 from conformance.adapters.keras import (
@@ -185,4 +185,6 @@ def test_the_report_names_a_keras_columns_backend_version(cases: dict[str, Case]
 
     record = _check(cases["same-rate2"], KerasConv2D("torch"))
     columns = pack({"results": [record]})["columns"]
-    assert [column["version"] for column in columns] == [f"{version_of('keras')} (torch {version_of('torch')})"]
+    profile = profiles.current()  # (the suite run under a machine profile: its column says so)
+    expected = f"{version_of('keras')} (torch {version_of('torch')})" + (f" [{profile}]" if profile else "")
+    assert [column["version"] for column in columns] == [expected]

@@ -45,6 +45,7 @@ def test_tensorflow_s_rules_by_cpu() -> None:
     ]  # fmt: skip
     # IsDataTypeSupportedByOneDNNOnThisCPU: bfloat16 with AVX512F, float16 with AVX512-FP16 or AMX-FP16.
     assert AVX2_ONLY.tensorflow_onednn_half() == {"onednn_bfloat16": False, "onednn_float16": False}
+    assert SKYLAKE_X.tensorflow_onednn_half() == {"onednn_bfloat16": True, "onednn_float16": False}  # AVX512F alone
     assert ZEN4.tensorflow_onednn_half() == {"onednn_bfloat16": True, "onednn_float16": False}
     assert SAPPHIRE_RAPIDS.tensorflow_onednn_half() == {"onednn_bfloat16": True, "onednn_float16": True}
 

@@ -51,7 +51,7 @@ def write_summary(
     the known divergences that need an edit, targets stopped by crashes, an interrupted earlier
     run, and where the results are."""
     summary = document["summary"]
-    glance = Overview(failure_limit=0).add_all(document["results"])
+    glance = Overview().add_all(document["results"])
     counts = ", ".join(f"{n} {o}" for o, n in summary["by_outcome"].items())
     terminal.write_sep("-", "conformance")
     terminal.write_line(f"{summary['total']} checks: {counts}")

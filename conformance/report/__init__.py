@@ -26,7 +26,6 @@ from conformance.records import edition
 from conformance.results import Summary, atomic_write, runs_of
 
 ASSETS = Path(__file__).with_name("assets")
-OVERVIEW_FAILURES = 200  # failing checks listed on the first screen's list (the matrix has them all)
 # Above this many results a conformant or not-run cell keeps its outcome, ratio, message and time but
 # not its reproduction or error details, so a million-check report stays one file that opens in
 # seconds; every failing, excused or surprising cell keeps everything (results.json has all records).
@@ -137,7 +136,7 @@ class ReportData:
         self.cases: dict[str, dict[str, Any]] = {}
         # Numbered as first seen (a cell's key); the header lists them in display order.
         self.columns: dict[str, dict[str, Any]] = {}
-        self.overview = Overview(failure_limit=OVERVIEW_FAILURES)
+        self.overview = Overview()
         self.summary = Summary()
         self.messages = _Strings()
         self._group: list[Mapping[str, Any]] = []  # the current case's records

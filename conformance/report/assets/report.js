@@ -146,13 +146,21 @@ function overview() {
   }
   section.append(glance);
   if (O.failure_count) {
-    const list = el("ul", { id: "failing-checks" }, O.failures.slice(0, 5).map((f) => el("li", {},
-      el("a", { href: `#case=${encodeURIComponent(f.case)}&dtype=${encodeURIComponent(f.dtype)}` }, f.case), ` ${f.dtype} `,
-      el("b", {}, f.target), " ", chip(f.outcome), " ", f.detail)));
-    const more = O.failure_count - Math.min(5, O.failures.length);
-    section.append(el("h3", {}, `Failing checks (${O.failure_count})`), list,
-      more > 0 ? el("button", { type: "button", id: "show-failures", onclick: () => { setOutcomes(FAILING);
-        document.getElementById("matrix-section").scrollIntoView(); } }, `${more} more in the matrix`) : null);
+    // By cause: a framework's regression fails hundreds of checks at once. Each group: its count, the
+    // cause, one example (a link to its detail) and the known divergence that nearly matched.
+    const groups = O.failure_groups || [];
+    const list = el("ul", { id: "failing-checks" }, groups.slice(0, 5).map((g) => {
+      const [exampleCase, target, dtype] = g.example.split(" ");
+      return el("li", {}, el("b", {}, `${g.count} × `), `${g.framework} ${g.kind} `, chip(g.outcome), ` ${g.cause}; e.g. `,
+        el("a", { href: `#case=${encodeURIComponent(exampleCase)}&dtype=${encodeURIComponent(dtype)}` }, exampleCase),
+        ` ${dtype} `, el("b", {}, target), ` ${g.example_detail}`,
+        g.near_miss ? el("span", { class: "muted" }, ` (nearly known: ${g.near_miss})`) : null);
+    }));
+    const more = groups.length - Math.min(5, groups.length);
+    section.append(el("h3", {}, `Failing checks (${O.failure_count}, ${groups.length} cause(s))`), list,
+      el("button", { type: "button", id: "show-failures", onclick: () => { setOutcomes(FAILING);
+        document.getElementById("matrix-section").scrollIntoView(); } },
+      more > 0 ? `${more} more cause(s): every failing check in the matrix` : "every failing check in the matrix"));
   }
   for (const idle of O.idle) {
     section.append(el("details", { class: "idle" }, el("summary", {},
