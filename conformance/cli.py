@@ -33,7 +33,15 @@ from conformance.adapters import all_targets
 from conformance.cases import case_files, load_file, load_paths, materialize
 from conformance.overview import Overview
 from conformance.report import write_report
-from conformance.results import ResultsFileError, atomic_write, atomic_write_text, merge, read_results, write_json
+from conformance.results import (
+    ResultsFileError,
+    atomic_write,
+    atomic_write_text,
+    merge,
+    read_results,
+    run_label,
+    write_json,
+)
 
 
 def _load_results(path: Path) -> dict[str, Any]:
@@ -95,7 +103,13 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    documents = [(path.stem, _load_results(path)) for path in args.inputs]
+    loaded = [(path, _load_results(path)) for path in args.inputs]
+    # Runs are named by their files; files of one name (each profile's results.json, say) by their runs.
+    stems = [path.stem for path in args.inputs]
+    documents = [
+        (path.stem if stems.count(path.stem) == 1 else run_label(document.get("environment") or {}), document)
+        for path, document in loaded
+    ]
     merged = merge(documents)
     atomic_write(args.output, lambda handle: write_json(merged, handle))
     summary = merged["summary"]

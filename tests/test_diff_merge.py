@@ -18,7 +18,7 @@ import pytest
 
 from conformance import diff as diffing
 from conformance.cli import main as cli_main
-from conformance.results import merge, run_label
+from conformance.results import atomic_write, merge, run_label, write_json
 
 CORPUS = """
 [defaults]
@@ -189,6 +189,16 @@ def test_merge_puts_machine_profiles_side_by_side(runs: dict[str, Path], tmp_pat
     assert [run["environment"]["profile"] for run in merged["runs"]][1] == "avx2"
     assert run_label(capped["environment"]).split(";")[0].endswith(" [avx2]")  # (a run without a file name)
     assert run_label(host["environment"]) != run_label(capped["environment"])
+    # Each profile's run writes results.json: files of one name are named by their runs.
+    for name, document in (("host", host), ("avx2", capped)):
+        (tmp_path / name).mkdir()
+        atomic_write(tmp_path / name / "results.json", lambda handle, d=document: write_json(d, handle))
+    out = tmp_path / "merged.json"
+    cli_main(
+        ["merge", str(tmp_path / "host" / "results.json"), str(tmp_path / "avx2" / "results.json"), "-o", str(out)]
+    )
+    labels = [run["label"] for run in load(out)["runs"]]
+    assert labels == [run_label(host["environment"]), run_label(capped["environment"])] and "[avx2]" in labels[1]
     page = tmp_path / "profiles.html"
     write_report(merged, page)
     columns = {c["key"]: c["version"] for c in embedded_data(page.read_text())["columns"]}
