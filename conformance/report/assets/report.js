@@ -151,10 +151,11 @@ function overview() {
     const groups = O.failure_groups || [];
     const list = el("ul", { id: "failing-checks" }, groups.slice(0, 5).map((g) => {
       const [exampleCase, target, dtype] = g.example.split(" ");
-      return el("li", {}, el("b", {}, `${g.count} × `), `${g.framework} ${g.kind} `, chip(g.outcome), ` ${g.cause}; e.g. `,
-        el("a", { href: `#case=${encodeURIComponent(exampleCase)}&dtype=${encodeURIComponent(dtype)}` }, exampleCase),
-        ` ${dtype} `, el("b", {}, target), ` ${g.example_detail}`,
-        g.near_miss ? el("span", { class: "muted" }, ` (nearly known: ${g.near_miss})`) : null);
+      const near = g.near_miss ? ` (nearly known: ${g.near_miss})` : "";  // (first: the line is cut at the screen's edge)
+      return el("li", { title: `${g.cause}${near}; e.g. ${g.example}: ${g.example_detail}` }, el("b", {}, `${g.count} × `),
+        `${g.framework} ${g.kind} `, chip(g.outcome), ` ${g.cause}`, near ? el("span", { class: "muted" }, near) : null,
+        "; e.g. ", el("a", { href: `#case=${encodeURIComponent(exampleCase)}&dtype=${encodeURIComponent(dtype)}` }, exampleCase),
+        ` ${dtype} `, el("b", {}, target), ` ${g.example_detail}`);
     }));
     const more = groups.length - Math.min(5, groups.length);
     section.append(el("h3", {}, `Failing checks (${O.failure_count}, ${groups.length} cause(s))`), list,
