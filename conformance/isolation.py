@@ -16,6 +16,13 @@ writes what it is about to run (the record so far) to a state file. Then:
 - memory is capped per worker with RLIMIT_DATA, so an allocation beyond it fails inside the item
   (MemoryError, or the framework's own out-of-memory error: outcome `error`) instead of inviting
   the kernel's OOM killer to pick a process.
+- a worker whose check ran out of memory, or whose data segment a check left above half its limit,
+  retires before its next check: what a large or failed allocation leaves behind (an allocator's
+  cache, a framework's half-built state) would otherwise fail the checks after it. It writes why
+  to a retirement file and exits; the controller puts the check it would have run next back in
+  the queue (no record, no crash) and xdist starts a fresh worker. Only under the schedulers
+  that can requeue a check (load, worksteal); without xdist there is no other process, and the
+  run goes on in this one.
 
 A target that has crashed or timed out `crash_limit` times is not called again in that run: a
 build that segfaults on every convolution would otherwise cost a worker restart per item. One
@@ -39,13 +46,19 @@ import resource
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, NoReturn
 
 from conformance.adapters.modes import gpu_driver_present
 from conformance.compare import Outcome
 from conformance.records import Record
 
 BROKEN_TARGETS_FILE = "broken-targets.json"
+RETIRED_SUFFIX = ".retired.json"
+# A worker's data segment with torch, TensorFlow, JAX and ONNX Runtime loaded and run once: 0.58 GiB
+# measured (VmData; 0.89 GiB resident), rounded up.
+FRAMEWORKS_RESIDENT = 1 << 30
+# Above this a worker holds what one large check left behind (the large tier's workers peak at 1.2 GiB).
+HELD_AT_MOST = 2 << 30
 BATCH_JOURNAL_SUFFIX = ".batch.jsonl"
 LOG_EXCERPT_LINES = 24
 LOADING = "loading the framework"
@@ -58,6 +71,18 @@ class Limits:
     load_timeout_s: float | None  # added for the first check of each target in a process (it imports the framework)
     memory_bytes: int | None  # per worker; None: no limit
     crash_limit: int  # crashes + timeouts of one target before it is not called again
+
+    def check_budget(self) -> tuple[int, str] | None:
+        """What one check may allocate (conformance/cost.py), and where the figure comes from: the
+        worker's limit less what the loaded frameworks hold, at least half of it. None without a limit."""
+        if self.memory_bytes is None:
+            return None
+        budget = max(self.memory_bytes // 2, self.memory_bytes - FRAMEWORKS_RESIDENT)
+        source = (
+            f"the worker's {format_size(self.memory_bytes)} (--conformance-memory-limit) less "
+            f"{format_size(self.memory_bytes - budget)} for the frameworks it holds"
+        )
+        return budget, source
 
 
 def parse_size(text: str) -> int | None:
@@ -81,6 +106,23 @@ def total_memory() -> int | None:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_resident() -> int:
+    """This process's peak resident size (getrusage: Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def data_segment() -> int | None:
+    """This process's data segment (VmData), what RLIMIT_DATA caps; None where /proc has none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
@@ -117,6 +159,7 @@ class WorkerGuard:
         # more than its framework (a device context, a child process), and a target that hangs while
         # loading must be told from one that hangs later, whatever ran before it in this worker.
         self._loaded: set[str] = set()
+        self.exhausted_by: str | None = None  # the check that ran out of memory in this process
         if limits.memory_bytes is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_DATA)
             cap = limits.memory_bytes if hard == resource.RLIM_INFINITY else min(limits.memory_bytes, hard)
@@ -175,6 +218,34 @@ class WorkerGuard:
 
     def finished(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def ran_out_of_memory(self, check: str) -> None:
+        """`check` (case, target, dtype) failed to allocate: this process retires before its next check."""
+        self.exhausted_by = check
+
+    def note_memory_held(self, check: str) -> None:
+        """After `check`: a process whose data segment still holds more than half its limit (what a
+        framework's allocator kept of a large check), and more than a worker ever holds otherwise,
+        retires too, before the next check runs short because of it. (/proc/self/status costs 27 us
+        a read, a tenth of a small check's harness time; the peak resident size, 1 us, tells when a
+        read is worth it.)"""
+        if self.limits.memory_bytes is None or self.exhausted_by is not None:
+            return
+        too_much = max(self.limits.memory_bytes // 2, HELD_AT_MOST)
+        if peak_resident() < too_much // 2:
+            return  # never near it: nothing large was ever touched here
+        held = data_segment()
+        if held is not None and held > too_much:
+            self.exhausted_by = f"{check} (it left {format_size(held)} held)"
+
+    def retire(self, usage: dict[str, Any]) -> NoReturn:
+        """End this worker between two checks (the one that ran out of memory has been reported): why,
+        and what it used, for the controller, then an exit that runs no Python teardown, which could
+        itself need the memory that is short."""
+        note = {"after": self.exhausted_by, "usage": usage}
+        retired = self.state_path.with_name(self.state_path.stem + RETIRED_SUFFIX)
+        retired.write_text(json.dumps(note), encoding="utf-8")
+        os._exit(0)
 
     def batch_started(self, nodeid: str, planned: list[Record]) -> None:
         """A batch item starts: its checks (as not-run records) open the journal."""
@@ -311,6 +382,17 @@ def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) 
         if _check_key(record) not in done:
             not_reached.append({**record, "outcome": Outcome.SKIP.value, "message": reason})
     return [*finished, *not_reached]
+
+
+def retirement(state_dir: Path, worker_id: str) -> dict[str, Any] | None:
+    """Why `worker_id` retired (`WorkerGuard.retire`), taken once: None when it did not."""
+    path = state_dir / f"{worker_id}{RETIRED_SUFFIX}"
+    try:
+        note: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    path.unlink(missing_ok=True)
+    return note
 
 
 def _check_key(record: Record) -> tuple[str, str, str]:

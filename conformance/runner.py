@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from conformance import contracts as accumulation_contracts
-from conformance import derivatives, machine, profiles, reference, timing
-from conformance.adapters import OUTPUT, CallParams, ConvCall, Target, Unavailable, Unsupported
+from conformance import cost, derivatives, machine, profiles, reference, timing
+from conformance.adapters import OUTPUT, QUANTITIES, CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.adapters.base import ProcessDied
 from conformance.cases import Case, CaseData, materialize
 from conformance.compare import CONFORMANT, NOT_RUN, ErrorModel, Expected, Outcome, Verdict, classify, exception_text
@@ -188,6 +188,7 @@ def run_check(
     repeat: int = 1,
     after_load: Callable[[], None] | None = None,
     contracts: accumulation_contracts.Contracts = accumulation_contracts.NONE,
+    memory_budget: tuple[int, str] | None = None,
 ) -> Record:
     """Run one check and return its result record (builtin types only: it crosses processes).
 
@@ -197,6 +198,8 @@ def run_check(
     With `repeat` > 1 the framework is called that many times on the same data, and a target whose
     outputs are not bitwise identical is `nondeterministic` (unless it already failed otherwise).
     `contracts`: the accumulation contracts values are judged against after the dtype's bound.
+    `memory_budget`: what the check may allocate and where that figure comes from; a check whose
+    estimate (conformance/cost.py) exceeds it is `unsupported` before anything is allocated.
     """
     started = time.perf_counter()
     spent_before = timing.totals()
@@ -210,6 +213,10 @@ def run_check(
     reason = adapter.unsupported_reason(params)
     if adapter.operation != case.op:  # (collection pairs them; this guards every other caller)
         reason = f"{adapter.name} computes {adapter.operation}; this case is {case.op}"
+    if not reason and memory_budget is not None:
+        order = QUANTITIES.get(adapter.quantity, 0)
+        needed = cost.harness(cost.Shapes.of(params), order) + adapter.memory_estimate(params)
+        reason = cost.over_budget(needed, *memory_budget)
     if reason:
         verdict = Verdict(Outcome.UNSUPPORTED, reason)
     else:

@@ -95,6 +95,28 @@ class MemoryHog(FaultAdapter):
             hoard.append(np.empty(1 << 25))
 
 
+_held_by_the_allocator: list[np.ndarray] = []
+
+
+class PoisonedByOversize(FaultAdapter):
+    """Runs out of memory on a large input, and the failed attempt leaves memory held (an allocator's
+    cache, state a framework half built): afterwards its process cannot allocate a modest workspace,
+    and every later check fails there too. Right on every input small enough."""
+
+    op = "poisoned"
+    oversize = 10  # input height from which it runs out of memory
+    held = 600 << 20  # kept after the failure
+    workspace = 500 << 20  # what every check needs; with `held` kept, more than a 1 GiB worker has left
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        if call.x.shape[1] >= self.oversize:
+            _held_by_the_allocator.append(np.ones(self.held, dtype=np.uint8))
+            raise MemoryError("Unable to allocate 9.38 GiB for an array with shape (49, 49, 2048, 256)")
+        np.ones(self.workspace, dtype=np.uint8)
+        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        return y.astype(call.x.dtype)
+
+
 class Jitter(FaultAdapter):
     """Right within the bound, but never the same bits twice: what a racy parallel reduction does."""
 

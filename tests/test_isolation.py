@@ -201,6 +201,51 @@ def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> N
     assert "3 items" in finished.stdout or "3 item" in finished.stdout  # one item per case x dtype
 
 
+def test_a_check_that_runs_out_of_memory_costs_only_itself(tmp_path: Path) -> None:
+    """One worker: an oversized check runs out of memory and leaves its process unable to allocate,
+    then small checks follow. The oversized one is an error, charged to it alone; the worker retires
+    and the small ones run on a fresh worker and pass."""
+    corpus = {"mixed.toml": CASE.format(n=0, size=12) + "".join(CASE.format(n=n, size=6) for n in range(1, 5))}
+    directory = write_project(tmp_path, ["PoisonedByOversize"], corpus)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "1", "-m", "faulty"]
+    command += ["--conformance-memory-limit=1G", "--expectations=none", "--conformance-html=none"]
+    command += ["--conformance-json=out/results.json", "--dist=load"]
+    env = child_environment()
+    finished = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, timeout=600)
+    output = finished.stdout + finished.stderr
+    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    outcomes = {r["case"]: r["outcome"] for r in records}
+    assert len(records) == len(outcomes) == 5, output[-4000:]  # every check once: none lost, none twice
+    assert outcomes == {"mixed/c0": "error", **{f"mixed/c{n}": "pass" for n in range(1, 5)}}, output[-4000:]
+    (oversized,) = [r for r in records if r["outcome"] == "error"]
+    assert "MemoryError" in oversized["message"] and "1.00 GiB: --conformance-memory-limit" in oversized["message"]
+    assert finished.returncode == 1 and "1 failed, 4 passed" in output, output[-4000:]
+    assert (
+        "1 worker(s) replaced after a check ran out of memory or left it held (first: mixed/c0 faulty.poisoned-cpu"
+        in output
+    )
+
+
+def test_a_worker_that_a_check_left_holding_half_its_limit_retires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check that passed but left its framework's allocator holding most of the worker's memory:
+    the worker retires before the next check (which would run short), as after an out-of-memory one."""
+    limits = isolation.Limits(None, None, None, 3)  # (no RLIMIT_DATA on this test's own process)
+    guard = isolation.WorkerGuard(tmp_path, "gw9", limits)
+    guard.limits = isolation.Limits(None, None, 8 << 30, 3)
+    held = {"data": 3 << 30, "peak": 5 << 30}
+    monkeypatch.setattr(isolation, "data_segment", lambda: held["data"])
+    monkeypatch.setattr(isolation, "peak_resident", lambda: held["peak"])
+    guard.note_memory_held("small check")
+    assert guard.exhausted_by is None  # 3 GiB held of 8: the next check has its budget
+    held["data"] = 5 << 30
+    guard.note_memory_held("large check")
+    assert guard.exhausted_by == "large check (it left 5.00 GiB held)"
+    guard.note_memory_held("later check")
+    assert guard.exhausted_by == "large check (it left 5.00 GiB held)"  # the first one is named
+
+
 TOGETHER_CASES = 30  # enough that work is still pending when both workers die
 
 

@@ -213,3 +213,25 @@ def test_the_spaced_spelling_says_when_pytest_took_the_path_for_the_rootdir(tmp_
     assert spaced.returncode == joined.returncode == 0
     assert f"write --cases={corpus} to keep those" in spaced.stdout and "pytest-dev/pytest#8846" in spaced.stdout
     assert "pytest-dev/pytest#8846" not in joined.stdout and f"rootdir: {project}" in joined.stdout
+
+
+def test_cases_runs_only_that_corpus_from_a_checkout_unless_the_tests_are_named(tmp_path: Path) -> None:
+    """In a checkout (testpaths = the harness's tests and cases/), `--cases mine/` collects mine/ only;
+    naming tests/ as well collects both, and no `--cases` collects the testpaths as before."""
+    project = tmp_path / "checkout"
+    (project / "tests").mkdir(parents=True)
+    (project / "cases").mkdir()
+    (project / "pytest.ini").write_text("[pytest]\ntestpaths = tests cases\n")
+    (project / "tests" / "test_harness.py").write_text("def test_harness():\n    pass\n")
+    (project / "cases" / "shipped.toml").write_text(CORPUS)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "mine.toml").write_text(CORPUS)
+
+    def collected(*args: str) -> set[str]:
+        result = pytest_run(project, "--collect-only", "-q", "-m", "numpy or not numpy", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return {line.split("::")[0] for line in result.stdout.splitlines() if "::" in line}
+
+    assert collected(f"--cases={tmp_path / 'mine'}") == {"mine.toml"}
+    assert collected("tests", f"--cases={tmp_path / 'mine'}") == {"tests/test_harness.py", "mine.toml"}
+    assert collected() == {"tests/test_harness.py", "cases/shipped.toml"}

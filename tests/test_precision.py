@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conformance import contracts, derivatives
-from conformance.adapters import Target
+from conformance.adapters import QUANTITIES, Target
 from conformance.cases import Case, load_file, load_paths
 from conformance.compare import (
     ELEMENT_FALSE_ALARM,
@@ -130,23 +130,26 @@ def test_the_probabilistic_bound_judges_only_long_sums_of_random_data() -> None:
 
 def test_the_corpus_stays_inside_the_probabilistic_element_cap() -> None:
     """Elements a run of the default and extended tiers may judge probabilistically, counted with every
-    CPU and GPU target of the case's op: the cap behind the false-alarm budget holds with room."""
+    CPU and GPU target that computes that quantity of the case's op, for the derivatives the case opts
+    into: the cap behind the false-alarm budget holds with room."""
     from conformance.adapters import all_targets
 
     loaded = load_paths([REPO / "cases"])
-    per_op: dict[str, int] = {}
+    per_quantity: dict[tuple[str, str], int] = {}
     for t in all_targets():
-        per_op[t.adapter.operation] = per_op.get(t.adapter.operation, 0) + 1
+        key = (t.adapter.operation, t.adapter.quantity)
+        per_quantity[key] = per_quantity.get(key, 0) + 1
     fp32 = float_format("float32")
     total = 0
     for case in loaded.cases:
         if case.tier == "large" or not random_operands(case) or not case.geometry.has_valid_output:
             continue
-        for quantity, shape in (
-            ("output", case.output_shape),
-            ("grad-input", case.input_shape),
-            ("grad-kernel", case.kernel_shape),
-        ):
+        shapes = {"output": case.output_shape, "input": case.input_shape, "kernel": case.kernel_shape}
+        for quantity in ("output", *QUANTITIES):
+            if QUANTITIES.get(quantity, 0) > case.derivatives:
+                continue
+            shape = shapes[quantity.split("-")[-1]]
+            targets = per_quantity.get((case.op, quantity), 0)
             n = derivatives.accumulation_length(case, quantity)
             for dtype in case.dtypes:
                 fmt = float_format(dtype)
@@ -155,7 +158,7 @@ def test_the_corpus_stays_inside_the_probabilistic_element_cap() -> None:
                         ErrorModel(fmt, n, accumulation=accumulation, random_data=True).accumulation_gamma[1]
                         == PROBABILISTIC
                     ):
-                        total += int(np.prod(shape)) * per_op[case.op] * 2  # (and each HVP twin)
+                        total += int(np.prod(shape)) * targets
                         break
     assert 0 < total < PROBABILISTIC_ELEMENT_CAP / 10, total
 

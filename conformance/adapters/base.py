@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance import cost
 from conformance.adapters.modes import DEVICES
 from conformance.adapters.program import Name, Program, Statement, Value
 from conformance.frameworks import Framework
@@ -123,6 +124,10 @@ class Adapter(ABC):
         """Why this API cannot express the case (decided without importing anything), or None."""
         return None
 
+    def memory_estimate(self, call_params: CallParams) -> list[cost.Part]:
+        """What this formulation allocates at its peak, from the shapes alone (conformance/cost.py)."""
+        return cost.framework_call(cost.Shapes.of(call_params))
+
     @abstractmethod
     def check_available(self, device: str) -> None:
         """Raise `Unavailable` with a reason if the framework or device is missing."""
@@ -208,6 +213,9 @@ class DerivativeAdapter(Adapter):
         if reason is None and not call_params.geometry.has_valid_output:
             reason = "no valid output: there is nothing to differentiate"
         return reason
+
+    def memory_estimate(self, call_params: CallParams) -> list[cost.Part]:
+        return cost.derivative_call(cost.Shapes.of(call_params), self.order)
 
     def check_available(self, device: str) -> None:
         self.primary.check_available(device)

@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from conformance import cost
 from conformance.adapters.base import Adapter, CallParams, ConvCall, DescribedAdapter, Unsupported
 from conformance.adapters.program import Import, Name, Statement, Value, invoke
+from conformance.dtypes import float_format
 
 ZERO_INSERTED = "zero-inserted"
 EXPLICIT_PADS = "explicit-pads"
 
 
-def zero_inserted_kernel(w: np.ndarray, rate: tuple[int, int]) -> np.ndarray:
+def zero_inserted_kernel(w: np.ndarray, rate: tuple[int, int], storage: str = "float64") -> np.ndarray:
     """The HWIO kernel with rate-1 zeros between taps: an ordinary (rate 1) convolution with it
-    is the dilated convolution."""
+    is the dilated convolution. `storage`: the NumPy float it is made in; float32 holds every value
+    of a float32, float16 or bfloat16 case exactly, at half float64's size (the spread kernel is
+    the largest tensor of a large-rate check)."""
     k_h, k_w = w.shape[:2]
     span = ((k_h - 1) * rate[0] + 1, (k_w - 1) * rate[1] + 1)
-    dilated = np.zeros((*span, *w.shape[2:]), dtype=w.dtype)
+    dilated = np.zeros((*span, *w.shape[2:]), dtype=storage)
     dilated[:: rate[0], :: rate[1]] = w
     return dilated
 
@@ -73,12 +77,24 @@ def explicit_pads_reason(params: CallParams) -> str | None:
 class ZeroInserted(DescribedAdapter):
     variant = ZERO_INSERTED
 
+    def memory_estimate(self, call_params: CallParams) -> list[cost.Part]:
+        # The spread kernel is (k - 1) * r + 1 taps a side: at rate 24 a 3 x 3 kernel of 2,048 x 256
+        # channels becomes 49 x 49, 9.4 GiB in float64. Where the zeros are made does not change that
+        # much (the lowering of a 49 x 49 kernel dominates): the budget decides, and says so.
+        storage = float_format(spread_kernel_storage(call_params.dtype)).numpy_dtype.itemsize
+        return cost.zero_inserted_call(cost.Shapes.of(call_params), storage)
+
     def kernel_imports(self, call: ConvCall) -> list[Statement]:
         require_finite_for_zero_insertion(call)
         return [Import("conformance.adapters.oracles", names=("zero_inserted_kernel",))]
 
     def kernel(self, call: ConvCall) -> Value:
-        return invoke("zero_inserted_kernel", Name("w"), call.rate)
+        return invoke("zero_inserted_kernel", Name("w"), call.rate, spread_kernel_storage(call.dtype))
+
+
+def spread_kernel_storage(dtype: str) -> str:
+    """The narrowest NumPy float every framework takes that holds the case dtype's values exactly."""
+    return "float64" if dtype == "float64" else "float32"
 
 
 class ExplicitPads(Adapter):

@@ -54,6 +54,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 RECORD_KEY = "conformance"
 CASE_ERROR_KEY = "conformance_case_error"
 CHECK_KEY = "conformance_check"  # on a failing check's report: its detail is the suite's summary's
+REQUEUED = "requeued"  # the outcome of xdist's report on a check a retired worker did not start
 
 _active_key = pytest.StashKey[bool]()
 
@@ -167,7 +168,11 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
     """Reports carry copies of an item's records and are sent as they are made; the item's own list
     would hold every record a worker produced until the session ends (a quarter of a GB per worker
-    in the large tier)."""
+    in the large tier). A worker that a check left short of memory retires before this one."""
+    if options.is_worker(item.config) and active(item.config):
+        from conformance.plugin.items import retire_if_short_of_memory
+
+        retire_if_short_of_memory(item.config)
     try:
         return (yield)
     finally:
@@ -209,6 +214,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Gen
         return (yield)
     finally:
         terminalreporter.stats["failed"] = failed
+
+
+def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, str] | None:
+    """The report xdist makes for the check a retired worker did not start: nothing to show, the
+    check runs on a fresh worker (conformance/isolation.py)."""
+    return ("", "", "") if report.outcome == REQUEUED else None
 
 
 @pytest.hookimpl(trylast=True)

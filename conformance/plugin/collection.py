@@ -31,13 +31,13 @@ _roots_key = pytest.StashKey[list[Path]]()
 
 
 def set_roots(config: pytest.Config, requested: tuple[Path, ...]) -> None:
-    """The corpus: `--cases` paths, or the rootdir's cases/. `--cases` replaces cases/ when it only
-    came from testpaths, so `pytest --cases mine/` runs the harness's tests and mine/, not both corpora."""
+    """The corpus: `--cases` paths, or the rootdir's cases/. `--cases` replaces the testpaths (the
+    harness's tests and cases/): `pytest --cases mine/` runs mine/ only, from the checkout too. Paths
+    named on the command line stay (`pytest tests --cases mine/` runs both)."""
     default_root = Path(config.rootpath, "cases")
     config.stash[_roots_key] = list(requested) or [default_root]
     if requested:
-        from_testpaths = config.args_source == pytest.Config.ArgsSource.TESTPATHS
-        kept = [a for a in config.args if not (from_testpaths and Path(a).resolve() == default_root)]
+        kept = [] if config.args_source == pytest.Config.ArgsSource.TESTPATHS else list(config.args)
         config.args[:] = kept + [str(p) for p in requested if str(p) not in kept]
 
 

@@ -19,10 +19,10 @@ import pytest
 from conformance import contracts, expectations, isolation, report, results, runner
 from conformance.cases import case_files, load_file
 from conformance.compare import Outcome
-from conformance.plugin import CASE_ERROR_KEY, CHECK_KEY, RECORD_KEY
+from conformance.plugin import CASE_ERROR_KEY, CHECK_KEY, RECORD_KEY, REQUEUED
 from conformance.plugin.collection import roots
 from conformance.plugin.options import settings
-from conformance.plugin.run_state import STATE_DIR_INPUT, run_state
+from conformance.plugin.run_state import RETIRE_INPUT, STATE_DIR_INPUT, run_state
 from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
@@ -32,6 +32,9 @@ from conformance.results import ResultsWriter, atomic_write_text, base_environme
 ENV_KEY = "conformance_environment"  # workeroutput keys
 USAGE_KEY = "conformance_usage"
 DESELECTED_KEY = "conformance_deselected"
+# xdist's schedulers that can put a check back in the queue (`mark_test_pending`): a worker out of
+# memory retires only under these.
+REQUEUEING_SCHEDULERS = ("load", "worksteal")
 
 
 def corpus(config: pytest.Config) -> expectations.Corpus:
@@ -85,16 +88,23 @@ class ResultCollector:
         self.document: dict[str, Any] | None = None
         self.recovered_report: Path | None = None
         self.deselected_reported = False
+        self.retiring: dict[str, dict[str, Any]] = {}  # worker id -> why it retired, until its check is requeued
+        self.retired: list[str] = []  # the checks after which a worker retired, out of memory
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[STATE_DIR_INPUT] = str(self.state_dir)
+        node.workerinput[RETIRE_INPUT] = self.config.getoption("dist", "no") in REQUEUEING_SCHEDULERS
         tolerate_a_dead_worker(node)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
         """A worker died running `crashitem`: report it as a crash or timeout record of its own."""
         worker = report.node.gateway.id
+        if self.retiring.pop(worker, None) is not None:  # it ended itself before starting this check
+            sched.mark_test_pending(crashitem)
+            report.outcome = REQUEUED  # type: ignore[assignment]
+            return
         record, message, while_loading = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
         if record is None:  # it died outside a framework call (e.g. collecting): say what is known
             report.longrepr = f"{report.longrepr}\n{message}"
@@ -137,6 +147,11 @@ class ResultCollector:
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", {})
+        retired = isolation.retirement(self.state_dir, node.gateway.id)
+        if retired is not None:
+            self.retiring[node.gateway.id] = retired
+            self.retired.append(retired["after"])
+            output = {USAGE_KEY: json.dumps(retired["usage"])}
         if output.get(ENV_KEY):
             for name, info in json.loads(output[ENV_KEY]).items():
                 self.frameworks.setdefault(name, info)
@@ -191,5 +206,5 @@ class ResultCollector:
         if self.document is not None:
             write_summary(
                 terminalreporter, self.document, self.lost_checks, self.writer.preserved, self.recovered_report,
-                self.writer.json_path, self.html_path,
+                self.writer.json_path, self.html_path, tuple(self.retired),
             )  # fmt: skip

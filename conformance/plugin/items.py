@@ -25,10 +25,10 @@ from conformance.cases import Case, CaseError
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
 from conformance.plugin import CASE_ERROR_KEY, RECORD_KEY, framework_warnings
 from conformance.plugin.options import settings
-from conformance.plugin.run_state import run_state
+from conformance.plugin.run_state import RETIRE_INPUT, run_state
 from conformance.plugin.selection import every_marker, item_keywords, item_markers, no_device_reason, targets
 from conformance.plugin.terminal import failure_text, terminal_safe
-from conformance.plugin.usage import count_checks
+from conformance.plugin.usage import count_checks, process_usage
 from conformance.record_files import to_wire
 from conformance.records import Record
 
@@ -132,6 +132,7 @@ def conformance_check(config: pytest.Config, case: Case, target: Target, dtype: 
             after_load=after_load,
             repeat=settings(config).repeat_for(target.device),
             contracts=run_state(config).contracts,
+            memory_budget=settings(config).limits.check_budget(),
         )
 
     return check
@@ -163,7 +164,17 @@ def guarded(config: pytest.Config, nodeid: str, case: Case, target: Target, dtyp
         guard.finished()
     if record["outcome"] == Outcome.ERROR and OUT_OF_MEMORY.search(record["message"] or ""):
         record["message"] += isolation.memory_hint(guard.limits)
+        guard.ran_out_of_memory(f"{case.qualified_id} {target.id} {dtype}")
+    guard.note_memory_held(f"{case.qualified_id} {target.id} {dtype}")
     return record
+
+
+def retire_if_short_of_memory(config: pytest.Config) -> None:
+    """Before a worker's next check: a worker whose last check ran out of memory, or left it holding
+    more than half its limit, ends here, and a fresh one runs this check (conformance/isolation.py)."""
+    guard = config.stash.get(_guard_key, None)
+    if guard is not None and guard.exhausted_by is not None and config.workerinput.get(RETIRE_INPUT):  # type: ignore[attr-defined]
+        guard.retire(process_usage(config))
 
 
 def settle(record: Record, case: Case, entries: list[expectations.Expectation]) -> None:

@@ -19,7 +19,8 @@ from conformance import contracts, expectations, machine, profiles
 from conformance.plugin.options import is_worker, settings
 from conformance.plugin.selection import targets
 
-STATE_DIR_INPUT = "conformance_state_dir"  # the workerinput key
+STATE_DIR_INPUT = "conformance_state_dir"  # the workerinput keys
+RETIRE_INPUT = "conformance_retire"  # a worker out of memory may retire: xdist's scheduler can requeue
 
 
 @dataclass

@@ -45,6 +45,7 @@ def write_summary(
     recovered_report: Path | None,
     json_path: Path,
     html_path: Path | None,
+    retired: tuple[str, ...] = (),
 ) -> None:
     """One screen: counts per outcome; a table per framework and operation; the targets that ran
     nothing, once per reason; one line per failing check; each framework warning once per target;
@@ -91,6 +92,12 @@ def write_summary(
             + ("; its remaining checks were skipped (--conformance-crash-limit)" if stopped else ""),
             red=True,
         )
+    if retired:
+        line = (
+            f"{len(retired)} worker(s) replaced after a check ran out of memory or left it held (first: {retired[0]}); "
+            "the checks it would have run next ran on a fresh worker"
+        )
+        terminal.write_line(terminal_safe(line), yellow=True)
     if preserved is not None:
         drawn = f"; its report: {recovered_report}" if recovered_report else ""
         terminal.write_line(
