@@ -246,11 +246,13 @@ class ResultsWriter:
         summary: dict[str, Any] | None = None,
         *,
         keep_spill: bool = False,
+        interrupted: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write the results JSON and close the stream. `records` (with their `summary`) from
         `sorted_records`; by default they are sorted and summarised here. The document returned
         reads its records from the JSON just written. The spill directory is removed, unless
-        `keep_spill` (the caller still has scratch files there, and calls `close`)."""
+        `keep_spill` (the caller still has scratch files there, and calls `close`). `interrupted`:
+        a run stopped before its end (by a signal), as a stream cut off by a kill is marked."""
         if records is None:
             counts = Summary()
             ordered = self.sorted_records([counts.add])
@@ -269,6 +271,8 @@ class ResultsWriter:
             "contracts": contracts or [],
             "results": ordered,
         }
+        if interrupted is not None:
+            document["interrupted"] = interrupted
         start = atomic_write_returning(self.json_path, lambda handle: write_json(document, handle))
         if records is None:
             ordered.discard()

@@ -18,6 +18,7 @@ import numpy as np
 
 from conformance import reference
 from conformance.adapters import Adapter, ConvCall
+from conformance.adapters.child import InChildProcess
 from conformance.adapters.keras import KerasConv2D
 from conformance.adapters.program import Expr, method
 from conformance.frameworks import JAX, Framework
@@ -167,6 +168,41 @@ class Slow(FaultAdapter):
         time.sleep(self.pause_s)
         y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         return y.astype(call.x.dtype)
+
+
+class Leisurely(Slow):
+    """Right, after half a second: a run long enough to be stopped half-way."""
+
+    op = "leisurely"
+    pause_s = 0.5
+
+
+class Lingering(Leisurely):
+    """Right, after $CONFORMANCE_TEST_LINGER_S seconds (a long framework call)."""
+
+    op = "lingering"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        self.pause_s = float(os.environ.get("CONFORMANCE_TEST_LINGER_S", "0.5"))
+        return super().run(call, device, precision)
+
+
+class GilHog(Leisurely):
+    """Right, after one native call that holds the GIL for about 2**($CONFORMANCE_TEST_GIL_HOG / 1.4)
+    times 10 us (a framework kernel of minutes: no Python-level interruption reaches it meanwhile)."""
+
+    op = "gil_hog"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        re.match(r"(a+)+$", "a" * int(os.environ.get("CONFORMANCE_TEST_GIL_HOG", "12")) + "b")
+        return super().run(call, device, precision)
+
+
+class LingeringInChild(InChildProcess):
+    """`Lingering` in a framework child process of its own, as Keras' backends and oneDNN variants run."""
+
+    def __init__(self) -> None:
+        super().__init__(Lingering(), "in-child", {"CONFORMANCE_TEST_CHILD": "lingering"}, devices=("cpu",))
 
 
 class DieTogether(FaultAdapter):

@@ -5,8 +5,11 @@ finishes. Real processes, real signals; the faulty adapters come from tests/faul
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +20,7 @@ import pytest
 from conformance import isolation
 from conformance.adapters.modes import gpu_driver_present
 from conformance.report import embedded_data
+from conformance.results import read_stream
 from tests.fault_adapters import FAULT_ADAPTERS
 from tests.projects import child_environment, write_project
 
@@ -244,6 +248,69 @@ def test_a_worker_that_a_check_left_holding_half_its_limit_retires(
     assert guard.exhausted_by == "large check (it left 5.00 GiB held)"
     guard.note_memory_held("later check")
     assert guard.exhausted_by == "large check (it left 5.00 GiB held)"  # the first one is named
+
+
+def _processes_tagged(tag: str) -> list[int]:
+    """The pids whose environment carries `tag`: every process a run started, orphaned or not."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if tag.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # (ended meanwhile, or not ours)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find a run's processes")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_stopped_run_stops(tmp_path: Path, stop: signal.Signals) -> None:
+    """SIGTERM (what CI systems and `timeout` send) or SIGINT to the pytest process alone, mid-run: its
+    workers and their framework children end within seconds, and the results streamed so far are
+    written, marked interrupted, with the signal. SIGKILL leaves no process either (each dies with
+    its parent), and the stream readable."""
+    corpus = {"slow.toml": "".join(CASE.format(n=n, size=6) for n in range(40))}
+    directory = write_project(tmp_path, ["Leisurely", "LingeringInChild", "GilHog"], corpus)
+    tag = f"CONFORMANCE_TEST_RUN_TAG={uuid.uuid4().hex}"
+    # Checks of half a second in the workers, of a minute in their framework children, and native
+    # calls of a minute that hold a worker's GIL: when the signal comes, each worker is busy in one.
+    env = child_environment(
+        CONFORMANCE_TEST_RUN_TAG=tag.split("=")[1], CONFORMANCE_TEST_LINGER_S="60", CONFORMANCE_TEST_GIL_HOG="32"
+    )
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "-m", "paced"]
+    command += ["--expectations=none", "--conformance-json=out/results.json", "--conformance-html=out/index.html"]
+    run = subprocess.Popen(command, cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stream = directory / "out" / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # a few checks done, both kinds of process running
+        done = stream.read_text().count('"kind": "result"') if stream.exists() else 0
+        if done >= 2 and len(_processes_tagged(tag)) >= 5:  # controller, 2 workers, 2 children
+            time.sleep(1)  # (both workers into their children's calls)
+            break
+        time.sleep(0.2)
+    else:
+        run.kill()
+        pytest.fail(f"the run never got going: {run.communicate()[0][-3000:]}")
+    run.send_signal(stop)
+    stopped_at = time.monotonic()
+    output, _ = run.communicate(timeout=120)
+    while _processes_tagged(tag) and time.monotonic() - stopped_at < 30:
+        time.sleep(0.2)
+    left = _processes_tagged(tag)
+    assert not left, f"still running {time.monotonic() - stopped_at:.0f} s after {stop.name}: {left}"
+    assert time.monotonic() - stopped_at < 15, output[-3000:]
+    if stop == signal.SIGKILL:  # nothing could be written at the end; the stream is what a kill leaves
+        assert len(read_stream(stream)["results"]) >= 2
+        return
+    assert run.returncode == 2, output[-3000:]  # pytest's "interrupted"
+    document = json.loads((directory / "out" / "results.json").read_text())
+    finished = document["interrupted"]["results"]
+    assert document["interrupted"]["signal"] == stop.name and 2 <= finished < 80, document["interrupted"]
+    assert len(document["results"]) == finished and {r["outcome"] for r in document["results"]} == {"pass"}
+    assert f"stopped by {stop.name}: the {finished} check(s) finished before it" in output, output[-3000:]
+    (drawn,) = embedded_data((directory / "out" / "index.html").read_text())["runs"]
+    assert drawn["interrupted"]["signal"] == stop.name  # the report's banner says so
 
 
 TOGETHER_CASES = 30  # enough that work is still pending when both workers die

@@ -8,8 +8,7 @@ check's, or a whole composite model's) and the environment block are asked of th
 are typed dataclasses, pickled and framed by their length (8 bytes, little-endian) over the child's
 stdin and stdout; the adapter itself travels in the request (pickled by reference to its class, so
 the child imports the same module). A child ends when its parent closes the pipe or dies
-(PR_SET_PDEATHSIG on Linux, and a check of its parent's pid), so no framework process outlives a
-killed run.
+(conformance/lifetime.py), so no framework process outlives a killed run.
 
 Each distinct (framework, environment) gets one child per process, started on first use. A child
 that dies is reported on the check that was running in it and forgotten alone: the next check
@@ -18,7 +17,6 @@ starts a new one, and its siblings live on.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import signal
@@ -30,6 +28,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
+from conformance import lifetime
 from conformance.adapters.base import Adapter, CallParams, ConvCall, ProcessDied, Unavailable, Unsupported
 from conformance.adapters.program import Program, SetEnv
 from conformance.frameworks import Framework
@@ -255,18 +254,6 @@ class InChildProcess(Adapter):
 # -- the child's side -----------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    parent = int(os.environ.get(PARENT_VARIABLE, "0") or 0)
-    if sys.platform.startswith("linux"):
-        try:
-            PR_SET_PDEATHSIG = 1
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    if parent and os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(0)
-
-
 def _answer(message: Request) -> Reply:
     try:
         if isinstance(message, CheckAvailable):
@@ -290,7 +277,7 @@ def _answer(message: Request) -> Reply:
 
 def serve() -> None:
     """The child's loop. Its stdout carries only replies: anything else printed goes to stderr."""
-    _die_with_parent()
+    lifetime.die_with_parent(int(os.environ.get(PARENT_VARIABLE, "0") or 0))
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     requests = sys.stdin.buffer

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Generator
 from pathlib import Path
@@ -96,6 +97,11 @@ def pytest_configure(config: pytest.Config) -> None:
     collection.set_roots(config, settings.cases)
     run_state.start(config)
     if options.is_worker(config):
+        controller_pid = int(config.workerinput.get(run_state.CONTROLLER_PID_INPUT, 0))  # type: ignore[attr-defined]
+        if controller_pid and os.getppid() == controller_pid:  # (a worker on another host has no such parent)
+            from conformance import lifetime
+
+            lifetime.die_with_parent(controller_pid)
         return
     if settings.workers and config.option.maxworkerrestart is None:
         # Each crash costs a worker restart; the crash limit bounds how many a run can need.

@@ -10,19 +10,21 @@ disk at the end and read back one record at a time (conformance/record_files.py)
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conformance import contracts, expectations, isolation, report, results, runner
+from conformance import contracts, expectations, isolation, lifetime, report, results, runner
 from conformance.cases import case_files, load_file
 from conformance.compare import Outcome
 from conformance.plugin import CASE_ERROR_KEY, CHECK_KEY, RECORD_KEY, REQUEUED
 from conformance.plugin.collection import roots
 from conformance.plugin.options import settings
-from conformance.plugin.run_state import RETIRE_INPUT, STATE_DIR_INPUT, run_state
+from conformance.plugin.run_state import CONTROLLER_PID_INPUT, RETIRE_INPUT, STATE_DIR_INPUT, run_state
 from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
@@ -88,6 +90,10 @@ class ResultCollector:
         self.document: dict[str, Any] | None = None
         self.recovered_report: Path | None = None
         self.deselected_reported = False
+        self.stopped_by: str | None = None  # the signal that stopped the run
+        if threading.current_thread() is threading.main_thread():  # (signal handlers live there only)
+            # The controller's children are its workers (it starts no framework process of its own).
+            config.add_cleanup(lifetime.stop_on_signals(lambda: lifetime.children_of(os.getpid()), self._stopped))
         self.retiring: dict[str, dict[str, Any]] = {}  # worker id -> why it retired, until its check is requeued
         self.retired: list[str] = []  # the checks after which a worker retired, out of memory
 
@@ -95,7 +101,11 @@ class ResultCollector:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[STATE_DIR_INPUT] = str(self.state_dir)
         node.workerinput[RETIRE_INPUT] = self.config.getoption("dist", "no") in REQUEUEING_SCHEDULERS
+        node.workerinput[CONTROLLER_PID_INPUT] = os.getpid()
         tolerate_a_dead_worker(node)
+
+    def _stopped(self, signal_name: str) -> None:
+        self.stopped_by = signal_name
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
@@ -195,9 +205,14 @@ class ResultCollector:
         environment["processes"] = {**self.processes, own: process_usage(session.config)}
         environment["thread_limits"] = state.thread_limits
         command = ["pytest", *sys.argv[1:]]
+        interrupted = None
+        if session.exitstatus == pytest.ExitCode.INTERRUPTED:  # what had finished when it stopped
+            interrupted = {"stream": self.writer.stream_path.name, "results": self.writer.count, "torn_lines": 0}
+            interrupted["signal"] = self.stopped_by or "KeyboardInterrupt"
         self.document = self.writer.finish(
-            environment, command, known.statuses(), kept.result(), records, counts.as_dict(), keep_spill=True
-        )
+            environment, command, known.statuses(), kept.result(), records, counts.as_dict(), keep_spill=True,
+            interrupted=interrupted,
+        )  # fmt: skip
         records.discard()
         if page is not None and self.html_path is not None:
             page.write(self.document, self.html_path)

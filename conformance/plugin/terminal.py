@@ -103,6 +103,13 @@ def write_summary(
         terminal.write_line(
             f"an earlier run was interrupted; its streamed results are kept in {preserved}{drawn}", yellow=True
         )
+    stopped = document.get("interrupted")
+    if stopped:
+        terminal.write_line(
+            f"stopped by {stopped['signal']}: the {stopped['results']} check(s) finished before it are in the results "
+            "and the report, marked interrupted; its workers and their framework processes were ended",
+            yellow=True,
+        )
     terminal.write_line(f"results: {json_path}")
     if html_path is not None:
         terminal.write_line(f"report: {html_path}")
