@@ -1,10 +1,12 @@
 """The controller: lives on the xdist controller only (or in the single process without xdist).
 
 It hands each worker the run's state directory, turns a worker's death into that check's `crash`
-or `timeout` record (and the rest of a batch from its journal), writes every record to the stream
-as its report arrives (before the terminal says the check finished), and at the end writes the
-results JSON, the report and the summary. It holds no records: the stream is the store, sorted on
-disk at the end and read back one record at a time (conformance/record_files.py).
+or `timeout` record (and the rest of a batch from its journal), or, for a worker that retired short
+of memory, puts the check it had not started back in the queue; it writes every record to the
+stream as its report arrives (before the terminal says the check finished), and at the end writes
+the results JSON, the report and the summary, also when a signal stopped the run
+(conformance/lifetime.py). It holds no records: the stream is the store, sorted on disk at the end
+and read back one record at a time (conformance/record_files.py).
 """
 
 from __future__ import annotations
