@@ -235,3 +235,26 @@ def test_cases_runs_only_that_corpus_from_a_checkout_unless_the_tests_are_named(
     assert collected(f"--cases={tmp_path / 'mine'}") == {"mine.toml"}
     assert collected("tests", f"--cases={tmp_path / 'mine'}") == {"tests/test_harness.py", "mine.toml"}
     assert collected() == {"tests/test_harness.py", "cases/shipped.toml"}
+
+
+def test_a_named_corpus_of_a_tier_the_run_leaves_out_says_how_to_run_it(tmp_path: Path) -> None:
+    """`from-model --tier extended` writes such a file: run without the tier, nothing runs, and the
+    run says which cases were left out and the switch that runs them, even under -q."""
+    corpus = tmp_path / "model.toml"
+    corpus.write_text('tier = "extended"\n' + CORPUS)
+    common = [
+        f"--cases={corpus}",
+        "-m",
+        "numpy",
+        "--conformance-html=none",
+        f"--conformance-json={tmp_path / 'r.json'}",
+    ]
+    quiet = pytest_run(tmp_path, *common, "-q")
+    notice = (
+        "conformance: not run, of a tier this run leaves out: 1 case(s) of tier extended (--conformance-tier extended)"
+    )
+    assert quiet.returncode == 5 and notice in quiet.stdout, quiet.stdout
+    loud = pytest_run(tmp_path, *common)
+    assert notice in loud.stdout.split("collected")[0], loud.stdout  # (in the header too)
+    ran = pytest_run(tmp_path, *common, "--conformance-tier", "extended", "-q")
+    assert ran.returncode == 0 and "not run, of a tier" not in ran.stdout, ran.stdout

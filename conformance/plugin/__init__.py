@@ -113,10 +113,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if not active(config):
         return None
-    from conformance.plugin import sharding
+    from conformance.plugin import collection, sharding
     from conformance.plugin.terminal import spaced_cases_notice, terminal_safe
 
-    lines = [f"conformance: {text}" for text in (spaced_cases_notice(config),) if text]
+    notices = (spaced_cases_notice(config), collection.tiers_left_out(config))
+    lines = [f"conformance: {text}" for text in notices if text]
     shard = sharding.plan(config)
     if shard is not None:
         lines.append(f"conformance: {shard.describe()}")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conformance import composites
-from conformance.cases import NON_CASE_FILES, id_lines, load_file
+from conformance.cases import NON_CASE_FILES, case_files, id_lines, load_file
 from conformance.plugin import sharding
 from conformance.plugin.items import BatchItem, CompositeItem, ConformanceItem, NotRunChecks, invalid_item
 from conformance.plugin.options import settings
@@ -43,6 +43,28 @@ def set_roots(config: pytest.Config, requested: tuple[Path, ...]) -> None:
 
 def roots(config: pytest.Config) -> list[Path]:
     return config.stash[_roots_key]
+
+
+TIER_SWITCHES = {"extended": "--conformance-tier extended", "large": "-m large, or --conformance-tier large"}
+
+
+def tiers_left_out(config: pytest.Config) -> str | None:
+    """A named corpus's cases that this run's tier leaves out, and the switch that runs them: a
+    porter's extended-tier file would otherwise run nothing and say nothing of why. (Only for
+    `--cases`: the suite's own corpus keeps its larger tiers opt-in, as the README says.)"""
+    if not settings(config).cases:
+        return None
+    collected = collected_tiers(config)
+    left: dict[str, int] = {}
+    for path, root in dict(case_files(roots(config))).items():
+        if path.name != composites.FILE_NAME:
+            for case in load_file(path, root).cases:
+                if case.tier not in collected:
+                    left[case.tier] = left.get(case.tier, 0) + 1
+    if not left:
+        return None
+    named = "; ".join(f"{count} case(s) of tier {tier} ({TIER_SWITCHES[tier]})" for tier, count in sorted(left.items()))
+    return f"not run, of a tier this run leaves out: {named}"
 
 
 def _root_of(config: pytest.Config, path: Path) -> Path | None:

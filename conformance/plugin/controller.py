@@ -24,7 +24,7 @@ from conformance import contracts, expectations, isolation, lifetime, report, re
 from conformance.cases import case_files, load_file
 from conformance.compare import Outcome
 from conformance.plugin import CASE_ERROR_KEY, CHECK_KEY, RECORD_KEY, REQUEUED
-from conformance.plugin.collection import roots
+from conformance.plugin.collection import roots, tiers_left_out
 from conformance.plugin.options import settings
 from conformance.plugin.run_state import CONTROLLER_PID_INPUT, RETIRE_INPUT, STATE_DIR_INPUT, run_state
 from conformance.plugin.selection import targets
@@ -225,3 +225,7 @@ class ResultCollector:
                 terminalreporter, self.document, self.lost_checks, self.writer.preserved, self.recovered_report,
                 self.writer.json_path, self.html_path, tuple(self.retired),
             )  # fmt: skip
+            return
+        left_out = tiers_left_out(self.config)  # (nothing ran: the header's notice may have scrolled by, or -q hid it)
+        if left_out:
+            terminalreporter.write_line(terminal_safe(f"conformance: {left_out}"), yellow=True)
