@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from math import prod
 from typing import Protocol
 
@@ -63,11 +64,12 @@ class Shapes:
     def of(cls, call: ShapedCall) -> Shapes:
         return cls(call.input_shape, call.kernel_shape, call.geometry, call.groups, call.dtype)
 
-    @property
+    # (Computed once: every part of an estimate reads them, and an estimate is made for every check.)
+    @cached_property
     def itemsize(self) -> int:
         return float_format(self.dtype).numpy_dtype.itemsize
 
-    @property
+    @cached_property
     def output_shape(self) -> tuple[int, int, int, int]:
         o_h, o_w = self.geometry.output_hw
         channels = self.kernel_shape[3]
@@ -161,7 +163,7 @@ def zero_inserted_call(shapes: Shapes, storage: int) -> list[Part]:
     return parts
 
 
-def gib(size: int) -> str:
+def format_size(size: int) -> str:
     return f"{size / (1 << 30):.2f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.0f} MiB"
 
 
@@ -172,8 +174,8 @@ def over_budget(parts: list[Part], budget: int, budget_source: str) -> str | Non
     if total <= budget:
         return None
     largest = sorted(parts, key=lambda part: -part.size)[:3]
-    named = "; ".join(f"{part.what} {gib(part.size)}" for part in largest)
+    named = "; ".join(f"{part.what} {format_size(part.size)}" for part in largest)
     return (
-        f"would need about {gib(total)} at its peak, more than the {gib(budget)} a check may use here "
-        f"({budget_source}); largest: {named}"
+        f"would need about {format_size(total)} at its peak, more than the {format_size(budget)} a check may "
+        f"use here ({budget_source}); largest: {named}"
     )

@@ -50,6 +50,7 @@ from typing import IO, Any, NamedTuple, NoReturn
 
 from conformance.adapters.modes import gpu_driver_present
 from conformance.compare import Outcome
+from conformance.cost import format_size
 from conformance.records import Record
 
 BROKEN_TARGETS_FILE = "broken-targets.json"
@@ -95,10 +96,6 @@ def parse_size(text: str) -> int | None:
         raise ValueError(f"not a memory size: {text!r} (use e.g. 4G, 512M or none)")
     scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[found.group(2)]
     return int(float(found.group(1)) * scale)
-
-
-def format_size(size: int) -> str:
-    return f"{size / (1 << 30):.2f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.0f} MiB"
 
 
 def total_memory() -> int | None:

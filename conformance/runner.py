@@ -214,9 +214,7 @@ def run_check(
     if adapter.operation != case.op:  # (collection pairs them; this guards every other caller)
         reason = f"{adapter.name} computes {adapter.operation}; this case is {case.op}"
     if not reason and memory_budget is not None:
-        order = QUANTITIES.get(adapter.quantity, 0)
-        needed = cost.harness(cost.Shapes.of(params), order) + adapter.memory_estimate(params)
-        reason = cost.over_budget(needed, *memory_budget)
+        reason = _over_memory_budget(adapter, params, memory_budget)
     if reason:
         verdict = Verdict(Outcome.UNSUPPORTED, reason)
     else:
@@ -281,6 +279,15 @@ def run_check(
     if facts:
         record["runtime"] = machine.check_facts(facts, dtype)
     return record
+
+
+# Shapes alone decide it (about 30 us an estimate): the large tier's replicates of one geometry share it.
+@lru_cache(maxsize=1024)
+def _over_memory_budget(adapter: Any, params: CallParams, memory_budget: tuple[int, str]) -> str | None:
+    """Why the check's estimated peak (the harness's part and the formulation's) exceeds the budget, or None."""
+    order = QUANTITIES.get(adapter.quantity, 0)
+    needed = cost.harness(cost.Shapes.of(params), order) + adapter.memory_estimate(params)
+    return cost.over_budget(needed, *memory_budget)
 
 
 _runtime_facts: dict[Any, dict[str, FactValue]] = {}  # adapters hash by identity

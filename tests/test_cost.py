@@ -128,6 +128,7 @@ def test_the_estimate_bounds_what_a_real_check_takes(tmp_path: Path) -> None:
     assert measured["outcome"] == "pass", measured
     used = measured["peak"] - measured["before"]
     estimate = _estimate(case, _adapter(name))
-    assert used <= estimate, f"{name}: used {cost.gib(used)}, estimated {cost.gib(estimate)}"
+    figures = f"{name}: used {cost.format_size(used)}, estimated {cost.format_size(estimate)}"
+    assert used <= estimate, figures
     # ... and not wildly above it: a bound ten times too high would refuse checks that fit.
-    assert estimate < 10 * max(used, 64 << 20), f"{name}: used {cost.gib(used)}, estimated {cost.gib(estimate)}"
+    assert estimate < 10 * max(used, 64 << 20), figures

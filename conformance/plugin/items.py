@@ -162,10 +162,11 @@ def guarded(config: pytest.Config, nodeid: str, case: Case, target: Target, dtyp
         record = runner.harness_error_record(case, target, dtype, exc)
     finally:
         guard.finished()
+    checked = f"{case.qualified_id} {target.id} {dtype}"
     if record["outcome"] == Outcome.ERROR and OUT_OF_MEMORY.search(record["message"] or ""):
         record["message"] += isolation.memory_hint(guard.limits)
-        guard.ran_out_of_memory(f"{case.qualified_id} {target.id} {dtype}")
-    guard.note_memory_held(f"{case.qualified_id} {target.id} {dtype}")
+        guard.ran_out_of_memory(checked)
+    guard.note_memory_held(checked)
     return record
 
 
