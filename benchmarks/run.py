@@ -25,6 +25,11 @@ Sections:
   shards      the large tier as 3 shards one after another (--conformance-shard K/3), merged: the
               merge against the unsharded run (same checks, outcomes, output hashes) and the cost
               of splitting (opt-in; reuses the large section's run when both are asked for).
+  extended    the extended tier as a new user runs it, `pytest cases -n auto --conformance-tier extended`,
+              every process sampled (benchmarks/process_memory.py): exit, wall time, records, peak
+              and held memory per kind of process (worker, each kind of framework child), how often
+              a process was released or replaced for holding more than its budget (opt-in; about
+              an hour and a half on 2 cores).
   million     the large tier's geometries with more replicates, about 10^6 checks, as 3 shards one
               after another; merged, its report rendered and opened in Chromium: wall time, every
               process's peak memory, time until the report is usable (opt-in; about an hour).
@@ -58,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report_load import chromium, measure, synthetic_document  # noqa: E402
 from conformance import timing  # noqa: E402
 
-SECTIONS = ("reference", "corpus", "collection", "report", "large", "shards", "million")
+SECTIONS = ("reference", "corpus", "collection", "report", "large", "shards", "extended", "million")
 # Records of `-m "large and cpu"` (6,240 cases x 52 CPU checks): the million section scales its replicates by this.
 LARGE_TIER_RECORDS = 324_480
 DEFAULT_SECTIONS = ("reference", "corpus", "collection", "report")
@@ -75,6 +80,8 @@ GOALS: dict[str, tuple[float, str]] = {
     "large.overhead_ratio": (1.2, "<="),
     "large.peak_rss_gib_controller": (1.0, "<"),
     "shards.sequential_over_unsharded": (1.1, "<="),
+    "extended.exit": (0, "=="),
+    "extended.held_most_gib_any_process": (1.5, "<="),
     "million.records": (1_000_000, ">="),
     "million.peak_rss_gib_any_process": (2.0, "<"),
     "million.merge_peak_rss_gib": (2.0, "<"),
@@ -89,12 +96,17 @@ RSS_HELPER = (
 )
 
 
-def measured_process(command: list[str], cwd: Path = ROOT) -> dict[str, Any]:
+def measured_process(command: list[str], cwd: Path = ROOT, environment: dict[str, str] | None = None) -> dict[str, Any]:
     """Wall time, exit status, output and the largest peak RSS among the command and its descendants
     (through a helper process, so that earlier measurements do not count)."""
     with tempfile.NamedTemporaryFile(suffix=".log") as log:
         result = subprocess.run(
-            [sys.executable, "-c", RSS_HELPER, log.name, *command], cwd=cwd, capture_output=True, text=True, check=True
+            [sys.executable, "-c", RSS_HELPER, log.name, *command],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **(environment or {})},
         )
         output = Path(log.name).read_text(errors="replace")
     code, wall, rss = result.stdout.split()
@@ -152,7 +164,9 @@ def section_reference(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def pytest_run(arguments: list[str], scratch: Path, name: str, html: bool = True) -> dict[str, Any]:
+def pytest_run(
+    arguments: list[str], scratch: Path, name: str, html: bool = True, environment: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One fresh pytest over the corpus; its wall time and what its results say about where time went.
     The results are read one record at a time (a million-check file is gigabytes of JSON)."""
     from conformance.record_files import open_results_json
@@ -161,7 +175,7 @@ def pytest_run(arguments: list[str], scratch: Path, name: str, html: bool = True
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *arguments]
     command += ["--conformance-json", str(out / "results.json")]
     command += ["--conformance-html", str(out / "index.html") if html else "none"]
-    process = measured_process(command)
+    process = measured_process(command, environment=environment)
     opened = open_results_json(out / "results.json")
     assert opened is not None, f"{out / 'results.json'}: not a results file\n{process['output'][-3000:]}"
     header, records = opened
@@ -377,6 +391,57 @@ def section_shards(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     }
 
 
+def section_extended(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The extended tier as a new user runs it (`pytest cases -n auto --conformance-tier extended`),
+    with every process of the run sampled: does it finish, how much did each kind of process hold, how
+    often was a process replaced for holding more than its budget (conformance/held_memory.py)."""
+    from benchmarks.process_memory import TAG_VARIABLE, Sampler
+
+    sampler = Sampler(tag=f"extended-{os.getpid()}-{time.time_ns()}")
+    sampler.start()
+    try:
+        arguments = [*args.extended_cases, "-n", args.workers, "--conformance-tier", "extended", *args.pytest_args]
+        run = pytest_run(arguments, scratch, "extended", environment={TAG_VARIABLE: sampler.tag})
+    finally:
+        sampler.stop()
+    from conformance.record_files import open_results_json
+
+    opened = open_results_json(Path(run["results_path"]))
+    assert opened is not None
+    processes = opened[0]["environment"].get("processes", {})
+    workers = {k: v for k, v in processes.items() if k not in ("controller", "main")}
+    children: dict[str, dict[str, int]] = {}
+    for usage in workers.values():
+        for kind, tally in usage.get("children", {}).items():
+            mine = children.setdefault(kind, {"started": 0, "recycled": 0, "held_most_bytes": 0, "peak_rss_bytes": 0})
+            for name in ("started", "recycled"):
+                mine[name] += tally[name]
+            for name in ("held_most_bytes", "peak_rss_bytes"):
+                mine[name] = max(mine[name], tally[name])
+    held = [usage.get("held_most_bytes", 0) for usage in workers.values()]
+    return {
+        **run,
+        "sampled": sampler.figures(),
+        "workers_started": len(workers),
+        "workers_recycled": sum(1 for usage in workers.values() if usage.get("retired")),
+        "worker_releases": sum(usage.get("releases", 0) for usage in workers.values()),
+        "worker_held_most_gib": round(max(held, default=0) / 2**30, 3),
+        "worker_peak_rss_gib": round(max((u.get("peak_rss_bytes") or 0) for u in workers.values()) / 2**30, 3),
+        "children": {
+            kind: {
+                "started": tally["started"],
+                "recycled": tally["recycled"],
+                "held_most_gib": round(tally["held_most_bytes"] / 2**30, 3),
+                "peak_rss_gib": round(tally["peak_rss_bytes"] / 2**30, 3),
+            }
+            for kind, tally in sorted(children.items())
+        },
+        "held_most_gib_any_process": round(
+            max([*held, *(t["held_most_bytes"] for t in children.values())], default=0) / 2**30, 3
+        ),
+    }
+
+
 def section_million(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The large tier's geometries with enough replicates for about 10^6 checks, run as 3 shards one
     after another, merged, and the merged report opened in headless Chromium."""
@@ -458,7 +523,7 @@ def table(results: dict[str, Any], earlier: dict[str, Any] | None) -> str:
         met = ""
         if goal is not None and isinstance(value, (int, float)):
             bound, comparison = goal
-            ok = value <= bound if comparison == "<=" else value < bound if comparison == "<" else value >= bound
+            ok = {"<=": value <= bound, "<": value < bound, ">=": value >= bound, "==": value == bound}[comparison]
             met = "yes" if ok else "NO"
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         line = f"{name:58} {shown[:40]:>14} {(goal[1] + format(goal[0], 'g')) if goal else '':>10} {met:>4}"
@@ -473,6 +538,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS))
     parser.add_argument("--cases", nargs="+", default=["cases/"], help="the corpus for the corpus section")
+    parser.add_argument("--extended-cases", nargs="+", default=["cases/"], help="the corpus for the extended section")
     parser.add_argument("--workers", default="auto", help="the parallel run's -n (default auto)")
     parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[], help="passed to the corpus runs")
     parser.add_argument("--repeat", type=int, default=5)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import reference, timing
+from conformance import held_memory, reference, timing
 from conformance.adapters.base import OUTPUT, Unsupported
 from conformance.cases import Case, materialize, tensor
 from conformance.compare import ErrorModel, Expected
@@ -133,6 +133,10 @@ def _answer(case: Case, dtype: str, quantity: str, tangents: Tangents) -> tuple[
     a, b = _operands(case, quantity, data.x, data.w, tangents)
     with timing.spent(timing.REFERENCE):
         return exact_answer(case, quantity, a, b), exact_answer(case, quantity, np.abs(a), np.abs(b))
+
+
+held_memory.on_release(tangents.cache_clear)
+held_memory.on_release(_answer.cache_clear)
 
 
 def expected(

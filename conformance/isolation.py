@@ -16,9 +16,10 @@ writes what it is about to run (the record so far) to a state file. Then:
 - memory is capped per worker with RLIMIT_DATA, so an allocation beyond it fails inside the item
   (MemoryError, or the framework's own out-of-memory error: outcome `error`) instead of inviting
   the kernel's OOM killer to pick a process.
-- a worker whose check ran out of memory, or whose data segment a check left above half its limit,
-  retires before its next check: what a large or failed allocation leaves behind (an allocator's
-  cache, a framework's half-built state) would otherwise fail the checks after it. It writes why
+- a worker whose check ran out of memory, or which holds more than its budget between checks even
+  after releasing its caches (conformance/held_memory.py), retires before its next check: what a
+  large or failed allocation leaves behind (an allocator's cache, a framework's half-built state),
+  or what a long run's geometries built up, would otherwise fail the checks after it. It writes why
   to a retirement file and exits; the controller puts the check it would have run next back in
   the queue (no record, no crash) and xdist starts a fresh worker. Only under the schedulers
   that can requeue a check (load, worksteal); without xdist there is no other process, and the
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple, NoReturn
 
+from conformance import held_memory
 from conformance.adapters.modes import gpu_driver_present
 from conformance.compare import Outcome
 from conformance.cost import format_size
@@ -58,8 +60,6 @@ RETIRED_SUFFIX = ".retired.json"
 # A worker's data segment with torch, TensorFlow, JAX and ONNX Runtime loaded and run once: 0.58 GiB
 # measured (VmData; 0.89 GiB resident), rounded up.
 FRAMEWORKS_RESIDENT = 1 << 30
-# Above this a worker holds what one large check left behind (the large tier's workers peak at 1.2 GiB).
-HELD_AT_MOST = 2 << 30
 BATCH_JOURNAL_SUFFIX = ".batch.jsonl"
 LOG_EXCERPT_LINES = 24
 LOADING = "loading the framework"
@@ -72,6 +72,7 @@ class Limits:
     load_timeout_s: float | None  # added for the first check of each target in a process (it imports the framework)
     memory_bytes: int | None  # per worker; None: no limit
     crash_limit: int  # crashes + timeouts of one target before it is not called again
+    recycle_above: int | None = held_memory.RECYCLE_ABOVE  # held between checks, per process; None: no bound
 
     def check_budget(self) -> tuple[int, str] | None:
         """What one check may allocate (conformance/cost.py), and where the figure comes from: the
@@ -103,23 +104,6 @@ def total_memory() -> int | None:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_resident() -> int:
-    """This process's peak resident size (getrusage: Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def data_segment() -> int | None:
-    """This process's data segment (VmData), what RLIMIT_DATA caps; None where /proc has none."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
@@ -157,6 +141,8 @@ class WorkerGuard:
         # loading must be told from one that hangs later, whatever ran before it in this worker.
         self._loaded: set[str] = set()
         self.exhausted_by: str | None = None  # the check that ran out of memory in this process
+        self.keeper = held_memory.keeper(limits.recycle_above)
+        held_memory.pass_to_children(limits.recycle_above)
         if limits.memory_bytes is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_DATA)
             cap = limits.memory_bytes if hard == resource.RLIM_INFINITY else min(limits.memory_bytes, hard)
@@ -221,19 +207,11 @@ class WorkerGuard:
         self.exhausted_by = check
 
     def note_memory_held(self, check: str) -> None:
-        """After `check`: a process whose data segment still holds more than half its limit (what a
-        framework's allocator kept of a large check), and more than a worker ever holds otherwise,
-        retires too, before the next check runs short because of it. (/proc/self/status costs 27 us
-        a read, a tenth of a small check's harness time; the peak resident size, 1 us, tells when a
-        read is worth it.)"""
-        if self.limits.memory_bytes is None or self.exhausted_by is not None:
-            return
-        too_much = max(self.limits.memory_bytes // 2, HELD_AT_MOST)
-        if peak_resident() < too_much // 2:
-            return  # never near it: nothing large was ever touched here
-        held = data_segment()
-        if held is not None and held > too_much:
-            self.exhausted_by = f"{check} (it left {format_size(held)} held)"
+        """After `check`: a process over its budget of held memory releases its caches, and retires
+        if that is not enough (conformance/held_memory.py), before the next check runs short."""
+        why = self.keeper.after_check()
+        if why is not None and self.exhausted_by is None:
+            self.exhausted_by = f"{check} (it {why})"
 
     def retire(self, usage: dict[str, Any]) -> NoReturn:
         """End this worker between two checks (the one that ran out of memory has been reported): why,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from conformance import contracts as accumulation_contracts
-from conformance import cost, derivatives, machine, profiles, reference, timing
+from conformance import cost, derivatives, held_memory, machine, profiles, reference, timing
 from conformance.adapters import OUTPUT, QUANTITIES, CallParams, ConvCall, Target, Unavailable, Unsupported
 from conformance.adapters.base import ProcessDied
 from conformance.cases import Case, CaseData, materialize
@@ -52,6 +52,9 @@ def prepare(case: Case, dtype: str) -> Prepared:
         with np.errstate(invalid="ignore"):  # inf * 0 in S is NaN, and S then says "unbounded"
             abs_products = reference_output(case, np.abs(x64), np.abs(w64))
     return Prepared(data, values, np.nan_to_num(abs_products, nan=np.inf))
+
+
+held_memory.on_release(prepare.cache_clear)
 
 
 def reference_output(case: Case, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -308,6 +311,7 @@ def runtime_facts(adapter: Any) -> dict[str, FactValue]:
 # against the same one, and a case's items run back to back, so a few entries are enough.
 _baseline_outputs: OrderedDict[tuple[Any, ...], np.ndarray | Exception] = OrderedDict()
 BASELINE_CACHE_SIZE = 8
+held_memory.on_release(_baseline_outputs.clear)
 
 
 def _baseline_output(case: Case, dtype: str, baseline: Any, call: ConvCall, target: Target) -> np.ndarray | Exception:

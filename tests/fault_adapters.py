@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import reference
+from conformance import held_memory, reference
 from conformance.adapters import Adapter, ConvCall
 from conformance.adapters.child import InChildProcess
 from conformance.adapters.keras import KerasConv2D
@@ -203,6 +203,39 @@ class LingeringInChild(InChildProcess):
 
     def __init__(self) -> None:
         super().__init__(Lingering(), "in-child", {"CONFORMANCE_TEST_CHILD": "lingering"}, devices=("cpu",))
+
+
+_built: list[np.ndarray] = []  # what Hoarder keeps, as a framework keeps compiled programs
+held_memory.on_release(_built.clear)
+_leaked: list[np.ndarray] = []  # what Leaker keeps, where no release reaches it
+
+
+class Hoarder(Leisurely):
+    """Right, and keeps $CONFORMANCE_TEST_HOARD_MB MiB per check in a cache that it registers for
+    release (conformance/held_memory.py), as frameworks keep a compiled program per geometry."""
+
+    op = "hoarder"
+    pause_s = 0.0
+    kept = _built
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        self.kept.append(np.ones(int(os.environ.get("CONFORMANCE_TEST_HOARD_MB", "64")) << 20, dtype=np.uint8))
+        return super().run(call, device, precision)
+
+
+class Leaker(Hoarder):
+    """`Hoarder`, but what it keeps no release can free: a leak, which only a new process ends."""
+
+    op = "leaker"
+    kept = _leaked
+
+
+class LeakerInChild(InChildProcess):
+    """`Leaker` in a framework child process of its own, keeping 160 MiB a check."""
+
+    def __init__(self) -> None:
+        environment = {"CONFORMANCE_TEST_CHILD": "leaker", "CONFORMANCE_TEST_HOARD_MB": "160"}
+        super().__init__(Leaker(), "in-child", environment, devices=("cpu",))
 
 
 class DieTogether(FaultAdapter):

@@ -12,7 +12,9 @@ the child imports the same module). A child ends when its parent closes the pipe
 
 Each distinct (framework, environment) gets one child per process, started on first use. A child
 that dies is reported on the check that was running in it and forgotten alone: the next check
-starts a new one, and its siblings live on.
+starts a new one, and its siblings live on. A child that holds more than its budget between two
+checks, even after releasing its caches (conformance/held_memory.py), says so in its reply and
+exits: the next check starts a fresh one. `tallies()` counts both, per kind of child.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import signal
 import struct
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import IO, Any, Literal
 
 import numpy as np
 
-from conformance import lifetime
+from conformance import held_memory, lifetime
 from conformance.adapters.base import Adapter, CallParams, ConvCall, ProcessDied, Unavailable, Unsupported
 from conformance.adapters.program import Program, SetEnv
 from conformance.frameworks import Framework
@@ -92,7 +94,18 @@ class Refusal:
 Reply = Answer | Refusal
 
 
-def write_message(stream: IO[bytes], message: Request | Reply) -> None:
+@dataclass(frozen=True)
+class Replied:
+    """A reply, and what the child holds after it (conformance/held_memory.py): a child over its
+    budget even after releasing its caches says why and exits once the reply is sent."""
+
+    reply: Reply
+    held: int | None
+    peak: int
+    retiring: str | None = None
+
+
+def write_message(stream: IO[bytes], message: Request | Replied) -> None:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_HEADER.pack(len(payload)) + payload)
     stream.flush()
@@ -131,17 +144,25 @@ class Child:
             stdout=subprocess.PIPE,
             env=env,
         )
+        self.retired = False
+        self.tally = _tallies.setdefault(self.description, ChildTally())
+        self.tally.started += 1
 
     def request(self, message: Request) -> Any:
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
             write_message(self.process.stdin, message)
-            reply = read_message(self.process.stdout)
+            replied = read_message(self.process.stdout)
         except (BrokenPipeError, OSError):
-            reply = None
-        if reply is None:
+            replied = None
+        if replied is None:
             code = self.process.wait()
             raise ProcessDied(f"the {self.description} process died (exit {_exit_text(code)})")
+        self.tally.note(replied)
+        if replied.retiring is not None:  # it exits once the reply is sent: the next request starts a fresh one
+            self.retired = True
+            self.process.stdin.close()
+        reply = replied.reply
         if isinstance(reply, Answer):
             return reply.value
         if reply.kind == "unavailable":
@@ -151,7 +172,7 @@ class Child:
         raise type(reply.exception_type, (Exception,), {})(reply.message)  # the framework's own exception name
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return not self.retired and self.process.poll() is None
 
 
 def _exit_text(code: int) -> str:
@@ -161,6 +182,32 @@ def _exit_text(code: int) -> str:
         except ValueError:
             return f"signal {-code}"
     return str(code)
+
+
+@dataclass
+class ChildTally:
+    """What the children of one kind (framework and environment) of this process held, and how often
+    one was replaced for holding too much: for the run's `environment.processes`."""
+
+    started: int = 0
+    recycled: int = 0
+    held_most_bytes: int = 0
+    peak_rss_bytes: int = 0
+    first_recycled: str | None = None
+
+    def note(self, replied: Replied) -> None:
+        self.held_most_bytes = max(self.held_most_bytes, replied.held or 0)
+        self.peak_rss_bytes = max(self.peak_rss_bytes, replied.peak)
+        if replied.retiring is not None:
+            self.recycled += 1
+            self.first_recycled = self.first_recycled or replied.retiring
+
+
+_tallies: dict[str, ChildTally] = {}
+
+
+def tallies() -> dict[str, dict[str, Any]]:
+    return {description: asdict(tally) for description, tally in _tallies.items()}
 
 
 ChildKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -177,7 +224,7 @@ def child(framework: Framework, environment: dict[str, str]) -> Child:
     """This process's child for the framework with this environment, started if there is none."""
     key = _key(framework, environment)
     found = _children.get(key)
-    if found is None or not found.alive():
+    if found is None or not found.alive():  # (never started, died between checks, or retired)
         found = _children[key] = Child(framework, environment)
     return found
 
@@ -281,5 +328,11 @@ def serve() -> None:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     requests = sys.stdin.buffer
+    keeper = held_memory.keeper(held_memory.limit_from_environment())
     while (message := read_message(requests)) is not None:
-        write_message(replies, _answer(message))
+        reply = _answer(message)
+        retiring = keeper.after_check() if isinstance(message, Run | RunModel) else None
+        write_message(replies, Replied(reply, held_memory.resident(), held_memory.peak_resident(), retiring))
+        if retiring is not None:
+            replies.flush()
+            os._exit(0)  # (no interpreter teardown: the frameworks' own can take seconds)

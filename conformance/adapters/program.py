@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from conformance import held_memory
+
 # A value in a description: an `Expr`, a Python literal (None, bool, int, float, str), or a list or
 # tuple of values.
 Value = Any
@@ -248,6 +250,7 @@ def cached_values() -> int:
     return len(_cached)
 
 
+@held_memory.on_release
 def clear_cache() -> None:
     _cached.clear()
 

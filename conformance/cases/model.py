@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance import held_memory
 from conformance.dtypes import case_values
 from conformance.generators import content_hash, generate
 from conformance.semantics import CONV2D, CONV_TRANSPOSE, AnyGeometry, PaddingSpec, geometry, transposed_geometry
@@ -142,3 +143,7 @@ def materialize(case: Case, dtype: str) -> CaseData:
     x = tensor(case.input_spec, case.input_shape, dtype)
     w = tensor(case.kernel_spec, case.kernel_shape, dtype)
     return CaseData(x=x, w=w, x_hash=content_hash(x), w_hash=content_hash(w))
+
+
+held_memory.on_release(materialize.cache_clear)
+held_memory.on_release(stored_array.cache_clear)

@@ -163,7 +163,7 @@ class ResultCollector:
         if retired is not None:
             self.retiring[node.gateway.id] = retired
             self.retired.append(retired["after"])
-            output = {USAGE_KEY: json.dumps(retired["usage"])}
+            output = {USAGE_KEY: json.dumps({**retired["usage"], "retired": retired["after"]})}
         if output.get(ENV_KEY):
             for name, info in json.loads(output[ENV_KEY]).items():
                 self.frameworks.setdefault(name, info)

@@ -59,6 +59,13 @@ def add_options(parser: pytest.Parser) -> None:
         "(default auto: 80%% of RAM shared among the workers, none on a machine with a GPU driver; 'none')",
     )
     group.addoption(
+        "--conformance-recycle-above",
+        default="1.5G",
+        metavar="SIZE",
+        help="memory a worker or framework child may hold between checks; past it, it releases its caches "
+        "and, if still above, is replaced by a fresh process (default 1.5G; 'none')",
+    )
+    group.addoption(
         "--conformance-crash-limit",
         type=int,
         default=3,
@@ -296,10 +303,15 @@ def _limits(config: pytest.Config, workers: int) -> isolation.Limits:
         memory = isolation.default_memory_limit(workers) if option == "auto" else isolation.parse_size(option)
     except ValueError as exc:
         raise pytest.UsageError(f"--conformance-memory-limit: {exc}") from None
+    try:
+        recycle_above = isolation.parse_size(config.getoption("conformance_recycle_above"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--conformance-recycle-above: {exc}") from None
     timeout = config.getoption("conformance_timeout")
     return isolation.Limits(
         timeout_s=timeout if timeout and timeout > 0 else None,
         load_timeout_s=max(0.0, config.getoption("conformance_load_timeout")) or None,
         memory_bytes=memory,
         crash_limit=max(1, config.getoption("conformance_crash_limit")),
+        recycle_above=recycle_above,
     )

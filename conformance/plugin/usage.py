@@ -1,15 +1,16 @@
-"""What a process that ran checks used: how many it ran and when, its peak memory and its time split
-(the results' `environment.processes`; benchmarks/ reads them)."""
+"""What a process that ran checks used: how many it ran and when, its peak memory, what it held
+between checks, its framework children's memory and replacements, and its time split (the results'
+`environment.processes`; benchmarks/ reads them)."""
 
 from __future__ import annotations
 
-import resource
 import time
 from typing import Any
 
 import pytest
 
-from conformance import timing
+from conformance import held_memory, timing
+from conformance.adapters import child
 
 _checks_key = pytest.StashKey[dict[str, Any]]()
 
@@ -26,6 +27,7 @@ def process_usage(config: pytest.Config) -> dict[str, Any]:
     checks: dict[str, Any] = config.stash.get(_checks_key, {"checks": 0})
     return {
         **checks,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
+        **held_memory.usage(),  # peak_rss_bytes, and what it held between checks
+        "children": child.tallies(),
         **{kind: round(total, 3) for kind, total in timing.totals().items()},
     }

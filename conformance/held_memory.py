@@ -1,0 +1,162 @@
+"""What a process that runs checks holds between them, bounded whatever the run's length.
+
+Frameworks keep what they built: compiled XLA executables per shape, traced `tf.function`s, built
+Keras models, ONNX Runtime sessions, oneDNN primitives, allocator pools. A run of tens of thousands
+of geometries would otherwise grow each process by every geometry it has seen. So every process that
+runs checks (an xdist worker, a framework's child process) measures its resident size after each
+check against one budget, `--conformance-recycle-above` (1.5 GiB by default):
+
+1. over it, the process releases every cache it can: the harness's own (`on_release` registers
+   them: built framework objects, baseline outputs, prepared data), the frameworks' (JAX's compiled
+   programs, TensorFlow's kernel cache, Keras' global state) and the C allocator's free pages
+   (`malloc_trim`): what a finished case no longer needs, rebuilt by the next check that does;
+2. still over seven eighths of it after that, the process is replaced before its next check, as
+   long-running servers recycle a worker after N requests: a worker retires (conformance/isolation.py),
+   a child exits after its reply (conformance/adapters/child.py). Seven eighths, so that a process
+   which a release barely brings under is not released again after every check (it leaves 190 MiB
+   of the default budget for new caches, above the 0.9 to 1.1 GiB a worker holds with every framework
+   loaded, which no release can lower).
+
+A single check may need more than the budget while it runs (the figure `conformance/cost.py`
+estimates); the budget bounds what is held from one check to the next, which is what grows.
+The resident size is read from /proc/self/statm through a descriptor kept open (about 1 us).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import resource
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from conformance.cost import format_size
+
+RECYCLE_ABOVE = 3 << 29  # 1.5 GiB: a worker holds 0.9 GiB with torch, TensorFlow, JAX and ONNX Runtime loaded
+RECYCLE_VARIABLE = "CONFORMANCE_RECYCLE_ABOVE"  # how a child learns its parent's budget (bytes; 0: none)
+RELEASED_ENOUGH = 0.875  # after a release, the share of the budget a process may keep and live on
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_statm: int | None = None
+_releases: list[Callable[[], None]] = []
+
+
+def resident() -> int | None:
+    """This process's resident size now; None where /proc has none."""
+    global _statm
+    try:
+        if _statm is None:
+            _statm = os.open("/proc/self/statm", os.O_RDONLY)
+        return int(os.pread(_statm, 128, 0).split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_resident() -> int:
+    """This process's peak resident size (getrusage: Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def on_release(release: Callable[[], None]) -> Callable[[], None]:
+    """Register a cache's release (its `clear`): called when this process is over its budget."""
+    _releases.append(release)
+    return release
+
+
+def _release_frameworks() -> None:
+    """The frameworks' own caches, of those this process has imported (none is imported here)."""
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()  # compiled executables and traces, per function and shape
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session()  # Keras' global graph state and name counters
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.eager import context  # (already imported: tensorflow is)
+
+        context.context().clear_kernel_cache()  # eager kernels, one per op and attribute set
+
+
+def _trim_allocator() -> None:
+    """Hand the C allocator's free pages back to the system (glibc keeps them in its arenas)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim this way
+        ctypes.CDLL(None).malloc_trim(0)  # (the process's own symbols: libc's among them)
+
+
+def release() -> None:
+    """Every cache this process can drop, then the garbage, then the allocator's free pages."""
+    for release_cache in _releases:
+        release_cache()
+    _release_frameworks()
+    gc.collect()
+    _trim_allocator()
+
+
+def pass_to_children(limit: int | None) -> None:
+    """The budget of the framework children this process starts from now on (they inherit it)."""
+    os.environ[RECYCLE_VARIABLE] = str(limit or 0)
+
+
+def limit_from_environment() -> int | None:
+    """The budget a child was started with (its parent's), or the default."""
+    text = os.environ.get(RECYCLE_VARIABLE)
+    if text is None:
+        return RECYCLE_ABOVE
+    return int(text) or None
+
+
+@dataclass
+class Keeper:
+    """One process's budget and what it has held: measured after each check."""
+
+    limit: int | None  # None: nothing is released or replaced
+    held_most: int = 0  # the largest resident size seen between two checks
+    releases: int = 0
+    checks: int = 0
+    release_caches: Callable[[], None] = field(default=release, repr=False)
+
+    def after_check(self) -> str | None:
+        """Why this process must be replaced before its next check, or None: over its budget, it
+        releases its caches first, and is replaced only if that leaves it over seven eighths of it."""
+        self.checks += 1
+        held = resident()
+        if held is None:
+            return None
+        self.held_most = max(self.held_most, held)
+        if self.limit is None or held <= self.limit:
+            return None
+        self.release_caches()
+        self.releases += 1
+        after = resident() or 0
+        if after <= self.limit * RELEASED_ENOUGH:
+            return None
+        return (
+            f"held {format_size(held)} after a check, {format_size(after)} after releasing its caches "
+            f"(--conformance-recycle-above {format_size(self.limit)})"
+        )
+
+    def usage(self) -> dict[str, Any]:
+        """For the run's `environment.processes`: what benchmarks/ reads."""
+        return {
+            "held_most_bytes": self.held_most,
+            "releases": self.releases,
+            "recycle_above_bytes": self.limit,
+            "peak_rss_bytes": peak_resident(),
+        }
+
+
+_this_process: Keeper | None = None
+
+
+def keeper(limit: int | None) -> Keeper:
+    """This process's keeper (one per process: a worker's guard, a child's loop), made with `limit`."""
+    global _this_process
+    _this_process = Keeper(limit)
+    return _this_process
+
+
+def usage() -> dict[str, Any]:
+    """This process's keeper's figures (zeros where no check has run here)."""
+    return (_this_process or Keeper(None)).usage()
