@@ -10,12 +10,14 @@ check against one budget, `--conformance-recycle-above` (1.5 GiB by default):
    them: built framework objects, baseline outputs, prepared data), the frameworks' (JAX's compiled
    programs, TensorFlow's kernel cache, Keras' global state) and the C allocator's free pages
    (`malloc_trim`): what a finished case no longer needs, rebuilt by the next check that does;
-2. still over seven eighths of it after that, the process is replaced before its next check, as
-   long-running servers recycle a worker after N requests: a worker retires (conformance/isolation.py),
-   a child exits after its reply (conformance/adapters/child.py). Seven eighths, so that a process
-   which a release barely brings under is not released again after every check (it leaves 190 MiB
-   of the default budget for new caches, above the 0.9 to 1.1 GiB a worker holds with every framework
-   loaded, which no release can lower).
+2. still over it after that, or over it again within 100 checks of the last release (what no release
+   frees is growing: a framework's own bookkeeping, the allocator's fragments), the process is
+   replaced before its next check, as long-running servers recycle a worker after N requests: a
+   worker retires (conformance/isolation.py), a child exits after its reply
+   (conformance/adapters/child.py). A worker holds 1.1 to 1.2 GiB that no release lowers (0.86 GiB
+   the four frameworks loaded, 0.25 GiB the extended tier's 157,000 collected items), so the default
+   budget leaves it about 0.3 GiB of caches; a release costs the recompilation of what the next
+   checks need, a replacement a process start, the imports and the collection (about 20 s).
 
 A single check may need more than the budget while it runs (the figure `conformance/cost.py`
 estimates); the budget bounds what is held from one check to the next, which is what grows.
@@ -38,7 +40,7 @@ from conformance.cost import format_size
 
 RECYCLE_ABOVE = 3 << 29  # 1.5 GiB: a worker holds 0.9 GiB with torch, TensorFlow, JAX and ONNX Runtime loaded
 RECYCLE_VARIABLE = "CONFORMANCE_RECYCLE_ABOVE"  # how a child learns its parent's budget (bytes; 0: none)
-RELEASED_ENOUGH = 0.875  # after a release, the share of the budget a process may keep and live on
+RELEASE_AT_MOST_EVERY = 100  # checks; over the budget again sooner, the process is replaced
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _statm: int | None = None
@@ -115,11 +117,13 @@ class Keeper:
     held_most: int = 0  # the largest resident size seen between two checks
     releases: int = 0
     checks: int = 0
+    released_after: int | None = None  # the check count at the last release
     release_caches: Callable[[], None] = field(default=release, repr=False)
 
     def after_check(self) -> str | None:
         """Why this process must be replaced before its next check, or None: over its budget, it
-        releases its caches first, and is replaced only if that leaves it over seven eighths of it."""
+        releases its caches, and is replaced if that leaves it over the budget or if it was released
+        fewer than RELEASE_AT_MOST_EVERY checks ago."""
         self.checks += 1
         held = resident()
         if held is None:
@@ -127,15 +131,17 @@ class Keeper:
         self.held_most = max(self.held_most, held)
         if self.limit is None or held <= self.limit:
             return None
+        budget = f"(--conformance-recycle-above {format_size(self.limit)})"
+        if self.released_after is not None and self.checks - self.released_after < RELEASE_AT_MOST_EVERY:
+            since = self.checks - self.released_after
+            return f"held {format_size(held)} after a check, {since} check(s) after releasing its caches {budget}"
         self.release_caches()
         self.releases += 1
+        self.released_after = self.checks
         after = resident() or 0
-        if after <= self.limit * RELEASED_ENOUGH:
+        if after <= self.limit:
             return None
-        return (
-            f"held {format_size(held)} after a check, {format_size(after)} after releasing its caches "
-            f"(--conformance-recycle-above {format_size(self.limit)})"
-        )
+        return f"held {format_size(held)} after a check, {format_size(after)} after releasing its caches {budget}"
 
     def usage(self) -> dict[str, Any]:
         """For the run's `environment.processes`: what benchmarks/ reads."""

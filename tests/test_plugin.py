@@ -386,3 +386,32 @@ def test_a_red_run_reads_on_one_screen(pytester: pytest.Pytester, asked: list[st
         assert len(failed_lines) == 24 and sections == 24
     records = json.loads(out.read_text())["results"]
     assert all(r["near_miss"]["id"] == "numpy-doubles-on-old-numpy" for r in records)
+
+
+@pytest.mark.parametrize("listed", ["fE", "fEsp"])
+@pytest.mark.parametrize("worker", [False, True], ids=["controller", "worker"])
+def test_reports_are_kept_only_where_something_reads_them(listed: str, worker: bool) -> None:
+    """A worker forgets each report once it is sent; the controller keeps failures in full, a
+    stand-in for each pass and skip it only counts (the summary line's figures are unchanged), and
+    the real ones where -r lists them; passed setups and teardowns not at all."""
+    from types import SimpleNamespace
+
+    from conformance.plugin import COUNTED, ReportsKeptOnlyWhereRead
+
+    reporter = SimpleNamespace(stats={}, reportchars=listed)
+    config = SimpleNamespace(pluginmanager=SimpleNamespace(get_plugin=lambda name: reporter))
+    keeper = ReportsKeptOnlyWhereRead(config, worker=worker)  # type: ignore[arg-type]
+    made = []
+    for category in ["", "passed", "", "", "skipped", "", "failed", ""]:
+        report = SimpleNamespace(category=category)
+        reporter.stats.setdefault(category, []).append(report)  # as the reporter does, first
+        keeper.pytest_runtest_logreport(report)  # type: ignore[arg-type]
+        made.append(report)
+    counts = {category: len(kept) for category, kept in reporter.stats.items() if kept}
+    if worker:
+        assert counts == {}
+        return
+    assert counts == {"passed": 1, "skipped": 1, "failed": 1}
+    assert reporter.stats["failed"] == [made[6]]
+    assert reporter.stats["passed"] == [made[1] if "p" in listed else COUNTED]
+    assert reporter.stats["skipped"] == [made[4] if "s" in listed else COUNTED]

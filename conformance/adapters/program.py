@@ -214,9 +214,13 @@ class Lambda(Expr):
 
 
 # Values of `Cached` expressions, by their source and context. Each is reused by every check whose
-# description has the same text, as a model reuses its layers; the oldest go first.
+# description has the same text, as a model reuses its layers; the oldest go first. A case's checks
+# (its targets, dtypes and replicates) run back to back and share a few dozen; each value holds a
+# compiled program (about 1 MiB for a small jitted convolution) or a session, so a budget of 64 is
+# what the next cases reuse, and all of it goes when the process is over its memory budget
+# (conformance/held_memory.py).
 _cached: OrderedDict[tuple[str, tuple[Any, ...]], Any] = OrderedDict()
-CACHE_SIZE = 256
+CACHE_SIZE = 64
 
 
 @dataclass(frozen=True)
