@@ -187,9 +187,15 @@ def pytest_run(
     processes = header["environment"].get("processes", {})
     workers = {k: v for k, v in processes.items() if k not in ("controller", "main")} or processes
     bare = {kind: sum(p.get(kind, 0.0) for p in workers.values()) for kind in timing.KINDS}
+    from conformance.plugin.items import failing
+
     outcomes: dict[str, int] = {}
+    failed: list[dict[str, Any]] = []
     for record in records:
         outcomes[record["outcome"]] = outcomes.get(record["outcome"], 0) + 1
+        if failing(record) and len(failed) < 20:  # what made the run red, for the figures' reader
+            failed.append({k: record.get(k) for k in ("case", "target", "dtype", "outcome")})
+            failed[-1]["message"] = (record.get("message") or "")[:1500]
     return {
         "command": " ".join(command[2:]),
         "exit": process["exit"],
@@ -198,6 +204,7 @@ def pytest_run(
         "records": len(records),
         "checks_run": sum(n for outcome, n in outcomes.items() if outcome not in ("skip", "unsupported")),
         "outcomes": outcomes,
+        "failed": failed,
         **{f"bare_{kind}": round(seconds, 2) for kind, seconds in bare.items()},
         "bare_s": round(sum(bare.values()), 2),
         "load_s_per_worker_max": max((p.get(timing.LOAD, 0.0) for p in workers.values()), default=0.0),
@@ -391,6 +398,9 @@ def section_shards(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     }
 
 
+MOST = ("held_most_bytes", "left_most_bytes", "peak_rss_bytes")
+
+
 def section_extended(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The extended tier as a new user runs it (`pytest cases -n auto --conformance-tier extended`),
     with every process of the run sampled: does it finish, how much did each kind of process hold, how
@@ -413,25 +423,29 @@ def section_extended(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     children: dict[str, dict[str, int]] = {}
     for usage in workers.values():
         for kind, tally in usage.get("children", {}).items():
-            mine = children.setdefault(kind, {"started": 0, "recycled": 0, "held_most_bytes": 0, "peak_rss_bytes": 0})
+            mine = children.setdefault(kind, dict.fromkeys(("started", "recycled", *MOST), 0))
             for name in ("started", "recycled"):
                 mine[name] += tally[name]
-            for name in ("held_most_bytes", "peak_rss_bytes"):
+            for name in MOST:
                 mine[name] = max(mine[name], tally[name])
     held = [usage.get("held_most_bytes", 0) for usage in workers.values()]
+    left = [usage.get("left_most_bytes", 0) for usage in workers.values()]
     return {
         **run,
         "sampled": sampler.figures(),
         "workers_started": len(workers),
         "workers_recycled": sum(1 for usage in workers.values() if usage.get("retired")),
         "worker_releases": sum(usage.get("releases", 0) for usage in workers.values()),
+        # Carried into a check (at most the budget), and left by one before its release or replacement.
         "worker_held_most_gib": round(max(held, default=0) / 2**30, 3),
+        "worker_left_most_gib": round(max(left, default=0) / 2**30, 3),
         "worker_peak_rss_gib": round(max((u.get("peak_rss_bytes") or 0) for u in workers.values()) / 2**30, 3),
         "children": {
             kind: {
                 "started": tally["started"],
                 "recycled": tally["recycled"],
                 "held_most_gib": round(tally["held_most_bytes"] / 2**30, 3),
+                "left_most_gib": round(tally["left_most_bytes"] / 2**30, 3),
                 "peak_rss_gib": round(tally["peak_rss_bytes"] / 2**30, 3),
             }
             for kind, tally in sorted(children.items())

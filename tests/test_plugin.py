@@ -415,3 +415,26 @@ def test_reports_are_kept_only_where_something_reads_them(listed: str, worker: b
     assert reporter.stats["failed"] == [made[6]]
     assert reporter.stats["passed"] == [made[1] if "p" in listed else COUNTED]
     assert reporter.stats["skipped"] == [made[4] if "s" in listed else COUNTED]
+
+
+def test_a_worker_that_is_gone_leaves_no_copy_of_the_collection_in_the_controller() -> None:
+    """xdist keeps each worker's collected ids to the end of the run; a worker that went (retired
+    or crashed) points at the shared list instead, and the live ones keep theirs."""
+    from types import SimpleNamespace
+
+    from conformance.plugin.controller import share_the_collection
+
+    ids = [f"cases/a.toml::c{n}[numpy.im2col-cpu-float32]" for n in range(1000)]
+
+    class Node:  # (hashable by identity, as xdist's WorkerController)
+        pass
+
+    first, gone, alive = Node(), Node(), Node()
+    copies = {node: [text[:] for text in ids] for node in (first, gone, alive)}
+    scheduler = SimpleNamespace(node2collection=dict(copies), collection=copies[first])  # as LoadScheduling holds them
+    config = SimpleNamespace(pluginmanager=SimpleNamespace(get_plugin=lambda name: SimpleNamespace(sched=scheduler)))
+    share_the_collection(config, gone)  # type: ignore[arg-type]
+    assert scheduler.node2collection[gone] is scheduler.collection and len(scheduler.node2collection) == 3
+    assert scheduler.node2collection[alive] is copies[alive]
+    share_the_collection(config, Node())  # type: ignore[arg-type]  # (a node it never had)
+    assert len(scheduler.node2collection) == 3

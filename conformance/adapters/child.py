@@ -100,7 +100,8 @@ class Replied:
     budget even after releasing its caches says why and exits once the reply is sent."""
 
     reply: Reply
-    held: int | None
+    carried: int | None  # what the child holds into its next request (None: it is being replaced)
+    left: int | None  # what this request left it holding, before any release
     peak: int
     retiring: str | None = None
 
@@ -191,12 +192,14 @@ class ChildTally:
 
     started: int = 0
     recycled: int = 0
-    held_most_bytes: int = 0
+    held_most_bytes: int = 0  # the most one carried into a request
+    left_most_bytes: int = 0  # the most a request left one holding, before a release or its replacement
     peak_rss_bytes: int = 0
     first_recycled: str | None = None
 
     def note(self, replied: Replied) -> None:
-        self.held_most_bytes = max(self.held_most_bytes, replied.held or 0)
+        self.held_most_bytes = max(self.held_most_bytes, replied.carried or 0)
+        self.left_most_bytes = max(self.left_most_bytes, replied.left or 0)
         self.peak_rss_bytes = max(self.peak_rss_bytes, replied.peak)
         if replied.retiring is not None:
             self.recycled += 1
@@ -332,7 +335,9 @@ def serve() -> None:
     while (message := read_message(requests)) is not None:
         reply = _answer(message)
         retiring = keeper.after_check() if isinstance(message, Run | RunModel) else None
-        write_message(replies, Replied(reply, held_memory.resident(), held_memory.peak_resident(), retiring))
+        held = held_memory.resident() if retiring is None else None
+        left = max(keeper.left_most, held or 0)
+        write_message(replies, Replied(reply, held, left, held_memory.peak_resident(), retiring))
         if retiring is not None:
             replies.flush()
             os._exit(0)  # (no interpreter teardown: the frameworks' own can take seconds)
