@@ -19,6 +19,10 @@ check against one budget, `--conformance-recycle-above` (1.5 GiB by default):
    budget leaves it about 0.3 GiB of caches; a release costs the recompilation of what the next
    checks need, a replacement a process start, the imports and the collection (about 20 s).
 
+The same holds for the data segment where the process has a limit on it (`--conformance-memory-limit`,
+RLIMIT_DATA): over half of it, what an allocator reserved and no release returns would make a later
+large check's allocation fail, so the process releases, and is replaced if that is not enough.
+
 A single check may need more than the budget while it runs (the figure `conformance/cost.py`
 estimates); the budget bounds what is held from one check to the next, which is what grows.
 The resident size is read from /proc/self/statm through a descriptor kept open (about 1 us).
@@ -47,15 +51,36 @@ _statm: int | None = None
 _releases: list[Callable[[], None]] = []
 
 
-def resident() -> int | None:
-    """This process's resident size now; None where /proc has none."""
+def _statm_pages() -> list[bytes] | None:
+    """/proc/self/statm's fields (in pages: size, resident, shared, text, lib, data, dirty)."""
     global _statm
     try:
         if _statm is None:
             _statm = os.open("/proc/self/statm", os.O_RDONLY)
-        return int(os.pread(_statm, 128, 0).split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
+        return os.pread(_statm, 128, 0).split()
+    except OSError:
         return None
+
+
+def resident() -> int | None:
+    """This process's resident size now; None where /proc has none."""
+    fields = _statm_pages()
+    return int(fields[1]) * _PAGE if fields and len(fields) > 5 else None
+
+
+def data_segment() -> int | None:
+    """This process's data segment and stack now (what RLIMIT_DATA caps); None where /proc has none."""
+    fields = _statm_pages()
+    return int(fields[5]) * _PAGE if fields and len(fields) > 5 else None
+
+
+def data_budget() -> int | None:
+    """Half the data segment this process may have (RLIMIT_DATA, inherited by a framework child), or
+    None without a limit. A process above it holds address space that no release returns: an
+    allocator's reserved arenas and pools, counted by the limit though never touched, so that a
+    later large check's allocation fails (TensorFlow's `Cast` then dies of a segmentation fault)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    return None if soft == resource.RLIM_INFINITY else soft // 2
 
 
 def peak_resident() -> int:
@@ -123,6 +148,7 @@ class Keeper:
     """One process's budget and what it has held: measured after each check."""
 
     limit: int | None  # None: nothing is released or replaced
+    data_limit: int | None = None  # over it, the same (see data_budget)
     carried: int | None = None  # what the last check left this process holding into the next; None: replaced
     held_most: int = 0  # the most it carried into a check (at most the budget, where there is one)
     left_most: int = 0  # the most a check left it holding, before a release or its replacement
@@ -141,26 +167,36 @@ class Keeper:
             self.held_most = max(self.held_most, self.carried)
         return why
 
+    def _over(self) -> tuple[int, str] | None:
+        """What is over its budget now (the figure, and the budget in words), or None."""
+        held, data = resident(), data_segment()
+        if self.data_limit is not None and data is not None and data > self.data_limit:
+            return data, f"of data segment (half its {format_size(2 * self.data_limit)} --conformance-memory-limit)"
+        if self.limit is not None and held is not None and held > self.limit:
+            return held, f"(--conformance-recycle-above {format_size(self.limit)})"
+        return None
+
     def _judge(self) -> str | None:
         self.carried = held = resident()
         if held is None:
             return None
         self.left_most = max(self.left_most, held)
-        if self.limit is None or held <= self.limit:
+        over = self._over()
+        if over is None:
             return None
         self.carried = None
-        budget = f"(--conformance-recycle-above {format_size(self.limit)})"
+        figure, budget = over
         if self.released_after is not None and self.checks - self.released_after < RELEASE_AT_MOST_EVERY:
             since = self.checks - self.released_after
-            return f"held {format_size(held)} after a check, {since} check(s) after releasing its caches {budget}"
+            return f"held {format_size(figure)} {budget} after a check, {since} check(s) after releasing its caches"
         self.release_caches()
         self.releases += 1
         self.released_after = self.checks
-        after = resident() or 0
-        if after <= self.limit:
-            self.carried = after
+        still = self._over()
+        if still is None:
+            self.carried = resident()
             return None
-        return f"held {format_size(held)} after a check, {format_size(after)} after releasing its caches {budget}"
+        return f"held {format_size(figure)} {budget} after a check, {format_size(still[0])} after releasing its caches"
 
     def usage(self) -> dict[str, Any]:
         """For the run's `environment.processes`: what benchmarks/ reads."""
@@ -177,9 +213,10 @@ _this_process: Keeper | None = None
 
 
 def keeper(limit: int | None) -> Keeper:
-    """This process's keeper (one per process: a worker's guard, a child's loop), made with `limit`."""
+    """This process's keeper (one per process: a worker's guard, a child's loop), made with `limit`
+    and half this process's data-segment limit, if it has one."""
     global _this_process
-    _this_process = Keeper(limit)
+    _this_process = Keeper(limit, data_budget())
     return _this_process
 
 

@@ -141,12 +141,12 @@ class WorkerGuard:
         # loading must be told from one that hangs later, whatever ran before it in this worker.
         self._loaded: set[str] = set()
         self.exhausted_by: str | None = None  # the check that ran out of memory in this process
-        self.keeper = held_memory.keeper(limits.recycle_above)
-        held_memory.pass_to_children(limits.recycle_above)
         if limits.memory_bytes is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_DATA)
             cap = limits.memory_bytes if hard == resource.RLIM_INFINITY else min(limits.memory_bytes, hard)
             resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+        self.keeper = held_memory.keeper(limits.recycle_above)  # (after the limit: it keeps half of it too)
+        held_memory.pass_to_children(limits.recycle_above)
 
     def starting(self, nodeid: str, record: Record) -> None:
         """Called when a check starts, before the framework is even imported: what the controller

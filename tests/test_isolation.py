@@ -249,14 +249,32 @@ def test_a_process_over_its_budget_releases_its_caches_before_it_is_replaced(mon
         assert keeper.after_check() is None
     held.update(now=2 << 30)
     budget = "(--conformance-recycle-above 1.50 GiB)"
-    assert keeper.after_check() == f"held 2.00 GiB after a check, 99 check(s) after releasing its caches {budget}"
+    assert keeper.after_check() == f"held 2.00 GiB {budget} after a check, 99 check(s) after releasing its caches"
     assert len(released) == 1  # it grew back at once: replaced, not released again
     assert (keeper.held_most, keeper.left_most, keeper.carried) == (1 << 30, 2 << 30, None)  # into a check: 1 GiB
     keeper = held_memory.Keeper(3 << 29, release_caches=release)
     held.update(now=2 << 30, after_release=(3 << 29) + 1)
-    assert keeper.after_check() == f"held 2.00 GiB after a check, 1.50 GiB after releasing its caches {budget}"
+    assert keeper.after_check() == f"held 2.00 GiB {budget} after a check, 1.50 GiB after releasing its caches"
     assert keeper.releases == 1
     assert held_memory.Keeper(None, release_caches=release).after_check() is None and len(released) == 2
+
+
+def test_a_process_whose_data_segment_passes_half_its_limit_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Address space an allocator reserved (counted by RLIMIT_DATA, never touched, so not resident):
+    over half the limit, a release first, then replacement; a later large check would fail to
+    allocate (in TensorFlow's Cast, with a segmentation fault)."""
+    segment = {"now": 3 << 30}
+    monkeypatch.setattr(held_memory, "resident", lambda: 1 << 30)  # well within the resident budget
+    monkeypatch.setattr(held_memory, "data_segment", lambda: segment["now"])
+    keeper = held_memory.Keeper(3 << 29, data_limit=4 << 30, release_caches=lambda: None)
+    assert keeper.after_check() is None  # 3 GiB of an 8 GiB limit
+    segment["now"] = 5 << 30
+    assert keeper.after_check() == (
+        "held 5.00 GiB of data segment (half its 8.00 GiB --conformance-memory-limit) after a check, "
+        "5.00 GiB after releasing its caches"
+    )
+    assert keeper.releases == 1 and keeper.carried is None
+    assert held_memory.Keeper(3 << 29, data_limit=None, release_caches=lambda: None).after_check() is None
 
 
 def test_release_frees_what_the_harness_and_frameworks_keep() -> None:
@@ -318,7 +336,7 @@ def test_workers_and_children_that_leak_are_replaced_and_no_check_is_lost(tmp_pa
     and the results say who held how much and how often a process was replaced."""
     output, _, workers = _run_holding(tmp_path, ["Leaker", "LeakerInChild"], 24, "400M")
     retired = [usage["retired"] for usage in workers.values() if "retired" in usage]
-    assert retired and all("after releasing its caches (--conformance-recycle-above 400 MiB)" in r for r in retired)
+    assert retired and all("(--conformance-recycle-above 400 MiB) after a check" in r for r in retired)
     assert "worker(s) replaced after a check ran out of memory or left it held" in output, output[-3000:]
     (child_kind,) = {kind for usage in workers.values() for kind in usage["children"]}
     tallies = [usage["children"][child_kind] for usage in workers.values() if child_kind in usage["children"]]
