@@ -29,7 +29,7 @@ Sections:
               every process sampled (benchmarks/process_memory.py): exit, wall time, records, peak
               and held memory per kind of process (worker, each kind of framework child), how often
               a process was released or replaced for holding more than its budget (opt-in; about
-              an hour and a half on 2 cores).
+              half an hour on 2 cores).
   million     the large tier's geometries with more replicates, about 10^6 checks, as 3 shards one
               after another; merged, its report rendered and opened in Chromium: wall time, every
               process's peak memory, time until the report is usable (opt-in; about an hour).
