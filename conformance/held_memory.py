@@ -167,9 +167,8 @@ class Keeper:
             self.held_most = max(self.held_most, self.carried)
         return why
 
-    def _over(self) -> tuple[int, str] | None:
-        """What is over its budget now (the figure, and the budget in words), or None."""
-        held, data = resident(), data_segment()
+    def _over(self, held: int | None, data: int | None) -> tuple[int, str] | None:
+        """What is over its budget (the figure, and the budget in words), or None."""
         if self.data_limit is not None and data is not None and data > self.data_limit:
             return data, f"of data segment (half its {format_size(2 * self.data_limit)} --conformance-memory-limit)"
         if self.limit is not None and held is not None and held > self.limit:
@@ -181,7 +180,7 @@ class Keeper:
         if held is None:
             return None
         self.left_most = max(self.left_most, held)
-        over = self._over()
+        over = self._over(held, data_segment())
         if over is None:
             return None
         self.carried = None
@@ -192,9 +191,10 @@ class Keeper:
         self.release_caches()
         self.releases += 1
         self.released_after = self.checks
-        still = self._over()
+        after = resident()
+        still = self._over(after, data_segment())
         if still is None:
-            self.carried = resident()
+            self.carried = after
             return None
         return f"held {format_size(figure)} {budget} after a check, {format_size(still[0])} after releasing its caches"
 

@@ -334,10 +334,10 @@ def serve() -> None:
     keeper = held_memory.keeper(held_memory.limit_from_environment())
     while (message := read_message(requests)) is not None:
         reply = _answer(message)
-        retiring = keeper.after_check() if isinstance(message, Run | RunModel) else None
-        held = held_memory.resident() if retiring is None else None
-        left = max(keeper.left_most, held or 0)
-        write_message(replies, Replied(reply, held, left, held_memory.peak_resident(), retiring))
+        ran = isinstance(message, Run | RunModel)
+        retiring = keeper.after_check() if ran else None
+        carried = keeper.carried if ran else held_memory.resident()  # (the keeper has just read it)
+        write_message(replies, Replied(reply, carried, keeper.left_most, held_memory.peak_resident(), retiring))
         if retiring is not None:
             replies.flush()
             os._exit(0)  # (no interpreter teardown: the frameworks' own can take seconds)
