@@ -140,20 +140,20 @@ def section_reference(args: argparse.Namespace) -> dict[str, Any]:
     x = rng.standard_normal((1, 64, 64, 32))
     w = rng.standard_normal((3, 3, 32, 32))
     geo = geometry("SAME", (64, 64), (3, 3), (2, 2), (1, 1))
-    dy = rng.standard_normal((1, *geo.output_hw, 32))
+    dy = rng.standard_normal((1, *geo.output_size, 32))
     x_t, w_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
     dy_t = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy())
     got = F.conv2d(x_t, w_t, padding="same", dilation=2).numpy().transpose(0, 2, 3, 1)
-    assert np.allclose(got, reference.conv2d_resolved(x, w, geo, 1), atol=1e-9), "reference and torch disagree"
+    assert np.allclose(got, reference.conv_resolved(x, w, geo, 1), atol=1e-9), "reference and torch disagree"
     figures: dict[str, Any] = {
         "shape": "input 1x64x64x32, kernel 3x3x32x32, rate 2, SAME, float64; default threads on both sides",
-        "reference_s": best_of(lambda: reference.conv2d_resolved(x, w, geo, 1), args.repeat),
+        "reference_s": best_of(lambda: reference.conv_resolved(x, w, geo, 1), args.repeat),
         "torch_s": best_of(lambda: F.conv2d(x_t, w_t, padding="same", dilation=2), args.repeat),
-        "reference_grad_input_s": best_of(lambda: reference.conv2d_input_grad(dy, w, geo, 1), args.repeat),
+        "reference_grad_input_s": best_of(lambda: reference.conv_input_grad(dy, w, geo, 1), args.repeat),
         "torch_grad_input_s": best_of(
             lambda: torch.nn.grad.conv2d_input(x_t.shape, w_t, dy_t, padding=2, dilation=2), args.repeat
         ),
-        "reference_grad_kernel_s": best_of(lambda: reference.conv2d_kernel_grad(x, dy, geo, 1), args.repeat),
+        "reference_grad_kernel_s": best_of(lambda: reference.conv_kernel_grad(x, dy, geo, 1), args.repeat),
         "torch_grad_kernel_s": best_of(
             lambda: torch.nn.grad.conv2d_weight(x_t, w_t.shape, dy_t, padding=2, dilation=2), args.repeat
         ),

@@ -26,22 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from conformance import composites, expectations, machine, replay, runner
+from conformance import check_records, composites, expectations, machine, replay, runner
 from conformance import contracts as accumulation_contracts
 from conformance import diff as diffing
 from conformance.adapters import all_targets
 from conformance.cases import case_files, load_file, load_paths, materialize
+from conformance.merging import merge
 from conformance.overview import Overview
 from conformance.report import write_report
-from conformance.results import (
-    ResultsFileError,
-    atomic_write,
-    atomic_write_text,
-    merge,
-    read_results,
-    run_label,
-    write_json,
-)
+from conformance.results import ResultsFileError, atomic_write, atomic_write_text, read_results, write_json
+from conformance.run_environment import run_label
 
 
 def _load_results(path: Path) -> dict[str, Any]:
@@ -210,7 +204,7 @@ def _replay(args: argparse.Namespace) -> int:
         where, records, note = _replay_source(path)
         count = 0
         for record in records:
-            if (record.get("message") or "").startswith(runner.HARNESS_FAILED):
+            if (record.get("message") or "").startswith(check_records.HARNESS_FAILED):
                 harness += 1  # no framework behaviour to judge: the harness's own failure
                 continue
             judged = replay.rejudge(record, known.entries, where, corpus.get(record["case"]))
@@ -228,7 +222,7 @@ def _replay(args: argparse.Namespace) -> int:
             f"e.g. {group.example}{near}"
         )
     if harness:
-        print(f"{harness} record(s) were the harness's own failure ({runner.HARNESS_FAILED}): not judged")
+        print(f"{harness} record(s) were the harness's own failure ({check_records.HARNESS_FAILED}): not judged")
     print(f"{glance.failure_count} record(s) would fail a run")
     return 1 if glance.failure_count or harness else 0
 

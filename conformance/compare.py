@@ -37,7 +37,6 @@ Exact-integer data whose every partial sum is representable must match bit for b
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -45,6 +44,8 @@ from typing import Any
 import numpy as np
 
 from conformance.dtypes import TF32_PRECISION_BITS, FloatFormat
+from conformance.error_maps import error_map
+from conformance.exception_text import first_line
 
 FLOAT64_UNIT_ROUNDOFF = 2.0**-53
 
@@ -407,28 +408,6 @@ def _judge_contract(
     )
 
 
-ERROR_MAP_MAX_SIDE = 48  # cells per side: enough to see a border or a stripe, small enough for 20k-row reports
-
-
-def error_map(per_element: np.ndarray, quantity: str = "error/bound", layout: str = "NHWC") -> dict[str, Any]:
-    """Max over the non-spatial axes (batch and channels; both channel axes of a kernel), then
-    max-pooled to at most 48x48 cells over (H, W).
-
-    Max, not mean, at both steps: one bad pixel must stay visible after downsampling.
-    Non-finite cells (a NaN/Inf mismatch, or an error where the bound is zero) become null.
-    """
-    channel_axes = (2, 3) if layout == "HWIO" else (0, 3)
-    plane = per_element.max(axis=channel_axes) if per_element.size else np.zeros((0, 0))
-    height, width = plane.shape
-    block = (max(1, -(-height // ERROR_MAP_MAX_SIDE)), max(1, -(-width // ERROR_MAP_MAX_SIDE)))
-    rows, cols = -(-height // block[0]), -(-width // block[1])
-    padded = np.full((rows * block[0], cols * block[1]), -np.inf)
-    padded[:height, :width] = plane
-    pooled = padded.reshape(rows, block[0], cols, block[1]).max(axis=(1, 3))
-    values = [[float(f"{v:.3g}") if np.isfinite(v) else None for v in row] for row in pooled]
-    return {"quantity": quantity, "hw": [height, width], "block": list(block), "values": values}
-
-
 def _element(index: tuple[int, ...], ref: np.ndarray, got: np.ndarray, bound: np.ndarray) -> dict[str, Any]:
     return {
         "index": list(index),
@@ -442,26 +421,3 @@ def _json_float(value: Any) -> float | str:
     """JSON has no NaN/Inf: keep them as the strings Python prints."""
     value = float(value)
     return value if np.isfinite(value) else repr(value)
-
-
-_ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
-# Keras wraps a backend's error in a line that names only the layer; the backend's words come next.
-_GRAPH_ERROR = "Graph execution error:"
-_KERAS_WRAPPER = "Exception encountered when calling"
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (messages of native errors run to pages)."""
-    lines = [line.strip() for line in _ANSI_ESCAPES.sub("", str(exc)).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith(_KERAS_WRAPPER):
-        lines = [f"{lines[0]} {lines[1]}"]
-    if lines and lines[0] == _GRAPH_ERROR:
-        # TensorFlow's graph errors list the Python frames that built the node, then the message.
-        message = [line for line in lines[1:] if not line.startswith(("Detected at node", "File "))]
-        lines = [f"{lines[0]} {message[0]}" if message else lines[0]]
-    return lines[0][:500] if lines else "(no message)"
-
-
-def exception_text(exc: BaseException) -> str:
-    """`TypeName: first line`, the way records name an exception."""
-    return f"{type(exc).__name__}: {first_line(exc)}"

@@ -22,7 +22,7 @@ from math import prod
 from typing import Protocol
 
 from conformance.dtypes import float_format
-from conformance.semantics import AnyGeometry, TransposedGeometry
+from conformance.semantics import AnyGeometry, Sizes, TransposedGeometry
 
 FLOAT64 = 8
 # The harness's share of a check: the case's data and float64 reference, its bound, the comparison.
@@ -39,9 +39,9 @@ class ShapedCall(Protocol):
     """What the estimate reads of a call (`conformance.adapters.CallParams` has it)."""
 
     @property
-    def input_shape(self) -> tuple[int, int, int, int]: ...
+    def input_shape(self) -> tuple[int, ...]: ...
     @property
-    def kernel_shape(self) -> tuple[int, int, int, int]: ...
+    def kernel_shape(self) -> tuple[int, ...]: ...
     @property
     def geometry(self) -> AnyGeometry: ...
     @property
@@ -52,10 +52,10 @@ class ShapedCall(Protocol):
 
 @dataclass(frozen=True)
 class Shapes:
-    """The static shapes of a call, NHWC and HWIO."""
+    """The static shapes of a call, channels-last (N, *spatial, C) and (*spatial, I, O): NHWC and HWIO in 2-D."""
 
-    input_shape: tuple[int, int, int, int]
-    kernel_shape: tuple[int, int, int, int]
+    input_shape: tuple[int, ...]
+    kernel_shape: tuple[int, ...]
     geometry: AnyGeometry
     groups: int
     dtype: str
@@ -70,12 +70,11 @@ class Shapes:
         return float_format(self.dtype).numpy_dtype.itemsize
 
     @cached_property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        o_h, o_w = self.geometry.output_hw
-        channels = self.kernel_shape[3]
-        if isinstance(self.geometry, TransposedGeometry):  # (k_h, k_w, C_out / g, C_in)
-            channels = self.kernel_shape[2] * self.groups
-        return (self.input_shape[0], o_h, o_w, channels)
+    def output_shape(self) -> tuple[int, ...]:
+        channels = self.kernel_shape[-1]
+        if isinstance(self.geometry, TransposedGeometry):  # (*k, C_out / g, C_in)
+            channels = self.kernel_shape[-2] * self.groups
+        return (self.input_shape[0], *self.geometry.output_size, channels)
 
 
 def tensor(what: str, shape: Iterable[int], itemsizes: Iterable[int]) -> Part:
@@ -89,16 +88,16 @@ def copies(shapes: Shapes) -> tuple[int, ...]:
     return (FLOAT64, FLOAT64, shapes.itemsize)
 
 
-def im2col_workspace(shapes: Shapes, kernel_hw: tuple[int, int]) -> Part:
+def im2col_workspace(shapes: Shapes, kernel_size: Sizes) -> Part:
     """The column matrix of one image: output pixels x kernel taps x input channels (a transposed
     convolution's: input pixels x taps x output channels, before col2im), at least float32's width
     (half precision is widened on the way on most CPUs)."""
-    _, i_h, i_w, c_in = shapes.input_shape
-    _, o_h, o_w, c_out = shapes.output_shape
-    pixels, channels = (i_h * i_w, c_out) if isinstance(shapes.geometry, TransposedGeometry) else (o_h * o_w, c_in)
+    x, y = shapes.input_shape, shapes.output_shape
+    transposed = isinstance(shapes.geometry, TransposedGeometry)
+    pixels, channels = (prod(x[1:-1]), y[-1]) if transposed else (prod(y[1:-1]), x[-1])
     width = max(shapes.itemsize, 4)
-    return Part(f"im2col workspace of one image ({pixels} pixels x {prod(kernel_hw)} taps x {channels})",
-                pixels * prod(kernel_hw) * channels * width)  # fmt: skip
+    return Part(f"im2col workspace of one image ({pixels} pixels x {prod(kernel_size)} taps x {channels})",
+                pixels * prod(kernel_size) * channels * width)  # fmt: skip
 
 
 def harness(shapes: Shapes, derivative_order: int) -> list[Part]:
@@ -107,31 +106,32 @@ def harness(shapes: Shapes, derivative_order: int) -> list[Part]:
     output-sized temporaries; a derivative's cotangent, its float64 reference and the reference's
     zero-spread cotangent too."""
     x, w, y = shapes.input_shape, shapes.kernel_shape, shapes.output_shape
-    p_h, p_w = shapes.geometry.padded_hw if not isinstance(shapes.geometry, TransposedGeometry) else x[1:3]
-    e_h, e_w = shapes.geometry.effective_kernel_hw
+    geo = shapes.geometry
+    padded = geo.padded_size if not isinstance(geo, TransposedGeometry) else x[1:-1]
     parts = [
         tensor("input", x, (shapes.itemsize, FLOAT64, FLOAT64)),
         tensor("kernel", w, (shapes.itemsize, FLOAT64, FLOAT64)),
-        tensor("padded input", (x[0], p_h, p_w, x[3]), (FLOAT64, FLOAT64)),
+        tensor("padded input", (x[0], *padded, x[-1]), (FLOAT64, FLOAT64)),
         tensor("reference output and bound", y, (FLOAT64,) * 6),
-        tensor("one tap's window", (y[0], y[1], y[2], x[3]), (FLOAT64,)),
+        tensor("one tap's window", (*y[:-1], x[-1]), (FLOAT64,)),
     ]
     if derivative_order:
         parts.append(tensor("cotangent and directions", y, (FLOAT64, FLOAT64, shapes.itemsize)))
-        spread = (y[0], p_h + e_h - 1, p_w + e_w - 1, y[3])
+        bordered = (p + e - 1 for p, e in zip(padded, geo.effective_kernel, strict=True))
+        spread = (y[0], *bordered, y[-1])
         parts.append(tensor("reference gradients", spread, (FLOAT64,) * (1 + derivative_order)))
     return [Part(f"{HARNESS}: {part.what}", part.size) for part in parts]
 
 
-def framework_call(shapes: Shapes, kernel_hw: tuple[int, int] | None = None) -> list[Part]:
+def framework_call(shapes: Shapes, kernel_size: Sizes | None = None) -> list[Part]:
     """The framework's operands and output in every copy, and the lowering's workspace for the
-    kernel the framework is given (`kernel_hw`: a zero-inserted kernel's span, say)."""
-    seen = kernel_hw or shapes.geometry.kernel_hw
+    kernel the framework is given (`kernel_size`, per spatial axis: a zero-inserted kernel's span, say)."""
+    seen = kernel_size or shapes.geometry.kernel_size
     return [
         tensor("input", shapes.input_shape, copies(shapes)),
         tensor("kernel", shapes.kernel_shape, copies(shapes)),
         # oneDNN reorders a kernel into its blocked layout, XLA and Eigen transpose it: one more copy.
-        tensor("kernel in the library's layout", (*seen, *shapes.kernel_shape[2:]), (max(shapes.itemsize, 4),)),
+        tensor("kernel in the library's layout", (*seen, *shapes.kernel_shape[-2:]), (max(shapes.itemsize, 4),)),
         tensor("output", shapes.output_shape, (shapes.itemsize, FLOAT64)),
         im2col_workspace(shapes, seen),
     ]
@@ -145,7 +145,7 @@ def derivative_call(shapes: Shapes, order: int) -> list[Part]:
         tensor("cotangent", shapes.output_shape, copies(shapes)),
         tensor("input gradient", shapes.input_shape, (shapes.itemsize, FLOAT64)),
         tensor("kernel gradient", shapes.kernel_shape, (shapes.itemsize, FLOAT64)),
-        im2col_workspace(shapes, shapes.geometry.kernel_hw),
+        im2col_workspace(shapes, shapes.geometry.kernel_size),
     ]
     passes = range(1, order + 1)
     return forward + [Part(f"{part.what} (backward pass {n})", part.size) for n in passes for part in backward]
@@ -155,10 +155,9 @@ def zero_inserted_call(shapes: Shapes, storage: int) -> list[Part]:
     """The zero-inserted oracle gives the framework the kernel spread to its effective size: that
     kernel as NumPy makes it (`storage` bytes an element), the framework's float64 tensor of it and
     the case dtype's, and the lowering of a kernel that size at rate 1."""
-    e_h, e_w = shapes.geometry.effective_kernel_hw
-    _, _, c, o = shapes.kernel_shape
-    spread = (e_h, e_w, c, o)
-    parts = framework_call(shapes, kernel_hw=(e_h, e_w))
+    effective = shapes.geometry.effective_kernel
+    spread = (*effective, *shapes.kernel_shape[-2:])
+    parts = framework_call(shapes, kernel_size=effective)
     parts.insert(2, tensor(f"zero-inserted kernel {list(spread)}", spread, (storage, FLOAT64, shapes.itemsize)))
     return parts
 

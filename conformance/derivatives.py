@@ -3,23 +3,24 @@
 Every derivative check differentiates the scalar L(x, w) = <conv(x, w), dy> for a fixed, seeded
 cotangent dy (the shape of the output):
 
-    grad-input   dL/dx = conv2d_input_grad(dy, w)    one sum of n = taps_h * taps_w * C_out/g products
-    grad-kernel  dL/dw = conv2d_kernel_grad(x, dy)   one sum of n = N * o_h * o_w products
+    grad-input   dL/dx = conv_input_grad(dy, w)    one sum of n = taps_h * taps_w * C_out/g products
+    grad-kernel  dL/dw = conv_kernel_grad(x, dy)   one sum of n = N * o_h * o_w products
 
-where taps = how many kernel taps can meet one input position (`taps_meeting_one_input`). Second
-order is the Hessian-vector product of L in a seeded direction (vx, vw), taken through the
-gradient (reverse over reverse, which exercises the transpose of each transpose rule). L is
-bilinear, so H (vx, vw) = (dL/dx with kernel vw, dL/dw with input vx):
+where taps = how many kernel taps can meet one input position (`taps_meeting_one_input`); the
+products over spatial axes are written for 2-D (taps_h * taps_w, o_h * o_w) and take one factor per
+axis in any rank. Second order is the Hessian-vector product of L in a seeded direction (vx, vw),
+taken through the gradient (reverse over reverse, which exercises the transpose of each transpose
+rule). L is bilinear, so H (vx, vw) = (dL/dx with kernel vw, dL/dw with input vx):
 
-    hvp-input    conv2d_input_grad(dy, vw)           same n as grad-input
-    hvp-kernel   conv2d_kernel_grad(vx, dy)          same n as grad-kernel
+    hvp-input    conv_input_grad(dy, vw)           same n as grad-input
+    hvp-kernel   conv_kernel_grad(vx, dy)          same n as grad-kernel
 
 A transposed convolution (op = "conv_transpose") z = T_w(x) is the adjoint of the forward convolution
 A_w of its geometry's `forward`: L = <T_w x, dy> = <x, A_w dy>, so its derivatives are forward ones:
 
-    output       conv2d_transpose(x, w)          n = taps_h * taps_w * C_in/g
-    grad-input   conv2d(dy, w)                   n = k_h * k_w * C_out/g
-    grad-kernel  conv2d_kernel_grad(dy, x)       n = N * i_h * i_w (every input pixel)
+    output       conv_transpose(x, w)          n = taps_h * taps_w * C_in/g
+    grad-input   conv(dy, w)                   n = k_h * k_w * C_out/g
+    grad-kernel  conv_kernel_grad(dy, x)       n = N * i_h * i_w (every input pixel)
     hvp-*        the same with vw, vx in place of w, x
 
 Each element is one dot product of two case-dtype operands, so the forward pass's bound applies
@@ -32,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -80,21 +82,20 @@ def tangents(case: Case, dtype: str) -> Tangents:
 def accumulation_length(case: Case, quantity: str) -> int:
     """n of the error bound: how many products one element of `quantity` sums."""
     geo = case.geometry
-    taps = [taps_meeting_one_input(k, r, s) for k, r, s in zip(geo.kernel_hw, geo.rate, geo.stride, strict=True)]
+    taps = prod(taps_meeting_one_input(k, r, s) for k, r, s in zip(geo.kernel_size, geo.rate, geo.stride, strict=True))
     if isinstance(geo, TransposedGeometry):
         if quantity == OUTPUT:  # (the forward op's input gradient, summing over this op's input channels)
-            return taps[0] * taps[1] * (case.input_shape[3] // case.groups)
+            return taps * (case.input_shape[-1] // case.groups)
         if quantity.endswith("-input"):
-            k_h, k_w, out_per_group, _ = case.kernel_shape
-            return k_h * k_w * out_per_group
-        return case.input_shape[0] * case.input_shape[1] * case.input_shape[2]
+            *kernel, out_per_group, _ = case.kernel_shape
+            return prod(kernel) * out_per_group
+        return prod(case.input_shape[:-1])  # (every input pixel of every image)
     if quantity == OUTPUT:
-        k_h, k_w, c_per_group, _ = case.kernel_shape
-        return k_h * k_w * c_per_group
+        *kernel, c_per_group, _ = case.kernel_shape
+        return prod(kernel) * c_per_group
     if quantity.endswith("-input"):
-        return taps[0] * taps[1] * (case.kernel_shape[3] // case.groups)
-    o_h, o_w = geo.output_hw
-    return case.input_shape[0] * o_h * o_w
+        return taps * (case.kernel_shape[-1] // case.groups)
+    return case.input_shape[0] * prod(geo.output_size)
 
 
 def _operands(case: Case, quantity: str, x: np.ndarray, w: np.ndarray, t: Tangents) -> tuple[np.ndarray, np.ndarray]:
@@ -120,11 +121,11 @@ def exact_answer(case: Case, quantity: str, a: np.ndarray, b: np.ndarray) -> np.
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     if isinstance(geo, TransposedGeometry):  # (a, b) = (dy, w) or (dy, x): see the module's docstring
         if quantity.endswith("-input"):
-            return reference.conv2d_resolved(a64, b64, geo.forward, groups)
-        return reference.conv2d_kernel_grad(a64, b64, geo.forward, groups)
+            return reference.conv_resolved(a64, b64, geo.forward, groups)
+        return reference.conv_kernel_grad(a64, b64, geo.forward, groups)
     if quantity.endswith("-input"):
-        return reference.conv2d_input_grad(a64, b64, geo, groups)
-    return reference.conv2d_kernel_grad(a64, b64, geo, groups)
+        return reference.conv_input_grad(a64, b64, geo, groups)
+    return reference.conv_kernel_grad(a64, b64, geo, groups)
 
 
 @lru_cache(maxsize=16)

@@ -1,82 +1,105 @@
-"""The float64 NumPy reference for dilated 2-D convolution (NHWC input, HWIO kernel).
+"""The float64 NumPy reference for dilated convolution of any rank: channels-last input
+(N, *spatial, C: NWC, NHWC, NDHWC) and kernel (*spatial, C_in/g, C_out: WIO, HWIO, DHWIO).
 
-Independent of every framework under test. It loops over the k_h*k_w kernel taps (a handful)
-and never over output pixels: each tap is one strided view of the padded input and one
+Independent of every framework under test. It loops over the kernel taps (k_h*k_w in 2-D, a
+handful) and never over output pixels: each tap is one strided view of the padded input and one
 matrix product, so the work lands in BLAS.
 """
 
 from __future__ import annotations
 
+import string
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from conformance.semantics import Geometry, PaddingSpec, PadPairs, TransposedGeometry, geometry, pair
+from conformance.semantics import Geometry, PaddingSpec, PadPairs, Sizes, TransposedGeometry, geometry, per_axis
 
 
-def conv2d(
+def conv(
     x: np.ndarray,
     w: np.ndarray,
     *,
-    rate: int | tuple[int, int] = 1,
-    stride: int | tuple[int, int] = 1,
+    rate: int | Sequence[int] = 1,
+    stride: int | Sequence[int] = 1,
     padding: PaddingSpec = "VALID",
     groups: int = 1,
 ) -> np.ndarray:
-    """y[n,a,b,o] = sum_{u,v,c} x_pad[n, a*s_h + u*r_h, b*s_w + v*r_w, c] * w[u,v,c,o], in float64.
+    """y[n,a,b,o] = sum_{u,v,c} x_pad[n, a*s_h + u*r_h, b*s_w + v*r_w, c] * w[u,v,c,o], in float64
+    (in 2-D; the same sum over one tap index per spatial axis in any rank).
 
     Cross-correlation (no kernel flip), as every framework computes it. Returns an array with
-    a zero-sized spatial axis when the dilated kernel does not fit (see `Geometry.output_hw`).
+    a zero-sized spatial axis when the dilated kernel does not fit (see `Geometry.output_size`).
     """
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
-    if x.ndim != 4 or w.ndim != 4:
-        raise ValueError(f"expected NHWC input and HWIO kernel, got shapes {x.shape} and {w.shape}")
-    geo = geometry(padding, x.shape[1:3], w.shape[:2], pair(rate), pair(stride))
-    return conv2d_resolved(x, w, geo, groups)
+    rank = x.ndim - 2
+    if rank < 1 or w.ndim != x.ndim:
+        raise ValueError(
+            "expected a channels-last input (N, *spatial, C) and a kernel (*spatial, C_in/g, C_out) with as many "
+            f"spatial axes (NHWC and HWIO in 2-D), got shapes {x.shape} and {w.shape}"
+        )
+    geo = geometry(padding, x.shape[1:-1], w.shape[:-2], per_axis(rate, rank), per_axis(stride, rank))
+    return conv_resolved(x, w, geo, groups)
 
 
 # Special-value cases put Inf and NaN through the sums on purpose: IEEE's answer is the reference, not a warning.
 _IEEE = np.errstate(invalid="ignore", over="ignore")
 
 
+def _spatial_labels(rank: int) -> str:
+    """einsum labels of the spatial axes: "hw" in 2-D (so a 2-D contraction is spelt, planned and
+    summed exactly as it always was), "w" in 1-D, "dhw" in 3-D; beyond, any letters but n, g, c, o."""
+    if rank <= 3:
+        return "dhw"[3 - rank :]
+    return "".join(letter for letter in string.ascii_lowercase if letter not in "ngco")[:rank]
+
+
+def _taps(tap: Sizes, rate: Sizes, stride: Sizes, count: Sizes) -> tuple[slice, ...]:
+    """The index of the `count` positions one tap meets per axis (u*r, u*r + s, ...), batch whole."""
+    return (
+        slice(None),
+        *(slice(u * r, u * r + (o - 1) * s + 1, s) for u, r, s, o in zip(tap, rate, stride, count, strict=True)),
+    )
+
+
 @_IEEE
-def conv2d_resolved(x: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
-    """`conv2d` for a geometry already resolved by `conformance.semantics`."""
-    n, _, _, c_in = x.shape
-    k_h, k_w, c_per_group, c_out = w.shape
+def conv_resolved(x: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
+    """`conv` for a geometry already resolved by `conformance.semantics`."""
+    n, c_in = x.shape[0], x.shape[-1]
+    *kernel, c_per_group, c_out = w.shape
     if c_in != c_per_group * groups or c_out % groups:
         raise ValueError(
             f"input channels {c_in}, kernel {w.shape} and groups {groups} are inconsistent: "
             "need C_in == kernel_in * groups and C_out divisible by groups"
         )
-    o_h, o_w = geo.output_hw
+    out = geo.output_size
     out_per_group = c_out // groups
-    y = np.zeros((n, o_h, o_w, groups, out_per_group), dtype=np.float64)
-    if o_h == 0 or o_w == 0:
-        return y.reshape(n, o_h, o_w, c_out)
+    y = np.zeros((n, *out, groups, out_per_group), dtype=np.float64)
+    if not all(out):
+        return y.reshape(n, *out, c_out)
     x_pad = _padded(x, geo.pads)
-    (r_h, r_w), (s_h, s_w) = geo.rate, geo.stride
-    w_grouped = w.reshape(k_h, k_w, c_per_group, groups, out_per_group)
+    w_grouped = w.reshape(*kernel, c_per_group, groups, out_per_group)
+    space = _spatial_labels(geo.rank)
+    # Per group: (pixels, C_in/g) @ (C_in/g, C_out/g), batched over groups by einsum.
+    subscripts = f"n{space}gc,cgo->n{space}go"
     path = None
-    for u in range(k_h):
-        rows = slice(u * r_h, u * r_h + (o_h - 1) * s_h + 1, s_h)
-        for v in range(k_w):
-            cols = slice(v * r_w, v * r_w + (o_w - 1) * s_w + 1, s_w)
-            window = x_pad[:, rows, cols, :].reshape(n, o_h, o_w, groups, c_per_group)
-            # Per group: (pixels, C_in/g) @ (C_in/g, C_out/g), batched over groups by einsum.
-            path = path or _path("nhwgc,cgo->nhwgo", window, w_grouped[u, v])
-            y += np.einsum("nhwgc,cgo->nhwgo", window, w_grouped[u, v], optimize=path)
-    return y.reshape(n, o_h, o_w, c_out)
+    for tap in np.ndindex(*kernel):  # (the last axis' taps fastest, as nested loops)
+        window = x_pad[_taps(tap, geo.rate, geo.stride, out)].reshape(n, *out, groups, c_per_group)
+        path = path or _path(subscripts, window, w_grouped[tap])
+        y += np.einsum(subscripts, window, w_grouped[tap], optimize=path)
+    return y.reshape(n, *out, c_out)
 
 
 def _padded(x: np.ndarray, pads: PadPairs) -> np.ndarray:
     """x with zeros added per side; a negative pad crops instead (the forward convolution that a
     transposed one with output_padding is the adjoint of never reads its last pixels)."""
-    (top, bottom), (left, right) = pads
-    x = np.pad(x, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)), (0, 0)))
-    h, w = x.shape[1:3]
-    return x[:, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
+    x = np.pad(x, ((0, 0), *((max(before, 0), max(after, 0)) for before, after in pads), (0, 0)))
+    kept = (
+        slice(max(-before, 0), size - max(-after, 0)) for (before, after), size in zip(pads, x.shape[1:-1], strict=True)
+    )
+    return x[(slice(None), *kept)]
 
 
 def _path(subscripts: str, a: np.ndarray, b: np.ndarray) -> list[Any]:
@@ -85,12 +108,12 @@ def _path(subscripts: str, a: np.ndarray, b: np.ndarray) -> list[Any]:
     return np.einsum_path(subscripts, a, b, optimize="greedy")[0]
 
 
-# The backward pass. Written from the definitions, not by differentiating `conv2d_resolved`, so that
+# The backward pass. Written from the definitions, not by differentiating `conv_resolved`, so that
 # each can catch the other: tests check the adjoint identity <conv(x, w), dy> = <x, dx> = <w, dw>.
 
 
 @_IEEE
-def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
+def conv_input_grad(dy: np.ndarray, w: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
     """dL/dx for the cotangent dy = dL/dy: a transposed, dilated correlation.
 
     Insert s-1 zeros between the cotangent's pixels (undoing the stride), border it with k_eff-1
@@ -99,86 +122,83 @@ def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, geo: Geometry, groups: int)
     """
     dy = np.asarray(dy, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
-    n, o_h, o_w, c_out = dy.shape
-    k_h, k_w, c_per_group, _ = w.shape
+    n, out, c_out = dy.shape[0], dy.shape[1:-1], dy.shape[-1]
+    *kernel, c_per_group, _ = w.shape
     out_per_group = c_out // groups
-    (r_h, r_w), (s_h, s_w) = geo.rate, geo.stride
-    e_h, e_w = geo.effective_kernel_hw
-    p_h, p_w = geo.padded_hw
-    (top, _), (left, _) = geo.pads
-    in_h, in_w = geo.input_hw
-    dx_pad = np.zeros((n, p_h, p_w, groups, c_per_group), dtype=np.float64)
-    if o_h and o_w:
-        spread = np.zeros((n, p_h + e_h - 1, p_w + e_w - 1, groups, out_per_group), dtype=np.float64)
-        rows = slice(e_h - 1, e_h - 1 + (o_h - 1) * s_h + 1, s_h)
-        cols = slice(e_w - 1, e_w - 1 + (o_w - 1) * s_w + 1, s_w)
-        spread[:, rows, cols] = dy.reshape(n, o_h, o_w, groups, out_per_group)
-        flipped = w[::-1, ::-1].reshape(k_h, k_w, c_per_group, groups, out_per_group)
+    effective, padded = geo.effective_kernel, geo.padded_size
+    dx_pad = np.zeros((n, *padded, groups, c_per_group), dtype=np.float64)
+    if all(out):
+        bordered = (p + e - 1 for p, e in zip(padded, effective, strict=True))
+        spread = np.zeros((n, *bordered, groups, out_per_group), dtype=np.float64)
+        placed = (slice(e - 1, e - 1 + (o - 1) * s + 1, s) for e, o, s in zip(effective, out, geo.stride, strict=True))
+        spread[(slice(None), *placed)] = dy.reshape(n, *out, groups, out_per_group)
+        flipped = w[(slice(None, None, -1),) * geo.rank].reshape(*kernel, c_per_group, groups, out_per_group)
+        space = _spatial_labels(geo.rank)
+        subscripts = f"n{space}go,cgo->n{space}gc"
         path = None
-        for u in range(k_h):
-            for v in range(k_w):
-                window = spread[:, u * r_h : u * r_h + p_h, v * r_w : v * r_w + p_w]
-                path = path or _path("nhwgo,cgo->nhwgc", window, flipped[u, v])
-                dx_pad += np.einsum("nhwgo,cgo->nhwgc", window, flipped[u, v], optimize=path)
-    return dx_pad[:, top : top + in_h, left : left + in_w].reshape(n, in_h, in_w, groups * c_per_group)
+        for tap in np.ndindex(*kernel):
+            reach = (slice(u * r, u * r + p) for u, r, p in zip(tap, geo.rate, padded, strict=True))
+            window = spread[(slice(None), *reach)]
+            path = path or _path(subscripts, window, flipped[tap])
+            dx_pad += np.einsum(subscripts, window, flipped[tap], optimize=path)
+    kept = (slice(before, before + i) for (before, _), i in zip(geo.pads, geo.input_size, strict=True))
+    return dx_pad[(slice(None), *kept)].reshape(n, *geo.input_size, groups * c_per_group)
 
 
 @_IEEE
-def conv2d_kernel_grad(x: np.ndarray, dy: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
-    """dL/dw for the cotangent dy: per kernel tap (u, v), the correlation of the padded input,
+def conv_kernel_grad(x: np.ndarray, dy: np.ndarray, geo: Geometry, groups: int) -> np.ndarray:
+    """dL/dw for the cotangent dy: per kernel tap (u, v in 2-D), the correlation of the padded input,
     sampled at that tap's rate offset and the stride, with the cotangent, summed over the batch
-    and every output pixel (an accumulation of N * o_h * o_w products per kernel element)."""
+    and every output pixel (an accumulation of N * o_h * o_w products per kernel element in 2-D)."""
     x = np.asarray(x, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
-    n, _, _, c_in = x.shape
-    _, o_h, o_w, c_out = dy.shape
-    k_h, k_w = geo.kernel_hw
+    n, c_in = x.shape[0], x.shape[-1]
+    out, c_out = dy.shape[1:-1], dy.shape[-1]
+    kernel = geo.kernel_size
     c_per_group, out_per_group = c_in // groups, c_out // groups
-    (r_h, r_w), (s_h, s_w) = geo.rate, geo.stride
     x_pad = _padded(x, geo.pads)
-    cotangent = dy.reshape(n, o_h, o_w, groups, out_per_group)
-    dw = np.zeros((k_h, k_w, c_per_group, groups, out_per_group), dtype=np.float64)
-    if o_h and o_w:
+    cotangent = dy.reshape(n, *out, groups, out_per_group)
+    dw = np.zeros((*kernel, c_per_group, groups, out_per_group), dtype=np.float64)
+    if all(out):
+        space = _spatial_labels(geo.rank)
+        subscripts = f"n{space}gc,n{space}go->cgo"
         path = None
-        for u in range(k_h):
-            for v in range(k_w):
-                rows = slice(u * r_h, u * r_h + (o_h - 1) * s_h + 1, s_h)
-                cols = slice(v * r_w, v * r_w + (o_w - 1) * s_w + 1, s_w)
-                sampled = x_pad[:, rows, cols].reshape(n, o_h, o_w, groups, c_per_group)
-                path = path or _path("nhwgc,nhwgo->cgo", sampled, cotangent)
-                dw[u, v] = np.einsum("nhwgc,nhwgo->cgo", sampled, cotangent, optimize=path)
-    return dw.reshape(k_h, k_w, c_per_group, c_out)
+        for tap in np.ndindex(*kernel):
+            sampled = x_pad[_taps(tap, geo.rate, geo.stride, out)].reshape(n, *out, groups, c_per_group)
+            path = path or _path(subscripts, sampled, cotangent)
+            dw[tap] = np.einsum(subscripts, sampled, cotangent, optimize=path)
+    return dw.reshape(*kernel, c_per_group, c_out)
 
 
 @_IEEE
-def conv2d_transpose_resolved(y: np.ndarray, w: np.ndarray, geo: TransposedGeometry, groups: int) -> np.ndarray:
+def conv_transpose_resolved(y: np.ndarray, w: np.ndarray, geo: TransposedGeometry, groups: int) -> np.ndarray:
     """The transposed convolution, from its own definition: z[p] = sum y[a] w[u] over a*s + u*r - p_before = p.
 
-    y is NHWC with C_in channels; w is the forward convolution's HWIO kernel, (k_h, k_w, C_out/g, C_in)
-    (TensorFlow's conv2d_transpose filters). Each tap scatters y @ w[u, v] into a strided view of the
-    full output, which is then cropped by the pads and extended by output_padding (pixels no tap
-    reaches stay zero). Written by scattering, not by reusing `conv2d_input_grad`'s gathering, so
-    that tests comparing the two and the adjoint identity catch either one's mistake."""
+    y is channels-last with C_in channels; w is the forward convolution's kernel, (*k, C_out/g, C_in)
+    ((k_h, k_w, C_out/g, C_in) in 2-D: TensorFlow's conv2d_transpose filters). Each tap scatters
+    y @ w[tap] into a strided view of the full output, which is then cropped by the pads and
+    extended by output_padding (pixels no tap reaches stay zero). Written by scattering, not by
+    reusing `conv_input_grad`'s gathering, so that tests comparing the two and the adjoint
+    identity catch either one's mistake."""
     y = np.asarray(y, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
-    n, i_h, i_w, c_in = y.shape
-    k_h, k_w, out_per_group, _ = w.shape
+    n, size, c_in = y.shape[0], y.shape[1:-1], y.shape[-1]
+    *kernel, out_per_group, _ = w.shape
     in_per_group = c_in // groups
-    (r_h, r_w), (s_h, s_w) = geo.rate, geo.stride
-    full_h, full_w = geo.full_hw
-    (top, _), (left, _) = geo.pads
-    o_h, o_w = geo.output_hw
+    out = geo.output_size
     # Room for the crops and the output_padding beyond the full output.
-    room_h, room_w = max(full_h, top + o_h), max(full_w, left + o_w)
-    full = np.zeros((n, room_h, room_w, groups, out_per_group), dtype=np.float64)
-    grouped_y = y.reshape(n, i_h, i_w, groups, in_per_group)
-    grouped_w = w.reshape(k_h, k_w, out_per_group, groups, in_per_group)
-    if o_h and o_w:
+    room = (max(full, before + o) for full, (before, _), o in zip(geo.full_size, geo.pads, out, strict=True))
+    full = np.zeros((n, *room, groups, out_per_group), dtype=np.float64)
+    grouped_y = y.reshape(n, *size, groups, in_per_group)
+    grouped_w = w.reshape(*kernel, out_per_group, groups, in_per_group)
+    if all(out):
+        space = _spatial_labels(geo.rank)
+        subscripts = f"n{space}gc,ogc->n{space}go"
         path = None
-        for u in range(k_h):
-            rows = slice(u * r_h, u * r_h + (i_h - 1) * s_h + 1, s_h)
-            for v in range(k_w):
-                cols = slice(v * r_w, v * r_w + (i_w - 1) * s_w + 1, s_w)
-                path = path or _path("nhwgc,ogc->nhwgo", grouped_y, grouped_w[u, v])
-                full[:, rows, cols] += np.einsum("nhwgc,ogc->nhwgo", grouped_y, grouped_w[u, v], optimize=path)
-    return full[:, top : top + o_h, left : left + o_w].reshape(n, o_h, o_w, groups * out_per_group)
+        for tap in np.ndindex(*kernel):
+            path = path or _path(subscripts, grouped_y, grouped_w[tap])
+            full[_taps(tap, geo.rate, geo.stride, size)] += np.einsum(
+                subscripts, grouped_y, grouped_w[tap], optimize=path
+            )
+    kept = (slice(before, before + o) for (before, _), o in zip(geo.pads, out, strict=True))
+    return full[(slice(None), *kept)].reshape(n, *out, groups * out_per_group)

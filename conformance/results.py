@@ -13,20 +13,14 @@ import fcntl
 import glob
 import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from importlib import metadata
-from itertools import groupby
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from conformance import __version__, contracts, frameworks, machine, profiles
-from conformance.adapters.modes import gpu_stand_in
-from conformance.expectations import COUNTS, status_from_counts
+from conformance import __version__
 from conformance.record_files import (
     RESULTS_OPENING,
     RecordFile,
@@ -36,9 +30,8 @@ from conformance.record_files import (
     record_key,
     record_text,
     sort_records,
-    store_sorted,
 )
-from conformance.records import edition, observed
+from conformance.run_environment import base_environment
 
 _T = TypeVar("_T")
 
@@ -46,44 +39,6 @@ SCHEMA_VERSION = 1
 
 
 TOOL = {"name": "dilated-conv-conformance", "version": __version__}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def base_environment() -> dict[str, Any]:
-    """What can be known without importing any framework (cheap: read from package metadata), for
-    every framework known to this process (conformance/frameworks.py)."""
-    known = frameworks.known()
-    packages = {}
-    for name in dict.fromkeys(package for framework in known for package in framework.packages):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return {
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "os": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        # What decides which kernels the frameworks take here (known divergences are judged by it).
-        "cpu_features": machine.machine_environment(),
-        "profile": profiles.current() or profiles.HOST,
-        # The GPU kit's dry run: "gpu" targets ran on the CPU (conformance/adapters/modes.py).
-        **({"gpu_stand_in": stand_in} if (stand_in := gpu_stand_in()) else {}),
-        "packages": packages,
-        "framework_versions": frameworks.installed_versions(known),
-        "frameworks": {},
-    }
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -459,141 +414,3 @@ def read_results(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict) or not isinstance(document.get("results"), list):
         raise ResultsFileError(f"{path}: not a results file (no 'results' list)")
     return document
-
-
-def run_label(environment: dict[str, Any]) -> str:
-    """A short name for a run: its machine, its profile unless the host's, and the framework versions it ran."""
-    versions = environment.get("framework_versions")
-    if versions is None:  # results written before frameworks were recorded by name: read the packages
-        packages = environment.get("packages", {})
-        versions = {
-            framework.name: packages[found]
-            for framework in frameworks.known()
-            if (found := next((d for d in framework.distributions if d in packages), None))
-        }
-    versions = frameworks.versions_line(versions)
-    gpus = [
-        d
-        for info in environment.get("frameworks", {}).values()
-        for d in info.get("devices", [])
-        if "cpu" not in str(d).lower()
-    ]
-    profile = environment.get("profile")
-    shown = f" [{profile}]" if profile and profile != profiles.HOST else ""
-    return f"{environment.get('cpu', '?')}{' + ' + gpus[0] if gpus else ''}{shown}; {versions}".strip()
-
-
-def runs_of(document: dict[str, Any], label: str | None = None) -> list[dict[str, Any]]:
-    """The runs behind a document: one for a pytest run, several for a merged file."""
-    if "runs" in document:
-        runs: list[dict[str, Any]] = document["runs"]
-        return runs
-    environment = document.get("environment", {})
-    return [
-        {
-            "label": label or run_label(environment),
-            "environment": environment,
-            "command": document.get("command", []),
-            "created": document.get("created"),
-            "summary": document.get("summary", {}),
-            "interrupted": document.get("interrupted"),
-        }
-    ]
-
-
-# Worst last: when merged runs disagree on a result, the matrix shows the worse one (and lists the conflict).
-SEVERITY = (
-    "skip", "unsupported", "pass", "expected-error", "xfail", "xpass",
-    "nondeterministic", "contract", "mismatch", "shape", "missing-error", "error", "timeout", "crash",
-)  # fmt: skip
-
-
-def merge(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """One document from several runs (shards, machines, framework versions).
-
-    Results are keyed by case, target, dtype, framework version and machine profile (`edition`),
-    so each version and profile gets its own column. A result that was not run (skip) gives way to
-    a run of the same check elsewhere, e.g. the GPU targets that a CPU machine skipped. Two runs
-    that evaluated the same key differently are kept as the worse one and listed under `conflicts`.
-
-    The records are sorted on disk and chosen in one pass over them: merging holds one check's
-    records at a time, whatever the size of the runs.
-    """
-    runs: list[dict[str, Any]] = []
-    case_errors: list[dict[str, Any]] = []
-    known: dict[str, dict[str, Any]] = {}
-    disagreements: list[tuple[tuple[Any, ...], dict[str, str]]] = []
-
-    def numbered() -> Iterator[dict[str, Any]]:
-        for source, document in documents:
-            offset = len(runs)
-            for run in runs_of(document, source):
-                runs.append({**run, "source": run.get("source", source)})
-            for record in document["results"]:
-                yield {**record, "run": offset + record.get("run", 0)}
-
-    def chosen(ordered: RecordFile) -> Iterator[dict[str, Any]]:
-        for _, check in groupby(ordered, key=result_key):
-            kept: list[dict[str, Any]] = []  # one per framework version and profile, in the order runs were given
-            for _, arrived in groupby(check, key=edition):
-                kept.append(_choose(list(arrived)))
-            evaluated = any(r["outcome"] != "skip" for r in kept)
-            yield from (r for r in kept if r["outcome"] != "skip" or not evaluated)
-
-    def _choose(arrived: list[dict[str, Any]]) -> dict[str, Any]:
-        pick = arrived[0]
-        seen: dict[str, str] = {}
-        for record in arrived[1:]:
-            if pick["outcome"] == "skip" and record["outcome"] != "skip":
-                pick = record
-            elif record["outcome"] != "skip" and observed(record) != observed(pick):
-                seen.setdefault(runs[pick["run"]]["label"], observed(pick))
-                seen[runs[record["run"]]["label"]] = observed(record)
-                if SEVERITY.index(record["outcome"]) > SEVERITY.index(pick["outcome"]):
-                    pick = record
-        if seen:
-            disagreements.append(((*result_key(pick), edition(pick)), seen))
-        return pick
-
-    ordered = sort_records(numbered())
-    # Each contract once, as the first run stated it, tallied again over the merged records; the
-    # counts and the tally are made in the pass that stores them.
-    counts = Summary()
-    kept = contracts.Tally(c for d in documents for c in d[1].get("contracts", []))
-
-    def counted(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for record in records:
-            counts.add(record)
-            kept.add(record)
-            yield record
-
-    records = store_sorted(counted(chosen(ordered)), "merged")
-    ordered.discard()
-    for _, document in documents:
-        case_errors += [e for e in document.get("case_errors", []) if e not in case_errors]
-        for entry in document.get("expectations", []):
-            total = known.setdefault(entry["id"], {**entry, **dict.fromkeys(COUNTS, 0)})
-            for count in COUNTS:
-                total[count] += entry.get(count, 0)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "merged",
-        "tool": TOOL,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "runs": runs,
-        "summary": counts.as_dict(),
-        "case_errors": case_errors,
-        "expectations": [{**e, "status": status_from_counts(e)} for e in known.values()],
-        "contracts": kept.result(),
-        "conflicts": [
-            {
-                "case": k[0],
-                "target": k[1],
-                "dtype": k[2],
-                "framework_version": k[3],
-                "outcomes": [{"run": run, "outcome": outcome} for run, outcome in v.items()],
-            }
-            for k, v in sorted(disagreements, key=lambda kv: tuple(str(p) for p in kv[0]))
-        ],
-        "results": records,
-    }

@@ -2,17 +2,25 @@
 
 Every adapter, the reference and the case validator call these functions; nothing else in
 the package may re-derive a padding or an output size.
+
+Rank is data: every formula holds per spatial axis (DESIGN.md section 8), so a geometry holds one
+value per spatial axis in tuples of any length, (height, width) for a 2-D convolution, (time,) for
+a 1-D one, (depth, height, width) for a 3-D one. Nothing here assumes two axes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence, Sized
+from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Literal
 
 PaddingMode = Literal["SAME", "VALID"]
-PadPairs = tuple[tuple[int, int], tuple[int, int]]
-# What a case may say: "SAME", "VALID", one int for all four sides, or [[top, bottom], [left, right]].
+Sizes = tuple[int, ...]  # one value per spatial axis
+PadPairs = tuple[tuple[int, int], ...]  # (before, after) per spatial axis
+# What a case may say: "SAME", "VALID", one int for every side of every axis, or one (before, after)
+# pair per spatial axis ([[top, bottom], [left, right]] in 2-D).
 PaddingSpec = PaddingMode | int | PadPairs
 
 # The operations a case may name (`op`): the forward convolution and its adjoint.
@@ -21,12 +29,17 @@ CONV_TRANSPOSE = "conv_transpose"
 OPERATIONS = (CONV2D, CONV_TRANSPOSE)
 
 
-def pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """An int or a per-axis (height, width) pair, as a pair."""
+def per_axis(value: int | Sequence[int], rank: int) -> Sizes:
+    """An int (the same on every axis) or one value per spatial axis, as a tuple of `rank` ints.
+
+    Raises ValueError when a sequence has another length: a rate of [2, 3] on a 3-D convolution is a
+    mistake to report, not to broadcast."""
     if isinstance(value, int):
-        return (value, value)
-    h, w = value
-    return (int(h), int(w))
+        return (value,) * rank
+    values = tuple(int(v) for v in value)
+    if len(values) != rank:
+        raise ValueError(f"{list(values)} has {len(values)} values; expected one per spatial axis ({rank})")
+    return values
 
 
 def effective_kernel_size(k: int, rate: int) -> int:
@@ -34,12 +47,9 @@ def effective_kernel_size(k: int, rate: int) -> int:
     return rate * (k - 1) + 1
 
 
-def effective_kernel_pair(kernel_hw: tuple[int, int], rate: tuple[int, int]) -> tuple[int, int]:
-    return (effective_kernel_size(kernel_hw[0], rate[0]), effective_kernel_size(kernel_hw[1], rate[1]))
-
-
 def same_pads(i: int, k: int, rate: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's SAME: output ceil(i/s); the odd padding pixel goes after (bottom/right).
+    """TensorFlow's SAME along one axis: output ceil(i/s); the odd padding pixel goes after (at the
+    end of the axis: bottom or right in 2-D).
 
     Uses the *effective* kernel size; using k here is a classic porting bug.
     """
@@ -49,60 +59,84 @@ def same_pads(i: int, k: int, rate: int, stride: int) -> tuple[int, int]:
     return (before, total - before)
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """The fully resolved per-axis geometry of one convolution (axes: height, width)."""
+def _check_rank(geo: _Axes, named: Mapping[str, Sized]) -> None:
+    """Every per-axis field states the same number of axes: a mismatch would otherwise surface as a
+    zip error deep in some property, far from the code that built the geometry."""
+    rank = len(geo.input_size)
+    if all(len(value) == rank for value in named.values()):
+        return
+    wrong = {name: len(value) for name, value in named.items() if len(value) != rank}
+    raise ValueError(f"{geo}: input_size has {rank} spatial axes but {wrong} (name: axes) do not")
 
-    input_hw: tuple[int, int]
-    kernel_hw: tuple[int, int]
-    rate: tuple[int, int]
-    stride: tuple[int, int]
+
+# Geometries are frozen, so the derived sizes are computed once each (sweeps and the loader read them
+# for every combination and case): `cached_property` writes past the frozen __setattr__, and eq and
+# hash see the fields only.
+
+
+@dataclass(frozen=True)
+class _Axes:
+    """What both geometries state per spatial axis, one entry per axis in every field."""
+
+    input_size: Sizes
+    kernel_size: Sizes
+    rate: Sizes
+    stride: Sizes
     pads: PadPairs
 
-    @property
-    def effective_kernel_hw(self) -> tuple[int, int]:
-        return effective_kernel_pair(self.kernel_hw, self.rate)
+    def __post_init__(self) -> None:
+        named = {name: getattr(self, name) for name in (f.name for f in fields(self)) if name != "input_size"}
+        _check_rank(self, named)
 
     @property
-    def padded_hw(self) -> tuple[int, int]:
-        return (
-            self.input_hw[0] + sum(self.pads[0]),
-            self.input_hw[1] + sum(self.pads[1]),
-        )
+    def rank(self) -> int:
+        """The number of spatial axes."""
+        return len(self.input_size)
 
-    @property
-    def has_valid_output(self) -> bool:
-        """False when the dilated kernel does not fit in the padded input along some axis."""
-        return all(p >= k for p, k in zip(self.padded_hw, self.effective_kernel_hw, strict=True))
+    @cached_property
+    def effective_kernel(self) -> Sizes:
+        """k_eff per axis: what each axis of the dilated kernel spans (`effective_kernel_size`)."""
+        return tuple(effective_kernel_size(k, r) for k, r in zip(self.kernel_size, self.rate, strict=True))
 
-    @property
-    def output_hw(self) -> tuple[int, int]:
-        """floor((i + p_before + p_after - k_eff) / s) + 1, or 0 where no position is valid."""
-        out = []
-        for padded, k_eff, s in zip(self.padded_hw, self.effective_kernel_hw, self.stride, strict=True):
-            out.append((padded - k_eff) // s + 1 if padded >= k_eff else 0)
-        return (out[0], out[1])
 
-    @property
-    def unclamped_output_hw(self) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Geometry(_Axes):
+    """The fully resolved per-axis geometry of one convolution."""
+
+    @cached_property
+    def padded_size(self) -> Sizes:
+        return tuple(i + before + after for i, (before, after) in zip(self.input_size, self.pads, strict=True))
+
+    @cached_property
+    def unclamped_output_size(self) -> Sizes:
         """floor((i + p_before + p_after - k_eff) / s) + 1 without the clamp at 0: how far a dilated
         kernel is from fitting. (A framework's own arithmetic may round otherwise: TensorFlow computes
         (padded - k_eff + s) / s in C++, which truncates toward zero, and raises only where that is
         negative, i.e. padded - k_eff <= -2s.)"""
-        out = [
+        return tuple(
             (padded - k_eff) // s + 1
-            for padded, k_eff, s in zip(self.padded_hw, self.effective_kernel_hw, self.stride, strict=True)
-        ]
-        return (out[0], out[1])
+            for padded, k_eff, s in zip(self.padded_size, self.effective_kernel, self.stride, strict=True)
+        )
+
+    @cached_property
+    def output_size(self) -> Sizes:
+        """floor((i + p_before + p_after - k_eff) / s) + 1, or 0 where no position is valid (where the
+        padded input is shorter than k_eff, which is where that floor is at most 0)."""
+        return tuple(max(size, 0) for size in self.unclamped_output_size)
+
+    @property
+    def has_valid_output(self) -> bool:
+        """False when the dilated kernel does not fit in the padded input along some axis."""
+        return all(self.output_size)
 
     @property
     def no_output_axes(self) -> tuple[int, ...]:
-        """The spatial axes (0: height, 1: width) along which no output position is valid."""
-        return tuple(axis for axis in range(2) if self.padded_hw[axis] < self.effective_kernel_hw[axis])
+        """The spatial axes (0 first: height, then width in 2-D) along which no output position is valid."""
+        return tuple(axis for axis, size in enumerate(self.output_size) if not size)
 
 
 @dataclass(frozen=True)
-class TransposedGeometry:
+class TransposedGeometry(_Axes):
     """A transposed convolution's per-axis geometry: the adjoint of the forward convolution `forward`.
 
     Input pixel a reaches output position p through tap u where a*s + u*r - p_before = p: the input
@@ -111,51 +145,37 @@ class TransposedGeometry:
     at the end. Output size: (i - 1) s - (p_before + p_after) + r (k - 1) + 1 + output_padding.
     """
 
-    input_hw: tuple[int, int]
-    kernel_hw: tuple[int, int]
-    rate: tuple[int, int]
-    stride: tuple[int, int]
-    pads: PadPairs  # what is cropped from the full (uncropped) output, per axis (before, after)
-    output_padding: tuple[int, int]
+    # (its pads are what is cropped from the full, uncropped output, per axis (before, after))
+    output_padding: Sizes
 
-    @property
-    def effective_kernel_hw(self) -> tuple[int, int]:
-        return effective_kernel_pair(self.kernel_hw, self.rate)
-
-    @property
-    def full_hw(self) -> tuple[int, int]:
+    @cached_property
+    def full_size(self) -> Sizes:
         """The size before any crop: (i - 1) s + k_eff (0 for an empty input)."""
-        sizes = [
+        return tuple(
             (i - 1) * s + k_eff if i else 0
-            for i, s, k_eff in zip(self.input_hw, self.stride, self.effective_kernel_hw, strict=True)
-        ]
-        return (sizes[0], sizes[1])
+            for i, s, k_eff in zip(self.input_size, self.stride, self.effective_kernel, strict=True)
+        )
 
-    def _sizes(self) -> list[int]:
-        return [
+    @cached_property
+    def unclamped_output_size(self) -> Sizes:
+        """The output size without the clamp at 0: negative when the crops take more than there is."""
+        return tuple(
             full - before - after + extra
-            for full, (before, after), extra in zip(self.full_hw, self.pads, self.output_padding, strict=True)
-        ]
+            for full, (before, after), extra in zip(self.full_size, self.pads, self.output_padding, strict=True)
+        )
+
+    @cached_property
+    def output_size(self) -> Sizes:
+        return tuple(max(size, 0) for size in self.unclamped_output_size)
 
     @property
     def has_valid_output(self) -> bool:
         """False when the crops leave no output pixel along some axis."""
-        return all(size > 0 for size in self._sizes())
+        return all(self.output_size)
 
     @property
     def no_output_axes(self) -> tuple[int, ...]:
-        return tuple(axis for axis, size in enumerate(self._sizes()) if size <= 0)
-
-    @property
-    def output_hw(self) -> tuple[int, int]:
-        sizes = [max(size, 0) for size in self._sizes()]
-        return (sizes[0], sizes[1])
-
-    @property
-    def unclamped_output_hw(self) -> tuple[int, int]:
-        """The output size without the clamp at 0: negative when the crops take more than there is."""
-        sizes = self._sizes()
-        return (sizes[0], sizes[1])
+        return tuple(axis for axis, size in enumerate(self.output_size) if not size)
 
     @property
     def forward(self) -> Geometry:
@@ -166,7 +186,7 @@ class TransposedGeometry:
         pads = tuple(
             (before, after - extra) for (before, after), extra in zip(self.pads, self.output_padding, strict=True)
         )
-        return Geometry(self.output_hw, self.kernel_hw, self.rate, self.stride, pads)  # type: ignore[arg-type]
+        return Geometry(self.output_size, self.kernel_size, self.rate, self.stride, pads)
 
 
 AnyGeometry = Geometry | TransposedGeometry
@@ -186,47 +206,37 @@ def taps_meeting_one_input(k: int, rate: int, stride: int) -> int:
     return -(-k // (stride // math.gcd(rate, stride)))
 
 
-def resolve_pads(
-    padding: PaddingSpec,
-    input_hw: tuple[int, int],
-    kernel_hw: tuple[int, int],
-    rate: tuple[int, int],
-    stride: tuple[int, int],
-) -> PadPairs:
-    """Explicit ((top, bottom), (left, right)) pads for any padding a case may state."""
+def resolve_pads(padding: PaddingSpec, input_size: Sizes, kernel_size: Sizes, rate: Sizes, stride: Sizes) -> PadPairs:
+    """Explicit (before, after) pads per spatial axis for any padding a case may state
+    (((top, bottom), (left, right)) in 2-D)."""
+    rank = len(input_size)
     if padding == "VALID":
-        return ((0, 0), (0, 0))
+        return ((0, 0),) * rank
     if padding == "SAME":
-        return (
-            same_pads(input_hw[0], kernel_hw[0], rate[0], stride[0]),
-            same_pads(input_hw[1], kernel_hw[1], rate[1], stride[1]),
-        )
+        return tuple(same_pads(i, k, r, s) for i, k, r, s in zip(input_size, kernel_size, rate, stride, strict=True))
     if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    (top, bottom), (left, right) = padding
-    return ((int(top), int(bottom)), (int(left), int(right)))
+        return ((padding, padding),) * rank
+    pads = tuple((int(before), int(after)) for before, after in padding)
+    if len(pads) != rank:
+        raise ValueError(f"padding {[list(p) for p in pads]} states {len(pads)} axes; the input has {rank}")
+    return pads
 
 
-def geometry(
-    padding: PaddingSpec,
-    input_hw: tuple[int, int],
-    kernel_hw: tuple[int, int],
-    rate: tuple[int, int],
-    stride: tuple[int, int],
-) -> Geometry:
-    pads = resolve_pads(padding, input_hw, kernel_hw, rate, stride)
-    return Geometry(input_hw=input_hw, kernel_hw=kernel_hw, rate=rate, stride=stride, pads=pads)
+def geometry(padding: PaddingSpec, input_size: Sizes, kernel_size: Sizes, rate: Sizes, stride: Sizes) -> Geometry:
+    pads = resolve_pads(padding, input_size, kernel_size, rate, stride)
+    return Geometry(input_size=input_size, kernel_size=kernel_size, rate=rate, stride=stride, pads=pads)
 
 
 def transposed_geometry(
     padding: PaddingSpec,
-    input_hw: tuple[int, int],
-    kernel_hw: tuple[int, int],
-    rate: tuple[int, int],
-    stride: tuple[int, int],
-    output_padding: tuple[int, int] = (0, 0),
+    input_size: Sizes,
+    kernel_size: Sizes,
+    rate: Sizes,
+    stride: Sizes,
+    output_padding: Sizes | None = None,
 ) -> TransposedGeometry:
-    """A transposed convolution's geometry for any padding a case may state.
+    """A transposed convolution's geometry for any padding a case may state (`output_padding`: none
+    on every axis when not given).
 
     SAME and VALID are TensorFlow's (`conv2d_transpose`, Keras' `deconv_output_length`), the
     adjoints of the forward SAME and VALID: SAME gives output i*s, cropped by the forward SAME pads
@@ -238,13 +248,14 @@ def transposed_geometry(
     if isinstance(padding, str):
         pads: list[tuple[int, int]] = []
         extra: list[int] = []
-        for i, k, r, s in zip(input_hw, kernel_hw, rate, stride, strict=True):
+        for i, k, r, s in zip(input_size, kernel_size, rate, stride, strict=True):
             k_eff = effective_kernel_size(k, r)
             pads.append(same_pads(i * s, k, r, s) if padding == "SAME" else (0, 0))
             extra.append(max(s - k_eff, 0))
-        return TransposedGeometry(input_hw, kernel_hw, rate, stride, (pads[0], pads[1]), (extra[0], extra[1]))
-    crops = resolve_pads(padding, input_hw, kernel_hw, rate, stride)
-    return TransposedGeometry(input_hw, kernel_hw, rate, stride, crops, output_padding)
+        return TransposedGeometry(input_size, kernel_size, rate, stride, tuple(pads), tuple(extra))
+    crops = resolve_pads(padding, input_size, kernel_size, rate, stride)
+    stated = output_padding if output_padding is not None else (0,) * len(input_size)
+    return TransposedGeometry(input_size, kernel_size, rate, stride, crops, stated)
 
 
 def output_padding_limit(stride: int, rate: int) -> int:
@@ -254,4 +265,5 @@ def output_padding_limit(stride: int, rate: int) -> int:
 
 
 def is_symmetric(pads: PadPairs) -> bool:
-    return pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]
+    """Whether every axis pads as much before as after (what APIs with one pad per axis can state)."""
+    return all(before == after for before, after in pads)

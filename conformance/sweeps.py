@@ -14,12 +14,20 @@ import hashlib
 import itertools
 import math
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from conformance.generators import RANDOM_GENERATORS
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, TransposedGeometry, geometry, pair, transposed_geometry
+from conformance.semantics import (
+    CONV2D,
+    CONV_TRANSPOSE,
+    AnyGeometry,
+    TransposedGeometry,
+    geometry,
+    per_axis,
+    transposed_geometry,
+)
 
 # Geometry settings a sweep may vary (under `axes`) or fix (as a key of the sweep itself), in the
 # order their parts appear in case ids.
@@ -81,9 +89,8 @@ def id_part(setting: str, value: Any) -> str:
         if isinstance(value, int):
             return f"p{value}"
         return "p" + ".".join(str(p) for side in value for p in side)
-    if isinstance(value, list):
-        h, w = value
-        text = str(h) if h == w else f"{h}x{w}"
+    if isinstance(value, list):  # one value per spatial axis: written once when they agree
+        text = str(value[0]) if len(set(value)) == 1 else "x".join(str(v) for v in value)
     else:
         text = str(value)
     return f"{_ID_PREFIX[setting]}{text}"
@@ -95,55 +102,50 @@ def derived_seed(sweep_seed: int, case_id: str, tensor: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # non-negative, fits a TOML integer
 
 
+# Sweeps state 2-D convolutions (the schema's `int_or_pair`): the per-axis names a `where` constraint may
+# use end in each spatial axis' suffix, and an axis' pads are named by their two sides.
+AXIS_SUFFIXES = ("h", "w")
+PAD_SIDES = (("top", "bottom"), ("left", "right"))
+_PER_AXIS = ("output_padding", "size", "kernel", "rate", "stride", "effective", "padded", "output", "unclamped_output")
+_NAMES = {prefix: tuple(f"{prefix}_{suffix}" for suffix in AXIS_SUFFIXES) for prefix in _PER_AXIS}
+_NAMES["pad"] = tuple(f"pad_{side}" for sides in PAD_SIDES for side in sides)
+
+
 def variables(values: Mapping[str, Any]) -> dict[str, Any]:
     """The names a `where` constraint may use, for one combination."""
-    size_h, size_w = pair(values["size"])
-    kernel_h, kernel_w = pair(values["kernel_size"])
-    rate_h, rate_w = pair(values["rate"])
-    stride_h, stride_w = pair(values["stride"])
+    rank = len(AXIS_SUFFIXES)
+    size, kernel, rate, stride = (per_axis(values[name], rank) for name in ("size", "kernel_size", "rate", "stride"))
     padding = values["padding"]
-    spatial = (
-        tuple(tuple(p) for p in padding) if isinstance(padding, list) else padding,
-        (size_h, size_w),
-        (kernel_h, kernel_w),
-        (rate_h, rate_w),
-        (stride_h, stride_w),
-    )
+    stated = tuple(tuple(p) for p in padding) if isinstance(padding, list) else padding
     op = values.get("op", CONV2D)
-    extra = pair(values.get("output_padding", 0))
-    geo = transposed_geometry(*spatial, extra) if op == CONV_TRANSPOSE else geometry(*spatial)  # type: ignore[arg-type]
-    (pad_top, pad_bottom), (pad_left, pad_right) = geo.pads
-    effective_h, effective_w = geo.effective_kernel_hw
-    output_h, output_w = geo.output_hw
+    extra = per_axis(values.get("output_padding", 0), rank)
+    geo: AnyGeometry = (
+        transposed_geometry(stated, size, kernel, rate, stride, extra)
+        if op == CONV_TRANSPOSE
+        else geometry(stated, size, kernel, rate, stride)
+    )
+    padded = [i + before + after for i, (before, after) in zip(size, geo.pads, strict=True)]
+
+    def named(prefix: str, per_axis_values: Sequence[int]) -> dict[str, int]:
+        return dict(zip(_NAMES[prefix], per_axis_values, strict=True))
+
     return {
         "op": op,
-        "output_padding_h": geo.output_padding[0] if isinstance(geo, TransposedGeometry) else 0,
-        "output_padding_w": geo.output_padding[1] if isinstance(geo, TransposedGeometry) else 0,
+        **named("output_padding", geo.output_padding if isinstance(geo, TransposedGeometry) else (0,) * rank),
         "batch": values["batch"],
         "channels": values["channels"],
         "out_channels": values["out_channels"],
         "groups": values["groups"],
-        "size_h": size_h,
-        "size_w": size_w,
-        "kernel_h": kernel_h,
-        "kernel_w": kernel_w,
-        "rate_h": rate_h,
-        "rate_w": rate_w,
-        "stride_h": stride_h,
-        "stride_w": stride_w,
+        **named("size", size),
+        **named("kernel", kernel),
+        **named("rate", rate),
+        **named("stride", stride),
         "padding": padding if isinstance(padding, str) else "explicit",
-        "pad_top": pad_top,
-        "pad_bottom": pad_bottom,
-        "pad_left": pad_left,
-        "pad_right": pad_right,
-        "effective_h": effective_h,
-        "effective_w": effective_w,
-        "padded_h": size_h + pad_top + pad_bottom,
-        "padded_w": size_w + pad_left + pad_right,
-        "output_h": output_h,
-        "output_w": output_w,
-        "unclamped_output_h": geo.unclamped_output_hw[0],
-        "unclamped_output_w": geo.unclamped_output_hw[1],
+        **named("pad", [side for pair in geo.pads for side in pair]),
+        **named("effective", geo.effective_kernel),
+        **named("padded", padded),
+        **named("output", geo.output_size),
+        **named("unclamped_output", geo.unclamped_output_size),
         "valid_output": geo.has_valid_output,
     }
 
@@ -330,28 +332,28 @@ def _raw_case(
     input_data: Mapping[str, Any],
     kernel_data: Mapping[str, Any],
 ) -> dict[str, Any]:
-    size_h, size_w = pair(values["size"])
-    kernel_h, kernel_w = pair(values["kernel_size"])
+    size = per_axis(values["size"], len(AXIS_SUFFIXES))
+    kernel = per_axis(values["kernel_size"], len(AXIS_SUFFIXES))
     groups = values["groups"]
     channels = values["channels"]
     # Integer division keeps the shape well-formed; a remainder is reported by the case's own check.
     per_group = max(1, channels // groups) if channels % groups == 0 else channels
     out_channels = values["out_channels"]
-    if values["op"] == CONV_TRANSPOSE:  # the forward op's kernel: (k_h, k_w, C_out / groups, C_in)
+    if values["op"] == CONV_TRANSPOSE:  # the forward op's kernel: (*k, C_out / groups, C_in)
         if out_channels % groups:  # (no transposed kernel has this many outputs: the case cannot say it)
             raise SweepError(
                 "where",
                 f"combination {case_id!r}: out_channels {out_channels} is not divisible by groups {groups}; drop such "
                 'combinations with a `where` constraint (e.g. "out_channels % groups == 0")',
             )
-        kernel_shape = [kernel_h, kernel_w, out_channels // groups, channels]
+        kernel_shape = [*kernel, out_channels // groups, channels]
     else:
-        kernel_shape = [kernel_h, kernel_w, per_group, out_channels]
+        kernel_shape = [*kernel, per_group, out_channels]
     seed = sweep["seed"]
     raw: dict[str, Any] = {
         "id": case_id,
         "description": sweep.get("description", ""),
-        "input": _data(input_data, [values["batch"], size_h, size_w, channels], seed, case_id, "input"),
+        "input": _data(input_data, [values["batch"], *size, channels], seed, case_id, "input"),
         "kernel": _data(kernel_data, kernel_shape, seed, case_id, "kernel"),
         "rate": values["rate"],
         "stride": values["stride"],

@@ -19,7 +19,7 @@ import numpy as np
 from conformance import held_memory, reference
 from conformance.adapters import Adapter, ConvCall
 from conformance.adapters.child import InChildProcess
-from conformance.adapters.keras import KerasConv2D
+from conformance.adapters.keras import KerasConv2D, ModelGraph
 from conformance.adapters.program import Expr, method
 from conformance.frameworks import JAX, Framework
 from conformance.semantics import CONV_TRANSPOSE, TransposedGeometry
@@ -114,7 +114,7 @@ class PoisonedByOversize(FaultAdapter):
             _held_by_the_allocator.append(np.ones(self.held, dtype=np.uint8))
             raise MemoryError("Unable to allocate 9.38 GiB for an array with shape (49, 49, 2048, 256)")
         np.ones(self.workspace, dtype=np.uint8)
-        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        y = reference.conv_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         return y.astype(call.x.dtype)
 
 
@@ -125,7 +125,7 @@ class Jitter(FaultAdapter):
     calls = 0
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        y = reference.conv_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         y = y.astype(call.x.dtype)
         if y.size:
             Jitter.calls += 1
@@ -166,7 +166,7 @@ class Slow(FaultAdapter):
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         time.sleep(self.pause_s)
-        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        y = reference.conv_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         return y.astype(call.x.dtype)
 
 
@@ -274,7 +274,7 @@ class StrideRateBug(FaultAdapter):
     op = "stride_rate_bug"
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        y = reference.conv_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         if call.stride[0] > 1 and call.rate[0] > 1:
             y = y + 1.0
         return y.astype(call.x.dtype)
@@ -288,7 +288,7 @@ class Warns(FaultAdapter):
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         warnings.warn(f"fake framework notice for rate {list(call.rate)}", UserWarning, stacklevel=1)
-        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        y = reference.conv_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         return y.astype(call.x.dtype)
 
 
@@ -304,11 +304,16 @@ class KerasKernelNotTransposed(KerasConv2D):
         return method("w", "transpose", 1, 0, 2, 3)
 
 
+class _RateTwelveWrittenEleven(ModelGraph):
+    def conv(self, x: str, w: np.ndarray, rate: int) -> str:
+        return super().conv(x, w, 11 if rate == 12 else rate)
+
+
 class KerasModelWrongRate(KerasConv2D):
     """A model builder that writes one ASPP branch's rate off by one."""
 
-    def model_source(self, composite: Any, dtype: str, device: str, precision: str) -> str:
-        return super().model_source(composite, dtype, device, precision).replace("dilation_rate=12", "dilation_rate=11")
+    def model_graph(self, dtype: str) -> ModelGraph:
+        return _RateTwelveWrittenEleven(dtype)
 
 
 class KerasDiesInTheCall(KerasConv2D):
@@ -329,7 +334,7 @@ class _TransposedFault(FaultAdapter):
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         w, geo = self.distort(call)
-        return reference.conv2d_transpose_resolved(call.x, w, geo, call.groups).astype(call.x.dtype)
+        return reference.conv_transpose_resolved(call.x, w, geo, call.groups).astype(call.x.dtype)
 
 
 class TransposeShiftedOnePixel(_TransposedFault):
@@ -401,8 +406,8 @@ class WithinContract(FaultAdapter):
         from conformance.compare import gamma
 
         x, w = call.x.astype(np.float64), call.w.astype(np.float64)
-        exact = reference.conv2d_resolved(x, w, call.geometry, call.groups)
-        abs_products = reference.conv2d_resolved(np.abs(x), np.abs(w), call.geometry, call.groups)
+        exact = reference.conv_resolved(x, w, call.geometry, call.groups)
+        abs_products = reference.conv_resolved(np.abs(x), np.abs(w), call.geometry, call.groups)
         n = w.shape[0] * w.shape[1] * w.shape[2]
         signs = np.random.default_rng(0).choice([-1.0, 1.0], size=exact.shape)
         return (exact + signs * 0.9 * gamma(n, 2.0**-24) * abs_products).astype(call.x.dtype)
@@ -419,7 +424,7 @@ class ScaledKernelGradient(FaultAdapter):
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         assert call.cotangent is not None
-        exact = reference.conv2d_kernel_grad(
+        exact = reference.conv_kernel_grad(
             call.x.astype(np.float64), call.cotangent.astype(np.float64), call.geometry, call.groups
         )
         return (exact * (1.0 + 2.0**-6)).astype(call.x.dtype)

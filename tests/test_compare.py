@@ -13,8 +13,8 @@ def expected_for(x: np.ndarray, w: np.ndarray, dtype: str, *, tf32: bool = False
     fmt = float_format(dtype)
     x = x.astype(fmt.numpy_dtype).astype(np.float64)
     w = w.astype(fmt.numpy_dtype).astype(np.float64)
-    y = reference.conv2d(x, w, **conv)
-    s = reference.conv2d(np.abs(x), np.abs(w), **conv)
+    y = reference.conv(x, w, **conv)
+    s = reference.conv(np.abs(x), np.abs(w), **conv)
     model = ErrorModel(fmt, w.shape[0] * w.shape[1] * w.shape[2], tf32=tf32)
     return Expected(y, s, y.shape, model, exact=model.requires_exact(x, w, s))
 
@@ -79,7 +79,7 @@ def test_tf32_bound_admits_tf32_rounding_and_strict_does_not() -> None:
         bits = a.astype(np.float32).view(np.uint32)
         return ((bits + 0x1000) & 0xFFFFE000).view(np.float32).astype(np.float64)
 
-    got = reference.conv2d(to_tf32(x), to_tf32(w)).astype(np.float32)
+    got = reference.conv(to_tf32(x), to_tf32(w)).astype(np.float32)
     assert classify(expected_for(x, w, "float32", tf32=True), got).outcome is Outcome.PASS
     assert classify(expected_for(x, w, "float32"), got).outcome is Outcome.MISMATCH
 
@@ -139,7 +139,7 @@ def test_ulp_distance() -> None:
 
 
 def test_error_map_keeps_one_bad_pixel_visible_after_pooling() -> None:
-    from conformance.compare import ERROR_MAP_MAX_SIDE, error_map
+    from conformance.error_maps import ERROR_MAP_MAX_SIDE, error_map
 
     ratio = np.full((2, 100, 70, 3), 0.01)
     ratio[1, 57, 3, 2] = 40.0

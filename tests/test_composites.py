@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conformance import composites, reference
+from conformance import composite_checks, composites, reference
 from conformance.adapters import ConvCall, Target
 from conformance.adapters.numpy import NumpyIm2col
 
@@ -44,7 +44,7 @@ class IgnoresRate(NumpyIm2col):
     op = "ignores_rate"
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        y = reference.conv2d(call.x.astype(np.float64), call.w.astype(np.float64), rate=(1, 1), stride=(1, 1),
+        y = reference.conv(call.x.astype(np.float64), call.w.astype(np.float64), rate=(1, 1), stride=(1, 1),
                              padding="SAME", groups=1)  # fmt: skip
         return y.astype(call.x.dtype)
 
@@ -63,14 +63,15 @@ class AnswersInFloat64(NumpyIm2col):
 def test_a_wrong_layer_is_a_mismatch(loaded: list[composites.Composite], composite_id: str) -> None:
     composite = next(c for c in loaded if c.id == composite_id)
     case = composite.as_case("cases/composites.toml")
-    good: dict[str, Any] = composites.run_check(composite, case, Target(NumpyIm2col(), "cpu", "strict"), "float32")
+    numpy_target = Target(NumpyIm2col(), "cpu", "strict")
+    good: dict[str, Any] = composite_checks.run_check(composite, case, numpy_target, "float32")
     assert good["outcome"] == "pass", good["message"]
-    bad = composites.run_check(composite, case, Target(IgnoresRate(), "cpu", "strict"), "float32")
+    bad = composite_checks.run_check(composite, case, Target(IgnoresRate(), "cpu", "strict"), "float32")
     assert bad["outcome"] == "mismatch" and "differ from the exact result" in bad["message"]
     if composite.kind == "stack":
         assert good["error_map"]["kind"] == "coverage"
         assert bad["error_map"]["values"] != good["error_map"]["values"]  # the wrong field is drawn as computed
-    wrong_dtype = composites.run_check(composite, case, Target(AnswersInFloat64(), "cpu", "strict"), "float32")
+    wrong_dtype = composite_checks.run_check(composite, case, Target(AnswersInFloat64(), "cpu", "strict"), "float32")
     assert wrong_dtype["outcome"] == "shape" and "output dtype float64, expected float32" in wrong_dtype["message"]
 
 
@@ -90,7 +91,7 @@ def test_the_bottleneck_is_two_relu_layers_and_kernels_come_in_layer_order(
 @pytest.mark.parametrize("composite_id", ["gridding-2-2-2", "aspp-6-12-18"])
 def test_the_reproduction_repeats_the_first_call(loaded: list[composites.Composite], composite_id: str) -> None:
     composite = next(c for c in loaded if c.id == composite_id)
-    record = composites.run_check(
+    record = composite_checks.run_check(
         composite, composite.as_case("cases/composites.toml"), Target(NumpyIm2col(), "cpu", "strict"), "float64"
     )
     namespace: dict[str, Any] = {}

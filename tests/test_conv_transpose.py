@@ -60,12 +60,12 @@ def test_the_documents_output_lengths() -> None:
                 for r in (1, 2, 3):
                     k_eff = effective_kernel_size(k, r)
                     spatial = ((i, i), (k, k), (r, r), (s, s))
-                    assert transposed_geometry("SAME", *spatial).output_hw[0] == i * s
-                    assert transposed_geometry("VALID", *spatial).output_hw[0] == i * s + max(k_eff - s, 0)
-                    full = transposed_geometry(k_eff - 1, *spatial).output_hw[0]
+                    assert transposed_geometry("SAME", *spatial).output_size[0] == i * s
+                    assert transposed_geometry("VALID", *spatial).output_size[0] == i * s + max(k_eff - s, 0)
+                    full = transposed_geometry(k_eff - 1, *spatial).output_size[0]
                     assert full == max(i * s - (s + k_eff - 2), 0)
     document = ((100, 100), (10, 10), (1, 1), (2, 2))
-    assert [transposed_geometry(p, *document).output_hw for p in ("SAME", "VALID", 9)] == [
+    assert [transposed_geometry(p, *document).output_size for p in ("SAME", "VALID", 9)] == [
         (200, 200),
         (208, 208),
         (190, 190),
@@ -74,14 +74,14 @@ def test_the_documents_output_lengths() -> None:
 
 def test_same_crops_like_the_forward_same_with_the_odd_pixel_at_the_end() -> None:
     geo = transposed_geometry("SAME", (4, 4), (2, 4), (1, 1), (1, 1))
-    assert geo.pads == ((0, 1), (1, 2)) and geo.output_hw == (4, 4)
+    assert geo.pads == ((0, 1), (1, 2)) and geo.output_size == (4, 4)
     short = transposed_geometry("SAME", (3, 3), (1, 1), (1, 1), (2, 2))  # a kernel shorter than the stride
-    assert short.pads == ((0, 0), (0, 0)) and short.output_padding == (1, 1) and short.output_hw == (6, 6)
+    assert short.pads == ((0, 0), (0, 0)) and short.output_padding == (1, 1) and short.output_size == (6, 6)
 
 
 def test_the_forward_geometry_maps_the_output_back_to_the_input() -> None:
     for geo, _ in random_geometries(300, seed=1):
-        assert geo.forward.output_hw == geo.input_hw, geo
+        assert geo.forward.output_size == geo.input_size, geo
 
 
 def test_adjoint_identity_holds_exactly_on_integers() -> None:
@@ -90,35 +90,35 @@ def test_adjoint_identity_holds_exactly_on_integers() -> None:
     rng = np.random.default_rng(7)
     for geo, groups in random_geometries(400, seed=2):
         c_in, out_per_group = groups * int(rng.integers(1, 3)), int(rng.integers(1, 3))
-        y = integers(rng, (2, *geo.input_hw, c_in))
-        w = integers(rng, (*geo.kernel_hw, out_per_group, c_in))
-        z = reference.conv2d_transpose_resolved(y, w, geo, groups)
-        assert z.shape == (2, *geo.output_hw, out_per_group * groups), geo
+        y = integers(rng, (2, *geo.input_size, c_in))
+        w = integers(rng, (*geo.kernel_size, out_per_group, c_in))
+        z = reference.conv_transpose_resolved(y, w, geo, groups)
+        assert z.shape == (2, *geo.output_size, out_per_group * groups), geo
         x = integers(rng, z.shape)
-        forward = reference.conv2d_resolved(x, w, geo.forward, groups)
+        forward = reference.conv_resolved(x, w, geo.forward, groups)
         assert forward.shape == y.shape, geo
         assert float(np.sum(forward * y)) == float(np.sum(x * z)), geo
 
 
 def test_scatter_reference_equals_the_forward_input_gradient() -> None:
-    """Two derivations of one operator: the scatter here and the gather of `conv2d_input_grad`."""
+    """Two derivations of one operator: the scatter here and the gather of `conv_input_grad`."""
     rng = np.random.default_rng(8)
     compared = 0
     for geo, groups in random_geometries(200, seed=3):
         if any(after < 0 for _, after in geo.forward.pads):
-            continue  # (conv2d_input_grad crops to a forward input, which output_padding past the crop exceeds)
-        y = integers(rng, (1, *geo.input_hw, 2 * groups))
-        w = integers(rng, (*geo.kernel_hw, 2, 2 * groups))
-        expected = reference.conv2d_input_grad(y, w, geo.forward, groups)
-        np.testing.assert_array_equal(reference.conv2d_transpose_resolved(y, w, geo, groups), expected)
+            continue  # (conv_input_grad crops to a forward input, which output_padding past the crop exceeds)
+        y = integers(rng, (1, *geo.input_size, 2 * groups))
+        w = integers(rng, (*geo.kernel_size, 2, 2 * groups))
+        expected = reference.conv_input_grad(y, w, geo.forward, groups)
+        np.testing.assert_array_equal(reference.conv_transpose_resolved(y, w, geo, groups), expected)
         compared += 1
     assert compared > 100
 
 
 def test_no_valid_output_when_the_crops_take_everything() -> None:
     geo = transposed_geometry(((2, 2), (0, 0)), (2, 2), (3, 3), (1, 1), (1, 1))
-    assert not geo.has_valid_output and geo.no_output_axes == (0,) and geo.output_hw == (0, 4)
-    assert reference.conv2d_transpose_resolved(np.ones((1, 2, 2, 1)), np.ones((3, 3, 1, 1)), geo, 1).shape == (
+    assert not geo.has_valid_output and geo.no_output_axes == (0,) and geo.output_size == (0, 4)
+    assert reference.conv_transpose_resolved(np.ones((1, 2, 2, 1)), np.ones((3, 3, 1, 1)), geo, 1).shape == (
         1,
         0,
         4,
@@ -136,8 +136,8 @@ def test_derivative_references_are_the_adjoints() -> None:
         grad_x = derivatives.exact_answer(case, "grad-input", dy, w)
         grad_w = derivatives.exact_answer(case, "grad-kernel", dy, x)
         vx, vw = integers(rng, x.shape), integers(rng, w.shape)
-        along_x = np.sum(reference.conv2d_transpose_resolved(vx, w, geo, groups) * dy)
-        along_w = np.sum(reference.conv2d_transpose_resolved(x, vw, geo, groups) * dy)
+        along_x = np.sum(reference.conv_transpose_resolved(vx, w, geo, groups) * dy)
+        along_w = np.sum(reference.conv_transpose_resolved(x, vw, geo, groups) * dy)
         assert float(np.sum(grad_x * vx)) == float(along_x) and float(np.sum(grad_w * vw)) == float(along_w)
 
 
@@ -145,7 +145,7 @@ def _transposed_case(geo: TransposedGeometry, groups: int) -> Case:
     c_in = 2 * groups
     return Case(
         file="t.toml", suite="t", id="t", line=None, description="", source="", tags=(), dtypes=("float64",),
-        input_spec={}, kernel_spec={}, input_shape=(1, *geo.input_hw, c_in), kernel_shape=(*geo.kernel_hw, 2, c_in),
+        input_spec={}, kernel_spec={}, input_shape=(1, *geo.input_size, c_in), kernel_shape=(*geo.kernel_size, 2, c_in),
         rate=geo.rate, stride=geo.stride, padding=geo.pads, groups=groups, expect_kind="reference",
         op="conv_transpose", output_padding=geo.output_padding,
     )  # fmt: skip

@@ -150,10 +150,10 @@ def test_the_backward_reference_is_the_adjoint_of_the_forward_one() -> None:
     for geo, groups, x_shape, w_shape in _random_geometries(150):
         x = rng.integers(-3, 4, x_shape).astype(np.float64)
         w = rng.integers(-3, 4, w_shape).astype(np.float64)
-        y = reference.conv2d_resolved(x, w, geo, groups)
+        y = reference.conv_resolved(x, w, geo, groups)
         dy = rng.integers(-3, 4, y.shape).astype(np.float64)
-        dx = reference.conv2d_input_grad(dy, w, geo, groups)
-        dw = reference.conv2d_kernel_grad(x, dy, geo, groups)
+        dx = reference.conv_input_grad(dy, w, geo, groups)
+        dw = reference.conv_kernel_grad(x, dy, geo, groups)
         assert dx.shape == x.shape and dw.shape == w.shape
         assert (y * dy).sum() == (x * dx).sum() == (w * dw).sum(), (geo, groups)
 
@@ -182,10 +182,10 @@ def test_the_backward_reference_equals_the_chain_rule_product_by_product() -> No
     rng = np.random.default_rng(2)
     for geo, groups, x_shape, w_shape in _random_geometries(25, seed=3):
         x, w = rng.normal(size=x_shape), rng.normal(size=w_shape)
-        dy = rng.normal(size=reference.conv2d_resolved(x, w, geo, groups).shape)
+        dy = rng.normal(size=reference.conv_resolved(x, w, geo, groups).shape)
         dx, dw = _scatter_gradients(x, w, dy, geo, groups)
-        np.testing.assert_allclose(reference.conv2d_input_grad(dy, w, geo, groups), dx, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(reference.conv2d_kernel_grad(x, dy, geo, groups), dw, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(reference.conv_input_grad(dy, w, geo, groups), dx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(reference.conv_kernel_grad(x, dy, geo, groups), dw, rtol=1e-12, atol=1e-12)
 
 
 def test_taps_meeting_one_input_position_is_the_largest_count() -> None:
@@ -220,17 +220,17 @@ class FakeDerivative(DerivativeAdapter):
             w = call.w.astype(np.float64)
             if self.fault == "unflipped":  # the transposed correlation without flipping the kernel
                 w = w[::-1, ::-1]
-            value = reference.conv2d_input_grad(call.cotangent.astype(np.float64), w, geo, groups)
+            value = reference.conv_input_grad(call.cotangent.astype(np.float64), w, geo, groups)
         elif self.quantity == "grad-kernel":
-            value = reference.conv2d_kernel_grad(
+            value = reference.conv_kernel_grad(
                 call.x.astype(np.float64), call.cotangent.astype(np.float64), geo, groups
             )
             if self.fault == "oihw":
                 value = value.transpose(3, 2, 0, 1)
         elif self.quantity == "hvp-input":
-            value = reference.conv2d_input_grad(call.cotangent, call.direction_kernel, geo, groups)
+            value = reference.conv_input_grad(call.cotangent, call.direction_kernel, geo, groups)
         else:
-            value = reference.conv2d_kernel_grad(call.direction_input, call.cotangent, geo, groups)
+            value = reference.conv_kernel_grad(call.direction_input, call.cotangent, geo, groups)
         if self.fault == "zero":
             value = np.zeros_like(value)
         if self.fault == "ulp":
@@ -248,7 +248,7 @@ class FakePrimary(Adapter):
         return None
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        y = reference.conv_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         if device == "gpu":
             y = y + 1e-3  # a GPU kernel that disagrees with its CPU one
         return y.astype(call.x.dtype)

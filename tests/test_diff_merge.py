@@ -18,7 +18,9 @@ import pytest
 
 from conformance import diff as diffing
 from conformance.cli import main as cli_main
-from conformance.results import atomic_write, merge, run_label, write_json
+from conformance.merging import merge
+from conformance.results import atomic_write, write_json
+from conformance.run_environment import run_label
 
 CORPUS = """
 [defaults]

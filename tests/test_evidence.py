@@ -20,7 +20,7 @@ import pytest
 
 from conformance import expectations, replay
 from conformance.cases import Case, load_paths
-from conformance.runner import HARNESS_FAILED
+from conformance.check_records import HARNESS_FAILED
 from tests.projects import REPO
 
 EVIDENCE = REPO / "tests" / "data" / "evidence"
@@ -32,7 +32,7 @@ RECORDED = {
 HARNESS_FAULTS = {
     (case, target, "float32"): (
         "an oracle whose baseline (tf.nn.conv2d under oneDNN, batch 0) returned the wrong shape was compared "
-        "element by element; runner._against_misshapen_baseline judges it now "
+        "element by element; judging._against_misshapen_baseline judges it now "
         "(test_modes_oracles.py::test_an_oracle_whose_baseline_has_the_wrong_shape_is_judged_not_a_harness_error)"
     )
     for case, targets in (

@@ -17,7 +17,7 @@ import pytest
 
 from conformance import from_model
 from conformance.cases import Case, load_file, materialize
-from conformance.runner import reference_output
+from conformance.judging import reference_output
 
 REPO = Path(__file__).resolve().parent.parent
 

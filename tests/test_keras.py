@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conformance import composites, profiles, runner
+from conformance import composite_checks, composites, profiles, runner
 from conformance.adapters import ADAPTERS, Target
 from conformance.adapters.child import InChildProcess, children
 from conformance.adapters.keras import (
@@ -159,7 +159,7 @@ def _aspp_record(target: Target) -> dict[str, Any]:
     loaded, errors = composites.load(Path("cases") / composites.FILE_NAME, "composites.toml")
     assert not errors
     aspp = next(c for c in loaded if c.kind == "aspp")
-    return dict(composites.run_check(aspp, aspp.as_case("composites.toml"), target, "float32"))
+    return dict(composite_checks.run_check(aspp, aspp.as_case("composites.toml"), target, "float32"))
 
 
 def test_a_composite_runs_as_one_keras_model_and_a_wrong_one_is_caught() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conformance import reference, runner
+from conformance import judging, reference, runner
 from conformance.adapters import ADAPTERS, Adapter, ConvCall, Target, Unsupported
 from conformance.adapters.base import ProcessDied
 from conformance.adapters.oracles import zero_inserted_kernel
@@ -69,7 +69,7 @@ class Truth(Adapter):
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         if self.raises:
             raise ValueError("the primary refuses")
-        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        y = reference.conv_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         return (y + self.offset).astype(call.x.dtype)
 
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
@@ -202,8 +202,8 @@ def test_every_mode_and_oracle_runs_its_framework_and_reproduces(name: str, case
     got = np.asarray(namespace["y"])
     call_output = adapter.run(
         ConvCall(
-            x=runner.prepare(cases["plain"], "float32").data.x,
-            w=runner.prepare(cases["plain"], "float32").data.w,
+            x=judging.prepare(cases["plain"], "float32").data.x,
+            w=judging.prepare(cases["plain"], "float32").data.w,
             rate=(2, 2),
             stride=(1, 1),
             padding="SAME",
@@ -234,7 +234,7 @@ def test_onednn_variants_run_in_their_own_process(cases: dict[str, Any]) -> None
     off, on = by_setting[(("TF_ENABLE_ONEDNN_OPTS", "0"),)], by_setting[(("TF_ENABLE_ONEDNN_OPTS", "1"),)]
     off.process.kill()
     call = ConvCall(
-        x=runner.prepare(cases["plain"], "float32").data.x, w=runner.prepare(cases["plain"], "float32").data.w,
+        x=judging.prepare(cases["plain"], "float32").data.x, w=judging.prepare(cases["plain"], "float32").data.w,
         rate=(2, 2), stride=(1, 1), padding="SAME", geometry=cases["plain"].geometry, groups=1, dtype="float32",
     )  # fmt: skip
     with pytest.raises(ProcessDied, match=r"TF_ENABLE_ONEDNN_OPTS=0 process died \(exit signal SIGKILL\)"):
@@ -344,7 +344,8 @@ kernel_size = [1, 3]
 
 def test_the_report_tells_variants_apart(cases: dict[str, Any], tmp_path: Path) -> None:
     from conformance.report import embedded_data, write_report
-    from conformance.results import ResultsWriter, base_environment
+    from conformance.results import ResultsWriter
+    from conformance.run_environment import base_environment
 
     writer = ResultsWriter(tmp_path / "results.json")
     writer.add(_check(cases["plain"], Truth()))

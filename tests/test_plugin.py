@@ -253,7 +253,7 @@ class OffByOne(Adapter):
         return None
 
     def run(self, call, device, precision):
-        y = reference.conv2d_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
+        y = reference.conv_resolved(call.x.astype(np.float64), call.w.astype(np.float64), call.geometry, call.groups)
         return (y + 1).astype(call.x.dtype)
 
     def reproduction(self, call, device, precision):
@@ -281,8 +281,9 @@ link = "https://example.org/fakefw/1"
 def test_a_framework_registered_by_a_conftest_alone_is_known_everywhere(pytester: pytest.Pytester) -> None:
     """Markers, version-ranged known divergences, run labels, the report and merge all read the
     framework's record from the adapter the hook returned: nothing else names it."""
+    from conformance.merging import merge
     from conformance.report import embedded_data, write_report
-    from conformance.results import merge, run_label
+    from conformance.run_environment import run_label
 
     pytester.makeconftest(FAKE_FRAMEWORK_CONFTEST)
     corpus = pytester.mkdir("mycases")

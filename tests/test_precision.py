@@ -29,7 +29,8 @@ from conformance.compare import (
     probabilistic_lambda,
 )
 from conformance.dtypes import float_format
-from conformance.runner import random_operands, run_check
+from conformance.judging import random_operands
+from conformance.runner import run_check
 from tests.fault_adapters import ScaledKernelGradient, StorageDtypeSum, WithinContract
 from tests.projects import REPO, child_environment, write_project
 
@@ -238,7 +239,7 @@ def test_a_tensor_with_its_input_channels_dropped_is_a_shape_failure(tmp_path: P
 
 
 def test_the_run_tallies_each_contract_and_merge_tallies_again() -> None:
-    from conformance.results import merge
+    from conformance.merging import merge
 
     stated = [c.summary() for c in SUITE.entries]
     judged = {"id": "jax-cpu-float32-accumulation", "accumulation": "float32", "kind": WORST_CASE}

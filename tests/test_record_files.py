@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from conformance import record_files
+from conformance.merging import merge
 from conformance.record_files import open_results_json, record_key, sort_records
 from conformance.report import embedded_data, write_report
-from conformance.results import ResultsWriter, atomic_write, merge, write_json
+from conformance.results import ResultsWriter, atomic_write, write_json
 
 
 def _records(count: int, seed: int = 0) -> list[dict]:

@@ -26,7 +26,8 @@ from conformance.adapters.pytorch import TorchConv2d
 from conformance.cases import load_file
 from conformance.frameworks import Framework
 from conformance.report import write_report
-from conformance.results import ResultsWriter, base_environment
+from conformance.results import ResultsWriter
+from conformance.run_environment import base_environment
 from conformance.runner import run_check
 from tests.fault_adapters import HOSTILE_TEXT, Hostile
 
@@ -335,7 +336,7 @@ def test_adversarial_diff_page_is_inert(driver: Any, hostile_document: dict[str,
 
 def test_composite_receptive_fields_are_drawn(driver: Any, tmp_path: Path, repo: Path) -> None:
     """HDC [1, 2, 3] reaches all 13x13 pixels; the gridding stack [2, 2, 2] only a 7x7 checkerboard."""
-    from conformance import composites
+    from conformance import composite_checks, composites
 
     loaded, errors = composites.load(repo / "cases" / "composites.toml", "cases/composites.toml")
     assert not errors
@@ -343,7 +344,8 @@ def test_composite_receptive_fields_are_drawn(driver: Any, tmp_path: Path, repo:
     target = Target(NumpyIm2col(), "cpu", "strict")
     for composite in loaded:
         if composite.kind == "stack":
-            writer.add(composites.run_check(composite, composite.as_case("cases/composites.toml"), target, "float32"))
+            case = composite.as_case("cases/composites.toml")
+            writer.add(composite_checks.run_check(composite, case, target, "float32"))
     write_report(writer.finish(base_environment(), ["test"]), tmp_path / "index.html")
     driver.get((tmp_path / "index.html").as_uri())
     wait_ready(driver)

@@ -25,7 +25,8 @@ from conformance import derivatives, expectations
 from conformance.adapters import ADAPTERS, OUTPUT, QUANTITIES, Adapter, ConvCall, Target, Unavailable
 from conformance.adapters.child import InChildProcess
 from conformance.cases import Case, load_file
-from conformance.runner import prepare, run_check
+from conformance.judging import prepare
+from conformance.runner import run_check
 
 CASES = """
 [defaults]

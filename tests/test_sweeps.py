@@ -11,7 +11,7 @@ import pytest
 
 from conformance import sweeps
 from conformance.cases import load_file, materialize
-from conformance.runner import _full_reproduction
+from conformance.check_records import full_reproduction
 
 SWEEP = """
 [[sweep]]
@@ -236,7 +236,7 @@ kernel = { generator = "ones", shape = [3, 3, 1, 1] }
     (error,) = loaded.errors
     assert error.field == "input.set[0].at" and "outside the shape" in error.message
     # The reproduction rebuilds the same tensors, NaN and infinities included.
-    source = _full_reproduction(case, "float32", "")
+    source = full_reproduction(case, "float32", "")
     namespace: dict = {}
     exec(source, namespace)
     np.testing.assert_array_equal(namespace["x"].astype(np.float32), data.x)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance import runner, timing
+from conformance import judging, runner, timing
 from conformance.adapters import ConvCall, Target
 from conformance.cases import load_file
 from tests.fault_adapters import Slow
@@ -37,7 +37,7 @@ def test_each_record_splits_its_time_into_load_framework_and_reference(tmp_path:
     (tmp_path / "t.toml").write_text(CASE)
     (case,) = load_file(tmp_path / "t.toml", tmp_path).cases
     adapter = SlowToLoad()
-    runner.prepare.cache_clear()
+    judging.prepare.cache_clear()
     first = runner.run_check(case, Target(adapter, "cpu", "strict"), "float64")
     second = runner.run_check(case, Target(adapter, "cpu", "strict"), "float64")
     assert first["outcome"] == second["outcome"] == "pass"

@@ -89,3 +89,29 @@ def test_the_matrix_is_every_framework_release_of_tox_and_the_shard_count_agrees
     # The merge job waits for every shard, profile and the GPU job, and runs even when a shard found failures.
     merge = workflow["jobs"]["merge"]
     assert set(merge["needs"]) == {"shard", "profile", "gpu"} and "always()" in merge["if"]
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=root, capture_output=True, text=True)
+
+
+def test_the_package_keeps_its_layers() -> None:
+    result = _lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_an_adapter_importing_the_runner_breaks_the_layers(tmp_path: Path) -> None:
+    """The contracts can fail: a copy of the package whose NumPy adapter imports the runner (which
+    imports the adapters: a circle) breaks every one of them."""
+    shutil.copytree(REPO / "conformance", tmp_path / "conformance", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    adapter = tmp_path / "conformance" / "adapters" / "numpy.py"
+    adapter.write_text(adapter.read_text() + "\nfrom conformance import runner  # noqa: E402\n")
+    result = subprocess.run(
+        [_tool("lint-imports"), "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "3 broken" in result.stdout, result.stdout
+    assert "conformance.adapters.numpy -> conformance.runner" in result.stdout

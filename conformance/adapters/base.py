@@ -22,17 +22,22 @@ from conformance.adapters.modes import DEVICES
 from conformance.adapters.program import Name, Program, Statement, Value
 from conformance.frameworks import Framework
 from conformance.machine import FactValue
-from conformance.semantics import CONV2D, AnyGeometry, PaddingSpec
+
+# What adapters raise, re-exported so an adapter imports its whole contract from here.
+from conformance.refusals import ProcessDied as ProcessDied
+from conformance.refusals import Unavailable as Unavailable
+from conformance.refusals import Unsupported as Unsupported
+from conformance.semantics import CONV2D, AnyGeometry, PaddingSpec, Sizes
 
 
 @dataclass(frozen=True)
 class CallParams:
     """The static part of a call: enough to decide support without any data."""
 
-    input_shape: tuple[int, int, int, int]
-    kernel_shape: tuple[int, int, int, int]
-    rate: tuple[int, int]
-    stride: tuple[int, int]
+    input_shape: tuple[int, ...]  # (N, *spatial, C)
+    kernel_shape: tuple[int, ...]  # (*spatial, C_in / groups, C_out)
+    rate: Sizes
+    stride: Sizes
     padding: PaddingSpec
     geometry: AnyGeometry
     groups: int
@@ -41,10 +46,10 @@ class CallParams:
 
 @dataclass(frozen=True)
 class ConvCall:
-    x: np.ndarray  # NHWC, case dtype
-    w: np.ndarray  # HWIO, case dtype
-    rate: tuple[int, int]
-    stride: tuple[int, int]
+    x: np.ndarray  # channels last (N, *spatial, C), case dtype
+    w: np.ndarray  # (*spatial, C_in / groups, C_out), case dtype
+    rate: Sizes
+    stride: Sizes
     padding: PaddingSpec  # as the case states it: adapters use native SAME/VALID where they have them
     geometry: AnyGeometry  # the resolved pads (a transposed op's crops and output_padding), for adapters that need them
     groups: int
@@ -67,20 +72,6 @@ class ConvCall:
 OUTPUT = "output"  # what a forward target computes
 # What a derivative target computes -> the derivative order a case opts into to get it.
 QUANTITIES = {"grad-input": 1, "grad-kernel": 1, "hvp-input": 2, "hvp-kernel": 2}
-
-
-class Unavailable(Exception):
-    """The framework or device is not present here: the item is skipped with this reason."""
-
-
-class ProcessDied(RuntimeError):
-    """The process the framework runs in (a child of this one) died during the call: `crash`, never a
-    raised error, which a case with no valid output would count as conformant."""
-
-
-class Unsupported(Exception):
-    """Raised by `run` when only the data shows that this formulation cannot express the case
-    (e.g. a zero-inserted kernel with infinite input, where inf * 0 is NaN): `unsupported`."""
 
 
 class Adapter(ABC):

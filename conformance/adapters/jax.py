@@ -41,7 +41,7 @@ from conformance.adapters.program import (
     invoke,
     method,
 )
-from conformance.compare import first_line
+from conformance.exception_text import first_line
 from conformance.frameworks import JAX
 from conformance.semantics import CONV_TRANSPOSE
 

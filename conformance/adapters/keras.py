@@ -34,12 +34,14 @@ means jax_enable_x64 is off, so a float64 layer silently computes in float32 (a 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from conformance import composites
 from conformance.adapters import padding
 from conformance.adapters.base import (
     CallParams,
@@ -65,16 +67,15 @@ from conformance.adapters.program import (
     Program,
     SetAttr,
     Statement,
+    Value,
     With,
     invoke,
     method,
 )
+from conformance.composites import Composite
 from conformance.frameworks import KERAS_JAX, KERAS_TENSORFLOW, KERAS_TORCH, Framework
 from conformance.machine import FactValue
 from conformance.semantics import CONV_TRANSPOSE, as_transposed
-
-if TYPE_CHECKING:  # (conformance.composites imports the adapters: it is imported where it is used)
-    from conformance.composites import Composite
 
 BACKENDS: dict[str, Framework] = {"tensorflow": KERAS_TENSORFLOW, "jax": KERAS_JAX, "torch": KERAS_TORCH}
 BACKEND_VARIABLE = "KERAS_BACKEND"
@@ -323,45 +324,44 @@ class KerasConv2D(_KerasLayer):
         # The composites run as whole Keras models through the eager call and the compiled ones.
         self.runs_models = variant in MODEL_VARIANTS
 
-    def model_source(self, composite: Composite, dtype: str, device: str, precision: str) -> str:
-        """The composite as a functional Keras model of Conv2D, ReLU, GlobalAveragePooling2D,
-        UpSampling2D and Concatenate layers: runnable source (it is what `run_model` executes)."""
-        from conformance import composites
+    def model_graph(self, dtype: str) -> ModelGraph:
+        """What builds the composite's layers (a test's broken builder overrides it)."""
+        return ModelGraph(dtype)
 
-        graph = _ModelSource(dtype)
+    def describe_model(self, composite: Composite, dtype: str, device: str, precision: str) -> Program:
+        """The composite as a functional Keras model of Conv2D, ReLU, GlobalAveragePooling2D,
+        UpSampling2D and Concatenate layers, described once: it runs as `run_model` and prints as
+        the reproduction, like every single-layer call."""
+        graph = self.model_graph(dtype)
         output = composites.build(composite, graph, "inputs")
         n, h, w, c = composites.composite_input(composite).shape
-        call = "model.predict_on_batch(x)" if self.variant else "model(x)"  # compiled, or the eager call
-        body = [
-            f"inputs = keras.Input(shape={(h, w, c)}, batch_size={n}, dtype={dtype!r})",
-            *graph.lines,
-            f"model = keras.Model(inputs, {output})",
-            *(["model.compile(jit_compile=True)"] if self.variant == "jit-compile" else []),
-            f"y = {call}",
+        compiled = self.variant in ("compiled", "jit-compile")  # model.predict_on_batch, or the eager call
+        answer = method("model", "predict_on_batch", Name("x")) if compiled else invoke("model", Name("x"))
+        body: list[Statement] = [
+            Assign("inputs", invoke("keras.Input", shape=(h, w, c), batch_size=n, dtype=dtype)),
+            *graph.statements,
+            Assign("model", invoke("keras.Model", Name("inputs"), Name(output))),
+            *([Do(method("model", "compile", jit_compile=True))] if self.variant == "jit-compile" else []),
+            Assign("y", answer),
         ]
-        precision_lines = [
-            line for statement in _precision(self.backend, device, precision) for line in statement.lines()
-        ]
-        return "\n".join(
-            [
-                "import keras",
-                "from conformance import composites",
-                *precision_lines,
-                f"composite = composites.{composite!r}",
-                "x = composites.composite_input(composite)  # NHWC, float64",
-                "kernels = composites.kernels(composite)  # HWIO, in the order the layers use them",
-                f"with keras.device({device + ':0'!r}):",
-                *(f"    {line}" for line in body),
-            ]
+        fields = {field.name: getattr(composite, field.name) for field in dataclasses.fields(composite)}
+        return Program(
+            (
+                Import("keras"),
+                Import("conformance", names=("composites",)),
+                *_precision(self.backend, device, precision),
+                Assign("composite", invoke("composites.Composite", **fields)),
+                Assign("x", invoke("composites.composite_input", Name("composite")), "NHWC, float64"),
+                Assign("kernels", invoke("composites.kernels", Name("composite")), "HWIO, in the layers' order"),
+                With(invoke("keras.device", f"{device}:0"), tuple(body)),
+            )
         )
 
     def model_reproduction(self, composite: Any, dtype: str, device: str, precision: str) -> str:
-        return self.model_source(composite, dtype, device, precision)
+        return self.describe_model(composite, dtype, device, precision).source()
 
     def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
-        namespace: dict[str, Any] = {}
-        exec(self.model_source(composite, dtype, device, precision), namespace)  # the reproduction, as written
-        return self.to_numpy(namespace["y"])
+        return self.to_numpy(self.describe_model(composite, dtype, device, precision).run({}))
 
     def layer_arguments(self, call: ConvCall) -> dict[str, Any]:
         k_h, k_w, _, out_channels = call.w.shape
@@ -433,46 +433,56 @@ class KerasConv2DTranspose(_KerasLayer):
         return [*statements, Assign("y", invoke(cropping, Name("y")), "explicit crops, the Keras way")]
 
 
-class _ModelSource:
-    """A composites.Graph whose values are variable names: each layer applied is a line of the
-    functional model's source; a convolution's kernel is assigned once calling it built it."""
+class ModelGraph:
+    """A composites.Graph whose values are variable names: each layer applied is a statement of the
+    functional model; a convolution's kernel is assigned once calling it built it."""
 
     def __init__(self, dtype: str) -> None:
         self.dtype = dtype
-        # Every layer states its data format: unstated, it is the user's ~/.keras/keras.json default.
-        self.common = f"data_format='channels_last', dtype={dtype!r}"
-        self.lines: list[str] = []
+        self.statements: list[Statement] = []
         self.kernels = 0
+        self.values = 0
 
-    def _apply(self, layer: str, arguments: str, inputs: str, data_format: bool = True) -> str:
-        name = f"t{len(self.lines)}"
-        common = self.common if data_format else f"dtype={self.dtype!r}"
-        self.lines.append(f"{name} = keras.layers.{layer}({', '.join(filter(None, (arguments, common)))})({inputs})")
+    def _name(self) -> str:
+        self.values += 1
+        return f"t{self.values - 1}"
+
+    def _apply(self, layer: str, inputs: Value, data_format: bool = True, **arguments: Value) -> str:
+        name = self._name()
+        # Every layer states its data format: unstated, it is the user's ~/.keras/keras.json default.
+        common = {"data_format": "channels_last"} if data_format else {}
+        built = invoke(f"keras.layers.{layer}", **arguments, **common, dtype=self.dtype)
+        self.statements.append(Assign(name, invoke(built, inputs)))
         return name
 
     def conv(self, x: str, w: np.ndarray, rate: int) -> str:
         k_h, k_w, _, out_channels = w.shape
-        layer, name, number = f"conv{self.kernels}", f"t{len(self.lines)}", self.kernels
-        self.lines += [
-            f"{layer} = keras.layers.Conv2D({out_channels}, {(k_h, k_w)}, padding='same', dilation_rate={rate}, "
-            f"use_bias=False, kernel_initializer={INITIALIZER!r}, {self.common})",
-            f"{name} = {layer}({x})",
-            f"{layer}.kernel.assign(kernels[{number}])",
-        ]
+        layer, name, number = f"conv{self.kernels}", self._name(), self.kernels
+        self.statements += [
+            Assign(
+                layer,
+                invoke(
+                    "keras.layers.Conv2D", out_channels, (k_h, k_w), padding="same", dilation_rate=rate,
+                    use_bias=False, kernel_initializer=INITIALIZER, data_format="channels_last", dtype=self.dtype,
+                ),
+            ),
+            Assign(name, invoke(layer, Name(x))),
+            Do(method(f"{layer}.kernel", "assign", Index(Name("kernels"), number))),
+        ]  # fmt: skip
         self.kernels += 1
         return name
 
     def relu(self, x: str) -> str:
-        return self._apply("ReLU", "", x, data_format=False)
+        return self._apply("ReLU", Name(x), data_format=False)
 
     def global_mean(self, x: str) -> str:
-        return self._apply("GlobalAveragePooling2D", "keepdims=True", x)
+        return self._apply("GlobalAveragePooling2D", Name(x), keepdims=True)
 
     def broadcast(self, x: str, size: int) -> str:
-        return self._apply("UpSampling2D", f"size={size}", x)  # nearest: the 1x1 map repeated
+        return self._apply("UpSampling2D", Name(x), size=size)  # nearest: the 1x1 map repeated
 
     def concat(self, xs: list[str]) -> str:
-        return self._apply("Concatenate", "axis=-1", f"[{', '.join(xs)}]", data_format=False)
+        return self._apply("Concatenate", [Name(x) for x in xs], data_format=False, axis=-1)
 
 
 class KerasGradient(DerivativeAdapter, DescribedAdapter):

@@ -3,11 +3,20 @@
 
 Every API here keeps its own SAME/VALID words where it has them, so the suite tests the
 framework's SAME rather than ours; only explicit pads (and the explicit-pads oracle) are spelt out.
+Every helper takes one (before, after) pair per spatial axis, whatever their number.
 """
 
 from __future__ import annotations
 
-from conformance.semantics import AnyGeometry, PaddingSpec, PadPairs, as_transposed, is_symmetric, output_padding_limit
+from conformance.semantics import (
+    AnyGeometry,
+    PaddingSpec,
+    PadPairs,
+    Sizes,
+    as_transposed,
+    is_symmetric,
+    output_padding_limit,
+)
 
 
 def native_word(padding: PaddingSpec) -> str | None:
@@ -15,56 +24,54 @@ def native_word(padding: PaddingSpec) -> str | None:
     return padding if isinstance(padding, str) else None
 
 
-def nhwc_pairs(pads: PadPairs) -> list[list[int]]:
-    """TensorFlow's explicit NHWC padding: [[0, 0], [top, bottom], [left, right], [0, 0]]."""
-    (top, bottom), (left, right) = pads
-    return [[0, 0], [top, bottom], [left, right], [0, 0]]
+def channels_last_pairs(pads: PadPairs) -> list[list[int]]:
+    """TensorFlow's explicit padding for channels-last data (NWC, NHWC, NDHWC): one pair per axis,
+    none on batch and channels: [[0, 0], [top, bottom], [left, right], [0, 0]] in 2-D."""
+    return [[0, 0], *([before, after] for before, after in pads), [0, 0]]
 
 
-def nchw_pairs(pads: PadPairs) -> list[list[int]]:
-    """The same in NCHW order: [[0, 0], [0, 0], [top, bottom], [left, right]]."""
-    (top, bottom), (left, right) = pads
-    return [[0, 0], [0, 0], [top, bottom], [left, right]]
+def channels_first_pairs(pads: PadPairs) -> list[list[int]]:
+    """The same for channels-first data (NCW, NCHW, NCDHW): [[0, 0], [0, 0], [top, bottom], [left, right]] in 2-D."""
+    return [[0, 0], [0, 0], *([before, after] for before, after in pads)]
 
 
 def spatial_pairs(pads: PadPairs) -> list[tuple[int, int]]:
-    """JAX's explicit padding: [(top, bottom), (left, right)]."""
-    return [tuple(pair) for pair in pads]  # type: ignore[misc]
+    """JAX's explicit padding: one (before, after) per spatial axis, [(top, bottom), (left, right)] in 2-D."""
+    return [(before, after) for before, after in pads]
 
 
 def begins_then_ends(pads: PadPairs) -> list[int]:
-    """ONNX's `pads`: every axis' begin, then every axis' end: [top, left, bottom, right]."""
-    (top, bottom), (left, right) = pads
-    return [top, left, bottom, right]
+    """ONNX's `pads`: every axis' begin, then every axis' end: [top, left, bottom, right] in 2-D."""
+    return [before for before, _ in pads] + [after for _, after in pads]
 
 
 def last_axis_first(pads: PadPairs) -> list[int]:
-    """`torch.nn.functional.pad`'s order, last axis first: [left, right, top, bottom]."""
-    (top, bottom), (left, right) = pads
-    return [left, right, top, bottom]
+    """`torch.nn.functional.pad`'s order, last axis first: [left, right, top, bottom] in 2-D."""
+    return [side for before, after in reversed(pads) for side in (before, after)]
 
 
-def torch_same_refusal(padding: PaddingSpec, stride: tuple[int, int]) -> str | None:
+def torch_same_refusal(padding: PaddingSpec, stride: Sizes) -> str | None:
     """Why torch cannot state this case's padding (its padding="same" exists at stride 1 only), or None."""
-    if padding == "SAME" and stride != (1, 1):
+    if padding == "SAME" and any(s != 1 for s in stride):
         return "torch's padding='same' is only defined for stride 1"
     return None
 
 
-def torch_arguments(padding: PaddingSpec, pads: PadPairs) -> tuple[str | tuple[int, int], list[int] | None]:
-    """(conv2d's `padding=`, the `F.pad` to apply first or None): "same"/"valid" where the case
-    says so, symmetric pads as (pad_h, pad_w), asymmetric ones as `F.pad` then no padding (the
-    usual porting idiom, since conv2d takes only one pad per axis)."""
+def torch_arguments(padding: PaddingSpec, pads: PadPairs) -> tuple[str | Sizes, list[int] | None]:
+    """(convNd's `padding=`, the `F.pad` to apply first or None): "same"/"valid" where the case
+    says so, symmetric pads as one pad per axis ((pad_h, pad_w) in 2-D), asymmetric ones as `F.pad`
+    then no padding (the usual porting idiom, since convNd takes only one pad per axis)."""
     word = native_word(padding)
     if word is not None:
         return word.lower(), None
     if is_symmetric(pads):
-        return (pads[0][0], pads[1][0]), None
-    return (0, 0), last_axis_first(pads)
+        return tuple(before for before, _ in pads), None
+    return (0,) * len(pads), last_axis_first(pads)
 
 
-def torch_transpose_arguments(geometry: AnyGeometry) -> tuple[tuple[int, int], tuple[int, int]] | str:
-    """conv_transpose2d's (padding=, output_padding=), or why it cannot state these crops.
+def torch_transpose_arguments(geometry: AnyGeometry) -> tuple[Sizes, Sizes] | str:
+    """conv_transposeNd's (padding=, output_padding=), one value per axis each, or why it cannot
+    state these crops.
 
     torch crops `padding` from both ends alike and adds `output_padding` at the end, which must stay
     below max(stride, dilation): crops (before, after) with output_padding e are padding=before with
@@ -81,15 +88,15 @@ def torch_transpose_arguments(geometry: AnyGeometry) -> tuple[tuple[int, int], t
             )
         paddings.append(before)
         extras.append(added)
-    return (paddings[0], paddings[1]), (extras[0], extras[1])
+    return tuple(paddings), tuple(extras)
 
 
 def dilated_input_pads(geometry: AnyGeometry) -> list[tuple[int, int]]:
     """A transposed convolution's crops as pads of the stride-dilated input (JAX's conv_transpose and
-    lhs_dilation): the full output has k_eff - 1 pads on both sides, so a crop c is a pad
-    k_eff - 1 - c, and output_padding pads the end further."""
+    lhs_dilation), one (before, after) per axis: the full output has k_eff - 1 pads on both sides,
+    so a crop c is a pad k_eff - 1 - c, and output_padding pads the end further."""
     geo = as_transposed(geometry)
     return [
         (k_eff - 1 - before, k_eff - 1 - after + extra)
-        for k_eff, (before, after), extra in zip(geo.effective_kernel_hw, geo.pads, geo.output_padding, strict=True)
+        for k_eff, (before, after), extra in zip(geo.effective_kernel, geo.pads, geo.output_padding, strict=True)
     ]

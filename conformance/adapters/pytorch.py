@@ -136,10 +136,10 @@ class TorchConv2d(DescribedAdapter):
             Assign("wt", _tensor("w", call, device, OIHW, self.kernel(call)), "HWIO -> OIHW"),
         ]
 
-    def rate(self, call: ConvCall) -> tuple[int, int]:
+    def rate(self, call: ConvCall) -> tuple[int, ...]:
         return call.rate
 
-    def padding(self, call: ConvCall) -> tuple[str | tuple[int, int], list[int] | None]:
+    def padding(self, call: ConvCall) -> tuple[str | tuple[int, ...], list[int] | None]:
         """(conv2d's padding=, the F.pad to apply first or None)."""
         return padding.torch_arguments(call.padding, call.geometry.pads)
 
@@ -289,7 +289,7 @@ class TorchZeroInserted(oracles.ZeroInserted, TorchConv2d):
 
     baseline = PRIMARY
 
-    def rate(self, call: ConvCall) -> tuple[int, int]:
+    def rate(self, call: ConvCall) -> tuple[int, ...]:
         return (1, 1)
 
 
@@ -313,7 +313,7 @@ class TorchExplicitPads(oracles.ExplicitPads, TorchConv2d):
 
     baseline = PRIMARY
 
-    def padding(self, call: ConvCall) -> tuple[str | tuple[int, int], list[int] | None]:
+    def padding(self, call: ConvCall) -> tuple[str | tuple[int, ...], list[int] | None]:
         return (0, 0), padding.last_axis_first(call.geometry.pads)
 
 

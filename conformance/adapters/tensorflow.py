@@ -100,7 +100,7 @@ def reported_facts() -> dict[str, FactValue]:
 
 
 def _padding_argument(call: CallParams | ConvCall) -> str | list[list[int]]:
-    return padding.native_word(call.padding) or padding.nhwc_pairs(call.geometry.pads)
+    return padding.native_word(call.padding) or padding.channels_last_pairs(call.geometry.pads)
 
 
 def _placed(device: str, precision: str, tensors: list[Statement], body: list[Statement]) -> list[Statement]:
@@ -291,7 +291,7 @@ class TensorFlowExplicitPads(oracles.ExplicitPads, TensorFlowConv2d):
     baseline = CONV2D
 
     def padding(self, call: ConvCall) -> str | list[list[int]]:
-        return padding.nhwc_pairs(call.geometry.pads)
+        return padding.channels_last_pairs(call.geometry.pads)
 
 
 class TensorFlowNchw(TensorFlowConv2d):
@@ -306,7 +306,7 @@ class TensorFlowNchw(TensorFlowConv2d):
         word = padding.native_word(call.padding)
         nchw = invoke(
             "tf.nn.conv2d", invoke("tf.transpose", Name("x_t"), [0, 3, 1, 2]), Name("w_t"),
-            strides=[1, 1, *call.stride], padding=word or padding.nchw_pairs(call.geometry.pads),
+            strides=[1, 1, *call.stride], padding=word or padding.channels_first_pairs(call.geometry.pads),
             data_format="NCHW", dilations=[1, 1, *call.rate],
         )  # fmt: skip
         return invoke("tf.transpose", nchw, [0, 2, 3, 1])
@@ -323,7 +323,7 @@ class TensorFlowNchw(TensorFlowConv2d):
 def _transposed_output_shape(call: ConvCall) -> list[int]:
     """TF states a transposed convolution's size as its output shape, NHWC."""
     n, _, _, _ = call.x.shape
-    o_h, o_w = call.geometry.output_hw
+    o_h, o_w = call.geometry.output_size
     return [n, o_h, o_w, call.w.shape[2] * call.groups]
 
 

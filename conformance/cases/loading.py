@@ -23,7 +23,15 @@ from conformance import sweeps
 from conformance.cases.model import Case, CaseError, CaseFileError, LoadResult, stored_array
 from conformance.cases.positions import SourceLines, id_lines
 from conformance.cases.schema_errors import explain_schema_error, field_path, strict_validator
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, TransposedGeometry, output_padding_limit, pair
+from conformance.semantics import (
+    CONV2D,
+    CONV_TRANSPOSE,
+    PaddingSpec,
+    Sizes,
+    TransposedGeometry,
+    output_padding_limit,
+    per_axis,
+)
 
 SCHEMA_PATH = Path(__file__).parent.parent / "schema" / "cases.schema.json"
 # Refuse tensors above this many elements before allocating them (float64: 512 MiB).
@@ -271,10 +279,11 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
     groups = int(setting("groups", 1))
     op = setting("op", CONV2D)
     _check_channels(op, input_shape, kernel_shape, groups, fail)
+    rank = len(input_shape) - 2  # spatial axes: the schema and `_tensor_shape` keep case files 2-D for now
     padding = setting("padding", "VALID")
     if isinstance(padding, list):
-        padding = (tuple(padding[0]), tuple(padding[1]))
-    rate, stride = pair(setting("rate", 1)), pair(setting("stride", 1))
+        padding = tuple(tuple(side) for side in padding)
+    rate, stride = per_axis(setting("rate", 1), rank), per_axis(setting("stride", 1), rank)
     output_padding = _output_padding(op, setting("output_padding", 0), padding, rate, stride, fail)
     case = Case(
         file=label,
@@ -287,8 +296,8 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
         dtypes=tuple(setting("dtypes", ["float32"])),
         input_spec=raw["input"],
         kernel_spec=raw["kernel"],
-        input_shape=input_shape,  # type: ignore[arg-type]
-        kernel_shape=kernel_shape,  # type: ignore[arg-type]
+        input_shape=input_shape,
+        kernel_shape=kernel_shape,
         rate=rate,
         stride=stride,
         padding=padding,
@@ -317,7 +326,7 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
     if "output_shape" in expect and tuple(expect["output_shape"]) != output_shape:
         raise fail(
             f"states output shape {expect['output_shape']} but the geometry gives {list(output_shape)} "
-            f"(pads {case.geometry.pads}, effective kernel {case.geometry.effective_kernel_hw})",
+            f"(pads {case.geometry.pads}, effective kernel {case.geometry.effective_kernel})",
             "expect.output_shape",
         )
     if kind == "no-valid-output" and case.geometry.has_valid_output:
@@ -331,12 +340,12 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
             shape = _nested_shape(expect[key], f"expect.{key}")
         except ValueError as exc:
             raise fail(str(exc), f"expect.{key}") from None
-        want = output_shape if key == "values" else output_shape[1:3]
+        want = output_shape if key == "values" else output_shape[1:-1]
         if shape != want:
             raise fail(f"has shape {list(shape)} but the output has shape {list(want)}", f"expect.{key}")
         array = np.asarray(expect[key], dtype=np.float64)
         if key == "plane":
-            array = np.broadcast_to(array[None, :, :, None], output_shape).copy()
+            array = np.broadcast_to(array[None, ..., None], output_shape).copy()
         expected_values = array
     return replace(case, expect_kind=kind, expected_values=expected_values)
 
@@ -347,27 +356,30 @@ def _check_channels(
     """Input channels, kernel axes and groups agree: HWIO (k_h, k_w, C_in/g, C_out) for conv2d, the
     forward op's kernel (k_h, k_w, C_out/g, C_in) for conv_transpose. Batch and channels may be 0 (a
     zero-sized tensor: the right shape, and zeros where the sum is empty); sizes in space may not."""
-    for name, shape, axes in (("input", input_shape, (1, 2)), ("kernel", kernel_shape, (0, 1))):
-        if any(shape[axis] == 0 for axis in axes):
+    for name, shape, spatial in (
+        ("input", input_shape, input_shape[1:-1]),
+        ("kernel", kernel_shape, kernel_shape[:-2]),
+    ):
+        if 0 in spatial:
             what = "height and width" if name == "input" else "k_h and k_w"
             raise fail(
                 f"{name} shape {list(shape)}: its {what} must be at least 1 (only batch and channels may be 0)", name
             )
-    c_in = input_shape[3]
+    c_in = input_shape[-1]
     if c_in % groups:
         raise fail(f"groups {groups} does not divide the {c_in} input channels", "groups")
     if op == CONV_TRANSPOSE:
-        if kernel_shape[3] != c_in:
+        if kernel_shape[-1] != c_in:
             raise fail(
-                f"kernel's fourth axis {kernel_shape[3]} != input channels {c_in} (a conv_transpose kernel is the "
+                f"kernel's fourth axis {kernel_shape[-1]} != input channels {c_in} (a conv_transpose kernel is the "
                 "forward op's HWIO kernel, (k_h, k_w, C_out / groups, C_in): TensorFlow's conv2d_transpose filters)",
                 "kernel.shape",
             )
         return
-    c_out = kernel_shape[3]
-    if kernel_shape[2] * groups != c_in:
+    c_out = kernel_shape[-1]
+    if kernel_shape[-2] * groups != c_in:
         raise fail(
-            f"kernel in-channels {kernel_shape[2]} x groups {groups} != input channels {c_in} "
+            f"kernel in-channels {kernel_shape[-2]} x groups {groups} != input channels {c_in} "
             "(HWIO kernel: its third axis is C_in / groups)",
             "kernel.shape",
         )
@@ -375,13 +387,11 @@ def _check_channels(
         raise fail(f"kernel out-channels {c_out} is not divisible by groups {groups}", "groups")
 
 
-def _output_padding(
-    op: str, value: Any, padding: Any, rate: tuple[int, int], stride: tuple[int, int], fail: Any
-) -> tuple[int, int]:
+def _output_padding(op: str, value: Any, padding: PaddingSpec, rate: Sizes, stride: Sizes, fail: Any) -> Sizes:
     """A conv_transpose's stated output_padding, checked: explicit pads only (SAME and VALID fix the
     output size), each axis below max(stride, rate) (`semantics.output_padding_limit`)."""
-    extra = pair(value)
-    if extra == (0, 0):
+    extra = per_axis(value, len(rate))
+    if not any(extra):
         return extra
     if op != CONV_TRANSPOSE:
         raise fail('output_padding belongs to op = "conv_transpose" only', "output_padding")
@@ -394,18 +404,23 @@ def _output_padding(
     for axis, (added, s, r) in enumerate(zip(extra, stride, rate, strict=True)):
         limit = output_padding_limit(s, r)
         if not 0 <= added < limit:
-            name = ("height", "width")[axis]
             raise fail(
-                f"{added} along the {name} is outside 0..{limit - 1}: it must be smaller than the stride ({s}) "
-                f"or the rate ({r})",
+                f"{added} along the {_axis_name(axis, len(extra))} is outside 0..{limit - 1}: it must be smaller "
+                f"than the stride ({s}) or the rate ({r})",
                 "output_padding",
             )
     return extra
 
 
+def _axis_name(axis: int, rank: int) -> str:
+    """A spatial axis as messages name it: the height and the width in 2-D (the depth before them in 3-D)."""
+    names = ("depth", "height", "width")
+    return names[axis - rank] if rank <= len(names) else f"spatial axis {axis}"
+
+
 def _why_no_output(case: Case) -> str:
     if isinstance(case.geometry, TransposedGeometry):
-        return f"the crops {case.geometry.pads} exceed the uncropped output {case.geometry.full_hw}"
+        return f"the crops {case.geometry.pads} exceed the uncropped output {case.geometry.full_size}"
     return "the dilated kernel does not fit"
 
 
@@ -413,14 +428,15 @@ def _check_work_size(case: Case, fail: Any) -> None:
     """Refuse, before anything is allocated, a case whose padded input or output would be absurd
     (a 5x5 input with padding 20000 is two small tensors but a 1.6e9-element padded one)."""
     geo = case.geometry
-    (top, bottom), (left, right) = geo.pads
-    n, h, w, c_in = case.input_shape
+    n, c_in = case.input_shape[0], case.input_shape[-1]
     if isinstance(geo, TransposedGeometry):  # what the scatter fills before it crops
-        full_h, full_w = geo.full_hw
-        padded = n * max(full_h, top + geo.output_hw[0]) * max(full_w, left + geo.output_hw[1]) * case.output_channels
+        room = (
+            max(full, before + o) for full, (before, _), o in zip(geo.full_size, geo.pads, geo.output_size, strict=True)
+        )
+        padded = n * math.prod(room) * case.output_channels
     else:
-        padded = n * (h + top + bottom) * (w + left + right) * c_in
-    output = n * geo.output_hw[0] * geo.output_hw[1] * case.output_channels
+        padded = n * math.prod(geo.padded_size) * c_in
+    output = n * math.prod(geo.output_size) * case.output_channels
     explicit = not isinstance(case.padding, str)
     for name, elements, field_name in (
         ("padded input", padded, "padding" if explicit else "input.shape"),

@@ -14,7 +14,15 @@ import numpy as np
 from conformance import held_memory
 from conformance.dtypes import case_values
 from conformance.generators import content_hash, generate
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, AnyGeometry, PaddingSpec, geometry, transposed_geometry
+from conformance.semantics import (
+    CONV2D,
+    CONV_TRANSPOSE,
+    AnyGeometry,
+    PaddingSpec,
+    Sizes,
+    geometry,
+    transposed_geometry,
+)
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,10 @@ class Case:
     dtypes: tuple[str, ...]
     input_spec: Mapping[str, Any]
     kernel_spec: Mapping[str, Any]
-    input_shape: tuple[int, int, int, int]
-    kernel_shape: tuple[int, int, int, int]
-    rate: tuple[int, int]
-    stride: tuple[int, int]
+    input_shape: tuple[int, ...]  # channels-last, (N, *spatial, C): NHWC
+    kernel_shape: tuple[int, ...]  # (*spatial, C_in / groups, C_out): HWIO
+    rate: Sizes  # per spatial axis
+    stride: Sizes
     padding: PaddingSpec
     groups: int
     expect_kind: str  # "reference", "values" or "no-valid-output"
@@ -68,7 +76,7 @@ class Case:
     # "conv2d", or "conv_transpose": its input is what the forward op outputs, its kernel is the forward
     # op's HWIO kernel (k_h, k_w, C_out / groups, C_in), and explicit pads are what it crops.
     op: str = CONV2D
-    output_padding: tuple[int, int] = (0, 0)  # conv_transpose only: pixels added at the end
+    output_padding: Sizes = (0, 0)  # conv_transpose only: pixels added at the end of each spatial axis
     expected_values: np.ndarray | None = dataclass_field(default=None, repr=False)
 
     @property
@@ -82,19 +90,18 @@ class Case:
     @cached_property  # read several times per check; a frozen Case never changes it
     def geometry(self) -> AnyGeometry:
         """The case's op's geometry: a `Geometry`, or a `TransposedGeometry` for conv_transpose."""
-        spatial = (self.padding, self.input_shape[1:3], self.kernel_shape[:2], self.rate, self.stride)
+        spatial = (self.padding, self.input_shape[1:-1], self.kernel_shape[:-2], self.rate, self.stride)
         if self.transposed:
             return transposed_geometry(*spatial, self.output_padding)
         return geometry(*spatial)
 
     @property
     def output_channels(self) -> int:
-        return self.kernel_shape[2] * self.groups if self.transposed else self.kernel_shape[3]
+        return self.kernel_shape[-2] * self.groups if self.transposed else self.kernel_shape[-1]
 
     @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        o_h, o_w = self.geometry.output_hw
-        return (self.input_shape[0], o_h, o_w, self.output_channels)
+    def output_shape(self) -> tuple[int, ...]:
+        return (self.input_shape[0], *self.geometry.output_size, self.output_channels)
 
     @property
     def expects_no_output(self) -> bool:

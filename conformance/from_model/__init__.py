@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, pair
+from conformance.semantics import CONV2D, CONV_TRANSPOSE, PadPairs, Sizes, per_axis
 
-Padding = str | tuple[tuple[int, int], tuple[int, int]]
+Padding = str | PadPairs
 
 
 class ModelError(Exception):
@@ -40,13 +40,13 @@ class Convolution:
 
     layer: str
     op: str  # CONV2D or CONV_TRANSPOSE
-    input_shape: tuple[int, int, int, int]  # NHWC
-    kernel_shape: tuple[int, int, int, int]  # HWIO; transposed: (k_h, k_w, C_out / groups, C_in)
-    rate: tuple[int, int]
-    stride: tuple[int, int]
-    padding: Padding  # "SAME", "VALID" or ((top, bottom), (left, right)); transposed: crops
+    input_shape: tuple[int, ...]  # channels-last: NHWC
+    kernel_shape: tuple[int, ...]  # (*spatial, I, O): HWIO; transposed: (k_h, k_w, C_out / groups, C_in)
+    rate: Sizes
+    stride: Sizes
+    padding: Padding  # "SAME", "VALID" or (before, after) per axis, ((top, bottom), (left, right)); transposed: crops
     groups: int = 1
-    output_padding: tuple[int, int] = (0, 0)
+    output_padding: Sizes = (0, 0)
     kernel: np.ndarray | None = field(default=None, compare=False, repr=False)  # the model's own, HWIO
 
     @classmethod
@@ -60,14 +60,14 @@ class Convolution:
         stride: Sequence[int],
         padding: Padding,
         groups: int = 1,
-        output_padding: Sequence[int] = (0, 0),
+        output_padding: int | Sequence[int] = 0,
         kernel: np.ndarray | None = None,
     ) -> Convolution:
         """From what a reader holds (lists, framework tuples, numpy ints), as plain int tuples."""
-        n, h, w, c = (int(d) for d in input_shape)
-        k_h, k_w, k_in, k_out = (int(d) for d in kernel_shape)
-        return cls(layer, op, (n, h, w, c), (k_h, k_w, k_in, k_out), pair(list(rate)), pair(list(stride)), padding,
-                   int(groups), pair(list(output_padding)), kernel)  # fmt: skip
+        shape = tuple(int(d) for d in input_shape)
+        rank = len(shape) - 2
+        return cls(layer, op, shape, tuple(int(d) for d in kernel_shape), per_axis(rate, rank), per_axis(stride, rank),
+                   padding, int(groups), per_axis(output_padding, rank), kernel)  # fmt: skip
 
     @property
     def configuration(self) -> tuple[object, ...]:
@@ -88,12 +88,13 @@ class Found:
 
 
 def pads_or_word(pads: Sequence[int]) -> Padding:
-    """(top, bottom, left, right) as the case format states them: "VALID" when all are zero."""
-    top, bottom, left, right = (int(p) for p in pads)
-    return "VALID" if not any((top, bottom, left, right)) else ((top, bottom), (left, right))
+    """Each axis' (before, after) in turn, (top, bottom, left, right) in 2-D, as the case format states
+    them: "VALID" when all are zero."""
+    sides = [int(p) for p in pads]
+    return "VALID" if not any(sides) else tuple(zip(sides[::2], sides[1::2], strict=True))
 
 
-def read(model: str, input_shape: tuple[int, int, int, int] | None) -> Found:
+def read(model: str, input_shape: tuple[int, ...] | None) -> Found:
     """The convolutions of `model`: a .onnx or .keras file, or a torch `package.module:factory`."""
     path = Path(model)
     if path.suffix == ".onnx":
@@ -132,17 +133,20 @@ def _name(text: str) -> str:
 
 
 def _case_id(number: int, conv: Convolution) -> str:
-    n, h, w, c = conv.input_shape
-    k_h, k_w = conv.kernel_shape[:2]
-    out = conv.kernel_shape[3] if conv.op == CONV2D else conv.kernel_shape[2] * conv.groups
+    out = conv.kernel_shape[-1] if conv.op == CONV2D else conv.kernel_shape[-2] * conv.groups
     padding = (
         conv.padding.lower()
         if isinstance(conv.padding, str)
         else "p" + ".".join(str(p) for pair in conv.padding for p in pair)
     )
     kind = "conv" if conv.op == CONV2D else "tconv"
-    return (f"{number:02d}-{kind}-in{n}x{h}x{w}x{c}-k{k_h}x{k_w}-o{out}-r{conv.rate[0]}x{conv.rate[1]}"
-            f"-s{conv.stride[0]}x{conv.stride[1]}-{padding}-g{conv.groups}")  # fmt: skip
+    return (f"{number:02d}-{kind}-in{_by(conv.input_shape)}-k{_by(conv.kernel_shape[:-2])}-o{out}-r{_by(conv.rate)}"
+            f"-s{_by(conv.stride)}-{padding}-g{conv.groups}")  # fmt: skip
+
+
+def _by(sizes: Sequence[int]) -> str:
+    """3x5: sizes as a case id writes them."""
+    return "x".join(str(size) for size in sizes)
 
 
 def _toml_string(text: str) -> str:
@@ -208,7 +212,7 @@ def write_cases(
             lines.append(f"groups = {first.groups}")
         if first.op == CONV_TRANSPOSE:
             lines.append(f'op = "{CONV_TRANSPOSE}"')
-            if first.output_padding != (0, 0):
+            if any(first.output_padding):
                 lines.append(f"output_padding = {list(first.output_padding)}")
     path = out_dir / f"{stem}.toml"
     if stored:

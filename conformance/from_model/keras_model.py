@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from conformance.from_model import Convolution, Found, ModelError, Skipped
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, effective_kernel_size, geometry, pair
+from conformance.semantics import CONV2D, CONV_TRANSPOSE, effective_kernel_size, geometry, per_axis
 
 _READ = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
 _OTHER_CONVOLUTIONS = ("Conv1D", "Conv3D", "Conv1DTranspose", "Conv3DTranspose", "SeparableConv1D", "DepthwiseConv1D",
                        "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")  # fmt: skip
 
 
-def read(path: Path, input_shape: tuple[int, int, int, int] | None) -> Found:
+def read(path: Path, input_shape: tuple[int, ...] | None) -> Found:
     if not path.exists():
         raise ModelError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
@@ -105,7 +105,7 @@ def _kernel(variable: Any) -> np.ndarray:
 def _convolutions(layer: Any, kind: str, name: str, shape: tuple[Any, ...], batch: int) -> list[Convolution]:
     config = layer.get_config()
     nhwc = _nhwc(shape, config.get("data_format") or "channels_last", batch)
-    rate, stride = pair(config.get("dilation_rate", 1)), pair(config.get("strides", 1))
+    rate, stride = per_axis(config.get("dilation_rate", 1), 2), per_axis(config.get("strides", 1), 2)
     padding = _padding(config["padding"])
     k_h, k_w = (int(k) for k in config["kernel_size"])
     c_in = nhwc[3]
@@ -123,10 +123,9 @@ def _convolutions(layer: Any, kind: str, name: str, shape: tuple[Any, ...], batc
         if kind == "SeparableConv2D":
             pointwise = _kernel(layer.pointwise_kernel)
             depthwise_geometry = geometry(padding, (nhwc[1], nhwc[2]), (k_h, k_w), rate, stride)  # type: ignore[arg-type]  # ("SAME"/"VALID")
-            out_hw = depthwise_geometry.output_hw
             if not depthwise_geometry.has_valid_output:
                 raise _Unsupported("its depthwise part has no valid output, so the pointwise part has no input")
-            pointwise_input = (nhwc[0], out_hw[0], out_hw[1], c_in * multiplier)
+            pointwise_input = (nhwc[0], *depthwise_geometry.output_size, c_in * multiplier)
             convs.append(Convolution.of(f"{name}/pointwise", CONV2D, pointwise_input, tuple(pointwise.shape), (1, 1),
                                      (1, 1), "VALID", 1, kernel=pointwise))  # fmt: skip
         return convs
@@ -138,9 +137,9 @@ def _convolutions(layer: Any, kind: str, name: str, shape: tuple[Any, ...], batc
     # backend_utils.py, the JAX and torch backends' conversion): written out here as crops.
     axes = [_crops(size, k, r, s_, padding, int(op)) for size, k, r, s_, op in
             zip(nhwc[1:3], (k_h, k_w), rate, stride, extra, strict=True)]  # fmt: skip
-    crops = (axes[0][0], axes[1][0])
-    extra_hw = (axes[0][1], axes[1][1])
-    return [Convolution.of(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, crops, 1, extra_hw,
+    crops = tuple(crop for crop, _ in axes)
+    added = tuple(pad for _, pad in axes)
+    return [Convolution.of(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, crops, 1, added,
                         kernel=kernel)]  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from conformance.semantics import CONV2D, CONV_TRANSPOSE, effective_kernel_size,
 _OTHER_CONVOLUTIONS = ("ConvInteger", "QLinearConv", "DeformConv", "NhwcConv", "FusedConv")
 
 
-def read(path: Path, input_shape: tuple[int, int, int, int] | None) -> Found:
+def read(path: Path, input_shape: tuple[int, ...] | None) -> Found:
     import onnx
     from onnx import numpy_helper
 
@@ -66,7 +66,7 @@ def _dims(value: Any) -> list[int | str] | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in kind.shape.dim]
 
 
-def _fix_input_shape(graph: Any, nhwc: tuple[int, int, int, int], path: Path) -> None:
+def _fix_input_shape(graph: Any, nhwc: tuple[int, ...], path: Path) -> None:
     initialized = {tensor.name for tensor in graph.initializer}
     inputs = [value for value in graph.input if value.name not in initialized]
     four_d = [value for value in inputs if len(value.type.tensor_type.shape.dim) == 4]

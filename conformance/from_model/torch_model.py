@@ -18,7 +18,7 @@ from conformance.from_model import Convolution, Found, ModelError, Skipped, pads
 from conformance.semantics import CONV2D, CONV_TRANSPOSE
 
 
-def read(spec: str, input_shape: tuple[int, int, int, int] | None) -> Found:
+def read(spec: str, input_shape: tuple[int, ...] | None) -> Found:
     import torch
     from torch import nn
 

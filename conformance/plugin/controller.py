@@ -31,7 +31,8 @@ from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
 from conformance.record_files import from_wire, to_wire
-from conformance.results import ResultsWriter, atomic_write_text, base_environment, read_stream
+from conformance.results import ResultsWriter, atomic_write_text, read_stream
+from conformance.run_environment import base_environment
 
 ENV_KEY = "conformance_environment"  # workeroutput keys
 USAGE_KEY = "conformance_usage"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conformance import composites, expectations, isolation, runner
+from conformance import check_records, composite_checks, composites, expectations, isolation, runner
 from conformance.adapters import Target
 from conformance.cases import Case, CaseError
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
@@ -149,17 +149,17 @@ def guarded(config: pytest.Config, nodeid: str, case: Case, target: Target, dtyp
             f"not run: {target.id} crashed or timed out {broken['count']} time(s) in this run "
             f"(first: {broken['first']}); --conformance-crash-limit is {guard.limits.crash_limit}",
         )
-        return runner.make_record(case, target, dtype, verdict)
+        return check_records.make_record(case, target, dtype, verdict)
     # A broken build may die importing its framework, long before the call itself.
     dead = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
-    guard.starting(nodeid, runner.make_record(case, target, dtype, dead))
+    guard.starting(nodeid, check_records.make_record(case, target, dtype, dead))
     try:
         with framework_warnings.recorded() as seen:
             record = check(guard.progress, guard.loaded)
         if seen:
             record["warnings"] = seen
     except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
-        record = runner.harness_error_record(case, target, dtype, exc)
+        record = check_records.harness_error_record(case, target, dtype, exc)
     finally:
         guard.finished()
     checked = f"{case.qualified_id} {target.id} {dtype}"
@@ -181,7 +181,7 @@ def retire_if_short_of_memory(config: pytest.Config) -> None:
 def settle(record: Record, case: Case, entries: list[expectations.Expectation]) -> None:
     """A finished check's record as it is reported: known divergences applied, then lean if routine."""
     expectations.apply(record, entries)
-    runner.lean(record, case)
+    check_records.lean(record, case)
 
 
 def failing(record: Record) -> bool:
@@ -207,7 +207,8 @@ class BatchItem(pytest.Item):
 
     def runtest(self) -> None:
         state = run_state(self.config)
-        planned = [runner.make_record(self.case, t, self.dtype, Verdict(Outcome.SKIP, "not run")) for t in self.targets]
+        not_run = Verdict(Outcome.SKIP, "not run")
+        planned = [check_records.make_record(self.case, t, self.dtype, not_run) for t in self.targets]
         worker_guard(self.config).batch_started(self.nodeid, planned)
         records = []
         for target in self.targets:
@@ -250,7 +251,7 @@ class CompositeItem(ConformanceItem):
         self.composite = composite
 
     def _check(self, before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record:
-        return composites.run_check(
+        return composite_checks.run_check(
             self.composite, self.case, self.target, self.dtype, before_call=before_call, after_load=after_load
         )
 
@@ -272,7 +273,7 @@ class NotRunItem(pytest.Item):
         entries = run_state(self.config).known.entries
         count_checks(self.config, len(self.checks), time.time())
         for case, dtype in self.checks:
-            record = runner.make_record(case, self.target, dtype, Verdict(Outcome.SKIP, reason))
+            record = check_records.make_record(case, self.target, dtype, Verdict(Outcome.SKIP, reason))
             expectations.apply(record, entries)
             self.user_properties.append((RECORD_KEY, to_wire(record)))
         raise pytest.skip.Exception(f"{self.target.id}: {len(self.checks)} check(s) not run: {reason}")

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from conformance import frameworks
+from conformance.merging import runs_of
 from conformance.overview import Overview
 from conformance.record_files import RecordFile, scratch_directory, sort_records
 from conformance.records import edition
-from conformance.results import Summary, atomic_write, runs_of
+from conformance.results import Summary, atomic_write
 
 ASSETS = Path(__file__).with_name("assets")
 # Above this many results a conformant or not-run cell keeps its outcome, ratio, message and time but

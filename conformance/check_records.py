@@ -1,0 +1,176 @@
+"""A check's result record, and the reproduction it carries: the case's tensors as source, then the
+framework's call. Every kind of check (a case's, a composite's, one that never ran) is written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from conformance import derivatives, profiles
+from conformance.adapters.base import OUTPUT, Target
+from conformance.cases import Case
+from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
+from conformance.exception_text import exception_text
+from conformance.judging import Prepared
+from conformance.records import Record
+from conformance.semantics import TransposedGeometry
+
+# Outcomes that need no reproduction to act on. A large-tier record of one leaves its reproduction
+# out (`lean`): 60% of such a record's bytes, in a tier of hundreds of thousands of them.
+ROUTINE_OUTCOMES = CONFORMANT | NOT_RUN
+
+
+def lean(record: Record, case: Case) -> Record:
+    """A settled record (known divergences applied) without the reproduction a routine large-tier
+    check does not need; `python -m conformance reproduce CASE TARGET DTYPE` writes it on demand."""
+    if case.tier == "large" and record["outcome"] in ROUTINE_OUTCOMES and record.get("reproduction"):
+        record["reproduction"] = ""
+    return record
+
+
+HARNESS_FAILED = "the harness failed before a verdict"  # how a harness_error_record's message opens
+
+
+def harness_error_record(case: Case, target: Target, dtype: str, exc: BaseException) -> Record:
+    """The record of a check that the harness itself could not finish (e.g. the reference ran out
+    of memory): reported as an error with the reason rather than lost."""
+    return make_record(case, target, dtype, Verdict(Outcome.ERROR, f"{HARNESS_FAILED}: {exception_text(exc)}"))
+
+
+def _profile() -> Record:
+    """The machine profile the run's processes started with (conformance/profiles.py), unless the host's."""
+    label = profiles.current()
+    return {"profile": label} if label else {}
+
+
+def _backend_version(target: Target) -> Record:
+    """A front-end's record also names its backend's version (Keras 3 on JAX: JAX's)."""
+    framework = target.adapter.framework
+    return {"backend_version": framework.backend_version()} if framework.backend else {}
+
+
+def make_record(
+    case: Case,
+    target: Target,
+    dtype: str,
+    verdict: Verdict,
+    prepared: Prepared | None = None,
+    reproduction: str = "",
+    duration_s: float = 0.0,
+    output_hash: str | None = None,
+    tangents: derivatives.Tangents | None = None,
+) -> Record:
+    geo = case.geometry
+    return {
+        "case": case.qualified_id,
+        "case_file": case.file,
+        "target": target.id,
+        "framework": target.adapter.framework.name,
+        "framework_version": target.adapter.version(),
+        **_backend_version(target),
+        **_profile(),
+        "op": target.adapter.op,
+        "variant": target.adapter.variant,
+        "quantity": target.adapter.quantity,
+        "baseline": target.adapter.baseline.name if target.adapter.baseline is not None else None,
+        "device": target.device,
+        "precision": target.precision,
+        "dtype": dtype,
+        "outcome": verdict.outcome.value,
+        "input_shape": list(case.input_shape),
+        "kernel_shape": list(case.kernel_shape),
+        "output_shape": list(case.output_shape),
+        "got_shape": verdict.got_shape,
+        "got_dtype": verdict.got_dtype,
+        "rate": list(case.rate),
+        "stride": list(case.stride),
+        "padding": case.padding if isinstance(case.padding, (str, int)) else [list(p) for p in case.padding],
+        "pads": [list(p) for p in geo.pads],
+        "groups": case.groups,
+        "operation": case.op,
+        **({"output_padding": list(geo.output_padding)} if isinstance(geo, TransposedGeometry) else {}),
+        "expect": "no-valid-output" if case.expects_no_output else case.expect_kind,
+        "exact": verdict.exact,
+        "max_abs_error": verdict.max_abs_error,
+        "max_rel_error": verdict.max_rel_error,
+        "max_ulp": verdict.max_ulp,
+        "error_ratio": verdict.error_ratio,
+        "bounds": verdict.bounds,
+        "worst": verdict.worst,
+        "error_map": verdict.error_map,
+        "message": verdict.message,
+        "reproduction": full_reproduction(case, dtype, reproduction, target.adapter.quantity, tangents)
+        if reproduction
+        else "",
+        "input_sha256": prepared.data.x_hash if prepared else None,
+        "kernel_sha256": prepared.data.w_hash if prepared else None,
+        "output_sha256": output_hash,
+        "description": case.description,
+        "tags": list(case.tags),
+        "duration_s": round(duration_s, 6),
+    }
+
+
+@lru_cache(maxsize=64)  # a check's record is made twice (before the call, after it) with the same source
+def full_reproduction(
+    case: Case, dtype: str, call_source: str, quantity: str = OUTPUT, tangents: derivatives.Tangents | None = None
+) -> str:
+    """Copy-paste source: the case's tensors (inline when small) followed by the framework call;
+    for a derivative, also its seeded cotangent dy (and the HVP direction vx, vw)."""
+    return _tensors_source(case, dtype, quantity, tangents) + call_source
+
+
+@lru_cache(maxsize=16)  # every target of a case shares it: a case's checks run back to back
+def _tensors_source(case: Case, dtype: str, quantity: str, tangents: derivatives.Tangents | None) -> str:
+    lines = ["import numpy as np"]
+    tensors: list[tuple[str, Mapping[str, Any], tuple[int, ...]]] = [
+        ("x", case.input_spec, case.input_shape),
+        ("w", case.kernel_spec, case.kernel_shape),
+    ]
+    if quantity != OUTPUT:
+        assert tangents is not None, "a derivative's reproduction needs its tangents"
+        names = ("dy", "vx", "vw") if quantity.startswith("hvp") else ("dy",)
+        specs = tangents.specs
+        tensors += [(name, *specs[name]) for name in names]
+    for name, spec, shape in tensors:
+        layout = "HWIO" if name in ("w", "vw") else "NHWC"
+        lines.append(f"{name} = {_tensor_source(spec, shape)}  # {layout}")
+    lines.append(f"# case {case.qualified_id} ({case.file}), dtype {dtype}")
+    return "\n".join(lines) + "\n"
+
+
+INLINE_LIMIT = 256  # elements; larger tensors are rebuilt from their generator spec
+
+
+def _tensor_source(spec: Any, shape: tuple[int, ...]) -> str:
+    if "file" in spec:
+        return f"np.load({spec['file']!r})[{spec['key']!r}].astype(np.float64)"
+    if "values" in spec:
+        return f"np.array({_literal(spec['values'])}, dtype=np.float64)"
+    kind = spec["generator"] if "set" not in spec else "set"  # special values set into a generated tensor
+    if kind in ("ones", "zeros"):
+        return f"np.{kind}({list(shape)}, dtype=np.float64)"
+    if kind == "full":
+        return f"np.full({list(shape)}, {spec['value']!r}, dtype=np.float64)"
+    if kind == "arange":
+        start, step = spec.get("start", 0), spec.get("step", 1)
+        count = int(np.prod(shape))
+        return f"({start!r} + {step!r} * np.arange({count}, dtype=np.float64)).reshape({list(shape)})"
+    if int(np.prod(shape)) <= INLINE_LIMIT:
+        from conformance.generators import generate
+
+        return f"np.array({_literal(generate(spec, shape).tolist())}, dtype=np.float64)"
+    spec_text = _literal({**spec})
+    return (
+        f"__import__('conformance.generators').generators.generate({spec_text}, {tuple(shape)})"
+        "  # pip install this suite for the pinned generator"
+    )
+
+
+def _literal(values: Any) -> str:
+    """Nested lists as Python source; NaN and infinities spelled so that they evaluate."""
+    return repr(values).replace("nan", "float('nan')").replace("inf", "float('inf')")
