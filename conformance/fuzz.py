@@ -25,7 +25,7 @@ from conformance.compare import CONFORMANT, NOT_RUN, Outcome
 from conformance.contracts import NONE, Contracts
 from conformance.records import Record
 from conformance.results import atomic_write_text
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, output_padding_limit
+from conformance.semantics import CONV, CONV_TRANSPOSE, output_padding_limit
 
 EXCUSED = CONFORMANT | NOT_RUN | {Outcome.XFAIL}
 
@@ -50,11 +50,11 @@ def configurations() -> Any:
                 st.lists(st.lists(st.integers(0, 4), min_size=2, max_size=2), min_size=2, max_size=2),
             )
         )
-        op = draw(st.sampled_from([CONV2D, CONV2D, CONV_TRANSPOSE]))
+        op = draw(st.sampled_from([CONV, CONV, CONV_TRANSPOSE]))
         rate = [draw(small), draw(small)]
         stride = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
         # The forward op's kernel either way: (k_h, k_w, C_in / g, C_out), or (k_h, k_w, C_out / g, C_in).
-        kernel_channels = [channels // groups, out_channels] if op == CONV2D else [out_channels // groups, channels]
+        kernel_channels = [channels // groups, out_channels] if op == CONV else [out_channels // groups, channels]
         extra: dict[str, Any] = {}
         if op == CONV_TRANSPOSE:
             extra["op"] = op

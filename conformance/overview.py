@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.compare import Outcome
+from conformance.semantics import CONV, operation_named
 
 KINDS = ("forward", "gradients", "execution modes", "oracles", "GPU")
 # What a check's outcome means at a glance; "failing" is everything that fails the run.
@@ -199,7 +200,7 @@ class Overview:
     def add(self, record: Mapping[str, Any]) -> None:
         target = self.targets.get(record["target"])
         if target is None:
-            operation = record.get("operation", "conv2d")
+            operation = operation_named(record.get("operation", CONV))
             target = self.targets[record["target"]] = _Target(record["framework"], operation, kind_of(record))
         bucket = bucket_of(record)
         target.tally.add(record, bucket)

@@ -35,7 +35,7 @@ class Record(TypedDict, total=False):
     padding: str | int | list[list[int]]
     pads: list[list[int]]
     groups: int
-    operation: str  # "conv2d" or "conv_transpose" (the case's op; older files lack it: conv2d)
+    operation: str  # "conv" or "conv_transpose" (the case's op; older files say "conv2d", or lack it: conv)
     output_padding: list[int]  # conv_transpose only
     expect: str
     exact: bool

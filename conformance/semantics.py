@@ -23,10 +23,18 @@ PadPairs = tuple[tuple[int, int], ...]  # (before, after) per spatial axis
 # pair per spatial axis ([[top, bottom], [left, right]] in 2-D).
 PaddingSpec = PaddingMode | int | PadPairs
 
-# The operations a case may name (`op`): the forward convolution and its adjoint.
-CONV2D = "conv2d"
+# The operations a case may name (`op`): the forward convolution and its adjoint, whatever the rank
+# (the API an adapter calls for them, `conv2d` or `Conv`, is the adapter's own name).
+CONV = "conv"
 CONV_TRANSPOSE = "conv_transpose"
-OPERATIONS = (CONV2D, CONV_TRANSPOSE)
+OPERATIONS = (CONV, CONV_TRANSPOSE)
+# The forward op's name before operations were rank-free: case files and results written then say it.
+FORMER_NAMES = {"conv2d": CONV}
+
+
+def operation_named(name: str) -> str:
+    """The operation a case file or a record names, under its present name."""
+    return FORMER_NAMES.get(name, name)
 
 
 def per_axis(value: int | Sequence[int], rank: int) -> Sizes:

@@ -20,11 +20,12 @@ from typing import Any
 
 from conformance.generators import RANDOM_GENERATORS
 from conformance.semantics import (
-    CONV2D,
+    CONV,
     CONV_TRANSPOSE,
     AnyGeometry,
     TransposedGeometry,
     geometry,
+    operation_named,
     per_axis,
     transposed_geometry,
 )
@@ -45,7 +46,7 @@ SETTINGS = (
     "groups",
 )
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "op": CONV2D,
+    "op": CONV,
     "batch": 1,
     "channels": 1,
     "out_channels": 1,
@@ -117,7 +118,7 @@ def variables(values: Mapping[str, Any]) -> dict[str, Any]:
     size, kernel, rate, stride = (per_axis(values[name], rank) for name in ("size", "kernel_size", "rate", "stride"))
     padding = values["padding"]
     stated = tuple(tuple(p) for p in padding) if isinstance(padding, list) else padding
-    op = values.get("op", CONV2D)
+    op = operation_named(values.get("op", CONV))
     extra = per_axis(values.get("output_padding", 0), rank)
     geo: AnyGeometry = (
         transposed_geometry(stated, size, kernel, rate, stride, extra)
@@ -168,7 +169,7 @@ def record_variables(record: Mapping[str, Any]) -> dict[str, Any] | None:
                 "stride": list(record["stride"]),
                 "padding": record["padding"],
                 "groups": record["groups"],
-                "op": record.get("operation", CONV2D),
+                "op": operation_named(record.get("operation", CONV)),
                 "output_padding": list(record.get("output_padding", [0, 0])),
             }
         )

@@ -181,3 +181,12 @@ def test_cli_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str], repo: 
     (tmp_path / "bad.toml").write_text(GOOD.replace('id = "good"', 'id = "good"\nrate = 0'))
     assert main(["validate", str(tmp_path)]) == 1
     assert "case 'good': field 'rate'" in capsys.readouterr().err
+
+
+def test_the_forward_op_is_conv_and_its_former_name_still_reads(tmp_path: Path) -> None:
+    """Operations are rank-free: `conv` is the default, and `conv2d`, its name in case files written
+    before, reads as `conv` (so the two ids of one file's cases are one operation)."""
+    text = GOOD + GOOD.replace('"good"', '"former"').replace("[[case]]", '[[case]]\nop = "conv2d"')
+    loaded = load_text(tmp_path, text)
+    assert not loaded.errors
+    assert [case.op for case in loaded.cases] == ["conv", "conv"]

@@ -27,7 +27,7 @@ from conformance.machine import FactValue
 from conformance.refusals import ProcessDied as ProcessDied
 from conformance.refusals import Unavailable as Unavailable
 from conformance.refusals import Unsupported as Unsupported
-from conformance.semantics import CONV2D, AnyGeometry, PaddingSpec, Sizes
+from conformance.semantics import CONV, AnyGeometry, PaddingSpec, Sizes
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,9 @@ QUANTITIES = {"grad-input": 1, "grad-kernel": 1, "hvp-input": 2, "hvp-kernel": 2
 
 class Adapter(ABC):
     framework: Framework  # the framework's record (conformance/frameworks.py)
-    op: str  # the API under test, e.g. "conv2d", "atrous_conv2d"
+    op: str  # the API under test, in the framework's own name: "conv2d", "atrous_conv2d", "Conv"
     # The operation it computes (conformance.semantics.OPERATIONS): only cases of that op reach it.
-    operation = CONV2D
+    operation = CONV
     devices: tuple[str, ...] = DEVICES
     # An execution mode ("function", "jit", "layer", "onednn-off") or an equivalence oracle
     # ("zero-inserted", "nchw", ...); empty for the plain eager call.

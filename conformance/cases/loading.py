@@ -24,11 +24,12 @@ from conformance.cases.model import Case, CaseError, CaseFileError, LoadResult, 
 from conformance.cases.positions import SourceLines, id_lines
 from conformance.cases.schema_errors import explain_schema_error, field_path, strict_validator
 from conformance.semantics import (
-    CONV2D,
+    CONV,
     CONV_TRANSPOSE,
     PaddingSpec,
     Sizes,
     TransposedGeometry,
+    operation_named,
     output_padding_limit,
     per_axis,
 )
@@ -277,7 +278,7 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
     input_shape = _tensor_shape(label, case_id, line, "input", raw["input"])
     kernel_shape = _tensor_shape(label, case_id, line, "kernel", raw["kernel"])
     groups = int(setting("groups", 1))
-    op = setting("op", CONV2D)
+    op = operation_named(setting("op", CONV))
     _check_channels(op, input_shape, kernel_shape, groups, fail)
     rank = len(input_shape) - 2  # spatial axes: the schema and `_tensor_shape` keep case files 2-D for now
     padding = setting("padding", "VALID")

@@ -15,7 +15,7 @@ from conformance import held_memory
 from conformance.dtypes import case_values
 from conformance.generators import content_hash, generate
 from conformance.semantics import (
-    CONV2D,
+    CONV,
     CONV_TRANSPOSE,
     AnyGeometry,
     PaddingSpec,
@@ -73,9 +73,9 @@ class Case:
     expect_kind: str  # "reference", "values" or "no-valid-output"
     tier: str = "default"  # "extended": only with --conformance-tier extended
     derivatives: int = 0  # 1: also the gradients; 2: also Hessian-vector products (conformance.derivatives)
-    # "conv2d", or "conv_transpose": its input is what the forward op outputs, its kernel is the forward
+    # "conv", or "conv_transpose": its input is what the forward op outputs, its kernel is the forward
     # op's HWIO kernel (k_h, k_w, C_out / groups, C_in), and explicit pads are what it crops.
-    op: str = CONV2D
+    op: str = CONV
     output_padding: Sizes = (0, 0)  # conv_transpose only: pixels added at the end of each spatial axis
     expected_values: np.ndarray | None = dataclass_field(default=None, repr=False)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, PadPairs, Sizes, per_axis
+from conformance.semantics import CONV, CONV_TRANSPOSE, PadPairs, Sizes, per_axis
 
 Padding = str | PadPairs
 
@@ -39,7 +39,7 @@ class Convolution:
     """One convolution as the model computes it, in the case format's terms."""
 
     layer: str
-    op: str  # CONV2D or CONV_TRANSPOSE
+    op: str  # CONV or CONV_TRANSPOSE
     input_shape: tuple[int, ...]  # channels-last: NHWC
     kernel_shape: tuple[int, ...]  # (*spatial, I, O): HWIO; transposed: (k_h, k_w, C_out / groups, C_in)
     rate: Sizes
@@ -133,13 +133,13 @@ def _name(text: str) -> str:
 
 
 def _case_id(number: int, conv: Convolution) -> str:
-    out = conv.kernel_shape[-1] if conv.op == CONV2D else conv.kernel_shape[-2] * conv.groups
+    out = conv.kernel_shape[-1] if conv.op == CONV else conv.kernel_shape[-2] * conv.groups
     padding = (
         conv.padding.lower()
         if isinstance(conv.padding, str)
         else "p" + ".".join(str(p) for pair in conv.padding for p in pair)
     )
-    kind = "conv" if conv.op == CONV2D else "tconv"
+    kind = "conv" if conv.op == CONV else "tconv"
     return (f"{number:02d}-{kind}-in{_by(conv.input_shape)}-k{_by(conv.kernel_shape[:-2])}-o{out}-r{_by(conv.rate)}"
             f"-s{_by(conv.stride)}-{padding}-g{conv.groups}")  # fmt: skip
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from conformance.from_model import Convolution, Found, ModelError, Skipped
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, effective_kernel_size, geometry, per_axis
+from conformance.semantics import CONV, CONV_TRANSPOSE, effective_kernel_size, geometry, per_axis
 
 _READ = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
 _OTHER_CONVOLUTIONS = ("Conv1D", "Conv3D", "Conv1DTranspose", "Conv3DTranspose", "SeparableConv1D", "DepthwiseConv1D",
@@ -112,21 +112,21 @@ def _convolutions(layer: Any, kind: str, name: str, shape: tuple[Any, ...], batc
     if kind == "Conv2D":
         kernel = _kernel(layer.kernel)
         groups = int(config.get("groups", 1))
-        return [Convolution.of(name, CONV2D, nhwc, tuple(kernel.shape), rate, stride, padding, groups, kernel=kernel)]
+        return [Convolution.of(name, CONV, nhwc, tuple(kernel.shape), rate, stride, padding, groups, kernel=kernel)]
     if kind in ("DepthwiseConv2D", "SeparableConv2D"):
         # (Keras 3 names a DepthwiseConv2D's kernel `kernel`, a SeparableConv2D's `depthwise_kernel`)
         depthwise = _kernel(layer.depthwise_kernel if kind == "SeparableConv2D" else layer.kernel)
         multiplier = depthwise.shape[3]
         grouped = depthwise.reshape(k_h, k_w, 1, c_in * multiplier)  # output channel c * multiplier + m
         part = f"{name}/depthwise" if kind == "SeparableConv2D" else name
-        convs = [Convolution.of(part, CONV2D, nhwc, tuple(grouped.shape), rate, stride, padding, c_in, kernel=grouped)]
+        convs = [Convolution.of(part, CONV, nhwc, tuple(grouped.shape), rate, stride, padding, c_in, kernel=grouped)]
         if kind == "SeparableConv2D":
             pointwise = _kernel(layer.pointwise_kernel)
             depthwise_geometry = geometry(padding, (nhwc[1], nhwc[2]), (k_h, k_w), rate, stride)  # type: ignore[arg-type]  # ("SAME"/"VALID")
             if not depthwise_geometry.has_valid_output:
                 raise _Unsupported("its depthwise part has no valid output, so the pointwise part has no input")
             pointwise_input = (nhwc[0], *depthwise_geometry.output_size, c_in * multiplier)
-            convs.append(Convolution.of(f"{name}/pointwise", CONV2D, pointwise_input, tuple(pointwise.shape), (1, 1),
+            convs.append(Convolution.of(f"{name}/pointwise", CONV, pointwise_input, tuple(pointwise.shape), (1, 1),
                                      (1, 1), "VALID", 1, kernel=pointwise))  # fmt: skip
         return convs
     kernel = _kernel(layer.kernel)  # (k_h, k_w, C_out, C_in)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from conformance.from_model import Convolution, Found, ModelError, Skipped, pads_or_word
-from conformance.semantics import CONV2D, CONV_TRANSPOSE, effective_kernel_size, same_pads
+from conformance.semantics import CONV, CONV_TRANSPOSE, effective_kernel_size, same_pads
 
 # Other ONNX operators with "Conv" in their name compute something the suite does not state.
 _OTHER_CONVOLUTIONS = ("ConvInteger", "QLinearConv", "DeformConv", "NhwcConv", "FusedConv")
@@ -122,7 +122,7 @@ def _convolution(node: Any, name: str, shapes: dict[str, Any], initializers: dic
             padding = pads_or_word((down, up, east, west))  # SAME's pads with the odd pixel before
         else:
             padding = pads_or_word((top, bottom, left, right))
-        return Convolution.of(op=CONV2D, kernel_shape=(k_h, k_w, int(w_shape[1]), int(w_shape[0])), padding=padding,
+        return Convolution.of(op=CONV, kernel_shape=(k_h, k_w, int(w_shape[1]), int(w_shape[0])), padding=padding,
                            kernel=kernel, **common)  # fmt: skip
     if "output_shape" in attributes:
         raise _Unsupported("ConvTranspose states output_shape: write its pads instead")

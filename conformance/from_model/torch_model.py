@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from conformance.from_model import Convolution, Found, ModelError, Skipped, pads_or_word
-from conformance.semantics import CONV2D, CONV_TRANSPOSE
+from conformance.semantics import CONV, CONV_TRANSPOSE
 
 
 def read(spec: str, input_shape: tuple[int, ...] | None) -> Found:
@@ -97,7 +97,7 @@ def _convolution(layer: Any, name: str, args: tuple[Any, ...], kwargs: dict[str,
         else:
             (p_h, p_w) = layer.padding
             padding = pads_or_word((p_h, p_h, p_w, p_w))
-        return Convolution.of(op=CONV2D, padding=padding, **common)
+        return Convolution.of(op=CONV, padding=padding, **common)
     if len(args) > 1 or kwargs.get("output_size") is not None:
         raise _Unsupported("called with output_size: its output_padding is chosen per call")
     (p_h, p_w) = layer.padding

@@ -25,7 +25,7 @@ from conformance.plugin.selection import (
     item_markers,
     selected_by_markers,
 )
-from conformance.semantics import CONV2D
+from conformance.semantics import CONV
 
 _roots_key = pytest.StashKey[list[Path]]()
 
@@ -132,7 +132,7 @@ class CompositesFile(pytest.File):
         plain = [
             t
             for t in collected_targets(self.config)
-            if t.adapter.operation == CONV2D and (not t.adapter.variant or t.adapter.runs_models)
+            if t.adapter.operation == CONV and (not t.adapter.variant or t.adapter.runs_models)
         ]
         lines = id_lines(self.path.read_text())
         not_run = NotRunChecks(self.config)

@@ -450,7 +450,7 @@ function openDetail(row) {
   const parts = [el("h2", { id: "detail-title" }, kase.id, el("span", { class: "dtype" }, row.dtype)),
     kase.description ? el("p", { class: "description" }, kase.description) : null,
     el("p", {}, (kase.tags || []).map((t) => el("span", { class: "tag" }, t))),
-    keyValueTable([["file", kase.case_file], ["operation", kase.operation || "conv2d"], ["input (NHWC)", kase.input_shape],
+    keyValueTable([["file", kase.case_file], ["operation", kase.operation || "conv"], ["input (NHWC)", kase.input_shape],
       [transposed ? "kernel (the forward op's HWIO: k_h, k_w, C_out / groups, C_in)" : "kernel (HWIO)", kase.kernel_shape],
       ["output (NHWC)", kase.output_shape], ["rate", kase.rate], ["stride", kase.stride], ["padding", kase.padding],
       [transposed ? "crops [[top, bottom], [left, right]]" : "pads [[top, bottom], [left, right]]", kase.pads],
