@@ -253,7 +253,8 @@ class Constraint:
 
 def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.Constant):
-        return node.value
+        # `op == 'conv2d'`, written before operations were rank-free, still means the forward op.
+        return operation_named(node.value) if isinstance(node.value, str) else node.value
     if isinstance(node, ast.Name):
         return names[node.id]
     if isinstance(node, ast.BoolOp):

@@ -20,7 +20,7 @@ from conformance import held_memory, reference
 from conformance.adapters import Adapter, ConvCall
 from conformance.adapters.child import InChildProcess
 from conformance.adapters.keras import KerasConv2D, ModelGraph
-from conformance.adapters.program import Expr, method
+from conformance.adapters.program import Value, method
 from conformance.frameworks import JAX, Framework
 from conformance.semantics import CONV_TRANSPOSE, TransposedGeometry
 
@@ -300,8 +300,8 @@ class KerasKernelNotTransposed(KerasConv2D):
     """A loader that writes the kernel's spatial axes swapped (k_w, k_h): what a port from an
     OIHW framework that forgets one transpose gives for square kernels."""
 
-    def kernel_value(self, call: ConvCall) -> Expr:
-        return method("w", "transpose", 1, 0, 2, 3)
+    def kernel_value(self, call: ConvCall, kernel: Value) -> Value:
+        return method(kernel, "transpose", 1, 0, 2, 3)
 
 
 class _RateTwelveWrittenEleven(ModelGraph):

@@ -240,6 +240,9 @@ class FakeDerivative(DerivativeAdapter):
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
         return "# fake"
 
+    def describe(self, call: ConvCall, device: str, precision: str) -> Any:
+        raise NotImplementedError("a fake computes its answer in `run`")
+
 
 class FakePrimary(Adapter):
     framework, op, devices = Framework("fake", "a fake framework"), "conv", ("cpu", "gpu")

@@ -15,9 +15,12 @@ from conformance.adapters.child import InChildProcess, children
 from conformance.adapters.keras import (
     BACKEND_VARIABLE,
     BACKENDS,
+    ChannelsFirst,
+    Compiled,
     KerasConv2D,
     KerasDepthwiseConv2D,
     KerasGradient,
+    ZeroPadding,
     in_child,
 )
 from conformance.cases import Case, load_file
@@ -91,8 +94,8 @@ def _check(case: Case, inner: Any, dtype: str = "float32") -> dict[str, Any]:
 def test_each_layer_and_mode_computes_the_reference_on_each_backend(backend: str, cases: dict[str, Case]) -> None:
     for inner in (
         KerasConv2D(backend),
-        KerasConv2D(backend, "compiled"),
-        KerasConv2D(backend, "zero-padding"),
+        Compiled(KerasConv2D(backend)),
+        ZeroPadding(KerasConv2D(backend)),
         KerasGradient(KerasConv2D(backend), "grad-kernel"),
     ):
         record = _check(cases["same-rate2"], inner)
@@ -118,7 +121,7 @@ def test_what_keras_refuses_on_every_backend_is_unsupported_in_its_own_words(cas
 def test_explicit_pads_are_zero_padding_before_a_valid_layer(cases: dict[str, Case]) -> None:
     plain = _check(cases["explicit"], KerasConv2D("jax"))
     assert plain["outcome"] == "unsupported" and "@zero-padding" in plain["message"]
-    padded = _check(cases["explicit"], KerasConv2D("jax", "zero-padding"))
+    padded = _check(cases["explicit"], ZeroPadding(KerasConv2D("jax")))
     assert padded["outcome"] == "pass", padded["message"]
     assert (
         "ZeroPadding2D(padding=((1, 2), (0, 1))" in padded["reproduction"]
@@ -130,11 +133,11 @@ def test_a_backend_refusal_is_an_error_naming_the_backends_words(cases: dict[str
     """TensorFlow's own CPU Conv2D takes NHWC only (keras-team/keras#23650, a known divergence): the
     record gives TensorFlow's message, not only Keras' wrapper line. In float64, which TensorFlow
     never hands oneDNN (whose Conv2D takes NCHW), it is refused on every CPU."""
-    record = _check(cases["same-rate2"], KerasConv2D("tensorflow", "channels-first"), "float64")
+    record = _check(cases["same-rate2"], ChannelsFirst(KerasConv2D("tensorflow")), "float64")
     assert record["runtime"]["onednn_dtype"] is False
     assert record["outcome"] == "error", record["message"]
     assert "only supports the NHWC tensor format on the CPU" in record["message"]
-    assert _check(cases["same-rate2"], KerasConv2D("torch", "channels-first"), "float64")["outcome"] == "pass"
+    assert _check(cases["same-rate2"], ChannelsFirst(KerasConv2D("torch")), "float64")["outcome"] == "pass"
 
 
 def test_records_carry_keras_and_backend_versions_and_the_reproduction_sets_the_backend(cases: dict[str, Case]) -> None:
@@ -163,10 +166,10 @@ def _aspp_record(target: Target) -> dict[str, Any]:
 
 
 def test_a_composite_runs_as_one_keras_model_and_a_wrong_one_is_caught() -> None:
-    right = _aspp_record(Target(_in_child(KerasConv2D("jax", "compiled")), "cpu", "strict"))
+    right = _aspp_record(Target(_in_child(Compiled(KerasConv2D("jax"))), "cpu", "strict"))
     assert right["outcome"] == "pass", right["message"]
     assert "keras.Model(inputs" in right["reproduction"] and "predict_on_batch" in right["reproduction"]
-    wrong = _aspp_record(Target(_in_child(fault_adapters.KerasModelWrongRate("jax", "compiled")), "cpu", "strict"))
+    wrong = _aspp_record(Target(_in_child(Compiled(fault_adapters.KerasModelWrongRate("jax"))), "cpu", "strict"))
     assert wrong["outcome"] == "mismatch", wrong["message"]
 
 

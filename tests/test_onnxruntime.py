@@ -10,7 +10,7 @@ import pytest
 
 from conformance import runner
 from conformance.adapters import Target
-from conformance.adapters.onnxruntime import OnnxRuntimeConv, OnnxRuntimeTorchExport
+from conformance.adapters.onnxruntime import AutoPad, OnnxRuntimeConv, OnnxRuntimeTorchExport, Optimisations
 from conformance.adapters.program import Do, Name, Program, With, invoke, method
 from conformance.cases import Case, load_file
 
@@ -79,7 +79,7 @@ def test_the_pads_go_in_onnx_order_and_a_converter_that_swaps_them_is_caught(cas
 
 
 def test_auto_pad_same_upper_is_tensorflows_same_and_refused_with_dilation(cases: dict[str, Case]) -> None:
-    auto_pad = OnnxRuntimeConv("auto-pad")
+    auto_pad = AutoPad(OnnxRuntimeConv())
     record = _check(cases["same-rate1"], auto_pad)
     assert record["outcome"] == "pass" and "auto_pad='SAME_UPPER'" in record["reproduction"], record["message"]
     refused = _check(cases["same-rate2"], auto_pad)  # microsoft/onnxruntime#20582 (a known divergence in the corpus)
@@ -98,7 +98,7 @@ def test_double_is_refused_by_the_cpu_provider_and_bfloat16_cannot_be_stated(cas
 def test_records_and_environment_name_the_runtime(cases: dict[str, Case]) -> None:
     import onnxruntime
 
-    record = _check(cases["same-rate2"], OnnxRuntimeConv("optimizations-off"))
+    record = _check(cases["same-rate2"], Optimisations(OnnxRuntimeConv(), "optimizations-off"))
     assert record["framework"] == "onnxruntime" and record["framework_version"] == onnxruntime.__version__
     assert "ORT_DISABLE_ALL" in record["reproduction"]
     environment = OnnxRuntimeConv().environment()

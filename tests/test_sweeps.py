@@ -119,6 +119,14 @@ def test_constraint_arithmetic() -> None:
     assert sweeps.Constraint.parse("output_w == 3").holds(names)
 
 
+def test_the_forward_op_is_conv_in_constraints_and_its_former_name_still_matches() -> None:
+    forward = sweeps.variables({**sweeps.DEFAULT_SETTINGS, "size": 5, "kernel_size": 3})
+    transposed = sweeps.variables({**sweeps.DEFAULT_SETTINGS, "size": 5, "kernel_size": 3, "op": "conv_transpose"})
+    for text in ("op == 'conv'", "op == 'conv2d'", "op in ('conv2d', 'x')"):
+        constraint = sweeps.Constraint.parse(text)
+        assert constraint.holds(forward) and not constraint.holds(transposed), text
+
+
 def test_sweep_errors_name_the_sweep_field_and_line(tmp_path: Path) -> None:
     text = """
 [[sweep]]

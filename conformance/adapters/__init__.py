@@ -11,12 +11,14 @@ from conformance.adapters.base import (
     QUANTITIES,
     Adapter,
     CallParams,
+    CallWrapper,
     ConvCall,
     DerivativeAdapter,
-    DescribedAdapter,
+    FrameworkCall,
     Target,
     Unavailable,
     Unsupported,
+    Wrapper,
 )
 from conformance.adapters.modes import PRECISION_MODES
 
@@ -49,11 +51,13 @@ __all__ = [
     "QUANTITIES",
     "Adapter",
     "CallParams",
+    "CallWrapper",
     "ConvCall",
     "DerivativeAdapter",
-    "DescribedAdapter",
+    "FrameworkCall",
     "Target",
     "Unavailable",
     "Unsupported",
+    "Wrapper",
     "all_targets",
 ]

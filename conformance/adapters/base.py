@@ -5,8 +5,11 @@ into its framework's own API call and hands back an NHWC NumPy array of the fram
 dtype. It imports its framework lazily, on first use, so collecting tests costs no imports and a
 missing framework only skips that framework's items.
 
-Built-in adapters are `DescribedAdapter`s: they describe each call once, as a `Program`
-(conformance/adapters/program.py), which both runs and prints as the reproduction.
+Built-in adapters are `FrameworkCall`s: every framework module implements the same few hooks
+(its tensors in its layout, its call, how it reads back), and each call is assembled from them
+once, as a `Program` (conformance/adapters/program.py) that both runs and prints as the
+reproduction. Execution modes, oracles, derivatives, device comparisons and child processes are
+`Wrapper`s around those calls.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from conformance import cost
 from conformance.adapters.modes import DEVICES
-from conformance.adapters.program import Name, Program, Statement, Value
+from conformance.adapters.program import Assign, Expr, Name, Program, Statement, Value
 from conformance.frameworks import Framework
 from conformance.machine import FactValue
 
@@ -150,17 +153,69 @@ class Adapter(ABC):
         raise NotImplementedError(f"{self.name} runs composites layer by layer")
 
 
-class DescribedAdapter(Adapter):
-    """An adapter whose call is described once (`describe`): `run` interprets the description and
-    `reproduction` prints it, so the two cannot disagree."""
+class Wrapper(Adapter):
+    """A target made of another adapter, `inner`, in another setting: an execution mode, an
+    equivalence oracle, a derivative, a device comparison, another process. It is `inner`'s
+    framework, API and operation, and asks `inner` whatever it does not change."""
+
+    def __init__(self, inner: Adapter, variant: str | None = None) -> None:
+        self.inner = inner
+        self.framework, self.op, self.operation = inner.framework, inner.op, inner.operation
+        self.devices, self.quantity = inner.devices, inner.quantity
+        self.variant = inner.variant if variant is None else variant
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return self.inner.unsupported_reason(call_params)
+
+    def memory_estimate(self, call_params: CallParams) -> list[cost.Part]:
+        return self.inner.memory_estimate(call_params)
+
+    def check_available(self, device: str) -> None:
+        self.inner.check_available(device)
+
+    def environment(self) -> dict[str, Any]:
+        return self.inner.environment()
+
+    def runtime_facts(self) -> dict[str, FactValue]:
+        return self.inner.runtime_facts()
+
+
+class FrameworkCall(Adapter):
+    """One API of one framework, stated through the hooks every framework module implements alike
+    (the names a program binds are the same everywhere: the input `x_t` and kernel `w_t` in the API's
+    layout, the answer `y`, channels last):
+
+    - `prelude(device, precision)`: imports, and the precision mode's flags;
+    - `tensors(call, kernel, device, precision)`: `x_t` and `w_t` from the case's float64 `x` and the
+      HWIO kernel expression `kernel`, cast, laid out and placed as the API takes them (and what else
+      the call needs: a built layer, a session);
+    - `invocation(call, precision)`: the API's call on them, in the precision mode;
+    - `read_back(call, result)`: that result in the suite's layout (channels last);
+    - `placed(device, statements)`: statements under the framework's device scope, where it has one;
+    - `to_numpy(value)`: the answer as NumPy, in the framework's output dtype.
+
+    The program is assembled from them once, here (`describe`), so it runs and prints as the same
+    statements (conformance/adapters/program.py). Execution modes and oracles are `CallWrapper`s
+    that change one hook; derivatives are wrappers that differentiate `invocation`.
+    """
 
     @abstractmethod
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        """The statements that compute `y`, the answer (NHWC; HWIO for a kernel gradient)."""
+    def prelude(self, device: str, precision: str) -> list[Statement]: ...
 
     @abstractmethod
-    def to_numpy(self, value: Any) -> np.ndarray:
-        """The program's result as a NumPy array in the framework's output dtype (see modes.numpy_output)."""
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]: ...
+
+    @abstractmethod
+    def invocation(self, call: ConvCall, precision: str) -> Expr: ...
+
+    def read_back(self, call: ConvCall, result: Expr) -> Expr:
+        return result
+
+    def placed(self, device: str, statements: list[Statement]) -> list[Statement]:
+        return statements
+
+    @abstractmethod
+    def to_numpy(self, value: Any) -> np.ndarray: ...
 
     def kernel(self, call: ConvCall) -> Value:
         """The HWIO kernel the program starts from (an oracle may transform `w`)."""
@@ -170,26 +225,79 @@ class DescribedAdapter(Adapter):
         """What `kernel` needs imported; it may also refuse the data (`Unsupported`)."""
         return []
 
+    def refuse(self, call: ConvCall) -> None:
+        """Raise `Unsupported` where the framework itself refuses the call's settings before running
+        anything (asked where the framework is loaded, right before the call)."""
+
+    def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
+        """From the tensors to `y`: the call, eagerly (an execution mode runs it otherwise)."""
+        return [Assign("y", self.read_back(call, self.invocation(call, precision)))]
+
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        """The statements that compute `y`, the answer (channels last; HWIO for a kernel gradient)."""
+        body = [*self.tensors(call, self.kernel(call), device, precision), *self.execution(call, device, precision)]
+        return Program((*self.kernel_imports(call), *self.prelude(device, precision), *self.placed(device, body)))
+
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        self.refuse(call)
         return self.to_numpy(self.describe(call, device, precision).run(call.bindings()))
 
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
         return self.describe(call, device, precision).source()
 
 
-class DerivativeAdapter(Adapter):
+class CallWrapper(Wrapper, FrameworkCall):
+    """A framework call in another setting: `inner`'s hooks, but for those it overrides."""
+
+    inner: FrameworkCall
+
+    def __init__(self, inner: FrameworkCall, variant: str | None = None) -> None:
+        super().__init__(inner, variant)
+
+    def prelude(self, device: str, precision: str) -> list[Statement]:
+        return self.inner.prelude(device, precision)
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        return self.inner.tensors(call, kernel, device, precision)
+
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        return self.inner.invocation(call, precision)
+
+    def read_back(self, call: ConvCall, result: Expr) -> Expr:
+        return self.inner.read_back(call, result)
+
+    def placed(self, device: str, statements: list[Statement]) -> list[Statement]:
+        return self.inner.placed(device, statements)
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return self.inner.to_numpy(value)
+
+    def kernel(self, call: ConvCall) -> Value:
+        return self.inner.kernel(call)
+
+    def kernel_imports(self, call: ConvCall) -> list[Statement]:
+        return self.inner.kernel_imports(call)
+
+    def refuse(self, call: ConvCall) -> None:
+        self.inner.refuse(call)
+
+
+class DerivativeAdapter(CallWrapper):
     """A derivative of a framework's primary call, by the framework's own autodiff: the gradient
     of <conv(x, w), dy> with respect to the input or the kernel (`grad-*`), or its Hessian-vector
     product taken through that gradient (`hvp-*`). The variant names the quantity, so every
-    report, diff and expectation treats it as a column of its own."""
+    report, diff and expectation treats it as a column of its own. Each framework's module says how
+    its autodiff differentiates `invocation` (`describe`)."""
 
-    def __init__(self, primary: Adapter, quantity: str) -> None:
+    def __init__(self, primary: FrameworkCall, quantity: str) -> None:
         if quantity not in QUANTITIES:
             raise ValueError(f"unknown derivative {quantity!r}; one of {sorted(QUANTITIES)}")
-        self.primary = primary
-        self.quantity = self.variant = quantity
-        self.framework, self.op, self.devices = primary.framework, primary.op, primary.devices
-        self.operation = primary.operation
+        super().__init__(primary, quantity)
+        self.quantity = quantity
+
+    @property
+    def primary(self) -> FrameworkCall:
+        return self.inner
 
     @property
     def order(self) -> int:
@@ -200,7 +308,7 @@ class DerivativeAdapter(Adapter):
         return self.quantity.split("-")[1]  # "input" or "kernel"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
-        reason = self.primary.unsupported_reason(call_params)
+        reason = self.inner.unsupported_reason(call_params)
         if reason is None and not call_params.geometry.has_valid_output:
             reason = "no valid output: there is nothing to differentiate"
         return reason
@@ -208,54 +316,36 @@ class DerivativeAdapter(Adapter):
     def memory_estimate(self, call_params: CallParams) -> list[cost.Part]:
         return cost.derivative_call(cost.Shapes.of(call_params), self.order)
 
-    def check_available(self, device: str) -> None:
-        self.primary.check_available(device)
-
-    def to_numpy(self, value: Any) -> np.ndarray:
-        """(For a described derivative: the primary's conversion, which knows the framework's tensors.)"""
-        assert isinstance(self.primary, DescribedAdapter)
-        return self.primary.to_numpy(value)
-
-    def environment(self) -> dict[str, Any]:
-        return self.primary.environment()
-
-    def runtime_facts(self) -> dict[str, FactValue]:
-        return self.primary.runtime_facts()
+    @abstractmethod
+    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+        """The statements that compute `g`, the derivative (channels last; HWIO for the kernel's)."""
 
 
-class DeviceComparison(Adapter):
+class DeviceComparison(Wrapper):
     """The primary call on the GPU judged against the same call on the CPU, same data, strict mode
     (within twice the bound; bit for bit on exact-integer data): a per-framework CPU-versus-GPU
     comparison that holds even where both differ from the reference."""
 
-    variant = "vs-cpu"
-    devices = ("gpu",)
-
     def __init__(self, primary: Adapter) -> None:
-        self.primary = self.baseline = primary
-        self.baseline_device = "cpu"
-        self.framework, self.op, self.operation = primary.framework, primary.op, primary.operation
+        super().__init__(primary, "vs-cpu")
+        self.devices = ("gpu",)
+        self.baseline, self.baseline_device = primary, "cpu"
 
-    def unsupported_reason(self, call_params: CallParams) -> str | None:
-        return self.primary.unsupported_reason(call_params)
+    @property
+    def primary(self) -> Adapter:
+        return self.inner
 
     def check_available(self, device: str) -> None:
-        self.primary.check_available(device)
-        self.primary.check_available("cpu")
+        self.inner.check_available(device)
+        self.inner.check_available("cpu")
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        return self.primary.run(call, device, precision)
+        return self.inner.run(call, device, precision)
 
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        gpu = self.primary.reproduction(call, device, precision)
-        cpu = self.primary.reproduction(call, "cpu", precision)
+        gpu = self.inner.reproduction(call, device, precision)
+        cpu = self.inner.reproduction(call, "cpu", precision)
         return f"{cpu}\ny_cpu = y\n{gpu}\n# compare y (GPU) with y_cpu"
-
-    def environment(self) -> dict[str, Any]:
-        return self.primary.environment()
-
-    def runtime_facts(self) -> dict[str, FactValue]:
-        return self.primary.runtime_facts()
 
 
 @dataclass(frozen=True)

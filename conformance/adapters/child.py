@@ -31,7 +31,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from conformance import held_memory, lifetime
-from conformance.adapters.base import Adapter, CallParams, ConvCall, ProcessDied, Unavailable, Unsupported
+from conformance.adapters.base import Adapter, ConvCall, ProcessDied, Unavailable, Unsupported, Wrapper
 from conformance.adapters.program import Program, SetEnv
 from conformance.frameworks import Framework
 from conformance.machine import FactValue
@@ -246,23 +246,19 @@ def children() -> dict[ChildKey, Child]:
     return dict(_children)
 
 
-class InChildProcess(Adapter):
+class InChildProcess(Wrapper):
     """`inner` run in a child process started with `environment` (variables read once, at import)."""
 
     own_environment = True
 
     def __init__(self, inner: Adapter, variant: str, environment: dict[str, str], devices: tuple[str, ...]) -> None:
-        self.inner, self.variant, self.devices = inner, variant, devices
-        self.framework, self.op, self.quantity = inner.framework, inner.op, inner.quantity
-        self.operation = inner.operation
-        self.runs_models = inner.runs_models
+        super().__init__(inner, variant)
+        self.devices, self.runs_models = devices, inner.runs_models
+        self.baseline, self.baseline_device = inner.baseline, inner.baseline_device
         self.child_environment = dict(environment)
 
     def _ask(self, message: Request) -> Any:
         return ask(self.framework, self.child_environment, message)
-
-    def unsupported_reason(self, call_params: CallParams) -> str | None:
-        return self.inner.unsupported_reason(call_params)
 
     def check_available(self, device: str) -> None:
         missing = self.framework.missing()

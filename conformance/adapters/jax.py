@@ -20,15 +20,17 @@ from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
     CallParams,
+    CallWrapper,
     ConvCall,
     DerivativeAdapter,
-    DescribedAdapter,
     DeviceComparison,
+    FrameworkCall,
     Unavailable,
 )
 from conformance.adapters.modes import numpy_output, physical_device
 from conformance.adapters.program import (
     Assign,
+    Cached,
     Do,
     Expr,
     Import,
@@ -73,31 +75,20 @@ def _platform(device: str) -> str:
     return "gpu" if physical_device(device) == "gpu" else "cpu"
 
 
-def _prelude(device: str) -> list[Statement]:
-    return [
-        Import("jax"),
-        Import("jax.numpy", "jnp"),
-        Do(invoke("jax.config.update", "jax_enable_x64", True)),
-        Assign("dev", Index(invoke("jax.devices", _platform(device)), 0)),
-    ]
-
-
 def _placed(array: Value, dtype: str) -> Expr:
     """`jax.device_put(array.astype(jnp.dtype), dev)`: rounded to the case dtype by NumPy."""
-    return invoke(
-        "jax.device_put",
-        method(array if isinstance(array, Expr) else Name(array), "astype", Name(f"jnp.{dtype}")),
-        Name("dev"),
-    )
+    return invoke("jax.device_put", method(array, "astype", Name(f"jnp.{dtype}")), Name("dev"))
 
 
-class JaxConvGeneralDilated(DescribedAdapter):
+def _precision(precision: str) -> Value:
+    return Name("jax.lax.Precision.HIGHEST") if precision == "strict" else None
+
+
+class JaxConvGeneralDilated(FrameworkCall):
+    """`jax.lax.conv_general_dilated` on the suite's own layouts through dimension numbers."""
+
     framework = JAX
     op = "conv_general_dilated"
-
-    def __init__(self, variant: str | None = None) -> None:
-        if variant is not None:  # (an oracle's class says its own)
-            self.variant = variant
 
     def check_available(self, device: str) -> None:
         jax = _jax()
@@ -106,35 +97,23 @@ class JaxConvGeneralDilated(DescribedAdapter):
         except RuntimeError as exc:
             raise Unavailable(f"no {device.upper()} backend in jax {jax.__version__}: {first_line(exc)}") from None
 
-    def convolution(self, call: ConvCall, lhs: Expr, rhs: Expr, arguments: dict[str, Value]) -> Expr:
-        """The call on an input and a kernel (as the derivatives differentiate it)."""
-        return invoke("jax.lax.conv_general_dilated", lhs, rhs, **arguments)
-
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        arguments = self.arguments(call, precision)
-        conv: Expr = Name("jax.lax.conv_general_dilated")
-        if self.variant == "jit":
-            # Static arguments must be hashable: explicit pads as a tuple of pairs.
-            if isinstance(arguments["padding"], list):
-                arguments["padding"] = tuple(arguments["padding"])
-            conv = invoke("jax.jit", conv, static_argnames=tuple(arguments))
-        return Program(
-            (
-                *_prelude(device),
-                *self.inputs(call),
-                Assign("y", self.output(invoke(conv, Name("x_j"), Name("w_j"), **arguments))),
-            )
-        )
-
-    def inputs(self, call: ConvCall) -> list[Statement]:
+    def prelude(self, device: str, precision: str) -> list[Statement]:
         return [
-            *self.kernel_imports(call),
-            Assign("x_j", _placed("x", call.dtype), "NHWC"),
-            Assign("w_j", _placed(self.kernel(call), call.dtype), "HWIO"),
+            Import("jax"),
+            Import("jax.numpy", "jnp"),
+            Do(invoke("jax.config.update", "jax_enable_x64", True)),
+            Assign("dev", Index(invoke("jax.devices", _platform(device)), 0)),
         ]
 
-    def output(self, convolution: Expr) -> Expr:
-        return convolution
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        """The tensors cast in NumPy before `device_put`, so that only the convolution is compiled."""
+        return [
+            Assign("x_t", _placed(Name("x"), call.dtype), "NHWC"),
+            Assign("w_t", _placed(kernel, call.dtype), "HWIO"),
+        ]
+
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        return invoke("jax.lax.conv_general_dilated", Name("x_t"), Name("w_t"), **self.arguments(call, precision))
 
     def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
         word = padding.native_word(call.padding)
@@ -144,7 +123,7 @@ class JaxConvGeneralDilated(DescribedAdapter):
             "rhs_dilation": call.rate,
             "dimension_numbers": DIMENSION_NUMBERS,
             "feature_group_count": call.groups,
-            "precision": Name("jax.lax.Precision.HIGHEST") if precision == "strict" else None,
+            "precision": _precision(precision),
         }
 
     def to_numpy(self, value: Any) -> np.ndarray:
@@ -169,77 +148,77 @@ class JaxConvGeneralDilated(DescribedAdapter):
         }
 
 
+class Jitted(CallWrapper):
+    """The call under `jax.jit`, compiled once per text and reused by every check that shares it."""
+
+    def __init__(self, inner: FrameworkCall) -> None:
+        super().__init__(inner, "jit")
+
+    def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
+        # (a closure: every argument but the tensors is static, as static_argnames would make it)
+        function = Cached(
+            invoke("jax.jit", Lambda(("x_t", "w_t"), self.invocation(call, precision))), (device, call.dtype)
+        )
+        return [Assign("y", self.read_back(call, invoke(function, Name("x_t"), Name("w_t"))))]
+
+
 PRIMARY = JaxConvGeneralDilated()
 
 
-class JaxZeroInserted(oracles.ZeroInserted, JaxConvGeneralDilated):
-    """Oracle: rhs_dilation 1 with the kernel's taps spread out by explicit zeros."""
-
-    baseline = PRIMARY
-
-    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
-        return {**super().arguments(call, precision), "rhs_dilation": (1, 1)}
-
-
-class JaxExplicitPads(oracles.ExplicitPads, JaxConvGeneralDilated):
-    """Oracle: SAME written out as the explicit pads of DESIGN.md."""
-
-    baseline = PRIMARY
-
-    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
-        return {**super().arguments(call, precision), "padding": padding.spatial_pairs(call.geometry.pads)}
-
-
-class JaxNchw(JaxConvGeneralDilated):
+class Nchw(CallWrapper):
     """Oracle: NCHW input and OIHW kernel through dimension numbers, output transposed back."""
 
-    baseline = PRIMARY
+    inner: JaxConvGeneralDilated
 
     def __init__(self) -> None:
-        super().__init__("nchw")
+        super().__init__(PRIMARY, "nchw")
+        self.baseline = PRIMARY
 
-    def inputs(self, call: ConvCall) -> list[Statement]:
+    def prelude(self, device: str, precision: str) -> list[Statement]:
+        return [Import("numpy", "np"), *self.inner.prelude(device, precision)]
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        rank = len(call.rate)
+        first, out_in = (0, rank + 1, *range(1, rank + 1)), (rank + 1, rank, *range(rank))
         return [
-            Assign("x_j", _placed(method("x", "transpose", 0, 3, 1, 2), call.dtype), "NHWC -> NCHW"),
-            Assign("w_j", _placed(method("w", "transpose", 3, 2, 0, 1), call.dtype), "HWIO -> OIHW"),
+            Assign("x_t", _placed(method("x", "transpose", *first), call.dtype), "NHWC -> NCHW"),
+            Assign("w_t", _placed(method(kernel, "transpose", *out_in), call.dtype), "HWIO -> OIHW"),
         ]
 
-    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
-        return {**super().arguments(call, precision), "dimension_numbers": ("NCHW", "OIHW", "NCHW")}
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        arguments = {**self.inner.arguments(call, precision), "dimension_numbers": ("NCHW", "OIHW", "NCHW")}
+        return invoke("jax.lax.conv_general_dilated", Name("x_t"), Name("w_t"), **arguments)
 
-    def output(self, convolution: Expr) -> Expr:
-        return method(invoke("np.asarray", convolution), "transpose", 0, 2, 3, 1)
-
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        program = super().describe(call, device, precision)
-        return Program((Import("numpy", "np"), *program.statements))
+    def read_back(self, call: ConvCall, result: Expr) -> Expr:
+        rank = len(call.rate)
+        return method(invoke("np.asarray", result), "transpose", 0, *range(2, rank + 2), 1)
 
 
-class JaxDerivative(DerivativeAdapter, DescribedAdapter):
+class JaxDerivative(DerivativeAdapter):
     """jax.vjp of the primary call; the HVP is reverse over reverse (jax.vjp of the function that
     returns the first vjp), the path that exercises the transpose of conv_general_dilated's own
     transpose rules (the rule that was once wrong for rhs_dilation > 1)."""
 
-    primary: JaxConvGeneralDilated
+    inner: JaxConvGeneralDilated
 
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        arguments = self.primary.arguments(call, precision)
-        names = ("x", "w", "dy", *(("vx", "vw") if self.order == 2 else ()))
+        names = ("dy", *(("vx", "vw") if self.order == 2 else ()))
         wrt = 0 if self.with_respect_to == "input" else 1
-        conv = Lambda(("a", "b"), self.primary.convolution(call, Name("a"), Name("b"), arguments))
+        conv = Lambda(("x_t", "w_t"), self.inner.invocation(call, precision))
         grads = Lambda(
-            ("a", "b"), invoke(Index(invoke("jax.vjp", Name("conv"), Name("a"), Name("b")), 1), Name("dy_j"))
+            ("a", "b"), invoke(Index(invoke("jax.vjp", Name("conv"), Name("a"), Name("b")), 1), Name("dy_t"))
         )
         if self.order == 1:
-            result = Assign("g", Index(invoke("grads", Name("x_j"), Name("w_j")), wrt))
+            result = Assign("g", Index(invoke("grads", Name("x_t"), Name("w_t")), wrt))
         else:
-            pullback = Index(invoke("jax.vjp", Name("grads"), Name("x_j"), Name("w_j")), 1)
-            product = invoke(pullback, (Name("vx_j"), Name("vw_j")))
+            pullback = Index(invoke("jax.vjp", Name("grads"), Name("x_t"), Name("w_t")), 1)
+            product = invoke(pullback, (Name("vx_t"), Name("vw_t")))
             result = Assign("g", Index(product, wrt), "H v, reverse over reverse")
         return Program(
             (
-                *_prelude(device),
-                *(Assign(f"{name}_j", _placed(name, call.dtype)) for name in names),
+                *self.inner.prelude(device, precision),
+                *self.inner.tensors(call, self.inner.kernel(call), device, precision),
+                *(Assign(f"{name}_t", _placed(Name(name), call.dtype)) for name in names),
                 Assign("conv", conv),
                 Assign("grads", grads),
                 result,
@@ -260,12 +239,8 @@ class JaxConvTranspose(JaxConvGeneralDilated):
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         return "jax.lax.conv_transpose has no feature_group_count (groups)" if call_params.groups != 1 else None
 
-    def convolution(self, call: ConvCall, lhs: Expr, rhs: Expr, arguments: dict[str, Value]) -> Expr:
-        return invoke("jax.lax.conv_transpose", lhs, rhs, **arguments)
-
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        y = self.convolution(call, Name("x_j"), Name("w_j"), self.arguments(call, precision))
-        return Program((*_prelude(device), *self.inputs(call), Assign("y", y)))
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        return invoke("jax.lax.conv_transpose", Name("x_t"), Name("w_t"), **self.arguments(call, precision))
 
     def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
         word = padding.native_word(call.padding)
@@ -275,54 +250,57 @@ class JaxConvTranspose(JaxConvGeneralDilated):
             "rhs_dilation": call.rate,
             "dimension_numbers": DIMENSION_NUMBERS,
             "transpose_kernel": True,
-            "precision": Name("jax.lax.Precision.HIGHEST") if precision == "strict" else None,
-        }
-
-
-class JaxLhsDilation(JaxConvTranspose):
-    """`conv_general_dilated` with lhs_dilation = the stride: the formulation of JAX's own gradient of a
-    strided convolution. The kernel is flipped and its in/out axes swapped per group in the call."""
-
-    op = "conv_general_dilated"
-    variant = "lhs-dilation"
-
-    def unsupported_reason(self, call_params: CallParams) -> str | None:
-        return None
-
-    def convolution(self, call: ConvCall, lhs: Expr, rhs: Expr, arguments: dict[str, Value]) -> Expr:
-        k_h, k_w, out_per_group, c_in = call.w.shape
-        groups = call.groups
-        grouped = method(invoke("jnp.flip", rhs, (0, 1)), "reshape", k_h, k_w, out_per_group, groups, c_in // groups)
-        # (the size spelled out, not -1: reshape cannot infer -1 for a zero-sized kernel)
-        swapped = method(
-            method(grouped, "transpose", 0, 1, 4, 3, 2), "reshape", k_h, k_w, c_in // groups, groups * out_per_group
-        )
-        return invoke("jax.lax.conv_general_dilated", lhs, swapped, **arguments)
-
-    def arguments(self, call: ConvCall, precision: str) -> dict[str, Value]:
-        return {
-            "window_strides": (1, 1),
-            "padding": padding.dilated_input_pads(call.geometry),
-            "lhs_dilation": call.stride,
-            "rhs_dilation": call.rate,
-            "dimension_numbers": DIMENSION_NUMBERS,
-            "feature_group_count": call.groups,
-            "precision": Name("jax.lax.Precision.HIGHEST") if precision == "strict" else None,
+            "precision": _precision(precision),
         }
 
 
 TRANSPOSED = JaxConvTranspose()
 
+
+class LhsDilation(CallWrapper):
+    """`conv_general_dilated` with lhs_dilation = the stride: the formulation of JAX's own gradient of a
+    strided convolution, against `conv_transpose`. The kernel is flipped and its in/out axes swapped
+    per group in the call."""
+
+    def __init__(self) -> None:
+        super().__init__(TRANSPOSED, "lhs-dilation")
+        self.op = "conv_general_dilated"
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return None
+
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        *taps, out_per_group, c_in = call.w.shape
+        rank, groups = len(taps), call.groups
+        flipped = invoke("jnp.flip", Name("w_t"), tuple(range(rank)))
+        grouped = method(flipped, "reshape", *taps, out_per_group, groups, c_in // groups)
+        # (the size spelled out, not -1: reshape cannot infer -1 for a zero-sized kernel)
+        swapped = method(
+            method(grouped, "transpose", *range(rank), rank + 2, rank + 1, rank),
+            "reshape", *taps, c_in // groups, groups * out_per_group,
+        )  # fmt: skip
+        arguments = {
+            "window_strides": (1,) * rank,
+            "padding": padding.dilated_input_pads(call.geometry),
+            "lhs_dilation": call.stride,
+            "rhs_dilation": call.rate,
+            "dimension_numbers": DIMENSION_NUMBERS,
+            "feature_group_count": call.groups,
+            "precision": _precision(precision),
+        }
+        return invoke("jax.lax.conv_general_dilated", Name("x_t"), swapped, **arguments)
+
+
 ADAPTERS = (
     PRIMARY,
-    JaxConvGeneralDilated("jit"),
-    JaxZeroInserted(),
-    JaxExplicitPads(),
-    JaxNchw(),
+    Jitted(PRIMARY),
+    oracles.ZeroInserted(PRIMARY),
+    oracles.ExplicitPads(PRIMARY),
+    Nchw(),
     DeviceComparison(PRIMARY),
     *(JaxDerivative(PRIMARY, quantity) for quantity in QUANTITIES),
     TRANSPOSED,
-    JaxLhsDilation(),
+    LhsDilation(),
     DeviceComparison(TRANSPOSED),
     *(JaxDerivative(TRANSPOSED, quantity) for quantity in QUANTITIES),
 )

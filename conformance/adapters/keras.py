@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -44,12 +45,15 @@ import numpy as np
 from conformance import composites
 from conformance.adapters import padding
 from conformance.adapters.base import (
+    Adapter,
     CallParams,
+    CallWrapper,
     ConvCall,
     DerivativeAdapter,
-    DescribedAdapter,
+    FrameworkCall,
     Unavailable,
     Unsupported,
+    Wrapper,
 )
 from conformance.adapters.child import InChildProcess
 from conformance.adapters.modes import numpy_output
@@ -141,35 +145,28 @@ def _tensor(name: str, source: Expr, dtype: str, comment: str = "") -> Assign:
     return Assign(name, invoke("keras.ops.convert_to_tensor", source, dtype=dtype), comment)
 
 
-class _KerasLayer(DescribedAdapter):
-    """One Keras layer on one backend, run in a process whose Keras has that backend."""
+class _KerasLayer(FrameworkCall):
+    """One Keras layer on one backend, run in a process whose Keras has that backend: `tensors` builds
+    the layer (its kernel assigned) and the input `x_t`, `invocation` calls the layer."""
 
     layer_class: str  # "Conv2D", "DepthwiseConv2D" or "Conv2DTranspose"
-    # The variant that writes explicit pads around a "valid" layer (ZeroPadding2D before it, Cropping2D after).
-    explicit_pads_variant = "zero-padding"
 
-    def __init__(self, backend: str, variant: str = "") -> None:
-        self.backend, self.variant = backend, variant
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
         self.framework, self.op = BACKENDS[backend], self.layer_class
 
-    # -- what differs between the two layers --
+    # -- what differs between the layers --
 
-    def layer_arguments(self, call: ConvCall) -> dict[str, Any]:
+    def layer_arguments(self, call: ConvCall, explicit_pads: bool) -> dict[str, Any]:
         raise NotImplementedError
 
-    def kernel_value(self, call: ConvCall) -> Expr:
-        """The case's HWIO kernel in the layer's own kernel layout."""
-        return Name("w")
+    def kernel_value(self, call: ConvCall, kernel: Value) -> Value:
+        """The case's (*spatial, I, O) kernel `kernel` in the layer's own kernel layout."""
+        return kernel
 
     # -- the layer, as users build it --
 
-    @property
-    def channels_first(self) -> bool:
-        return self.variant == "channels-first"
-
     def padding_word(self, call: CallParams | ConvCall) -> str | None:
-        if self.variant == self.explicit_pads_variant:
-            return "valid"
         word = padding.native_word(call.padding)
         return word.lower() if word else None
 
@@ -182,90 +179,45 @@ class _KerasLayer(DescribedAdapter):
             )
         return None
 
-    def layer(self, call: ConvCall) -> Call:
-        data_format = "channels_first" if self.channels_first else "channels_last"
+    def layer(self, call: ConvCall, data_format: str = "channels_last", explicit_pads: bool = False) -> Call:
+        """The constructor; with `explicit_pads` a "valid" layer, the pads written around it."""
         return invoke(
             f"keras.layers.{self.layer_class}",
-            **self.layer_arguments(call),
+            **self.layer_arguments(call, explicit_pads),
             strides=tuple(call.stride),
-            padding=self.padding_word(call),
+            padding="valid" if explicit_pads else self.padding_word(call),
             data_format=data_format,
             dilation_rate=tuple(call.rate),
             use_bias=False,
             dtype=call.dtype,
         )
 
-    def input_shape(self, call: ConvCall) -> tuple[int, ...]:
-        n, h, w, c = call.x.shape
-        if self.variant == "zero-padding":
-            (top, bottom), (left, right) = call.geometry.pads
-            h, w = h + top + bottom, w + left + right
-        return (n, c, h, w) if self.channels_first else (n, h, w, c)
-
-    def input_tensor(self, call: ConvCall) -> list[Statement]:
-        """`x_k`, the input as the layer takes it (NCHW for channels-first, padded for zero-padding)."""
-        if self.channels_first:
-            return [_tensor("x_k", method("x", "transpose", 0, 3, 1, 2), call.dtype, "NCHW")]
-        tensor = _tensor("x_k", Name("x"), call.dtype, "NHWC")
-        if self.variant != "zero-padding":
-            return [tensor]
-        (top, bottom), (left, right) = call.geometry.pads
-        zero_padding = invoke(
-            "keras.layers.ZeroPadding2D",
-            padding=((top, bottom), (left, right)),
-            data_format="channels_last",
-            dtype=call.dtype,
-        )
-        return [tensor, Assign("x_k", invoke(zero_padding, Name("x_k")), "explicit pads, the Keras way")]
-
-    def built_layer(self, call: ConvCall) -> list[Statement]:
+    def built_layer(
+        self, call: ConvCall, kernel: Value, data_format: str = "channels_last", explicit_pads: bool = False
+    ) -> list[Statement]:
+        """`layer`, built for the input's shape (as the layer takes it) and given the case's kernel."""
+        n, *spatial, c = call.x.shape
+        if explicit_pads and self.operation != CONV_TRANSPOSE:  # (the input arrives padded)
+            spatial = [size + before + after for size, (before, after) in zip(spatial, call.geometry.pads, strict=True)]
+        shape = (n, c, *spatial) if data_format == "channels_first" else (n, *spatial, c)
         return [
-            Assign("layer", self.layer(call)),
-            Do(method("layer", "build", self.input_shape(call))),
-            Do(method(KERNEL, "assign", self.kernel_value(call)), "Keras' own kernel layout"),
+            Assign("layer", self.layer(call, data_format, explicit_pads)),
+            Do(method("layer", "build", shape)),
+            Do(method(KERNEL, "assign", self.kernel_value(call, kernel)), "Keras' own kernel layout"),
         ]
 
-    def forward(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
-        """`y` (NHWC) from the built layer and the case's data."""
-        if self.variant in ("compiled", "jit-compile"):
-            return self.compiled(call, device, precision)
-        statements = [*self.built_layer(call), *self.input_tensor(call)]
-        if not self.channels_first:
-            return [*statements, Assign("y", invoke("layer", Name("x_k")))]
-        return [
-            *statements,
-            Assign("y_nchw", invoke("layer", Name("x_k"))),
-            Assign("y", invoke("keras.ops.transpose", Name("y_nchw"), (0, 2, 3, 1)), "NHWC"),
-        ]
+    def prelude(self, device: str, precision: str) -> list[Statement]:
+        """The import, and the precision mode's TF32 setting of the backend."""
+        return [Import("keras"), *_precision(self.backend, device, precision)]
 
-    def compiled(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
-        """A model around the layer, built (and compiled) once per geometry and reused by every
-        check that shares it, as a served model is; each check assigns its own kernel."""
-        n, h, w, c = call.x.shape
-        model_input = invoke("keras.Input", shape=(h, w, c), batch_size=n, dtype=call.dtype)
-        build: list[Statement] = [Assign("model", invoke("keras.Sequential", [model_input, self.layer(call)]))]
-        if self.variant == "jit-compile":
-            build.append(Do(method("model", "compile", jit_compile=True)))
-        layer = Index(Attr(Name("model"), "layers"), -1)
-        return [
-            Once(tuple(build), context=(device, precision)),  # TF32 is captured when it compiles
-            Do(method(Attr(layer, "kernel"), "assign", self.kernel_value(call)), "Keras' own kernel layout"),
-            Assign("y", method("model", "predict_on_batch", Name("x"))),
-        ]
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        return [*self.built_layer(call, kernel), _tensor("x_t", Name("x"), call.dtype, "NHWC")]
 
-    def placed(
-        self, body: list[Statement], device: str, precision: str, imports: tuple[Statement, ...] = ()
-    ) -> tuple[Statement, ...]:
-        """The imports, the precision mode's TF32 setting, then `body` on the device."""
-        return (
-            Import("keras"),
-            *imports,
-            *_precision(self.backend, device, precision),
-            With(invoke("keras.device", f"{device}:0"), tuple(body)),
-        )
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        return invoke("layer", Name("x_t"))
 
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        return Program(self.placed(self.forward(call, device, precision), device, precision))
+    def placed(self, device: str, statements: list[Statement]) -> list[Statement]:
+        return [With(invoke("keras.device", f"{device}:0"), tuple(statements))]
 
     # -- running in the child --
 
@@ -274,16 +226,15 @@ class _KerasLayer(DescribedAdapter):
         if device == "gpu" and not _gpu_visible(self.backend):
             raise Unavailable(f"no GPU visible to Keras {keras.__version__} on {self.backend}")
 
-    def refuse_what_keras_refuses(self, call: ConvCall) -> None:
+    def refuse(self, call: ConvCall) -> None:
+        self.refuse_layer(self.layer(call))
+
+    def refuse_layer(self, layer: Call) -> None:
         """The constructor alone: what it refuses, it refuses on every backend alike (`Unsupported`)."""
         try:
-            self.layer(call).evaluate({"keras": _keras(self.backend)})
+            layer.evaluate({"keras": _keras(self.backend)})
         except ValueError as exc:
             raise Unsupported(f"keras.layers.{self.layer_class} refuses it: {exc}") from None
-
-    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        self.refuse_what_keras_refuses(call)
-        return super().run(call, device, precision)
 
     def to_numpy(self, value: Any) -> np.ndarray:
         keras = _keras(self.backend)
@@ -318,42 +269,38 @@ class _KerasLayer(DescribedAdapter):
 
 class KerasConv2D(_KerasLayer):
     layer_class = "Conv2D"
-
-    def __init__(self, backend: str, variant: str = "") -> None:
-        super().__init__(backend, variant)
-        # The composites run as whole Keras models through the eager call and the compiled ones.
-        self.runs_models = variant in MODEL_VARIANTS
+    runs_models = True  # the composites run as whole Keras models, through the eager call
 
     def model_graph(self, dtype: str) -> ModelGraph:
         """What builds the composite's layers (a test's broken builder overrides it)."""
         return ModelGraph(dtype)
 
-    def describe_model(self, composite: Composite, dtype: str, device: str, precision: str) -> Program:
+    def describe_model(
+        self, composite: Composite, dtype: str, device: str, precision: str, compiled: Compiled | None = None
+    ) -> Program:
         """The composite as a functional Keras model of Conv2D, ReLU, GlobalAveragePooling2D,
         UpSampling2D and Concatenate layers, described once: it runs as `run_model` and prints as
-        the reproduction, like every single-layer call."""
+        the reproduction, like every single-layer call. Called eagerly, or as `compiled` calls it."""
         graph = self.model_graph(dtype)
         output = composites.build(composite, graph, "inputs")
         n, h, w, c = composites.composite_input(composite).shape
-        compiled = self.variant in ("compiled", "jit-compile")  # model.predict_on_batch, or the eager call
         answer = method("model", "predict_on_batch", Name("x")) if compiled else invoke("model", Name("x"))
         body: list[Statement] = [
             Assign("inputs", invoke("keras.Input", shape=(h, w, c), batch_size=n, dtype=dtype)),
             *graph.statements,
             Assign("model", invoke("keras.Model", Name("inputs"), Name(output))),
-            *([Do(method("model", "compile", jit_compile=True))] if self.variant == "jit-compile" else []),
+            *(compiled.compile_steps() if compiled else []),
             Assign("y", answer),
         ]
         fields = {field.name: getattr(composite, field.name) for field in dataclasses.fields(composite)}
         return Program(
             (
-                Import("keras"),
+                *self.prelude(device, precision),
                 Import("conformance", names=("composites",)),
-                *_precision(self.backend, device, precision),
                 Assign("composite", invoke("composites.Composite", **fields)),
                 Assign("x", invoke("composites.composite_input", Name("composite")), "NHWC, float64"),
                 Assign("kernels", invoke("composites.kernels", Name("composite")), "HWIO, in the layers' order"),
-                With(invoke("keras.device", f"{device}:0"), tuple(body)),
+                *self.placed(device, body),
             )
         )
 
@@ -363,10 +310,10 @@ class KerasConv2D(_KerasLayer):
     def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
         return self.to_numpy(self.describe_model(composite, dtype, device, precision).run({}))
 
-    def layer_arguments(self, call: ConvCall) -> dict[str, Any]:
-        k_h, k_w, _, out_channels = call.w.shape
+    def layer_arguments(self, call: ConvCall, explicit_pads: bool) -> dict[str, Any]:
+        *taps, _, out_channels = call.w.shape
         return {
-            "filters": out_channels, "kernel_size": (k_h, k_w), "groups": call.groups,
+            "filters": out_channels, "kernel_size": tuple(taps), "groups": call.groups,
             "kernel_initializer": INITIALIZER,
         }  # fmt: skip
 
@@ -375,33 +322,33 @@ class KerasDepthwiseConv2D(_KerasLayer):
     layer_class = "DepthwiseConv2D"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
-        channels = call_params.input_shape[3]
-        if call_params.groups != channels or call_params.kernel_shape[2] != 1:
+        channels = call_params.input_shape[-1]
+        if call_params.groups != channels or call_params.kernel_shape[-2] != 1:
             return "keras.layers.DepthwiseConv2D is only for depthwise convolution (groups = input channels)"
         return super().unsupported_reason(call_params)
 
-    def layer_arguments(self, call: ConvCall) -> dict[str, Any]:
-        k_h, k_w, _, out_channels = call.w.shape
+    def layer_arguments(self, call: ConvCall, explicit_pads: bool) -> dict[str, Any]:
+        *taps, _, out_channels = call.w.shape
         return {
-            "kernel_size": (k_h, k_w), "depth_multiplier": out_channels // call.x.shape[3],
+            "kernel_size": tuple(taps), "depth_multiplier": out_channels // call.x.shape[-1],
             "depthwise_initializer": INITIALIZER,
         }  # fmt: skip
 
-    def kernel_value(self, call: ConvCall) -> Expr:
-        k_h, k_w, _, out_channels = call.w.shape
-        channels = call.x.shape[3]
-        return method("w", "reshape", k_h, k_w, channels, out_channels // channels)
+    def kernel_value(self, call: ConvCall, kernel: Value) -> Value:
+        """Our (k_h, k_w, 1, C * m) is the reshape of Keras' (k_h, k_w, C, m): output channel c * m + j
+        reads input channel c in both."""
+        *taps, _, out_channels = call.w.shape
+        channels = call.x.shape[-1]
+        return method(kernel, "reshape", *taps, channels, out_channels // channels)
 
 
 class KerasConv2DTranspose(_KerasLayer):
     """`keras.layers.Conv2DTranspose`: its kernel (k_h, k_w, filters, C_in) is the case's as it stands.
     "same" and "valid" with output_padding unset follow Keras' `deconv_output_length` (TensorFlow's
-    rule, the semantics' SAME and VALID); `@cropping` writes explicit crops as Keras users do, a
-    "valid" layer with `output_padding` and then `Cropping2D`."""
+    rule, the semantics' SAME and VALID); `@cropping` writes explicit crops as Keras users do."""
 
     layer_class = "Conv2DTranspose"
     operation = CONV_TRANSPOSE
-    explicit_pads_variant = "cropping"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         if call_params.groups != 1:
@@ -413,24 +360,125 @@ class KerasConv2DTranspose(_KerasLayer):
             )
         return None
 
-    def layer_arguments(self, call: ConvCall) -> dict[str, Any]:
-        k_h, k_w, out_channels, _ = call.w.shape
-        extra = list(as_transposed(call.geometry).output_padding) if self.variant == "cropping" else None
+    def layer_arguments(self, call: ConvCall, explicit_pads: bool) -> dict[str, Any]:
+        *taps, out_channels, _ = call.w.shape
+        extra = list(as_transposed(call.geometry).output_padding) if explicit_pads else None
         return {
-            "filters": out_channels, "kernel_size": (k_h, k_w), "output_padding": extra,
+            "filters": out_channels, "kernel_size": tuple(taps), "output_padding": extra,
             "kernel_initializer": INITIALIZER,
         }  # fmt: skip
 
-    def forward(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
-        statements = super().forward(call, device, precision)
-        if self.variant != "cropping":
-            return statements
-        (top, bottom), (left, right) = call.geometry.pads
+
+class Compiled(CallWrapper):
+    """A `keras.Sequential` around the layer, called by `predict_on_batch`: the compiled predict step
+    that `model.predict` runs (a tf.function on TensorFlow, jax.jit on JAX; the torch backend runs it
+    eagerly unless `jit_compile=True`, which means torch.compile: about 15 s per geometry here, so it is
+    not a target). With `jit_compile` (TensorFlow): the model after `compile(jit_compile=True)`, XLA.
+    Built (and compiled) once per geometry and reused by every check that shares it, as a served model
+    is; each check assigns its own kernel."""
+
+    inner: _KerasLayer
+
+    def __init__(self, inner: _KerasLayer, jit_compile: bool = False) -> None:
+        super().__init__(inner, "jit-compile" if jit_compile else "compiled")
+        self.jit_compile = jit_compile
+        self.runs_models = inner.runs_models
+
+    def compile_steps(self) -> list[Statement]:
+        return [Do(method("model", "compile", jit_compile=True))] if self.jit_compile else []
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        n, *spatial, c = call.x.shape
+        model_input = invoke("keras.Input", shape=(*spatial, c), batch_size=n, dtype=call.dtype)
+        build = [
+            Assign("model", invoke("keras.Sequential", [model_input, self.inner.layer(call)])),
+            *self.compile_steps(),
+        ]
+        layer = Index(Attr(Name("model"), "layers"), -1)
+        return [
+            Once(tuple(build), context=(device, precision)),  # TF32 is captured when it compiles
+            Do(
+                method(Attr(layer, "kernel"), "assign", self.inner.kernel_value(call, kernel)),
+                "Keras' own kernel layout",
+            ),
+        ]
+
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        return method("model", "predict_on_batch", Name("x"))
+
+    def describe_model(self, composite: Composite, dtype: str, device: str, precision: str) -> Program:
+        assert isinstance(self.inner, KerasConv2D)
+        return self.inner.describe_model(composite, dtype, device, precision, self)
+
+    def model_reproduction(self, composite: Any, dtype: str, device: str, precision: str) -> str:
+        return self.describe_model(composite, dtype, device, precision).source()
+
+    def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
+        return self.to_numpy(self.describe_model(composite, dtype, device, precision).run({}))
+
+
+class ChannelsFirst(CallWrapper):
+    """`data_format="channels_first"`: the input transposed to NCHW, the kernel still HWIO."""
+
+    inner: _KerasLayer
+
+    def __init__(self, inner: _KerasLayer) -> None:
+        super().__init__(inner, "channels-first")
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        rank = len(call.rate)
+        first = method("x", "transpose", 0, rank + 1, *range(1, rank + 1))
+        return [*self.inner.built_layer(call, kernel, "channels_first"), _tensor("x_t", first, call.dtype, "NCHW")]
+
+    def read_back(self, call: ConvCall, result: Expr) -> Expr:
+        return invoke("keras.ops.transpose", result, (0, *range(2, len(call.rate) + 2), 1))
+
+    def refuse(self, call: ConvCall) -> None:
+        self.inner.refuse_layer(self.inner.layer(call, "channels_first"))
+
+
+class _PadsTheKerasWay(CallWrapper):
+    """A "valid" layer, the case's pads (or crops) written around it in Keras' own layers: every
+    padding a case states, SAME included (with the pads of DESIGN.md)."""
+
+    inner: _KerasLayer
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        return self.inner.unsupported_reason(replace(call_params, padding="VALID"))
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        layer = self.inner.built_layer(call, kernel, explicit_pads=True)
+        return [*layer, _tensor("x_t", Name("x"), call.dtype, "NHWC")]
+
+    def refuse(self, call: ConvCall) -> None:
+        self.inner.refuse_layer(self.inner.layer(call, explicit_pads=True))
+
+
+class ZeroPadding(_PadsTheKerasWay):
+    """Pads as Keras users write them: `ZeroPadding2D` before the layer."""
+
+    def __init__(self, inner: _KerasLayer) -> None:
+        super().__init__(inner, "zero-padding")
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        zero_padding = invoke(
+            "keras.layers.ZeroPadding2D", padding=call.geometry.pads, data_format="channels_last", dtype=call.dtype
+        )
+        padded = Assign("x_t", invoke(zero_padding, Name("x_t")), "explicit pads, the Keras way")
+        return [*super().tensors(call, kernel, device, precision), padded]
+
+
+class Cropping(_PadsTheKerasWay):
+    """Crops as Keras users write them: a `Conv2DTranspose` with `output_padding`, then `Cropping2D`."""
+
+    def __init__(self, inner: _KerasLayer) -> None:
+        super().__init__(inner, "cropping")
+
+    def read_back(self, call: ConvCall, result: Expr) -> Expr:
         cropping = invoke(
-            "keras.layers.Cropping2D", cropping=((top, bottom), (left, right)), data_format="channels_last",
-            dtype=call.dtype,
-        )  # fmt: skip
-        return [*statements, Assign("y", invoke(cropping, Name("y")), "explicit crops, the Keras way")]
+            "keras.layers.Cropping2D", cropping=call.geometry.pads, data_format="channels_last", dtype=call.dtype
+        )
+        return invoke(cropping, result)
 
 
 class ModelGraph:
@@ -485,80 +533,81 @@ class ModelGraph:
         return self._apply("Concatenate", [Name(x) for x in xs], data_format=False, axis=-1)
 
 
-class KerasGradient(DerivativeAdapter, DescribedAdapter):
+class KerasGradient(DerivativeAdapter):
     """The eager layer call's gradient of <y, dy>, by the backend's own autodiff: the path
     training takes (for JAX, Keras' stateless call, which is what its trainer differentiates)."""
 
-    primary: _KerasLayer
+    inner: _KerasLayer
 
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        layer, backend = self.primary, self.primary.backend
+        layer, backend = self.inner, self.inner.backend
         wrt_input = self.with_respect_to == "input"
-        setup = [*layer.built_layer(call), *layer.input_tensor(call), _tensor("dy_k", Name("dy"), call.dtype)]
+        setup = [*layer.tensors(call, layer.kernel(call), device, precision), _tensor("dy_t", Name("dy"), call.dtype)]
         kernel = Attr(KERNEL, "value")
-        wrt = Name("x_k") if wrt_input else kernel
+        wrt = Name("x_t") if wrt_input else kernel
         if backend == "tensorflow":
             taped = With(
                 invoke("tf.GradientTape"),
-                (Do(method("tape", "watch", Name("x_k"))), Assign("y", invoke("layer", Name("x_k")))),
+                (Do(method("tape", "watch", Name("x_t"))), Assign("y", layer.invocation(call, precision))),
                 "tape",
             )
             body: list[Statement] = [
                 taped,
-                Assign("g", method("tape", "gradient", Name("y"), wrt, output_gradients=Name("dy_k"))),
+                Assign("g", method("tape", "gradient", Name("y"), wrt, output_gradients=Name("dy_t"))),
             ]
-            imports: tuple[Statement, ...] = (Import("tensorflow", "tf"),)
+            imports: list[Statement] = [Import("tensorflow", "tf")]
         elif backend == "jax":
             stateless = Lambda(
-                ("x_k", "kernel"), Index(method("layer", "stateless_call", [Name("kernel")], [], Name("x_k")), 0)
+                ("x_t", "kernel"), Index(method("layer", "stateless_call", [Name("kernel")], [], Name("x_t")), 0)
             )
             body = [
-                Assign("y, pullback", invoke("jax.vjp", stateless, Name("x_k"), kernel)),
-                Assign("gx, gw", invoke("pullback", Name("dy_k"))),
+                Assign("y, pullback", invoke("jax.vjp", stateless, Name("x_t"), kernel)),
+                Assign("gx, gw", invoke("pullback", Name("dy_t"))),
                 Assign("g", Name("gx" if wrt_input else "gw")),
             ]
-            imports = (Import("jax"),)
+            imports = [Import("jax")]
         else:
             body = [
-                Do(method("x_k", "requires_grad_")),
-                Assign("y", invoke("layer", Name("x_k"))),
-                Assign("(g,)", invoke("torch.autograd.grad", Name("y"), [wrt], grad_outputs=Name("dy_k"))),
+                Do(method("x_t", "requires_grad_")),
+                Assign("y", layer.invocation(call, precision)),
+                Assign("(g,)", invoke("torch.autograd.grad", Name("y"), [wrt], grad_outputs=Name("dy_t"))),
             ]
-            imports = (Import("torch"),)
+            imports = [Import("torch")]
         if not wrt_input and isinstance(layer, KerasDepthwiseConv2D):
-            k_h, k_w, _, out_channels = call.w.shape
-            body.append(Assign("g", invoke("keras.ops.reshape", Name("g"), (k_h, k_w, 1, out_channels)), "HWIO"))
-        return Program(layer.placed([*setup, *body], device, precision, imports), result="g")
-
-    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        self.primary.refuse_what_keras_refuses(call)
-        return DescribedAdapter.run(self, call, device, precision)
+            *taps, _, out_channels = call.w.shape
+            body.append(Assign("g", invoke("keras.ops.reshape", Name("g"), (*taps, 1, out_channels)), "HWIO"))
+        program = (*imports, *layer.prelude(device, precision), *layer.placed(device, [*setup, *body]))
+        return Program(program, result="g")
 
 
-CONV2D_VARIANTS = ("", "compiled", "channels-first", "zero-padding")
-MODEL_VARIANTS = ("", "compiled", "jit-compile")
-DEPTHWISE_VARIANTS = ("", "compiled", "channels-first")
-TRANSPOSE_VARIANTS = ("", "compiled", "channels-first", "cropping")
 GRADIENTS = ("grad-input", "grad-kernel")
 
 
-def in_child(inner: _KerasLayer | KerasGradient, devices: tuple[str, ...] | None = None) -> InChildProcess:
+def _backend_of(adapter: Adapter) -> str:
+    while isinstance(adapter, Wrapper):
+        adapter = adapter.inner
+    assert isinstance(adapter, _KerasLayer), adapter
+    return adapter.backend
+
+
+def in_child(inner: Adapter, devices: tuple[str, ...] | None = None) -> InChildProcess:
     """`inner` as a target: run in a process whose Keras was imported with its backend."""
-    backend = inner.primary.backend if isinstance(inner, KerasGradient) else inner.backend
-    return InChildProcess(inner, inner.variant, {BACKEND_VARIABLE: backend}, devices=devices or inner.devices)
+    environment = {BACKEND_VARIABLE: _backend_of(inner)}
+    return InChildProcess(inner, inner.variant, environment, devices=devices or inner.devices)
 
 
 def _backend_targets(backend: str) -> list[InChildProcess]:
     conv, depthwise, transpose = KerasConv2D(backend), KerasDepthwiseConv2D(backend), KerasConv2DTranspose(backend)
-    layers: list[_KerasLayer] = [
-        *(KerasConv2D(backend, variant) for variant in CONV2D_VARIANTS),
-        *(KerasDepthwiseConv2D(backend, variant) for variant in DEPTHWISE_VARIANTS),
-        *(KerasConv2DTranspose(backend, variant) for variant in TRANSPOSE_VARIANTS),
-    ]
+    adapters: list[Adapter] = [
+        conv, Compiled(conv), ChannelsFirst(conv), ZeroPadding(conv),
+        depthwise, Compiled(depthwise), ChannelsFirst(depthwise),
+        transpose, Compiled(transpose), ChannelsFirst(transpose), Cropping(transpose),
+    ]  # fmt: skip
     if backend == "tensorflow":
-        layers.append(KerasConv2D(backend, "jit-compile"))
-    gradients = [KerasGradient(primary, quantity) for primary in (conv, depthwise, transpose) for quantity in GRADIENTS]
-    adapters: list[_KerasLayer | KerasGradient] = [*layers, *gradients]
+        # Keras' default "auto" turns XLA on only where TensorFlow sees a GPU: on a GPU `@compiled` is
+        # XLA too, and the two differ on the CPU only.
+        adapters.append(Compiled(conv, jit_compile=True))
+    adapters += [KerasGradient(primary, quantity) for primary in (conv, depthwise, transpose) for quantity in GRADIENTS]
     return [in_child(adapter) for adapter in adapters]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from conformance.adapters import padding
-from conformance.adapters.base import CallParams, ConvCall, DescribedAdapter, DeviceComparison, Unavailable
+from conformance.adapters.base import CallParams, CallWrapper, ConvCall, DeviceComparison, FrameworkCall, Unavailable
 from conformance.adapters.modes import numpy_output, physical_device
 from conformance.adapters.program import (
     Assign,
@@ -30,9 +30,9 @@ from conformance.adapters.program import (
     Import,
     Index,
     Name,
-    Program,
     SetAttr,
     Statement,
+    Value,
     With,
     invoke,
     method,
@@ -58,18 +58,25 @@ def _ort() -> Any:
     return onnxruntime
 
 
-class OnnxRuntimeConv(DescribedAdapter):
+def _channels_first(rank: int) -> tuple[int, ...]:
+    return (0, rank + 1, *range(1, rank + 1))
+
+
+def _out_in_first(rank: int) -> tuple[int, ...]:
+    """The case's kernel (*spatial, I, O) as ONNX's weight (O, I, *spatial)."""
+    return (rank + 1, rank, *range(rank))
+
+
+class OnnxRuntimeConv(FrameworkCall):
+    """A one-node `Conv` model: `tensors` builds it and its session and lays the case out as its
+    inputs (NCHW, OIHW), `invocation` runs the session."""
+
     framework = ONNXRUNTIME
     op = "Conv"
-
-    def __init__(self, variant: str = "") -> None:
-        self.variant = variant
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         if call_params.dtype not in ELEMENT_TYPES:
             return f"ONNX {self.op} (opset {OPSET}) takes float16, float and double tensors, not {call_params.dtype}"
-        if self.variant == "auto-pad" and call_params.padding != "SAME":
-            return "auto_pad states SAME only; other paddings are explicit pads already"
         return None
 
     def check_available(self, device: str) -> None:
@@ -81,64 +88,73 @@ class OnnxRuntimeConv(DescribedAdapter):
             )
 
     def attributes(self, call: ConvCall) -> dict[str, Any]:
-        k_h, k_w = call.w.shape[:2]
-        pads: dict[str, Any] = {"pads": padding.begins_then_ends(call.geometry.pads)}
-        if self.variant == "auto-pad":
-            pads = {"auto_pad": "SAME_UPPER"}
         return {
-            "kernel_shape": [k_h, k_w],
+            "kernel_shape": list(call.w.shape[: len(call.rate)]),
             "strides": list(call.stride),
             "dilations": list(call.rate),
             "group": call.groups,
-            **pads,
+            "pads": padding.begins_then_ends(call.geometry.pads),
         }
 
-    def session(self, model: Expr, device: str, precision: str) -> list[Statement]:
-        """`session`: an InferenceSession of the serialised `model` on the device's provider, with
-        the variant's graph optimisation level."""
+    def session(self, model: Expr, device: str, precision: str, optimisation: str | None = None) -> list[Statement]:
+        """`session`: an InferenceSession of the serialised `model` on the device's provider, with the
+        graph optimisation level `optimisation` (ONNX Runtime's default where None)."""
         provider: Any = PROVIDERS[physical_device(device)]
         if physical_device(device) == "gpu" and precision == "strict":
             provider = (provider, {"use_tf32": "0"})
         options: list[Statement] = [Assign("options", invoke("ort.SessionOptions"))]
-        if self.variant in OPTIMISATION_LEVELS:
-            level = Name(f"ort.GraphOptimizationLevel.{OPTIMISATION_LEVELS[self.variant]}")
+        if optimisation is not None:
+            level = Name(f"ort.GraphOptimizationLevel.{optimisation}")
             options.append(SetAttr("options.graph_optimization_level", level))
         options.append(SetAttr("options.log_severity_level", 4))  # fatal only: errors reach the record, not stderr
         session = invoke("ort.InferenceSession", model, Name("options"), providers=[provider])
         return [*options, Assign("session", session)]
 
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
+    def prelude(self, device: str, precision: str) -> list[Statement]:
+        return [Import("numpy", "np"), Import("onnx"), Import("onnx.helper", "oh"), Import("onnxruntime", "ort")]
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        return self.model_and_feeds(call, kernel, device, precision, self.attributes(call))
+
+    def model_and_feeds(
+        self,
+        call: ConvCall,
+        kernel: Value,
+        device: str,
+        precision: str,
+        attributes: dict[str, Any],
+        optimisation: str | None = None,
+    ) -> list[Statement]:
+        """The model of one node with these attributes, its session, and the feeds `x_t` and `w_t`."""
+        rank = len(call.rate)
         element = Name(f"onnx.TensorProto.{ELEMENT_TYPES[call.dtype]}")
-        n, h, w, c_in = call.x.shape
-        k_h, k_w, c_per_group, c_out = call.w.shape
+        n, *spatial, c_in = call.x.shape
+        *taps, c_per_group, c_out = call.w.shape
 
         def value_info(name: str, shape: list[int] | None) -> Expr:
             return invoke("oh.make_tensor_value_info", name, element, shape)
 
-        node = invoke("oh.make_node", self.op, ["x", "w"], ["y"], **self.attributes(call))
+        node = invoke("oh.make_node", self.op, ["x", "w"], ["y"], **attributes)
         # (ConvTranspose's W is (C_in, C_out / group, k_h, k_w): the same permutation of the case's kernel.)
-        inputs = [value_info("x", [n, c_in, h, w]), value_info("w", [c_out, c_per_group, k_h, k_w])]
+        inputs = [value_info("x", [n, c_in, *spatial]), value_info("w", [c_out, c_per_group, *taps])]
         graph = invoke("oh.make_graph", [Name("conv")], "conv", inputs, [value_info("y", None)])
         opset = [invoke("oh.make_opsetid", "", OPSET)]
         numpy_type = Name(f"np.{call.dtype}")
-        feeds = {
-            "x": method(method("x", "transpose", 0, 3, 1, 2), "astype", numpy_type),
-            "w": method(method("w", "transpose", 3, 2, 0, 1), "astype", numpy_type),
-        }
-        outputs = Index(method("session", "run", None, Dict(tuple(feeds.items()))), 0)
-        return Program(
-            (
-                Import("numpy", "np"),
-                Import("onnx"),
-                Import("onnx.helper", "oh"),
-                Import("onnxruntime", "ort"),
-                Assign("conv", node),
-                Assign("graph", graph),
-                Assign("model", invoke("oh.make_model", Name("graph"), opset_imports=opset, ir_version=IR_VERSION)),
-                *self.session(method("model", "SerializeToString"), device, precision),
-                Assign("y", method(outputs, "transpose", 0, 2, 3, 1), "NCHW -> NHWC"),
-            )
-        )
+        return [
+            Assign("conv", node),
+            Assign("graph", graph),
+            Assign("model", invoke("oh.make_model", Name("graph"), opset_imports=opset, ir_version=IR_VERSION)),
+            *self.session(method("model", "SerializeToString"), device, precision, optimisation),
+            Assign("x_t", method(method("x", "transpose", *_channels_first(rank)), "astype", numpy_type), "NCHW"),
+            Assign("w_t", method(method(kernel, "transpose", *_out_in_first(rank)), "astype", numpy_type), "OIHW"),
+        ]
+
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        feeds = Dict((("x", Name("x_t")), ("w", Name("w_t"))))
+        return Index(method("session", "run", None, feeds), 0)
+
+    def read_back(self, call: ConvCall, result: Expr) -> Expr:
+        return method(result, "transpose", 0, *range(2, len(call.rate) + 2), 1)
 
     def to_numpy(self, value: Any) -> np.ndarray:
         return numpy_output(value, value.dtype.name)
@@ -156,6 +172,44 @@ class OnnxRuntimeConv(DescribedAdapter):
         }
 
 
+class AutoPad(CallWrapper):
+    """SAME stated as `auto_pad="SAME_UPPER"` (what exporters emit for TensorFlow's SAME: the odd pixel
+    after) instead of the pads written out; for ConvTranspose, auto_pad alone, which by the spec means
+    output = input * stride with the odd crop pixel at the end, with no `output_shape` to lean on."""
+
+    inner: OnnxRuntimeConv
+
+    def __init__(self, inner: OnnxRuntimeConv) -> None:
+        super().__init__(inner, "auto-pad")
+
+    def unsupported_reason(self, call_params: CallParams) -> str | None:
+        if (reason := self.inner.unsupported_reason(call_params)) is not None:
+            return reason
+        if call_params.padding != "SAME":
+            return "auto_pad states SAME only; other paddings are explicit pads already"
+        return None
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        attributes = {**self.inner.attributes(call), "auto_pad": "SAME_UPPER"}
+        for stated in ("pads", "output_padding"):
+            attributes.pop(stated, None)
+        return self.inner.model_and_feeds(call, kernel, device, precision, attributes)
+
+
+class Optimisations(CallWrapper):
+    """The same model with every graph optimisation off, or all of them on (fusions, layout changes)."""
+
+    inner: OnnxRuntimeConv
+
+    def __init__(self, inner: OnnxRuntimeConv, variant: str) -> None:
+        super().__init__(inner, variant)
+        self.level = OPTIMISATION_LEVELS[variant]
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        attributes = self.inner.attributes(call)
+        return self.inner.model_and_feeds(call, kernel, device, precision, attributes, self.level)
+
+
 class OnnxRuntimeTorchExport(OnnxRuntimeConv):
     """The deployment path: a `torch.nn.Conv2d` (asymmetric pads as a `ZeroPad2d` before it, the
     porting idiom) exported by `torch.onnx.export` and run by ONNX Runtime. The exporter decides
@@ -163,8 +217,7 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
     exporter (`dynamo=False`): the torch.export-based one needs onnxscript and takes about 1.5 s a
     geometry here, against 20 ms."""
 
-    def __init__(self) -> None:
-        super().__init__("torch-export")
+    variant = "torch-export"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         return padding.torch_same_refusal(call_params.padding, call_params.stride) or super().unsupported_reason(
@@ -178,20 +231,24 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
         except ImportError as exc:
             raise Unavailable(f"torch is not installed: nothing to export ({exc})") from None
 
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        n, h, w, c_in = call.x.shape
-        k_h, k_w, _, c_out = call.w.shape
+    def prelude(self, device: str, precision: str) -> list[Statement]:
+        return [Import("io"), Import("numpy", "np"), Import("torch"), Import("onnxruntime", "ort")]
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        rank = len(call.rate)
+        n, *spatial, c_in = call.x.shape
+        *taps, _, c_out = call.w.shape
         argument, explicit = padding.torch_arguments(call.padding, call.geometry.pads)
         dtype = Name(f"torch.{call.dtype}")
         conv = invoke(
-            "torch.nn.Conv2d", c_in, c_out, (k_h, k_w), stride=call.stride, padding=argument, dilation=call.rate,
+            "torch.nn.Conv2d", c_in, c_out, tuple(taps), stride=call.stride, padding=argument, dilation=call.rate,
             groups=call.groups, bias=False, dtype=dtype,
         )  # fmt: skip
         module: Expr = Name("conv")
         if explicit:
             module = invoke("torch.nn.Sequential", invoke("torch.nn.ZeroPad2d", explicit), Name("conv"))
-        weight = method(invoke("torch.tensor", Name("w"), dtype=dtype), "permute", 3, 2, 0, 1)
-        example = (invoke("torch.zeros", n, c_in, h, w, dtype=dtype),)
+        weight = method(invoke("torch.tensor", kernel, dtype=dtype), "permute", *_out_in_first(rank))
+        example = (invoke("torch.zeros", n, c_in, *spatial, dtype=dtype),)
         export = invoke(
             "torch.onnx.export",
             Name("model"),
@@ -201,38 +258,28 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
             dynamo=False,
             opset_version=EXPORT_OPSET,
         )
-        run = Index(method("session", "run", None, Dict((("x", Name("x_nchw")),))), 0)
-        return Program(
-            (
-                Import("io"),
-                Import("numpy", "np"),
-                Import("torch"),
-                Import("onnxruntime", "ort"),
-                Assign("conv", conv),
-                Assign("model", module),
-                With(invoke("torch.no_grad"), (Do(method("conv.weight", "copy_", weight), "OIHW"),)),
-                Assign("exported", invoke("io.BytesIO")),
-                Do(export),
-                *self.session(method("exported", "getvalue"), device, precision),
-                Assign("x_nchw", method(method("x", "transpose", 0, 3, 1, 2), "astype", Name(f"np.{call.dtype}"))),
-                Assign("y", method(run, "transpose", 0, 2, 3, 1), "NCHW -> NHWC"),
-            )
-        )
+        return [
+            Assign("conv", conv),
+            Assign("model", module),
+            With(invoke("torch.no_grad"), (Do(method("conv.weight", "copy_", weight), "OIHW"),)),
+            Assign("exported", invoke("io.BytesIO")),
+            Do(export),
+            *self.session(method("exported", "getvalue"), device, precision),
+            Assign("x_t", method(method("x", "transpose", *_channels_first(rank)), "astype", Name(f"np.{call.dtype}"))),
+        ]
+
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        return Index(method("session", "run", None, Dict((("x", Name("x_t")),))), 0)
 
 
 class OnnxRuntimeConvTranspose(OnnxRuntimeConv):
-    """`ConvTranspose`: pads are crops, `output_padding` adds at the end; `@auto-pad` states SAME as
-    auto_pad="SAME_UPPER" alone, which by the spec means output = input * stride with the odd crop
-    pixel at the end (TF's SAME), with no `output_shape` to lean on."""
+    """`ConvTranspose`: pads are crops, `output_padding` adds at the end."""
 
     op = "ConvTranspose"
     operation = CONV_TRANSPOSE
 
     def attributes(self, call: ConvCall) -> dict[str, Any]:
-        attributes = super().attributes(call)
-        if self.variant == "auto-pad":
-            return attributes
-        return {**attributes, "output_padding": list(as_transposed(call.geometry).output_padding)}
+        return {**super().attributes(call), "output_padding": list(as_transposed(call.geometry).output_padding)}
 
 
 PRIMARY = OnnxRuntimeConv()
@@ -240,11 +287,11 @@ TRANSPOSED = OnnxRuntimeConvTranspose()
 
 ADAPTERS = (
     PRIMARY,
-    OnnxRuntimeConv("auto-pad"),
-    *(OnnxRuntimeConv(variant) for variant in OPTIMISATION_LEVELS),
+    AutoPad(PRIMARY),
+    *(Optimisations(PRIMARY, variant) for variant in OPTIMISATION_LEVELS),
     OnnxRuntimeTorchExport(),
     DeviceComparison(PRIMARY),
     TRANSPOSED,
-    OnnxRuntimeConvTranspose("auto-pad"),
+    AutoPad(TRANSPOSED),
     DeviceComparison(TRANSPOSED),
 )

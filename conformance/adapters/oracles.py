@@ -13,46 +13,49 @@ an oracle applies at all. Each framework's module says how its own API runs them
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from conformance import cost
-from conformance.adapters.base import Adapter, CallParams, ConvCall, DescribedAdapter, Unsupported
-from conformance.adapters.program import Import, Name, Statement, Value, invoke
+from conformance.adapters.base import Adapter, CallParams, CallWrapper, ConvCall, FrameworkCall, Unsupported
+from conformance.adapters.program import Expr, Import, Name, Statement, Value, invoke
 from conformance.dtypes import float_format
 
 ZERO_INSERTED = "zero-inserted"
 EXPLICIT_PADS = "explicit-pads"
 
 
-def zero_inserted_kernel(w: np.ndarray, rate: tuple[int, int], storage: str = "float64") -> np.ndarray:
-    """The HWIO kernel with rate-1 zeros between taps: an ordinary (rate 1) convolution with it
-    is the dilated convolution. `storage`: the NumPy float it is made in; float32 holds every value
-    of a float32, float16 or bfloat16 case exactly, at half float64's size (the spread kernel is
-    the largest tensor of a large-rate check)."""
-    k_h, k_w = w.shape[:2]
-    span = ((k_h - 1) * rate[0] + 1, (k_w - 1) * rate[1] + 1)
-    dilated = np.zeros((*span, *w.shape[2:]), dtype=storage)
-    dilated[:: rate[0], :: rate[1]] = w
+def zero_inserted_kernel(w: np.ndarray, rate: tuple[int, ...], storage: str = "float64") -> np.ndarray:
+    """The (*spatial, I, O) kernel with rate-1 zeros between taps: an ordinary (rate 1) convolution
+    with it is the dilated convolution. `storage`: the NumPy float it is made in; float32 holds every
+    value of a float32, float16 or bfloat16 case exactly, at half float64's size (the spread kernel
+    is the largest tensor of a large-rate check)."""
+    taps = w.shape[: len(rate)]
+    span = tuple((k - 1) * r + 1 for k, r in zip(taps, rate, strict=True))
+    dilated = np.zeros((*span, *w.shape[len(rate) :]), dtype=storage)
+    dilated[tuple(slice(None, None, r) for r in rate)] = w
     return dilated
 
 
-def stride_dilated_input(x: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
-    """NHWC x with stride - 1 zeros between its pixels along each axis."""
-    n, h, w, c = x.shape
-    spread = np.zeros((n, (h - 1) * stride[0] + 1, (w - 1) * stride[1] + 1, c), dtype=x.dtype)
-    spread[:, :: stride[0], :: stride[1]] = x
+def stride_dilated_input(x: np.ndarray, stride: tuple[int, ...]) -> np.ndarray:
+    """Channels-last x with stride - 1 zeros between its pixels along each spatial axis."""
+    n, *spatial, c = x.shape
+    spread = np.zeros((n, *((i - 1) * s + 1 for i, s in zip(spatial, stride, strict=True)), c), dtype=x.dtype)
+    spread[(slice(None), *(slice(None, None, s) for s in stride))] = x
     return spread
 
 
 def adjoint_kernel(w: np.ndarray, groups: int) -> np.ndarray:
-    """The forward op's HWIO kernel (k_h, k_w, C_out / g, C_in) as the HWIO kernel (k_h, k_w, C_in / g,
-    C_out) of the forward convolution that computes its transpose: flipped in space, in and out
-    channels swapped within each group."""
-    k_h, k_w, out_per_group, c_in = w.shape
-    grouped = w[::-1, ::-1].reshape(k_h, k_w, out_per_group, groups, c_in // groups)
-    return np.ascontiguousarray(
-        grouped.transpose(0, 1, 4, 3, 2).reshape(k_h, k_w, c_in // groups, groups * out_per_group)
-    )
+    """The forward op's kernel (*spatial, C_out / g, C_in) as the kernel (*spatial, C_in / g, C_out)
+    of the forward convolution that computes its transpose: flipped in space, in and out channels
+    swapped within each group."""
+    *taps, out_per_group, c_in = w.shape
+    rank = len(taps)
+    flipped = w[tuple(slice(None, None, -1) for _ in taps)]
+    grouped = flipped.reshape(*taps, out_per_group, groups, c_in // groups)
+    swapped = grouped.transpose(*range(rank), rank + 2, rank + 1, rank)
+    return np.ascontiguousarray(swapped.reshape(*taps, c_in // groups, groups * out_per_group))
 
 
 def require_finite_for_zero_insertion(call: ConvCall) -> None:
@@ -69,13 +72,16 @@ def explicit_pads_reason(params: CallParams) -> str | None:
     return None if params.padding == "SAME" else "the SAME-equals-explicit-pads oracle applies to SAME cases only"
 
 
-# The oracles themselves, mixed in before a framework's primary class (`class
-# TorchZeroInserted(ZeroInserted, TorchConv2d)`): what is the same in every framework is here, how
-# each API says "rate 1" or "these pads" stays in the framework's module.
+# The oracles themselves: wrappers over a framework's call (its primary, which is their baseline) that
+# change one thing of the contract. How each API says "rate 1" or "these pads" stays in its module.
 
 
-class ZeroInserted(DescribedAdapter):
-    variant = ZERO_INSERTED
+class ZeroInserted(CallWrapper):
+    """Rate 1 with the kernel's taps spread out by explicit zeros."""
+
+    def __init__(self, primary: FrameworkCall) -> None:
+        super().__init__(primary, ZERO_INSERTED)
+        self.baseline = primary
 
     def memory_estimate(self, call_params: CallParams) -> list[cost.Part]:
         # The spread kernel is (k - 1) * r + 1 taps a side: at rate 24 a 3 x 3 kernel of 2,048 x 256
@@ -91,14 +97,33 @@ class ZeroInserted(DescribedAdapter):
     def kernel(self, call: ConvCall) -> Value:
         return invoke("zero_inserted_kernel", Name("w"), call.rate, spread_kernel_storage(call.dtype))
 
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        return self.inner.invocation(replace(call, rate=(1,) * len(call.rate)), precision)
+
 
 def spread_kernel_storage(dtype: str) -> str:
     """The narrowest NumPy float every framework takes that holds the case dtype's values exactly."""
     return "float64" if dtype == "float64" else "float32"
 
 
-class ExplicitPads(Adapter):
-    variant = EXPLICIT_PADS
+class ExplicitPads(CallWrapper):
+    """SAME written out as the explicit pads of DESIGN.md, in the API's own spelling of explicit pads."""
+
+    def __init__(self, primary: FrameworkCall) -> None:
+        super().__init__(primary, EXPLICIT_PADS)
+        self.baseline = primary
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         return explicit_pads_reason(call_params) or super().unsupported_reason(call_params)
+
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        return self.inner.invocation(replace(call, padding=call.geometry.pads), precision)
+
+
+class Against(CallWrapper):
+    """The same call judged against another formulation of the framework's (`baseline`), not the
+    reference: e.g. `atrous_conv2d` must equal `conv2d(dilations=)`, whatever the reference says."""
+
+    def __init__(self, inner: FrameworkCall, baseline: Adapter, variant: str) -> None:
+        super().__init__(inner, variant)
+        self.baseline = baseline

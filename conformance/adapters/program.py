@@ -10,6 +10,12 @@ from one description, the reproduction cannot drift from the call that was judge
 when they were written separately); `tests/test_reproductions.py` executes every target's source
 and compares bits.
 
+One mechanism for every adapter, Keras' whole composite models included. Why data rather than source
+text run through `ast` and `compile`: the harness reuses what is expensive to rebuild across checks,
+keyed by its text (`Cached`, `Once`: a traced tf.function, a compiled model), and must know which names
+such a part reads (only modules, so equal text is an equal value); a description answers both
+directly, where source would have to be parsed back for every check.
+
 Only what the adapters need is here: no control flow, operators `+` and `*`, one-expression
 lambdas, `with` blocks, and `Cached` (an expression) and `Once` (statements) for what is expensive
 to rebuild and safe to reuse (a `tf.function`, whose tracing is the expensive part; a compiled

@@ -4,14 +4,13 @@ Padding uses torch's own vocabulary wherever it has one, so the suite tests torc
 than ours: SAME -> padding="same" (which torch allows only at stride 1), VALID -> "valid",
 symmetric pads -> (pad_h, pad_w), asymmetric pads -> `F.pad` first, the usual porting idiom.
 
-Every call is described once (`describe`, a `Program`): the same statements run and print as the
-reproduction. The tensors enter as float64 and are cast by torch (`torch.from_numpy` has no
-bfloat16), permuted from NHWC/HWIO and back.
+The tensors enter as float64 and are cast by torch (`torch.from_numpy` has no bfloat16), permuted
+from NHWC/HWIO and back. The module users build (`TorchModule`), channels_last memory, the explicit
+pads and the transposed convolution as a forward one are wrappers over the functional call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -22,10 +21,11 @@ from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
     CallParams,
+    CallWrapper,
     ConvCall,
     DerivativeAdapter,
-    DescribedAdapter,
     DeviceComparison,
+    FrameworkCall,
     Unavailable,
 )
 from conformance.adapters.modes import numpy_output, physical_device
@@ -48,8 +48,6 @@ from conformance.frameworks import TORCH
 from conformance.machine import FactValue
 from conformance.semantics import CONV_TRANSPOSE
 
-NCHW, OIHW = (0, 3, 1, 2), (3, 2, 0, 1)  # from NHWC and HWIO
-TO_NHWC, TO_HWIO = (0, 2, 3, 1), (2, 3, 1, 0)
 TF32_FLAGS = ("torch.backends.cudnn.allow_tf32", "torch.backends.cuda.matmul.allow_tf32")
 # The TF32 flags as torch set them before this process changed anything: "defaults" mode restores them.
 _flag_defaults: dict[str, bool] = {}
@@ -95,21 +93,33 @@ def _torch_device(device: str) -> str:
     return "cuda" if physical_device(device) == "gpu" else "cpu"
 
 
-def _prelude(precision: str) -> list[Statement]:
-    """Imports and precision flags: strict turns TF32 off; defaults puts torch's own settings back."""
-    _torch()
-    flags = [SetAttr(flag, False if precision == "strict" else _flag_defaults[flag]) for flag in TF32_FLAGS]
-    return [Import("torch"), Import("torch.nn.functional", "F"), *flags]
+def _channels_first(rank: int) -> tuple[int, ...]:
+    """From channels last (N, *spatial, C) to torch's (N, C, *spatial)."""
+    return (0, rank + 1, *range(1, rank + 1))
 
 
-def _tensor(name: str, call: ConvCall, device: str, order: tuple[int, ...], source: Value = None) -> Expr:
-    """`torch.tensor(name, float64).to(device, dtype).permute(order)`: `source` for another array."""
-    made = invoke("torch.tensor", source if source is not None else Name(name), dtype=Name("torch.float64"))
+def _channels_last(rank: int) -> tuple[int, ...]:
+    return (0, *range(2, rank + 2), 1)
+
+
+def _out_in_first(rank: int) -> tuple[int, ...]:
+    """From the case's kernel (*spatial, I, O) to torch's weight (O, I, *spatial)."""
+    return (rank + 1, rank, *range(rank))
+
+
+def _spatial_first(rank: int) -> tuple[int, ...]:
+    """A weight's gradient (O, I, *spatial) back to (*spatial, I, O)."""
+    return (*range(2, rank + 2), 1, 0)
+
+
+def _tensor(source: Value, call: ConvCall, device: str, order: tuple[int, ...]) -> Expr:
+    """`torch.tensor(source, float64).to(device, dtype).permute(order)`."""
+    made = invoke("torch.tensor", source, dtype=Name("torch.float64"))
     placed = method(made, "to", _torch_device(device), Name(f"torch.{call.dtype}"))
     return method(placed, "permute", *order)
 
 
-class TorchConv2d(DescribedAdapter):
+class TorchConv2d(FrameworkCall):
     framework = TORCH
     op = "conv2d"
 
@@ -122,36 +132,51 @@ class TorchConv2d(DescribedAdapter):
             build = "CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
             raise Unavailable(f"no CUDA device visible to torch {torch.__version__} ({build})")
 
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        return Program(
-            (*self.inputs(call, device, precision), With(invoke("torch.no_grad"), tuple(self.forward(call))))
-        )
+    def prelude(self, device: str, precision: str) -> list[Statement]:
+        """Imports and precision flags: strict turns TF32 off; defaults puts torch's own settings back."""
+        _torch()
+        flags = [SetAttr(flag, False if precision == "strict" else _flag_defaults[flag]) for flag in TF32_FLAGS]
+        return [Import("torch"), Import("torch.nn.functional", "F"), *flags]
 
-    def inputs(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
-        """Imports, flags and the NCHW input `xt` and OIHW kernel `wt`."""
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        """The channels-first input and the (O, I, *spatial) weight; the tensors enter as float64 and are
+        cast by torch (`torch.from_numpy` has no bfloat16)."""
+        rank = len(call.rate)
         return [
-            *self.kernel_imports(call),
-            *_prelude(precision),
-            Assign("xt", _tensor("x", call, device, NCHW), "NHWC -> NCHW"),
-            Assign("wt", _tensor("w", call, device, OIHW, self.kernel(call)), "HWIO -> OIHW"),
+            Assign("x_t", _tensor(Name("x"), call, device, _channels_first(rank)), "NHWC -> NCHW"),
+            Assign("w_t", _tensor(kernel, call, device, _out_in_first(rank)), "HWIO -> OIHW"),
         ]
 
-    def rate(self, call: ConvCall) -> tuple[int, ...]:
-        return call.rate
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        argument, _ = padding.torch_arguments(call.padding, call.geometry.pads)
+        return self.conv(call, self.module_input(call, Name("x_t")), argument)
 
-    def padding(self, call: ConvCall) -> tuple[str | tuple[int, ...], list[int] | None]:
-        """(conv2d's padding=, the F.pad to apply first or None)."""
-        return padding.torch_arguments(call.padding, call.geometry.pads)
-
-    def forward(self, call: ConvCall) -> list[Statement]:
-        """From `xt`, `wt` to `y`, NHWC."""
-        argument, explicit = self.padding(call)
-        pad = [Assign("xt", invoke("F.pad", Name("xt"), explicit), "[left, right, top, bottom]")] if explicit else []
-        conv = invoke(
-            "F.conv2d", Name("xt"), Name("wt"), stride=call.stride, padding=argument, dilation=self.rate(call),
+    def conv(self, call: ConvCall, x: Expr, padding_argument: str | tuple[int, ...]) -> Expr:
+        return invoke(
+            "F.conv2d", x, Name("w_t"), stride=call.stride, padding=padding_argument, dilation=call.rate,
             groups=call.groups,
         )  # fmt: skip
-        return [*pad, Assign("y", method(conv, "permute", *TO_NHWC), "NHWC")]
+
+    def module_input(self, call: ConvCall, x: Expr) -> Expr:
+        """`x` as the call (or a module) takes it: asymmetric pads are `F.pad` first, the porting idiom,
+        since conv2d takes one pad per axis."""
+        _, explicit = padding.torch_arguments(call.padding, call.geometry.pads)
+        return invoke("F.pad", x, explicit) if explicit else x
+
+    def module(self, call: ConvCall) -> Expr:
+        """The `torch.nn` module users build for this call (an execution mode calls it)."""
+        argument, _ = padding.torch_arguments(call.padding, call.geometry.pads)
+        c_in, (*taps, _, c_out) = call.x.shape[-1], call.w.shape
+        return invoke(
+            "torch.nn.Conv2d", c_in, c_out, tuple(taps), stride=call.stride, padding=argument, dilation=call.rate,
+            groups=call.groups, bias=False, device=Name("x_t.device"), dtype=Name("x_t.dtype"),
+        )  # fmt: skip
+
+    def read_back(self, call: ConvCall, result: Expr) -> Expr:
+        return method(result, "permute", *_channels_last(len(call.rate)))
+
+    def placed(self, device: str, statements: list[Statement]) -> list[Statement]:
+        return [With(invoke("torch.no_grad"), tuple(statements))]
 
     def to_numpy(self, value: Any) -> np.ndarray:
         torch = _torch()
@@ -181,43 +206,6 @@ class TorchConv2d(DescribedAdapter):
         return runtime_facts()
 
 
-class TorchLayer(TorchConv2d):
-    """`torch.nn.Conv2d`, the module users build, called first on an input of another spatial size
-    and then on the case: state kept between calls (cached primitives or algorithms) must not leak."""
-
-    variant = "layer"
-
-    def forward(self, call: ConvCall) -> list[Statement]:
-        argument, explicit = self.padding(call)
-        c_in = call.x.shape[3]
-        k_h, k_w, _, c_out = call.w.shape
-
-        def padded(tensor: str) -> Expr:
-            return invoke("F.pad", Name(tensor), explicit) if explicit else Name(tensor)
-
-        layer = invoke(
-            "torch.nn.Conv2d", c_in, c_out, (k_h, k_w), stride=call.stride, padding=argument, dilation=call.rate,
-            groups=call.groups, bias=False, device=Name("xt.device"), dtype=Name("xt.dtype"),
-        )  # fmt: skip
-        return _called_on_another_size_first(layer, call, padded)
-
-
-def _called_on_another_size_first(
-    layer: Expr, call: ConvCall, prepared: Callable[[str], Expr] = Name
-) -> list[Statement]:
-    """`layer` (a module) with the case's kernel, called on an input 3 x 5 pixels larger, then on `xt`
-    (each input through `prepared`: the pads the module cannot state)."""
-    n, h, w, c_in = call.x.shape
-    other = invoke("torch.ones", n, c_in, h + 3, w + 5, dtype=Name("xt.dtype"), device=Name("xt.device"))
-    return [
-        Assign("layer", layer),
-        Do(method("layer.weight", "copy_", Name("wt"))),
-        Assign("other", other),
-        Do(invoke("layer", prepared("other")), "another spatial size first", f"on an input of size {[h + 3, w + 5]}"),
-        Assign("y", method(invoke("layer", prepared("xt")), "permute", *TO_NHWC), "NHWC"),
-    ]
-
-
 class TorchConvTranspose2d(TorchConv2d):
     """`torch.nn.functional.conv_transpose2d`: the weight is (C_in, C_out / groups, k_h, k_w), which is the
     forward op's OIHW weight, so the case's kernel permutes exactly as conv2d's does."""
@@ -235,136 +223,155 @@ class TorchConvTranspose2d(TorchConv2d):
         crops, extra = arguments
         return {"stride": call.stride, "padding": crops, "output_padding": extra, "groups": call.groups}
 
-    def forward(self, call: ConvCall) -> list[Statement]:
-        conv = invoke("F.conv_transpose2d", Name("xt"), Name("wt"), **self.arguments(call), dilation=call.rate)
-        return [Assign("y", method(conv, "permute", *TO_NHWC), "NHWC")]
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        return invoke("F.conv_transpose2d", Name("x_t"), Name("w_t"), **self.arguments(call), dilation=call.rate)
 
+    def module_input(self, call: ConvCall, x: Expr) -> Expr:
+        return x
 
-class TorchConvTransposeLayer(TorchConvTranspose2d):
-    """`torch.nn.ConvTranspose2d`, called first on an input of another spatial size, then on the case."""
-
-    variant = "layer"
-
-    def forward(self, call: ConvCall) -> list[Statement]:
-        k_h, k_w, out_per_group, c_in = call.w.shape
-        layer = invoke(
-            "torch.nn.ConvTranspose2d", c_in, out_per_group * call.groups, (k_h, k_w), **self.arguments(call),
-            dilation=call.rate, bias=False, device=Name("xt.device"), dtype=Name("xt.dtype"),
+    def module(self, call: ConvCall) -> Expr:
+        *taps, out_per_group, c_in = call.w.shape
+        return invoke(
+            "torch.nn.ConvTranspose2d", c_in, out_per_group * call.groups, tuple(taps), **self.arguments(call),
+            dilation=call.rate, bias=False, device=Name("x_t.device"), dtype=Name("x_t.dtype"),
         )  # fmt: skip
-        return _called_on_another_size_first(layer, call)
+
+
+class TorchModule(CallWrapper):
+    """The `torch.nn` module users build (`torch.nn.Conv2d`, `torch.nn.ConvTranspose2d`), called first on
+    an input of another spatial size and then on the case: state kept between calls (cached primitives
+    or algorithms) must not leak."""
+
+    inner: TorchConv2d
+
+    def __init__(self, primary: TorchConv2d) -> None:
+        super().__init__(primary, "layer")
+
+    def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
+        n, *spatial, c_in = call.x.shape
+        larger = [size + 3 + 2 * axis for axis, size in enumerate(spatial)]  # 3 x 5 pixels larger in 2-D
+        other = invoke("torch.ones", n, c_in, *larger, dtype=Name("x_t.dtype"), device=Name("x_t.device"))
+        module_input = self.inner.module_input
+        return [
+            Assign("layer", self.inner.module(call)),
+            Do(method("layer.weight", "copy_", Name("w_t"))),
+            Assign("other", other),
+            Do(
+                invoke("layer", module_input(call, Name("other"))),
+                "another spatial size first",
+                f"on an input of size {larger}",
+            ),
+            Assign("y", self.read_back(call, invoke("layer", module_input(call, Name("x_t")))), "NHWC"),
+        ]
 
 
 PRIMARY = TorchConv2d()
 TRANSPOSED = TorchConvTranspose2d()
 
 
-class TorchTransposeAsForward(TorchConvTranspose2d):
+class TorchTransposeAsForward(CallWrapper):
     """Oracle: conv_transpose2d as F.conv2d (stride 1, the rate) of the zero-inserted input, padded (or,
     where negative, cropped) by F.pad, with the flipped, channel-swapped kernel: torch's forward
     kernels against its transposed one."""
 
-    variant = "as-forward"
-    baseline = TRANSPOSED
+    def __init__(self) -> None:
+        super().__init__(TRANSPOSED, "as-forward")
+        self.baseline = TRANSPOSED
 
-    def inputs(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
+    def kernel_imports(self, call: ConvCall) -> list[Statement]:
         oracles.require_finite_for_zero_insertion(call)
+        return [Import("conformance.adapters.oracles", names=("adjoint_kernel", "stride_dilated_input"))]
+
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        rank = len(call.rate)
         spread = invoke("stride_dilated_input", Name("x"), call.stride)
-        kernel = invoke("adjoint_kernel", Name("w"), call.groups)
+        flipped = invoke("adjoint_kernel", kernel, call.groups)
         return [
-            Import("conformance.adapters.oracles", names=("adjoint_kernel", "stride_dilated_input")),
-            *_prelude(precision),
-            Assign("xt", _tensor("x", call, device, NCHW, spread), "zeros between pixels, NHWC -> NCHW"),
-            Assign("wt", _tensor("w", call, device, OIHW, kernel), "flipped, in/out swapped, HWIO -> OIHW"),
+            Assign("x_t", _tensor(spread, call, device, _channels_first(rank)), "zeros between pixels, NHWC -> NCHW"),
+            Assign("w_t", _tensor(flipped, call, device, _out_in_first(rank)), "flipped, in/out swapped, HWIO -> OIHW"),
         ]
 
-    def forward(self, call: ConvCall) -> list[Statement]:
-        (top, bottom), (left, right) = padding.dilated_input_pads(call.geometry)
-        padded = invoke("F.pad", Name("xt"), [left, right, top, bottom])  # (negative: a crop)
-        conv = invoke("F.conv2d", padded, Name("wt"), dilation=call.rate, groups=call.groups)
-        return [Assign("y", method(conv, "permute", *TO_NHWC), "NHWC")]
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        pads = padding.last_axis_first(tuple(padding.dilated_input_pads(call.geometry)))
+        padded = invoke("F.pad", Name("x_t"), pads)  # (negative: a crop)
+        return invoke("F.conv2d", padded, Name("w_t"), dilation=call.rate, groups=call.groups)
 
 
-class TorchZeroInserted(oracles.ZeroInserted, TorchConv2d):
-    """Oracle: dilation 1 with the kernel's taps spread out by explicit zeros."""
-
-    baseline = PRIMARY
-
-    def rate(self, call: ConvCall) -> tuple[int, ...]:
-        return (1, 1)
-
-
-class TorchChannelsLast(TorchConv2d):
+class TorchChannelsLast(CallWrapper):
     """Oracle: the same call on channels_last (NHWC-in-memory) tensors, a different kernel family."""
 
-    variant = "channels_last"
-    baseline = PRIMARY
+    def __init__(self) -> None:
+        super().__init__(PRIMARY, "channels_last")
+        self.baseline = PRIMARY
 
-    def forward(self, call: ConvCall) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
         last = {"memory_format": Name("torch.channels_last")}
         return [
-            Assign("xt", method("xt", "contiguous", **last)),
-            Assign("wt", method("wt", "contiguous", **last)),
-            *super().forward(call),
+            *self.inner.tensors(call, kernel, device, precision),
+            Assign("x_t", method("x_t", "contiguous", **last)),
+            Assign("w_t", method("w_t", "contiguous", **last)),
         ]
 
 
-class TorchExplicitPads(oracles.ExplicitPads, TorchConv2d):
-    """Oracle: SAME written out as the explicit pads of DESIGN.md (F.pad, then no padding)."""
+class TorchExplicitPads(oracles.ExplicitPads):
+    """Oracle: SAME written out as the explicit pads of DESIGN.md, as porters write them: F.pad, then
+    no padding (torch's own spelling of symmetric pads would leave the pads to the kernel again)."""
 
-    baseline = PRIMARY
+    inner: TorchConv2d
 
-    def padding(self, call: ConvCall) -> tuple[str | tuple[int, ...], list[int] | None]:
-        return (0, 0), padding.last_axis_first(call.geometry.pads)
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        padded = invoke("F.pad", Name("x_t"), padding.last_axis_first(call.geometry.pads))
+        return self.inner.conv(call, padded, (0,) * len(call.rate))
 
 
-class TorchDerivative(DerivativeAdapter, DescribedAdapter):
+class TorchDerivative(DerivativeAdapter):
     """torch.autograd on the primary call. The leaves are the same permuted (NHWC -> NCHW,
     HWIO -> OIHW) tensors the forward call gets, as in a port of TensorFlow weights; the HVP is
     double backward: autograd.grad with create_graph=True, then grad of <grad, v> again."""
 
-    primary: TorchConv2d
+    inner: TorchConv2d
 
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        wrt = Name("x_leaf" if self.with_respect_to == "input" else "w_leaf")
-        y_nchw = method("y", "permute", *NCHW)
+        rank = len(call.rate)
+        wrt = Name("x_t" if self.with_respect_to == "input" else "w_t")
         statements = [
-            *self.primary.inputs(call, device, precision),
-            Assign(
-                "x_leaf, w_leaf", (method("xt", "requires_grad_"), method("wt", "requires_grad_")), "before any padding"
-            ),
-            *self.primary.forward(call),
-            Assign("dyt", _tensor("dy", call, device, NCHW)),
+            *self.inner.prelude(device, precision),
+            *self.inner.tensors(call, self.inner.kernel(call), device, precision),
+            Assign("x_t, w_t", (method("x_t", "requires_grad_"), method("w_t", "requires_grad_")), "the leaves"),
+            Assign("y_t", self.inner.invocation(call, precision), "NCHW"),
+            Assign("dy_t", _tensor(Name("dy"), call, device, _channels_first(rank))),
         ]
         if self.order == 1:
-            statements.append(Assign("(g,)", invoke("torch.autograd.grad", y_nchw, [wrt], Name("dyt"))))
+            statements.append(Assign("(g,)", invoke("torch.autograd.grad", Name("y_t"), [wrt], Name("dy_t"))))
         else:
-            leaves = [Name("x_leaf"), Name("w_leaf")]
             inner = BinOp(
                 "+",
-                method(BinOp("*", Name("gx"), Name("vxt")), "sum"),
-                method(BinOp("*", Name("gw"), Name("vwt")), "sum"),
+                method(BinOp("*", Name("gx"), Name("vx_t")), "sum"),
+                method(BinOp("*", Name("gw"), Name("vw_t")), "sum"),
             )
+            leaves = [Name("x_t"), Name("w_t")]
             statements += [
-                Assign("gx, gw", invoke("torch.autograd.grad", y_nchw, leaves, Name("dyt"), create_graph=True)),
-                Assign("vxt", _tensor("vx", call, device, NCHW)),
-                Assign("vwt", _tensor("vw", call, device, OIHW)),
+                Assign("gx, gw", invoke("torch.autograd.grad", Name("y_t"), leaves, Name("dy_t"), create_graph=True)),
+                Assign("vx_t", _tensor(Name("vx"), call, device, _channels_first(rank))),
+                Assign("vw_t", _tensor(Name("vw"), call, device, _out_in_first(rank))),
                 Assign("(g,)", invoke("torch.autograd.grad", inner, [wrt]), "H v"),
             ]
-        back, layout = (TO_NHWC, "NHWC") if self.with_respect_to == "input" else (TO_HWIO, "HWIO")
+        wrt_input = self.with_respect_to == "input"
+        back, layout = (_channels_last(rank), "NHWC") if wrt_input else (_spatial_first(rank), "HWIO")
         statements.append(Assign("g", method("g", "permute", *back), layout))
         return Program(tuple(statements), result="g")
 
 
 ADAPTERS = (
     PRIMARY,
-    TorchLayer(),
-    TorchZeroInserted(),
+    TorchModule(PRIMARY),
+    oracles.ZeroInserted(PRIMARY),
     TorchChannelsLast(),
-    TorchExplicitPads(),
+    TorchExplicitPads(PRIMARY),
     DeviceComparison(PRIMARY),
     *(TorchDerivative(PRIMARY, quantity) for quantity in QUANTITIES),
     TRANSPOSED,
-    TorchConvTransposeLayer(),
+    TorchModule(TRANSPOSED),
     TorchTransposeAsForward(),
     DeviceComparison(TRANSPOSED),
     *(TorchDerivative(TRANSPOSED, quantity) for quantity in QUANTITIES),

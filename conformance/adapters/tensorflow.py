@@ -7,10 +7,10 @@ per-axis dilations, strides, explicit pads and infers groups from the kernel's i
 `depthwise_conv2d` is the separate kernel TF (and Keras' DepthwiseConv2D) uses when groups equal
 the input channels: it gets every depthwise case.
 
-Each op's call is one expression (`convolution`) over `x_t`, `w_t`; the execution modes place that
-expression eagerly, inside a `tf.function`, or inside a `tf.function` built for unknown spatial
-sizes (a layer), and the derivatives put it on a gradient tape. The oneDNN variants run the
-eager call in a child process started with `TF_ENABLE_ONEDNN_OPTS` set (it is read once, at import).
+Each op's call is one expression (`invocation`) over `x_t`, `w_t`; the execution modes are wrappers
+that place it inside a `tf.function` (`InFunction`, also with XLA) or inside a `tf.function` built for
+unknown spatial sizes (`AsLayer`), and the derivatives put it on a gradient tape. The oneDNN variants
+run the eager call in a child process started with `TF_ENABLE_ONEDNN_OPTS` set (it is read once, at import).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
     CallParams,
+    CallWrapper,
     ConvCall,
     DerivativeAdapter,
-    DescribedAdapter,
     DeviceComparison,
+    FrameworkCall,
     Unavailable,
     Unsupported,
 )
@@ -103,27 +104,15 @@ def _padding_argument(call: CallParams | ConvCall) -> str | list[list[int]]:
     return padding.native_word(call.padding) or padding.channels_last_pairs(call.geometry.pads)
 
 
-def _placed(device: str, precision: str, tensors: list[Statement], body: list[Statement]) -> list[Statement]:
-    """Import, the TF32 setting of the precision mode, then `tensors` and `body` on the device."""
-    tf32 = False if precision == "strict" else _tf32_default()
-    return [
-        Import("tensorflow", "tf"),
-        Do(invoke("tf.config.experimental.enable_tensor_float_32_execution", tf32)),
-        With(invoke("tf.device", f"/{device.upper()}:0"), (*tensors, *body)),
-    ]
-
-
 def _tensor(name: str, dtype: str, source: Value = None, comment: str = "") -> Assign:
     value = invoke("tf.constant", source if source is not None else Name(name), Name("tf.float64"))
     return Assign(f"{name}_t", invoke("tf.cast", value, Name(f"tf.{dtype}")), comment)
 
 
-class _TensorFlowAdapter(DescribedAdapter):
-    framework = TENSORFLOW
+class _TensorFlowCall(FrameworkCall):
+    """A `tf.nn` op on an NHWC input `x_t` and an HWIO kernel `w_t`, the suite's own layouts."""
 
-    def __init__(self, variant: str | None = None) -> None:
-        if variant is not None:  # (an oracle's class says its own)
-            self.variant = variant
+    framework = TENSORFLOW
 
     def check_available(self, device: str) -> None:
         tf = _tf()
@@ -132,53 +121,16 @@ class _TensorFlowAdapter(DescribedAdapter):
             build = "built with CUDA" if tf.test.is_built_with_cuda() else "CPU-only build"
             raise Unavailable(f"no GPU visible to TensorFlow {tf.__version__} ({build})")
 
-    def convolution(self, call: ConvCall) -> Expr:
-        """The op's call on `x_t` (NHWC) and `w_t` (HWIO), giving NHWC."""
-        raise NotImplementedError
+    def prelude(self, device: str, precision: str) -> list[Statement]:
+        """The import and the precision mode's TF32 setting."""
+        tf32 = False if precision == "strict" else _tf32_default()
+        return [Import("tensorflow", "tf"), Do(invoke("tf.config.experimental.enable_tensor_float_32_execution", tf32))]
 
-    def inputs(self, call: ConvCall) -> list[Statement]:
-        return [
-            *self.kernel_imports(call),
-            _tensor("x", call.dtype, comment="NHWC"),
-            _tensor("w", call.dtype, self.kernel(call), "HWIO"),
-        ]
+    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+        return [_tensor("x", call.dtype, comment="NHWC"), _tensor("w", call.dtype, kernel, "HWIO")]
 
-    def describe(self, call: ConvCall, device: str, precision: str) -> Program:
-        return Program(tuple(_placed(device, precision, self.inputs(call), self.execution(call, device, precision))))
-
-    def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
-        """The convolution eagerly, or in graph mode: a `tf.function` is built (and traced) once per
-        text and reused by every check that shares it, as a model reuses its layers."""
-        conv = self.convolution(call)
-        if self.variant not in ("function", "jit-compile", "layer"):
-            return [Assign("y", conv)]
-        # One graph per input shape, as the old per-shape cache had it (a tf.function retraced for
-        # many shapes warns about retracing on every check).
-        context = (device, precision, call.dtype, call.x.shape, call.w.shape)
-        # autograph=False: the body is one expression, there is no Python control flow to convert.
-        if self.variant in ("function", "jit-compile"):
-            xla = {"jit_compile": True} if self.variant == "jit-compile" else {}  # XLA's kernels, not TF's
-            graph = Cached(invoke("tf.function", Lambda(("x_t", "w_t"), conv), autograph=False, **xla), context)
-            return [Assign("y", invoke(graph, *TENSORS))]
-        # A graph built for unknown spatial sizes (as a Keras layer's is), run on another size first:
-        # padding or space_to_batch blocks computed for the first size must not be reused.
-        dtype = Name(f"tf.{call.dtype}")
-        n, h, w, c = call.x.shape
-        signature = [
-            invoke("tf.TensorSpec", [None, None, None, c], dtype),
-            invoke("tf.TensorSpec", list(call.w.shape), dtype),
-        ]
-        layer = invoke("tf.function", Lambda(("x_t", "w_t"), conv), input_signature=signature, autograph=False)
-        other = invoke("tf.ones", [n, h + 3, w + 5, c], dtype)
-        return [
-            Assign("layer", Cached(layer, context)),
-            Do(
-                invoke("layer", other, Name("w_t")),
-                "another spatial size first",
-                f"on an input of size {[h + 3, w + 5]}",
-            ),
-            Assign("y", invoke("layer", *TENSORS)),
-        ]
+    def placed(self, device: str, statements: list[Statement]) -> list[Statement]:
+        return [With(invoke("tf.device", f"/{device.upper()}:0"), tuple(statements))]
 
     def to_numpy(self, value: Any) -> np.ndarray:
         return numpy_output(value.numpy(), value.dtype.name)
@@ -204,14 +156,67 @@ class _TensorFlowAdapter(DescribedAdapter):
         return runtime_facts()
 
 
-class TensorFlowAtrousConv2d(_TensorFlowAdapter):
+def _graph_context(call: ConvCall, device: str, precision: str) -> tuple[Any, ...]:
+    """What a traced graph depends on besides its text: one graph per input shape, as a model has (a
+    tf.function retraced for many shapes warns about retracing on every check)."""
+    return (device, precision, call.dtype, call.x.shape, call.w.shape)
+
+
+class InFunction(CallWrapper):
+    """The call inside a `tf.function` (graph mode), or with `jit_compile=True` (XLA's kernels, not
+    TensorFlow's): built and traced once per text and reused by every check that shares it, as a
+    model reuses its layers."""
+
+    def __init__(self, inner: FrameworkCall, jit_compile: bool = False) -> None:
+        super().__init__(inner, "jit-compile" if jit_compile else "function")
+        self.jit_compile = jit_compile
+
+    def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
+        xla = {"jit_compile": True} if self.jit_compile else {}
+        # autograph=False: the body is one expression, there is no Python control flow to convert.
+        function = invoke(
+            "tf.function", Lambda(("x_t", "w_t"), self.invocation(call, precision)), autograph=False, **xla
+        )
+        graph = Cached(function, _graph_context(call, device, precision))
+        return [Assign("y", self.read_back(call, invoke(graph, *TENSORS)))]
+
+
+class AsLayer(CallWrapper):
+    """The call in a `tf.function` built for unknown spatial sizes (as a Keras layer's is), run on
+    another size first: padding or space_to_batch blocks computed for the first size must not be reused."""
+
+    def __init__(self, inner: FrameworkCall) -> None:
+        super().__init__(inner, "layer")
+
+    def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
+        dtype = Name(f"tf.{call.dtype}")
+        n, *spatial, c = call.x.shape
+        larger = [size + 3 + 2 * axis for axis, size in enumerate(spatial)]  # 3 x 5 pixels larger in 2-D
+        signature = [
+            invoke("tf.TensorSpec", [None, *(None for _ in spatial), c], dtype),
+            invoke("tf.TensorSpec", list(call.w.shape), dtype),
+        ]
+        body = Lambda(("x_t", "w_t"), self.invocation(call, precision))
+        layer = invoke("tf.function", body, input_signature=signature, autograph=False)
+        return [
+            Assign("layer", Cached(layer, _graph_context(call, device, precision))),
+            Do(
+                invoke("layer", invoke("tf.ones", [n, *larger, c], dtype), Name("w_t")),
+                "another spatial size first",
+                f"on an input of size {larger}",
+            ),
+            Assign("y", self.read_back(call, invoke("layer", *TENSORS))),
+        ]
+
+
+class TensorFlowAtrousConv2d(_TensorFlowCall):
     op = "atrous_conv2d"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         reasons = []
-        if call_params.stride != (1, 1):
+        if any(s != 1 for s in call_params.stride):
             reasons.append("has no stride (it is always 1)")
-        if call_params.rate[0] != call_params.rate[1]:
+        if len(set(call_params.rate)) != 1:
             reasons.append("takes one integer rate for both axes")
         if padding.native_word(call_params.padding) is None:
             reasons.append('takes only "SAME" or "VALID" padding')
@@ -219,26 +224,21 @@ class TensorFlowAtrousConv2d(_TensorFlowAdapter):
             reasons.append("has no groups")
         return f"tf.nn.{self.op} " + "; ".join(reasons) if reasons else None
 
-    def convolution(self, call: ConvCall) -> Expr:
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
         return invoke("tf.nn.atrous_conv2d", *TENSORS, rate=call.rate[0], padding=call.padding)
 
 
-class TensorFlowConv2d(_TensorFlowAdapter):
+class TensorFlowConv2d(_TensorFlowCall):
     op = "conv2d"
 
-    def rate(self, call: ConvCall) -> list[int]:
-        return list(call.rate)
-
-    def padding(self, call: ConvCall) -> str | list[list[int]]:
-        return _padding_argument(call)
-
-    def convolution(self, call: ConvCall) -> Expr:
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
         return invoke(
-            "tf.nn.conv2d", *TENSORS, strides=list(call.stride), padding=self.padding(call), dilations=self.rate(call)
-        )
+            "tf.nn.conv2d", *TENSORS, strides=list(call.stride), padding=_padding_argument(call),
+            dilations=list(call.rate),
+        )  # fmt: skip
 
 
-class TensorFlowDepthwiseConv2d(_TensorFlowAdapter):
+class TensorFlowDepthwiseConv2d(_TensorFlowCall):
     """Our HWIO kernel (k_h, k_w, 1, C*m) is TF's depthwise filter (k_h, k_w, C, m): output channel
     c*m + j reads input channel c in both layouts, so a reshape is the whole translation."""
 
@@ -246,18 +246,18 @@ class TensorFlowDepthwiseConv2d(_TensorFlowAdapter):
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         reasons = []
-        channels = call_params.input_shape[3]
-        if call_params.groups != channels or call_params.kernel_shape[2] != 1:
+        channels = call_params.input_shape[-1]
+        if call_params.groups != channels or call_params.kernel_shape[-2] != 1:
             reasons.append("is only for depthwise convolution (groups = input channels)")
-        if call_params.stride[0] != call_params.stride[1]:
+        if len(set(call_params.stride)) != 1:
             reasons.append("takes one stride for both axes")
         return "tf.nn.depthwise_conv2d " + "; ".join(reasons) if reasons else None
 
-    def convolution(self, call: ConvCall) -> Expr:
-        k_h, k_w, _, out_channels = call.w.shape
-        channels = call.x.shape[3]
-        filters = invoke("tf.reshape", Name("w_t"), [k_h, k_w, channels, out_channels // channels])
-        strides = [1, call.stride[0], call.stride[1], 1]
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        *taps, _, out_channels = call.w.shape
+        channels = call.x.shape[-1]
+        filters = invoke("tf.reshape", Name("w_t"), [*taps, channels, out_channels // channels])
+        strides = [1, *call.stride, 1]
         return invoke(
             "tf.nn.depthwise_conv2d", Name("x_t"), filters, strides, padding=_padding_argument(call),
             dilations=list(call.rate),
@@ -267,49 +267,22 @@ class TensorFlowDepthwiseConv2d(_TensorFlowAdapter):
 CONV2D = TensorFlowConv2d()
 
 
-class TensorFlowAtrousEqualsConv2d(TensorFlowAtrousConv2d):
-    """Oracle: `atrous_conv2d` must equal `conv2d(dilations=)`, whatever the reference says."""
-
-    baseline = CONV2D
-
-    def __init__(self) -> None:
-        super().__init__("equals-conv2d")
-
-
-class TensorFlowZeroInserted(oracles.ZeroInserted, TensorFlowConv2d):
-    """Oracle: dilations 1 with the kernel's taps spread out by explicit zeros."""
-
-    baseline = CONV2D
-
-    def rate(self, call: ConvCall) -> list[int]:
-        return [1, 1]
-
-
-class TensorFlowExplicitPads(oracles.ExplicitPads, TensorFlowConv2d):
-    """Oracle: SAME written out as the explicit pads of DESIGN.md."""
-
-    baseline = CONV2D
-
-    def padding(self, call: ConvCall) -> str | list[list[int]]:
-        return padding.channels_last_pairs(call.geometry.pads)
-
-
-class TensorFlowNchw(TensorFlowConv2d):
+class Nchw(CallWrapper):
     """Oracle: the same convolution with data_format="NCHW" (a separate kernel path)."""
 
-    baseline = CONV2D
-
     def __init__(self) -> None:
-        super().__init__("nchw")
+        super().__init__(CONV2D, "nchw")
+        self.baseline = CONV2D
 
-    def convolution(self, call: ConvCall) -> Expr:
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        rank = len(call.rate)
         word = padding.native_word(call.padding)
         nchw = invoke(
-            "tf.nn.conv2d", invoke("tf.transpose", Name("x_t"), [0, 3, 1, 2]), Name("w_t"),
+            "tf.nn.conv2d", invoke("tf.transpose", Name("x_t"), [0, rank + 1, *range(1, rank + 1)]), Name("w_t"),
             strides=[1, 1, *call.stride], padding=word or padding.channels_first_pairs(call.geometry.pads),
             data_format="NCHW", dilations=[1, 1, *call.rate],
         )  # fmt: skip
-        return invoke("tf.transpose", nchw, [0, 2, 3, 1])
+        return invoke("tf.transpose", nchw, [0, *range(2, rank + 2), 1])
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         try:
@@ -322,9 +295,7 @@ class TensorFlowNchw(TensorFlowConv2d):
 
 def _transposed_output_shape(call: ConvCall) -> list[int]:
     """TF states a transposed convolution's size as its output shape, NHWC."""
-    n, _, _, _ = call.x.shape
-    o_h, o_w = call.geometry.output_size
-    return [n, o_h, o_w, call.w.shape[2] * call.groups]
+    return [call.x.shape[0], *call.geometry.output_size, call.w.shape[-2] * call.groups]
 
 
 def _forward_reaches(call_params: CallParams) -> str | None:
@@ -340,7 +311,7 @@ def _forward_reaches(call_params: CallParams) -> str | None:
     return None
 
 
-class TensorFlowConv2dTranspose(_TensorFlowAdapter):
+class TensorFlowConv2dTranspose(_TensorFlowCall):
     """`tf.nn.conv2d_transpose`: filters [k_h, k_w, out, in] are the case's kernel as it stands; SAME,
     VALID or explicit [[0, 0], [top, bottom], [left, right], [0, 0]] pads (crops), and `output_shape`."""
 
@@ -350,7 +321,7 @@ class TensorFlowConv2dTranspose(_TensorFlowAdapter):
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         return _forward_reaches(call_params)
 
-    def convolution(self, call: ConvCall) -> Expr:
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
         return invoke(
             "tf.nn.conv2d_transpose", *TENSORS, output_shape=_transposed_output_shape(call),
             strides=list(call.stride), padding=_padding_argument(call), dilations=list(call.rate),
@@ -364,30 +335,33 @@ class TensorFlowAtrousConv2dTranspose(TensorFlowAtrousConv2d):
     op = "atrous_conv2d_transpose"
     operation = CONV_TRANSPOSE
 
-    def convolution(self, call: ConvCall) -> Expr:
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
         return invoke(
             "tf.nn.atrous_conv2d_transpose", *TENSORS, output_shape=_transposed_output_shape(call), rate=call.rate[0],
             padding=call.padding,
         )  # fmt: skip
 
 
-class TensorFlowDerivative(DerivativeAdapter, DescribedAdapter):
+class TensorFlowDerivative(DerivativeAdapter):
     """tf.GradientTape on the primary eager call (for atrous_conv2d that differentiates through its
     space_to_batch formulation, a gradient path of its own); the HVP nests a second tape around
     the first one's gradient."""
 
-    primary: _TensorFlowAdapter
+    inner: _TensorFlowCall
 
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
         names = ("dy", *(("vx", "vw") if self.order == 2 else ()))
-        tensors = [*self.primary.inputs(call), *(_tensor(name, call.dtype) for name in names)]
+        tensors = [
+            *self.inner.tensors(call, self.inner.kernel(call), device, precision),
+            *(_tensor(name, call.dtype) for name in names),
+        ]
         wrt = Name("x_t" if self.with_respect_to == "input" else "w_t")
         both = list(TENSORS)
 
         def taped(tape: str, body: Sequence[Statement]) -> With:
             return With(invoke("tf.GradientTape"), (Do(method(tape, "watch", both)), *body), tape)
 
-        forward = [Assign("y", self.primary.convolution(call))]
+        forward = [Assign("y", self.inner.invocation(call, precision))]
         if self.order == 1:
             body: list[Statement] = [
                 taped("tape", forward),
@@ -410,7 +384,8 @@ class TensorFlowDerivative(DerivativeAdapter, DescribedAdapter):
                 ),
                 Assign("g", method("outer", "gradient", Name("product"), wrt), "H v"),
             ]
-        return Program(tuple(_placed(device, precision, tensors, body)), result="g")
+        statements = (*self.inner.prelude(device, precision), *self.inner.placed(device, [*tensors, *body]))
+        return Program(statements, result="g")
 
 
 ATROUS_CONV2D, DEPTHWISE_CONV2D = TensorFlowAtrousConv2d(), TensorFlowDepthwiseConv2d()
@@ -420,18 +395,18 @@ ADAPTERS = (
     ATROUS_CONV2D,
     CONV2D,
     DEPTHWISE_CONV2D,
-    *(cls("function") for cls in (TensorFlowAtrousConv2d, TensorFlowConv2d, TensorFlowDepthwiseConv2d)),
-    TensorFlowConv2d("layer"),
-    TensorFlowDepthwiseConv2d("layer"),
+    *(InFunction(primary) for primary in (ATROUS_CONV2D, CONV2D, DEPTHWISE_CONV2D)),
+    AsLayer(CONV2D),
+    AsLayer(DEPTHWISE_CONV2D),
     # oneDNN is TensorFlow's CPU library: these run on the CPU only.
     *(
         InChildProcess(CONV2D, variant, {"TF_ENABLE_ONEDNN_OPTS": flag}, devices=("cpu",))
         for variant, flag in ONEDNN_VARIANTS.items()
     ),
-    TensorFlowAtrousEqualsConv2d(),
-    TensorFlowZeroInserted(),
-    TensorFlowExplicitPads(),
-    TensorFlowNchw(),
+    oracles.Against(ATROUS_CONV2D, CONV2D, "equals-conv2d"),
+    oracles.ZeroInserted(CONV2D),
+    oracles.ExplicitPads(CONV2D),
+    Nchw(),
     DeviceComparison(CONV2D),
     *(
         TensorFlowDerivative(primary, quantity)
@@ -440,7 +415,7 @@ ADAPTERS = (
     ),
     CONV2D_TRANSPOSE,
     ATROUS_CONV2D_TRANSPOSE,
-    TensorFlowConv2dTranspose("function"),
-    TensorFlowConv2dTranspose("jit-compile"),  # XLA computes what the CPU kernel refuses (dilation, groups)
+    InFunction(CONV2D_TRANSPOSE),
+    InFunction(CONV2D_TRANSPOSE, jit_compile=True),  # XLA computes what the CPU kernel refuses (dilation, groups)
     DeviceComparison(CONV2D_TRANSPOSE),
 )

@@ -442,19 +442,24 @@ function opBadge(kase) {
   return kase.operation === TRANSPOSED ? el("span", { class: "op", title: "transposed convolution" }, "transposed") : null;
 }
 
+// The spatial axes' letters by rank (a record's shapes are (N, *spatial, C) and (*spatial, I, O)).
+const SPATIAL = { 1: "W", 2: "HW", 3: "DHW" };
+
 function openDetail(row) {
   selectedRow = row;
   const kase = row.case;
   const transposed = kase.operation === TRANSPOSED;
+  const space = SPATIAL[(kase.input_shape || []).length - 2] || "…";
+  const perAxis = (kase.pads || []).length === 2 ? "[[top, bottom], [left, right]]" : "[[before, after] per axis]";
   const content = document.getElementById("detail-content");
   const parts = [el("h2", { id: "detail-title" }, kase.id, el("span", { class: "dtype" }, row.dtype)),
     kase.description ? el("p", { class: "description" }, kase.description) : null,
     el("p", {}, (kase.tags || []).map((t) => el("span", { class: "tag" }, t))),
-    keyValueTable([["file", kase.case_file], ["operation", kase.operation || "conv"], ["input (NHWC)", kase.input_shape],
-      [transposed ? "kernel (the forward op's HWIO: k_h, k_w, C_out / groups, C_in)" : "kernel (HWIO)", kase.kernel_shape],
-      ["output (NHWC)", kase.output_shape], ["rate", kase.rate], ["stride", kase.stride], ["padding", kase.padding],
-      [transposed ? "crops [[top, bottom], [left, right]]" : "pads [[top, bottom], [left, right]]", kase.pads],
-      ...(transposed ? [["output_padding [height, width]", kase.output_padding]] : []),
+    keyValueTable([["file", kase.case_file], ["operation", kase.operation || "conv"], [`input (N${space}C)`, kase.input_shape],
+      [transposed ? `kernel (the forward op's ${space}IO: taps, C_out / groups, C_in)` : `kernel (${space}IO)`, kase.kernel_shape],
+      [`output (N${space}C)`, kase.output_shape], ["rate", kase.rate], ["stride", kase.stride], ["padding", kase.padding],
+      [transposed ? `crops ${perAxis}` : `pads ${perAxis}`, kase.pads],
+      ...(transposed ? [["output_padding (per axis)", kase.output_padding]] : []),
       ["groups", kase.groups], ["expected", kase.expect],
       ["input sha256", kase.input_sha256], ["kernel sha256", kase.kernel_sha256]], "detail-params"),
     el("h3", {}, "Results per target")];
