@@ -163,10 +163,8 @@ def _reproduce(args: argparse.Namespace) -> int:
             f"error: {case.qualified_id} has no dtype {args.dtype!r} (it has {', '.join(case.dtypes)})", file=sys.stderr
         )
         return 2
-    if target.adapter.operation != case.op:
-        print(
-            f"error: {target.id} computes {target.adapter.operation}; {case.qualified_id} is {case.op}", file=sys.stderr
-        )
+    if mismatch := target.adapter.mismatch(case.op, case.rank):
+        print(f"error: {mismatch} ({case.qualified_id})", file=sys.stderr)
         return 2
     print(runner.reproduction_of(case, target, args.dtype))
     return 0

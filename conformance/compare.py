@@ -243,8 +243,13 @@ def classify(expected: Expected, got: Any = None, raised: BaseException | None =
     return _classify_values(expected, got)
 
 
+# The spatial axes' letters by rank, as messages name them (the output's axis 1 is the first of them).
+SPATIAL_AXES = {1: "W", 2: "HW", 3: "DHW"}
+
+
 def _classify_no_output(expected: Expected, got: Any, raised: BaseException | None) -> Verdict:
-    axes = ", ".join("HW"[a - 1] for a in expected.no_output_axes)
+    ndim = len(expected.output_shape)
+    axes = ", ".join(SPATIAL_AXES[ndim - 2][a - 1] for a in expected.no_output_axes)
     if raised is not None:
         return Verdict(
             Outcome.EXPECTED_ERROR,
@@ -252,12 +257,13 @@ def _classify_no_output(expected: Expected, got: Any, raised: BaseException | No
         )
     got = np.asarray(got)
     shape = list(got.shape)
-    if got.ndim == 4 and all(got.shape[a] == 0 for a in expected.no_output_axes):
+    if got.ndim == ndim and all(got.shape[a] == 0 for a in expected.no_output_axes):
         return Verdict(Outcome.EXPECTED_ERROR, f"returned an empty tensor of shape {shape}", got_shape=shape)
     if got.size == 0:
         return Verdict(
             Outcome.SHAPE,
-            f"returned an empty tensor of shape {shape}; a conformant empty result is rank 4 with size 0 along {axes}",
+            f"returned an empty tensor of shape {shape}; a conformant empty result is rank {ndim} with size 0 "
+            f"along {axes}",
             got_shape=shape,
         )
     return Verdict(

@@ -30,8 +30,9 @@ from conformance.semantics import CONV, CONV_TRANSPOSE, output_padding_limit
 EXCUSED = CONFORMANT | NOT_RUN | {Outcome.XFAIL}
 
 
-def configurations() -> Any:
-    """A Hypothesis strategy of raw case tables (as a case file would state them)."""
+def configurations(rank: int = 2) -> Any:
+    """A Hypothesis strategy of raw case tables (as a case file would state them) of `rank` spatial
+    axes (2 by default: the frameworks' targets of other ranks are the next ones to come)."""
     from hypothesis import strategies as st
 
     side = st.integers(1, 12)
@@ -42,18 +43,18 @@ def configurations() -> Any:
         groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
         channels = groups * draw(st.integers(1, 3))
         out_channels = groups * draw(st.integers(1, 2))
-        kernel = [draw(st.integers(1, 5)), draw(st.integers(1, 5))]
+        kernel = [draw(st.integers(1, 5)) for _ in range(rank)]
         padding = draw(
             st.one_of(
                 st.sampled_from(["SAME", "VALID"]),
                 st.integers(0, 3),
-                st.lists(st.lists(st.integers(0, 4), min_size=2, max_size=2), min_size=2, max_size=2),
+                st.lists(st.lists(st.integers(0, 4), min_size=2, max_size=2), min_size=rank, max_size=rank),
             )
         )
         op = draw(st.sampled_from([CONV, CONV, CONV_TRANSPOSE]))
-        rate = [draw(small), draw(small)]
-        stride = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
-        # The forward op's kernel either way: (k_h, k_w, C_in / g, C_out), or (k_h, k_w, C_out / g, C_in).
+        rate = [draw(small) for _ in range(rank)]
+        stride = [draw(st.integers(1, 3)) for _ in range(rank)]
+        # The forward op's kernel either way: (*k, C_in / g, C_out), or (*k, C_out / g, C_in).
         kernel_channels = [channels // groups, out_channels] if op == CONV else [out_channels // groups, channels]
         extra: dict[str, Any] = {}
         if op == CONV_TRANSPOSE:
@@ -67,7 +68,7 @@ def configurations() -> Any:
             "input": {
                 "generator": "normal",
                 "seed": draw(st.integers(0, 2**16)),
-                "shape": [draw(st.integers(1, 2)), draw(side), draw(side), channels],
+                "shape": [draw(st.integers(1, 2)), *(draw(side) for _ in range(rank)), channels],
             },
             "kernel": {
                 "generator": "normal",
@@ -126,7 +127,7 @@ def explore(
             return False
         result.checked += 1
         for target in targets:
-            if target.adapter.operation != case.op or (pinned and target.id != pinned[0][0]):
+            if target.adapter.mismatch(case.op, case.rank) or (pinned and target.id != pinned[0][0]):
                 continue
             record = runner.run_check(case, target, case.dtypes[0], contracts=contracts)
             expectations.apply(record, known)

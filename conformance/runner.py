@@ -108,8 +108,8 @@ def run_check(
     tangents: derivatives.Tangents | None = None
     facts: dict[str, FactValue] = {}
     reason = adapter.unsupported_reason(params)
-    if adapter.operation != case.op:  # (collection pairs them; this guards every other caller)
-        reason = f"{adapter.name} computes {adapter.operation}; this case is {case.op}"
+    if mismatch := adapter.mismatch(case.op, case.rank):  # (collection pairs them; this guards every other caller)
+        reason = mismatch
     if not reason and memory_budget is not None:
         reason = _over_memory_budget(adapter, params, memory_budget)
     if reason:

@@ -103,18 +103,23 @@ def derived_seed(sweep_seed: int, case_id: str, tensor: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # non-negative, fits a TOML integer
 
 
-# Sweeps state 2-D convolutions (the schema's `int_or_pair`): the per-axis names a `where` constraint may
-# use end in each spatial axis' suffix, and an axis' pads are named by their two sides.
-AXIS_SUFFIXES = ("h", "w")
-PAD_SIDES = (("top", "bottom"), ("left", "right"))
+# The per-axis names a `where` constraint may use end in each spatial axis' suffix (1-D: the width;
+# 3-D: the depth, then the height and the width), and an axis' pads are named by their two sides.
+AXIS_SUFFIXES = {1: ("w",), 2: ("h", "w"), 3: ("d", "h", "w")}
+PAD_SIDES = {"d": ("front", "back"), "h": ("top", "bottom"), "w": ("left", "right")}
+DEFAULT_RANK = 2  # a sweep's spatial axes unless it says `rank`
 _PER_AXIS = ("output_padding", "size", "kernel", "rate", "stride", "effective", "padded", "output", "unclamped_output")
-_NAMES = {prefix: tuple(f"{prefix}_{suffix}" for suffix in AXIS_SUFFIXES) for prefix in _PER_AXIS}
-_NAMES["pad"] = tuple(f"pad_{side}" for sides in PAD_SIDES for side in sides)
+
+
+def _names(prefix: str, rank: int) -> tuple[str, ...]:
+    if prefix == "pad":
+        return tuple(f"pad_{side}" for suffix in AXIS_SUFFIXES[rank] for side in PAD_SIDES[suffix])
+    return tuple(f"{prefix}_{suffix}" for suffix in AXIS_SUFFIXES[rank])
 
 
 def variables(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The names a `where` constraint may use, for one combination."""
-    rank = len(AXIS_SUFFIXES)
+    """The names a `where` constraint may use, for one combination (of `rank` spatial axes, 2 unless stated)."""
+    rank = values.get("rank", DEFAULT_RANK)
     size, kernel, rate, stride = (per_axis(values[name], rank) for name in ("size", "kernel_size", "rate", "stride"))
     padding = values["padding"]
     stated = tuple(tuple(p) for p in padding) if isinstance(padding, list) else padding
@@ -128,7 +133,7 @@ def variables(values: Mapping[str, Any]) -> dict[str, Any]:
     padded = [i + before + after for i, (before, after) in zip(size, geo.pads, strict=True)]
 
     def named(prefix: str, per_axis_values: Sequence[int]) -> dict[str, int]:
-        return dict(zip(_NAMES[prefix], per_axis_values, strict=True))
+        return dict(zip(_names(prefix, rank), per_axis_values, strict=True))
 
     return {
         "op": op,
@@ -154,32 +159,35 @@ def variables(values: Mapping[str, Any]) -> dict[str, Any]:
 def record_variables(record: Mapping[str, Any]) -> dict[str, Any] | None:
     """The same names for a result record (what an expectation's `where` is evaluated on)."""
     try:
-        n, h, w, c_in = record["input_shape"]
-        k_h, k_w, kernel_in, kernel_last = record["kernel_shape"]
-        transposed = record.get("operation") == CONV_TRANSPOSE  # its kernel is (k_h, k_w, C_out / groups, C_in)
+        n, *size, c_in = record["input_shape"]
+        *kernel, kernel_in, kernel_last = record["kernel_shape"]
+        transposed = record.get("operation") == CONV_TRANSPOSE  # its kernel is (*k, C_out / groups, C_in)
         c_out = kernel_in * record["groups"] if transposed else kernel_last
         return variables(
             {
+                "rank": len(size),
                 "batch": n,
-                "size": [h, w],
+                "size": size,
                 "channels": c_in,
-                "kernel_size": [k_h, k_w],
+                "kernel_size": kernel,
                 "out_channels": c_out,
                 "rate": list(record["rate"]),
                 "stride": list(record["stride"]),
                 "padding": record["padding"],
                 "groups": record["groups"],
                 "op": operation_named(record.get("operation", CONV)),
-                "output_padding": list(record.get("output_padding", [0, 0])),
+                "output_padding": list(record.get("output_padding", [0] * len(size))),
             }
         )
     except (KeyError, TypeError, ValueError):
         return None
 
 
-VARIABLE_NAMES = tuple(
-    variables({**DEFAULT_SETTINGS, "size": 1, "kernel_size": 1})  # the names, from one sample
-)
+# The names of each rank, from one sample; every rank's, for a constraint on records of any rank.
+RANK_NAMES = {
+    rank: tuple(variables({**DEFAULT_SETTINGS, "rank": rank, "size": 1, "kernel_size": 1})) for rank in AXIS_SUFFIXES
+}
+VARIABLE_NAMES = tuple(dict.fromkeys(name for names in RANK_NAMES.values() for name in names))
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -209,14 +217,15 @@ class Constraint:
     tree: ast.Expression
 
     @classmethod
-    def parse(cls, text: str) -> Constraint:
+    def parse(cls, text: str, known: Sequence[str] = VARIABLE_NAMES) -> Constraint:
+        """`known`: the names it may read (a sweep's rank's; by default every rank's, as for records)."""
         try:
             tree = ast.parse(text, mode="eval")
         except SyntaxError as exc:
             raise ValueError(f"{text!r} is not an expression: {exc.msg}") from None
         for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and node.id not in VARIABLE_NAMES and node.id not in _FUNCTIONS:
-                raise ValueError(f"{text!r} uses unknown name {node.id!r}; known: {', '.join(VARIABLE_NAMES)}")
+            if isinstance(node, ast.Name) and node.id not in known and node.id not in _FUNCTIONS:
+                raise ValueError(f"{text!r} uses unknown name {node.id!r}; known: {', '.join(known)}")
             allowed = (
                 ast.Expression,
                 ast.BoolOp,
@@ -248,6 +257,10 @@ class Constraint:
         return list(dict.fromkeys(found))
 
     def holds(self, names: Mapping[str, Any]) -> bool:
+        """Whether it holds for these names; one that names an axis they lack (a check of another
+        rank: size_d of a 2-D one) does not."""
+        if any(name not in names for name in self.names):
+            return False
         return bool(_evaluate(self.tree.body, names))
 
 
@@ -294,6 +307,7 @@ def expand(sweep: Mapping[str, Any], defaults: Mapping[str, Any]) -> Iterator[di
         if name in sweep:
             raise SweepError(f"axes.{name}", f"{name!r} is both an axis and a fixed setting; keep one")
     fixed = {name: sweep.get(name, defaults.get(name, DEFAULT_SETTINGS.get(name))) for name in SETTINGS}
+    rank = fixed["rank"] = sweep.get("rank", DEFAULT_RANK)
     for name in REQUIRED_SETTINGS:
         if name not in axes and fixed[name] is None:
             raise SweepError(name, f"needs {name!r}, as an axis or as a fixed setting")
@@ -303,10 +317,11 @@ def expand(sweep: Mapping[str, Any], defaults: Mapping[str, Any]) -> Iterator[di
     constraints = []
     for text in sweep.get("where", []):
         try:
-            constraints.append(Constraint.parse(text))
+            constraints.append(Constraint.parse(text, RANK_NAMES[rank]))
         except ValueError as exc:
             raise SweepError("where", str(exc)) from None
     ordered = [name for name in SETTINGS if name in axes]
+    _check_rank(axes, fixed, rank)
     input_data = {"generator": "normal", **sweep.get("input", {})}
     kernel_data = {"generator": "normal", **sweep.get("kernel", {})}
     for chosen in itertools.product(*(axes[name] for name in ordered)):
@@ -327,6 +342,21 @@ def expand(sweep: Mapping[str, Any], defaults: Mapping[str, Any]) -> Iterator[di
             yield _raw_case(sweep, f"{case_id}-d{draw}", values, input_data, kernel_data)
 
 
+# The settings a sweep states per spatial axis.
+_PER_AXIS_SETTINGS = ("size", "kernel_size", "rate", "stride", "padding", "output_padding")
+
+
+def _check_rank(axes: Mapping[str, list[Any]], fixed: Mapping[str, Any], rank: int) -> None:
+    """Every per-axis value states the sweep's `rank` axes (or one value for all of them)."""
+    for name in _PER_AXIS_SETTINGS:
+        for value in axes.get(name, [fixed[name]]):
+            if isinstance(value, list) and len(value) != rank:
+                raise SweepError(
+                    name, f"{value} states {len(value)} axes; the sweep has {rank} (rank = {rank}): one value, "
+                    "or one per axis",
+                )  # fmt: skip
+
+
 def _raw_case(
     sweep: Mapping[str, Any],
     case_id: str,
@@ -334,8 +364,8 @@ def _raw_case(
     input_data: Mapping[str, Any],
     kernel_data: Mapping[str, Any],
 ) -> dict[str, Any]:
-    size = per_axis(values["size"], len(AXIS_SUFFIXES))
-    kernel = per_axis(values["kernel_size"], len(AXIS_SUFFIXES))
+    size = per_axis(values["size"], values["rank"])
+    kernel = per_axis(values["kernel_size"], values["rank"])
     groups = values["groups"]
     channels = values["channels"]
     # Integer division keeps the shape well-formed; a remainder is reported by the case's own check.

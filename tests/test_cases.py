@@ -190,3 +190,66 @@ def test_the_forward_op_is_conv_and_its_former_name_still_reads(tmp_path: Path) 
     loaded = load_text(tmp_path, text)
     assert not loaded.errors
     assert [case.op for case in loaded.cases] == ["conv", "conv"]
+
+
+OTHER_RANKS = """
+[[case]]
+id = "causal-1d"
+input = { generator = "normal", seed = 1, shape = [1, 16, 3] }
+kernel = { generator = "normal", seed = 2, shape = [3, 3, 4] }
+rate = 2
+padding = [[4, 0]]
+
+[[case]]
+id = "volume-3d"
+input = { generator = "normal", seed = 3, shape = [1, 6, 7, 8, 2] }
+kernel = { generator = "normal", seed = 4, shape = [3, 2, 3, 2, 4] }
+rate = [1, 2, 2]
+stride = [1, 1, 2]
+padding = "SAME"
+
+[[case]]
+id = "transposed-3d"
+op = "conv_transpose"
+input = { generator = "normal", seed = 3, shape = [1, 4, 5, 3, 2] }
+kernel = { generator = "normal", seed = 4, shape = [3, 2, 3, 4, 2] }
+rate = [1, 2, 1]
+stride = [2, 1, 2]
+padding = [[1, 0], [0, 1], [1, 1]]
+output_padding = [1, 0, 1]
+"""
+
+
+def test_rank_is_data_one_and_three_spatial_axes_load(tmp_path: Path) -> None:
+    """The schema and the loader take 1 to 3 spatial axes: the geometry follows the tensors' rank
+    (a causal 1-D case: all its padding before; SAME in 3-D; a transposed 3-D case with crops)."""
+    loaded = load_text(tmp_path, OTHER_RANKS)
+    assert not loaded.errors, loaded.errors
+    causal, volume, transposed = loaded.cases
+    assert (causal.rank, causal.output_shape, causal.geometry.pads) == (1, (1, 16, 4), ((4, 0),))
+    assert volume.rank == 3 and volume.output_shape == (1, 6, 7, 4, 4)
+    assert volume.geometry.pads == ((1, 1), (1, 1), (1, 2))  # k_eff (3, 3, 5), stride 2 on the last axis
+    assert transposed.output_shape == (1, 9, 6, 6, 4) and transposed.geometry.output_padding == (1, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (("rate = 2", "rate = [2, 2]"), "rate", "has 2 values; expected one per spatial axis (1)"),
+        (("shape = [3, 3, 4]", "shape = [3, 3, 3, 4]"), "input.shape", "[1, 16, 3] has 1 spatial axes, the kernel"),
+        (("shape = [1, 16, 3]", "shape = [1, 16, 16, 3]"), "kernel.shape", "[3, 3, 4] has 1 spatial axes, the input"),
+        (("padding = [[4, 0]]", "padding = [[4, 0], [0, 0]]"), "padding", "2 [before, after] pairs for 1 spatial"),
+        (
+            ("seed = 1, shape", "seed = 1, set = [{ at = [0, 1, 2, 0], value = 1.0 }], shape"),
+            "input.set[0].at",
+            "4 axes",
+        ),
+        (("shape = [1, 16, 3]", "shape = [16, 3]"), "input.shape", "too short"),
+    ],
+)
+def test_a_case_of_another_rank_says_which_axes_disagree(
+    tmp_path: Path, change: tuple[str, str], field: str, words: str
+) -> None:
+    first = OTHER_RANKS[: OTHER_RANKS.index('[[case]]\nid = "volume-3d"')]
+    _, error = only_error(tmp_path, first.replace(*change))
+    assert error.field == field and words in error.message, error

@@ -66,3 +66,28 @@ def test_the_option_runs_one_item_that_fails_with_the_case_file(tmp_path: Path) 
     (written,) = (project / "out" / "fuzz").glob("*.toml")
     assert str(written.name) in result.stdout
     assert "faulty.stride_rate_bug-cpu" in written.read_text()
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_the_fuzzer_draws_cases_of_any_rank(rank: int) -> None:
+    """Every configuration it draws for a rank is a case of that rank (or one the loader refuses, as
+    a padded input beyond the size limit), and its answer is the reference's, on the NumPy target."""
+    from hypothesis import HealthCheck, given, settings
+
+    from conformance.adapters.numpy import NumpyIm2col
+
+    drawn: list[int] = []
+
+    @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(fuzz.configurations(rank))
+    def check(raw: dict[str, object]) -> None:
+        case = fuzz._case(raw)
+        if case is None:
+            return
+        drawn.append(case.rank)
+        if case.op == "conv":
+            record = runner.run_check(case, Target(NumpyIm2col(), "cpu", "strict"), case.dtypes[0])
+            assert record["outcome"] in ("pass", "expected-error", "unsupported"), record["message"]
+
+    check()
+    assert drawn and set(drawn) == {rank}

@@ -258,3 +258,25 @@ def test_a_named_corpus_of_a_tier_the_run_leaves_out_says_how_to_run_it(tmp_path
     assert notice in loud.stdout.split("collected")[0], loud.stdout  # (in the header too)
     ran = pytest_run(tmp_path, *common, "--conformance-tier", "extended", "-q")
     assert ran.returncode == 0 and "not run, of a tier" not in ran.stdout, ran.stdout
+
+
+def test_cases_of_other_ranks_reach_the_targets_of_their_rank_only(tmp_path: Path) -> None:
+    """Rank is data: 1-D and 3-D cases load and run where a target takes their rank (the NumPy
+    target and the reference are rank-free), and the 2-D APIs are never paired with them; a caller
+    that pairs them anyway gets `unsupported` with the reason."""
+    from conformance.adapters import Target
+    from conformance.adapters.pytorch import TorchConv2d
+    from conformance.cases import load_file
+    from conformance.runner import run_check
+    from tests.test_cases import OTHER_RANKS
+
+    (tmp_path / "ranks.toml").write_text(OTHER_RANKS)
+    collected = pytest_run(tmp_path, "--cases=ranks.toml", "--collect-only", "-q", "-m", "numpy or not numpy")
+    items = [line for line in collected.stdout.splitlines() if "::" in line]
+    assert items and all("numpy.im2col-cpu" in item for item in items), collected.stdout
+    assert len(items) == 2  # the forward cases; NumPy has no transposed target
+    run = pytest_run(tmp_path, "--cases=ranks.toml", "-m", "numpy", "-n", "2", "--conformance-html", "none")
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout
+    causal = load_file(tmp_path / "ranks.toml", tmp_path).cases[0]
+    record = run_check(causal, Target(TorchConv2d(), "cpu", "strict"), "float32")
+    assert record["outcome"] == "unsupported" and "takes 2 spatial axes; this case has 1" in record["message"]

@@ -249,3 +249,59 @@ kernel = { generator = "ones", shape = [3, 3, 1, 1] }
     exec(source, namespace)
     np.testing.assert_array_equal(namespace["x"].astype(np.float32), data.x)
     np.testing.assert_array_equal(namespace["w"].astype(np.float32), data.w)
+
+
+RANKED_SWEEPS = """
+[[sweep]]
+id = "causal"
+rank = 1
+seed = 1
+rate = [2]
+padding = [[4, 0]]
+axes = { size = [8, 16], kernel_size = [3] }
+where = ["output_w == size_w", "pad_left == effective_w - 1", "pad_right == 0"]
+
+[[sweep]]
+id = "volume"
+rank = 3
+seed = 2
+axes = { size = [[4, 5, 6]], kernel_size = [3, [1, 3, 3]], rate = [1, [1, 2, 2]], padding = ["SAME"] }
+where = ["effective_d == 3"]
+"""
+
+
+def test_a_sweep_of_another_rank_names_its_own_axes(tmp_path: Path) -> None:
+    """`rank` decides the shapes and the `where` names: 1-D is the width (size_w, pad_left), 3-D adds
+    the depth (size_d, pad_front); 2-D sweeps are as before (the corpus loads the same cases)."""
+    loaded = _load(tmp_path, RANKED_SWEEPS)
+    assert not loaded.errors, loaded.errors
+    ids = [case.id for case in loaded.cases]
+    assert ids == ["causal-in8-k3", "causal-in16-k3", "volume-in4x5x6-k3-r1-same", "volume-in4x5x6-k3-r1x2x2-same"]
+    causal, volume = loaded.cases[0], loaded.cases[3]
+    assert causal.input_shape == (1, 8, 1) and causal.geometry.pads == ((4, 0),) and causal.output_shape == (1, 8, 1)
+    assert volume.kernel_shape == (3, 3, 3, 1, 1) and volume.geometry.pads == ((1, 1), (2, 2), (2, 2))
+    assert {"size_w", "pad_left"} <= set(sweeps.RANK_NAMES[1]) and "size_h" not in sweeps.RANK_NAMES[1]
+    assert {"size_d", "pad_front", "pad_back"} <= set(sweeps.RANK_NAMES[3])
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (("axes = { size = [8, 16]", "axes = { size = [[8, 16]]"), "size", "states 2 axes; the sweep has 1"),
+        (('"pad_right == 0"', '"size_h > 1"'), "where", "unknown name 'size_h'"),
+    ],
+)
+def test_a_sweep_s_values_and_names_follow_its_rank(
+    tmp_path: Path, change: tuple[str, str], field: str, words: str
+) -> None:
+    loaded = _load(tmp_path, RANKED_SWEEPS.replace(*change))
+    (error,) = loaded.errors
+    assert error.field == field and words in error.message, error
+
+
+def test_a_constraint_naming_an_axis_a_check_lacks_does_not_hold() -> None:
+    """Expectations judge records of every rank: `size_d` of a 2-D record does not hold."""
+    two_d = sweeps.variables({**sweeps.DEFAULT_SETTINGS, "size": 5, "kernel_size": 3})
+    three_d = sweeps.variables({**sweeps.DEFAULT_SETTINGS, "rank": 3, "size": 5, "kernel_size": 3})
+    deep = sweeps.Constraint.parse("size_d == 5")
+    assert deep.holds(three_d) and not deep.holds(two_d)

@@ -22,7 +22,8 @@ import numpy as np
 
 from conformance import cost
 from conformance.adapters.modes import DEVICES
-from conformance.adapters.program import Assign, Expr, Name, Program, Statement, Value
+from conformance.adapters.program import Assign, Expr, Name, Program, Statement
+from conformance.composites import Composite
 from conformance.frameworks import Framework
 from conformance.machine import FactValue
 
@@ -82,6 +83,8 @@ class Adapter(ABC):
     op: str  # the API under test, in the framework's own name: "conv2d", "atrous_conv2d", "Conv"
     # The operation it computes (conformance.semantics.OPERATIONS): only cases of that op reach it.
     operation = CONV
+    # How many spatial axes its API takes (conv2d: 2); only cases of that rank reach it.
+    ranks: tuple[int, ...] = (2,)
     devices: tuple[str, ...] = DEVICES
     # An execution mode ("function", "jit", "layer", "onednn-off") or an equivalence oracle
     # ("zero-inserted", "nchw", ...); empty for the plain eager call.
@@ -109,6 +112,14 @@ class Adapter(ABC):
     @property
     def name(self) -> str:
         return f"{self.framework.name}.{self.op}" + (f"@{self.variant}" if self.variant else "")
+
+    def mismatch(self, operation: str, rank: int) -> str | None:
+        """Why this target does not compute a case of this operation and rank, or None when it does."""
+        if operation != self.operation:
+            return f"{self.name} computes {self.operation}; this case is {operation}"
+        if rank not in self.ranks:
+            return f"{self.name} takes {' or '.join(map(str, self.ranks))} spatial axes; this case has {rank}"
+        return None
 
     def version(self) -> str | None:
         """The installed framework version, from package metadata (no import, so skips know it too)."""
@@ -144,11 +155,11 @@ class Adapter(ABC):
         environment variable only requests. Read after the framework is loaded; each record carries it."""
         return {}
 
-    def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
+    def run_model(self, composite: Composite, dtype: str, device: str, precision: str) -> np.ndarray:
         """(Where `runs_models`.) The composite's output, computed as one model of the framework."""
         raise NotImplementedError(f"{self.name} runs composites layer by layer")
 
-    def model_reproduction(self, composite: Any, dtype: str, device: str, precision: str) -> str:
+    def model_reproduction(self, composite: Composite, dtype: str, device: str, precision: str) -> str:
         """(Where `runs_models`.) Python source that builds and runs that model."""
         raise NotImplementedError(f"{self.name} runs composites layer by layer")
 
@@ -161,7 +172,7 @@ class Wrapper(Adapter):
     def __init__(self, inner: Adapter, variant: str | None = None) -> None:
         self.inner = inner
         self.framework, self.op, self.operation = inner.framework, inner.op, inner.operation
-        self.devices, self.quantity = inner.devices, inner.quantity
+        self.ranks, self.devices, self.quantity = inner.ranks, inner.devices, inner.quantity
         self.variant = inner.variant if variant is None else variant
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
@@ -203,7 +214,7 @@ class FrameworkCall(Adapter):
     def prelude(self, device: str, precision: str) -> list[Statement]: ...
 
     @abstractmethod
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]: ...
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]: ...
 
     @abstractmethod
     def invocation(self, call: ConvCall, precision: str) -> Expr: ...
@@ -217,7 +228,7 @@ class FrameworkCall(Adapter):
     @abstractmethod
     def to_numpy(self, value: Any) -> np.ndarray: ...
 
-    def kernel(self, call: ConvCall) -> Value:
+    def kernel(self, call: ConvCall) -> Expr:
         """The HWIO kernel the program starts from (an oracle may transform `w`)."""
         return Name("w")
 
@@ -257,7 +268,7 @@ class CallWrapper(Wrapper, FrameworkCall):
     def prelude(self, device: str, precision: str) -> list[Statement]:
         return self.inner.prelude(device, precision)
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         return self.inner.tensors(call, kernel, device, precision)
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
@@ -272,7 +283,7 @@ class CallWrapper(Wrapper, FrameworkCall):
     def to_numpy(self, value: Any) -> np.ndarray:
         return self.inner.to_numpy(value)
 
-    def kernel(self, call: ConvCall) -> Value:
+    def kernel(self, call: ConvCall) -> Expr:
         return self.inner.kernel(call)
 
     def kernel_imports(self, call: ConvCall) -> list[Statement]:

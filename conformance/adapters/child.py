@@ -33,6 +33,7 @@ import numpy as np
 from conformance import held_memory, lifetime
 from conformance.adapters.base import Adapter, ConvCall, ProcessDied, Unavailable, Unsupported, Wrapper
 from conformance.adapters.program import Program, SetEnv
+from conformance.composites import Composite
 from conformance.frameworks import Framework
 from conformance.machine import FactValue
 
@@ -62,7 +63,7 @@ class RunModel:
     """A composite as one model of the framework's own (`Adapter.run_model`)."""
 
     adapter: Adapter
-    composite: Any
+    composite: Composite
     dtype: str
     device: str
     precision: str
@@ -273,7 +274,7 @@ class InChildProcess(Wrapper):
         result: np.ndarray = self._ask(Run(self.inner, call, device, precision))
         return result
 
-    def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
+    def run_model(self, composite: Composite, dtype: str, device: str, precision: str) -> np.ndarray:
         result: np.ndarray = self._ask(RunModel(self.inner, composite, dtype, device, precision))
         return result
 
@@ -285,7 +286,7 @@ class InChildProcess(Wrapper):
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
         return self._after_settings(self.inner.reproduction(call, device, precision))
 
-    def model_reproduction(self, composite: Any, dtype: str, device: str, precision: str) -> str:
+    def model_reproduction(self, composite: Composite, dtype: str, device: str, precision: str) -> str:
         return self._after_settings(self.inner.model_reproduction(composite, dtype, device, precision))
 
     def environment(self) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def _platform(device: str) -> str:
     return "gpu" if physical_device(device) == "gpu" else "cpu"
 
 
-def _placed(array: Value, dtype: str) -> Expr:
+def _placed(array: Expr, dtype: str) -> Expr:
     """`jax.device_put(array.astype(jnp.dtype), dev)`: rounded to the case dtype by NumPy."""
     return invoke("jax.device_put", method(array, "astype", Name(f"jnp.{dtype}")), Name("dev"))
 
@@ -105,7 +105,7 @@ class JaxConvGeneralDilated(FrameworkCall):
             Assign("dev", Index(invoke("jax.devices", _platform(device)), 0)),
         ]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         """The tensors cast in NumPy before `device_put`, so that only the convolution is compiled."""
         return [
             Assign("x_t", _placed(Name("x"), call.dtype), "NHWC"),
@@ -177,7 +177,7 @@ class Nchw(CallWrapper):
     def prelude(self, device: str, precision: str) -> list[Statement]:
         return [Import("numpy", "np"), *self.inner.prelude(device, precision)]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         rank = len(call.rate)
         first, out_in = (0, rank + 1, *range(1, rank + 1)), (rank + 1, rank, *range(rank))
         return [
@@ -279,7 +279,7 @@ class LhsDilation(CallWrapper):
             method(grouped, "transpose", *range(rank), rank + 2, rank + 1, rank),
             "reshape", *taps, c_in // groups, groups * out_per_group,
         )  # fmt: skip
-        arguments = {
+        arguments: dict[str, Value] = {
             "window_strides": (1,) * rank,
             "padding": padding.dilated_input_pads(call.geometry),
             "lhs_dilation": call.stride,

@@ -160,7 +160,7 @@ class _KerasLayer(FrameworkCall):
     def layer_arguments(self, call: ConvCall, explicit_pads: bool) -> dict[str, Any]:
         raise NotImplementedError
 
-    def kernel_value(self, call: ConvCall, kernel: Value) -> Value:
+    def kernel_value(self, call: ConvCall, kernel: Expr) -> Expr:
         """The case's (*spatial, I, O) kernel `kernel` in the layer's own kernel layout."""
         return kernel
 
@@ -193,7 +193,7 @@ class _KerasLayer(FrameworkCall):
         )
 
     def built_layer(
-        self, call: ConvCall, kernel: Value, data_format: str = "channels_last", explicit_pads: bool = False
+        self, call: ConvCall, kernel: Expr, data_format: str = "channels_last", explicit_pads: bool = False
     ) -> list[Statement]:
         """`layer`, built for the input's shape (as the layer takes it) and given the case's kernel."""
         n, *spatial, c = call.x.shape
@@ -210,7 +210,7 @@ class _KerasLayer(FrameworkCall):
         """The import, and the precision mode's TF32 setting of the backend."""
         return [Import("keras"), *_precision(self.backend, device, precision)]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         return [*self.built_layer(call, kernel), _tensor("x_t", Name("x"), call.dtype, "NHWC")]
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
@@ -304,10 +304,10 @@ class KerasConv2D(_KerasLayer):
             )
         )
 
-    def model_reproduction(self, composite: Any, dtype: str, device: str, precision: str) -> str:
+    def model_reproduction(self, composite: Composite, dtype: str, device: str, precision: str) -> str:
         return self.describe_model(composite, dtype, device, precision).source()
 
-    def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
+    def run_model(self, composite: Composite, dtype: str, device: str, precision: str) -> np.ndarray:
         return self.to_numpy(self.describe_model(composite, dtype, device, precision).run({}))
 
     def layer_arguments(self, call: ConvCall, explicit_pads: bool) -> dict[str, Any]:
@@ -334,7 +334,7 @@ class KerasDepthwiseConv2D(_KerasLayer):
             "depthwise_initializer": INITIALIZER,
         }  # fmt: skip
 
-    def kernel_value(self, call: ConvCall, kernel: Value) -> Value:
+    def kernel_value(self, call: ConvCall, kernel: Expr) -> Expr:
         """Our (k_h, k_w, 1, C * m) is the reshape of Keras' (k_h, k_w, C, m): output channel c * m + j
         reads input channel c in both."""
         *taps, _, out_channels = call.w.shape
@@ -387,7 +387,7 @@ class Compiled(CallWrapper):
     def compile_steps(self) -> list[Statement]:
         return [Do(method("model", "compile", jit_compile=True))] if self.jit_compile else []
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         n, *spatial, c = call.x.shape
         model_input = invoke("keras.Input", shape=(*spatial, c), batch_size=n, dtype=call.dtype)
         build = [
@@ -410,10 +410,10 @@ class Compiled(CallWrapper):
         assert isinstance(self.inner, KerasConv2D)
         return self.inner.describe_model(composite, dtype, device, precision, self)
 
-    def model_reproduction(self, composite: Any, dtype: str, device: str, precision: str) -> str:
+    def model_reproduction(self, composite: Composite, dtype: str, device: str, precision: str) -> str:
         return self.describe_model(composite, dtype, device, precision).source()
 
-    def run_model(self, composite: Any, dtype: str, device: str, precision: str) -> np.ndarray:
+    def run_model(self, composite: Composite, dtype: str, device: str, precision: str) -> np.ndarray:
         return self.to_numpy(self.describe_model(composite, dtype, device, precision).run({}))
 
 
@@ -425,7 +425,7 @@ class ChannelsFirst(CallWrapper):
     def __init__(self, inner: _KerasLayer) -> None:
         super().__init__(inner, "channels-first")
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         rank = len(call.rate)
         first = method("x", "transpose", 0, rank + 1, *range(1, rank + 1))
         return [*self.inner.built_layer(call, kernel, "channels_first"), _tensor("x_t", first, call.dtype, "NCHW")]
@@ -446,7 +446,7 @@ class _PadsTheKerasWay(CallWrapper):
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         return self.inner.unsupported_reason(replace(call_params, padding="VALID"))
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         layer = self.inner.built_layer(call, kernel, explicit_pads=True)
         return [*layer, _tensor("x_t", Name("x"), call.dtype, "NHWC")]
 
@@ -460,7 +460,7 @@ class ZeroPadding(_PadsTheKerasWay):
     def __init__(self, inner: _KerasLayer) -> None:
         super().__init__(inner, "zero-padding")
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         zero_padding = invoke(
             "keras.layers.ZeroPadding2D", padding=call.geometry.pads, data_format="channels_last", dtype=call.dtype
         )

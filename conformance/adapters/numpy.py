@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from conformance.adapters.base import ConvCall, FrameworkCall
 from conformance.adapters.modes import numpy_output
-from conformance.adapters.program import Assign, Expr, Import, Name, Statement, Value, invoke
+from conformance.adapters.program import Assign, Expr, Import, Name, Statement, invoke
 from conformance.dtypes import float_format
 from conformance.frameworks import NUMPY
 from conformance.semantics import PadPairs, effective_kernel_size
@@ -60,6 +60,7 @@ def conv_im2col(
 class NumpyIm2col(FrameworkCall):
     framework = NUMPY
     op = "im2col"
+    ranks = (1, 2, 3)
     devices = ("cpu",)
 
     def check_available(self, device: str) -> None:
@@ -68,7 +69,7 @@ class NumpyIm2col(FrameworkCall):
     def prelude(self, device: str, precision: str) -> list[Statement]:
         return [Import("conformance.adapters.numpy", names=("conv_im2col",))]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         return [Assign("x_t", Name("x")), Assign("w_t", kernel)]
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:

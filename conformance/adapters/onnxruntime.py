@@ -32,7 +32,6 @@ from conformance.adapters.program import (
     Name,
     SetAttr,
     Statement,
-    Value,
     With,
     invoke,
     method,
@@ -113,13 +112,13 @@ class OnnxRuntimeConv(FrameworkCall):
     def prelude(self, device: str, precision: str) -> list[Statement]:
         return [Import("numpy", "np"), Import("onnx"), Import("onnx.helper", "oh"), Import("onnxruntime", "ort")]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         return self.model_and_feeds(call, kernel, device, precision, self.attributes(call))
 
     def model_and_feeds(
         self,
         call: ConvCall,
-        kernel: Value,
+        kernel: Expr,
         device: str,
         precision: str,
         attributes: dict[str, Any],
@@ -189,7 +188,7 @@ class AutoPad(CallWrapper):
             return "auto_pad states SAME only; other paddings are explicit pads already"
         return None
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         attributes = {**self.inner.attributes(call), "auto_pad": "SAME_UPPER"}
         for stated in ("pads", "output_padding"):
             attributes.pop(stated, None)
@@ -205,7 +204,7 @@ class Optimisations(CallWrapper):
         super().__init__(inner, variant)
         self.level = OPTIMISATION_LEVELS[variant]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         attributes = self.inner.attributes(call)
         return self.inner.model_and_feeds(call, kernel, device, precision, attributes, self.level)
 
@@ -234,7 +233,7 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
     def prelude(self, device: str, precision: str) -> list[Statement]:
         return [Import("io"), Import("numpy", "np"), Import("torch"), Import("onnxruntime", "ort")]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         rank = len(call.rate)
         n, *spatial, c_in = call.x.shape
         *taps, _, c_out = call.w.shape

@@ -19,7 +19,7 @@ import numpy as np
 
 from conformance import cost
 from conformance.adapters.base import Adapter, CallParams, CallWrapper, ConvCall, FrameworkCall, Unsupported
-from conformance.adapters.program import Expr, Import, Name, Statement, Value, invoke
+from conformance.adapters.program import Expr, Import, Name, Statement, invoke
 from conformance.dtypes import float_format
 
 ZERO_INSERTED = "zero-inserted"
@@ -94,7 +94,7 @@ class ZeroInserted(CallWrapper):
         require_finite_for_zero_insertion(call)
         return [Import("conformance.adapters.oracles", names=("zero_inserted_kernel",))]
 
-    def kernel(self, call: ConvCall) -> Value:
+    def kernel(self, call: ConvCall) -> Expr:
         return invoke("zero_inserted_kernel", Name("w"), call.rate, spread_kernel_storage(call.dtype))
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:

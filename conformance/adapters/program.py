@@ -30,15 +30,15 @@ import os
 import types
 from abc import ABC, abstractmethod
 from collections import ChainMap, OrderedDict
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from conformance import held_memory
 
 # A value in a description: an `Expr`, a Python literal (None, bool, int, float, str), or a list or
 # tuple of values.
-Value = Any
+Value = Union["Expr", None, bool, int, float, str, Sequence["Value"]]
 Namespace = MutableMapping[str, Any]
 
 

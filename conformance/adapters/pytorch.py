@@ -138,7 +138,7 @@ class TorchConv2d(FrameworkCall):
         flags = [SetAttr(flag, False if precision == "strict" else _flag_defaults[flag]) for flag in TF32_FLAGS]
         return [Import("torch"), Import("torch.nn.functional", "F"), *flags]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         """The channels-first input and the (O, I, *spatial) weight; the tensors enter as float64 and are
         cast by torch (`torch.from_numpy` has no bfloat16)."""
         rank = len(call.rate)
@@ -282,7 +282,7 @@ class TorchTransposeAsForward(CallWrapper):
         oracles.require_finite_for_zero_insertion(call)
         return [Import("conformance.adapters.oracles", names=("adjoint_kernel", "stride_dilated_input"))]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         rank = len(call.rate)
         spread = invoke("stride_dilated_input", Name("x"), call.stride)
         flipped = invoke("adjoint_kernel", kernel, call.groups)
@@ -304,7 +304,7 @@ class TorchChannelsLast(CallWrapper):
         super().__init__(PRIMARY, "channels_last")
         self.baseline = PRIMARY
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         last = {"memory_format": Name("torch.channels_last")}
         return [
             *self.inner.tensors(call, kernel, device, precision),

@@ -126,7 +126,7 @@ class _TensorFlowCall(FrameworkCall):
         tf32 = False if precision == "strict" else _tf32_default()
         return [Import("tensorflow", "tf"), Do(invoke("tf.config.experimental.enable_tensor_float_32_execution", tf32))]
 
-    def tensors(self, call: ConvCall, kernel: Value, device: str, precision: str) -> list[Statement]:
+    def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         return [_tensor("x", call.dtype, comment="NHWC"), _tensor("w", call.dtype, kernel, "HWIO")]
 
     def placed(self, device: str, statements: list[Statement]) -> list[Statement]:

@@ -11,7 +11,7 @@ import math
 import re
 import tomllib
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -228,6 +228,16 @@ def _files_beside(raw: Mapping[str, Any], folder: Path) -> Mapping[str, Any]:
     return {**raw, **resolved} if resolved else raw
 
 
+# An input (N, *spatial, C) or kernel (*spatial, C_in / groups, C_out) of 1 to 3 spatial axes.
+TENSOR_RANKS = (3, 4, 5)
+
+
+def _layout(name: str) -> str:
+    if name == "input":
+        return "an input is (N, *spatial, C) with 1 to 3 spatial axes: NWC, NHWC or NDHWC"
+    return "a kernel is (*spatial, C_in / groups, C_out) with 1 to 3 spatial axes: WIO, HWIO or DHWIO"
+
+
 def _tensor_shape(label: str, case_id: str, line: int | None, name: str, spec: Mapping[str, Any]) -> tuple[int, ...]:
     def fail(message: str, sub: str = "") -> CaseFileError:
         return CaseFileError(CaseError(label, message, case_id, name + sub, line))
@@ -237,25 +247,23 @@ def _tensor_shape(label: str, case_id: str, line: int | None, name: str, spec: M
             shape = stored_array(spec["file"], spec["key"]).shape
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise fail(f"cannot read {spec['key']!r} from {spec['file']}: {exc}", ".file") from None
-        if len(shape) != 4:
-            raise fail(
-                f"{spec['key']!r} has shape {list(shape)}: it must be 4-D ({'NHWC' if name == 'input' else 'HWIO'})",
-                ".key",
-            )
+        if len(shape) not in TENSOR_RANKS:
+            raise fail(f"{spec['key']!r} has shape {list(shape)}: {_layout(name)}", ".key")
     elif "values" in spec:
         try:
             shape = _nested_shape(spec["values"], f"{name}.values")
         except ValueError as exc:
             raise fail(str(exc), ".values") from None
-        if len(shape) != 4:
-            raise fail(
-                f"values must nest 4 deep ({'NHWC' if name == 'input' else 'HWIO'}), got shape {shape}", ".values"
-            )
+        if len(shape) not in TENSOR_RANKS:
+            raise fail(f"values of shape {list(shape)}: {_layout(name)}", ".values")
         if "shape" in spec and tuple(spec["shape"]) != shape:
             raise fail(f"declared shape {spec['shape']} but the values have shape {list(shape)}", ".shape")
     else:
         shape = tuple(spec["shape"])
     for number, element in enumerate(spec.get("set", [])):
+        if len(element["at"]) != len(shape):
+            axes = f"index {element['at']} has {len(element['at'])} axes"
+            raise fail(f"{axes}, the shape {list(shape)} {len(shape)}", f".set[{number}].at")
         if any(not -dim <= index < dim for index, dim in zip(element["at"], shape, strict=True)):
             raise fail(f"index {element['at']} is outside the shape {list(shape)}", f".set[{number}].at")
     elements = math.prod(shape)  # Python ints: a product of large axes must not wrap around
@@ -279,13 +287,23 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
     kernel_shape = _tensor_shape(label, case_id, line, "kernel", raw["kernel"])
     groups = int(setting("groups", 1))
     op = operation_named(setting("op", CONV))
+    rank = len(input_shape) - 2
+    if len(kernel_shape) - 2 != rank:
+        raise _ranks_disagree(raw, input_shape, kernel_shape, fail)
     _check_channels(op, input_shape, kernel_shape, groups, fail)
-    rank = len(input_shape) - 2  # spatial axes: the schema and `_tensor_shape` keep case files 2-D for now
     padding = setting("padding", "VALID")
     if isinstance(padding, list):
         padding = tuple(tuple(side) for side in padding)
-    rate, stride = per_axis(setting("rate", 1), rank), per_axis(setting("stride", 1), rank)
-    output_padding = _output_padding(op, setting("output_padding", 0), padding, rate, stride, fail)
+        if len(padding) != rank:
+            raise fail(f"{len(padding)} [before, after] pairs for {rank} spatial axes: one per axis", "padding")
+    per_axis_values = {}
+    for name in ("rate", "stride", "output_padding"):
+        try:
+            per_axis_values[name] = per_axis(setting(name, 0 if name == "output_padding" else 1), rank)
+        except ValueError as exc:
+            raise fail(str(exc), name) from None
+    rate, stride = per_axis_values["rate"], per_axis_values["stride"]
+    output_padding = _output_padding(op, per_axis_values["output_padding"], padding, rate, stride, fail)
     case = Case(
         file=label,
         suite=suite,
@@ -351,6 +369,29 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
     return replace(case, expect_kind=kind, expected_values=expected_values)
 
 
+def _ranks_disagree(
+    raw: Mapping[str, Any],
+    input_shape: tuple[int, ...],
+    kernel_shape: tuple[int, ...],
+    fail: Callable[[str, str], CaseFileError],
+) -> CaseFileError:
+    """Input and kernel state different numbers of spatial axes: the error names the tensor that has
+    fewer (most often an input whose batch axis, or a kernel whose channel axis, was left out)."""
+    if len(input_shape) < len(kernel_shape):
+        name, shape, other_name, other = "input", input_shape, "kernel", kernel_shape
+        hint = "is its batch axis missing? (N, *spatial, C)"
+    else:
+        name, shape, other_name, other = "kernel", kernel_shape, "input", input_shape
+        hint = "a kernel is (*spatial, C_in / groups, C_out)"
+    spec = raw[name]
+    field = f"{name}.values" if "values" in spec else f"{name}.key" if "file" in spec else f"{name}.shape"
+    return fail(
+        f"{name} shape {list(shape)} has {len(shape) - 2} spatial axes, the {other_name} {list(other)} "
+        f"{len(other) - 2}: the same number in both; {hint}",
+        field,
+    )
+
+
 def _check_channels(
     op: str, input_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups: int, fail: Any
 ) -> None:
@@ -362,7 +403,7 @@ def _check_channels(
         ("kernel", kernel_shape, kernel_shape[:-2]),
     ):
         if 0 in spatial:
-            what = "height and width" if name == "input" else "k_h and k_w"
+            what = "spatial sizes" if name == "input" else "kernel sizes"
             raise fail(
                 f"{name} shape {list(shape)}: its {what} must be at least 1 (only batch and channels may be 0)", name
             )

@@ -84,6 +84,11 @@ class Case:
         return f"{self.suite}/{self.id}"
 
     @property
+    def rank(self) -> int:
+        """The number of spatial axes."""
+        return len(self.input_shape) - 2
+
+    @property
     def transposed(self) -> bool:
         return self.op == CONV_TRANSPOSE
 

@@ -79,12 +79,12 @@ def collected_tiers(config: pytest.Config) -> tuple[str, ...]:
 
 
 def case_targets(config: pytest.Config, case: Case, candidates: list[Target]) -> list[Target]:
-    """The targets a case runs on: those of its op, derivative targets only for the order it opts
-    into, and only those `-m` can select (the others are counted as deselected)."""
+    """The targets a case runs on: those of its op and rank, derivative targets only for the order it
+    opts into, and only those `-m` can select (the others are counted as deselected)."""
     applicable = [
         t
         for t in candidates
-        if t.adapter.operation == case.op and QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
+        if not t.adapter.mismatch(case.op, case.rank) and QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
     ]
     selected = [t for t in applicable if selected_by_markers(config, item_markers(case, t))]
     count_deselected(config, (len(applicable) - len(selected)) * len(case.dtypes))
