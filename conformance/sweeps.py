@@ -22,6 +22,8 @@ from conformance.generators import RANDOM_GENERATORS
 from conformance.semantics import (
     CONV,
     CONV_TRANSPOSE,
+    FORMER_NAMES,
+    OPERATIONS,
     AnyGeometry,
     TransposedGeometry,
     geometry,
@@ -248,6 +250,8 @@ class Constraint:
                 raise ValueError(f"{text!r}: {type(node).__name__} is not allowed (use arithmetic and comparisons)")
             if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS):
                 raise ValueError(f"{text!r}: only min, max and abs may be called")
+            if isinstance(node, ast.Compare):
+                _check_words(text, node)
         return cls(text, tree)
 
     @property
@@ -262,6 +266,28 @@ class Constraint:
         if any(name not in names for name in self.names):
             return False
         return bool(_evaluate(self.tree.body, names))
+
+
+# The words a string variable can equal: a comparison with any other is a typo that never holds.
+_WORDS = {"op": (*OPERATIONS, *FORMER_NAMES), "padding": ("SAME", "VALID", "explicit")}
+
+
+def _check_words(text: str, compare: ast.Compare) -> None:
+    """`op == 'deconv'` or `padding == 'same'` would silently never hold: say so instead."""
+    operands = [compare.left, *compare.comparators]
+    for variable, words in _WORDS.items():
+        if not any(isinstance(o, ast.Name) and o.id == variable for o in operands):
+            continue
+        for operand in operands:
+            constants = operand.elts if isinstance(operand, ast.Tuple) else [operand]
+            for constant in constants:
+                if (
+                    isinstance(constant, ast.Constant)
+                    and isinstance(constant.value, str)
+                    and constant.value not in words
+                ):
+                    known = ", ".join(repr(word) for word in words)
+                    raise ValueError(f"{text!r}: {variable} is never {constant.value!r} (it is one of {known})")
 
 
 def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
