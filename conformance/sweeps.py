@@ -16,6 +16,7 @@ import math
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from conformance.generators import RANDOM_GENERATORS
@@ -113,10 +114,14 @@ DEFAULT_RANK = 2  # a sweep's spatial axes unless it says `rank`
 _PER_AXIS = ("output_padding", "size", "kernel", "rate", "stride", "effective", "padded", "output", "unclamped_output")
 
 
-def _names(prefix: str, rank: int) -> tuple[str, ...]:
+def _per_axis_names(prefix: str, rank: int) -> tuple[str, ...]:
     if prefix == "pad":
         return tuple(f"pad_{side}" for suffix in AXIS_SUFFIXES[rank] for side in PAD_SIDES[suffix])
     return tuple(f"{prefix}_{suffix}" for suffix in AXIS_SUFFIXES[rank])
+
+
+# rank -> prefix -> names, made once: `variables` runs for every combination of every sweep.
+_NAMES = {rank: {prefix: _per_axis_names(prefix, rank) for prefix in (*_PER_AXIS, "pad")} for rank in AXIS_SUFFIXES}
 
 
 def variables(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,7 +140,7 @@ def variables(values: Mapping[str, Any]) -> dict[str, Any]:
     padded = [i + before + after for i, (before, after) in zip(size, geo.pads, strict=True)]
 
     def named(prefix: str, per_axis_values: Sequence[int]) -> dict[str, int]:
-        return dict(zip(_names(prefix, rank), per_axis_values, strict=True))
+        return dict(zip(_NAMES[rank][prefix], per_axis_values, strict=True))
 
     return {
         "op": op,
@@ -254,7 +259,7 @@ class Constraint:
                 _check_words(text, node)
         return cls(text, tree)
 
-    @property
+    @cached_property  # (holds asks it for every record or combination it is evaluated on)
     def names(self) -> list[str]:
         """The variables it reads, in order of first use."""
         found = [n.id for n in ast.walk(self.tree) if isinstance(n, ast.Name) and n.id not in _FUNCTIONS]

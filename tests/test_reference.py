@@ -146,22 +146,15 @@ def test_one_and_three_dimensions_through_a_unit_axis_are_the_two_dimensional_re
     """A 1-D convolution is a 2-D one of height 1; a 3-D one of depth 1 (kernel depth 1) is a 2-D one."""
     rng = np.random.default_rng(11)
     for _ in range(60):
-        c = random_any_rank(rng, 1)
-        pads = geometry(c["padding"], c["x"].shape[1:-1], c["w"].shape[:-2], c["rate"], c["stride"]).pads
-        one = reference.conv(c["x"], c["w"], rate=c["rate"], stride=c["stride"], padding=pads, groups=c["groups"])
-        two = reference.conv(
-            c["x"][:, None], c["w"][None], rate=(1, *c["rate"]), stride=(1, *c["stride"]),
-            padding=((0, 0), *pads), groups=c["groups"],
-        )  # fmt: skip
-        np.testing.assert_array_equal(one, two[:, 0], err_msg=str(c))
-        c = random_any_rank(rng, 2)
-        pads = geometry(c["padding"], c["x"].shape[1:-1], c["w"].shape[:-2], c["rate"], c["stride"]).pads
-        two = reference.conv(c["x"], c["w"], rate=c["rate"], stride=c["stride"], padding=pads, groups=c["groups"])
-        three = reference.conv(
-            c["x"][:, None], c["w"][None], rate=(3, *c["rate"]), stride=(2, *c["stride"]),
-            padding=((0, 0), *pads), groups=c["groups"],
-        )  # fmt: skip
-        np.testing.assert_array_equal(two, three[:, 0], err_msg=str(c))
+        for rank, outer_rate, outer_stride in ((1, 1, 1), (2, 3, 2)):  # (the unit axis' rate and stride are free)
+            c = random_any_rank(rng, rank)
+            pads = geometry(c["padding"], c["x"].shape[1:-1], c["w"].shape[:-2], c["rate"], c["stride"]).pads
+            low = reference.conv(c["x"], c["w"], rate=c["rate"], stride=c["stride"], padding=pads, groups=c["groups"])
+            high = reference.conv(
+                c["x"][:, None], c["w"][None], rate=(outer_rate, *c["rate"]), stride=(outer_stride, *c["stride"]),
+                padding=((0, 0), *pads), groups=c["groups"],
+            )  # fmt: skip
+            np.testing.assert_array_equal(low, high[:, 0], err_msg=str(c))
 
 
 @pytest.mark.parametrize("rank", [1, 3])

@@ -255,7 +255,6 @@ class InChildProcess(Wrapper):
     def __init__(self, inner: Adapter, variant: str, environment: dict[str, str], devices: tuple[str, ...]) -> None:
         super().__init__(inner, variant)
         self.devices, self.runs_models = devices, inner.runs_models
-        self.baseline, self.baseline_device = inner.baseline, inner.baseline_device
         self.child_environment = dict(environment)
 
     def _ask(self, message: Request) -> Any:
