@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report_load import chromium, measure, synthetic_document  # noqa: E402
 from conformance import timing  # noqa: E402
 
-SECTIONS = ("reference", "corpus", "collection", "report", "large", "shards", "extended", "million")
+SECTIONS = ("reference", "corpus", "collection", "report", "ranks", "large", "shards", "extended", "million")
 # Records of `-m "large and cpu"` (6,240 cases x 52 CPU checks): the million section scales its replicates by this.
 LARGE_TIER_RECORDS = 324_480
 DEFAULT_SECTIONS = ("reference", "corpus", "collection", "report")
@@ -237,6 +237,26 @@ def section_corpus(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         many["checks_phase_s"] - many["load_s_per_worker_max"]
     )
     return figures
+
+
+# The case files of the ranks other than 2 (docs/ranks.md): `-k` leaves them out by their file's name.
+OTHER_RANK_FILES = ("rank1", "rank3")
+
+
+def section_ranks(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """What the 1-D and 3-D cases add to the default run: the same corpus run with them and without
+    them, one after the other on this machine (the target: at most 1.2 times the 2-D run's wall time)."""
+    common = [*args.cases, "-n", args.workers, *args.pytest_args]
+    without = " and ".join(f"not {name}" for name in OTHER_RANK_FILES)
+    every = pytest_run(common, scratch, "ranks-every", html=False)
+    two_d = pytest_run([*common, "-k", without], scratch, "ranks-2d-only", html=False)
+    return {
+        "every_rank": every,
+        "2d_only": two_d,
+        "wall_ratio": every["wall_s"] / two_d["wall_s"],
+        "checks_phase_ratio": every["checks_phase_s"] / two_d["checks_phase_s"],
+        "checks_run_ratio": every["checks_run"] / two_d["checks_run"],
+    }
 
 
 SWEEP_100K = """

@@ -10,7 +10,7 @@ reproduce CASE TARGET DTYPE       the Python source that repeats one check (what
                                   `reproduction` holds; routine large-tier records leave it out)
 replay RESULTS...                 judge recorded results (or an evidence file) again with a known-
                                   divergences file and the facts of the machine that made them
-from-model MODEL -o DIR           a case file with every distinct 2-D convolution of a model (.onnx, .keras,
+from-model MODEL -o DIR           a case file with every distinct convolution of a model (1-D to 3-D) (.onnx, .keras,
                                   or a torch module as package.module:factory); --weights keeps its kernels
 """
 
@@ -225,15 +225,16 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if glance.failure_count or harness else 0
 
 
-def _input_shape(text: str) -> tuple[int, int, int, int]:
+def _input_shape(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(","))
     except ValueError:
         sizes = ()
-    if len(sizes) != 4 or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: four positive sizes N,H,W,C (NHWC)")
-    n, h, w, c = sizes
-    return (n, h, w, c)
+    if not 3 <= len(sizes) <= 5 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: three to five positive sizes, channels last: N,W,C (1-D), N,H,W,C (2-D) or N,D,H,W,C (3-D)"
+        )
+    return sizes
 
 
 def _from_model(args: argparse.Namespace) -> int:
@@ -311,10 +312,16 @@ def main(argv: list[str] | None = None) -> int:
     judge.add_argument("--cases", nargs="+", type=Path, default=[Path("cases")], help="the corpus (default: cases/)")
     judge.set_defaults(run=_replay)
 
-    model = commands.add_parser("from-model", help="a case file with every distinct 2-D convolution of a model")
+    model = commands.add_parser(
+        "from-model", help="a case file with every distinct 1-D, 2-D or 3-D convolution of a model"
+    )
     model.add_argument("model", help="an .onnx or .keras file, or a torch module as package.module:factory")
     model.add_argument("-o", "--output", type=Path, required=True, help="the directory for the case file")
-    model.add_argument("--input-shape", type=_input_shape, help="N,H,W,C: the model's input (needed for torch)")
+    model.add_argument(
+        "--input-shape",
+        type=_input_shape,
+        help="N,W,C, N,H,W,C or N,D,H,W,C: the model's input, channels last (for torch)",
+    )
     model.add_argument("--weights", action="store_true", help="use the model's own kernels (an .npz beside it)")
     model.add_argument("--tier", choices=("default", "extended", "large"), default="default")
     model.set_defaults(run=_from_model)

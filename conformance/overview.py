@@ -175,19 +175,30 @@ class Tally:
         }
 
 
+def rank_of(record: Mapping[str, Any]) -> str:
+    """The record's number of spatial axes as a label ("1-D", "2-D", "3-D"): rank is a dimension of
+    the summary of its own, since one target (JAX's, ONNX Runtime's) serves every rank."""
+    shape = record.get("input_shape")
+    return f"{len(shape) - 2}-D" if isinstance(shape, list) and len(shape) >= 3 else "2-D"
+
+
 @dataclass
 class _Target:
     framework: str
     operation: str
     kind: str
     tally: Tally = field(default_factory=Tally)
+    by_rank: dict[str, Tally] = field(default_factory=dict)
     not_run_reasons: Counter[str] = field(default_factory=Counter)
     warnings: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (category, where) -> first, count
 
     @property
     def ran_nothing(self) -> bool:
-        counts = self.tally.counts
-        return counts["skip"] + counts["unsupported"] == sum(counts.values())
+        return _ran_nothing(self.tally)
+
+
+def _ran_nothing(tally: Tally) -> bool:
+    return tally.counts["skip"] + tally.counts["unsupported"] == sum(tally.counts.values())
 
 
 class Overview:
@@ -204,6 +215,7 @@ class Overview:
             target = self.targets[record["target"]] = _Target(record["framework"], operation, kind_of(record))
         bucket = bucket_of(record)
         target.tally.add(record, bucket)
+        target.by_rank.setdefault(rank_of(record), Tally()).add(record, bucket)
         if bucket in ("skip", "unsupported"):
             target.not_run_reasons[(record.get("message") or bucket).split("\n", 1)[0]] += 1
         for warning in record.get("warnings") or ():
@@ -239,11 +251,18 @@ class Overview:
         return self
 
     def groups(self, by: str) -> dict[tuple[str, str], Tally]:
-        """Tallies per (framework, `by`), `by` being "operation" or "kind", over targets that ran
-        something; failing groups first."""
+        """Tallies per (framework, `by`), `by` being "operation", "kind" or "operation and rank" (the
+        operation and the rank as one label, "conv 1-D"), over targets (and ranks) that ran something;
+        failing groups first."""
         grouped: dict[tuple[str, str], Tally] = {}
         for target in self.targets.values():
-            if not target.ran_nothing:
+            if target.ran_nothing:
+                continue
+            if by == "operation and rank":
+                for rank, tally in target.by_rank.items():
+                    if not _ran_nothing(tally):
+                        grouped.setdefault((target.framework, f"{target.operation} {rank}"), Tally()).merge(tally)
+            else:
                 grouped.setdefault((target.framework, getattr(target, by)), Tally()).merge(target.tally)
         return dict(sorted(grouped.items(), key=lambda item: (-item[1].counts["failing"], item[0])))
 

@@ -16,10 +16,14 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Literal
 
-PaddingMode = Literal["SAME", "VALID"]
+PaddingMode = Literal["SAME", "VALID", "CAUSAL"]
+# The words a case may use for its padding. CAUSAL (forward op only) pads k_eff - 1 before each axis
+# and nothing after: output t reads inputs up to t, never later (Keras' Conv1D padding="causal",
+# WaveNet's and TCN's dilated 1-D convolutions). At stride 1 the output keeps the input's length.
+PADDING_WORDS = ("SAME", "VALID", "CAUSAL")
 Sizes = tuple[int, ...]  # one value per spatial axis
 PadPairs = tuple[tuple[int, int], ...]  # (before, after) per spatial axis
-# What a case may say: "SAME", "VALID", one int for every side of every axis, or one (before, after)
+# What a case may say: "SAME", "VALID", "CAUSAL", one int for every side of every axis, or one (before, after)
 # pair per spatial axis ([[top, bottom], [left, right]] in 2-D).
 PaddingSpec = PaddingMode | int | PadPairs
 
@@ -222,6 +226,8 @@ def resolve_pads(padding: PaddingSpec, input_size: Sizes, kernel_size: Sizes, ra
         return ((0, 0),) * rank
     if padding == "SAME":
         return tuple(same_pads(i, k, r, s) for i, k, r, s in zip(input_size, kernel_size, rate, stride, strict=True))
+    if padding == "CAUSAL":
+        return tuple((effective_kernel_size(k, r) - 1, 0) for k, r in zip(kernel_size, rate, strict=True))
     if isinstance(padding, int):
         return ((padding, padding),) * rank
     pads = tuple((int(before), int(after)) for before, after in padding)
@@ -251,8 +257,11 @@ def transposed_geometry(
     of an input that size (the odd pixel after); VALID crops nothing and gives i*s + max(k_eff - s, 0).
     Both fix the output size, so the output_padding that reaches it is derived, never stated:
     max(s - k_eff, 0), the pixels no tap reaches when the kernel is shorter than the stride.
-    Explicit pads are crops, with the stated output_padding.
+    Explicit pads are crops, with the stated output_padding. CAUSAL is the forward op's only: no
+    framework defines a causal transposed convolution (Keras' Conv1DTranspose refuses the word).
     """
+    if padding == "CAUSAL":
+        raise ValueError("CAUSAL padding is the forward convolution's; a transposed one states its crops")
     if isinstance(padding, str):
         pads: list[tuple[int, int]] = []
         extra: list[int] = []

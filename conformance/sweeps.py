@@ -25,6 +25,7 @@ from conformance.semantics import (
     CONV_TRANSPOSE,
     FORMER_NAMES,
     OPERATIONS,
+    PADDING_WORDS,
     AnyGeometry,
     TransposedGeometry,
     geometry,
@@ -144,6 +145,10 @@ def variables(values: Mapping[str, Any]) -> dict[str, Any]:
 
     return {
         "op": op,
+        "rank": rank,
+        # Rank-free: what an expectation about any rank's dilated or strided calls says once.
+        "max_rate": max(rate),
+        "max_stride": max(stride),
         **named("output_padding", geo.output_padding if isinstance(geo, TransposedGeometry) else (0,) * rank),
         "batch": values["batch"],
         "channels": values["channels"],
@@ -274,7 +279,7 @@ class Constraint:
 
 
 # The words a string variable can equal: a comparison with any other is a typo that never holds.
-_WORDS = {"op": (*OPERATIONS, *FORMER_NAMES), "padding": ("SAME", "VALID", "explicit")}
+_WORDS = {"op": (*OPERATIONS, *FORMER_NAMES), "padding": (*PADDING_WORDS, "explicit")}
 
 
 def _check_words(text: str, compare: ast.Compare) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from conformance import held_memory, reference
-from conformance.adapters import Adapter, ConvCall
+from conformance.adapters import Adapter, CallWrapper, ConvCall, FrameworkCall
 from conformance.adapters.child import InChildProcess
-from conformance.adapters.keras import KerasConv2D, ModelGraph
-from conformance.adapters.program import Value, method
+from conformance.adapters.keras import KerasConv, ModelGraph
+from conformance.adapters.program import Expr, Import, Statement, Value, invoke, method
 from conformance.frameworks import JAX, Framework
 from conformance.semantics import CONV_TRANSPOSE, TransposedGeometry
 
@@ -292,11 +292,27 @@ class Warns(FaultAdapter):
         return y.astype(call.x.dtype)
 
 
+class FlippedFirstAxis(CallWrapper):
+    """Any framework call with its kernel reversed along the first spatial axis (the time of a 1-D
+    kernel, the depth of a 3-D one): a port that mixes up correlation and convolution along one axis.
+    It changes the `kernel` hook only, so it breaks every framework's call the same way (Keras' run in
+    their child processes, which import it from here)."""
+
+    def __init__(self, inner: FrameworkCall) -> None:
+        super().__init__(inner, "flipped-first-axis")
+
+    def kernel_imports(self, call: ConvCall) -> list[Statement]:
+        return [*self.inner.kernel_imports(call), Import("numpy", "np")]
+
+    def kernel(self, call: ConvCall) -> Expr:
+        return invoke("np.ascontiguousarray", invoke("np.flip", self.inner.kernel(call), 0))
+
+
 # -- Keras layers that a broken front-end could produce (they run in Keras' own child processes,
 # which import them from here) --
 
 
-class KerasKernelNotTransposed(KerasConv2D):
+class KerasKernelNotTransposed(KerasConv):
     """A loader that writes the kernel's spatial axes swapped (k_w, k_h): what a port from an
     OIHW framework that forgets one transpose gives for square kernels."""
 
@@ -309,14 +325,14 @@ class _RateTwelveWrittenEleven(ModelGraph):
         return super().conv(x, w, 11 if rate == 12 else rate)
 
 
-class KerasModelWrongRate(KerasConv2D):
+class KerasModelWrongRate(KerasConv):
     """A model builder that writes one ASPP branch's rate off by one."""
 
     def model_graph(self, dtype: str) -> ModelGraph:
         return _RateTwelveWrittenEleven(dtype)
 
 
-class KerasDiesInTheCall(KerasConv2D):
+class KerasDiesInTheCall(KerasConv):
     """The Keras process killed in the middle of a layer call (a native crash in the backend)."""
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:

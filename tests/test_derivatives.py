@@ -83,6 +83,74 @@ padding = "SAME"
 groups = 2
 
 [[case]]
+id = "integer-1d"
+description = "1-D, causal pads at rate 2 (TensorFlow's CPU gradient of a dilated conv1d is refused: same-rate1-1d)."
+derivatives = 2
+input = { generator = "integers", seed = 21, low = -3, high = 3, shape = [1, 9, 2] }
+kernel = { generator = "integers", seed = 22, low = -2, high = 2, shape = [2, 2, 2] }
+rate = 2
+padding = "CAUSAL"
+
+[[case]]
+id = "same-rate1-1d"
+derivatives = 2
+input = { generator = "integers", seed = 23, low = -3, high = 3, shape = [1, 9, 2] }
+kernel = { generator = "integers", seed = 24, low = -2, high = 2, shape = [3, 2, 2] }
+padding = "SAME"
+
+[[case]]
+id = "depthwise-1d"
+derivatives = 2
+input = { generator = "integers", seed = 25, low = -3, high = 3, shape = [1, 9, 2] }
+kernel = { generator = "integers", seed = 26, low = -2, high = 2, shape = [3, 1, 2] }
+groups = 2
+padding = "SAME"
+
+[[case]]
+id = "transposed-1d"
+op = "conv_transpose"
+derivatives = 2
+input = { generator = "integers", seed = 27, low = -3, high = 3, shape = [1, 5, 2] }
+kernel = { generator = "integers", seed = 28, low = -2, high = 2, shape = [3, 3, 2] }
+stride = 2
+padding = [[1, 1]]
+output_padding = 1
+
+[[case]]
+id = "same-rate1-3d"
+derivatives = 2
+input = { generator = "integers", seed = 29, low = -3, high = 3, shape = [1, 4, 5, 3, 2] }
+kernel = { generator = "integers", seed = 30, low = -2, high = 2, shape = [2, 3, 2, 2, 2] }
+padding = "SAME"
+
+[[case]]
+id = "transposed-3d"
+op = "conv_transpose"
+derivatives = 2
+input = { generator = "integers", seed = 31, low = -3, high = 3, shape = [1, 3, 2, 3, 2] }
+kernel = { generator = "integers", seed = 32, low = -2, high = 2, shape = [3, 3, 3, 3, 2] }
+stride = 2
+padding = 1
+
+[[case]]
+id = "transposed-same-1d"
+op = "conv_transpose"
+derivatives = 2
+input = { generator = "integers", seed = 33, low = -3, high = 3, shape = [1, 5, 2] }
+kernel = { generator = "integers", seed = 34, low = -2, high = 2, shape = [4, 3, 2] }
+stride = 2
+padding = "SAME"
+
+[[case]]
+id = "transposed-same-3d"
+op = "conv_transpose"
+derivatives = 2
+input = { generator = "integers", seed = 35, low = -3, high = 3, shape = [1, 3, 2, 3, 2] }
+kernel = { generator = "integers", seed = 36, low = -2, high = 2, shape = [2, 2, 2, 3, 2] }
+stride = 2
+padding = "SAME"
+
+[[case]]
 id = "no-output"
 dtypes = ["float32"]
 derivatives = 1
@@ -332,15 +400,19 @@ DERIVATIVE_ADAPTERS = [a for a in ADAPTERS if isinstance(a, DerivativeAdapter)]
 def test_the_reproduction_repeats_the_derivative(adapter: DerivativeAdapter, cases: dict[str, Case]) -> None:
     """Executed as written, the reproduction's `g` is the derivative the target returned (exact
     integer data, so bit for bit). TF's conv2d gradient refuses rates > 1 on the CPU (a known
-    divergence): the SAME rate-1 case then stands in; depthwise_conv2d needs its own case, and the
-    transposed convolution's targets a transposed case."""
+    divergence): the SAME rate-1 case then stands in; depthwise_conv2d needs its own case, the
+    transposed convolution's targets a transposed case, and each rank its own cases."""
     try:
         adapter.check_available("cpu")
     except Exception as exc:
         pytest.skip(str(exc))
-    transposed = (cases["transposed-stride2"], cases["transposed-rate2"])
-    for case in (cases["integer"], cases["same-rate1"], cases["depthwise"], *transposed):
-        if case.op != adapter.operation:
+    transposed = (
+        cases["transposed-stride2"], cases["transposed-rate2"], cases["transposed-1d"], cases["transposed-3d"],
+        cases["transposed-same-1d"], cases["transposed-same-3d"],
+    )  # fmt: skip
+    other_ranks = (cases["integer-1d"], cases["same-rate1-1d"], cases["depthwise-1d"], cases["same-rate1-3d"])
+    for case in (cases["integer"], cases["same-rate1"], cases["depthwise"], *other_ranks, *transposed):
+        if adapter.mismatch(case.op, case.rank) is not None:
             continue
         record = runner.run_check(case, Target(adapter, "cpu", "strict"), "float32")
         if record["outcome"] == "pass":

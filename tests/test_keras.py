@@ -17,8 +17,8 @@ from conformance.adapters.keras import (
     BACKENDS,
     ChannelsFirst,
     Compiled,
-    KerasConv2D,
-    KerasDepthwiseConv2D,
+    KerasConv,
+    KerasDepthwiseConv,
     KerasGradient,
     ZeroPadding,
     in_child,
@@ -93,14 +93,14 @@ def _check(case: Case, inner: Any, dtype: str = "float32") -> dict[str, Any]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_each_layer_and_mode_computes_the_reference_on_each_backend(backend: str, cases: dict[str, Case]) -> None:
     for inner in (
-        KerasConv2D(backend),
-        Compiled(KerasConv2D(backend)),
-        ZeroPadding(KerasConv2D(backend)),
-        KerasGradient(KerasConv2D(backend), "grad-kernel"),
+        KerasConv(backend),
+        Compiled(KerasConv(backend)),
+        ZeroPadding(KerasConv(backend)),
+        KerasGradient(KerasConv(backend), "grad-kernel"),
     ):
         record = _check(cases["same-rate2"], inner)
         assert record["outcome"] == "pass" and record["exact"], (inner.name, record["message"])
-    depthwise = _check(cases["depthwise-stride"], KerasDepthwiseConv2D(backend))
+    depthwise = _check(cases["depthwise-stride"], KerasDepthwiseConv(backend))
     assert depthwise["outcome"] == "pass", depthwise["message"]
     assert "depth_multiplier=2" in depthwise["reproduction"] and "w.reshape(3, 3, 2, 2)" in depthwise["reproduction"]
 
@@ -113,15 +113,15 @@ def test_a_loader_that_swaps_the_kernel_axes_is_caught(backend: str, cases: dict
 
 def test_what_keras_refuses_on_every_backend_is_unsupported_in_its_own_words(cases: dict[str, Case]) -> None:
     for backend in BACKENDS:
-        record = _check(cases["stride-and-rate"], KerasConv2D(backend))
+        record = _check(cases["stride-and-rate"], KerasConv(backend))
         assert record["outcome"] == "unsupported", record["message"]
         assert "`strides > 1` not supported in conjunction with `dilation_rate > 1`" in record["message"]
 
 
 def test_explicit_pads_are_zero_padding_before_a_valid_layer(cases: dict[str, Case]) -> None:
-    plain = _check(cases["explicit"], KerasConv2D("jax"))
+    plain = _check(cases["explicit"], KerasConv("jax"))
     assert plain["outcome"] == "unsupported" and "@zero-padding" in plain["message"]
-    padded = _check(cases["explicit"], ZeroPadding(KerasConv2D("jax")))
+    padded = _check(cases["explicit"], ZeroPadding(KerasConv("jax")))
     assert padded["outcome"] == "pass", padded["message"]
     assert (
         "ZeroPadding2D(padding=((1, 2), (0, 1))" in padded["reproduction"]
@@ -133,27 +133,27 @@ def test_a_backend_refusal_is_an_error_naming_the_backends_words(cases: dict[str
     """TensorFlow's own CPU Conv2D takes NHWC only (keras-team/keras#23650, a known divergence): the
     record gives TensorFlow's message, not only Keras' wrapper line. In float64, which TensorFlow
     never hands oneDNN (whose Conv2D takes NCHW), it is refused on every CPU."""
-    record = _check(cases["same-rate2"], ChannelsFirst(KerasConv2D("tensorflow")), "float64")
+    record = _check(cases["same-rate2"], ChannelsFirst(KerasConv("tensorflow")), "float64")
     assert record["runtime"]["onednn_dtype"] is False
     assert record["outcome"] == "error", record["message"]
     assert "only supports the NHWC tensor format on the CPU" in record["message"]
-    assert _check(cases["same-rate2"], ChannelsFirst(KerasConv2D("torch")), "float64")["outcome"] == "pass"
+    assert _check(cases["same-rate2"], ChannelsFirst(KerasConv("torch")), "float64")["outcome"] == "pass"
 
 
 def test_records_carry_keras_and_backend_versions_and_the_reproduction_sets_the_backend(cases: dict[str, Case]) -> None:
-    record = _check(cases["same-rate2"], KerasConv2D("torch"))
+    record = _check(cases["same-rate2"], KerasConv("torch"))
     assert record["framework"] == "keras-torch" and record["framework_version"] == version_of("keras")
     assert record["backend_version"] == version_of("torch")
     reproduction = record["reproduction"]
     assert reproduction.index("os.environ['KERAS_BACKEND'] = 'torch'") < reproduction.index("import keras")
-    environment = _in_child(KerasConv2D("torch")).environment()
+    environment = _in_child(KerasConv("torch")).environment()
     assert environment["backend"] == "torch" and environment["flags"][BACKEND_VARIABLE] == "torch"
 
 
 def test_a_keras_process_that_dies_costs_only_its_own_check(cases: dict[str, Case]) -> None:
     died = _check(cases["same-rate2"], fault_adapters.KerasDiesInTheCall("jax"))
     assert died["outcome"] == "crash" and "SIGKILL" in died["message"], died["message"]
-    after = _check(cases["same-rate2"], KerasConv2D("jax"))
+    after = _check(cases["same-rate2"], KerasConv("jax"))
     assert after["outcome"] == "pass", after["message"]
     assert sum(child.alive() for child in children().values()) >= 1
 
@@ -166,7 +166,7 @@ def _aspp_record(target: Target) -> dict[str, Any]:
 
 
 def test_a_composite_runs_as_one_keras_model_and_a_wrong_one_is_caught() -> None:
-    right = _aspp_record(Target(_in_child(Compiled(KerasConv2D("jax"))), "cpu", "strict"))
+    right = _aspp_record(Target(_in_child(Compiled(KerasConv("jax"))), "cpu", "strict"))
     assert right["outcome"] == "pass", right["message"]
     assert "keras.Model(inputs" in right["reproduction"] and "predict_on_batch" in right["reproduction"]
     wrong = _aspp_record(Target(_in_child(Compiled(fault_adapters.KerasModelWrongRate("jax"))), "cpu", "strict"))
@@ -186,7 +186,7 @@ def test_every_backend_has_every_mode_and_the_keras_marker() -> None:
 def test_the_report_names_a_keras_columns_backend_version(cases: dict[str, Case]) -> None:
     from conformance.report import pack
 
-    record = _check(cases["same-rate2"], KerasConv2D("torch"))
+    record = _check(cases["same-rate2"], KerasConv("torch"))
     columns = pack({"results": [record]})["columns"]
     profile = profiles.current()  # (the suite run under a machine profile: its column says so)
     expected = f"{version_of('keras')} (torch {version_of('torch')})" + (f" [{profile}]" if profile else "")

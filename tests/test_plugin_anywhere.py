@@ -171,9 +171,9 @@ def test_the_terminal_summary_answers_at_a_glance(tmp_path: Path) -> None:
     summary = result.stdout[result.stdout.index("- conformance -") :]
     lines = summary.splitlines()
     assert len(lines) < 40, summary
-    # One table row per framework and operation that ran; the GPU target collapsed into one line.
-    assert re.search(r"^numpy conv\s+1\s+5\s+5\s", summary, re.M), summary
-    assert re.search(r"^faulty conv\s+\d+\s+\d+.*", summary, re.M)
+    # One table row per framework, operation and rank that ran; the GPU target collapsed into one line.
+    assert re.search(r"^numpy conv 2-D\s+1\s+5\s+5\s", summary, re.M), summary
+    assert re.search(r"^faulty conv 2-D\s+\d+\s+\d+.*", summary, re.M)
     assert re.search(r"ran nothing here: \d+ target\(s\), \d+ checks: no GPU on this machine", summary)
     # The failing checks by cause: a count, the cause, one example with its worst element.
     assert re.search(r"^\s+1  faulty forward, mismatch \(float32\): values beyond the error bound$", summary, re.M)
@@ -265,7 +265,7 @@ def test_cases_of_other_ranks_reach_the_targets_of_their_rank_only(tmp_path: Pat
     target and the reference are rank-free), and the 2-D APIs are never paired with them; a caller
     that pairs them anyway gets `unsupported` with the reason."""
     from conformance.adapters import Target
-    from conformance.adapters.pytorch import TorchConv2d
+    from conformance.adapters.pytorch import TorchConv
     from conformance.cases import load_file
     from conformance.runner import run_check
     from tests.test_cases import OTHER_RANKS
@@ -273,10 +273,19 @@ def test_cases_of_other_ranks_reach_the_targets_of_their_rank_only(tmp_path: Pat
     (tmp_path / "ranks.toml").write_text(OTHER_RANKS)
     collected = pytest_run(tmp_path, "--cases=ranks.toml", "--collect-only", "-q", "-m", "numpy or not numpy")
     items = [line for line in collected.stdout.splitlines() if "::" in line]
-    assert items and all("numpy.im2col-cpu" in item for item in items), collected.stdout
-    assert len(items) == 2  # the forward cases; NumPy has no transposed target
+    by_case = {name: [i for i in items if f"::{name}[" in i] for name in ("causal-1d", "volume-3d", "transposed-3d")}
+    assert all(by_case.values()), collected.stdout
+    # Each case reaches its rank's APIs, never another rank's (the 2-D ones included)...
+    other_rank = {"causal-1d": ("2d", "2D", "3d", "3D"), "volume-3d": ("1d", "1D", "2d", "2D")}
+    other_rank["transposed-3d"] = other_rank["volume-3d"]
+    for name, found in by_case.items():
+        assert not [i for i in found if any(mark in i.split("[")[1] for mark in other_rank[name])], found
+    # ...and the rank-free targets take every rank; a transposed case only the transposed APIs.
+    assert any("numpy.im2col-cpu" in i for i in by_case["causal-1d"]) and any("torch.conv1d-cpu" in i for i in items)
+    assert any("jax.conv_general_dilated-cpu" in i for i in by_case["volume-3d"])
+    assert all("transpose" in i or "Transpose" in i or "lhs-dilation" in i for i in by_case["transposed-3d"])
     run = pytest_run(tmp_path, "--cases=ranks.toml", "-m", "numpy", "-n", "2", "--conformance-html", "none")
     assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout
     causal = load_file(tmp_path / "ranks.toml", tmp_path).cases[0]
-    record = run_check(causal, Target(TorchConv2d(), "cpu", "strict"), "float32")
+    record = run_check(causal, Target(TorchConv(), "cpu", "strict"), "float32")
     assert record["outcome"] == "unsupported" and "takes 2 spatial axes; this case has 1" in record["message"]

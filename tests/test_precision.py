@@ -131,15 +131,16 @@ def test_the_probabilistic_bound_judges_only_long_sums_of_random_data() -> None:
 
 def test_the_corpus_stays_inside_the_probabilistic_element_cap() -> None:
     """Elements a run of the default and extended tiers may judge probabilistically, counted with every
-    CPU and GPU target that computes that quantity of the case's op, for the derivatives the case opts
-    into: the cap behind the false-alarm budget holds with room."""
+    CPU and GPU target that computes that quantity of the case's op and rank, for the derivatives the
+    case opts into: the cap behind the false-alarm budget holds with room."""
     from conformance.adapters import all_targets
 
     loaded = load_paths([REPO / "cases"])
-    per_quantity: dict[tuple[str, str], int] = {}
+    per_quantity: dict[tuple[str, str, int], int] = {}  # (op, quantity, rank) -> the targets that compute it
     for t in all_targets():
-        key = (t.adapter.operation, t.adapter.quantity)
-        per_quantity[key] = per_quantity.get(key, 0) + 1
+        for rank in t.adapter.ranks:
+            key = (t.adapter.operation, t.adapter.quantity, rank)
+            per_quantity[key] = per_quantity.get(key, 0) + 1
     fp32 = float_format("float32")
     total = 0
     for case in loaded.cases:
@@ -150,7 +151,7 @@ def test_the_corpus_stays_inside_the_probabilistic_element_cap() -> None:
             if QUANTITIES.get(quantity, 0) > case.derivatives:
                 continue
             shape = shapes[quantity.split("-")[-1]]
-            targets = per_quantity.get((case.op, quantity), 0)
+            targets = per_quantity.get((case.op, quantity, case.rank), 0)
             n = derivatives.accumulation_length(case, quantity)
             for dtype in case.dtypes:
                 fmt = float_format(dtype)

@@ -22,7 +22,7 @@ from benchmarks.report_load import chromium, synthetic_document, wait_ready
 from conformance import diff as diffing
 from conformance.adapters import Adapter, ConvCall, Target
 from conformance.adapters.numpy import NumpyIm2col
-from conformance.adapters.pytorch import TorchConv2d
+from conformance.adapters.pytorch import TorchConv
 from conformance.cases import load_file
 from conformance.frameworks import Framework
 from conformance.report import write_report
@@ -114,7 +114,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert not loaded.errors
     writer = ResultsWriter(directory / "results.json")
     targets = [Target(NumpyIm2col(), "cpu", "strict"), Target(BreaksOnePixel(), "cpu", "strict")]
-    targets += [Target(RaisesMarkup(), "cpu", "strict"), Target(TorchConv2d(), "gpu", "strict")]  # skipped here
+    targets += [Target(RaisesMarkup(), "cpu", "strict"), Target(TorchConv(), "gpu", "strict")]  # skipped here
     for case in loaded.cases:
         for dtype in case.dtypes:
             for target in targets:
@@ -142,6 +142,48 @@ def wait_for(condition: Any, timeout_s: float = 10.0) -> Any:
 def screenshot(driver: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / name))
+
+
+RANKED_CASES = """
+[[case]]
+id = "sequence"
+input = { generator = "normal", seed = 1, shape = [1, 9, 2] }
+kernel = { generator = "normal", seed = 2, shape = [2, 2, 2] }
+rate = 2
+padding = "CAUSAL"
+
+[[case]]
+id = "image"
+input = { generator = "normal", seed = 3, shape = [1, 6, 6, 2] }
+kernel = { generator = "normal", seed = 4, shape = [3, 3, 2, 2] }
+
+[[case]]
+id = "volume"
+input = { generator = "normal", seed = 5, shape = [1, 4, 5, 4, 2] }
+kernel = { generator = "normal", seed = 6, shape = [2, 2, 2, 2, 2] }
+rate = [1, 2, 1]
+"""
+
+
+def test_rank_is_a_filter_and_a_grouping(driver: Any, tmp_path: Path) -> None:
+    (tmp_path / "ranked.toml").write_text(RANKED_CASES)
+    loaded = load_file(tmp_path / "ranked.toml", tmp_path)
+    assert not loaded.errors
+    writer = ResultsWriter(tmp_path / "results.json")
+    for case in loaded.cases:
+        writer.add(run_check(case, Target(NumpyIm2col(), "cpu", "strict"), "float32"))
+    path = tmp_path / "index.html"
+    write_report(writer.finish(base_environment(), ["test_report_browser"]), path)
+    driver.get(path.as_uri())
+    assert wait_ready(driver, 60) == "true"
+    assert len(rows(driver)) == 3
+    driver.find_element("css selector", "#filter-rank option[value='1-D']").click()
+    wait_for(lambda: len(rows(driver)) == 1)
+    assert rows(driver)[0].get_attribute("data-case") == "ranked/sequence"
+    driver.find_element("css selector", "#filter-rank option[value='']").click()
+    driver.find_element("css selector", "#filter-group option[value=rank]").click()
+    groups = lambda: [g.text for g in driver.find_elements("css selector", "#matrix-body .mrow.group")]  # noqa: E731
+    wait_for(lambda: groups() == ["1-D (1)", "2-D (1)", "3-D (1)"])
 
 
 def test_matrix_filters_and_detail_view(driver: Any, report: Path) -> None:
@@ -383,7 +425,7 @@ def test_the_first_screen_says_which_framework_fails_which_case(driver: Any, tmp
     known = expectations.load(tmp_path / "expectations.toml").entries
     loaded = load_file(tmp_path / "browser.toml", tmp_path)
     targets = [Target(NumpyIm2col(), "cpu", "strict"), Target(BreaksOnePixel(), "cpu", "strict")]
-    targets += [Target(RaisesMarkup(), "cpu", "strict"), Target(TorchConv2d(), "gpu", "strict")]
+    targets += [Target(RaisesMarkup(), "cpu", "strict"), Target(TorchConv(), "gpu", "strict")]
     writer = ResultsWriter(tmp_path / "results.json")
     for case in loaded.cases:
         for dtype in case.dtypes:

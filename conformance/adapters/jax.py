@@ -1,4 +1,5 @@
-"""JAX: `jax.lax.conv_general_dilated` with NHWC/HWIO dimension numbers.
+"""JAX: `jax.lax.conv_general_dilated` and `jax.lax.conv_transpose` with channels-last dimension numbers
+(NWC/WIO, NHWC/HWIO, NDHWC/DHWIO): one target for every rank, as JAX has one function for all.
 
 float64 needs `jax_enable_x64`, which is process-wide and must be set before arrays exist, so
 the adapter sets it when it first loads JAX. strict mode passes precision=HIGHEST (no TF32 or
@@ -47,7 +48,16 @@ from conformance.exception_text import first_line
 from conformance.frameworks import JAX
 from conformance.semantics import CONV_TRANSPOSE
 
-DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+def dimension_numbers(rank: int, channels_first: bool = False) -> tuple[str, str, str]:
+    """The suite's layouts as JAX's dimension numbers: ("NHWC", "HWIO", "NHWC") in 2-D, ("NWC", "WIO",
+    "NWC") in 1-D; channels first: ("NCHW", "OIHW", "NCHW")."""
+    spatial = "DHW"[3 - rank :]
+    if channels_first:
+        return f"NC{spatial}", f"OI{spatial}", f"NC{spatial}"
+    return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
+
+
 # Set by the plugin for a run's xdist workers (the framework record's shared directory).
 COMPILATION_CACHE_VARIABLE = JAX.shared_directories[0][0]
 
@@ -89,6 +99,7 @@ class JaxConvGeneralDilated(FrameworkCall):
 
     framework = JAX
     op = "conv_general_dilated"
+    ranks = (1, 2, 3)
 
     def check_available(self, device: str) -> None:
         jax = _jax()
@@ -121,7 +132,7 @@ class JaxConvGeneralDilated(FrameworkCall):
             "window_strides": call.stride,
             "padding": word if word is not None else padding.spatial_pairs(call.geometry.pads),
             "rhs_dilation": call.rate,
-            "dimension_numbers": DIMENSION_NUMBERS,
+            "dimension_numbers": dimension_numbers(len(call.rate)),
             "feature_group_count": call.groups,
             "precision": _precision(precision),
         }
@@ -186,7 +197,8 @@ class Nchw(CallWrapper):
         ]
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
-        arguments = {**self.inner.arguments(call, precision), "dimension_numbers": ("NCHW", "OIHW", "NCHW")}
+        channels_first = dimension_numbers(len(call.rate), channels_first=True)
+        arguments = {**self.inner.arguments(call, precision), "dimension_numbers": channels_first}
         return invoke("jax.lax.conv_general_dilated", Name("x_t"), Name("w_t"), **arguments)
 
     def read_back(self, call: ConvCall, result: Expr) -> Expr:
@@ -248,7 +260,7 @@ class JaxConvTranspose(JaxConvGeneralDilated):
             "strides": call.stride,
             "padding": word if word is not None else padding.dilated_input_pads(call.geometry),
             "rhs_dilation": call.rate,
-            "dimension_numbers": DIMENSION_NUMBERS,
+            "dimension_numbers": dimension_numbers(len(call.rate)),
             "transpose_kernel": True,
             "precision": _precision(precision),
         }
@@ -284,7 +296,7 @@ class LhsDilation(CallWrapper):
             "padding": padding.dilated_input_pads(call.geometry),
             "lhs_dilation": call.stride,
             "rhs_dilation": call.rate,
-            "dimension_numbers": DIMENSION_NUMBERS,
+            "dimension_numbers": dimension_numbers(rank),
             "feature_group_count": call.groups,
             "precision": _precision(precision),
         }

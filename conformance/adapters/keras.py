@@ -1,5 +1,7 @@
-"""Keras 3: `keras.layers.Conv2D`, `keras.layers.DepthwiseConv2D` and `keras.layers.Conv2DTranspose`,
-the layers people write, on every Keras backend installed (TensorFlow, JAX, PyTorch).
+"""Keras 3: `keras.layers.Conv1D`/`Conv2D`/`Conv3D`, `DepthwiseConv1D`/`DepthwiseConv2D`, `SeparableConv1D`
+and `Conv1DTranspose`/`Conv2DTranspose`/`Conv3DTranspose`, the layers people write, on every Keras backend
+installed (TensorFlow, JAX, PyTorch). One class per layer family, one target per rank as Keras names
+them; Conv1D also takes padding="causal", which a case states as CAUSAL.
 
 Keras fixes its backend when it is first imported (`KERAS_BACKEND`), so every target here runs in
 a child process started with it: the one mechanism of conformance/adapters/child.py, which the
@@ -79,7 +81,7 @@ from conformance.adapters.program import (
 from conformance.composites import Composite
 from conformance.frameworks import KERAS_JAX, KERAS_TENSORFLOW, KERAS_TORCH, Framework
 from conformance.machine import FactValue
-from conformance.semantics import CONV_TRANSPOSE, as_transposed
+from conformance.semantics import CONV_TRANSPOSE, PadPairs, as_transposed
 
 BACKENDS: dict[str, Framework] = {"tensorflow": KERAS_TENSORFLOW, "jax": KERAS_JAX, "torch": KERAS_TORCH}
 BACKEND_VARIABLE = "KERAS_BACKEND"
@@ -149,10 +151,11 @@ class _KerasLayer(FrameworkCall):
     """One Keras layer on one backend, run in a process whose Keras has that backend: `tensors` builds
     the layer (its kernel assigned) and the input `x_t`, `invocation` calls the layer."""
 
-    layer_class: str  # "Conv2D", "DepthwiseConv2D" or "Conv2DTranspose"
+    family: str  # the layer's name with {rank}: "Conv{rank}D", "DepthwiseConv{rank}D" or "Conv{rank}DTranspose"
 
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
+    def __init__(self, backend: str, rank: int = 2) -> None:
+        self.backend, self.rank, self.ranks = backend, rank, (rank,)
+        self.layer_class = self.family.format(rank=rank)
         self.framework, self.op = BACKENDS[backend], self.layer_class
 
     # -- what differs between the layers --
@@ -167,15 +170,20 @@ class _KerasLayer(FrameworkCall):
     # -- the layer, as users build it --
 
     def padding_word(self, call: CallParams | ConvCall) -> str | None:
+        """The layer's word for the case's padding: "valid", "same", and "causal" for Conv1D only."""
+        if call.padding == "CAUSAL" and self.layer_class == "Conv1D":
+            return "causal"
         word = padding.native_word(call.padding)
         return word.lower() if word else None
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         if self.padding_word(call_params) is None:
-            where = f" (the {self.framework.name}.Conv2D@zero-padding target)" if self.layer_class == "Conv2D" else ""
+            target = f"{self.framework.name}.{self.layer_class}@zero-padding"
+            where = f" (the {target} target)" if self.family == "Conv{rank}D" else ""
+            causal = ', or "causal" (Conv1D only)' if self.rank == 1 else ""
             return (
-                f'keras.layers.{self.layer_class} takes padding "valid" or "same"; Keras users write explicit '
-                f"pads as ZeroPadding2D before a valid layer{where}"
+                f'keras.layers.{self.layer_class} takes padding "valid" or "same"{causal}; Keras users write explicit '
+                f"pads as ZeroPadding{self.rank}D before a valid layer{where}"
             )
         return None
 
@@ -203,7 +211,13 @@ class _KerasLayer(FrameworkCall):
         return [
             Assign("layer", self.layer(call, data_format, explicit_pads)),
             Do(method("layer", "build", shape)),
-            Do(method(KERNEL, "assign", self.kernel_value(call, kernel)), "Keras' own kernel layout"),
+            *self.kernel_assignments(call, kernel, Name("layer")),
+        ]
+
+    def kernel_assignments(self, call: ConvCall, kernel: Expr, layer: Expr) -> list[Statement]:
+        """The case's kernel assigned to the built `layer`'s weights, in Keras' own layout."""
+        return [
+            Do(method(Attr(layer, "kernel"), "assign", self.kernel_value(call, kernel)), "Keras' own kernel layout")
         ]
 
     def prelude(self, device: str, precision: str) -> list[Statement]:
@@ -267,9 +281,13 @@ class _KerasLayer(FrameworkCall):
         }
 
 
-class KerasConv2D(_KerasLayer):
-    layer_class = "Conv2D"
-    runs_models = True  # the composites run as whole Keras models, through the eager call
+class KerasConv(_KerasLayer):
+    family = "Conv{rank}D"
+
+    def __init__(self, backend: str, rank: int = 2) -> None:
+        super().__init__(backend, rank)
+        # The 2-D layer runs the composites as whole Keras models, through the eager call.
+        self.runs_models = rank == 2
 
     def model_graph(self, dtype: str) -> ModelGraph:
         """What builds the composite's layers (a test's broken builder overrides it)."""
@@ -318,13 +336,13 @@ class KerasConv2D(_KerasLayer):
         }  # fmt: skip
 
 
-class KerasDepthwiseConv2D(_KerasLayer):
-    layer_class = "DepthwiseConv2D"
+class KerasDepthwiseConv(_KerasLayer):
+    family = "DepthwiseConv{rank}D"  # (Keras has 1-D and 2-D ones)
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         channels = call_params.input_shape[-1]
         if call_params.groups != channels or call_params.kernel_shape[-2] != 1:
-            return "keras.layers.DepthwiseConv2D is only for depthwise convolution (groups = input channels)"
+            return f"keras.layers.{self.layer_class} is only for depthwise convolution (groups = input channels)"
         return super().unsupported_reason(call_params)
 
     def layer_arguments(self, call: ConvCall, explicit_pads: bool) -> dict[str, Any]:
@@ -342,21 +360,48 @@ class KerasDepthwiseConv2D(_KerasLayer):
         return method(kernel, "reshape", *taps, channels, out_channels // channels)
 
 
-class KerasConv2DTranspose(_KerasLayer):
-    """`keras.layers.Conv2DTranspose`: its kernel (k_h, k_w, filters, C_in) is the case's as it stands.
-    "same" and "valid" with output_padding unset follow Keras' `deconv_output_length` (TensorFlow's
-    rule, the semantics' SAME and VALID); `@cropping` writes explicit crops as Keras users do."""
+class KerasSeparableConv(KerasDepthwiseConv):
+    """`keras.layers.SeparableConv1D`: a depthwise convolution, then a pointwise (1-tap) one. The case's
+    depthwise kernel is its depthwise kernel and the pointwise kernel is the identity, so the layer
+    computes the case through Keras' separable path (tf.nn.separable_conv2d on TensorFlow, two
+    convolutions on JAX and torch); a wrong pointwise step or a depthwise kernel read in another
+    layout shows."""
 
-    layer_class = "Conv2DTranspose"
+    family = "SeparableConv{rank}D"
+
+    def layer_arguments(self, call: ConvCall, explicit_pads: bool) -> dict[str, Any]:
+        *taps, _, out_channels = call.w.shape
+        return {
+            "filters": out_channels, "kernel_size": tuple(taps), "depth_multiplier": out_channels // call.x.shape[-1],
+            "depthwise_initializer": INITIALIZER, "pointwise_initializer": INITIALIZER,
+        }  # fmt: skip
+
+    def kernel_assignments(self, call: ConvCall, kernel: Expr, layer: Expr) -> list[Statement]:
+        out_channels, rank = call.w.shape[-1], len(call.rate)
+        identity = method(invoke("np.eye", out_channels), "reshape", *(1,) * rank, out_channels, out_channels)
+        return [
+            Import("numpy", "np"),
+            Do(method(Attr(layer, "depthwise_kernel"), "assign", self.kernel_value(call, kernel)), "Keras' layout"),
+            Do(method(Attr(layer, "pointwise_kernel"), "assign", identity), "the identity: the depthwise result as is"),
+        ]
+
+
+class KerasConvTranspose(_KerasLayer):
+    """`keras.layers.Conv{1,2,3}DTranspose`: its kernel (*spatial, filters, C_in) is the case's as it
+    stands. "same" and "valid" with output_padding unset follow Keras' `deconv_output_length`
+    (TensorFlow's rule, the semantics' SAME and VALID); `@cropping` writes explicit crops as Keras users do."""
+
+    family = "Conv{rank}DTranspose"
     operation = CONV_TRANSPOSE
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         if call_params.groups != 1:
-            return "keras.layers.Conv2DTranspose has no groups"
+            return f"keras.layers.{self.layer_class} has no groups"
         if self.padding_word(call_params) is None:
             return (
-                f'keras.layers.Conv2DTranspose takes padding "valid" or "same"; Keras users write explicit crops as '
-                f"Cropping2D after a valid layer (the {self.framework.name}.Conv2DTranspose@cropping target)"
+                f'keras.layers.{self.layer_class} takes padding "valid" or "same"; Keras users write explicit crops '
+                f"as Cropping{self.rank}D after a valid layer (the {self.framework.name}.{self.layer_class}@cropping "
+                "target)"
             )
         return None
 
@@ -397,17 +442,14 @@ class Compiled(CallWrapper):
         layer = Index(Attr(Name("model"), "layers"), -1)
         return [
             Once(tuple(build), context=(device, precision)),  # TF32 is captured when it compiles
-            Do(
-                method(Attr(layer, "kernel"), "assign", self.inner.kernel_value(call, kernel)),
-                "Keras' own kernel layout",
-            ),
+            *self.inner.kernel_assignments(call, kernel, layer),
         ]
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
         return method("model", "predict_on_batch", Name("x"))
 
     def describe_model(self, composite: Composite, dtype: str, device: str, precision: str) -> Program:
-        assert isinstance(self.inner, KerasConv2D)
+        assert isinstance(self.inner, KerasConv)
         return self.inner.describe_model(composite, dtype, device, precision, self)
 
     def model_reproduction(self, composite: Composite, dtype: str, device: str, precision: str) -> str:
@@ -454,30 +496,44 @@ class _PadsTheKerasWay(CallWrapper):
         self.inner.refuse_layer(self.inner.layer(call, explicit_pads=True))
 
 
+def _per_axis_layer_argument(pads: PadPairs) -> PadPairs | tuple[int, int]:
+    """ZeroPaddingND's `padding` and CroppingND's `cropping`: one (before, after) per axis, except in 1-D,
+    where the layers take the pair alone and no data_format."""
+    return pads[0] if len(pads) == 1 else pads
+
+
+def _data_format(rank: int) -> dict[str, str]:
+    return {} if rank == 1 else {"data_format": "channels_last"}
+
+
 class ZeroPadding(_PadsTheKerasWay):
-    """Pads as Keras users write them: `ZeroPadding2D` before the layer."""
+    """Pads as Keras users write them: `ZeroPadding1D`, `2D` or `3D` before the layer."""
 
     def __init__(self, inner: _KerasLayer) -> None:
         super().__init__(inner, "zero-padding")
 
     def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
+        rank = len(call.rate)
         zero_padding = invoke(
-            "keras.layers.ZeroPadding2D", padding=call.geometry.pads, data_format="channels_last", dtype=call.dtype
-        )
+            f"keras.layers.ZeroPadding{rank}D", padding=_per_axis_layer_argument(call.geometry.pads),
+            **_data_format(rank), dtype=call.dtype,
+        )  # fmt: skip
         padded = Assign("x_t", invoke(zero_padding, Name("x_t")), "explicit pads, the Keras way")
         return [*super().tensors(call, kernel, device, precision), padded]
 
 
 class Cropping(_PadsTheKerasWay):
-    """Crops as Keras users write them: a `Conv2DTranspose` with `output_padding`, then `Cropping2D`."""
+    """Crops as Keras users write them: a `ConvNDTranspose` with `output_padding`, then `CroppingND`."""
 
     def __init__(self, inner: _KerasLayer) -> None:
         super().__init__(inner, "cropping")
 
     def read_back(self, call: ConvCall, result: Expr) -> Expr:
+        rank = len(call.rate)
         cropping = invoke(
-            "keras.layers.Cropping2D", cropping=call.geometry.pads, data_format="channels_last", dtype=call.dtype
-        )
+            f"keras.layers.Cropping{rank}D", cropping=_per_axis_layer_argument(call.geometry.pads),
+            **_data_format(rank), dtype=call.dtype,
+        )  # fmt: skip
         return invoke(cropping, result)
 
 
@@ -573,7 +629,7 @@ class KerasGradient(DerivativeAdapter):
                 Assign("(g,)", invoke("torch.autograd.grad", Name("y"), [wrt], grad_outputs=Name("dy_t"))),
             ]
             imports = [Import("torch")]
-        if not wrt_input and isinstance(layer, KerasDepthwiseConv2D):
+        if not wrt_input and isinstance(layer, KerasDepthwiseConv):
             *taps, _, out_channels = call.w.shape
             body.append(Assign("g", invoke("keras.ops.reshape", Name("g"), (*taps, 1, out_channels)), "HWIO"))
         program = (*imports, *layer.prelude(device, precision), *layer.placed(device, [*setup, *body]))
@@ -596,19 +652,27 @@ def in_child(inner: Adapter, devices: tuple[str, ...] | None = None) -> InChildP
     return InChildProcess(inner, inner.variant, environment, devices=devices or inner.devices)
 
 
-def _backend_targets(backend: str) -> list[InChildProcess]:
-    conv, depthwise, transpose = KerasConv2D(backend), KerasDepthwiseConv2D(backend), KerasConv2DTranspose(backend)
+def _backend_targets(backend: str, rank: int) -> list[InChildProcess]:
+    conv, transpose = KerasConv(backend, rank), KerasConvTranspose(backend, rank)
+    depthwise = [KerasDepthwiseConv(backend, rank)] if rank in DEPTHWISE_RANKS else []
+    # SeparableConv1D: the 1-D depthwise cases through Keras' separable path (its 2-D twin would only
+    # repeat DepthwiseConv2D's checks on every 2-D case).
+    separable = [KerasSeparableConv(backend, rank)] if rank == 1 else []
     adapters: list[Adapter] = [
         conv, Compiled(conv), ChannelsFirst(conv), ZeroPadding(conv),
-        depthwise, Compiled(depthwise), ChannelsFirst(depthwise),
+        *(mode for layer in depthwise for mode in (layer, Compiled(layer), ChannelsFirst(layer))),
+        *(mode for layer in separable for mode in (layer, Compiled(layer))),
         transpose, Compiled(transpose), ChannelsFirst(transpose), Cropping(transpose),
     ]  # fmt: skip
     if backend == "tensorflow":
         # Keras' default "auto" turns XLA on only where TensorFlow sees a GPU: on a GPU `@compiled` is
         # XLA too, and the two differ on the CPU only.
         adapters.append(Compiled(conv, jit_compile=True))
-    adapters += [KerasGradient(primary, quantity) for primary in (conv, depthwise, transpose) for quantity in GRADIENTS]
+    primaries = (conv, *depthwise, transpose)
+    adapters += [KerasGradient(primary, quantity) for primary in primaries for quantity in GRADIENTS]
     return [in_child(adapter) for adapter in adapters]
 
 
-ADAPTERS = tuple(target for backend in BACKENDS for target in _backend_targets(backend))
+RANKS = (1, 2, 3)
+DEPTHWISE_RANKS = (1, 2)  # Keras has no DepthwiseConv3D
+ADAPTERS = tuple(target for backend in BACKENDS for rank in RANKS for target in _backend_targets(backend, rank))

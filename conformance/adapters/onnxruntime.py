@@ -1,5 +1,7 @@
-"""ONNX Runtime: a one-node ONNX model (`Conv`, NCHW input, OIHW kernel, `group`) built with the
-`onnx` package's helper API and run by `onnxruntime.InferenceSession`, as a deployed model runs.
+"""ONNX Runtime: a one-node ONNX model (`Conv`, channels-first input, (O, I, *spatial) kernel, `group`)
+built with the `onnx` package's helper API and run by `onnxruntime.InferenceSession`, as a deployed
+model runs. ONNX's Conv and ConvTranspose take any number of spatial axes: one target serves 1-D,
+2-D and 3-D cases.
 
 ONNX spells pads `[top, left, bottom, right]` (all begins, then all ends). The primary target
 writes every case's pads out that way (SAME included), because that is what ONNX Runtime executes
@@ -72,6 +74,7 @@ class OnnxRuntimeConv(FrameworkCall):
 
     framework = ONNXRUNTIME
     op = "Conv"
+    ranks = (1, 2, 3)
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         if call_params.dtype not in ELEMENT_TYPES:
@@ -210,11 +213,11 @@ class Optimisations(CallWrapper):
 
 
 class OnnxRuntimeTorchExport(OnnxRuntimeConv):
-    """The deployment path: a `torch.nn.Conv2d` (asymmetric pads as a `ZeroPad2d` before it, the
-    porting idiom) exported by `torch.onnx.export` and run by ONNX Runtime. The exporter decides
-    the node's pads: torch's `padding="same"` becomes `auto_pad="SAME_UPPER"`. It is TorchScript's
-    exporter (`dynamo=False`): the torch.export-based one needs onnxscript and takes about 1.5 s a
-    geometry here, against 20 ms."""
+    """The deployment path: a `torch.nn.Conv1d`, `Conv2d` or `Conv3d` (asymmetric pads as a `ZeroPad1d`,
+    `ZeroPad2d` or `ZeroPad3d` before it, the porting idiom) exported by `torch.onnx.export` and run by
+    ONNX Runtime. The exporter decides the node's pads: torch's `padding="same"` becomes
+    `auto_pad="SAME_UPPER"`. It is TorchScript's exporter (`dynamo=False`): the torch.export-based one
+    needs onnxscript and takes about 1.5 s a geometry here, against 20 ms."""
 
     variant = "torch-export"
 
@@ -240,12 +243,12 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
         argument, explicit = padding.torch_arguments(call.padding, call.geometry.pads)
         dtype = Name(f"torch.{call.dtype}")
         conv = invoke(
-            "torch.nn.Conv2d", c_in, c_out, tuple(taps), stride=call.stride, padding=argument, dilation=call.rate,
-            groups=call.groups, bias=False, dtype=dtype,
+            f"torch.nn.Conv{rank}d", c_in, c_out, tuple(taps), stride=call.stride, padding=argument,
+            dilation=call.rate, groups=call.groups, bias=False, dtype=dtype,
         )  # fmt: skip
         module: Expr = Name("conv")
         if explicit:
-            module = invoke("torch.nn.Sequential", invoke("torch.nn.ZeroPad2d", explicit), Name("conv"))
+            module = invoke("torch.nn.Sequential", invoke(f"torch.nn.ZeroPad{rank}d", explicit), Name("conv"))
         weight = method(invoke("torch.tensor", kernel, dtype=dtype), "permute", *_out_in_first(rank))
         example = (invoke("torch.zeros", n, c_in, *spatial, dtype=dtype),)
         export = invoke(

@@ -20,8 +20,9 @@ from conformance.semantics import (
 
 
 def native_word(padding: PaddingSpec) -> str | None:
-    """ "SAME" or "VALID" when the case says so (an API's own word for it), else None."""
-    return padding if isinstance(padding, str) else None
+    """ "SAME" or "VALID" when the case says so (an API's own word for it), else None. CAUSAL is
+    Keras' word only (Conv1D): every other API takes it as the explicit pads it is."""
+    return padding if padding in ("SAME", "VALID") else None
 
 
 def channels_last_pairs(pads: PadPairs) -> list[list[int]]:

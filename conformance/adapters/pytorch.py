@@ -1,4 +1,5 @@
-"""PyTorch: `torch.nn.functional.conv2d` (NCHW input, OIHW kernel).
+"""PyTorch: `torch.nn.functional.conv1d`, `conv2d` and `conv3d` and their transposes (channels-first
+input, (O, I, *spatial) kernel), one target per rank as torch names them.
 
 Padding uses torch's own vocabulary wherever it has one, so the suite tests torch's SAME rather
 than ours: SAME -> padding="same" (which torch allows only at stride 1), VALID -> "valid",
@@ -119,9 +120,14 @@ def _tensor(source: Value, call: ConvCall, device: str, order: tuple[int, ...]) 
     return method(placed, "permute", *order)
 
 
-class TorchConv2d(FrameworkCall):
+class TorchConv(FrameworkCall):
+    """`F.conv{rank}d`: one class for every rank, since torch's three functions take the same
+    arguments, one value per spatial axis."""
+
     framework = TORCH
-    op = "conv2d"
+
+    def __init__(self, rank: int = 2) -> None:
+        self.rank, self.ranks, self.op = rank, (rank,), f"conv{rank}d"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         return padding.torch_same_refusal(call_params.padding, call_params.stride)
@@ -153,7 +159,7 @@ class TorchConv2d(FrameworkCall):
 
     def conv(self, call: ConvCall, x: Expr, padding_argument: str | tuple[int, ...]) -> Expr:
         return invoke(
-            "F.conv2d", x, Name("w_t"), stride=call.stride, padding=padding_argument, dilation=call.rate,
+            f"F.conv{self.rank}d", x, Name("w_t"), stride=call.stride, padding=padding_argument, dilation=call.rate,
             groups=call.groups,
         )  # fmt: skip
 
@@ -168,7 +174,8 @@ class TorchConv2d(FrameworkCall):
         argument, _ = padding.torch_arguments(call.padding, call.geometry.pads)
         c_in, (*taps, _, c_out) = call.x.shape[-1], call.w.shape
         return invoke(
-            "torch.nn.Conv2d", c_in, c_out, tuple(taps), stride=call.stride, padding=argument, dilation=call.rate,
+            f"torch.nn.Conv{self.rank}d", c_in, c_out, tuple(taps), stride=call.stride, padding=argument,
+            dilation=call.rate,
             groups=call.groups, bias=False, device=Name("x_t.device"), dtype=Name("x_t.dtype"),
         )  # fmt: skip
 
@@ -206,12 +213,15 @@ class TorchConv2d(FrameworkCall):
         return runtime_facts()
 
 
-class TorchConvTranspose2d(TorchConv2d):
-    """`torch.nn.functional.conv_transpose2d`: the weight is (C_in, C_out / groups, k_h, k_w), which is the
-    forward op's OIHW weight, so the case's kernel permutes exactly as conv2d's does."""
+class TorchConvTranspose(TorchConv):
+    """`torch.nn.functional.conv_transpose{rank}d`: the weight is (C_in, C_out / groups, *spatial), which is
+    the forward op's (O, I, *spatial) weight, so the case's kernel permutes exactly as convNd's does."""
 
-    op = "conv_transpose2d"
     operation = CONV_TRANSPOSE
+
+    def __init__(self, rank: int = 2) -> None:
+        super().__init__(rank)
+        self.op = f"conv_transpose{rank}d"
 
     def unsupported_reason(self, call_params: CallParams) -> str | None:
         arguments = padding.torch_transpose_arguments(call_params.geometry)
@@ -224,7 +234,7 @@ class TorchConvTranspose2d(TorchConv2d):
         return {"stride": call.stride, "padding": crops, "output_padding": extra, "groups": call.groups}
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
-        return invoke("F.conv_transpose2d", Name("x_t"), Name("w_t"), **self.arguments(call), dilation=call.rate)
+        return invoke(f"F.{self.op}", Name("x_t"), Name("w_t"), **self.arguments(call), dilation=call.rate)
 
     def module_input(self, call: ConvCall, x: Expr) -> Expr:
         return x
@@ -232,19 +242,19 @@ class TorchConvTranspose2d(TorchConv2d):
     def module(self, call: ConvCall) -> Expr:
         *taps, out_per_group, c_in = call.w.shape
         return invoke(
-            "torch.nn.ConvTranspose2d", c_in, out_per_group * call.groups, tuple(taps), **self.arguments(call),
-            dilation=call.rate, bias=False, device=Name("x_t.device"), dtype=Name("x_t.dtype"),
+            f"torch.nn.ConvTranspose{self.rank}d", c_in, out_per_group * call.groups, tuple(taps),
+            **self.arguments(call), dilation=call.rate, bias=False, device=Name("x_t.device"), dtype=Name("x_t.dtype"),
         )  # fmt: skip
 
 
 class TorchModule(CallWrapper):
-    """The `torch.nn` module users build (`torch.nn.Conv2d`, `torch.nn.ConvTranspose2d`), called first on
-    an input of another spatial size and then on the case: state kept between calls (cached primitives
-    or algorithms) must not leak."""
+    """The `torch.nn` module users build (`torch.nn.Conv2d`, `torch.nn.ConvTranspose1d`, ...), called first
+    on an input of another spatial size and then on the case: state kept between calls (cached
+    primitives or algorithms) must not leak."""
 
-    inner: TorchConv2d
+    inner: TorchConv
 
-    def __init__(self, primary: TorchConv2d) -> None:
+    def __init__(self, primary: TorchConv) -> None:
         super().__init__(primary, "layer")
 
     def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
@@ -265,18 +275,16 @@ class TorchModule(CallWrapper):
         ]
 
 
-PRIMARY = TorchConv2d()
-TRANSPOSED = TorchConvTranspose2d()
-
-
 class TorchTransposeAsForward(CallWrapper):
-    """Oracle: conv_transpose2d as F.conv2d (stride 1, the rate) of the zero-inserted input, padded (or,
+    """Oracle: conv_transposeNd as F.convNd (stride 1, the rate) of the zero-inserted input, padded (or,
     where negative, cropped) by F.pad, with the flipped, channel-swapped kernel: torch's forward
     kernels against its transposed one."""
 
-    def __init__(self) -> None:
-        super().__init__(TRANSPOSED, "as-forward")
-        self.baseline = TRANSPOSED
+    inner: TorchConvTranspose
+
+    def __init__(self, transposed: TorchConvTranspose) -> None:
+        super().__init__(transposed, "as-forward")
+        self.baseline = transposed
 
     def kernel_imports(self, call: ConvCall) -> list[Statement]:
         oracles.require_finite_for_zero_insertion(call)
@@ -294,18 +302,25 @@ class TorchTransposeAsForward(CallWrapper):
     def invocation(self, call: ConvCall, precision: str) -> Expr:
         pads = padding.last_axis_first(tuple(padding.dilated_input_pads(call.geometry)))
         padded = invoke("F.pad", Name("x_t"), pads)  # (negative: a crop)
-        return invoke("F.conv2d", padded, Name("w_t"), dilation=call.rate, groups=call.groups)
+        return invoke(f"F.conv{self.inner.rank}d", padded, Name("w_t"), dilation=call.rate, groups=call.groups)
+
+
+# The memory format that keeps channels last in memory, per rank: torch has one for 4-D and 5-D tensors.
+CHANNELS_LAST_FORMATS = {2: "channels_last", 3: "channels_last_3d"}
 
 
 class TorchChannelsLast(CallWrapper):
-    """Oracle: the same call on channels_last (NHWC-in-memory) tensors, a different kernel family."""
+    """Oracle: the same call on channels-last-in-memory tensors (channels_last, channels_last_3d), a
+    different kernel family."""
 
-    def __init__(self) -> None:
-        super().__init__(PRIMARY, "channels_last")
-        self.baseline = PRIMARY
+    inner: TorchConv
+
+    def __init__(self, primary: TorchConv) -> None:
+        super().__init__(primary, "channels_last")
+        self.baseline = primary
 
     def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
-        last = {"memory_format": Name("torch.channels_last")}
+        last = {"memory_format": Name(f"torch.{CHANNELS_LAST_FORMATS[self.inner.rank]}")}
         return [
             *self.inner.tensors(call, kernel, device, precision),
             Assign("x_t", method("x_t", "contiguous", **last)),
@@ -317,7 +332,7 @@ class TorchExplicitPads(oracles.ExplicitPads):
     """Oracle: SAME written out as the explicit pads of DESIGN.md, as porters write them: F.pad, then
     no padding (torch's own spelling of symmetric pads would leave the pads to the kernel again)."""
 
-    inner: TorchConv2d
+    inner: TorchConv
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
         padded = invoke("F.pad", Name("x_t"), padding.last_axis_first(call.geometry.pads))
@@ -329,7 +344,7 @@ class TorchDerivative(DerivativeAdapter):
     HWIO -> OIHW) tensors the forward call gets, as in a port of TensorFlow weights; the HVP is
     double backward: autograd.grad with create_graph=True, then grad of <grad, v> again."""
 
-    inner: TorchConv2d
+    inner: TorchConv
 
     def describe(self, call: ConvCall, device: str, precision: str) -> Program:
         rank = len(call.rate)
@@ -362,17 +377,26 @@ class TorchDerivative(DerivativeAdapter):
         return Program(tuple(statements), result="g")
 
 
-ADAPTERS = (
-    PRIMARY,
-    TorchModule(PRIMARY),
-    oracles.ZeroInserted(PRIMARY),
-    TorchChannelsLast(),
-    TorchExplicitPads(PRIMARY),
-    DeviceComparison(PRIMARY),
-    *(TorchDerivative(PRIMARY, quantity) for quantity in QUANTITIES),
-    TRANSPOSED,
-    TorchModule(TRANSPOSED),
-    TorchTransposeAsForward(),
-    DeviceComparison(TRANSPOSED),
-    *(TorchDerivative(TRANSPOSED, quantity) for quantity in QUANTITIES),
-)
+def _targets(rank: int) -> tuple[FrameworkCall | DeviceComparison, ...]:
+    """One rank's targets: the functional call, the module, the oracles that apply, the derivatives."""
+    primary, transposed = TorchConv(rank), TorchConvTranspose(rank)
+    channels_last = (TorchChannelsLast(primary),) if rank in CHANNELS_LAST_FORMATS else ()
+    return (
+        primary,
+        TorchModule(primary),
+        oracles.ZeroInserted(primary),
+        *channels_last,
+        TorchExplicitPads(primary),
+        DeviceComparison(primary),
+        *(TorchDerivative(primary, quantity) for quantity in QUANTITIES),
+        transposed,
+        TorchModule(transposed),
+        TorchTransposeAsForward(transposed),
+        DeviceComparison(transposed),
+        *(TorchDerivative(transposed, quantity) for quantity in QUANTITIES),
+    )
+
+
+RANKS = (1, 2, 3)
+ADAPTERS = tuple(target for rank in RANKS for target in _targets(rank))
+PRIMARY = next(a for a in ADAPTERS if isinstance(a, TorchConv) and a.op == "conv2d")  # the 2-D call, as tests name it

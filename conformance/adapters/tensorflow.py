@@ -1,5 +1,10 @@
-"""TensorFlow: `tf.nn.atrous_conv2d`, `tf.nn.conv2d(..., dilations=)` and `tf.nn.depthwise_conv2d`
-(NHWC input, HWIO kernel).
+"""TensorFlow: `tf.nn.atrous_conv2d`, `tf.nn.conv1d`/`conv2d`/`conv3d(..., dilations=)`, the rank-free
+`tf.nn.convolution`, `tf.nn.depthwise_conv2d` and the transposes (channels-last input, (*spatial, I, O)
+kernel, the suite's own layouts).
+
+Only the 2-D ops take explicit pads; `conv1d`, `conv3d` and `convolution` in 1-D and 3-D take "SAME"
+or "VALID" alone, so explicit (and causal) pads reach them as users write them there: `tf.pad`, then
+"VALID". Their transposes take the words only: explicit crops are `unsupported` there.
 
 `atrous_conv2d` is the API the reference documents use; it has one integer rate, no stride, no
 groups and only "SAME"/"VALID", so everything else is `unsupported` there. `conv2d` takes
@@ -102,6 +107,16 @@ def reported_facts() -> dict[str, FactValue]:
 
 def _padding_argument(call: CallParams | ConvCall) -> str | list[list[int]]:
     return padding.native_word(call.padding) or padding.channels_last_pairs(call.geometry.pads)
+
+
+def _padded(call: ConvCall, x: Expr, explicit_pads: bool) -> tuple[Expr, str | list[list[int]]]:
+    """(the input, `padding=`) for an op: its own word, or the explicit pairs where the op takes them
+    (`explicit_pads`), or `tf.pad` and then "VALID" where it does not (the idiom its docs leave users)."""
+    word = padding.native_word(call.padding)
+    if word is not None:
+        return x, word
+    pairs = padding.channels_last_pairs(call.geometry.pads)
+    return (x, pairs) if explicit_pads else (invoke("tf.pad", x, pairs), "VALID")
 
 
 def _tensor(name: str, dtype: str, source: Value = None, comment: str = "") -> Assign:
@@ -228,12 +243,44 @@ class TensorFlowAtrousConv2d(_TensorFlowCall):
         return invoke("tf.nn.atrous_conv2d", *TENSORS, rate=call.rate[0], padding=call.padding)
 
 
-class TensorFlowConv2d(_TensorFlowCall):
-    op = "conv2d"
+class TensorFlowConv(_TensorFlowCall):
+    """`tf.nn.conv{rank}d`: conv1d takes the stride and the dilation per spatial axis, conv3d per axis of
+    the whole NDHWC tensor (1 on batch and channels), conv2d either way."""
+
+    def __init__(self, rank: int = 2) -> None:
+        self.rank, self.ranks, self.op = rank, (rank,), f"conv{rank}d"
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
+        x, padding_argument = _padded(call, Name("x_t"), explicit_pads=self.rank == 2)
+        if self.rank == 1:
+            return invoke(
+                "tf.nn.conv1d", x, Name("w_t"), stride=list(call.stride), padding=padding_argument,
+                dilations=list(call.rate),
+            )  # fmt: skip
+        whole = 3 if self.rank == 3 else 0  # conv3d: a value for every axis of the tensor
         return invoke(
-            "tf.nn.conv2d", *TENSORS, strides=list(call.stride), padding=_padding_argument(call),
+            f"tf.nn.conv{self.rank}d", x, Name("w_t"), strides=_whole(call.stride, whole), padding=padding_argument,
+            dilations=_whole(call.rate, whole),
+        )  # fmt: skip
+
+
+def _whole(values: tuple[int, ...], rank: int) -> list[int]:
+    """Per spatial axis, or (where `rank` is nonzero) per axis of the whole tensor, 1 on batch and channels."""
+    return [1, *values, 1] if rank else list(values)
+
+
+class TensorFlowConvolution(_TensorFlowCall):
+    """`tf.nn.convolution`: the rank-free entry point (Keras' TensorFlow backend calls it), which picks
+    the rank's op from the input's shape. A target for 1-D and 3-D cases: in 2-D it is conv2d's own
+    kernel, which `tensorflow.conv2d` and Keras' Conv2D already judge on every 2-D case."""
+
+    op = "convolution"
+    ranks = (1, 3)
+
+    def invocation(self, call: ConvCall, precision: str) -> Expr:
+        x, padding_argument = _padded(call, Name("x_t"), explicit_pads=False)
+        return invoke(
+            "tf.nn.convolution", x, Name("w_t"), strides=list(call.stride), padding=padding_argument,
             dilations=list(call.rate),
         )  # fmt: skip
 
@@ -264,7 +311,7 @@ class TensorFlowDepthwiseConv2d(_TensorFlowCall):
         )  # fmt: skip
 
 
-CONV2D = TensorFlowConv2d()
+CONV2D = TensorFlowConv(2)
 
 
 class Nchw(CallWrapper):
@@ -311,20 +358,26 @@ def _forward_reaches(call_params: CallParams) -> str | None:
     return None
 
 
-class TensorFlowConv2dTranspose(_TensorFlowCall):
-    """`tf.nn.conv2d_transpose`: filters [k_h, k_w, out, in] are the case's kernel as it stands; SAME,
-    VALID or explicit [[0, 0], [top, bottom], [left, right], [0, 0]] pads (crops), and `output_shape`."""
+class TensorFlowConvTranspose(_TensorFlowCall):
+    """`tf.nn.conv{rank}d_transpose`: filters (*spatial, out, in) are the case's kernel as it stands;
+    `output_shape`; SAME, VALID or (2-D only) explicit [[0, 0], [top, bottom], [left, right], [0, 0]]
+    pads (crops). conv3d_transpose takes strides and dilations per axis of the whole tensor."""
 
-    op = "conv2d_transpose"
     operation = CONV_TRANSPOSE
 
+    def __init__(self, rank: int = 2) -> None:
+        self.rank, self.ranks, self.op = rank, (rank,), f"conv{rank}d_transpose"
+
     def unsupported_reason(self, call_params: CallParams) -> str | None:
+        if self.rank != 2 and padding.native_word(call_params.padding) is None:
+            return f'tf.nn.{self.op} takes padding "SAME" or "VALID" only (explicit crops: conv2d_transpose)'
         return _forward_reaches(call_params)
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
+        whole = 3 if self.rank == 3 else 0
         return invoke(
-            "tf.nn.conv2d_transpose", *TENSORS, output_shape=_transposed_output_shape(call),
-            strides=list(call.stride), padding=_padding_argument(call), dilations=list(call.rate),
+            f"tf.nn.{self.op}", *TENSORS, output_shape=_transposed_output_shape(call),
+            strides=_whole(call.stride, whole), padding=_padding_argument(call), dilations=_whole(call.rate, whole),
         )  # fmt: skip
 
 
@@ -389,7 +442,28 @@ class TensorFlowDerivative(DerivativeAdapter):
 
 
 ATROUS_CONV2D, DEPTHWISE_CONV2D = TensorFlowAtrousConv2d(), TensorFlowDepthwiseConv2d()
-CONV2D_TRANSPOSE, ATROUS_CONV2D_TRANSPOSE = TensorFlowConv2dTranspose(), TensorFlowAtrousConv2dTranspose()
+CONV2D_TRANSPOSE, ATROUS_CONV2D_TRANSPOSE = TensorFlowConvTranspose(2), TensorFlowAtrousConv2dTranspose()
+CONVOLUTION = TensorFlowConvolution()
+
+
+def _other_rank_targets(rank: int) -> tuple[FrameworkCall | DeviceComparison, ...]:
+    """conv1d or conv3d and its transpose: the eager call, graph mode and XLA, the oracles that apply,
+    the derivatives. (oneDNN's on/off children and the layer mode stay with the 2-D ops.)"""
+    conv, transposed = TensorFlowConv(rank), TensorFlowConvTranspose(rank)
+    return (
+        conv,
+        InFunction(conv),
+        InFunction(conv, jit_compile=True),
+        oracles.ZeroInserted(conv),
+        oracles.ExplicitPads(conv),
+        DeviceComparison(conv),
+        *(TensorFlowDerivative(primary, quantity) for primary in (conv, transposed) for quantity in QUANTITIES),
+        transposed,
+        InFunction(transposed),
+        InFunction(transposed, jit_compile=True),
+        DeviceComparison(transposed),
+    )
+
 
 ADAPTERS = (
     ATROUS_CONV2D,
@@ -418,4 +492,8 @@ ADAPTERS = (
     InFunction(CONV2D_TRANSPOSE),
     InFunction(CONV2D_TRANSPOSE, jit_compile=True),  # XLA computes what the CPU kernel refuses (dilation, groups)
     DeviceComparison(CONV2D_TRANSPOSE),
+    CONVOLUTION,
+    InFunction(CONVOLUTION),
+    *_other_rank_targets(1),
+    *_other_rank_targets(3),
 )

@@ -292,6 +292,8 @@ def build_case(label: str, suite: str, raw: Mapping[str, Any], defaults: Mapping
         raise _ranks_disagree(raw, input_shape, kernel_shape, fail)
     _check_channels(op, input_shape, kernel_shape, groups, fail)
     padding = setting("padding", "VALID")
+    if padding == "CAUSAL" and op == CONV_TRANSPOSE:
+        raise fail("CAUSAL padding is the forward convolution's; a transposed one states its crops", "padding")
     if isinstance(padding, list):
         padding = tuple(tuple(side) for side in padding)
         if len(padding) != rank:

@@ -1,15 +1,16 @@
-"""From a real model to a case file: every 2-D convolution of a model, one case per distinct configuration.
+"""From a real model to a case file: every 1-D, 2-D and 3-D convolution of a model, one case per
+distinct configuration.
 
-`python -m conformance from-model MODEL -o DIR [--input-shape N,H,W,C] [--weights]` reads
+`python -m conformance from-model MODEL -o DIR [--input-shape N,...,C] [--weights]` reads
 
 - an ONNX file (`onnx_model.py`: Conv and ConvTranspose nodes, shapes from ONNX shape inference),
-- a Keras model file, `.keras` (`keras_model.py`: Conv2D, DepthwiseConv2D, SeparableConv2D,
-  Conv2DTranspose with their input shapes),
-- a torch module given as `package.module:factory` (`torch_model.py`: each nn.Conv2d and
-  nn.ConvTranspose2d as it is called on a zero tensor of `--input-shape`),
+- a Keras model file, `.keras` (`keras_model.py`: Conv1D/2D/3D (causal included), DepthwiseConv1D/2D,
+  SeparableConv1D/2D, Conv1D/2D/3DTranspose with their input shapes),
+- a torch module given as `package.module:factory` (`torch_model.py`: each nn.Conv1d/2d/3d and
+  nn.ConvTranspose1d/2d/3d as it is called on a zero tensor of `--input-shape`),
 
-each reader turning what it finds into `Convolution`s in the suite's own terms (NHWC input, HWIO
-kernel, pads per side), and what it cannot into `Skipped` entries with the reason. Identical
+each reader turning what it finds into `Convolution`s in the suite's own terms (channels-last input,
+(*spatial, I, O) kernel, pads per side), and what it cannot into `Skipped` entries with the reason. Identical
 configurations are merged into one case that lists every layer using it; data is seeded from the
 first layer's name, so the cases are the same on every run. With `--weights` a case's kernel is
 the model's own (the first layer's), stored in an .npz beside the case file.
@@ -40,11 +41,12 @@ class Convolution:
 
     layer: str
     op: str  # CONV or CONV_TRANSPOSE
-    input_shape: tuple[int, ...]  # channels-last: NHWC
-    kernel_shape: tuple[int, ...]  # (*spatial, I, O): HWIO; transposed: (k_h, k_w, C_out / groups, C_in)
+    input_shape: tuple[int, ...]  # channels-last: (N, *spatial, C), NHWC in 2-D
+    kernel_shape: tuple[int, ...]  # (*spatial, I, O): HWIO in 2-D; transposed: (*spatial, C_out / groups, C_in)
     rate: Sizes
     stride: Sizes
-    padding: Padding  # "SAME", "VALID" or (before, after) per axis, ((top, bottom), (left, right)); transposed: crops
+    # "SAME", "VALID", "CAUSAL" or (before, after) per axis, ((top, bottom), (left, right)) in 2-D; transposed: crops
+    padding: Padding
     groups: int = 1
     output_padding: Sizes = (0, 0)
     kernel: np.ndarray | None = field(default=None, compare=False, repr=False)  # the model's own, HWIO
@@ -85,6 +87,17 @@ class Skipped:
 class Found:
     convolutions: list[Convolution] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+
+
+def channels_first(shape: Sequence[int]) -> tuple[int, ...]:
+    """(N, *spatial, C) as (N, C, *spatial): the layout torch modules and ONNX graphs take."""
+    n, *spatial, c = shape
+    return (n, c, *spatial)
+
+
+def spatial_first(rank: int) -> tuple[int, ...]:
+    """The permutation of an (O, I, *spatial) weight to the case format's (*spatial, I, O)."""
+    return (*range(2, rank + 2), 1, 0)
 
 
 def pads_or_word(pads: Sequence[int]) -> Padding:
@@ -174,7 +187,7 @@ def write_cases(
     ]
     lines += [f"# not turned into a case: {s.layer}: {s.reason}" for s in found.skipped]
     lines += [
-        f"description = {_toml_string(f'Every distinct 2-D convolution of {model}, with the layers that use it.')}",
+        f"description = {_toml_string(f'Every distinct convolution of {model}, with the layers that use it.')}",
         *([f'tier = "{tier}"'] if tier != "default" else []),
         "",
         "[defaults]",

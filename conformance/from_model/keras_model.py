@@ -1,10 +1,12 @@
-"""The convolutions of a Keras model file (`.keras`): its Conv2D, DepthwiseConv2D, SeparableConv2D
-and Conv2DTranspose layers, nested models included, each with the input shape it is called on.
+"""The convolutions of a Keras model file (`.keras`): its Conv1D/2D/3D, DepthwiseConv1D/2D,
+SeparableConv1D/2D and Conv1D/2D/3DTranspose layers, nested models included, each with the input
+shape it is called on.
 
-Keras states kernels as HWIO already (Conv2DTranspose: (k_h, k_w, C_out, C_in), the case format's
-transposed kernel); a DepthwiseConv2D's (k_h, k_w, C_in, multiplier) is the grouped kernel
-(k_h, k_w, 1, C_in * multiplier) with groups = C_in; a SeparableConv2D is that depthwise
-convolution followed by a 1x1 one, two cases. Keras' "same" is TensorFlow's SAME.
+Keras states kernels as (*spatial, I, O) already (ConvTranspose: (*spatial, C_out, C_in), the case
+format's transposed kernel); a depthwise kernel (*spatial, C_in, multiplier) is the grouped kernel
+(*spatial, 1, C_in * multiplier) with groups = C_in; a separable convolution is that depthwise
+convolution followed by a 1x1 one, two cases. Keras' "same" is TensorFlow's SAME; Conv1D's "causal"
+is the case format's CAUSAL (a WaveNet stack's layers).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import numpy as np
 from conformance.from_model import Convolution, Found, ModelError, Skipped
 from conformance.semantics import CONV, CONV_TRANSPOSE, effective_kernel_size, geometry, per_axis
 
-_READ = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
-_OTHER_CONVOLUTIONS = ("Conv1D", "Conv3D", "Conv1DTranspose", "Conv3DTranspose", "SeparableConv1D", "DepthwiseConv1D",
-                       "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")  # fmt: skip
+_READ = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+         "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")  # fmt: skip
+_OTHER_CONVOLUTIONS = ("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
 
 
 def read(path: Path, input_shape: tuple[int, ...] | None) -> Found:
@@ -42,7 +44,7 @@ def read(path: Path, input_shape: tuple[int, ...] | None) -> Found:
     for name, layer in _layers(model):
         kind = type(layer).__name__
         if kind in _OTHER_CONVOLUTIONS:
-            found.skipped.append(Skipped(name, f"{kind} is not a 2-D convolution"))
+            found.skipped.append(Skipped(name, f"{kind} is a recurrent layer, not a convolution the suite states"))
             continue
         if kind not in _READ:
             continue
@@ -82,17 +84,19 @@ def _input_shapes(layer: Any) -> list[tuple[Any, ...]]:
         return []
 
 
-def _nhwc(shape: tuple[Any, ...], data_format: str, batch: int) -> tuple[int, int, int, int]:
-    if len(shape) != 4:
-        raise _Unsupported(f"input of rank {len(shape)}, not 4")
-    n, a, b, c = shape
-    h, w, channels = (b, c, a) if data_format == "channels_first" else (a, b, c)
-    if any(d is None for d in (h, w, channels)):
+def _channels_last(shape: tuple[Any, ...], rank: int, data_format: str, batch: int) -> tuple[int, ...]:
+    if len(shape) != rank + 2:
+        raise _Unsupported(f"input of rank {len(shape)}, not {rank + 2}")
+    n, *rest = shape
+    *spatial, channels = rest if data_format != "channels_first" else (*rest[1:], rest[0])
+    if any(d is None for d in (*spatial, channels)):
         raise _Unsupported(f"dynamic spatial size {list(shape)}: save the model with a fixed input shape")
-    return (int(n) if n is not None else batch, int(h), int(w), int(channels))
+    return (int(n) if n is not None else batch, *(int(d) for d in spatial), int(channels))
 
 
-def _padding(word: str) -> str:
+def _padding(word: str, kind: str) -> str:
+    if word == "causal" and kind == "Conv1D":
+        return "CAUSAL"  # (k - 1) * rate before the time axis, nothing after
     if word not in ("same", "valid"):
         raise _Unsupported(f"padding {word!r}")
     return word.upper()
@@ -104,42 +108,49 @@ def _kernel(variable: Any) -> np.ndarray:
 
 def _convolutions(layer: Any, kind: str, name: str, shape: tuple[Any, ...], batch: int) -> list[Convolution]:
     config = layer.get_config()
-    nhwc = _nhwc(shape, config.get("data_format") or "channels_last", batch)
-    rate, stride = per_axis(config.get("dilation_rate", 1), 2), per_axis(config.get("strides", 1), 2)
-    padding = _padding(config["padding"])
-    k_h, k_w = (int(k) for k in config["kernel_size"])
-    c_in = nhwc[3]
-    if kind == "Conv2D":
+    taps = tuple(int(k) for k in config["kernel_size"])
+    rank = len(taps)
+    shape_in = _channels_last(shape, rank, config.get("data_format") or "channels_last", batch)
+    rate, stride = per_axis(config.get("dilation_rate", 1), rank), per_axis(config.get("strides", 1), rank)
+    padding = _padding(config["padding"], kind)
+    c_in = shape_in[-1]
+    family = kind.rstrip("123D").removesuffix("Conv")  # "Conv2D" -> "", "DepthwiseConv1D" -> "Depthwise"
+    if kind.startswith("Conv") and not kind.endswith("Transpose"):
         kernel = _kernel(layer.kernel)
         groups = int(config.get("groups", 1))
-        return [Convolution.of(name, CONV, nhwc, tuple(kernel.shape), rate, stride, padding, groups, kernel=kernel)]
-    if kind in ("DepthwiseConv2D", "SeparableConv2D"):
-        # (Keras 3 names a DepthwiseConv2D's kernel `kernel`, a SeparableConv2D's `depthwise_kernel`)
-        depthwise = _kernel(layer.depthwise_kernel if kind == "SeparableConv2D" else layer.kernel)
-        multiplier = depthwise.shape[3]
-        grouped = depthwise.reshape(k_h, k_w, 1, c_in * multiplier)  # output channel c * multiplier + m
-        part = f"{name}/depthwise" if kind == "SeparableConv2D" else name
-        convs = [Convolution.of(part, CONV, nhwc, tuple(grouped.shape), rate, stride, padding, c_in, kernel=grouped)]
-        if kind == "SeparableConv2D":
+        return [Convolution.of(name, CONV, shape_in, tuple(kernel.shape), rate, stride, padding, groups, kernel=kernel)]
+    if family in ("Depthwise", "Separable"):
+        # (Keras 3 names a DepthwiseConv's kernel `kernel`, a SeparableConv's `depthwise_kernel`)
+        depthwise = _kernel(layer.depthwise_kernel if family == "Separable" else layer.kernel)
+        multiplier = depthwise.shape[-1]
+        grouped = depthwise.reshape(*taps, 1, c_in * multiplier)  # output channel c * multiplier + m
+        part = f"{name}/depthwise" if family == "Separable" else name
+        convs = [
+            Convolution.of(part, CONV, shape_in, tuple(grouped.shape), rate, stride, padding, c_in, kernel=grouped)
+        ]
+        if family == "Separable":
             pointwise = _kernel(layer.pointwise_kernel)
-            depthwise_geometry = geometry(padding, (nhwc[1], nhwc[2]), (k_h, k_w), rate, stride)  # type: ignore[arg-type]  # ("SAME"/"VALID")
+            depthwise_geometry = geometry(padding, shape_in[1:-1], taps, rate, stride)  # type: ignore[arg-type]  # ("SAME"/"VALID")
             if not depthwise_geometry.has_valid_output:
                 raise _Unsupported("its depthwise part has no valid output, so the pointwise part has no input")
-            pointwise_input = (nhwc[0], *depthwise_geometry.output_size, c_in * multiplier)
-            convs.append(Convolution.of(f"{name}/pointwise", CONV, pointwise_input, tuple(pointwise.shape), (1, 1),
-                                     (1, 1), "VALID", 1, kernel=pointwise))  # fmt: skip
+            pointwise_input = (shape_in[0], *depthwise_geometry.output_size, c_in * multiplier)
+            ones = (1,) * rank
+            convs.append(Convolution.of(f"{name}/pointwise", CONV, pointwise_input, tuple(pointwise.shape), ones,
+                                        ones, "VALID", 1, kernel=pointwise))  # fmt: skip
         return convs
-    kernel = _kernel(layer.kernel)  # (k_h, k_w, C_out, C_in)
+    kernel = _kernel(layer.kernel)  # (*spatial, C_out, C_in)
     extra = config.get("output_padding")
     if extra is None:
-        return [Convolution.of(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, padding, kernel=kernel)]
+        return [
+            Convolution.of(name, CONV_TRANSPOSE, shape_in, tuple(kernel.shape), rate, stride, padding, kernel=kernel)
+        ]
     # With output_padding, Keras defines the output by its own rule (keras/src/backend/common/
     # backend_utils.py, the JAX and torch backends' conversion): written out here as crops.
     axes = [_crops(size, k, r, s_, padding, int(op)) for size, k, r, s_, op in
-            zip(nhwc[1:3], (k_h, k_w), rate, stride, extra, strict=True)]  # fmt: skip
+            zip(shape_in[1:-1], taps, rate, stride, per_axis(extra, rank), strict=True)]  # fmt: skip
     crops = tuple(crop for crop, _ in axes)
     added = tuple(pad for _, pad in axes)
-    return [Convolution.of(name, CONV_TRANSPOSE, nhwc, tuple(kernel.shape), rate, stride, crops, 1, added,
+    return [Convolution.of(name, CONV_TRANSPOSE, shape_in, tuple(kernel.shape), rate, stride, crops, 1, added,
                         kernel=kernel)]  # fmt: skip
 
 

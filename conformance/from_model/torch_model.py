@@ -1,10 +1,13 @@
 """The convolutions of a torch module, `package.module:factory`: the factory is called with no
-arguments, and the module runs once (eval mode, no grad) on zeros of `--input-shape` (NHWC; the
-module gets NCHW), a hook on every nn.Conv2d and nn.ConvTranspose2d recording the input each call
-receives. Convolutions called as functions (F.conv2d inside forward) are not modules and are not seen.
+arguments, and the module runs once (eval mode, no grad) on zeros of `--input-shape` (channels last,
+N,W,C / N,H,W,C / N,D,H,W,C; the module gets channels first), a hook on every nn.Conv1d/2d/3d and
+nn.ConvTranspose1d/2d/3d recording the input each call receives. Convolutions called as functions
+(F.conv1d inside forward) are not modules and are not seen. A causal 1-D layer (WaveNet's) is a
+Conv1d after a left pad (nn.ConstantPad1d, F.pad): the convolution sees the padded input, VALID.
 
-torch weights are OIHW (ConvTranspose2d: C_in x C_out/groups x kH x kW); `padding` is symmetric per
-axis (for ConvTranspose2d, the crops), 'same' is SAME at stride 1 (torch's odd pixel also goes after).
+torch weights are (O, I, *spatial) (ConvTranspose: C_in x C_out/groups x *spatial); `padding` is
+symmetric per axis (for ConvTranspose, the crops), 'same' is SAME at stride 1 (torch's odd pixel also
+goes after).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.from_model import Convolution, Found, ModelError, Skipped, pads_or_word
+from conformance.from_model import Convolution, Found, ModelError, Skipped, channels_first, pads_or_word, spatial_first
 from conformance.semantics import CONV, CONV_TRANSPOSE
 
 
@@ -24,7 +27,7 @@ def read(spec: str, input_shape: tuple[int, ...] | None) -> Found:
 
     module_name, _, factory_name = spec.partition(":")
     if input_shape is None:
-        raise ModelError(f"{spec}: a torch module needs --input-shape N,H,W,C to run on")
+        raise ModelError(f"{spec}: a torch module needs --input-shape N,...,C (channels last) to run on")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
@@ -48,26 +51,24 @@ def read(spec: str, input_shape: tuple[int, ...] | None) -> Found:
         except _Unsupported as exc:
             found.skipped.append(Skipped(label, str(exc)))
 
+    read_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     handles = []
     for _, layer in model.named_modules():
-        if type(layer) in (nn.Conv2d, nn.ConvTranspose2d):
+        if type(layer) in read_types:
             handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-    n, h, w, c = input_shape
+    shape = list(channels_first(input_shape))
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(n, c, h, w))
+            model.eval()(torch.zeros(*shape))
     except Exception as exc:
         raise ModelError(
-            f"{spec}: the module fails on zeros of shape {[n, c, h, w]} (NCHW): {type(exc).__name__}: {exc}"
+            f"{spec}: the module fails on zeros of shape {shape} (channels first): {type(exc).__name__}: {exc}"
         ) from None
     finally:
         for handle in handles:
             handle.remove()
     for name, layer in model.named_modules():
-        kind = type(layer).__name__
-        if kind in ("Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose3d"):
-            found.skipped.append(Skipped(name, f"{kind} is not a 2-D convolution"))
-        elif type(layer) in (nn.Conv2d, nn.ConvTranspose2d) and name not in called:
+        if type(layer) in read_types and name not in called:
             found.skipped.append(Skipped(name, "not called by forward on this input"))
     return found
 
@@ -80,26 +81,25 @@ def _convolution(layer: Any, name: str, args: tuple[Any, ...], kwargs: dict[str,
     from torch import nn
 
     x = args[0]
-    if x.dim() != 4:
+    rank = len(layer.kernel_size)
+    if x.dim() != rank + 2:
         raise _Unsupported(f"input of rank {x.dim()} (unbatched input is not a case)")
-    n, c_in, h, w = (int(d) for d in x.shape)
+    n, c_in, *spatial = (int(d) for d in x.shape)
     if layer.padding_mode != "zeros":
         raise _Unsupported(f"padding_mode {layer.padding_mode!r}: the suite states zero padding")
     weight = layer.weight.detach().cpu().numpy()
-    kernel = np.ascontiguousarray(weight.transpose(2, 3, 1, 0))  # -> HWIO (transposed: k_h, k_w, C_out/g, C_in)
+    kernel = np.ascontiguousarray(weight.transpose(spatial_first(rank)))  # (transposed: *k, C_out/g, C_in)
     common: dict[str, Any] = {
-        "layer": name, "input_shape": (n, h, w, c_in), "kernel_shape": kernel.shape, "rate": layer.dilation,
+        "layer": name, "input_shape": (n, *spatial, c_in), "kernel_shape": kernel.shape, "rate": layer.dilation,
         "stride": layer.stride, "groups": layer.groups, "kernel": kernel,
     }  # fmt: skip
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if isinstance(layer.padding, str):
             padding: Any = layer.padding.upper()  # 'same' (stride 1 only, odd pixel after) or 'valid'
         else:
-            (p_h, p_w) = layer.padding
-            padding = pads_or_word((p_h, p_h, p_w, p_w))
+            padding = pads_or_word([side for pad in layer.padding for side in (pad, pad)])
         return Convolution.of(op=CONV, padding=padding, **common)
     if len(args) > 1 or kwargs.get("output_size") is not None:
         raise _Unsupported("called with output_size: its output_padding is chosen per call")
-    (p_h, p_w) = layer.padding
-    crops = ((p_h, p_h), (p_w, p_w))
+    crops = tuple((pad, pad) for pad in layer.padding)
     return Convolution.of(op=CONV_TRANSPOSE, padding=crops, output_padding=layer.output_padding, **common)

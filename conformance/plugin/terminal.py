@@ -47,7 +47,7 @@ def write_summary(
     html_path: Path | None,
     retired: tuple[str, ...] = (),
 ) -> None:
-    """One screen: counts per outcome; a table per framework and operation; the targets that ran
+    """One screen: counts per outcome; a table per framework, operation and rank; the targets that ran
     nothing, once per reason; one line per failing check; each framework warning once per target;
     the known divergences that need an edit, targets stopped by crashes, an interrupted earlier
     run, and where the results are."""
@@ -152,7 +152,7 @@ _COLUMNS = ("targets", "checks", *BUCKETS)
 
 
 def _write_table(terminal: Any, glance: Overview) -> None:
-    groups = glance.groups("operation")
+    groups = glance.groups("operation and rank")
     if not groups:
         return
     width = max(len(f"{framework} {operation}") for framework, operation in groups) + 2

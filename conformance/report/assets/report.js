@@ -25,9 +25,9 @@ const MEANING = {
 const ROW = 24;
 
 let D;  // the decoded data
-let rows = [];  // {case, dtype, cells, text, tags}
+let rows = [];  // {case, dtype, rank, cells, text, tags}
 let display = [];  // what the matrix shows: {group} or {row}
-const state = { outcomes: new Set(OUTCOMES), frameworks: new Set(), devices: new Set(), dtype: "", tag: "",
+const state = { outcomes: new Set(OUTCOMES), frameworks: new Set(), devices: new Set(), dtype: "", rank: "", tag: "",
   text: "", groupBy: "file", showIdle: false };
 let visibleColumns = [];
 let selectedRow = null;
@@ -121,7 +121,10 @@ function prepareRows() {
     const messages = Object.values(row.cells).map((c) => string(c.m)).join(" ");
     const text = [row.case, row.dtype, kase.operation, kase.description, kase.case_file, (kase.tags || []).join(" "), messages]
       .join(" ").toLowerCase();
-    return { case: kase, dtype: row.dtype, cells: row.cells, tensors: row.rd || [], text, tags: kase.tags || [] };
+    // Rank as a dimension of its own: 1-D, 2-D or 3-D, from the input's shape (N, *spatial, C).
+    const rank = kase.input_shape ? `${kase.input_shape.length - 2}-D` : "(unknown rank)";
+    return { case: kase, dtype: row.dtype, rank, cells: row.cells, tensors: row.rd || [], text: `${text} ${rank.toLowerCase()}`,
+      tags: kase.tags || [] };
   });
 }
 
@@ -276,6 +279,7 @@ function filters() {
     values.map((v) => el("label", {}, el("input", { type: "checkbox", value: v, checked: true,
       onchange: (e) => { toggle(set, v, e.target.checked); refresh(); } }), " ", v)));
   const dtypes = [...new Set(rows.map((r) => r.dtype))].sort();
+  const ranks = [...new Set(rows.map((r) => r.rank))].sort();
   const tags = [...new Set(rows.flatMap((r) => r.tags))].sort();
   const select = (name, values, key, first) => el("label", {}, `${name} `, el("select", { id: `filter-${name}`,
     onchange: (e) => { state[key] = e.target.value; refresh(); } }, first ? el("option", { value: "" }, first) : null,
@@ -288,8 +292,9 @@ function filters() {
     el("input", { type: "checkbox", id: "show-idle", onchange: (e) => { state.showIdle = e.target.checked; refresh(); } }),
     ` show ${idle} target(s) that ran nothing`);
   box.append(...[outcomes, checkboxes("framework", frameworks, state.frameworks), checkboxes("device", devices, state.devices),
-    idle ? showIdle : null, select("dtype", dtypes, "dtype", "all dtypes"), select("tag", tags, "tag", "all tags"),
-    select("group", ["file", "tag", "none"], "groupBy", null), search].filter(Boolean));
+    idle ? showIdle : null, select("dtype", dtypes, "dtype", "all dtypes"), select("rank", ranks, "rank", "all ranks"),
+    select("tag", tags, "tag", "all tags"), select("group", ["file", "rank", "tag", "none"], "groupBy", null),
+    search].filter(Boolean));
 }
 
 function toggle(set, value, on) { if (on) set.add(value); else set.delete(value); }
@@ -316,6 +321,7 @@ function refresh() {
     (state.showIdle || !c.idle));
   const shown = rows.filter((row) => {
     if (state.dtype && row.dtype !== state.dtype) return false;
+    if (state.rank && row.rank !== state.rank) return false;
     if (state.tag && !row.tags.includes(state.tag)) return false;
     if (state.text && !row.text.includes(state.text)) return false;
     return visibleColumns.some((c) => row.cells[c.n] && state.outcomes.has(row.cells[c.n].o));
@@ -326,7 +332,8 @@ function refresh() {
   } else {
     const groups = new Map();
     for (const row of shown) {
-      const keys = state.groupBy === "file" ? [row.case.case_file || "(no file)"] : (row.tags.length ? row.tags : ["(untagged)"]);
+      const keys = state.groupBy === "file" ? [row.case.case_file || "(no file)"]
+        : state.groupBy === "rank" ? [row.rank] : (row.tags.length ? row.tags : ["(untagged)"]);
       for (const key of keys) {
         if (!groups.has(key)) groups.set(key, []);
         groups.get(key).push(row);
