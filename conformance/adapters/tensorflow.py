@@ -244,8 +244,8 @@ class TensorFlowAtrousConv2d(_TensorFlowCall):
 
 
 class TensorFlowConv(_TensorFlowCall):
-    """`tf.nn.conv{rank}d`: conv1d takes the stride and the dilation per spatial axis, conv3d per axis of
-    the whole NDHWC tensor (1 on batch and channels), conv2d either way."""
+    """`tf.nn.conv{rank}d`: conv1d and conv2d take the stride and the dilation per spatial axis, conv3d per
+    axis of the whole NDHWC tensor (`_axis_values`)."""
 
     def __init__(self, rank: int = 2) -> None:
         self.rank, self.ranks, self.op = rank, (rank,), f"conv{rank}d"
@@ -257,16 +257,16 @@ class TensorFlowConv(_TensorFlowCall):
                 "tf.nn.conv1d", x, Name("w_t"), stride=list(call.stride), padding=padding_argument,
                 dilations=list(call.rate),
             )  # fmt: skip
-        whole = 3 if self.rank == 3 else 0  # conv3d: a value for every axis of the tensor
         return invoke(
-            f"tf.nn.conv{self.rank}d", x, Name("w_t"), strides=_whole(call.stride, whole), padding=padding_argument,
-            dilations=_whole(call.rate, whole),
+            f"tf.nn.conv{self.rank}d", x, Name("w_t"), strides=_axis_values(call.stride), padding=padding_argument,
+            dilations=_axis_values(call.rate),
         )  # fmt: skip
 
 
-def _whole(values: tuple[int, ...], rank: int) -> list[int]:
-    """Per spatial axis, or (where `rank` is nonzero) per axis of the whole tensor, 1 on batch and channels."""
-    return [1, *values, 1] if rank else list(values)
+def _axis_values(values: tuple[int, ...]) -> list[int]:
+    """Strides or dilations as the op of their rank takes them: per spatial axis, except conv3d and
+    conv3d_transpose, which take them per axis of the whole NDHWC tensor (1 on batch and channels)."""
+    return [1, *values, 1] if len(values) == 3 else list(values)
 
 
 class TensorFlowConvolution(_TensorFlowCall):
@@ -374,10 +374,9 @@ class TensorFlowConvTranspose(_TensorFlowCall):
         return _forward_reaches(call_params)
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
-        whole = 3 if self.rank == 3 else 0
         return invoke(
             f"tf.nn.{self.op}", *TENSORS, output_shape=_transposed_output_shape(call),
-            strides=_whole(call.stride, whole), padding=_padding_argument(call), dilations=_whole(call.rate, whole),
+            strides=_axis_values(call.stride), padding=_padding_argument(call), dilations=_axis_values(call.rate),
         )  # fmt: skip
 
 
