@@ -1,9 +1,10 @@
 """The interface every framework adapter implements.
 
-An adapter turns one canonical call (NHWC input, HWIO kernel, NumPy arrays in the case dtype)
-into its framework's own API call and hands back an NHWC NumPy array of the framework's output
-dtype. It imports its framework lazily, on first use, so collecting tests costs no imports and a
-missing framework only skips that framework's items.
+An adapter turns one canonical call (channels-last input (N, *spatial, C), (*spatial, I, O) kernel:
+NHWC and HWIO in 2-D; NumPy arrays in the case dtype) into its framework's own API call and hands
+back a channels-last NumPy array of the framework's output dtype. It states the ranks its API takes
+(`ranks`): only cases of those reach it. It imports its framework lazily, on first use, so collecting
+tests costs no imports and a missing framework only skips that framework's items.
 
 Built-in adapters are `FrameworkCall`s: every framework module implements the same few hooks
 (its tensors in its layout, its call, how it reads back), and each call is assembled from them
