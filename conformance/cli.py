@@ -172,8 +172,11 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _replay_source(path: Path) -> tuple[replay.Machine, Iterable[dict[str, Any]], str]:
     """(the machine, the records, a note) of a results file, a stream, or an evidence file."""
-    with path.open(encoding="utf-8") as handle:
-        first = handle.readline()
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline()
+    except OSError as exc:  # (missing, a directory, unreadable: said as such, not as a traceback)
+        raise SystemExit(f"error: {path}: cannot read it ({exc.strerror or exc})") from None
     try:
         opening = json.loads(first)
     except ValueError:

@@ -118,3 +118,12 @@ def test_replay_on_the_command_line_says_what_would_still_fail(capsys: pytest.Ca
     assert "as recorded: 488 error" in out and "0 record(s) would fail a run" in out
     # The harness's own failures are not framework behaviour: counted apart, and they keep the status 1.
     assert f"{len(HARNESS_FAULTS)} record(s) were the harness's own failure" in out and status == 1
+
+
+def test_replay_of_a_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    from conformance import cli
+
+    missing = tmp_path / "never-written.json"
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["replay", str(missing)])
+    assert str(missing) in str(stopped.value.code) and "cannot read it" in str(stopped.value.code)
