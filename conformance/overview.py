@@ -159,6 +159,11 @@ class Tally:
             self.worst_ratio = float(ratio)
             self.worst_check = f"{record['case']} {record['target']} {record['dtype']}"
 
+    @property
+    def ran_nothing(self) -> bool:
+        """Every check skipped or unsupported."""
+        return self.counts["skip"] + self.counts["unsupported"] == sum(self.counts.values())
+
     def merge(self, other: Tally) -> None:
         self.targets |= other.targets
         self.counts.update(other.counts)
@@ -194,11 +199,7 @@ class _Target:
 
     @property
     def ran_nothing(self) -> bool:
-        return _ran_nothing(self.tally)
-
-
-def _ran_nothing(tally: Tally) -> bool:
-    return tally.counts["skip"] + tally.counts["unsupported"] == sum(tally.counts.values())
+        return self.tally.ran_nothing
 
 
 class Overview:
@@ -251,16 +252,16 @@ class Overview:
         return self
 
     def groups(self, by: str) -> dict[tuple[str, str], Tally]:
-        """Tallies per (framework, `by`), `by` being "operation", "kind" or "operation and rank" (the
-        operation and the rank as one label, "conv 1-D"), over targets (and ranks) that ran something;
-        failing groups first."""
+        """Tallies per (framework, `by`), `by` being "kind" or "operation" (with the rank: "conv 1-D", since
+        one target of JAX's or ONNX Runtime's serves every rank), over targets and ranks that ran
+        something; failing groups first."""
         grouped: dict[tuple[str, str], Tally] = {}
         for target in self.targets.values():
             if target.ran_nothing:
                 continue
-            if by == "operation and rank":
+            if by == "operation":
                 for rank, tally in target.by_rank.items():
-                    if not _ran_nothing(tally):
+                    if not tally.ran_nothing:
                         grouped.setdefault((target.framework, f"{target.operation} {rank}"), Tally()).merge(tally)
             else:
                 grouped.setdefault((target.framework, getattr(target, by)), Tally()).merge(target.tally)

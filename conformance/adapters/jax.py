@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance import layouts
 from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
@@ -190,10 +191,11 @@ class Nchw(CallWrapper):
 
     def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         rank = len(call.rate)
-        first, out_in = (0, rank + 1, *range(1, rank + 1)), (rank + 1, rank, *range(rank))
         return [
-            Assign("x_t", _placed(method("x", "transpose", *first), call.dtype), "NHWC -> NCHW"),
-            Assign("w_t", _placed(method(kernel, "transpose", *out_in), call.dtype), "HWIO -> OIHW"),
+            Assign("x_t", _placed(method("x", "transpose", *layouts.channels_first(rank)), call.dtype), "NHWC -> NCHW"),
+            Assign(
+                "w_t", _placed(method(kernel, "transpose", *layouts.out_in_first(rank)), call.dtype), "HWIO -> OIHW"
+            ),
         ]
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
@@ -203,7 +205,7 @@ class Nchw(CallWrapper):
 
     def read_back(self, call: ConvCall, result: Expr) -> Expr:
         rank = len(call.rate)
-        return method(invoke("np.asarray", result), "transpose", 0, *range(2, rank + 2), 1)
+        return method(invoke("np.asarray", result), "transpose", *layouts.channels_last(rank))
 
 
 class JaxDerivative(DerivativeAdapter):

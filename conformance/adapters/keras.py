@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import composites
+from conformance import composites, layouts
 from conformance.adapters import padding
 from conformance.adapters.base import (
     Adapter,
@@ -378,9 +378,10 @@ class KerasSeparableConv(KerasDepthwiseConv):
 
     def kernel_assignments(self, call: ConvCall, kernel: Expr, layer: Expr) -> list[Statement]:
         out_channels, rank = call.w.shape[-1], len(call.rate)
-        identity = method(invoke("np.eye", out_channels), "reshape", *(1,) * rank, out_channels, out_channels)
+        identity = invoke(
+            "keras.ops.reshape", invoke("keras.ops.eye", out_channels), (*(1,) * rank, out_channels, out_channels)
+        )
         return [
-            Import("numpy", "np"),
             Do(method(Attr(layer, "depthwise_kernel"), "assign", self.kernel_value(call, kernel)), "Keras' layout"),
             Do(method(Attr(layer, "pointwise_kernel"), "assign", identity), "the identity: the depthwise result as is"),
         ]
@@ -469,11 +470,11 @@ class ChannelsFirst(CallWrapper):
 
     def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:
         rank = len(call.rate)
-        first = method("x", "transpose", 0, rank + 1, *range(1, rank + 1))
+        first = method("x", "transpose", *layouts.channels_first(rank))
         return [*self.inner.built_layer(call, kernel, "channels_first"), _tensor("x_t", first, call.dtype, "NCHW")]
 
     def read_back(self, call: ConvCall, result: Expr) -> Expr:
-        return invoke("keras.ops.transpose", result, (0, *range(2, len(call.rate) + 2), 1))
+        return invoke("keras.ops.transpose", result, layouts.channels_last(len(call.rate)))
 
     def refuse(self, call: ConvCall) -> None:
         self.inner.refuse_layer(self.inner.layer(call, "channels_first"))

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance import layouts
 from conformance.adapters import padding
 from conformance.adapters.base import CallParams, CallWrapper, ConvCall, DeviceComparison, FrameworkCall, Unavailable
 from conformance.adapters.modes import numpy_output, physical_device
@@ -57,15 +58,6 @@ def _ort() -> Any:
     except ImportError as exc:
         raise Unavailable(f"ONNX Runtime or onnx is not installed ({exc})") from None
     return onnxruntime
-
-
-def _channels_first(rank: int) -> tuple[int, ...]:
-    return (0, rank + 1, *range(1, rank + 1))
-
-
-def _out_in_first(rank: int) -> tuple[int, ...]:
-    """The case's kernel (*spatial, I, O) as ONNX's weight (O, I, *spatial)."""
-    return (rank + 1, rank, *range(rank))
 
 
 class OnnxRuntimeConv(FrameworkCall):
@@ -147,8 +139,12 @@ class OnnxRuntimeConv(FrameworkCall):
             Assign("graph", graph),
             Assign("model", invoke("oh.make_model", Name("graph"), opset_imports=opset, ir_version=IR_VERSION)),
             *self.session(method("model", "SerializeToString"), device, precision, optimisation),
-            Assign("x_t", method(method("x", "transpose", *_channels_first(rank)), "astype", numpy_type), "NCHW"),
-            Assign("w_t", method(method(kernel, "transpose", *_out_in_first(rank)), "astype", numpy_type), "OIHW"),
+            Assign(
+                "x_t", method(method("x", "transpose", *layouts.channels_first(rank)), "astype", numpy_type), "NCHW"
+            ),
+            Assign(
+                "w_t", method(method(kernel, "transpose", *layouts.out_in_first(rank)), "astype", numpy_type), "OIHW"
+            ),
         ]
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
@@ -156,7 +152,7 @@ class OnnxRuntimeConv(FrameworkCall):
         return Index(method("session", "run", None, feeds), 0)
 
     def read_back(self, call: ConvCall, result: Expr) -> Expr:
-        return method(result, "transpose", 0, *range(2, len(call.rate) + 2), 1)
+        return method(result, "transpose", *layouts.channels_last(len(call.rate)))
 
     def to_numpy(self, value: Any) -> np.ndarray:
         return numpy_output(value, value.dtype.name)
@@ -249,7 +245,7 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
         module: Expr = Name("conv")
         if explicit:
             module = invoke("torch.nn.Sequential", invoke(f"torch.nn.ZeroPad{rank}d", explicit), Name("conv"))
-        weight = method(invoke("torch.tensor", kernel, dtype=dtype), "permute", *_out_in_first(rank))
+        weight = method(invoke("torch.tensor", kernel, dtype=dtype), "permute", *layouts.out_in_first(rank))
         example = (invoke("torch.zeros", n, c_in, *spatial, dtype=dtype),)
         export = invoke(
             "torch.onnx.export",
@@ -267,7 +263,10 @@ class OnnxRuntimeTorchExport(OnnxRuntimeConv):
             Assign("exported", invoke("io.BytesIO")),
             Do(export),
             *self.session(method("exported", "getvalue"), device, precision),
-            Assign("x_t", method(method("x", "transpose", *_channels_first(rank)), "astype", Name(f"np.{call.dtype}"))),
+            Assign(
+                "x_t",
+                method(method("x", "transpose", *layouts.channels_first(rank)), "astype", Name(f"np.{call.dtype}")),
+            ),
         ]
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import machine
+from conformance import layouts, machine
 from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
@@ -94,25 +94,6 @@ def _torch_device(device: str) -> str:
     return "cuda" if physical_device(device) == "gpu" else "cpu"
 
 
-def _channels_first(rank: int) -> tuple[int, ...]:
-    """From channels last (N, *spatial, C) to torch's (N, C, *spatial)."""
-    return (0, rank + 1, *range(1, rank + 1))
-
-
-def _channels_last(rank: int) -> tuple[int, ...]:
-    return (0, *range(2, rank + 2), 1)
-
-
-def _out_in_first(rank: int) -> tuple[int, ...]:
-    """From the case's kernel (*spatial, I, O) to torch's weight (O, I, *spatial)."""
-    return (rank + 1, rank, *range(rank))
-
-
-def _spatial_first(rank: int) -> tuple[int, ...]:
-    """A weight's gradient (O, I, *spatial) back to (*spatial, I, O)."""
-    return (*range(2, rank + 2), 1, 0)
-
-
 def _tensor(source: Value, call: ConvCall, device: str, order: tuple[int, ...]) -> Expr:
     """`torch.tensor(source, float64).to(device, dtype).permute(order)`."""
     made = invoke("torch.tensor", source, dtype=Name("torch.float64"))
@@ -149,8 +130,8 @@ class TorchConv(FrameworkCall):
         cast by torch (`torch.from_numpy` has no bfloat16)."""
         rank = len(call.rate)
         return [
-            Assign("x_t", _tensor(Name("x"), call, device, _channels_first(rank)), "NHWC -> NCHW"),
-            Assign("w_t", _tensor(kernel, call, device, _out_in_first(rank)), "HWIO -> OIHW"),
+            Assign("x_t", _tensor(Name("x"), call, device, layouts.channels_first(rank)), "NHWC -> NCHW"),
+            Assign("w_t", _tensor(kernel, call, device, layouts.out_in_first(rank)), "HWIO -> OIHW"),
         ]
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
@@ -180,7 +161,7 @@ class TorchConv(FrameworkCall):
         )  # fmt: skip
 
     def read_back(self, call: ConvCall, result: Expr) -> Expr:
-        return method(result, "permute", *_channels_last(len(call.rate)))
+        return method(result, "permute", *layouts.channels_last(len(call.rate)))
 
     def placed(self, device: str, statements: list[Statement]) -> list[Statement]:
         return [With(invoke("torch.no_grad"), tuple(statements))]
@@ -295,8 +276,14 @@ class TorchTransposeAsForward(CallWrapper):
         spread = invoke("stride_dilated_input", Name("x"), call.stride)
         flipped = invoke("adjoint_kernel", kernel, call.groups)
         return [
-            Assign("x_t", _tensor(spread, call, device, _channels_first(rank)), "zeros between pixels, NHWC -> NCHW"),
-            Assign("w_t", _tensor(flipped, call, device, _out_in_first(rank)), "flipped, in/out swapped, HWIO -> OIHW"),
+            Assign(
+                "x_t", _tensor(spread, call, device, layouts.channels_first(rank)), "zeros between pixels, NHWC -> NCHW"
+            ),
+            Assign(
+                "w_t",
+                _tensor(flipped, call, device, layouts.out_in_first(rank)),
+                "flipped, in/out swapped, HWIO -> OIHW",
+            ),
         ]
 
     def invocation(self, call: ConvCall, precision: str) -> Expr:
@@ -354,7 +341,7 @@ class TorchDerivative(DerivativeAdapter):
             *self.inner.tensors(call, self.inner.kernel(call), device, precision),
             Assign("x_t, w_t", (method("x_t", "requires_grad_"), method("w_t", "requires_grad_")), "the leaves"),
             Assign("y_t", self.inner.invocation(call, precision), "NCHW"),
-            Assign("dy_t", _tensor(Name("dy"), call, device, _channels_first(rank))),
+            Assign("dy_t", _tensor(Name("dy"), call, device, layouts.channels_first(rank))),
         ]
         if self.order == 1:
             statements.append(Assign("(g,)", invoke("torch.autograd.grad", Name("y_t"), [wrt], Name("dy_t"))))
@@ -367,20 +354,19 @@ class TorchDerivative(DerivativeAdapter):
             leaves = [Name("x_t"), Name("w_t")]
             statements += [
                 Assign("gx, gw", invoke("torch.autograd.grad", Name("y_t"), leaves, Name("dy_t"), create_graph=True)),
-                Assign("vx_t", _tensor(Name("vx"), call, device, _channels_first(rank))),
-                Assign("vw_t", _tensor(Name("vw"), call, device, _out_in_first(rank))),
+                Assign("vx_t", _tensor(Name("vx"), call, device, layouts.channels_first(rank))),
+                Assign("vw_t", _tensor(Name("vw"), call, device, layouts.out_in_first(rank))),
                 Assign("(g,)", invoke("torch.autograd.grad", inner, [wrt]), "H v"),
             ]
         wrt_input = self.with_respect_to == "input"
-        back, layout = (_channels_last(rank), "NHWC") if wrt_input else (_spatial_first(rank), "HWIO")
+        back, layout = (layouts.channels_last(rank), "NHWC") if wrt_input else (layouts.spatial_first(rank), "HWIO")
         statements.append(Assign("g", method("g", "permute", *back), layout))
         return Program(tuple(statements), result="g")
 
 
-def _targets(rank: int) -> tuple[FrameworkCall | DeviceComparison, ...]:
-    """One rank's targets: the functional call, the module, the oracles that apply, the derivatives."""
-    primary, transposed = TorchConv(rank), TorchConvTranspose(rank)
-    channels_last = (TorchChannelsLast(primary),) if rank in CHANNELS_LAST_FORMATS else ()
+def _targets(primary: TorchConv, transposed: TorchConvTranspose) -> tuple[FrameworkCall | DeviceComparison, ...]:
+    """One rank's targets: the functional calls, the modules, the oracles that apply, the derivatives."""
+    channels_last = (TorchChannelsLast(primary),) if primary.rank in CHANNELS_LAST_FORMATS else ()
     return (
         primary,
         TorchModule(primary),
@@ -398,5 +384,6 @@ def _targets(rank: int) -> tuple[FrameworkCall | DeviceComparison, ...]:
 
 
 RANKS = (1, 2, 3)
-ADAPTERS = tuple(target for rank in RANKS for target in _targets(rank))
-PRIMARY = next(a for a in ADAPTERS if isinstance(a, TorchConv) and a.op == "conv2d")  # the 2-D call, as tests name it
+CALLS = {rank: (TorchConv(rank), TorchConvTranspose(rank)) for rank in RANKS}  # rank -> (forward, transposed)
+PRIMARY = CALLS[2][0]
+ADAPTERS = tuple(target for rank in RANKS for target in _targets(*CALLS[rank]))

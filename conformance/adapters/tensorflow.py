@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import machine
+from conformance import layouts, machine
 from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
@@ -325,11 +325,11 @@ class Nchw(CallWrapper):
         rank = len(call.rate)
         word = padding.native_word(call.padding)
         nchw = invoke(
-            "tf.nn.conv2d", invoke("tf.transpose", Name("x_t"), [0, rank + 1, *range(1, rank + 1)]), Name("w_t"),
+            "tf.nn.conv2d", invoke("tf.transpose", Name("x_t"), list(layouts.channels_first(rank))), Name("w_t"),
             strides=[1, 1, *call.stride], padding=word or padding.channels_first_pairs(call.geometry.pads),
             data_format="NCHW", dilations=[1, 1, *call.rate],
         )  # fmt: skip
-        return invoke("tf.transpose", nchw, [0, *range(2, rank + 2), 1])
+        return invoke("tf.transpose", nchw, list(layouts.channels_last(rank)))
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         try:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conformance import layouts
 from conformance.semantics import CONV, CONV_TRANSPOSE, PadPairs, Sizes, per_axis
 
 Padding = str | PadPairs
@@ -91,13 +92,7 @@ class Found:
 
 def channels_first(shape: Sequence[int]) -> tuple[int, ...]:
     """(N, *spatial, C) as (N, C, *spatial): the layout torch modules and ONNX graphs take."""
-    n, *spatial, c = shape
-    return (n, c, *spatial)
-
-
-def spatial_first(rank: int) -> tuple[int, ...]:
-    """The permutation of an (O, I, *spatial) weight to the case format's (*spatial, I, O)."""
-    return (*range(2, rank + 2), 1, 0)
+    return tuple(shape[axis] for axis in layouts.channels_first(len(shape) - 2))
 
 
 def pads_or_word(pads: Sequence[int]) -> Padding:

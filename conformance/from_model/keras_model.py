@@ -114,8 +114,8 @@ def _convolutions(layer: Any, kind: str, name: str, shape: tuple[Any, ...], batc
     rate, stride = per_axis(config.get("dilation_rate", 1), rank), per_axis(config.get("strides", 1), rank)
     padding = _padding(config["padding"], kind)
     c_in = shape_in[-1]
-    family = kind.rstrip("123D").removesuffix("Conv")  # "Conv2D" -> "", "DepthwiseConv1D" -> "Depthwise"
-    if kind.startswith("Conv") and not kind.endswith("Transpose"):
+    family = kind[: kind.index("Conv")]  # "Conv2D" -> "", "DepthwiseConv1D" -> "Depthwise"
+    if not family and not kind.endswith("Transpose"):
         kernel = _kernel(layer.kernel)
         groups = int(config.get("groups", 1))
         return [Convolution.of(name, CONV, shape_in, tuple(kernel.shape), rate, stride, padding, groups, kernel=kernel)]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance import layouts
 from conformance.from_model import (
     Convolution,
     Found,
@@ -22,7 +23,6 @@ from conformance.from_model import (
     Skipped,
     channels_first,
     pads_or_word,
-    spatial_first,
 )
 from conformance.semantics import CONV, CONV_TRANSPOSE, effective_kernel_size, same_pads
 
@@ -116,7 +116,7 @@ def _convolution(node: Any, name: str, shapes: dict[str, Any], initializers: dic
     auto_pad = attributes.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     weight = initializers.get(node.input[1])
-    kernel = None if weight is None else np.ascontiguousarray(weight.transpose(spatial_first(rank)))
+    kernel = None if weight is None else np.ascontiguousarray(weight.transpose(layouts.spatial_first(rank)))
     kernel_shape = (*taps, int(w_shape[1]), int(w_shape[0]))
     common: dict[str, Any] = {
         "layer": name,

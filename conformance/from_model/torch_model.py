@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from conformance.from_model import Convolution, Found, ModelError, Skipped, channels_first, pads_or_word, spatial_first
+from conformance import layouts
+from conformance.from_model import Convolution, Found, ModelError, Skipped, channels_first, pads_or_word
 from conformance.semantics import CONV, CONV_TRANSPOSE
 
 
@@ -88,7 +89,7 @@ def _convolution(layer: Any, name: str, args: tuple[Any, ...], kwargs: dict[str,
     if layer.padding_mode != "zeros":
         raise _Unsupported(f"padding_mode {layer.padding_mode!r}: the suite states zero padding")
     weight = layer.weight.detach().cpu().numpy()
-    kernel = np.ascontiguousarray(weight.transpose(spatial_first(rank)))  # (transposed: *k, C_out/g, C_in)
+    kernel = np.ascontiguousarray(weight.transpose(layouts.spatial_first(rank)))  # (transposed: *k, C_out/g, C_in)
     common: dict[str, Any] = {
         "layer": name, "input_shape": (n, *spatial, c_in), "kernel_shape": kernel.shape, "rate": layer.dilation,
         "stride": layer.stride, "groups": layer.groups, "kernel": kernel,

@@ -152,7 +152,7 @@ _COLUMNS = ("targets", "checks", *BUCKETS)
 
 
 def _write_table(terminal: Any, glance: Overview) -> None:
-    groups = glance.groups("operation and rank")
+    groups = glance.groups("operation")
     if not groups:
         return
     width = max(len(f"{framework} {operation}") for framework, operation in groups) + 2
