@@ -19,6 +19,11 @@ Sections:
               what each xdist worker holds (every worker collects everything).
   report      rendering 20,000- and 100,000-result reports: time, size, and the time until the page
               is drawn and answers in headless Chromium (needs chromium and chromedriver).
+  checkouts   the README's command (`pytest -n auto`: harness tests and cases) on two checkouts, --before
+              (say `git worktree add /tmp/main main`) and --after (this one), alternating: before,
+              after from an empty compilation cache, after again on that cache, before again. Wall
+              time ratios, the cache's size, whether both hold the same checks with the same
+              outcomes, and where each run's worker-seconds went (opt-in; about 50 minutes on 2 cores).
   large       the large tier itself, `pytest -m "large and cpu" -n auto`: checks, wall time, overhead
               ratio, peak memory of the controller, of each worker and of any process (opt-in: --only
               large; about 10 minutes on 2 cores).
@@ -63,7 +68,18 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report_load import chromium, measure, synthetic_document  # noqa: E402
 from conformance import timing  # noqa: E402
 
-SECTIONS = ("reference", "corpus", "collection", "report", "ranks", "large", "shards", "extended", "million")
+SECTIONS = (
+    "reference",
+    "corpus",
+    "collection",
+    "report",
+    "ranks",
+    "checkouts",
+    "large",
+    "shards",
+    "extended",
+    "million",
+)
 # Records of `-m "large and cpu"` (6,240 cases x 52 CPU checks): the million section scales its replicates by this.
 LARGE_TIER_RECORDS = 324_480
 DEFAULT_SECTIONS = ("reference", "corpus", "collection", "report")
@@ -80,6 +96,9 @@ GOALS: dict[str, tuple[float, str]] = {
     "large.overhead_ratio": (1.2, "<="),
     "large.peak_rss_gib_controller": (1.0, "<"),
     "shards.sequential_over_unsharded": (1.1, "<="),
+    "checkouts.after_cold_over_before": (1 / 3, "<="),
+    "checkouts.warm_speedup_over_cold": (2.0, ">="),
+    "checkouts.same_checks_cold.differing_checks_or_outcomes": (0, "=="),
     "extended.exit": (0, "=="),
     "extended.held_most_gib_any_process": (1.5, "<="),
     "million.records": (1_000_000, ">="),
@@ -377,12 +396,23 @@ def _same_checks(first: Path, second: Path) -> dict[str, Any]:
 
     files = [open_results_json(path) for path in (first, second)]
     assert all(files), "not results files"
-    differing = compared = 0
+    differing = differing_outcomes = compared = 0
+    examples: list[str] = []
     for a, b in zip_longest(files[0][1], files[1][1]):  # type: ignore[index]
         compared += 1
-        view = [None if r is None else (record_key(r)[:3], r["outcome"], output_identity(r)) for r in (a, b)]
-        differing += view[0] != view[1]
-    return {"compared": compared, "differing": differing, "identical": differing == 0}
+        checks = [None if r is None else (record_key(r)[:3], r["outcome"]) for r in (a, b)]
+        bits = [None if r is None else output_identity(r) for r in (a, b)]
+        differing_outcomes += checks[0] != checks[1]
+        differing += checks[0] != checks[1] or bits[0] != bits[1]
+        if checks[0] != checks[1] and len(examples) < 10:
+            examples.append(f"{checks[0]} / {checks[1]}")
+    return {
+        "compared": compared,
+        "differing": differing,
+        "differing_checks_or_outcomes": differing_outcomes,
+        "examples": examples,
+        "identical": differing == 0,
+    }
 
 
 def section_shards(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -415,6 +445,105 @@ def section_shards(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "merge_wall_s": merge["wall_s"],
         "merge_peak_rss_gib": merge["peak_rss_bytes"] / 2**30,
         "merged_vs_unsharded": _same_checks(Path(whole["results_path"]), merged),
+    }
+
+
+def _junit_seconds(path: Path) -> dict[str, float]:
+    """Seconds of the harness's own tests (tests/) and of the checks (everything else), summed over
+    items as pytest timed them (setup, call and teardown)."""
+    import xml.etree.ElementTree as ElementTree
+
+    seconds = {"harness_tests": 0.0, "checks": 0.0}
+    for case in ElementTree.parse(path).iter("testcase"):
+        kind = "harness_tests" if case.get("classname", "").startswith("tests.") else "checks"
+        seconds[kind] += float(case.get("time") or 0.0)
+    return seconds
+
+
+def readme_run(checkout: Path, scratch: Path, name: str, user_cache: Path) -> dict[str, Any]:
+    """The README's test command, `pytest -n auto` (harness tests and cases), in `checkout` with its
+    own package first on the import path and `user_cache` as the user's cache directory (where the
+    compilation cache lives by default, for the run and for the runs its tests start), and where
+    the time went, in worker-seconds."""
+    from conformance.record_files import open_results_json
+
+    out = scratch / name
+    out.mkdir(parents=True)
+    command = [sys.executable, "-m", "pytest", "-n", "auto", "-p", "no:cacheprovider", "-q"]
+    command += ["--junitxml", str(out / "junit.xml"), "--conformance-json", str(out / "results.json")]
+    command += ["--conformance-html", str(out / "index.html")]
+    environment = {"PYTHONPATH": str(checkout), "XDG_CACHE_HOME": str(user_cache)}
+    process = measured_process(command, cwd=checkout, environment=environment)
+    summary = re.findall(r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?)", process["output"][-3000:])
+    opened = open_results_json(out / "results.json")
+    assert opened is not None, f"{name}: no results file\n{process['output'][-3000:]}"
+    _, records = opened
+    framework_s: dict[str, float] = {}
+    kinds = dict.fromkeys(timing.KINDS, 0.0)
+    check_seconds = 0.0
+    for record in records:
+        framework_s[record["framework"]] = framework_s.get(record["framework"], 0.0) + (record.get("framework_s") or 0)
+        for kind in timing.KINDS:
+            kinds[kind] += record.get(kind) or 0.0
+        check_seconds += record.get("duration_s") or 0.0
+    # What `-n auto` starts at once (xdist: the variable, else the CPUs this process may use); the
+    # results' processes also list the workers that replaced a retired one.
+    workers = int(os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or len(os.sched_getaffinity(0)))
+    items = _junit_seconds(out / "junit.xml")
+    worker_seconds = process["wall_s"] * workers
+    where = {
+        "harness_tests": items["harness_tests"],
+        "framework_loading": kinds[timing.LOAD],
+        "framework_calls": kinds[timing.FRAMEWORK],
+        "reference": kinds[timing.REFERENCE],
+        "harness_per_check": check_seconds - sum(kinds.values()),
+        "check_items_beyond_their_checks": items["checks"] - check_seconds,
+    }
+    where["start_collection_idle_and_end"] = worker_seconds - sum(where.values())
+    print(f"  {name}: exit {process['exit']}, {process['wall_s']:.0f} s", flush=True)
+    return {
+        "command": " ".join(command[2:]),
+        "checkout": str(checkout),
+        "exit": process["exit"],
+        "wall_s": process["wall_s"],
+        "workers": workers,
+        "pytest_counts": {word: int(n) for n, word in summary},
+        "worker_seconds": worker_seconds,
+        "where_worker_seconds": {k: round(v, 1) for k, v in where.items()},
+        "framework_calls_s": {k: round(v, 1) for k, v in sorted(framework_s.items())},
+        "results_path": str(out / "results.json"),
+    }
+
+
+def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The README's command on two checkouts of this repository (--before, --after), alternating on
+    one machine: before, after, after again, before again. Every run gets one empty user cache
+    directory (XDG_CACHE_HOME) of its side: the after side's first run starts cold and its second
+    re-runs on what the first compiled (a checkout without a persistent compilation cache keeps
+    nothing there: both of its runs are cold)."""
+    before, after = args.before.resolve(), args.after.resolve()
+    caches = {side: scratch / f"user-cache-{side}" for side in ("before", "after")}
+    runs = {
+        "before_1": readme_run(before, scratch, "before-1", caches["before"]),
+        "after_cold": readme_run(after, scratch, "after-cold", caches["after"]),
+        "after_warm": readme_run(after, scratch, "after-warm", caches["after"]),
+        "before_2": readme_run(before, scratch, "before-2", caches["before"]),
+    }
+    cache = caches["after"]
+    before_wall = statistics.mean([runs["before_1"]["wall_s"], runs["before_2"]["wall_s"]])
+
+    def results(name: str) -> Path:
+        return Path(runs[name]["results_path"])
+
+    return {
+        **runs,
+        "cache_bytes": sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()),
+        "after_cold_over_before": runs["after_cold"]["wall_s"] / before_wall,
+        "after_warm_over_before": runs["after_warm"]["wall_s"] / before_wall,
+        "warm_speedup_over_cold": runs["after_cold"]["wall_s"] / runs["after_warm"]["wall_s"],
+        "before_runs_spread": abs(runs["before_1"]["wall_s"] - runs["before_2"]["wall_s"]) / before_wall,
+        "same_checks_cold": _same_checks(results("before_1"), results("after_cold")),
+        "same_checks_warm": _same_checks(results("after_cold"), results("after_warm")),
     }
 
 
@@ -584,9 +713,13 @@ def main() -> int:
         help="-m of the large, shards and million sections (default: large and cpu)",
     )
     parser.add_argument("--report-sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--before", type=Path, default=None, help="checkouts: the baseline (e.g. a worktree of main)")
+    parser.add_argument("--after", type=Path, default=ROOT, help="checkouts: the change (default: this checkout)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--compare", type=Path, default=None, help="an earlier results JSON to show beside this one")
     args = parser.parse_args()
+    if "checkouts" in args.only and args.before is None:
+        parser.error("the checkouts section needs --before CHECKOUT (e.g. `git worktree add /tmp/main main`)")
     started = datetime.datetime.now(datetime.UTC)
     results: dict[str, Any] = {
         "created": started.isoformat(timespec="seconds"),

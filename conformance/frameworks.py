@@ -3,9 +3,9 @@
 A record says what the framework is called in target ids, records and `-m` markers; which pip
 distributions provide it (so its version is known from package metadata, without importing it);
 which other packages the environment block should name; and what a process that runs it needs in
-its environment (defaults such as TensorFlow's log level, directories shared by a run's workers
-such as JAX's compilation cache). Adapters point at their record (`Adapter.framework`); markers,
-version conditions in known divergences, run labels and merged reports read it from there.
+its environment (defaults such as TensorFlow's log level). Adapters point at their record
+(`Adapter.framework`); markers, version conditions in known divergences, run labels and merged
+reports read it from there.
 
 A framework that is not built in (a build under test, the harness's own fakes) registers by
 returning adapters that point at its record from `pytest_conformance_adapters`: the plugin calls
@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -30,9 +29,6 @@ class Framework:
     companions: tuple[str, ...] = ()  # further packages whose versions the environment block records
     # Variables a process that runs this framework starts with unless they are set (workers, children).
     environment_defaults: tuple[tuple[str, str], ...] = ()
-    # Variables that point every worker of one run at a shared directory inside the run's state
-    # directory: (variable, subdirectory).
-    shared_directories: tuple[tuple[str, str], ...] = ()
     # `-m` markers beside `name` that select it with its kin ("keras" for every Keras backend).
     markers: tuple[str, ...] = ()
     # A front-end's backend: the name of the framework record it computes with, whose version each
@@ -63,11 +59,6 @@ class Framework:
             return f"{self.title} needs {self.backend}, which is not installed"
         return None
 
-    def worker_environment(self, state_dir: Path) -> dict[str, str]:
-        """What each worker of a run (and each child it starts) needs set."""
-        shared = {variable: str(state_dir / sub) for variable, sub in self.shared_directories}
-        return {**dict(self.environment_defaults), **shared}
-
 
 @cache
 def installed_version(distributions: tuple[str, ...]) -> str | None:
@@ -97,8 +88,6 @@ JAX = Framework(
     companions=("jaxlib",),
     # Several processes of one run share the GPU: none takes 75% of its memory up front.
     environment_defaults=(("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),),
-    # Workers of one run share compiled executables (see adapters/jax.py).
-    shared_directories=(("CONFORMANCE_JAX_CACHE_DIR", "jax-cache"),),
 )
 
 ONNXRUNTIME = Framework("onnxruntime", "ONNX Runtime", ("onnxruntime", "onnxruntime-gpu"), companions=("onnx",))

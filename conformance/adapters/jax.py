@@ -11,13 +11,12 @@ only the convolution itself is compiled.
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from typing import Any
 
 import numpy as np
 
-from conformance import layouts
+from conformance import compile_cache, layouts
 from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
@@ -59,10 +58,6 @@ def dimension_numbers(rank: int, channels_first: bool = False) -> tuple[str, str
     return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
 
 
-# Set by the plugin for a run's xdist workers (the framework record's shared directory).
-COMPILATION_CACHE_VARIABLE = JAX.shared_directories[0][0]
-
-
 @cache
 def _jax() -> Any:
     try:
@@ -70,14 +65,8 @@ def _jax() -> Any:
     except ImportError as exc:
         raise Unavailable(f"JAX is not installed ({exc})") from None
     jax.config.update("jax_enable_x64", True)
-    shared = os.environ.get(COMPILATION_CACHE_VARIABLE)
-    if shared:
-        # Workers of one run share compiled executables: a configuration one worker compiled is
-        # loaded by another, as in one process. The key holds the HLO, the options and the jaxlib
-        # version; the directory lives and dies with the run.
-        jax.config.update("jax_compilation_cache_dir", shared)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # What this process compiles, the run's other workers and the next run load (compile_cache.py).
+    compile_cache.point_jax(jax, JAX)
     return jax
 
 

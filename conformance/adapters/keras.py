@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import composites, layouts
+from conformance import compile_cache, composites, layouts
 from conformance.adapters import padding
 from conformance.adapters.base import (
     Adapter,
@@ -95,12 +95,18 @@ INITIALIZER = "zeros"
 def _keras(backend: str) -> Any:
     """Keras, imported in this process with `backend` (a child started with KERAS_BACKEND set)."""
     os.environ.setdefault(BACKEND_VARIABLE, backend)
+    if backend == "tensorflow":  # (read when XLA first compiles: `@jit-compile`)
+        compile_cache.point_tensorflow(KERAS_TENSORFLOW)
     try:
         import keras
     except Exception as exc:  # Keras, or its backend, missing or broken: Keras raises at import
         raise Unavailable(f"Keras on {backend} cannot be imported ({type(exc).__name__}: {exc})") from None
     if keras.backend.backend() != backend:
         raise Unavailable(f"this process's Keras runs on {keras.backend.backend()}, not {backend}")
+    if backend == "jax":  # every eager call and compiled step compiles a program per geometry
+        import jax
+
+        compile_cache.point_jax(jax, KERAS_JAX)
     if backend == "tensorflow":
         import tensorflow as tf
 

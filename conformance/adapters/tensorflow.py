@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance import layouts, machine
+from conformance import compile_cache, layouts, machine
 from conformance.adapters import oracles, padding
 from conformance.adapters.base import (
     QUANTITIES,
@@ -70,6 +70,7 @@ TENSORS = (Name("x_t"), Name("w_t"))
 @cache
 def _tf() -> Any:
     set_defaults(TENSORFLOW)
+    compile_cache.point_tensorflow(TENSORFLOW)  # XLA's programs (`@jit-compile`) persist between runs
     try:
         import tensorflow as tf
     except ImportError as exc:

@@ -12,6 +12,7 @@ This module holds only the hooks; each job has a module of its own:
 - `run_state`   what a run shares across processes: state directory, known divergences, workers' environment
 - `collection`  case files and composites.toml -> items
 - `sharding`    which cases `--conformance-shard K/N` takes (by hash, or balanced by measured durations)
+- `scheduling`  which worker gets an item: the harness's tests spread among the checks, work stealing
 - `items`       the item kinds, and the guard every framework call runs under
 - `controller`  the controller's collector: streamed records, crash records, results JSON, report
 - `terminal`    failure text, the run's one-screen summary, the count of checks `-m` ruled out
@@ -104,6 +105,10 @@ def pytest_configure(config: pytest.Config) -> None:
             lifetime.die_with_parent(controller_pid)
         config.pluginmanager.register(ReportsKeptOnlyWhereRead(config, worker=True), "conformance-reports")
         return
+    if settings.workers:
+        from conformance.plugin import scheduling
+
+        scheduling.prefer_work_stealing(config)
     if settings.workers and config.option.maxworkerrestart is None:
         # Each crash costs a worker restart; the crash limit bounds how many a run can need.
         budget = settings.limits.crash_limit * len(selection.targets(config)) + 4 * settings.workers
@@ -161,6 +166,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             name = terminal_safe(f"{error.case or '(file)'}[{kind}-error]")
             nodeid = f"{error.file}::{name}"
             items.append(InvalidCaseItem.from_parent(session, name=name, path=path, nodeid=nodeid, error=error))
+    if settings.workers > 1:  # (the same order in every worker: xdist checks that they collected alike)
+        from conformance.plugin import scheduling
+        from conformance.plugin.items import BatchItem, ConformanceItem, NotRunItem
+
+        checks = (ConformanceItem, BatchItem, NotRunItem, FuzzItem, InvalidCaseItem)
+        scheduling.spread(items, lambda item: isinstance(item, checks), settings.workers)
 
 
 _natively_deselected_key = pytest.StashKey[list[int]]()

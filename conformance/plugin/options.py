@@ -160,6 +160,14 @@ def add_options(parser: pytest.Parser) -> None:
         "Recorded in the results; merged runs show one column per profile",
     )
     group.addoption(
+        "--conformance-cache",
+        default=None,
+        metavar="PATH|none",
+        help="where compiled programs persist between runs (JAX's and XLA's caches), in a directory per framework "
+        "version, flags and CPU (default: ~/.cache/dilated-conformance/compiled, or $XDG_CACHE_HOME's); "
+        "'none': a cold run, whose compiled programs are shared by its workers and removed when it ends",
+    )
+    group.addoption(
         "--expectations",
         default=None,
         metavar="PATH",
@@ -197,6 +205,7 @@ class Settings:
     shard: tuple[int, int] | None  # (K, N) of --conformance-shard
     durations_path: Path | None  # --conformance-durations
     profile: str  # --conformance-profile (conformance/profiles.py)
+    compilation_cache: Path | None  # --conformance-cache; None: none kept beyond the run (conformance/compile_cache.py)
 
     def repeat_for(self, device: str) -> int:
         """Calls per check: GPU libraries may pick nondeterministic algorithms per shape, so GPU
@@ -254,7 +263,16 @@ def _read(config: pytest.Config) -> Settings:
         shard=_shard(config.getoption("conformance_shard")),
         durations_path=None if durations is None else invocation_path(config, durations),
         profile=_profile(config.getoption("conformance_profile")),
+        compilation_cache=_compilation_cache(config, config.getoption("conformance_cache")),
     )
+
+
+def _compilation_cache(config: pytest.Config, option: str | None) -> Path | None:
+    from conformance import compile_cache
+
+    if option is None:
+        return compile_cache.default_root()
+    return None if option == "none" else invocation_path(config, option).resolve()
 
 
 def _profile(name: str) -> str:

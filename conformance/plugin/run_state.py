@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import contracts, expectations, machine, profiles
+from conformance import compile_cache, contracts, expectations, machine, profiles
 from conformance.plugin.options import is_worker, settings
 from conformance.plugin.selection import targets
 
@@ -72,8 +72,11 @@ def start(config: pytest.Config) -> RunState:
         state = RunState(state_dir, known, stated, share_cores(workers))
         if workers > 1:
             for framework in {t.adapter.framework for t in targets(config)}:
-                for variable, value in framework.worker_environment(state_dir).items():
+                for variable, value in framework.environment_defaults:
                     os.environ.setdefault(variable, value)
+        # Every process that compiles (workers, their children) keys its own directory under this root
+        # (this run's option decides, not a variable inherited from a run this one runs inside).
+        os.environ[compile_cache.ROOT_VARIABLE] = str(options.compilation_cache or state_dir / "compiled")
     config.stash[_run_key] = state
     return state
 
