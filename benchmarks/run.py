@@ -20,7 +20,7 @@ Sections:
   report      rendering 20,000- and 100,000-result reports: time, size, and the time until the page
               is drawn and answers in headless Chromium (needs chromium and chromedriver).
   checkouts   the README's command (`pytest -n auto`: harness tests and cases) on two checkouts, --before
-              (say `git worktree add /tmp/main main`) and --after (this one), alternating: before,
+              (say `git worktree add --detach /tmp/main main`) and --after (this one), alternating: before,
               after from an empty compilation cache, after again on that cache, before again. Wall
               time ratios, the cache's size, whether both hold the same checks with the same
               outcomes, and where each run's worker-seconds went (opt-in; about 50 minutes on 2 cores).
@@ -719,7 +719,7 @@ def main() -> int:
     parser.add_argument("--compare", type=Path, default=None, help="an earlier results JSON to show beside this one")
     args = parser.parse_args()
     if "checkouts" in args.only and args.before is None:
-        parser.error("the checkouts section needs --before CHECKOUT (e.g. `git worktree add /tmp/main main`)")
+        parser.error("the checkouts section needs --before CHECKOUT (e.g. `git worktree add --detach /tmp/main main`)")
     started = datetime.datetime.now(datetime.UTC)
     results: dict[str, Any] = {
         "created": started.isoformat(timespec="seconds"),

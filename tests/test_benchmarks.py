@@ -56,3 +56,22 @@ def test_million_section_runs_shards_merges_and_opens_the_report(tmp_path: Path)
     assert million["report_bytes"] > 0 and million["results_bytes"] > 0
     if shutil.which("chromedriver"):
         assert 0 < million["report_usable_s"] < 60
+
+
+def test_the_checkouts_section_needs_the_other_checkout() -> None:
+    command = [sys.executable, "benchmarks/run.py", "--only", "checkouts"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "needs --before CHECKOUT" in result.stderr
+
+
+def test_a_runs_items_split_into_the_harness_tests_and_the_checks(tmp_path: Path) -> None:
+    from benchmarks.run import _junit_seconds
+
+    (tmp_path / "junit.xml").write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_plugin" name="test_a" time="1.5"/>'
+        '<testcase classname="cases.basics.toml" name="doc[torch.conv2d-cpu-float32]" time="0.25"/>'
+        '<testcase classname="tests.test_isolation" name="test_b" time="2"/>'
+        "</testsuite></testsuites>"
+    )
+    assert _junit_seconds(tmp_path / "junit.xml") == {"harness_tests": 3.5, "checks": 0.25}
