@@ -82,13 +82,16 @@ def directory_name(framework: Framework, environ: Mapping[str, str], cpu: machin
 
 def directory(framework: Framework, environ: Mapping[str, str] | None = None) -> Path | None:
     """Where this process keeps `framework`'s compiled programs (made if missing); None when the run
-    names no root (a process outside a run: a reproduction, a test's own call)."""
+    names no root (a process outside a run: a reproduction, a test's own call) or it cannot be made."""
     environ = os.environ if environ is None else environ
     root = environ.get(ROOT_VARIABLE)
     if not root:
         return None
     path = Path(root) / directory_name(framework, environ, machine.this_cpu())
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # (a read-only or full home): the run goes on cold rather than losing its checks
+        return None
     return path
 
 

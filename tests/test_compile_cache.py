@@ -53,6 +53,9 @@ def test_the_cache_flag_itself_is_not_part_of_the_key(tmp_path: Path) -> None:
     assert compile_cache.point_tensorflow(TENSORFLOW, environ) == directory  # pointed again: the same name
     assert environ["TF_XLA_FLAGS"].count("--tf_xla_persistent_cache_directory") == 1
     assert compile_cache.directory(TENSORFLOW, {}) is None  # no run, no cache
+    (tmp_path / "a-file").write_text("")
+    unwritable = {compile_cache.ROOT_VARIABLE: str(tmp_path / "a-file")}
+    assert compile_cache.directory(TENSORFLOW, unwritable) is None  # cold, not broken
 
 
 CASE = """
