@@ -23,7 +23,7 @@ Sections:
               (say `git worktree add --detach /tmp/main main`) and --after (this one), alternating: before,
               after from an empty compilation cache, after again on that cache, before again. Wall
               time ratios, the cache's size, whether both hold the same checks with the same
-              outcomes, and where each run's worker-seconds went (opt-in; about 50 minutes on 2 cores).
+              outcomes, and where each run's worker-seconds went (opt-in; about an hour on 2 cores).
   large       the large tier itself, `pytest -m "large and cpu" -n auto`: checks, wall time, overhead
               ratio, peak memory of the controller, of each worker and of any process (opt-in: --only
               large; about 10 minutes on 2 cores).

@@ -28,8 +28,9 @@ import hashlib
 import json
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
+from typing import Any
 
 from conformance import machine
 from conformance.frameworks import Framework, installed_version
@@ -62,7 +63,7 @@ def _without_cache_flag(flags: str) -> str:
 
 
 def directory_name(framework: Framework, environ: Mapping[str, str], cpu: machine.Cpu) -> str:
-    """`jax-0.10.2-jaxlib-0.10.2-<digest>`: the versions in clear (so a person sees which install a
+    """`jax--jax-0.10.2-jaxlib-0.10.2--<digest>`: the versions in clear (so a person sees which install a
     directory belongs to), everything else in the digest."""
     versions = [(framework.name, framework.version() or "none")]
     # (A backend's alternative distributions, tensorflow or tensorflow-cpu: the installed ones.)
@@ -76,7 +77,7 @@ def directory_name(framework: Framework, environ: Mapping[str, str], cpu: machin
         "architecture": platform.machine(),
     }
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
-    readable = "-".join(f"{name}-{version}" for name, version in dict(versions).items())
+    readable = "-".join(f"{name}-{version}" for name, version in versions)
     return f"{framework.name}--{readable}--{digest}"
 
 
@@ -95,19 +96,18 @@ def directory(framework: Framework, environ: Mapping[str, str] | None = None) ->
     return path
 
 
-def point_jax(jax: object, framework: Framework) -> Path | None:
+def point_jax(jax: Any, framework: Framework) -> Path | None:
     """Point JAX's persistent cache at this process's directory, keeping every program (the
     defaults keep only those that took a second to compile: none of a convolution's do)."""
     path = directory(framework)
     if path is not None:
-        config = jax.config  # type: ignore[attr-defined]
-        config.update("jax_compilation_cache_dir", str(path))
-        config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
 
 
-def point_tensorflow(framework: Framework, environ: dict[str, str] | os._Environ[str] | None = None) -> Path | None:
+def point_tensorflow(framework: Framework, environ: MutableMapping[str, str] | None = None) -> Path | None:
     """Add the cache directory to `TF_XLA_FLAGS`, which TensorFlow reads when XLA first compiles
     (call before importing it)."""
     environ = os.environ if environ is None else environ
