@@ -12,29 +12,43 @@ replay RESULTS...                 judge recorded results (or an evidence file) a
                                   divergences file and the facts of the machine that made them
 from-model MODEL -o DIR           a case file with every distinct convolution of a model (1-D to 3-D) (.onnx, .keras,
                                   or a torch module as package.module:factory); --weights keeps its kernels
+bisect PACKAGE --good V -- SEL    the first release of PACKAGE whose checks in the pytest selection SEL differ
+                                  from release V's (one environment per release, binary search)
+history add|show|flaky            a history of runs in SQLite: since when a check fails, in which versions it
+                                  passed, which checks are flaky
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shlex
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from conformance import check_records, composites, expectations, machine, replay, runner
+from conformance import check_records, composites, expectations, history, machine, replay, runner
 from conformance import contracts as accumulation_contracts
 from conformance import diff as diffing
 from conformance.adapters import all_targets
 from conformance.cases import case_files, load_file, load_paths, materialize
 from conformance.merging import merge
 from conformance.overview import Overview
+from conformance.records import observed
 from conformance.report import write_report
-from conformance.results import ResultsFileError, atomic_write, atomic_write_text, read_results, write_json
+from conformance.results import (
+    ResultsFileError,
+    atomic_write,
+    atomic_write_text,
+    read_results,
+    result_key,
+    write_json,
+)
 from conformance.run_environment import run_label
 
 
@@ -118,7 +132,15 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    write_report(_load_results(args.results), args.output)
+    document = _load_results(args.results)
+    if args.history:
+        # The failing checks first (one pass), then the document read again for the report itself:
+        # its records are read as they are used, never held.
+        failing = [result_key(r) for r in document["results"] if history.failing(observed(r))]
+        document = _load_results(args.results)
+        with _history(args.history) as store:
+            document["history"] = history.report_section(store, args.history, failing)
+    write_report(document, args.output)
     print(f"report: {args.output}")
     return 0
 
@@ -258,6 +280,159 @@ def _from_model(args: argparse.Namespace) -> int:
     return 1 if loaded.errors else 0
 
 
+def _bisect(args: argparse.Namespace) -> int:
+    from conformance import bisection
+
+    try:
+        return _bisect_releases(args)
+    except bisection.BisectError as exc:  # (the registry lists nothing, an endpoint cannot be tested, ...)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _bisect_releases(args: argparse.Namespace) -> int:
+    from conformance import bisection
+
+    selection = list(args.selection)
+    # A token after an option without "=" is that option's value (-k cases), not a path.
+    paths = [a for before, a in zip(["", *selection], selection, strict=False) if not a.startswith("-")
+             and not (before.startswith("-") and "=" not in before)]  # fmt: skip
+    if not paths and not any(a == "--cases" or a.startswith("--cases=") for a in selection):
+        selection = ["cases", *selection]  # the corpus, not the harness's own tests
+    checkout = Path.cwd()
+    output = args.output or Path("reports", "bisect", f"{args.package}-{args.good}-{args.bad or 'newest'}")
+    output.mkdir(parents=True, exist_ok=True)
+    registry = bisection.PipRegistry()
+    bad = args.bad or _newest(registry.versions(args.package))
+    environments = bisection.ReleaseEnvironments(
+        args.package, checkout, selection, output.resolve(), cache=args.env_cache, extra=args.with_,
+        timeout_s=args.timeout, log=print,
+    )  # fmt: skip
+    known_flaky: list[bisection.Key] = []
+    good = args.good
+    if args.history or good == "last-passing":
+        if args.history is None:
+            raise SystemExit("error: --good last-passing reads a history of runs: give --history PATH")
+        with _history(args.history) as store:
+            known_flaky = [f.key for f in store.flaky()]
+            if good == "last-passing":
+                ran = environments.run(bad, 0)
+                if isinstance(ran, bisection.Skipped):
+                    raise SystemExit(f"error: {args.package} {bad} cannot be tested: {ran.reason}")
+                failing = [k for k, o in ran.observations.items() if not _conformant(o.outcome)]
+                if not failing:
+                    raise SystemExit(f"error: every check of the selection is conformant on {args.package} {bad}")
+                found = store.last_passing_version(args.package, failing)
+                if found is None:
+                    raise SystemExit(
+                        f"error: {args.history} has no run in which {args.package}'s {len(failing)} failing "
+                        "check(s) of this selection passed: give --good VERSION"
+                    )
+                good = found
+                print(f"the last release in {args.history} in which they passed: {args.package} {good}")
+    result = bisection.search(
+        args.package, good, bad, registry, environments, compare=args.compare, ratio_factor=args.ratio_factor,
+        endpoint_repeats=args.repeats, known_flaky=known_flaky, log=print,
+    )  # fmt: skip
+    text = f"$ python -m conformance {shlex.join(args.argv)}\n\n" + bisection.render(result)
+    total, own = bisection.tree_bytes(environments.cache)
+    text += (
+        f"environments in {environments.cache}: {total / 2**30:.2f} GiB of files, {own / 2**30:.2f} GiB of their "
+        "own (the rest are links into uv's cache)\n"
+    )
+    print(text, end="")
+    atomic_write_text(output / "bisect.txt", text)
+    print(f"log: {output / 'bisect.txt'}")
+    return 0
+
+
+@contextlib.contextmanager
+def _history(path: Path) -> Iterator[history.History]:
+    """The history store, its refusal (not SQLite, an older or newer schema) said as an error line."""
+    try:
+        store = history.History(path)
+    except history.HistoryError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    with store:
+        yield store
+
+
+def _history_add(args: argparse.Namespace) -> int:
+    status = 0
+    with _history(args.history) as store:
+        for path in args.results:
+            try:
+                runs, added = store.add_file(path)
+            except history.HistoryError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            print(f"{path}: {runs} run(s) {'added' if added else 'already in the history'} -> {args.history}")
+    return status
+
+
+def _observation_text(seen: history.Observation) -> str:
+    version = seen.framework_version or "?"
+    return f"{seen.run.created[:10]} {version}{f' [{seen.profile}]' if seen.profile else ''}"
+
+
+def _history_show(args: argparse.Namespace) -> int:
+    with _history(args.history) as store:
+        found = store.checks(args.case, args.target, args.dtype, failing_only=args.failing)
+        runs = len(store.runs())
+    for check in found[: args.limit]:
+        case, target, dtype = check.key
+        lines = [f"{case} [{target}, {dtype}]"]
+        if check.first_failing:
+            lines.append(f"  failing since {_observation_text(check.first_failing)} ({check.first_failing.observed})")
+        if check.last_passing:
+            lines.append(f"  last passed {_observation_text(check.last_passing)}")
+        lines.append(f"  passed in: {', '.join(check.passed_in) or 'no version'}")
+        trail = [f"{s.framework_version or '?'} {s.observed}" for s in check.observations]
+        lines.append(f"  runs, oldest first: {'; '.join(trail)}")
+        print("\n".join(lines))
+    more = f" (first {args.limit} shown)" if len(found) > args.limit else ""
+    print(f"{len(found)} check(s){' failing now' if args.failing else ''} over {runs} run(s){more}")
+    return 0
+
+
+def _history_flaky(args: argparse.Namespace) -> int:
+    with _history(args.history) as store:
+        found = store.flaky(args.case, args.target, args.dtype)
+    for flaky in found[: args.limit]:
+        case, target, dtype = flaky.key
+        seen = "; ".join(
+            f"{s.run.created[:19]} {s.observed}" + (f" {s.output}" if flaky.what == "bits" and s.output else "")
+            for s in flaky.observations
+        )
+        print(f"{case} [{target}, {dtype}] {flaky.edition} on {flaky.machine}: {flaky.what} differs: {seen}")
+    print(f"{len(found)} flaky check(s): outcome or bits differ between runs of one release on one machine")
+    return 1 if found else 0
+
+
+def _newest(versions: Iterable[str]) -> str:
+    from packaging.version import InvalidVersion, Version
+
+    from conformance.bisection import BisectError
+
+    parsed = []
+    for text in versions:
+        try:
+            parsed.append((Version(text), text))
+        except InvalidVersion:
+            continue
+    releases = [(version, text) for version, text in parsed if not version.is_prerelease]
+    if not releases:
+        raise BisectError("the registry lists no release to call the newest: give --bad VERSION")
+    return max(releases)[1]
+
+
+def _conformant(outcome: str) -> bool:
+    from conformance.compare import CONFORMANT, Outcome
+
+    return Outcome(outcome) in CONFORMANT
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="conformance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -295,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     render = commands.add_parser("report", help="render the HTML report of a results file")
     render.add_argument("results", type=Path)
     render.add_argument("-o", "--output", type=Path, default=Path("reports/index.html"))
+    render.add_argument("--history", type=Path, help="show since when each failing check fails (a history file)")
     render.set_defaults(run=_report)
 
     digest = commands.add_parser("hashes", help="content hashes of every case's generated input and kernel")
@@ -329,6 +505,60 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--tier", choices=("default", "extended", "large"), default="default")
     model.set_defaults(run=_from_model)
 
-    args = parser.parse_args(argv)
+    search = commands.add_parser(
+        "bisect",
+        help="the first release of a package whose checks differ from a good release's",
+        description="Binary search over the releases of PACKAGE between --good and --bad: one environment "
+        "per release (cached), the pytest selection after -- run in each, the first release whose checks "
+        "differ from the good one's named, with the releases tried and the diff at the boundary. Run it "
+        "from the checkout (its cases/ and constraints.txt).",
+    )
+    search.add_argument("package", help="a pip distribution: keras, jax, onnxruntime, tensorflow-cpu, ...")
+    search.add_argument("--good", required=True, help="a release that behaves as wanted, or last-passing (--history)")
+    search.add_argument("--bad", help="a release that does not (default: the newest in the registry)")
+    search.add_argument("--compare", choices=("outcome", "bits", "ratio"), default="outcome",
+                        help="what counts as a change: the observed outcomes; also the output bits; also "
+                        "error ratios beyond --ratio-factor")  # fmt: skip
+    search.add_argument("--ratio-factor", type=float, default=2.0)
+    search.add_argument("--repeats", type=int, default=2,
+                        help="runs of the good and the bad release: checks whose repeats disagree are flaky, "
+                        "set aside and reported, not bisected (default 2)")  # fmt: skip
+    search.add_argument("--history", type=Path, help="a history of runs: its flaky checks are set aside")
+    search.add_argument("--with", dest="with_", action="append", default=[], metavar="REQUIREMENT",
+                        help="another requirement in every environment (torch==2.13.0, say)")  # fmt: skip
+    search.add_argument("--env-cache", type=Path, default=None, help="where the environments are kept "
+                        "(default ~/.cache/dilated-conformance/bisect-environments)")  # fmt: skip
+    search.add_argument("--timeout", type=float, default=3600.0, help="seconds per run of the selection")
+    search.add_argument("-o", "--output", type=Path, help="results, logs and bisect.txt (default reports/bisect/...)")
+    search.set_defaults(run=_bisect, selection=[])
+    search.epilog = "pytest arguments after --: -k, -m, --cases, --conformance-target (default: the whole corpus)"
+
+    argv = sys.argv[1:] if argv is None else argv
+    # The pytest selection follows "--": split it off first, for argparse would take its options as ours.
+    selection = argv[argv.index("--") + 1 :] if "--" in argv else []
+    past = commands.add_parser("history", help="a history of runs in SQLite: add, show, flaky")
+    past_commands = past.add_subparsers(dest="history_command", required=True)
+    add = past_commands.add_parser("add", help="add results files (a run, a merged file) to the history")
+    add.add_argument("results", nargs="+", type=Path)
+    show = past_commands.add_parser("show", help="per check: outcomes over runs, since when it fails, where it passed")
+    show.add_argument("case", nargs="?", default="*", help="a glob over case ids (default: all)")
+    show.add_argument("--failing", action="store_true", help="only checks whose newest run fails")
+    flaky = past_commands.add_parser("flaky", help="checks whose outcome or bits differ between runs of one release")
+    flaky.add_argument("case", nargs="?", default="*", help="a glob over case ids (default: all)")
+    for sub, run in ((add, _history_add), (show, _history_show), (flaky, _history_flaky)):
+        sub.add_argument("--history", type=Path, default=history.DEFAULT_PATH, help=f"default {history.DEFAULT_PATH}")
+        if sub is not add:
+            sub.add_argument("--target", default="*", help="a glob over target ids")
+            sub.add_argument("--dtype", default="*")
+            sub.add_argument("--limit", type=int, default=50, help="checks printed")
+        sub.set_defaults(run=run)
+
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if args.command == "bisect":
+        args.selection, args.argv = selection, argv
+    if args.command == "bisect" and args.env_cache is None:
+        from conformance.bisection import default_cache
+
+        args.env_cache = default_cache()
     status: int = args.run(args)
     return status

@@ -470,3 +470,40 @@ def test_the_first_screen_says_which_framework_fails_which_case(driver: Any, tmp
         wait_for(lambda: driver.find_element("id", "detail").is_displayed())
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_a_history_says_since_when_the_failing_checks_fail(driver: Any, tmp_path: Path) -> None:
+    """The *Since when they fail* section, from a real history file holding this run."""
+    from conformance import history
+    from conformance.records import observed
+    from conformance.results import read_results, result_key
+
+    (tmp_path / "browser.toml").write_text(CASES)
+    loaded = load_file(tmp_path / "browser.toml", tmp_path)
+    writer = ResultsWriter(tmp_path / "results.json")
+    targets = [Target(NumpyIm2col(), "cpu", "strict"), Target(BreaksOnePixel(), "cpu", "strict")]
+    for case in loaded.cases:
+        for dtype in case.dtypes:
+            for target in targets:
+                writer.add(run_check(case, target, dtype))
+    writer.finish(base_environment(), ["test_report_browser"])
+    document = read_results(tmp_path / "results.json")
+    records = read_results(tmp_path / "results.json")["results"]
+    failing = [result_key(r) for r in records if history.failing(observed(r))]
+    assert failing
+    with history.History(tmp_path / "history.sqlite") as store:
+        store.add_file(tmp_path / "results.json")
+        document["history"] = history.report_section(store, tmp_path / "history.sqlite", failing)
+    path = tmp_path / "index.html"
+    write_report(document, path)
+    driver.get(path.as_uri())
+    assert wait_ready(driver, 60) == "true"
+    summary = driver.find_element("css selector", "#history > summary").text
+    assert summary.startswith(f"Since when they fail: {len(failing)} failing check(s) in a history of 1 run(s)")
+    cells = [
+        [td.text for td in tr.find_elements("css selector", "td")]
+        for tr in driver.find_elements("css selector", "#history-table tr")[1:]
+    ]
+    assert len(cells) == len(failing)
+    assert all(row[1] == "fakefw.broken_pixel-cpu" and row[5] == "never" and row[6] == "1" for row in cells)
+    assert all(row[3].startswith(document["created"][:10]) for row in cells)  # failing since this run

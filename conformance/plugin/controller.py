@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conformance import contracts, expectations, isolation, lifetime, report, results, runner
+from conformance import contracts, expectations, history, isolation, lifetime, report, results, runner
 from conformance.cases import case_files, load_file
 from conformance.compare import Outcome
 from conformance.plugin import CASE_ERROR_KEY, CHECK_KEY, RECORD_KEY, REQUEUED
@@ -31,7 +31,8 @@ from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
 from conformance.record_files import from_wire, to_wire
-from conformance.results import ResultsWriter, atomic_write_text, read_stream
+from conformance.records import observed
+from conformance.results import ResultsWriter, atomic_write_text, read_stream, result_key
 from conformance.run_environment import base_environment
 
 ENV_KEY = "conformance_environment"  # workeroutput keys
@@ -97,6 +98,8 @@ class ResultCollector:
         options = settings(config)
         self.writer = ResultsWriter(options.json_path, ["pytest", *sys.argv[1:]])
         self.html_path = options.html_path
+        self.history_path = options.history_path
+        self.history_note: str | None = None  # what became of --conformance-history, for the summary
         self.known = run_state(config).known
         self.state_dir = run_state(config).state_dir
         self.limits = options.limits
@@ -211,6 +214,9 @@ class ResultCollector:
         kept = contracts.Tally(c.summary() for c in state.contracts.entries)
         page = report.ReportData(self.writer.count, self.writer.spill_directory) if self.html_path else None
         consumers = [counts.add, known.add, kept.add, lambda record: ran.add(record["framework"])]
+        failing: list[history.Key] = []
+        if self.history_path is not None:
+            consumers.append(lambda r: failing.append(result_key(r)) if history.failing(observed(r)) else None)
         records = self.writer.sorted_records(consumers + ([page.add] if page is not None else []))
         environment = base_environment()
         self.frameworks.update({k: v for k, v in runner.loaded_environments().items() if k not in self.frameworks})
@@ -231,10 +237,26 @@ class ResultCollector:
             interrupted=interrupted,
         )  # fmt: skip
         records.discard()
+        if self.history_path is not None:
+            self._add_to_history(self.history_path, failing)
         if page is not None and self.html_path is not None:
             page.write(self.document, self.html_path)
 
+    def _add_to_history(self, path: Path, failing: list[history.Key]) -> None:
+        """This run into the history, and the history of its failing checks into its report. A
+        history that cannot take it (another schema, not SQLite) costs the report that section only."""
+        assert self.document is not None
+        try:
+            with history.History(path) as store:
+                store.add_file(self.writer.json_path)
+                self.document["history"] = history.report_section(store, path, failing)
+                self.history_note = f"added to the history {path} ({len(store.runs())} run(s))"
+        except history.HistoryError as exc:
+            self.history_note = f"not added to a history: {exc}"
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.history_note is not None:
+            terminalreporter.write_line(terminal_safe(f"conformance: {self.history_note}"))
         if self.document is not None:
             write_summary(
                 terminalreporter, self.document, self.lost_checks, self.writer.preserved, self.recovered_report,

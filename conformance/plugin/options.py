@@ -168,6 +168,13 @@ def add_options(parser: pytest.Parser) -> None:
         "'none': a cold run, whose compiled programs are shared by its workers and removed when it ends",
     )
     group.addoption(
+        "--conformance-history",
+        default=None,
+        metavar="PATH",
+        help="add this run to a history of runs (an SQLite file, `python -m conformance history`), and show in the "
+        "report since when each failing check fails and in which versions it passed",
+    )
+    group.addoption(
         "--expectations",
         default=None,
         metavar="PATH",
@@ -206,6 +213,7 @@ class Settings:
     durations_path: Path | None  # --conformance-durations
     profile: str  # --conformance-profile (conformance/profiles.py)
     compilation_cache: Path | None  # --conformance-cache; None: none kept beyond the run (conformance/compile_cache.py)
+    history_path: Path | None = None  # --conformance-history (conformance/history.py)
 
     def repeat_for(self, device: str) -> int:
         """Calls per check: GPU libraries may pick nondeterministic algorithms per shape, so GPU
@@ -230,6 +238,10 @@ def settings(config: pytest.Config) -> Settings:
 def invocation_path(config: pytest.Config, option: str) -> Path:
     path = Path(option)
     return path if path.is_absolute() else Path(config.invocation_params.dir, path)
+
+
+def _optional_path(config: pytest.Config, option: str | None) -> Path | None:
+    return None if option is None else invocation_path(config, option)
 
 
 def _read(config: pytest.Config) -> Settings:
@@ -264,6 +276,7 @@ def _read(config: pytest.Config) -> Settings:
         durations_path=None if durations is None else invocation_path(config, durations),
         profile=_profile(config.getoption("conformance_profile")),
         compilation_cache=_compilation_cache(config, config.getoption("conformance_cache")),
+        history_path=_optional_path(config, config.getoption("conformance_history")),
     )
 
 

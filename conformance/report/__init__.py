@@ -195,6 +195,7 @@ class ReportData:
             "expectations": document.get("expectations", []),
             "contracts": document.get("contracts", []),
             "conflicts": document.get("conflicts", []),
+            "history": document.get("history"),  # (conformance/history.py: since when failing checks fail)
             "cases": self.cases,
             "columns": sorted(self.columns.values(), key=lambda c: tuple(c[k] for k in _COLUMN_ORDER)),
         }

@@ -199,11 +199,31 @@ function overview() {
       Object.entries(statuses).map(([s, n]) => `${n} ${s}`).join(", ")), known));
   }
   if (D.contracts && D.contracts.length) section.append(contractsTable());
+  if (D.history && D.history.checks.length) section.append(historyTable());
   if (D.conflicts.length) {
     section.append(el("details", { open: true }, el("summary", {}, `Runs that disagree (${D.conflicts.length})`),
       el("ul", {}, D.conflicts.slice(0, 200).map((c) => el("li", {}, `${c.case} ${c.target} ${c.dtype} ${c.framework_version}: ` +
         c.outcomes.map((o) => `${o.run}: ${o.outcome}`).join(", "))))));
   }
+}
+
+// A history of runs (python -m conformance history): for each failing check, since when it fails and
+// in which versions it passed, so a regression names its first failing version at a glance.
+function historyTable() {
+  const H = D.history;
+  const when = (o) => o ? `${o.created.slice(0, 10)} ${o.version || "?"}` : "";
+  const table = el("table", { class: "plain", id: "history-table" },
+    el("tr", {}, ["case", "target", "dtype", "failing since", "last passed", "passed in", "runs"].map((h) => el("th", {}, h))));
+  for (const c of H.checks) {
+    table.append(el("tr", {},
+      el("td", {}, el("a", { href: `#case=${encodeURIComponent(c.case)}&dtype=${encodeURIComponent(c.dtype)}` }, c.case)),
+      el("td", {}, c.target), el("td", {}, c.dtype), el("td", {}, when(c.failing_since)), el("td", {}, when(c.last_passing)),
+      el("td", {}, c.passed_in.length ? c.passed_in.join(", ") : "never"), el("td", { class: "num" }, c.runs)));
+  }
+  const more = H.failing - H.checks.length;
+  return el("details", { id: "history", open: true }, el("summary", {},
+    `Since when they fail: ${H.failing} failing check(s) in a history of ${H.runs} run(s) (${H.path})`),
+  table, more > 0 ? el("p", { class: "muted" }, `${more} more not shown (python -m conformance history show --failing)`) : null);
 }
 
 // Accumulation contracts: what each framework keeps while it sums, what this run measured, and the evidence.
