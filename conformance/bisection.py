@@ -196,9 +196,11 @@ def search(
     endpoint_repeats: int = 2,
     known_flaky: Iterable[Key] = (),
     pre: bool = False,
+    excluded: Callable[[str], bool] = lambda version: False,
     log: Callable[[str], object] = lambda line: None,
 ) -> Bisection:
-    """Find the first release after `good` whose checks differ from `good`'s."""
+    """Find the first release after `good` whose checks differ from `good`'s. `excluded` releases
+    (known broken: `--skip`) are never run, and count as untested where they could be the answer."""
     started = time.monotonic()
     result = Bisection(package, good, bad, compare, releases_between(registry.versions(package), good, bad, pre))
     result.known_flaky = sorted(set(known_flaky))
@@ -249,6 +251,9 @@ def search(
 
     last_good, first_bad = good, bad
     pool = [v for v in result.candidates if v != bad]
+    for version in [v for v in pool if excluded(v)]:
+        result.trials.append(Trial(version, 0, "skipped", "excluded (--skip)"))
+        pool.remove(version)
     while pool:
         middle = pool[len(pool) // 2]
         ran = attempt(middle, 0)
@@ -382,10 +387,17 @@ class PipRegistry:
 
 # Packages that must move with the one under test, as requirements on its version.
 COMPANIONS: dict[str, tuple[str, ...]] = {"jax": ("jaxlib=={version}",)}
-# Packages a front-end needs that it does not depend on: Keras 3 runs on whichever backend is
-# installed, so its environments get TensorFlow and JAX at the checkout's constraints.
-BACKENDS: dict[str, tuple[str, ...]] = {"keras": ("tensorflow-cpu", "jax", "jaxlib")}
+# Packages its checks need that it does not depend on, at the checkout's constraints: Keras 3 runs
+# on whichever backend is installed (TensorFlow and JAX here), and the ONNX Runtime target builds
+# its models with onnx.
+ALSO_NEEDED: dict[str, tuple[str, ...]] = {"keras": ("tensorflow-cpu", "jax", "jaxlib"), "onnxruntime": ("onnx",)}
 IMPORT_NAMES = {"tensorflow-cpu": "tensorflow", "onnxruntime-gpu": "onnxruntime"}
+# Packages whose registry releases are GPU builds of several GB each (with their CUDA libraries):
+# a bisection over them downloads one per release, so it must be asked for by name.
+LARGE_BUILDS = {
+    "torch": "PyPI's Linux torch wheels are CUDA builds (several GB each, with nvidia-* packages); point pip at "
+    "CPU builds (an index or find-links in pip's configuration) and pass --allow-large-downloads",
+}
 
 
 def pip_sources() -> list[str]:
@@ -464,7 +476,7 @@ class ReleaseEnvironments:
 
     def requirements(self, version: str) -> list[str]:
         companions = [c.format(version=version) for c in COMPANIONS.get(self.package, ())]
-        return [f"{self.package}=={version}", *companions, *BACKENDS.get(self.package, ()), *self.extra]
+        return [f"{self.package}=={version}", *companions, *ALSO_NEEDED.get(self.package, ()), *self.extra]
 
     def constraints(self) -> str:
         """The checkout's constraints, less the package under test and its companions."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from conformance import check_records, composites, expectations, history, machine, replay, runner
 from conformance import contracts as accumulation_contracts
@@ -293,6 +294,8 @@ def _bisect(args: argparse.Namespace) -> int:
 def _bisect_releases(args: argparse.Namespace) -> int:
     from conformance import bisection
 
+    if args.package in bisection.LARGE_BUILDS and not args.allow_large_downloads:
+        raise bisection.BisectError(f"not bisecting {args.package}: {bisection.LARGE_BUILDS[args.package]}")
     selection = list(args.selection)
     # A token after an option without "=" is that option's value (-k cases), not a path.
     paths = [a for before, a in zip(["", *selection], selection, strict=False) if not a.startswith("-")
@@ -308,6 +311,8 @@ def _bisect_releases(args: argparse.Namespace) -> int:
         args.package, checkout, selection, output.resolve(), cache=args.env_cache, extra=args.with_,
         timeout_s=args.timeout, log=print,
     )  # fmt: skip
+    if args.pip:
+        environments.uv = None
     known_flaky: list[bisection.Key] = []
     good = args.good
     if args.history or good == "last-passing":
@@ -333,6 +338,7 @@ def _bisect_releases(args: argparse.Namespace) -> int:
     result = bisection.search(
         args.package, good, bad, registry, environments, compare=args.compare, ratio_factor=args.ratio_factor,
         endpoint_repeats=args.repeats, known_flaky=known_flaky, log=print,
+        excluded=lambda version: any(version in spec for spec in args.skip),
     )  # fmt: skip
     text = f"$ python -m conformance {shlex.join(args.argv)}\n\n" + bisection.render(result)
     total, own = bisection.tree_bytes(environments.cache)
@@ -408,6 +414,13 @@ def _history_flaky(args: argparse.Namespace) -> int:
         print(f"{case} [{target}, {dtype}] {flaky.edition} on {flaky.machine}: {flaky.what} differs: {seen}")
     print(f"{len(found)} flaky check(s): outcome or bits differ between runs of one release on one machine")
     return 1 if found else 0
+
+
+def _specifier(text: str) -> SpecifierSet:
+    try:
+        return SpecifierSet(text)
+    except InvalidSpecifier:
+        raise argparse.ArgumentTypeError(f"{text!r}: a version specifier such as '>=0.5,<0.6' or '==3.2.1'") from None
 
 
 def _newest(versions: Iterable[str]) -> str:
@@ -524,10 +537,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs of the good and the bad release: checks whose repeats disagree are flaky, "
                         "set aside and reported, not bisected (default 2)")  # fmt: skip
     search.add_argument("--history", type=Path, help="a history of runs: its flaky checks are set aside")
+    search.add_argument("--skip", type=_specifier, action="append", default=[], metavar="SPEC",
+                        help="releases known broken, never run: '>=0.5,<0.6', '==3.2.1' (repeatable)")  # fmt: skip
     search.add_argument("--with", dest="with_", action="append", default=[], metavar="REQUIREMENT",
                         help="another requirement in every environment (torch==2.13.0, say)")  # fmt: skip
     search.add_argument("--env-cache", type=Path, default=None, help="where the environments are kept "
                         "(default ~/.cache/dilated-conformance/bisect-environments)")  # fmt: skip
+    search.add_argument("--pip", action="store_true", help="make the environments with pip even where uv is installed")
+    search.add_argument("--allow-large-downloads", action="store_true",
+                        help="bisect a package whose registry releases are multi-GB GPU builds (torch)")  # fmt: skip
     search.add_argument("--timeout", type=float, default=3600.0, help="seconds per run of the selection")
     search.add_argument("-o", "--output", type=Path, help="results, logs and bisect.txt (default reports/bisect/...)")
     search.set_defaults(run=_bisect, selection=[])

@@ -146,8 +146,13 @@ def _now() -> str:
 
 
 def _machine(environment: Mapping[str, Any]) -> str:
+    """The CPU, the profile and the kernel-choosing variables set by hand (TF_ENABLE_ONEDNN_OPTS=0
+    without a profile is another machine as far as the kernels go: its runs are not repeats)."""
     # Files written before profiles were recorded ran under the host's defaults.
-    return f"{environment.get('cpu') or '?'} [{environment.get('profile') or HOST}]"
+    machine = f"{environment.get('cpu') or '?'} [{environment.get('profile') or HOST}]"
+    variables = (environment.get("cpu_features") or {}).get("variables") or {}
+    chosen = ", ".join(f"{name}={value}" for name, value in sorted(variables.items()) if value not in (None, ""))
+    return f"{machine} {chosen}" if chosen else machine
 
 
 def _versions(environment: Mapping[str, Any]) -> dict[str, str]:

@@ -100,7 +100,10 @@ def test_a_check_whose_repeats_disagree_is_flaky_and_not_bisected() -> None:
 
     def behaviour(version: str, repeat: int) -> dict[Key, Observed]:
         seen = base(version, repeat)
-        seen[OTHER] = Observed("pass" if repeat == 0 else "mismatch", "cd34", 0.2)  # flips on a repeat
+        # OTHER fails now and then: on the bad release's first run (not its second) and on two
+        # releases the search tries, where taken at its word it would lead the search astray.
+        flips = (version == "3.15.2" and repeat == 0) or version in ("3.7.1", "3.9.0")
+        seen[OTHER] = Observed("mismatch" if flips else "pass", "cd34", 0.2)
         return seen
 
     result = bisection.search("keras", "3.0.0", "3.15.2", FakeRegistry(RELEASES), FakeRunner(behaviour))
@@ -172,6 +175,8 @@ def test_environments_hold_everything_else_at_the_checkouts_constraints(tmp_path
     assert "jax==0.10.2" in keras.constraints() and "keras==" not in keras.constraints()
     assert keras.directory("3.10.0") != keras.directory("3.11.0")
     assert keras.directory("3.10.0") == keras.directory("3.10.0")
+    runtime = bisection.ReleaseEnvironments("onnxruntime", tmp_path, [], tmp_path, cache=tmp_path / "envs", uv=None)
+    assert runtime.requirements("1.31.1") == ["onnxruntime==1.31.1", "onnx"]  # its models are built with onnx
 
 
 def test_the_command_line_runs_the_corpus_selection_and_keeps_its_log(
@@ -201,6 +206,13 @@ def test_the_command_line_runs_the_corpus_selection_and_keeps_its_log(
     assert log in capsys.readouterr().out
     status = main(["bisect", "keras", "--good", "3.0.0", "-o", str(tmp_path), "--", "my_cases/", "-k", "x"])
     assert made[-1].selection == ["my_cases/", "-k", "x"]  # a path given: no corpus added
+    assert (
+        main(["bisect", "keras", "--good", "3.0.0", "--skip", ">=3.7,<3.7.2", "-o", str(tmp_path), "--", "-k", "x"])
+        == 0
+    )
+    assert "or one of the untested 3.7.0, 3.7.1 before it" in (tmp_path / "bisect.txt").read_text()
+    with pytest.raises(SystemExit):
+        main(["bisect", "keras", "--good", "3.0.0", "--skip", "not a spec", "--", "-k", "x"])
 
 
 def test_last_passing_from_a_history_starts_the_search_there(
@@ -256,3 +268,22 @@ def test_environment_disk_counts_linked_files_once_and_apart(tmp_path: Path) -> 
     total, own = bisection.tree_bytes(environments)
     assert 150_000 <= total < 170_000  # the linked file once, not twice
     assert 50_000 <= own < 60_000
+
+
+def test_releases_excluded_as_known_broken_are_never_run_and_stay_untested() -> None:
+    runner = FakeRunner(changes_at("3.7.2"))
+    known_broken = {"3.7.0", "3.7.1"}
+    result = bisection.search(
+        "keras", "3.0.0", "3.15.2", FakeRegistry(RELEASES), runner, excluded=lambda v: v in known_broken
+    )
+    assert result.first_bad == "3.7.2" and result.last_good == "3.6.2"
+    assert not {version for version, _ in runner.calls} & known_broken
+    assert result.untested == ["3.7.0", "3.7.1"]
+    assert "excluded (--skip)" in bisection.render(result)
+
+
+def test_a_package_of_multi_gigabyte_gpu_builds_is_refused_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance.cli import main
+
+    assert main(["bisect", "torch", "--good", "2.10.0", "--bad", "2.13.0", "--", "-k", "x"]) == 2
+    assert "not bisecting torch: PyPI's Linux torch wheels are CUDA builds" in capsys.readouterr().err

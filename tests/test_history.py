@@ -235,6 +235,20 @@ def test_the_same_version_on_another_machine_is_not_flaky(history: History) -> N
     assert history.flaky() == []
 
 
+def test_kernel_choosing_variables_set_by_hand_make_another_machine(history: History) -> None:
+    """TF_ENABLE_ONEDNN_OPTS=0 without a profile takes other kernels: a changed outcome is not flakiness."""
+    onednn_off = document([record("mismatch")], created="2025-01-02T00:00:00+00:00")
+    onednn_off["environment"]["cpu_features"] = {"variables": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+    history.add(document([record("pass")]), "a")
+    history.add(onednn_off, "b")
+    assert history.flaky() == []
+    again = document([record("pass")], created="2025-01-03T00:00:00+00:00")
+    again["environment"]["cpu_features"] = {"variables": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+    history.add(again, "c")
+    (flaky,) = history.flaky()
+    assert flaky.machine == "Xeon [host] TF_ENABLE_ONEDNN_OPTS=0"
+
+
 def test_flaky_by_bits(history: History) -> None:
     history.add(release("1.0", 1, record("pass", output="aaaa"), record("pass", dtype="float16")), "a")
     history.add(release("1.0", 2, record("pass", output="bbbb"), record("pass", dtype="float16")), "b")
