@@ -44,14 +44,17 @@ def test_collection_section_counts_what_it_collected(tmp_path: Path) -> None:
 
 def test_million_section_runs_shards_merges_and_opens_the_report(tmp_path: Path) -> None:
     """The million-check section's whole pipeline at a few thousand checks: scaled corpus, three
-    shards, merge, report, browser."""
+    shards, merge, report, browser. On NumPy's and torch's targets: the pipeline is the same for
+    every framework, and each shard's workers then import two of them instead of all seven (about
+    a fifth of the minutes)."""
     out = tmp_path / "bench.json"
     command = [sys.executable, "benchmarks/run.py", "--only", "million", "--million-checks", "2500", "--workers", "1"]
+    command += ["--large-mark", "large and cpu and (numpy or torch)"]
     result = subprocess.run([*command, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     million = json.loads(out.read_text())["sections"]["million"]
-    # 48 geometries x round(130 x 2500 / 324,480) = 1 replicate x 52 CPU checks, split into three shards.
-    assert million["records"] == 48 * 1 * 52 and len(million["shard_wall_s"]) == 3 and all(million["shard_wall_s"])
+    # 48 geometries x round(130 x 2500 / 324,480) = 1 replicate x 6 NumPy and torch CPU checks, in three shards.
+    assert million["records"] == 48 * 1 * 6 and len(million["shard_wall_s"]) == 3 and all(million["shard_wall_s"])
     assert 0 < million["peak_rss_gib_controller"] <= million["peak_rss_gib_any_process"] < 16
     assert million["report_bytes"] > 0 and million["results_bytes"] > 0
     if shutil.which("chromedriver"):

@@ -19,7 +19,8 @@ def test_the_gpu_kit_runs_end_to_end_with_the_gpu_pointed_at_the_cpu(tmp_path: P
     out = tmp_path / "gpu"
     env = child_environment(CONFORMANCE_GPU_STAND_IN="cpu", CONFORMANCE_GPU_KIT_WORKERS="2")
     finished = subprocess.run(
-        [str(REPO / "benchmarks" / "gpu" / "run.sh"), str(out), "-k", "documents and not hvp and not grad"],
+        # One family of the documents' cases (336 GPU records): every step of the kit, in seconds.
+        [str(REPO / "benchmarks" / "gpu" / "run.sh"), str(out), "-k", "documents and tf-4x4 and not hvp and not grad"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
