@@ -512,7 +512,7 @@ class ReleaseEnvironments:
             [python, "-c", f"import {module}"], capture_output=True, text=True, timeout=600, check=False
         )
         if imported.returncode != 0:
-            return Skipped(f"does not import: {_last_line(imported.stderr)}")  # (kept: the next try is as quick)
+            return Skipped(f"does not import: {_last_line(imported.stderr)}")  # (not marked ready: made anew next time)
         installed = self._installed(python, version)
         ready.write_text(json.dumps(installed), encoding="utf-8")
         return where, installed
