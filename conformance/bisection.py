@@ -24,6 +24,7 @@ The search (`search`) takes its registry and runner as parameters, so it is test
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from conformance import diff as diffing
@@ -113,21 +116,32 @@ class Runner(Protocol):
         ...
 
 
-def releases_between(versions: Iterable[str], good: str, bad: str, pre: bool = False) -> list[str]:
-    """The releases after `good` up to and including `bad`, oldest first (pre-releases only if asked)."""
+def _releases(versions: Iterable[str], pre: bool) -> list[tuple[Version, str]]:
+    """The versions that are releases (pre-releases only if asked), oldest first; others left out."""
     parsed = []
     for text in set(versions):
         try:
             version = Version(text)
         except InvalidVersion:
             continue
-        if (version.is_prerelease or version.is_devrelease) and not pre:
-            continue
-        parsed.append((version, text))
+        if pre or not (version.is_prerelease or version.is_devrelease):
+            parsed.append((version, text))
+    return sorted(parsed)
+
+
+def releases_between(versions: Iterable[str], good: str, bad: str, pre: bool = False) -> list[str]:
+    """The releases after `good` up to and including `bad`, oldest first (pre-releases only if asked)."""
     low, high = Version(good), Version(bad)
     if low >= high:
         raise BisectError(f"the good release {good} must be older than the bad one {bad}")
-    return [text for version, text in sorted(parsed) if low < version <= high]
+    return [text for version, text in _releases(versions, pre) if low < version <= high]
+
+
+def newest(versions: Iterable[str]) -> str:
+    found = _releases(versions, pre=False)
+    if not found:
+        raise BisectError("the registry lists no release to call the newest: give --bad VERSION")
+    return found[-1][1]
 
 
 # --- the search ---
@@ -295,11 +309,11 @@ def _examples(keys: Sequence[Key], shown: int = 2) -> str:
 def _flaky(endpoints: Mapping[str, list[Ran]], compare: Compare, ratio_factor: float) -> list[FlakyCheck]:
     """Checks whose repeats on one release disagree (outcome, or bits when bits are compared)."""
     found: list[FlakyCheck] = []
+    mode: Compare = "outcome" if compare == "outcome" else "bits"
     for version, repeats in endpoints.items():
         keys = sorted({k for ran in repeats for k in ran.observations})
         for key in keys:
             seen = [ran.observations.get(key) for ran in repeats]
-            mode: Compare = "outcome" if compare == "outcome" else "bits"
             if any(differs(seen[0], other, mode, ratio_factor) for other in seen[1:]):
                 found.append(FlakyCheck(key, version, tuple(s for s in seen if s is not None)))
     return found
@@ -400,6 +414,7 @@ LARGE_BUILDS = {
 }
 
 
+@functools.cache  # (read once per bisection: every environment is made with the same sources)
 def pip_sources() -> list[str]:
     """The options pip is configured with (find-links, indexes, constraints) as uv options: uv reads
     no pip configuration, and a machine's pip.conf may be what keeps a CPU-only torch in place."""
@@ -411,8 +426,9 @@ def pip_sources() -> list[str]:
         name, _, value = line.partition("=")
         settings[name.split(".", 1)[-1]] = value.strip().strip("'\"")
     for name in ("index-url", "extra-index-url", "find-links", "constraint"):
-        if f"PIP_{name.upper().replace('-', '_')}" in os.environ:
-            settings[name] = os.environ[f"PIP_{name.upper().replace('-', '_')}"]
+        variable = f"PIP_{name.upper().replace('-', '_')}"
+        if variable in os.environ:
+            settings[name] = os.environ[variable]
     options: list[str] = []
     for name in ("index-url", "extra-index-url", "find-links", "constraint"):
         for value in settings.get(name, "").split():
@@ -589,7 +605,9 @@ class ReleaseEnvironments:
 
 
 def _requirement_name(line: str) -> str:
+    """The normalised name a requirement or constraint line names ("" for a comment or blank line)."""
     text = line.split("#", 1)[0].strip()
-    for mark in ("==", ">=", "<=", "~=", "!=", "<", ">", "[", ";", " "):
-        text = text.split(mark, 1)[0]
-    return text.strip().lower().replace("_", "-")
+    try:
+        return canonicalize_name(Requirement(text).name) if text else ""
+    except InvalidRequirement:  # (an option line such as --index-url: names no package)
+        return ""

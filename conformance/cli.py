@@ -306,7 +306,7 @@ def _bisect_releases(args: argparse.Namespace) -> int:
     output = args.output or Path("reports", "bisect", f"{args.package}-{args.good}-{args.bad or 'newest'}")
     output.mkdir(parents=True, exist_ok=True)
     registry = bisection.PipRegistry()
-    bad = args.bad or _newest(registry.versions(args.package))
+    bad = args.bad or bisection.newest(registry.versions(args.package))
     environments = bisection.ReleaseEnvironments(
         args.package, checkout, selection, output.resolve(), cache=args.env_cache, extra=args.with_,
         timeout_s=args.timeout, log=print,
@@ -324,7 +324,7 @@ def _bisect_releases(args: argparse.Namespace) -> int:
                 ran = environments.run(bad, 0)
                 if isinstance(ran, bisection.Skipped):
                     raise SystemExit(f"error: {args.package} {bad} cannot be tested: {ran.reason}")
-                failing = [k for k, o in ran.observations.items() if not _conformant(o.outcome)]
+                failing = [k for k, o in ran.observations.items() if history.failing(o.outcome)]
                 if not failing:
                     raise SystemExit(f"error: every check of the selection is conformant on {args.package} {bad}")
                 found = store.last_passing_version(args.package, failing)
@@ -421,29 +421,6 @@ def _specifier(text: str) -> SpecifierSet:
         return SpecifierSet(text)
     except InvalidSpecifier:
         raise argparse.ArgumentTypeError(f"{text!r}: a version specifier such as '>=0.5,<0.6' or '==3.2.1'") from None
-
-
-def _newest(versions: Iterable[str]) -> str:
-    from packaging.version import InvalidVersion, Version
-
-    from conformance.bisection import BisectError
-
-    parsed = []
-    for text in versions:
-        try:
-            parsed.append((Version(text), text))
-        except InvalidVersion:
-            continue
-    releases = [(version, text) for version, text in parsed if not version.is_prerelease]
-    if not releases:
-        raise BisectError("the registry lists no release to call the newest: give --bad VERSION")
-    return max(releases)[1]
-
-
-def _conformant(outcome: str) -> bool:
-    from conformance.compare import CONFORMANT, Outcome
-
-    return Outcome(outcome) in CONFORMANT
 
 
 def main(argv: list[str] | None = None) -> int:

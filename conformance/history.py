@@ -32,6 +32,7 @@ from conformance.merging import runs_of
 from conformance.profiles import HOST
 from conformance.records import edition, observed, output_identity
 from conformance.results import ResultsFileError, read_results, result_key
+from conformance.run_environment import framework_versions
 
 SCHEMA_VERSION = 1
 DEFAULT_PATH = Path("reports", "history.sqlite")
@@ -153,14 +154,6 @@ def _machine(environment: Mapping[str, Any]) -> str:
     variables = (environment.get("cpu_features") or {}).get("variables") or {}
     chosen = ", ".join(f"{name}={value}" for name, value in sorted(variables.items()) if value not in (None, ""))
     return f"{machine} {chosen}" if chosen else machine
-
-
-def _versions(environment: Mapping[str, Any]) -> dict[str, str]:
-    # Files written before frameworks were recorded by name have only the distributions' versions.
-    found = environment.get("framework_versions")
-    if not isinstance(found, dict):
-        found = environment.get("packages")
-    return {str(k): str(v) for k, v in (found or {}).items() if v is not None}
 
 
 def _version_order(text: str) -> tuple[int, Version | str, str]:
@@ -356,7 +349,9 @@ class History:
     def _run_rows(self) -> dict[int, RunRow]:
         # Read afresh by every query (runs are few): another process may have added some since.
         return {
-            id_: RunRow(id_, created, label, source, _versions(json.loads(environment)), machine, bool(interrupted))
+            id_: RunRow(
+                id_, created, label, source, framework_versions(json.loads(environment)), machine, bool(interrupted)
+            )
             for id_, created, label, source, environment, machine, interrupted in self._db.execute(
                 "SELECT id, created, label, source, environment, machine, interrupted FROM runs"
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,23 @@ def base_environment() -> dict[str, Any]:
     }
 
 
+def framework_versions(environment: Mapping[str, Any]) -> dict[str, str]:
+    """Framework name -> version of a recorded run's environment."""
+    versions = environment.get("framework_versions")
+    if isinstance(versions, dict):
+        return {str(name): str(version) for name, version in versions.items() if version is not None}
+    # Results written before frameworks were recorded by name: read the packages.
+    packages = environment.get("packages") or {}
+    return {
+        framework.name: str(packages[found])
+        for framework in frameworks.known()
+        if (found := next((d for d in framework.distributions if d in packages), None))
+    }
+
+
 def run_label(environment: dict[str, Any]) -> str:
     """A short name for a run: its machine, its profile unless the host's, and the framework versions it ran."""
-    versions = environment.get("framework_versions")
-    if versions is None:  # results written before frameworks were recorded by name: read the packages
-        packages = environment.get("packages", {})
-        versions = {
-            framework.name: packages[found]
-            for framework in frameworks.known()
-            if (found := next((d for d in framework.distributions if d in packages), None))
-        }
-    versions = frameworks.versions_line(versions)
+    versions = frameworks.versions_line(framework_versions(environment))
     gpus = [
         d
         for info in environment.get("frameworks", {}).values()
