@@ -211,7 +211,7 @@ function overview() {
 // in which versions it passed, so a regression names its first failing version at a glance.
 function historyTable() {
   const H = D.history;
-  const when = (o) => o ? `${o.created.slice(0, 10)} ${o.version || "?"}` : "";
+  const when = (o) => o ? `${o.created.slice(0, 16).replace("T", " ")} UTC, ${o.version || "?"}` : "";  // (runs of one day differ by the minute)
   const table = el("table", { class: "plain", id: "history-table" },
     el("tr", {}, ["case", "target", "dtype", "failing since", "last passed", "passed in", "runs"].map((h) => el("th", {}, h))));
   for (const c of H.checks) {
