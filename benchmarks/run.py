@@ -330,7 +330,7 @@ def section_collection(args: argparse.Namespace, scratch: Path) -> dict[str, Any
     figures["sweep_collect_us_per_item"] = sweep["wall_s"] / max(1, figures["sweep_items"]) * 1e6
     figures["sweep_collect_peak_rss_gib"] = sweep["peak_rss_bytes"] / 2**30
     # One item per check (--conformance-batch off): what collecting costs at its most.
-    large = measured_process([*collect, "cases/", "-m", "large", "--conformance-batch=off"])
+    large = measured_process([*collect, "cases/", "-m", args.collection_mark, "--conformance-batch=off"])
     figures["large_tier"] = {
         "items": collected(large["output"]),
         "collect_s": large["wall_s"],
@@ -460,7 +460,9 @@ def _junit_seconds(path: Path) -> dict[str, float]:
     return seconds
 
 
-def readme_run(checkout: Path, scratch: Path, name: str, user_cache: Path) -> dict[str, Any]:
+def readme_run(
+    checkout: Path, scratch: Path, name: str, user_cache: Path, python: str = sys.executable
+) -> dict[str, Any]:
     """The README's test command, `pytest -n auto` (harness tests and cases), in `checkout` with its
     own package first on the import path and `user_cache` as the user's cache directory (where the
     compilation cache lives by default, for the run and for the runs its tests start), and where
@@ -469,7 +471,7 @@ def readme_run(checkout: Path, scratch: Path, name: str, user_cache: Path) -> di
 
     out = scratch / name
     out.mkdir(parents=True)
-    command = [sys.executable, "-m", "pytest", "-n", "auto", "-p", "no:cacheprovider", "-q"]
+    command = [python, "-m", "pytest", "-n", "auto", "-p", "no:cacheprovider", "-q"]
     command += ["--junitxml", str(out / "junit.xml"), "--conformance-json", str(out / "results.json")]
     command += ["--conformance-html", str(out / "index.html")]
     environment = {"PYTHONPATH": str(checkout), "XDG_CACHE_HOME": str(user_cache)}
@@ -523,11 +525,12 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
     nothing there: both of its runs are cold)."""
     before, after = args.before.resolve(), args.after.resolve()
     caches = {side: scratch / f"user-cache-{side}" for side in ("before", "after")}
+    pythons = {"before": args.before_python or sys.executable, "after": args.after_python or sys.executable}
     runs = {
-        "before_1": readme_run(before, scratch, "before-1", caches["before"]),
-        "after_cold": readme_run(after, scratch, "after-cold", caches["after"]),
-        "after_warm": readme_run(after, scratch, "after-warm", caches["after"]),
-        "before_2": readme_run(before, scratch, "before-2", caches["before"]),
+        "before_1": readme_run(before, scratch, "before-1", caches["before"], pythons["before"]),
+        "after_cold": readme_run(after, scratch, "after-cold", caches["after"], pythons["after"]),
+        "after_warm": readme_run(after, scratch, "after-warm", caches["after"], pythons["after"]),
+        "before_2": readme_run(before, scratch, "before-2", caches["before"], pythons["before"]),
     }
     cache = caches["after"]
     before_wall = statistics.mean([runs["before_1"]["wall_s"], runs["before_2"]["wall_s"]])
@@ -537,6 +540,7 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
 
     return {
         **runs,
+        "pythons": {side: _installed(python) for side, python in pythons.items()},
         "cache_bytes": sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()),
         "after_cold_over_before": runs["after_cold"]["wall_s"] / before_wall,
         "after_warm_over_before": runs["after_warm"]["wall_s"] / before_wall,
@@ -545,6 +549,17 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
         "same_checks_cold": _same_checks(results("before_1"), results("after_cold")),
         "same_checks_warm": _same_checks(results("after_cold"), results("after_warm")),
     }
+
+
+def _installed(python: str) -> dict[str, str]:
+    """One side's interpreter and the numpy and ml_dtypes it imports, where two sides' installs differ
+    (a changed constraints.txt); each run's results name the frameworks' versions."""
+    probe = (
+        "import json, numpy, ml_dtypes\n"
+        "print(json.dumps({'numpy': numpy.__version__, 'ml_dtypes': ml_dtypes.__version__}))"
+    )
+    printed = subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout.strip()
+    return {"python": python, **(json.loads(printed) if printed else {})}
 
 
 MOST = ("held_most_bytes", "left_most_bytes", "peak_rss_bytes")
@@ -712,9 +727,18 @@ def main() -> int:
         default="large and cpu",
         help="-m of the large, shards and million sections (default: large and cpu)",
     )
+    parser.add_argument(
+        "--collection-mark",
+        default="large",
+        help="-m of the collection section's large-tier collection (default: large, every target's)",
+    )
     parser.add_argument("--report-sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--before", type=Path, default=None, help="checkouts: the baseline (e.g. a worktree of main)")
     parser.add_argument("--after", type=Path, default=ROOT, help="checkouts: the change (default: this checkout)")
+    parser.add_argument(
+        "--before-python", default=None, help="checkouts: the baseline's interpreter, where its install differs"
+    )
+    parser.add_argument("--after-python", default=None, help="checkouts: the change's interpreter (default: this one)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--compare", type=Path, default=None, help="an earlier results JSON to show beside this one")
     args = parser.parse_args()

@@ -405,6 +405,10 @@ COMPANIONS: dict[str, tuple[str, ...]] = {"jax": ("jaxlib=={version}",)}
 # on whichever backend is installed (TensorFlow and JAX here), and the ONNX Runtime target builds
 # its models with onnx.
 ALSO_NEEDED: dict[str, tuple[str, ...]] = {"keras": ("tensorflow-cpu", "jax", "jaxlib"), "onnxruntime": ("onnx",)}
+# Constraints that every release under test may need at another version, left to the resolver:
+# constraints.txt pins ml_dtypes for its import time, and older frameworks require older ones
+# (TensorFlow 2.16: ml_dtypes~=0.3.1).
+FOLLOW_THE_RELEASE = frozenset({"ml-dtypes"})
 IMPORT_NAMES = {"tensorflow-cpu": "tensorflow", "onnxruntime-gpu": "onnxruntime"}
 # Packages whose registry releases are GPU builds of several GB each (with their CUDA libraries):
 # a bisection over them downloads one per release, so it must be asked for by name.
@@ -495,8 +499,8 @@ class ReleaseEnvironments:
         return [f"{self.package}=={version}", *companions, *ALSO_NEEDED.get(self.package, ()), *self.extra]
 
     def constraints(self) -> str:
-        """The checkout's constraints, less the package under test and its companions."""
-        moving = {self.package, *(c.split("=")[0] for c in COMPANIONS.get(self.package, ()))}
+        """The checkout's constraints, less the package under test, its companions and what follows the release."""
+        moving = {self.package, *(c.split("=")[0] for c in COMPANIONS.get(self.package, ())), *FOLLOW_THE_RELEASE}
         path = self.checkout / "constraints.txt"
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         kept = [line for line in lines if _requirement_name(line) not in moving]

@@ -4,7 +4,10 @@ a directory with its own rootdir, case files and a conftest that adds test-only 
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,5 +30,17 @@ def write_project(directory: Path, adapters: list[str], case_files: dict[str, st
 
 
 def child_environment(**extra: str) -> dict[str, str]:
-    """This environment without the outer pytest's and xdist's variables (a child must not think it is a worker)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | extra
+    """This environment without the outer pytest's and xdist's variables (a child must not think it
+    is a worker). The runs started with it leave out Hypothesis' pytest plugin: importing Hypothesis
+    costs each of their pytest processes 0.65 s, and none of them runs a property-based test (the
+    fuzzer imports Hypothesis itself)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    return inherited | {"PYTEST_ADDOPTS": "-p no:hypothesispytest"} | extra
+
+
+def not_installed(module: str) -> pytest.MarkDecorator:
+    """A module's skip mark where `module` is not installed, found without importing it: an import
+    at collection (pytest.importorskip) would load the framework into every process that collects
+    the tests, each xdist worker and each worker that replaces one (Keras brings TensorFlow and
+    JAX: about 4 s and 0.6 GiB each time)."""
+    return pytest.mark.skipif(find_spec(module) is None, reason=f"{module} is not installed")

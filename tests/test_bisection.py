@@ -166,13 +166,15 @@ def test_a_bad_release_the_registry_does_not_have_is_refused() -> None:
 
 
 def test_environments_hold_everything_else_at_the_checkouts_constraints(tmp_path: Path) -> None:
-    (tmp_path / "constraints.txt").write_text("# pins\ntorch==2.13.0\njax==0.10.2\njaxlib==0.10.2\nkeras==3.15.1\n")
+    pins = "# pins\ntorch==2.13.0\njax==0.10.2\njaxlib==0.10.2\nkeras==3.15.1\nml_dtypes==0.6.0\n"
+    (tmp_path / "constraints.txt").write_text(pins)
     jax = bisection.ReleaseEnvironments("jax", tmp_path, [], tmp_path, cache=tmp_path / "envs", uv="uv")
     assert jax.requirements("0.9.0")[:2] == ["jax==0.9.0", "jaxlib==0.9.0"]  # jaxlib moves with jax
     assert jax.constraints().split() == ["#", "pins", "torch==2.13.0", "keras==3.15.1"]
     keras = bisection.ReleaseEnvironments("keras", tmp_path, [], tmp_path, cache=tmp_path / "envs", uv="uv")
     assert "tensorflow-cpu" in keras.requirements("3.10.0")  # Keras 3 needs a backend it does not depend on
     assert "jax==0.10.2" in keras.constraints() and "keras==" not in keras.constraints()
+    assert "ml_dtypes" not in keras.constraints()  # an older release may need an older one
     assert keras.directory("3.10.0") != keras.directory("3.11.0")
     assert keras.directory("3.10.0") == keras.directory("3.10.0")
     runtime = bisection.ReleaseEnvironments("onnxruntime", tmp_path, [], tmp_path, cache=tmp_path / "envs", uv=None)

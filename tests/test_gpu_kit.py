@@ -17,7 +17,7 @@ from tests.projects import REPO, child_environment
 def test_the_gpu_kit_runs_end_to_end_with_the_gpu_pointed_at_the_cpu(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "gpu"
-    env = child_environment(CONFORMANCE_GPU_STAND_IN="cpu", CONFORMANCE_GPU_KIT_WORKERS="2")
+    env = child_environment(CONFORMANCE_GPU_STAND_IN="cpu", CONFORMANCE_GPU_KIT_WORKERS="1")
     finished = subprocess.run(
         # One family of the documents' cases (336 GPU records): every step of the kit, in seconds.
         [str(REPO / "benchmarks" / "gpu" / "run.sh"), str(out), "-k", "documents and tf-4x4 and not hvp and not grad"],
@@ -47,7 +47,7 @@ def test_a_kit_run_the_budget_stops_still_reports_what_finished(tmp_path: Path) 
     pytest.importorskip("torch")
     out = tmp_path / "gpu"
     env = child_environment(
-        CONFORMANCE_GPU_STAND_IN="cpu", CONFORMANCE_GPU_KIT_WORKERS="2", CONFORMANCE_GPU_KIT_BUDGET_S="12"
+        CONFORMANCE_GPU_STAND_IN="cpu", CONFORMANCE_GPU_KIT_WORKERS="1", CONFORMANCE_GPU_KIT_BUDGET_S="12"
     )
     finished = subprocess.run(
         [str(REPO / "benchmarks" / "gpu" / "run.sh"), str(out), "-k", "documents"],

@@ -26,8 +26,9 @@ from conformance.adapters.keras import (
 from conformance.cases import Case, load_file
 from conformance.frameworks import version_of
 from tests import fault_adapters
+from tests.projects import not_installed
 
-pytest.importorskip("keras")
+pytestmark = not_installed("keras")
 
 CASES = """
 [defaults]

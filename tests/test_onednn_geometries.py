@@ -17,14 +17,14 @@ import pytest
 
 from conformance import expectations, runner
 from conformance.adapters import Target
+from conformance.adapters import tensorflow as tf_adapters
 from conformance.adapters.child import InChildProcess
 from conformance.cases import load_file
 from conformance.compare import CONFORMANT, Outcome
 from conformance.sweeps import record_variables
+from tests.projects import not_installed
 
-pytest.importorskip("tensorflow")
-
-from conformance.adapters import tensorflow as tf_adapters
+pytestmark = not_installed("tensorflow")
 
 REPO = Path(__file__).resolve().parent.parent
 

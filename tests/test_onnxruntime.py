@@ -13,8 +13,9 @@ from conformance.adapters import Target
 from conformance.adapters.onnxruntime import AutoPad, OnnxRuntimeConv, OnnxRuntimeTorchExport, Optimisations
 from conformance.adapters.program import Do, Name, Program, With, invoke, method
 from conformance.cases import Case, load_file
+from tests.projects import not_installed
 
-pytest.importorskip("onnxruntime")
+pytestmark = not_installed("onnxruntime")
 
 CASES = """
 [defaults]

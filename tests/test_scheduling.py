@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 
 from conformance.plugin import scheduling
-from tests.projects import child_environment
+from tests.projects import REPO, child_environment
 
 
 def fake(nodeid: str) -> pytest.Item:
@@ -116,3 +116,21 @@ def test_the_harness_tests_of_a_run_reach_every_worker(tmp_path: Path) -> None:
     assert [i for i, nodeid in enumerate(order) if nodeid.startswith("test_b.py")] == [half, half + 1, half + 2]
     workers = {n: {(tmp_path / "ran" / f"{n}_{i}").read_text() for i in range(3)} for n in ("a", "b")}
     assert len(workers["a"]) == len(workers["b"]) == 1 and workers["a"] != workers["b"], workers
+
+
+def test_collecting_the_harness_tests_loads_no_framework() -> None:
+    """Every xdist worker collects the harness's tests, and so does each worker that replaces one: a
+    test module that imports a framework at collection (pytest.importorskip("keras") did: TensorFlow
+    and JAX with it) costs each of them seconds and hundreds of MiB before its first check."""
+    probe = (
+        "import sys, pytest\n"
+        "status = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests'])\n"
+        "loaded = sorted(m for m in ('torch', 'tensorflow', 'jax', 'keras', 'onnxruntime') if m in sys.modules)\n"
+        "print(int(status), loaded)\n"
+    )
+    env = child_environment()
+    finished = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    last_line = finished.stdout.strip().splitlines()[-1]
+    assert last_line == "0 []", finished.stdout[-2000:] + finished.stderr[-2000:]
