@@ -97,6 +97,7 @@ GOALS: dict[str, tuple[float, str]] = {
     "large.peak_rss_gib_controller": (1.0, "<"),
     "shards.sequential_over_unsharded": (1.1, "<="),
     "checkouts.after_cold_over_before": (1 / 3, "<="),
+    "checkouts.after_cold_over_baseline": (1 / 3, "<="),
     "checkouts.warm_speedup_over_cold": (2.0, ">="),
     "checkouts.same_checks_cold.differing_checks_or_outcomes": (0, "=="),
     "extended.exit": (0, "=="),
@@ -519,21 +520,28 @@ def readme_run(
 
 def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The README's command on two checkouts of this repository (--before, --after), alternating on
-    one machine: before, after, after again, before again. Every run gets one empty user cache
-    directory (XDG_CACHE_HOME) of its side: the after side's first run starts cold and its second
-    re-runs on what the first compiled (a checkout without a persistent compilation cache keeps
-    nothing there: both of its runs are cold)."""
+    one machine: before, after, after again, before again. Each side gets one empty user cache
+    directory (XDG_CACHE_HOME): its first run starts cold and its second re-runs on what the first
+    compiled (a checkout without a persistent compilation cache keeps nothing there: both of its
+    runs are cold, and their spread is the machine's drift). With --baseline, a third checkout (an
+    issue's starting point) runs once first, cold, for the ratio over the whole issue."""
     before, after = args.before.resolve(), args.after.resolve()
-    caches = {side: scratch / f"user-cache-{side}" for side in ("before", "after")}
+    caches = {side: scratch / f"user-cache-{side}" for side in ("baseline", "before", "after")}
     pythons = {"before": args.before_python or sys.executable, "after": args.after_python or sys.executable}
-    runs = {
+    runs: dict[str, dict[str, Any]] = {}
+    if args.baseline is not None:
+        runs["baseline"] = readme_run(
+            args.baseline.resolve(), scratch, "baseline", caches["baseline"], pythons["before"]
+        )
+    runs |= {
         "before_1": readme_run(before, scratch, "before-1", caches["before"], pythons["before"]),
         "after_cold": readme_run(after, scratch, "after-cold", caches["after"], pythons["after"]),
         "after_warm": readme_run(after, scratch, "after-warm", caches["after"], pythons["after"]),
         "before_2": readme_run(before, scratch, "before-2", caches["before"], pythons["before"]),
     }
-    cache = caches["after"]
-    before_wall = statistics.mean([runs["before_1"]["wall_s"], runs["before_2"]["wall_s"]])
+
+    def cache_bytes(side: str) -> int:
+        return sum(p.stat().st_size for p in caches[side].rglob("*") if p.is_file())
 
     def results(name: str) -> Path:
         return Path(runs[name]["results_path"])
@@ -541,14 +549,39 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
     return {
         **runs,
         "pythons": {side: _installed(python) for side, python in pythons.items()},
-        "cache_bytes": sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()),
-        "after_cold_over_before": runs["after_cold"]["wall_s"] / before_wall,
-        "after_warm_over_before": runs["after_warm"]["wall_s"] / before_wall,
-        "warm_speedup_over_cold": runs["after_cold"]["wall_s"] / runs["after_warm"]["wall_s"],
-        "before_runs_spread": abs(runs["before_1"]["wall_s"] - runs["before_2"]["wall_s"]) / before_wall,
+        "cache_bytes": cache_bytes("after"),
+        "before_cache_bytes": cache_bytes("before"),
+        **checkout_ratios(runs, before_kept_a_cache=cache_bytes("before") > 0),
         "same_checks_cold": _same_checks(results("before_1"), results("after_cold")),
         "same_checks_warm": _same_checks(results("after_cold"), results("after_warm")),
     }
+
+
+def checkout_ratios(runs: dict[str, dict[str, Any]], before_kept_a_cache: bool) -> dict[str, float]:
+    """The checkouts section's ratios of wall times. Where the before side keeps a compilation
+    cache too, its second run is warm: cold is compared with cold and warm with warm. Otherwise
+    both before runs are cold, their mean is the baseline and their spread the machine's drift."""
+    wall = {name: run["wall_s"] for name, run in runs.items()}
+    ratios = {"warm_speedup_over_cold": wall["after_cold"] / wall["after_warm"]}
+    if before_kept_a_cache:
+        ratios |= {
+            "after_cold_over_before": wall["after_cold"] / wall["before_1"],
+            "after_warm_over_before_warm": wall["after_warm"] / wall["before_2"],
+            "before_warm_speedup_over_cold": wall["before_1"] / wall["before_2"],
+        }
+    else:
+        before_wall = statistics.mean([wall["before_1"], wall["before_2"]])
+        ratios |= {
+            "after_cold_over_before": wall["after_cold"] / before_wall,
+            "after_warm_over_before": wall["after_warm"] / before_wall,
+            "before_runs_spread": abs(wall["before_1"] - wall["before_2"]) / before_wall,
+        }
+    if "baseline" in wall:
+        ratios |= {
+            "after_cold_over_baseline": wall["after_cold"] / wall["baseline"],
+            "after_warm_over_baseline": wall["after_warm"] / wall["baseline"],
+        }
+    return ratios
 
 
 def _installed(python: str) -> dict[str, str]:
@@ -735,6 +768,9 @@ def main() -> int:
     parser.add_argument("--report-sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--before", type=Path, default=None, help="checkouts: the baseline (e.g. a worktree of main)")
     parser.add_argument("--after", type=Path, default=ROOT, help="checkouts: the change (default: this checkout)")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="checkouts: a third checkout run once, cold (an issue's start)"
+    )
     parser.add_argument(
         "--before-python", default=None, help="checkouts: the baseline's interpreter, where its install differs"
     )
