@@ -540,8 +540,7 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
         "before_2": readme_run(before, scratch, "before-2", caches["before"], pythons["before"]),
     }
 
-    def cache_bytes(side: str) -> int:
-        return sum(p.stat().st_size for p in caches[side].rglob("*") if p.is_file())
+    cache_bytes = {side: sum(p.stat().st_size for p in caches[side].rglob("*") if p.is_file()) for side in caches}
 
     def results(name: str) -> Path:
         return Path(runs[name]["results_path"])
@@ -549,9 +548,9 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
     return {
         **runs,
         "pythons": {side: _installed(python) for side, python in pythons.items()},
-        "cache_bytes": cache_bytes("after"),
-        "before_cache_bytes": cache_bytes("before"),
-        **checkout_ratios(runs, before_kept_a_cache=cache_bytes("before") > 0),
+        "cache_bytes": cache_bytes["after"],
+        "before_cache_bytes": cache_bytes["before"],
+        **checkout_ratios(runs, before_kept_a_cache=cache_bytes["before"] > 0),
         "same_checks_cold": _same_checks(results("before_1"), results("after_cold")),
         "same_checks_warm": _same_checks(results("after_cold"), results("after_warm")),
     }

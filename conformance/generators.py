@@ -30,7 +30,8 @@ def _raw_words(seed: int, count: int) -> np.ndarray:
 
 
 def _to_unit_uniforms(words: np.ndarray) -> np.ndarray:
-    """Floats in [0, 1): the top 53 bits of each word, scaled by 2**-53 (exact)."""
+    """Floats in [0, 1): the top 53 bits of each word, scaled by 2**-53 (exact). Shifts `words` in
+    place: callers hand over a fresh draw."""
     words >>= np.uint64(11)
     floats = words.astype(np.float64)
     floats *= 2.0**-53

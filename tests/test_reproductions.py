@@ -231,17 +231,16 @@ def _passing_check(adapter: Adapter, cases: list[Case]) -> tuple[Case, str] | st
     cases = [case for case in cases if adapter.mismatch(case.op, case.rank) is None]
     records: dict[str, Record] = {}
     for case in cases:  # up to the first that passes: each check of a child's target is a round trip
-        records[case.id] = run_check(case, target, "float32")
-        if records[case.id]["outcome"] == "pass":
-            break
-    passing = [case for case in cases if case.id in records and records[case.id]["outcome"] == "pass"]
-    if not passing and all(r["outcome"] == "unsupported" for r in records.values()):
+        record = records[case.id] = run_check(case, target, "float32")
+        if record["outcome"] == "pass":
+            return case, str(record["reproduction"])
+    # None passes: why (every record is here now).
+    if all(r["outcome"] == "unsupported" for r in records.values()):
         return f"unsupported on this machine: {records[cases[0].id]['message']}"
     known = [expectations.apply(r, KNOWN.entries) for r in records.values() if r["outcome"] != "unsupported"]
-    if not passing and known and all(r["outcome"] == "xfail" for r in known):
+    if known and all(r["outcome"] == "xfail" for r in known):
         return f"a known divergence on this machine: {known[0]['message']}"
-    assert passing, {case_id: (r["outcome"], r["message"]) for case_id, r in records.items()}
-    return passing[0], str(records[passing[0].id]["reproduction"])
+    raise AssertionError({case_id: (r["outcome"], r["message"]) for case_id, r in records.items()})
 
 
 def _same_bits(pasted: np.ndarray, adapter: Adapter, case: Case) -> None:

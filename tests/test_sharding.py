@@ -37,7 +37,7 @@ def test_balanced_shards_deal_the_longest_cases_first() -> None:
 
 # The reference's targets: sharding and merging are the same for every framework (the million
 # section's test shards torch too), and each of this test's seven runs then starts in seconds.
-CORPUS = ("documents", "zero_sized", "padding", "stride_rate")
+CORPUS = ("documents", "zero_sized", "padding", "stride_rate", "exact_integers")
 SLICE = (*(f"--cases=cases/{name}.toml" for name in CORPUS), "-m", "numpy")
 
 
@@ -69,7 +69,7 @@ def test_three_shards_merged_equal_the_unsharded_run(tmp_path: Path) -> None:
         [sys.executable, "-m", "conformance", "merge", *inputs, "-o", str(merged_path)], check=True, cwd=REPO
     )
     merged = json.loads(merged_path.read_text())
-    assert len(whole["results"]) > 80 and {r["outcome"] for r in whole["results"]} == {"pass", "expected-error"}
+    assert len(whole["results"]) > 100 and {r["outcome"] for r in whole["results"]} == {"pass", "expected-error"}
     # The same checks, outcomes and output hashes (bit-identical outputs), and the same totals.
     assert _checks(merged) == _checks(whole)
     assert merged["summary"]["by_outcome"] == whole["summary"]["by_outcome"]
