@@ -1,16 +1,23 @@
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from conformance import native
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The interpreters the tests start (about 200: runs of their own, probes, framework children) keep
+# the bytecode they compile, as Python does by default (`__pycache__/`, ignored by git). Where
+# PYTHONDONTWRITEBYTECODE is set, each would compile the package again, and each pytest process
+# parse and rewrite its assertions again (the package is a plugin): about 0.2 s a process.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 # A framework dropped from sys.modules and imported again is corrupted (conformance/native.py): the
 # guard turns that into an ImportError naming the cause, and `pytester` below keeps it from happening.
@@ -29,12 +36,21 @@ class _KeepingLoadedPackages:
     first copy's. Modules from the test's own directory (an inner run's conftest and test files)
     are dropped, as pytester intends."""
 
+    # Module file -> its resolved path: each restore looks at every loaded module (thousands with
+    # TensorFlow loaded), and resolving a path costs a system call per component.
+    _resolved: ClassVar[dict[str, Path]] = {}
+
     def __init__(self, snapshot: Any, own_directory: Path) -> None:
         self.snapshot, self.own_directory = snapshot, own_directory.resolve()
 
     def _outside_the_test(self, module: ModuleType | None) -> bool:
         file = getattr(module, "__file__", None)
-        return file is not None and not Path(file).resolve().is_relative_to(self.own_directory)
+        if file is None:
+            return False
+        resolved = self._resolved.get(file)
+        if resolved is None:
+            resolved = self._resolved[file] = Path(file).resolve()
+        return not resolved.is_relative_to(self.own_directory)
 
     def restore(self) -> None:
         kept = {name: module for name, module in sys.modules.items() if self._outside_the_test(module)}

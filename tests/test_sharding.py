@@ -36,9 +36,11 @@ def test_balanced_shards_deal_the_longest_cases_first() -> None:
 
 
 # The reference's targets: sharding and merging are the same for every framework (the million
-# section's test shards torch too), and each of this test's seven runs then starts in seconds.
+# section's test shards torch too), and each of this test's seven runs then starts in seconds. No
+# known divergence concerns them: without the expectations file, a run does not read the whole
+# corpus at its end to tell which entries are stale.
 CORPUS = ("documents", "zero_sized", "padding", "stride_rate", "exact_integers")
-SLICE = (*(f"--cases=cases/{name}.toml" for name in CORPUS), "-m", "numpy")
+SLICE = (*(f"--cases=cases/{name}.toml" for name in CORPUS), "-m", "numpy", "--expectations", "none")
 
 
 def _run(directory: Path, name: str, *extra: str) -> dict:
