@@ -70,9 +70,14 @@ class NativeHang(FaultAdapter):
     op = "hang"
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        # Catastrophic backtracking: C code that holds the GIL for longer than the universe has left,
-        # so no Python-level timer or thread could interrupt it.
-        re.match(r"(a+)+$", "a" * 64 + "b")
+        # C code that waits forever holding the GIL, so no Python-level timer or thread could
+        # interrupt it: a mutex locked twice by its own thread (a deadlock; signals do not end the
+        # wait), called through PyDLL, which keeps the GIL. It waits without spending CPU, which the
+        # run's other worker needs (a busy hang would take a core for each timeout).
+        libc = ctypes.PyDLL(None)
+        mutex = ctypes.create_string_buffer(64)  # (zeros: a default mutex, PTHREAD_MUTEX_INITIALIZER)
+        libc.pthread_mutex_lock(mutex)
+        libc.pthread_mutex_lock(mutex)
         raise AssertionError("unreachable")
 
 
