@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from math import prod
 from typing import Any
 
@@ -66,7 +65,7 @@ def tangent_spec(case: Case, name: str, integer: bool) -> dict[str, Any]:
     return {"generator": "uniform", "low": -1.0, "high": 1.0, "seed": seed}
 
 
-@lru_cache(maxsize=16)
+@held_memory.bounded_cache(16)
 def tangents(case: Case, dtype: str) -> Tangents:
     data = materialize(case, dtype)
     x64, w64 = data.x.astype(np.float64), data.w.astype(np.float64)
@@ -128,16 +127,12 @@ def exact_answer(case: Case, quantity: str, a: np.ndarray, b: np.ndarray) -> np.
     return reference.conv_kernel_grad(a64, b64, geo, groups)
 
 
-@lru_cache(maxsize=16)
+@held_memory.bounded_cache(16)
 def _answer(case: Case, dtype: str, quantity: str, tangents: Tangents) -> tuple[np.ndarray, np.ndarray]:
     data = materialize(case, dtype)
     a, b = _operands(case, quantity, data.x, data.w, tangents)
     with timing.spent(timing.REFERENCE):
         return exact_answer(case, quantity, a, b), exact_answer(case, quantity, np.abs(a), np.abs(b))
-
-
-held_memory.on_release(tangents.cache_clear)
-held_memory.on_release(_answer.cache_clear)
 
 
 def expected(

@@ -7,7 +7,8 @@ runs checks (an xdist worker, a framework's child process) measures its resident
 check against one budget, `--conformance-recycle-above` (1.5 GiB by default):
 
 1. over it, the process releases every cache it can: the harness's own (`on_release` registers
-   them: built framework objects, baseline outputs, prepared data), the frameworks' (JAX's compiled
+   them: built framework objects, baseline outputs, prepared data, which keep at most
+   `CACHE_BYTES` of arrays beyond the running case's, `BoundedEntries`), the frameworks' (JAX's compiled
    programs, TensorFlow's kernel cache, Keras' global state) and the C allocator's free pages
    (`malloc_trim`): what a finished case no longer needs, rebuilt by the next check that does;
 2. still over it after that, or over it again within 100 checks of the last release (what no release
@@ -32,15 +33,24 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import functools
 import gc
 import os
 import resource
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar
+
+import numpy as np
 
 from conformance.cost import format_size
+
+V = TypeVar("V")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 RECYCLE_ABOVE = 3 << 29  # 1.5 GiB: a worker holds 0.9 GiB with torch, TensorFlow, JAX and ONNX Runtime loaded
 RECYCLE_VARIABLE = "CONFORMANCE_RECYCLE_ABOVE"  # how a child learns its parent's budget (bytes; 0: none)
@@ -101,6 +111,93 @@ def on_release(release: Callable[[], None]) -> Callable[[], None]:
     """Register a cache's release (its `clear`): called when this process is over its budget."""
     _releases.append(release)
     return release
+
+
+# What the harness's caches of a case's arrays keep of other cases than the one running. A case's
+# checks run back to back, so its own entries are the ones reused; counts alone let a few large cases'
+# references (a document's 4 x 208 x 208 x 32 output: 44 MB in float64, twice with its |x||w| sums)
+# take the process over its budget, and each release then costs the recompilation of what follows.
+CACHE_BYTES = 64 << 20
+
+
+def array_bytes(value: Any) -> int:
+    """The bytes of the NumPy arrays a cached value holds: itself, or in its fields or tuple items."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(array_bytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, tuple):
+        return sum(array_bytes(item) for item in value)
+    return 0
+
+
+class BoundedEntries(Generic[V]):
+    """Entries keyed by tuples that start with (case, dtype), in the order of their last use: at most
+    `maxsize` of them, and beyond those of the newest entry's case and dtype, at most `max_bytes` of
+    arrays; the least recently used go first. Released with the process's other caches when it is
+    over its budget."""
+
+    def __init__(self, maxsize: int, max_bytes: int = CACHE_BYTES) -> None:
+        self.maxsize, self.max_bytes = maxsize, max_bytes
+        self._entries: OrderedDict[tuple[Any, ...], tuple[V, int]] = OrderedDict()
+        self.held_bytes = 0
+        on_release(self.clear)
+
+    def __contains__(self, key: tuple[Any, ...]) -> bool:
+        return key in self._entries
+
+    def __getitem__(self, key: tuple[Any, ...]) -> V:
+        self._entries.move_to_end(key)
+        return self._entries[key][0]
+
+    def __setitem__(self, key: tuple[Any, ...], value: V) -> None:
+        size = array_bytes(value)
+        if key in self._entries:
+            self.held_bytes -= self._entries.pop(key)[1]
+        self._entries[key] = (value, size)
+        self.held_bytes += size
+        while len(self._entries) > self.maxsize:
+            self._drop(next(iter(self._entries)))
+        running = key[:2]
+        own = sum(size for k, (_, size) in self._entries.items() if k[:2] == running)
+        for other in [k for k in self._entries if k[:2] != running]:  # (the least recently used first)
+            if self.held_bytes - own <= self.max_bytes:
+                break
+            self._drop(other)
+
+    def _drop(self, key: tuple[Any, ...]) -> None:
+        self.held_bytes -= self._entries.pop(key)[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.held_bytes = 0
+
+
+class BoundedCache(Generic[P, R]):
+    """`functools.lru_cache(maxsize)` bounded in bytes too (`BoundedEntries`), for a function of a case,
+    a dtype and further hashable positional arguments that returns the case's arrays. Exceptions are
+    not kept."""
+
+    def __init__(self, function: Callable[P, R], maxsize: int, max_bytes: int = CACHE_BYTES) -> None:
+        self.function = function
+        self.entries: BoundedEntries[R] = BoundedEntries(maxsize, max_bytes)
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        assert not kwargs, f"{self.function.__name__} is cached by positional arguments only"
+        if args not in self.entries:
+            self.entries[args] = self.function(*args, **kwargs)
+        return self.entries[args]
+
+    def cache_clear(self) -> None:
+        self.entries.clear()
+
+
+def bounded_cache(maxsize: int, max_bytes: int = CACHE_BYTES) -> Callable[[Callable[P, R]], BoundedCache[P, R]]:
+    return lambda function: BoundedCache(function, maxsize, max_bytes)
 
 
 def _release_frameworks() -> None:

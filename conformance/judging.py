@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ class Prepared:
 
 # Data and the reference are made once per (case, dtype), not once per target. Items of one case
 # run back to back (also per xdist worker), so a small cache suffices and bounds memory.
-@lru_cache(maxsize=16)
+@held_memory.bounded_cache(16)
 def prepare(case: Case, dtype: str) -> Prepared:
     data = materialize(case, dtype)
     if not case.geometry.has_valid_output:
@@ -45,9 +44,6 @@ def prepare(case: Case, dtype: str) -> Prepared:
         with np.errstate(invalid="ignore"):  # inf * 0 in S is NaN, and S then says "unbounded"
             abs_products = reference_output(case, np.abs(x64), np.abs(w64))
     return Prepared(data, values, np.nan_to_num(abs_products, nan=np.inf))
-
-
-held_memory.on_release(prepare.cache_clear)
 
 
 def reference_output(case: Case, x: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -6,7 +6,6 @@ Independent of pytest: the plugin, the CLI and the harness's own tests all call 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
@@ -199,9 +198,7 @@ def runtime_facts(adapter: Any) -> dict[str, FactValue]:
 
 # The primary call's output per (case, dtype, baseline target): every oracle of a framework judges
 # against the same one, and a case's items run back to back, so a few entries are enough.
-_baseline_outputs: OrderedDict[tuple[Any, ...], np.ndarray | Exception] = OrderedDict()
-BASELINE_CACHE_SIZE = 8
-held_memory.on_release(_baseline_outputs.clear)
+_baseline_outputs: held_memory.BoundedEntries[np.ndarray | Exception] = held_memory.BoundedEntries(8)
 
 
 def _baseline_output(case: Case, dtype: str, baseline: Any, call: ConvCall, target: Target) -> np.ndarray | Exception:
@@ -215,8 +212,6 @@ def _baseline_output(case: Case, dtype: str, baseline: Any, call: ConvCall, targ
             raise
         except Exception as exc:
             _baseline_outputs[key] = exc
-        if len(_baseline_outputs) > BASELINE_CACHE_SIZE:
-            _baseline_outputs.popitem(last=False)
     return _baseline_outputs[key]
 
 

@@ -150,12 +150,11 @@ def tensor(spec: Mapping[str, Any], shape: tuple[int, ...], dtype: str) -> np.nd
 
 
 # The runner's forward reference and the derivatives' tangents both need a case's data: made once.
-@lru_cache(maxsize=16)
+@held_memory.bounded_cache(16)
 def materialize(case: Case, dtype: str) -> CaseData:
     x = tensor(case.input_spec, case.input_shape, dtype)
     w = tensor(case.kernel_spec, case.kernel_shape, dtype)
     return CaseData(x=x, w=w, x_hash=content_hash(x), w_hash=content_hash(w))
 
 
-held_memory.on_release(materialize.cache_clear)
 held_memory.on_release(stored_array.cache_clear)
