@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from conformance.cli import main as cli_main
+from conformance.plugin.run_state import OWNER_FILE, STATE_PREFIX, make_state_dir
 from conformance.report import embedded_data
 from conformance.results import StreamError, atomic_write_text, read_stream
 from tests.projects import child_environment, write_project
@@ -49,7 +51,8 @@ def result_lines(stream: Path) -> int:
 def killed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     corpus = {"slow.toml": "".join(CASE.format(n=n) for n in range(CASES))}
     tmp_path = write_project(tmp_path_factory.mktemp("killed"), ["Slow"], corpus)
-    env = child_environment(PYTHONUNBUFFERED="1")
+    (tmp_path / "tmp").mkdir()  # where the run makes its state directory (no cleanup reaches it)
+    env = child_environment(PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path / "tmp"))
     log = (tmp_path / "stdout.txt").open("w")
     process = subprocess.Popen(
         command("-n", "2", "-m", "paced"), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -98,7 +101,9 @@ def test_the_next_run_keeps_the_killed_runs_stream(killed_run: tuple[Path, str],
     directory = tmp_path / "again"  # a copy: the other tests read the killed run's files as they are
     shutil.copytree(killed_run[0], directory)
     before = (directory / "out" / "results.jsonl").read_bytes()
-    env = child_environment()
+    abandoned = list((directory / "tmp").glob(f"{STATE_PREFIX}*"))
+    assert len(abandoned) == 1, "the killed run's state directory"
+    env = child_environment(TMPDIR=str(directory / "tmp"))
     rerun = subprocess.run(
         command("-m", "paced", "-k", "c0"), cwd=directory, env=env, capture_output=True, text=True, timeout=300
     )
@@ -111,6 +116,28 @@ def test_the_next_run_keeps_the_killed_runs_stream(killed_run: tuple[Path, str],
     assert sum(len(row["cells"]) for row in embedded_data(drawn.read_text())["rows"]) == before.count(b'"result"')
     assert json.loads((directory / "out" / "results.json").read_text())["summary"]["total"] == 1
     assert read_stream(directory / "out" / "results.jsonl")["interrupted"] is None  # this one finished
+    # It removed the killed run's state directory, and its own when it ended.
+    assert not list((directory / "tmp").glob(f"{STATE_PREFIX}*"))
+
+
+def test_only_the_state_directories_of_this_hosts_ended_runs_are_removed(tmp_path: Path) -> None:
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    host = socket.gethostname()
+    owners = {
+        "ended": f"{host} {dead_pid}",
+        "running": f"{host} {os.getpid()}",
+        "elsewhere": f"another-host {dead_pid}",  # (a container sharing /tmp: its pids are its own)
+        "garbled": "no pid here",
+    }
+    for name, owner in owners.items():
+        (tmp_path / f"{STATE_PREFIX}{name}").mkdir()
+        (tmp_path / f"{STATE_PREFIX}{name}" / OWNER_FILE).write_text(owner)
+    (tmp_path / f"{STATE_PREFIX}being-made").mkdir()  # no owner file yet
+    made = make_state_dir(tmp_path)
+    assert (made / OWNER_FILE).read_text() == f"{host} {os.getpid()}"
+    left = sorted(p.name.removeprefix(STATE_PREFIX) for p in tmp_path.glob(f"{STATE_PREFIX}*") if p != made)
+    assert left == ["being-made", "elsewhere", "garbled", "running"]
 
 
 def test_a_torn_last_line_is_dropped_and_a_bad_middle_line_refused(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ def start(config: pytest.Config) -> RunState:
     if is_worker(config):
         state = RunState(Path(config.workerinput[STATE_DIR_INPUT]), known, stated)  # type: ignore[attr-defined]
     else:
-        state_dir = Path(tempfile.mkdtemp(prefix="conformance-run-"))
+        state_dir = make_state_dir(Path(tempfile.gettempdir()))
         config.add_cleanup(lambda: shutil.rmtree(state_dir, ignore_errors=True))
         saved = dict(os.environ)
 
@@ -79,6 +80,50 @@ def start(config: pytest.Config) -> RunState:
         os.environ[compile_cache.ROOT_VARIABLE] = str(options.compilation_cache or state_dir / "compiled")
     config.stash[_run_key] = state
     return state
+
+
+STATE_PREFIX = "conformance-run-"
+OWNER_FILE = "owner"  # "<host> <pid>" of the process that made the directory
+
+
+def make_state_dir(root: Path) -> Path:
+    """A new state directory under `root`, named for its owner; the directories of runs whose
+    owner is gone go first."""
+    remove_abandoned_state_dirs(root)
+    state_dir = Path(tempfile.mkdtemp(prefix=STATE_PREFIX, dir=root))
+    (state_dir / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}")
+    return state_dir
+
+
+def remove_abandoned_state_dirs(root: Path) -> list[Path]:
+    """The state directories under `root` whose run ended without removing them, removed: a run killed
+    outright (SIGKILL, the out-of-memory killer, a CI job's time limit) runs no cleanup, and with
+    `--conformance-cache none` its directory holds that run's compiled programs. Only a directory
+    whose owner was a process of this host (a container sharing /tmp has a host name of its own and
+    pids of its own) that no longer exists; one without an owner file (being made, or another
+    user's: mkdtemp makes it private) stays."""
+    removed = []
+    host = socket.gethostname()
+    for directory in root.glob(f"{STATE_PREFIX}*"):
+        try:
+            owner_host, pid = (directory / OWNER_FILE).read_text().split()
+            if owner_host != host or _alive(int(pid)):
+                continue
+        except (OSError, ValueError):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # (signal 0: only asks whether the process exists)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _label(config: pytest.Config, path: Path) -> str:
