@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -43,7 +44,10 @@ def run(pytester: pytest.Pytester, corpus: Path, *args: str) -> tuple[pytest.Run
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_results_json_and_invalid_cases(pytester: pytest.Pytester, corpus: Path, workers: list[str]) -> None:
-    result, document = run(pytester, corpus, *workers)
+    result, document = run(pytester, corpus, *workers, "--junitxml", "junit.xml")
+    # JUnit XML has the items, not the records (the results file has them).
+    junit = ElementTree.parse(pytester.path / "junit.xml")
+    assert len(list(junit.iter("testcase"))) == 2 and not list(junit.iter("property"))
     # One valid case x one dtype on the numpy target passes; the broken case fails on its own.
     result.assert_outcomes(passed=1, failed=1, deselected=result.parseoutcomes().get("deselected", 0))
     result.stdout.fnmatch_lines(["*mine.toml:12: case 'broken': field 'dilaton': unknown key 'dilaton'*"])

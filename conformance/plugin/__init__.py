@@ -206,11 +206,18 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
     """A check's reports go without the item's keywords: nothing reads them off a report, and every
-    process's terminal reporter keeps every report (three per item) to the end of the run."""
+    process's terminal reporter keeps every report (three per item) to the end of the run. Its
+    records go on the call's report only: pytest copies an item's user properties onto each report,
+    so the teardown's carried every record too, sent over xdist a second time for nobody (the
+    collector reads the call's), and written by `--junitxml` as properties (223 MB for the default
+    run: the results file over again)."""
     report = yield
     if isinstance(report, pytest.TestReport) and active(item.config):
         from conformance.plugin.items import BatchItem, ConformanceItem, NotRunItem
 
+        if report.when != "call" and report.user_properties:  # (a check's, a composite's, an invalid case's)
+            carried = (RECORD_KEY, CASE_ERROR_KEY)
+            report.user_properties = [(k, v) for k, v in report.user_properties if k not in carried]
         if isinstance(item, (ConformanceItem, BatchItem, NotRunItem)):
             report.keywords = {}
             if report.failed:  # (travels with the report under xdist, as user properties do)
