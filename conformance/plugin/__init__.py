@@ -215,9 +215,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if isinstance(report, pytest.TestReport) and active(item.config):
         from conformance.plugin.items import BatchItem, ConformanceItem, NotRunItem
 
-        if report.when != "call" and report.user_properties:  # (a check's, a composite's, an invalid case's)
-            carried = (RECORD_KEY, CASE_ERROR_KEY)
-            report.user_properties = [(k, v) for k, v in report.user_properties if k not in carried]
+        if report.when != "call":  # (a check's, a composite's, an invalid case's)
+            _drop_records(report)
         if isinstance(item, (ConformanceItem, BatchItem, NotRunItem)):
             report.keywords = {}
             if report.failed:  # (travels with the report under xdist, as user properties do)
@@ -254,6 +253,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Last, once every other hook has seen the report (a worker's xdist has sent it, the controller's
     collector has streamed it): its records leave it. The terminal reporter of every process keeps
     each report to the end of the run, and the records on them were most of a worker's growth."""
+    _drop_records(report)
+
+
+def _drop_records(report: pytest.TestReport) -> None:
+    """The report without the records and case errors it carries (user_properties)."""
     if report.user_properties:
         report.user_properties = [(k, v) for k, v in report.user_properties if k not in (RECORD_KEY, CASE_ERROR_KEY)]
 
