@@ -16,7 +16,8 @@ import math
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
+from types import MappingProxyType
 from typing import Any
 
 from conformance.generators import RANDOM_GENERATORS
@@ -168,31 +169,58 @@ def variables(values: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def record_variables(record: Mapping[str, Any]) -> dict[str, Any] | None:
+def record_variables(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The same names for a result record (what an expectation's `where` is evaluated on)."""
     try:
-        n, *size, c_in = record["input_shape"]
-        *kernel, kernel_in, kernel_last = record["kernel_shape"]
-        transposed = record.get("operation") == CONV_TRANSPOSE  # its kernel is (*k, C_out / groups, C_in)
-        c_out = kernel_in * record["groups"] if transposed else kernel_last
-        return variables(
+        padding = record["padding"]
+        return _geometry_variables(
+            tuple(record["input_shape"]),
+            tuple(record["kernel_shape"]),
+            record.get("operation", CONV),
+            record["groups"],
+            tuple(record["rate"]),
+            tuple(record["stride"]),
+            tuple(tuple(p) for p in padding) if isinstance(padding, list) else padding,
+            None if record.get("output_padding") is None else tuple(record["output_padding"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# Geometry alone decides them, and a worker judges every record of a geometry (the large tier's
+# replicates) against the same entries: each geometry's names are worked out once (read-only).
+@lru_cache(maxsize=1024)
+def _geometry_variables(
+    input_shape: tuple[int, ...],
+    kernel_shape: tuple[int, ...],
+    operation: str,
+    groups: int,
+    rate: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: Any,
+    output_padding: tuple[int, ...] | None,
+) -> Mapping[str, Any]:
+    n, *size, c_in = input_shape
+    *kernel, kernel_in, kernel_last = kernel_shape
+    transposed = operation == CONV_TRANSPOSE  # its kernel is (*k, C_out / groups, C_in)
+    return MappingProxyType(
+        variables(
             {
                 "rank": len(size),
                 "batch": n,
                 "size": size,
                 "channels": c_in,
                 "kernel_size": kernel,
-                "out_channels": c_out,
-                "rate": list(record["rate"]),
-                "stride": list(record["stride"]),
-                "padding": record["padding"],
-                "groups": record["groups"],
-                "op": operation_named(record.get("operation", CONV)),
-                "output_padding": list(record.get("output_padding", [0] * len(size))),
+                "out_channels": kernel_in * groups if transposed else kernel_last,
+                "rate": list(rate),
+                "stride": list(stride),
+                "padding": [list(p) for p in padding] if isinstance(padding, tuple) else padding,
+                "groups": groups,
+                "op": operation_named(operation),
+                "output_padding": [0] * len(size) if output_padding is None else list(output_padding),
             }
         )
-    except (KeyError, TypeError, ValueError):
-        return None
+    )
 
 
 # The names of each rank, from one sample; every rank's, for a constraint on records of any rank.

@@ -260,6 +260,34 @@ def test_a_child_that_dies_in_the_call_is_a_crash_not_an_error(cases: dict[str, 
     ]
 
 
+def test_a_child_is_asked_whether_it_can_run_a_target_once_per_process(
+    cases: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Later checks go straight to the call; a replacement child is asked again (it loads the
+    framework again, and that is timed as loading)."""
+    from conformance.adapters import child
+
+    environment = {"CONFORMANCE_TEST_CHILD": "asked-once"}
+    in_child = child.InChildProcess(Truth(), "in-child", environment, devices=("cpu",))
+    asked: list[str] = []
+    request = child.Child.request
+
+    def counting(self: child.Child, message: Any) -> Any:
+        if isinstance(message, child.CheckAvailable | child.Run):  # (not the runtime facts, asked once)
+            asked.append(type(message).__name__)
+        return request(self, message)
+
+    monkeypatch.setattr(child.Child, "request", counting)
+    for _ in range(3):
+        assert _check(cases["plain"], in_child)["outcome"] == "pass"
+    assert asked == ["CheckAvailable", "Run", "Run", "Run"]
+    running = child.children()[("fake", tuple(environment.items()))]
+    running.process.kill()
+    running.process.wait()
+    assert _check(cases["plain"], in_child)["outcome"] == "pass"
+    assert asked[4:] == ["CheckAvailable", "Run"]
+
+
 def test_a_child_target_never_loads_its_framework_in_the_parent() -> None:
     pytest.importorskip("tensorflow")
     script = (

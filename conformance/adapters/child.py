@@ -147,6 +147,9 @@ class Child:
             env=env,
         )
         self.retired = False
+        # (adapter, device) pairs this process has said it can run: its framework is loaded, and a
+        # `Run` checks again in the child anyway, so a later check spares the round trip.
+        self.available: set[tuple[Adapter, str]] = set()
         self.tally = _tallies.setdefault(self.description, ChildTally())
         self.tally.started += 1
 
@@ -265,9 +268,17 @@ class InChildProcess(Wrapper):
         if missing:  # known from package metadata: no process is started to learn it
             raise Unavailable(missing)
         try:
-            self._ask(CheckAvailable(self.inner, device))
+            self._confirm_available(device)
         except ProcessDied:  # it died between checks (no check of this one's doing): once more, in a new one
+            self._confirm_available(device)
+
+    def _confirm_available(self, device: str) -> None:
+        """Ask the child once per process it runs in: a new child (a replacement) loads the framework
+        again, and that load is timed as loading, not as the call."""
+        running = child(self.framework, self.child_environment)
+        if (self.inner, device) not in running.available:
             self._ask(CheckAvailable(self.inner, device))
+            running.available.add((self.inner, device))
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         result: np.ndarray = self._ask(Run(self.inner, call, device, precision))

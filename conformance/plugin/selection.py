@@ -81,14 +81,24 @@ def collected_tiers(config: pytest.Config) -> tuple[str, ...]:
 def case_targets(config: pytest.Config, case: Case, candidates: list[Target]) -> list[Target]:
     """The targets a case runs on: those of its op and rank, derivative targets only for the order it
     opts into, and only those `-m` can select (the others are counted as deselected)."""
-    applicable = [
-        t
-        for t in candidates
-        if not t.adapter.mismatch(case.op, case.rank) and QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
-    ]
-    selected = [t for t in applicable if selected_by_markers(config, item_markers(case, t))]
-    count_deselected(config, (len(applicable) - len(selected)) * len(case.dtypes))
-    return selected
+    # The case's op, rank, derivative order and tier alone decide it: a sweep's thousands of cases
+    # share a few answers, each worked out once (every process collects the whole corpus).
+    memo = config.stash.setdefault(_case_targets_key, {})
+    key = (id(candidates), case.op, case.rank, case.derivatives, case.tier)
+    found = memo.get(key)
+    if found is None or found[0] is not candidates:  # (the list itself is kept: its id is not reused)
+        applicable = [
+            t
+            for t in candidates
+            if not t.adapter.mismatch(case.op, case.rank) and QUANTITIES.get(t.adapter.quantity, 0) <= case.derivatives
+        ]
+        selected = [t for t in applicable if selected_by_markers(config, item_markers(case, t))]
+        found = memo[key] = (candidates, selected, len(applicable) - len(selected))
+    count_deselected(config, found[2] * len(case.dtypes))
+    return list(found[1])
+
+
+_case_targets_key = pytest.StashKey[dict[tuple[Any, ...], tuple[list[Target], list[Target], int]]]()
 
 
 _deselected_key = pytest.StashKey[list[int]]()
