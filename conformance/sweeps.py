@@ -212,12 +212,12 @@ def _geometry_variables(
                 "channels": c_in,
                 "kernel_size": kernel,
                 "out_channels": kernel_in * groups if transposed else kernel_last,
-                "rate": list(rate),
-                "stride": list(stride),
-                "padding": [list(p) for p in padding] if isinstance(padding, tuple) else padding,
+                "rate": rate,
+                "stride": stride,
+                "padding": padding,  # (`variables` takes a tuple of pairs as it takes a list)
                 "groups": groups,
                 "op": operation_named(operation),
-                "output_padding": [0] * len(size) if output_padding is None else list(output_padding),
+                "output_padding": 0 if output_padding is None else output_padding,
             }
         )
     )
