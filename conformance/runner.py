@@ -100,17 +100,12 @@ def run_check(
     started = time.perf_counter()
     spent_before = timing.totals()
     adapter = target.adapter
-    params = call_params(case, dtype)
     prepared: Prepared | None = None
     reproduction = ""
     output_hash: str | None = None
     tangents: derivatives.Tangents | None = None
     facts: dict[str, FactValue] = {}
-    reason = adapter.unsupported_reason(params)
-    if mismatch := adapter.mismatch(case.op, case.rank):  # (collection pairs them; this guards every other caller)
-        reason = mismatch
-    if not reason and memory_budget is not None:
-        reason = _over_memory_budget(adapter, params, memory_budget)
+    reason = unsupported_reason(case, target, dtype, memory_budget)
     if reason:
         verdict = Verdict(Outcome.UNSUPPORTED, reason)
     else:
@@ -170,6 +165,34 @@ def run_check(
     record.update(timing.since(spent_before))
     if facts:
         record["runtime"] = machine.check_facts(facts, dtype)
+    return record
+
+
+def unsupported_reason(case: Case, target: Target, dtype: str, memory_budget: tuple[int, str] | None) -> str | None:
+    """Why the check cannot run, decided from its shapes and settings alone (nothing is imported or
+    allocated), or None: the target's API cannot state it, or its estimate exceeds `memory_budget`."""
+    adapter = target.adapter
+    params = call_params(case, dtype)
+    reason = adapter.unsupported_reason(params)
+    if mismatch := adapter.mismatch(case.op, case.rank):  # (collection pairs them; this guards every other caller)
+        reason = mismatch
+    if not reason and memory_budget is not None:
+        reason = _over_memory_budget(adapter, params, memory_budget)
+    return reason
+
+
+def unsupported_record(
+    case: Case, target: Target, dtype: str, memory_budget: tuple[int, str] | None = None
+) -> Record | None:
+    """The record `run_check` would return for a check `unsupported_reason` settles, or None: such a
+    check runs nothing, so it needs no fault isolation (a third of the large tier)."""
+    started = time.perf_counter()
+    reason = unsupported_reason(case, target, dtype, memory_budget)
+    if not reason:
+        return None
+    verdict = Verdict(Outcome.UNSUPPORTED, reason)
+    record = make_record(case, target, dtype, verdict, duration_s=time.perf_counter() - started)
+    record.update(timing.NOTHING_SPENT)
     return record
 
 

@@ -19,6 +19,7 @@ REFERENCE = "reference_s"  # the float64 NumPy reference: forward answers, deriv
 KINDS = (LOAD, FRAMEWORK, REFERENCE)
 
 _totals = dict.fromkeys(KINDS, 0.0)
+NOTHING_SPENT = Record(load_s=0.0, framework_s=0.0, reference_s=0.0)  # a check that ran nothing
 
 
 @contextmanager

@@ -11,6 +11,7 @@ process was started with, before the import.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,12 +23,13 @@ import numpy as np
 import pytest
 
 from conformance import derivatives, expectations
-from conformance.adapters import ADAPTERS, OUTPUT, QUANTITIES, Adapter, ConvCall, Target, Unavailable
+from conformance.adapters import ADAPTERS, OUTPUT, QUANTITIES, Adapter, ConvCall, Target, Unavailable, Unsupported
+from conformance.adapters.base import FrameworkCall
 from conformance.adapters.child import InChildProcess
 from conformance.cases import Case, load_file
 from conformance.judging import prepare
 from conformance.records import Record
-from conformance.runner import run_check
+from conformance.runner import call_params, run_check
 
 CASES = """
 [defaults]
@@ -254,6 +256,92 @@ def _result_name(adapter: Adapter) -> str:
 
 
 IN_PROCESS = [adapter for adapter in ADAPTERS if not isinstance(adapter, InChildProcess)]
+
+
+def _described(adapter: Adapter) -> FrameworkCall | None:
+    """The adapter that describes `adapter`'s call as a program (a child's target: the one it runs)."""
+    inner = adapter.inner if isinstance(adapter, InChildProcess) else adapter
+    return inner if isinstance(inner, FrameworkCall) else None
+
+
+DESCRIBED = [adapter for adapter in ADAPTERS if _described(adapter) is not None]
+
+
+def _other_data(call: ConvCall) -> ConvCall:
+    """The same call on other tensors of the same shapes and dtypes, one value of each not finite."""
+    changed: dict[str, np.ndarray] = {}
+    for name in ("x", "w", "cotangent", "direction_input", "direction_kernel"):
+        value = getattr(call, name)
+        if value is not None:
+            other = (value * 2 - 1).astype(value.dtype)
+            other.flat[0] = np.inf
+            changed[name] = other
+    return dataclasses.replace(call, **changed)
+
+
+def _source(adapter: FrameworkCall, call: ConvCall) -> str:
+    try:
+        return adapter.describe(call, "cpu", "strict").source()
+    except Unsupported as exc:
+        return f"refused: {exc}"
+
+
+@pytest.mark.parametrize("adapter", DESCRIBED, ids=lambda a: a.name)
+def test_a_description_depends_on_the_call_never_on_its_data(adapter: Adapter, cases: list[Case]) -> None:
+    """A program is made once per call signature and reused on other data (`FrameworkCall.program`:
+    the large tier draws each geometry 130 times), which is sound only while no description reads the
+    tensors' values: data a framework cannot take is refused in `refuse`, right before each call."""
+    described = _described(adapter)
+    assert described is not None
+    compared = 0
+    for case in cases:
+        if adapter.mismatch(case.op, case.rank) or adapter.unsupported_reason(call_params(case, "float32")):
+            continue
+        call = _adapter_call(case, adapter)
+        other = _other_data(call)
+        assert _source(described, call) == _source(described, other), (adapter.name, case.id)
+        if not _source(described, call).startswith("refused"):
+            assert described.program(call, "cpu", "strict") is described.program(other, "cpu", "strict")
+            changed = dataclasses.replace(call, groups=call.groups + 1)  # any other setting: another program
+            assert described.program(changed, "cpu", "strict") is not described.program(call, "cpu", "strict")
+        compared += 1
+    assert compared, f"no case here reaches {adapter.name}"
+
+
+SHARED_GEOMETRY = """
+[defaults]
+dtypes = ["float32"]
+rate = 2
+padding = "SAME"
+
+[[case]]
+id = "finite"
+input = { generator = "uniform", seed = 1, low = 0.5, high = 1.0, shape = [1, 9, 9, 1] }
+kernel = { generator = "uniform", seed = 2, low = 0.5, high = 1.0, shape = [3, 3, 1, 1] }
+
+[[case]]
+id = "infinite"
+kernel = { generator = "uniform", seed = 4, low = 0.5, high = 1.0, shape = [3, 3, 1, 1] }
+[case.input]  # (one line would be too long)
+generator = "uniform"
+seed = 3
+low = 0.5
+high = 1.0
+shape = [1, 9, 9, 1]
+set = [{at = [0, 4, 4, 0], value = inf}]
+"""
+
+
+def test_data_a_target_refuses_is_refused_after_a_check_of_the_same_geometry(tmp_path: Path) -> None:
+    """The zero-insertion oracle cannot tell inf * an inserted zero from the dilated convolution:
+    it refuses non-finite data at each call, though its program is the one the finite check made."""
+    pytest.importorskip("torch")
+    (tmp_path / "shared.toml").write_text(SHARED_GEOMETRY)
+    finite, infinite = load_file(tmp_path / "shared.toml").cases
+    target = next(Target(a, "cpu", "strict") for a in ADAPTERS if a.name == "torch.conv2d@zero-inserted")
+    assert run_check(finite, target, "float32")["outcome"] == "pass"
+    record = run_check(infinite, target, "float32")
+    assert record["outcome"] == "unsupported" and "non-finite data" in record["message"], record["message"]
 
 
 @pytest.mark.parametrize("adapter", IN_PROCESS, ids=lambda a: a.name)

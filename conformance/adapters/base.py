@@ -16,12 +16,13 @@ reproduction. Execution modes, oracles, derivatives, device comparisons and chil
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from conformance import cost
+from conformance import cost, held_memory
 from conformance.adapters.modes import DEVICES
 from conformance.adapters.program import Assign, Expr, Name, Program, Statement
 from conformance.composites import Composite
@@ -64,6 +65,14 @@ class ConvCall:
     cotangent: np.ndarray | None = None
     direction_input: np.ndarray | None = None
     direction_kernel: np.ndarray | None = None
+
+    def signature(self) -> tuple[Any, ...]:
+        """Everything about the call but its tensors' values: what a program may depend on (it reads the
+        values only through `bindings`). Every field takes part, so a field added later is not missed."""
+        return tuple(
+            (value.shape, value.dtype.str) if isinstance(value, np.ndarray) else value
+            for value in (getattr(self, f.name) for f in fields(self))
+        )
 
     def bindings(self) -> dict[str, np.ndarray]:
         """The tensors a program starts from, named as its reproduction names them: float64, as
@@ -192,6 +201,17 @@ class Wrapper(Adapter):
         return self.inner.runtime_facts()
 
 
+# Programs of recent calls, by adapter (hashed by identity) and call signature: a few hundred bytes
+# each; a case's targets run back to back, so the oldest go first.
+_programs: OrderedDict[tuple[Any, ...], Program] = OrderedDict()
+PROGRAMS_KEPT = 1024
+
+
+@held_memory.on_release
+def forget_programs() -> None:
+    _programs.clear()
+
+
 class FrameworkCall(Adapter):
     """One API of one framework, stated through the hooks every framework module implements alike
     (the names a program binds are the same everywhere: the input `x_t` and kernel `w_t` in the API's
@@ -234,12 +254,13 @@ class FrameworkCall(Adapter):
         return Name("w")
 
     def kernel_imports(self, call: ConvCall) -> list[Statement]:
-        """What `kernel` needs imported; it may also refuse the data (`Unsupported`)."""
+        """What `kernel` needs imported. (A description never reads the data: `refuse` refuses data.)"""
         return []
 
     def refuse(self, call: ConvCall) -> None:
-        """Raise `Unsupported` where the framework itself refuses the call's settings before running
-        anything (asked where the framework is loaded, right before the call)."""
+        """Raise `Unsupported` where the framework itself refuses the call's settings, or the data
+        (`program` is shared by calls of one signature), before running anything (asked where the
+        framework is loaded, right before the call)."""
 
     def execution(self, call: ConvCall, device: str, precision: str) -> list[Statement]:
         """From the tensors to `y`: the call, eagerly (an execution mode runs it otherwise)."""
@@ -250,12 +271,27 @@ class FrameworkCall(Adapter):
         body = [*self.tensors(call, self.kernel(call), device, precision), *self.execution(call, device, precision)]
         return Program((*self.kernel_imports(call), *self.prelude(device, precision), *self.placed(device, body)))
 
+    def program(self, call: ConvCall, device: str, precision: str) -> Program:
+        """`describe`, made once per call signature: checks of one geometry on other data (the large
+        tier draws each geometry 130 times) share the program, its source and its cache keys, which
+        cost more than a small case's call (tests/test_program.py checks that the data never shows)."""
+        key = (self, call.signature(), device, precision)
+        try:
+            found = _programs.get(key)
+        except TypeError:  # an unhashable setting (never from a case file): described afresh
+            return self.describe(call, device, precision)
+        if found is None:
+            found = _programs[key] = self.describe(call, device, precision)
+            if len(_programs) > PROGRAMS_KEPT:
+                _programs.popitem(last=False)
+        return found
+
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         self.refuse(call)
-        return self.to_numpy(self.describe(call, device, precision).run(call.bindings()))
+        return self.to_numpy(self.program(call, device, precision).run(call.bindings()))
 
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
-        return self.describe(call, device, precision).source()
+        return self.program(call, device, precision).source()
 
 
 class CallWrapper(Wrapper, FrameworkCall):

@@ -33,6 +33,7 @@ from conformance.adapters.program import (
     Import,
     Index,
     Name,
+    Once,
     SetAttr,
     Statement,
     With,
@@ -134,11 +135,17 @@ class OnnxRuntimeConv(FrameworkCall):
         graph = invoke("oh.make_graph", [Name("conv")], "conv", inputs, [value_info("y", None)])
         opset = [invoke("oh.make_opsetid", "", OPSET)]
         numpy_type = Name(f"np.{call.dtype}")
-        return [
+        model = invoke("oh.make_model", Name("graph"), opset_imports=opset, ir_version=IR_VERSION)
+        built = (
             Assign("conv", node),
             Assign("graph", graph),
-            Assign("model", invoke("oh.make_model", Name("graph"), opset_imports=opset, ir_version=IR_VERSION)),
+            Assign("model", model),
             *self.session(method("model", "SerializeToString"), device, precision, optimisation),
+        )
+        return [
+            # The model holds no data (x and w are its inputs): one session per geometry and setting,
+            # as the large tier intends (compiled once, checked on fresh data), rather than one per check.
+            Once(built, context=(device, precision)),
             Assign(
                 "x_t", method(method("x", "transpose", *layouts.channels_first(rank)), "astype", numpy_type), "NCHW"
             ),

@@ -90,8 +90,11 @@ class ZeroInserted(CallWrapper):
         storage = float_format(spread_kernel_storage(call_params.dtype)).numpy_dtype.itemsize
         return cost.zero_inserted_call(cost.Shapes.of(call_params), storage)
 
-    def kernel_imports(self, call: ConvCall) -> list[Statement]:
+    def refuse(self, call: ConvCall) -> None:
         require_finite_for_zero_insertion(call)
+        self.inner.refuse(call)
+
+    def kernel_imports(self, call: ConvCall) -> list[Statement]:
         return [Import("conformance.adapters.oracles", names=("zero_inserted_kernel",))]
 
     def kernel(self, call: ConvCall) -> Expr:

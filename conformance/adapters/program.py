@@ -32,6 +32,7 @@ from abc import ABC, abstractmethod
 from collections import ChainMap, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Union
 
 from conformance import held_memory
@@ -237,8 +238,13 @@ class Cached(Expr):
     value: Expr
     context: tuple[Any, ...] = ()
 
+    @cached_property
+    def key(self) -> tuple[str, tuple[Any, ...]]:
+        # (Made once per description: a program is reused across a geometry's checks.)
+        return (self.value.source(), self.context)
+
     def evaluate(self, namespace: Namespace) -> Any:
-        key = (self.value.source(), self.context)
+        key = self.key
         if key not in _cached:
             open_names = [n for n in self.value.names() if not isinstance(namespace.get(n), types.ModuleType)]
             if open_names:
@@ -427,8 +433,12 @@ class Once(Statement):
     body: tuple[Statement, ...]
     context: tuple[Any, ...] = ()
 
+    @cached_property
+    def key(self) -> tuple[str, tuple[Any, ...]]:
+        return ("\n".join(self.lines()), self.context)
+
     def execute(self, namespace: Namespace) -> None:
-        key = ("\n".join(self.lines()), self.context)
+        key = self.key
         if key not in _cached:
             modules = {name: value for name, value in namespace.items() if isinstance(value, types.ModuleType)}
             scope = _ModulesOnly(modules, source=key[0])
@@ -456,6 +466,10 @@ class Program:
         return namespace[self.result]
 
     def source(self) -> str:
+        return self.text
+
+    @cached_property
+    def text(self) -> str:
         return "\n".join(line for statement in self.statements for line in statement.lines())
 
 

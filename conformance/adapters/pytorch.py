@@ -267,8 +267,11 @@ class TorchTransposeAsForward(CallWrapper):
         super().__init__(transposed, "as-forward")
         self.baseline = transposed
 
-    def kernel_imports(self, call: ConvCall) -> list[Statement]:
+    def refuse(self, call: ConvCall) -> None:
         oracles.require_finite_for_zero_insertion(call)
+        self.inner.refuse(call)
+
+    def kernel_imports(self, call: ConvCall) -> list[Statement]:
         return [Import("conformance.adapters.oracles", names=("adjoint_kernel", "stride_dilated_input"))]
 
     def tensors(self, call: ConvCall, kernel: Expr, device: str, precision: str) -> list[Statement]:

@@ -101,7 +101,11 @@ class ConformanceItem(pytest.Item):
         return conformance_check(self.config, self.case, self.target, self.dtype)(before_call, after_load)
 
     def _guarded(self, check: Check) -> Record:
-        return guarded(self.config, self.nodeid, self.case, self.target, self.dtype, check)
+        unsupported = self._unsupported()
+        return guarded(self.config, self.nodeid, self.case, self.target, self.dtype, check, unsupported)
+
+    def _unsupported(self) -> Record | None:
+        return unsupported_record(self.config, self.case, self.target, self.dtype)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ConformanceFailure):
@@ -138,9 +142,23 @@ def conformance_check(config: pytest.Config, case: Case, target: Target, dtype: 
     return check
 
 
-def guarded(config: pytest.Config, nodeid: str, case: Case, target: Target, dtype: str, check: Check) -> Record:
+def unsupported_record(config: pytest.Config, case: Case, target: Target, dtype: str) -> Record | None:
+    """The record of a conv check its shapes and settings leave unsupported (`runner.unsupported_record`)."""
+    return runner.unsupported_record(case, target, dtype, settings(config).limits.check_budget())
+
+
+def guarded(
+    config: pytest.Config,
+    nodeid: str,
+    case: Case,
+    target: Target,
+    dtype: str,
+    check: Check,
+    unsupported: Record | None = None,
+) -> Record:
     """`check` under the worker guard: noted before it starts (so a crash or hang is reported as
-    this check's), with its time limit, and not run at all for a target stopped by crashes."""
+    this check's), with its time limit, and not run at all for a target stopped by crashes. A check
+    already settled as `unsupported` runs nothing, so it is returned as it is, unguarded."""
     guard = worker_guard(config)
     broken = guard.broken(target.id)
     if broken is not None:
@@ -150,6 +168,8 @@ def guarded(config: pytest.Config, nodeid: str, case: Case, target: Target, dtyp
             f"(first: {broken['first']}); --conformance-crash-limit is {guard.limits.crash_limit}",
         )
         return check_records.make_record(case, target, dtype, verdict)
+    if unsupported is not None:
+        return unsupported
     # A broken build may die importing its framework, long before the call itself.
     dead = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
     guard.starting(nodeid, check_records.make_record(case, target, dtype, dead))
@@ -214,7 +234,8 @@ class BatchItem(pytest.Item):
         for target in self.targets:
             started = time.time()
             check = conformance_check(self.config, self.case, target, self.dtype)
-            record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check)
+            unsupported = unsupported_record(self.config, self.case, target, self.dtype)
+            record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check, unsupported)
             count_checks(self.config, 1, started)
             settle(record, self.case, state.known.entries)
             wire = to_wire(record)
@@ -254,6 +275,9 @@ class CompositeItem(ConformanceItem):
         return composite_checks.run_check(
             self.composite, self.case, self.target, self.dtype, before_call=before_call, after_load=after_load
         )
+
+    def _unsupported(self) -> Record | None:
+        return None  # (a composite's layers are each asked inside its check: composite_checks)
 
 
 class NotRunItem(pytest.Item):
