@@ -102,6 +102,9 @@ class OnnxRuntimeConv(FrameworkCall):
             level = Name(f"ort.GraphOptimizationLevel.{optimisation}")
             options.append(SetAttr("options.graph_optimization_level", level))
         options.append(SetAttr("options.log_severity_level", 4))  # fatal only: errors reach the record, not stderr
+        # A session is kept for its geometry's next checks (`Once` below), and by default its threads spin
+        # between runs: several kept sessions then burn the cores the other worker's checks need.
+        options.append(Do(method("options", "add_session_config_entry", "session.intra_op.allow_spinning", "0")))
         session = invoke("ort.InferenceSession", model, Name("options"), providers=[provider])
         return [*options, Assign("session", session)]
 
