@@ -4,6 +4,7 @@ the extended tier is collected only when asked for."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -286,6 +287,21 @@ def test_a_child_is_asked_whether_it_can_run_a_target_once_per_process(
     running.process.wait()
     assert _check(cases["plain"], in_child)["outcome"] == "pass"
     assert asked[4:] == ["CheckAvailable", "Run"]
+
+
+def test_a_child_unpickles_each_adapter_once_and_its_requests_share_it() -> None:
+    """Every request carries its adapter; the child makes one object per distinct adapter, so what it
+    keeps per adapter and call signature (`FrameworkCall.program`) is found by its next request."""
+    from conformance.adapters import child
+
+    numpy_call, torch_call = (next(a for a in ADAPTERS if a.name == name) for name in ("numpy.im2col", "torch.conv2d"))
+    stream = io.BytesIO()
+    for adapter in (numpy_call, numpy_call, torch_call):
+        child.write_message(stream, child.CheckAvailable(adapter, "cpu"))
+    stream.seek(0)
+    received = [child.read_message(stream).adapter for _ in range(3)]
+    assert received[0] is received[1] and received[0] is not numpy_call  # (a copy, made once)
+    assert received[2] is not received[0] and received[2].name == "torch.conv2d"
 
 
 def test_a_child_target_never_loads_its_framework_in_the_parent() -> None:

@@ -201,8 +201,8 @@ class Wrapper(Adapter):
         return self.inner.runtime_facts()
 
 
-# Programs of recent calls, by adapter (hashed by identity) and call signature: a few hundred bytes
-# each; a case's targets run back to back, so the oldest go first.
+# Programs of recent calls, by adapter (hashed by identity) and call signature: small; a case's
+# targets run back to back, so the oldest go first.
 _programs: OrderedDict[tuple[Any, ...], Program] = OrderedDict()
 PROGRAMS_KEPT = 1024
 
@@ -274,7 +274,7 @@ class FrameworkCall(Adapter):
     def program(self, call: ConvCall, device: str, precision: str) -> Program:
         """`describe`, made once per call signature: checks of one geometry on other data (the large
         tier draws each geometry 130 times) share the program, its source and its cache keys, which
-        cost more than a small case's call (tests/test_program.py checks that the data never shows)."""
+        cost more than a small case's call (tests/test_reproductions.py checks that the data never shows)."""
         key = (self, call.signature(), device, precision)
         try:
             found = _programs.get(key)

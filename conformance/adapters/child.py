@@ -6,9 +6,10 @@ started with it.
 started with `environment` set. The parent never imports the framework: availability, every call (a
 check's, or a whole composite model's) and the environment block are asked of the child. Messages
 are typed dataclasses, pickled and framed by their length (8 bytes, little-endian) over the child's
-stdin and stdout; the adapter itself travels in the request (pickled by reference to its class, so
-the child imports the same module). A child ends when its parent closes the pipe or dies
-(conformance/lifetime.py), so no framework process outlives a killed run.
+stdin and stdout; the adapter itself travels in the request (its class by reference, so the child
+imports the same module; each distinct adapter is unpickled once, and later requests share it). A
+child ends when its parent closes the pipe or dies (conformance/lifetime.py), so no framework
+process outlives a killed run.
 
 Each distinct (framework, environment) gets one child per process, started on first use. A child
 that dies is reported on the check that was running in it and forgotten alone: the next check
@@ -19,6 +20,7 @@ exits: the next check starts a fresh one. `tallies()` counts both, per kind of c
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import signal
@@ -108,9 +110,42 @@ class Replied:
 
 
 def write_message(stream: IO[bytes], message: Request | Replied) -> None:
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    payload = buffer.getvalue()
     stream.write(_HEADER.pack(len(payload)) + payload)
     stream.flush()
+
+
+class _Pickler(pickle.Pickler):
+    """Sends an adapter as its own pickle, made once per adapter: the child unpickles each distinct
+    one once and then looks it up, so its requests share one adapter object, and with it the
+    programs that adapter keeps per call signature (`FrameworkCall.program`)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, Adapter):
+            return (_received_adapter, (_pickled_adapter(obj),))
+        return NotImplemented
+
+
+_pickled: dict[Adapter, bytes] = {}  # the parent's: adapters live as long as the process
+_unpickled: dict[bytes, Adapter] = {}  # the child's: equal pickles are one adapter
+
+
+def _pickled_adapter(adapter: Adapter) -> bytes:
+    try:
+        found = _pickled.get(adapter)
+    except TypeError:  # (an adapter that defines equality without a hash: pickled each time)
+        return pickle.dumps(adapter, protocol=pickle.HIGHEST_PROTOCOL)
+    if found is None:
+        found = _pickled[adapter] = pickle.dumps(adapter, protocol=pickle.HIGHEST_PROTOCOL)
+    return found
+
+
+def _received_adapter(pickled: bytes) -> Adapter:
+    if pickled not in _unpickled:
+        _unpickled[pickled] = pickle.loads(pickled)
+    return _unpickled[pickled]
 
 
 def read_message(stream: IO[bytes]) -> Any:
