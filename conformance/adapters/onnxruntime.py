@@ -102,9 +102,12 @@ class OnnxRuntimeConv(FrameworkCall):
             level = Name(f"ort.GraphOptimizationLevel.{optimisation}")
             options.append(SetAttr("options.graph_optimization_level", level))
         options.append(SetAttr("options.log_severity_level", 4))  # fatal only: errors reach the record, not stderr
-        # A session is kept for its geometry's next checks (`Once` below), and by default its threads spin
-        # between runs: several kept sessions then burn the cores the other worker's checks need.
+        # A session is kept for its geometry's next checks (`Once` below). By default its threads spin
+        # between runs, and several kept sessions burn the cores the other worker's checks need; and its
+        # memory arena keeps its largest run's buffers (about 150 MB each for the documents' 4 x 200 x 200
+        # x 32 outputs), which took workers over their memory budget. Neither changes what a run computes.
         options.append(Do(method("options", "add_session_config_entry", "session.intra_op.allow_spinning", "0")))
+        options.append(SetAttr("options.enable_cpu_mem_arena", False))
         session = invoke("ort.InferenceSession", model, Name("options"), providers=[provider])
         return [*options, Assign("session", session)]
 
