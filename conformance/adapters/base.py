@@ -276,10 +276,7 @@ class FrameworkCall(Adapter):
         tier draws each geometry 130 times) share the program, its source and its cache keys, which
         cost more than a small case's call (tests/test_reproductions.py checks that the data never shows)."""
         key = (self, call.signature(), device, precision)
-        try:
-            found = _programs.get(key)
-        except TypeError:  # an unhashable setting (never from a case file): described afresh
-            return self.describe(call, device, precision)
+        found = _programs.get(key)
         if found is None:
             found = _programs[key] = self.describe(call, device, precision)
             if len(_programs) > PROGRAMS_KEPT:

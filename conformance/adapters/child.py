@@ -133,13 +133,9 @@ _unpickled: dict[bytes, Adapter] = {}  # the child's: equal pickles are one adap
 
 
 def _pickled_adapter(adapter: Adapter) -> bytes:
-    try:
-        found = _pickled.get(adapter)
-    except TypeError:  # (an adapter that defines equality without a hash: pickled each time)
-        return pickle.dumps(adapter, protocol=pickle.HIGHEST_PROTOCOL)
-    if found is None:
-        found = _pickled[adapter] = pickle.dumps(adapter, protocol=pickle.HIGHEST_PROTOCOL)
-    return found
+    if adapter not in _pickled:
+        _pickled[adapter] = pickle.dumps(adapter, protocol=pickle.HIGHEST_PROTOCOL)
+    return _pickled[adapter]
 
 
 def _received_adapter(pickled: bytes) -> Adapter:
