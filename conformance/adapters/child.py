@@ -366,6 +366,7 @@ def _answer(message: Request) -> Reply:
 def serve() -> None:
     """The child's loop. Its stdout carries only replies: anything else printed goes to stderr."""
     lifetime.die_with_parent(int(os.environ.get(PARENT_VARIABLE, "0") or 0))
+    lifetime.end_without_collecting()
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     requests = sys.stdin.buffer

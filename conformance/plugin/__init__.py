@@ -89,7 +89,9 @@ def _holds_a_corpus(folder: Path) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     if not active(config):
         return
-    from conformance import native
+    from conformance import lifetime, native
+
+    lifetime.end_without_collecting()
     from conformance.plugin import collection, controller, run_state, selection
 
     native.guard()  # a framework dropped from sys.modules is never imported again (corrupted) in this process
@@ -100,8 +102,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if options.is_worker(config):
         controller_pid = int(config.workerinput.get(run_state.CONTROLLER_PID_INPUT, 0))  # type: ignore[attr-defined]
         if controller_pid and os.getppid() == controller_pid:  # (a worker on another host has no such parent)
-            from conformance import lifetime
-
             lifetime.die_with_parent(controller_pid)
         config.pluginmanager.register(ReportsKeptOnlyWhereRead(config, worker=True), "conformance-reports")
         return
