@@ -23,6 +23,7 @@ import pytest
 from conformance import contracts, expectations, history, isolation, lifetime, report, results, runner
 from conformance.cases import case_files, load_file
 from conformance.compare import Outcome
+from conformance.overview import Overview
 from conformance.plugin import CASE_ERROR_KEY, CHECK_KEY, RECORD_KEY, REQUEUED
 from conformance.plugin.collection import roots, tiers_left_out
 from conformance.plugin.options import settings
@@ -107,6 +108,7 @@ class ResultCollector:
         self.lost_checks: dict[str, dict[str, Any]] = {}  # target -> crash/timeout tally
         self.processes: dict[str, dict[str, Any]] = {}  # worker id -> process_usage()
         self.document: dict[str, Any] | None = None
+        self.glance: Overview | None = None  # the terminal summary's tables, made in the pass that writes the results
         self.recovered_report: Path | None = None
         self.deselected_reported = False
         self.stopped_by: str | None = None  # the signal that stopped the run
@@ -213,7 +215,10 @@ class ResultCollector:
         known = expectations.StatusTally(self.known.entries, corpus(session.config))
         kept = contracts.Tally(c.summary() for c in state.contracts.entries)
         page = report.ReportData(self.writer.count, self.writer.spill_directory) if self.html_path else None
+        # (The report's page tallies the same overview; without a page, this pass makes it.)
+        self.glance = page.overview if page is not None else Overview()
         consumers = [counts.add, known.add, kept.add, lambda record: ran.add(record["framework"])]
+        consumers += [self.glance.add] if page is None else []
         failing: list[history.Key] = []
         if self.history_path is not None:
             consumers.append(lambda r: failing.append(result_key(r)) if history.failing(observed(r)) else None)
@@ -257,10 +262,10 @@ class ResultCollector:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.history_note is not None:
             terminalreporter.write_line(terminal_safe(f"conformance: {self.history_note}"))
-        if self.document is not None:
+        if self.document is not None and self.glance is not None:
             write_summary(
-                terminalreporter, self.document, self.lost_checks, self.writer.preserved, self.recovered_report,
-                self.writer.json_path, self.html_path, tuple(self.retired),
+                terminalreporter, self.document, self.glance, self.lost_checks, self.writer.preserved,
+                self.recovered_report, self.writer.json_path, self.html_path, tuple(self.retired),
             )  # fmt: skip
             return
         left_out = tiers_left_out(self.config)  # (nothing ran: the header's notice may have scrolled by, or -q hid it)

@@ -40,6 +40,7 @@ def failure_text(record: Mapping[str, Any]) -> str:
 def write_summary(
     terminal: Any,
     document: dict[str, Any],
+    glance: Overview,
     lost_checks: dict[str, dict[str, Any]],
     preserved: Path | None,
     recovered_report: Path | None,
@@ -50,9 +51,9 @@ def write_summary(
     """One screen: counts per outcome; a table per framework, operation and rank; the targets that ran
     nothing, once per reason; one line per failing check; each framework warning once per target;
     the known divergences that need an edit, targets stopped by crashes, an interrupted earlier
-    run, and where the results are."""
+    run, and where the results are. `glance`: the overview of the document's records, made as they
+    were written (reading them back would parse every record once more)."""
     summary = document["summary"]
-    glance = Overview().add_all(document["results"])
     counts = ", ".join(f"{n} {o}" for o, n in summary["by_outcome"].items())
     terminal.write_sep("-", "conformance")
     terminal.write_line(f"{summary['total']} checks: {counts}")
