@@ -90,10 +90,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not active(config):
         return
     from conformance import lifetime, native
-
-    lifetime.end_without_collecting()
     from conformance.plugin import collection, controller, run_state, selection
 
+    lifetime.end_without_collecting()  # (controller and workers: their exit need not collect the heap)
     native.guard()  # a framework dropped from sys.modules is never imported again (corrupted) in this process
     selection.register_markers(config)
     settings = options.settings(config)
