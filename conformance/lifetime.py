@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable
+from functools import cache
 from pathlib import Path
 from types import FrameType
 
@@ -36,19 +37,14 @@ def die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+@cache  # (registered once per process)
 def end_without_collecting() -> None:
     """At exit, after the atexit handlers registered later (which run first), move every object to
     the generation the collector never visits (`gc.freeze`): Python's finalization collects the whole
     heap once more, and with TensorFlow, JAX and torch loaded that took a worker 5 s at the end of
-    every run, while xdist waited for it to exit. Exit only: nothing is written by a collection then,
-    as every file the harness writes is closed when written. Registered once per process."""
-    global _registered
-    if not _registered:
-        _registered = True
-        atexit.register(gc.freeze)
-
-
-_registered = False
+    every run, while xdist waited for it to exit. Exit only: nothing the harness writes waits for a
+    collection, as each file is flushed as it is written and closed when done."""
+    atexit.register(gc.freeze)
 
 
 def children_of(pid: int) -> list[int]:
