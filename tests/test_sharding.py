@@ -1,4 +1,4 @@
-"""`--conformance-shard K/N`: whole cases per shard, stable across machines, and N merged shards
+"""`--conformance-shard K/N`: whole geometries per shard, stable across machines, and N merged shards
 equal to the unsharded run (real frameworks, each run a pytest process of its own)."""
 
 from __future__ import annotations
@@ -10,18 +10,53 @@ from pathlib import Path
 
 import pytest
 
-from conformance.plugin.sharding import balanced, case_seconds, hashed_shard
+from conformance.adapters.base import Target
+from conformance.adapters.numpy import NumpyIm2col
+from conformance.cases import load_file, load_paths
+from conformance.check_records import make_record
+from conformance.compare import Outcome, Verdict
+from conformance.plugin.sharding import balanced, hashed_shard, unit_of_case, unit_of_record, unit_seconds
 from conformance.records import output_identity
 from tests.projects import REPO, child_environment
 
 pytest_plugins = ["pytester"]
 
 
-def test_a_case_s_shard_is_a_stable_hash_of_its_id() -> None:
+def test_a_case_s_shard_is_a_stable_hash_of_its_geometry() -> None:
+    cases = {case.id: case for case in load_file(REPO / "cases" / "documents.toml", REPO).cases}
+    unit = unit_of_case(cases["conv-5x5-0to24-ones2x2-stride2"])
+    assert unit == '["conv", [1, 5, 5, 1], [2, 2, 1, 1], [1, 1], [2, 2], "VALID", 1, null]'
     # Pinned: the same case must land in the same shard on every machine and Python (hash() is salted).
-    assert [hashed_shard("documents/conv-5x5-0to24-ones2x2-stride2", n) for n in (1, 2, 3, 7)] == [1, 2, 2, 5]
+    assert [hashed_shard(unit, n) for n in (1, 2, 3, 7)] == [1, 2, 2, 1]
     shards = [hashed_shard(f"geometry/case-{i}", 3) for i in range(3000)]
     assert set(shards) == {1, 2, 3} and all(900 < shards.count(k) < 1100 for k in (1, 2, 3))
+
+
+def test_a_record_names_the_unit_its_case_was_sharded_by() -> None:
+    # `--conformance-durations` balances units it reads off records: every geometry the corpus
+    # states (transposed ones with their output padding, any rank) must read back the same.
+    target = Target(NumpyIm2col(), "cpu", "strict")
+    verdict = Verdict(Outcome.UNSUPPORTED, "(only the record's geometry is read)")
+    corpus = load_paths([REPO / "cases"]).cases
+    assert {case.op for case in corpus} == {"conv", "conv_transpose"} and {case.rank for case in corpus} == {1, 2, 3}
+    differing = [
+        case.qualified_id
+        for case in corpus
+        if unit_of_record(make_record(case, target, case.dtypes[0], verdict)) != unit_of_case(case)
+    ]
+    assert not differing
+
+
+def test_every_draw_of_a_large_tier_geometry_is_in_one_unit() -> None:
+    # The draws of one sweep point share every program a framework builds: split across shards,
+    # each shard would build them all again.
+    cases = load_file(REPO / "cases" / "large.toml", REPO).cases
+    units: dict[str, set[str]] = {}
+    for case in cases:
+        point = case.id.rsplit("-d", 1)[0]
+        units.setdefault(point, set()).add(unit_of_case(case))
+    assert len(units) == 48 and all(len(found) == 1 for found in units.values())
+    assert len({unit for found in units.values() for unit in found}) == 48  # and no two points share one
 
 
 def test_balanced_shards_deal_the_longest_cases_first() -> None:
@@ -30,9 +65,17 @@ def test_balanced_shards_deal_the_longest_cases_first() -> None:
     loads = {k: sum(s for case, s in seconds.items() if assigned[case] == k) for k in (1, 2, 3)}
     assert loads == {1: 10.0, 2: 11.0, 3: 9.0}  # a | b e f | c d: within 11/10 of the best split
     assert balanced(dict(reversed(seconds.items())), 3) == assigned  # the order of the file does not matter
-    # A case's seconds leave out the framework loading that fell on its first check.
-    records = [{"case": "a", "duration_s": 2.5, "load_s": 2.0}, {"case": "a", "duration_s": 1.0}]
-    assert case_seconds(records) == {"a": 1.5}
+    # A unit's seconds are its cases' checks', less the framework loading that fell on a first check.
+    geometry = {"operation": "conv", "input_shape": [1, 4, 4, 1], "kernel_shape": [2, 2, 1, 1], "groups": 1}
+    geometry |= {"rate": [1, 1], "stride": [1, 1], "padding": "SAME"}
+    records = [
+        {**geometry, "case": "x/a", "duration_s": 2.5, "load_s": 2.0},
+        {**geometry, "case": "x/b", "duration_s": 1.0},
+        {**geometry, "case": "x/c", "padding": "VALID", "duration_s": 4.0},
+    ]
+    assert unit_seconds(records) == {unit_of_record(records[0]): 1.5, unit_of_record(records[2]): 4.0}
+    with pytest.raises(ValueError, match="record of 'x/d' states no 'groups'"):
+        unit_seconds([{k: v for k, v in geometry.items() if k != "groups"} | {"case": "x/d"}])
 
 
 # The reference's targets: sharding and merging are the same for every framework (the million
@@ -64,7 +107,9 @@ def test_three_shards_merged_equal_the_unsharded_run(tmp_path: Path) -> None:
     shards = [_run(tmp_path, f"shard{k}", f"--conformance-shard={k}/3") for k in (1, 2, 3)]
     cases = [{r["case"] for r in shard["results"]} for shard in shards]
     assert all(cases) and not (cases[0] & cases[1] or cases[0] & cases[2] or cases[1] & cases[2])
-    assert all(hashed_shard(case, 3) == k for k, found in enumerate(cases, 1) for case in found)
+    # Each record's geometry, as the record states it, names the unit its case was sharded by.
+    units = [{unit_of_record(r) for r in shard["results"]} for shard in shards]
+    assert all(hashed_shard(unit, 3) == k for k, found in enumerate(units, 1) for unit in found)
     merged_path = tmp_path / "merged.json"
     inputs = [str(tmp_path / f"shard{k}.json") for k in (1, 2, 3)]
     subprocess.run(

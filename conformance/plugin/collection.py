@@ -102,7 +102,7 @@ class CaseFile(pytest.File):
         # "case": every case's checks of one dtype as one item; "large": the large tier's only; "off": none.
         batch = settings(self.config).batch
         for case in loaded.cases:
-            if case.tier not in tiers or not sharding.takes(self.config, case.qualified_id):
+            if case.tier not in tiers or not sharding.takes(self.config, case):
                 continue
             case_targets = targets_for_case(self.config, case, candidates)
             batched = batch in ("case", case.tier)
@@ -139,7 +139,7 @@ class CompositesFile(pytest.File):
         not_run = NotRunChecks(self.config)
         for composite in loaded:
             case = dataclasses.replace(composite.as_case(label), line=lines.get(composite.id, 1))
-            if not sharding.takes(self.config, case.qualified_id):
+            if not sharding.takes(self.config, case):
                 continue
             for dtype in case.dtypes:
                 for target in plain:
