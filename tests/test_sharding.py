@@ -15,21 +15,25 @@ from conformance.adapters.numpy import NumpyIm2col
 from conformance.cases import load_file, load_paths
 from conformance.check_records import make_record
 from conformance.compare import Outcome, Verdict
-from conformance.plugin.sharding import balanced, hashed_shard, unit_of_case, unit_of_record, unit_seconds
+from conformance.plugin.sharding import balanced, dealt, unit_of_case, unit_of_record, unit_seconds
 from conformance.records import output_identity
 from tests.projects import REPO, child_environment
 
 pytest_plugins = ["pytester"]
 
 
-def test_a_case_s_shard_is_a_stable_hash_of_its_geometry() -> None:
+def test_a_file_s_geometries_are_dealt_to_the_shards_in_turn() -> None:
     cases = {case.id: case for case in load_file(REPO / "cases" / "documents.toml", REPO).cases}
     unit = unit_of_case(cases["conv-5x5-0to24-ones2x2-stride2"])
     assert unit == '["conv", [1, 5, 5, 1], [2, 2, 1, 1], [1, 1], [2, 2], "VALID", 1, null]'
+    units = [unit_of_case(case) for case in cases.values()]
     # Pinned: the same case must land in the same shard on every machine and Python (hash() is salted).
-    assert [hashed_shard(unit, n) for n in (1, 2, 3, 7)] == [1, 2, 2, 1]
-    shards = [hashed_shard(f"geometry/case-{i}", 3) for i in range(3000)]
-    assert set(shards) == {1, 2, 3} and all(900 < shards.count(k) < 1100 for k in (1, 2, 3))
+    assert [dealt(units, n, "documents")[unit] for n in (1, 2, 3, 7)] == [1, 2, 3, 4]
+    for count in (2, 3, 7):
+        shards = list(dealt(units, count, "documents").values())
+        assert max(map(shards.count, range(1, count + 1))) - min(map(shards.count, range(1, count + 1))) <= 1
+    # The suite's name picks the first shard: files of one geometry each do not all start shard 1.
+    assert len({dealt(["one"], 3, f"suite-{i}")["one"] for i in range(30)}) == 3
 
 
 def test_a_record_names_the_unit_its_case_was_sharded_by() -> None:
@@ -57,6 +61,8 @@ def test_every_draw_of_a_large_tier_geometry_is_in_one_unit() -> None:
         units.setdefault(point, set()).add(unit_of_case(case))
     assert len(units) == 48 and all(len(found) == 1 for found in units.values())
     assert len({unit for found in units.values() for unit in found}) == 48  # and no two points share one
+    shards = list(dealt((unit_of_case(case) for case in cases), 3, "large").values())
+    assert [shards.count(k) for k in (1, 2, 3)] == [16, 16, 16]
 
 
 def test_balanced_shards_deal_the_longest_cases_first() -> None:
@@ -107,9 +113,15 @@ def test_three_shards_merged_equal_the_unsharded_run(tmp_path: Path) -> None:
     shards = [_run(tmp_path, f"shard{k}", f"--conformance-shard={k}/3") for k in (1, 2, 3)]
     cases = [{r["case"] for r in shard["results"]} for shard in shards]
     assert all(cases) and not (cases[0] & cases[1] or cases[0] & cases[2] or cases[1] & cases[2])
-    # Each record's geometry, as the record states it, names the unit its case was sharded by.
-    units = [{unit_of_record(r) for r in shard["results"]} for shard in shards]
-    assert all(hashed_shard(unit, 3) == k for k, found in enumerate(units, 1) for unit in found)
+    # Each record's geometry, as the record states it, names the unit its case was dealt by.
+    shard_of = {}
+    for name in CORPUS:
+        units = [unit_of_case(c) for c in load_file(REPO / "cases" / f"{name}.toml", REPO).cases if c.tier == "default"]
+        shard_of[name] = dealt(units, 3, name)
+    found = [
+        (shard_of[r["case"].split("/")[0]][unit_of_record(r)], k) for k, s in enumerate(shards, 1) for r in s["results"]
+    ]
+    assert all(dealt_to == k for dealt_to, k in found)
     merged_path = tmp_path / "merged.json"
     inputs = [str(tmp_path / f"shard{k}.json") for k in (1, 2, 3)]
     subprocess.run(

@@ -101,9 +101,7 @@ class CaseFile(pytest.File):
         not_run = NotRunChecks(self.config)
         # "case": every case's checks of one dtype as one item; "large": the large tier's only; "off": none.
         batch = settings(self.config).batch
-        for case in loaded.cases:
-            if case.tier not in tiers or not sharding.takes(self.config, case):
-                continue
+        for case in sharding.taken(self.config, [case for case in loaded.cases if case.tier in tiers]):
             case_targets = targets_for_case(self.config, case, candidates)
             batched = batch in ("case", case.tier)
             for dtype in case.dtypes:
@@ -137,9 +135,10 @@ class CompositesFile(pytest.File):
         ]
         lines = id_lines(self.path.read_text())
         not_run = NotRunChecks(self.config)
-        for composite in loaded:
-            case = dataclasses.replace(composite.as_case(label), line=lines.get(composite.id, 1))
-            if not sharding.takes(self.config, case):
+        cases = [dataclasses.replace(c.as_case(label), line=lines.get(c.id, 1)) for c in loaded]
+        taken = {case.id for case in sharding.taken(self.config, cases)}
+        for composite, case in zip(loaded, cases, strict=True):
+            if case.id not in taken:
                 continue
             for dtype in case.dtypes:
                 for target in plain:

@@ -4,13 +4,15 @@ The unit is a geometry: every case of one operation, input and kernel shape, rat
 padding and groups, with all their targets and dtypes. A framework traces or compiles a program
 per geometry (a `tf.function`, a Keras model, an ONNX Runtime session, a JAX program), and the
 checks that share one reuse it: the large tier draws 130 inputs per geometry, and a shard that
-took a third of each geometry's draws would build every program again in each shard. A unit's
-shard is a stable hash of its geometry, the same on every machine, Python and framework version,
-so a case that fails in shard 2 today is in shard 2 tomorrow. With `--conformance-durations` (an
-earlier run's results) the units that run measured are dealt out longest first to the least
-loaded shard instead, which evens wall times when a few units (the large gradient grids, the
-large tier's draws) cost most of the run; a unit the file lacks is placed by hash. Every shard
-process computes the same assignment from the same corpus and file, without talking to the others.
+took a third of each geometry's draws would build every program again in each shard.
+
+A file's units are dealt to the shards in turn, in the order of a stable hash of each geometry:
+the same on every machine, Python and framework version, so with the same case files a case that
+fails in shard 2 today is in shard 2 tomorrow. With `--conformance-durations` (an earlier run's
+results) the units that run measured are dealt out longest first to the least loaded shard
+instead, which evens wall times when a few units (the large gradient grids, the large tier's
+draws) cost most of the run; the units the file lacks are dealt in turn. Every shard process
+computes the same assignment from the same corpus and file, without talking to the others.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hashlib
 import heapq
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,19 @@ from conformance.plugin.options import settings
 from conformance.semantics import TransposedGeometry
 
 
-def hashed_shard(unit: str, count: int) -> int:
-    """1-based shard of a unit: the first 8 bytes of SHA-256 of its key (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256(unit.encode("utf-8")).digest()[:8], "big") % count + 1
+def _digest(text: str) -> int:
+    """The first 8 bytes of SHA-256 of `text` (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def dealt(units: Iterable[str], count: int, suite: str) -> dict[str, int]:
+    """One file's units, each to a 1-based shard: in the order of their digests, to each shard in
+    turn, from a shard the suite's name picks. Each shard gets as many of a file's units as any
+    other, give or take one; a digest mod N per unit left a file of a few large units uneven (the
+    large tier's 48 geometries of 130 draws came out as 155,480 records in one shard and 81,120 in another)."""
+    start = _digest(suite) % count
+    ordered = sorted(set(units), key=lambda unit: (_digest(unit), unit))
+    return {unit: (start + position) % count + 1 for position, unit in enumerate(ordered)}
 
 
 def _geometry_key(
@@ -97,15 +109,21 @@ class ShardPlan:
         self.measured = measured  # unit -> shard, from --conformance-durations
         self.durations = durations
 
-    def takes(self, case: Case) -> bool:
-        unit = unit_of_case(case)
-        return (self.measured.get(unit) or hashed_shard(unit, self.count)) == self.index
+    def taken(self, cases: Sequence[Case]) -> list[Case]:
+        """The cases of one file (all of one suite) that this shard runs."""
+        units = [unit_of_case(case) for case in cases]
+        unmeasured = dealt((unit for unit in units if unit not in self.measured), self.count, cases[0].suite)
+        return [
+            case
+            for case, unit in zip(cases, units, strict=True)
+            if (self.measured.get(unit) or unmeasured[unit]) == self.index
+        ]
 
     def describe(self) -> str:
         how = (
             f"balanced by {self.durations} ({len(self.measured)} geometries measured)"
             if self.durations
-            else "by a hash of the geometry"
+            else "dealt in turn in each file"
         )
         return f"shard {self.index}/{self.count}, whole cases, every case of a geometry together, {how}"
 
@@ -129,7 +147,7 @@ def plan(config: pytest.Config) -> ShardPlan | None:
     return config.stash[_plan_key]
 
 
-def takes(config: pytest.Config, case: Case) -> bool:
-    """Whether this run's shard runs the case (every case when the run is not sharded)."""
+def taken(config: pytest.Config, cases: Sequence[Case]) -> list[Case]:
+    """The cases of one file that this run's shard runs (all of them when the run is not sharded)."""
     shard = plan(config)
-    return shard is None or shard.takes(case)
+    return list(cases) if shard is None or not cases else shard.taken(cases)
