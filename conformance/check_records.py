@@ -95,9 +95,27 @@ def make_record(
 # and half its fields are the case's, the target's and the dtype's alone: those are made once, in
 # the record's field order (what the check fills in stands empty). Records share their lists:
 # nothing changes a record's lists in place.
+def geometry_fields(case: Case) -> Record:
+    """What a record states of the case's geometry, as the record writes it (tuples as lists): the
+    fields that decide which program a framework builds (conformance/plugin/sharding.py keys on them)."""
+    geo = case.geometry
+    return {
+        "input_shape": list(case.input_shape),
+        "kernel_shape": list(case.kernel_shape),
+        "rate": list(case.rate),
+        "stride": list(case.stride),
+        "padding": case.padding if isinstance(case.padding, (str, int)) else [list(p) for p in case.padding],
+        "groups": case.groups,
+        "operation": case.op,
+        # (a transposed SAME or VALID derives its output padding: the geometry's is the one in effect)
+        **({"output_padding": list(geo.output_padding)} if isinstance(geo, TransposedGeometry) else {}),
+    }
+
+
 @lru_cache(maxsize=64)
 def _check_fields(case: Case, target: Target, dtype: str) -> Record:
     geo = case.geometry
+    geometry = geometry_fields(case)
     return {
         "case": case.qualified_id,
         "case_file": case.file,
@@ -114,18 +132,18 @@ def _check_fields(case: Case, target: Target, dtype: str) -> Record:
         "precision": target.precision,
         "dtype": dtype,
         "outcome": "",
-        "input_shape": list(case.input_shape),
-        "kernel_shape": list(case.kernel_shape),
+        "input_shape": geometry["input_shape"],
+        "kernel_shape": geometry["kernel_shape"],
         "output_shape": list(case.output_shape),
         "got_shape": None,
         "got_dtype": None,
-        "rate": list(case.rate),
-        "stride": list(case.stride),
-        "padding": case.padding if isinstance(case.padding, (str, int)) else [list(p) for p in case.padding],
+        "rate": geometry["rate"],
+        "stride": geometry["stride"],
+        "padding": geometry["padding"],
         "pads": [list(p) for p in geo.pads],
-        "groups": case.groups,
-        "operation": case.op,
-        **({"output_padding": list(geo.output_padding)} if isinstance(geo, TransposedGeometry) else {}),
+        "groups": geometry["groups"],
+        "operation": geometry["operation"],
+        **({"output_padding": geometry["output_padding"]} if "output_padding" in geometry else {}),
         "expect": "no-valid-output" if case.expects_no_output else case.expect_kind,
         "exact": False,
         "max_abs_error": None,

@@ -28,8 +28,12 @@ from typing import Any
 import pytest
 
 from conformance.cases import Case
+from conformance.check_records import geometry_fields
 from conformance.plugin.options import settings
-from conformance.semantics import TransposedGeometry
+
+# A record's geometry (conformance.check_records.geometry_fields), in the order a unit's key writes
+# it; a transposed convolution's output padding comes last (other records do not state one).
+GEOMETRY_FIELDS = ("operation", "input_shape", "kernel_shape", "rate", "stride", "padding", "groups")
 
 
 def _digest(text: str) -> int:
@@ -47,30 +51,15 @@ def dealt(units: Iterable[str], count: int, suite: str) -> dict[str, int]:
     return {unit: (start + position) % count + 1 for position, unit in enumerate(ordered)}
 
 
-def _geometry_key(
-    operation: str, input_shape: Any, kernel_shape: Any, rate: Any, stride: Any, padding: Any, groups: int,
-    output_padding: Any,
-) -> str:  # fmt: skip
-    # JSON: tuples and lists write alike, so a case and its records give the same text.
-    return json.dumps([operation, input_shape, kernel_shape, rate, stride, padding, groups, output_padding])
+def unit_of_record(record: Mapping[str, Any]) -> str:
+    """The shard unit of a result record's case: the geometry the record states, as JSON."""
+    return json.dumps([record[name] for name in GEOMETRY_FIELDS] + [record.get("output_padding")])
 
 
 def unit_of_case(case: Case) -> str:
-    """The shard unit a case belongs to: its geometry (what a framework compiles a program for)."""
-    geometry = case.geometry  # (a transposed SAME or VALID derives its output padding: the record states that)
-    output_padding = list(geometry.output_padding) if isinstance(geometry, TransposedGeometry) else None
-    return _geometry_key(
-        case.op, case.input_shape, case.kernel_shape, case.rate, case.stride, case.padding, case.groups,
-        output_padding,
-    )  # fmt: skip
-
-
-def unit_of_record(record: Mapping[str, Any]) -> str:
-    """The shard unit of a result record's case, from the geometry the record states."""
-    return _geometry_key(
-        record["operation"], record["input_shape"], record["kernel_shape"], record["rate"], record["stride"],
-        record["padding"], record["groups"], record.get("output_padding"),
-    )  # fmt: skip
+    """The shard unit a case belongs to: its geometry (what a framework compiles a program for),
+    read off the fields its records state, so a durations file places it the same way."""
+    return unit_of_record(geometry_fields(case))
 
 
 def unit_seconds(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
