@@ -27,11 +27,16 @@ EVIDENCE = REPO / "tests" / "data" / "evidence"
 AVX512 = "2026-12-04-avx512-onednn-default.jsonl"  # Zen 4: AVX512-VNNI/BF16, no AMX
 AMX = "2026-12-06-amx-onednn-float16.jsonl"  # a Xeon with AVX512-FP16 and AMX-BF16: oneDNN takes float16 too
 AMX_CAPPED = "2026-12-06-amx-avx2-onednn-on.jsonl"  # the same Xeon under the avx2-onednn-on profile
+# The same Xeon on the NaN-tap case with bfloat16 added: uncapped (AMX), and capped to a Zen 4's oneDNN level.
+AMX_BFLOAT16 = "2026-12-06-amx-bfloat16-nan-tap.jsonl"
+AMX_AS_ZEN4 = "2026-12-06-amx-capped-avx512-bf16-nan-tap.jsonl"
 # The files as recorded (replaying an edited copy would prove nothing), and how many records each holds.
 RECORDED = {
     AVX512: ("21e1a644024fc9971d58b6f22cd1afe519499ff800e69500198cb9810663c3fd", 818),
     AMX: ("f56d2ce17273e630693073c13e28e0b4efa07ad1a4563d6967c75f6a6fc5b506", 636),
     AMX_CAPPED: ("ea95cad9ec5cb0b2ef430e2481eeb4e05ae3c98747cad4675aebbf8ba9676b02", 589),
+    AMX_BFLOAT16: ("f3a8fd461f39d2c206a20bea42d0542b36dcc99e179b06948e2e3f8fab94255e", 5),
+    AMX_AS_ZEN4: ("0a4d82379869c4e6a240a9a76e4f75e88d228cd309bd53bd71264a8144e84510", 10),
 }
 # Records of the AVX-512 run that were the harness's own failure, not a framework's: each with what removed its cause.
 HARNESS_FAULTS = {
@@ -106,8 +111,9 @@ def test_an_entry_put_back_as_it_was_leaves_records_unexplained(tmp_path: Path, 
 
 
 def test_the_amx_machine_needs_each_level_and_dtype_its_entries_name(tmp_path: Path, corpus: dict[str, Case]) -> None:
-    """On the AMX machine torch and TensorFlow hand oneDNN float16, which runs at AVX512_CORE_AMX: an entry
-    without the float16 dtype or without that level leaves that machine's records unexplained."""
+    """On the AMX machine torch and TensorFlow hand oneDNN float16, which runs at AVX512_CORE_AMX, and bfloat16,
+    which AMX tiles compute differently: an entry narrower or wider than the levels and dtypes its records
+    need leaves them unexplained (a failure unexcused, or a conformant check taken in)."""
     text = (REPO / "cases" / "expectations.toml").read_text()
     torch_entry, tf_entry = 'id = "torch-onednn-float16-padded-nan-tap"', 'id = "tf-onednn-padded-nan-tap"'
     narrowed = {
@@ -132,6 +138,23 @@ def test_the_amx_machine_needs_each_level_and_dtype_its_entries_name(tmp_path: P
             'id = "keras-tf-onednn-half-below-its-isa"',
             'dtypes = ["bfloat16", "float16"]',
             'dtypes = ["bfloat16"]',
+        ),
+        # bfloat16 skips the padding on oneDNN's AVX-512 levels (a Zen 4's among them) but not on AMX tiles.
+        (AMX_AS_ZEN4, "torch.conv2d-cpu bfloat16 mismatch"): (
+            'id = "torch-onednn-bfloat16-padded-nan-tap"',
+            '"AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16"]',
+            '"AVX512_CORE_VNNI", "AVX512_CORE_FP16"]',
+        ),
+        (AMX_BFLOAT16, "tensorflow.conv2d-cpu bfloat16 xpass"): (
+            tf_entry,
+            'dtypes = ["float32", "float16"]  #',
+            "#",  # every dtype, as it was: bfloat16 on AMX taken in, though it multiplies the padding there
+        ),
+        # float16 handed to a oneDNN that cannot run it aborts: an oracle against that baseline is no skip.
+        (AMX_AS_ZEN4, "tensorflow.atrous_conv2d@equals-conv2d-cpu float16 xpass"): (
+            tf_entry,
+            "onednn_runs_dtype = true, ",
+            "",
         ),
     }
     for (name, failure), (anchor, now, then) in narrowed.items():
