@@ -397,18 +397,22 @@ def test_a_red_run_reads_on_one_screen(pytester: pytest.Pytester, asked: list[st
     assert all(r["near_miss"]["id"] == "numpy-doubles-on-old-numpy" for r in records)
 
 
+@pytest.mark.parametrize("durations", [None, 5])
 @pytest.mark.parametrize("listed", ["fE", "fEsp"])
 @pytest.mark.parametrize("worker", [False, True], ids=["controller", "worker"])
-def test_reports_are_kept_only_where_something_reads_them(listed: str, worker: bool) -> None:
+def test_reports_are_kept_only_where_something_reads_them(listed: str, worker: bool, durations: int | None) -> None:
     """A worker forgets each report once it is sent; the controller keeps failures in full, a
     stand-in for each pass and skip it only counts (the summary line's figures are unchanged), and
-    the real ones where -r lists them; passed setups and teardowns not at all."""
+    the real ones where -r lists them; passed setups and teardowns not at all. Under --durations,
+    which reads every report's time, the controller keeps them all."""
     from types import SimpleNamespace
 
     from conformance.plugin import COUNTED, ReportsKeptOnlyWhereRead
 
     reporter = SimpleNamespace(stats={}, reportchars=listed)
-    config = SimpleNamespace(pluginmanager=SimpleNamespace(get_plugin=lambda name: reporter))
+    config = SimpleNamespace(
+        pluginmanager=SimpleNamespace(get_plugin=lambda name: reporter), option=SimpleNamespace(durations=durations)
+    )
     keeper = ReportsKeptOnlyWhereRead(config, worker=worker)  # type: ignore[arg-type]
     made = []
     for category in ["", "passed", "", "", "skipped", "", "failed", ""]:
@@ -419,6 +423,10 @@ def test_reports_are_kept_only_where_something_reads_them(listed: str, worker: b
     counts = {category: len(kept) for category, kept in reporter.stats.items() if kept}
     if worker:
         assert counts == {}
+        return
+    if durations is not None:
+        assert counts == {"": 5, "passed": 1, "skipped": 1, "failed": 1}
+        assert all(report in made for kept in reporter.stats.values() for report in kept)  # the reports, not stand-ins
         return
     assert counts == {"passed": 1, "skipped": 1, "failed": 1}
     assert reporter.stats["failed"] == [made[6]]

@@ -267,10 +267,12 @@ class ReportsKeptOnlyWhereRead:
     than a GiB in the controller over the extended tier's 157,000 checks. A worker's reporter
     writes to no one: once xdist has sent a report, the worker forgets it. The controller's
     reads a passed setup or teardown never, and a passed or skipped check's only for its count,
-    unless `-r` asks to list them: it keeps a shared stand-in for those, and failures in full."""
+    unless `-r` asks to list them: it keeps a shared stand-in for those, and failures in full.
+    `--durations` reads every report's time at the end, setups and teardowns too: it keeps them all."""
 
     def __init__(self, config: pytest.Config, worker: bool) -> None:
         self.config, self.worker = config, worker
+        self.timed = getattr(getattr(config, "option", None), "durations", None) is not None
 
     @pytest.hookimpl(trylast=True)  # (after the reporter has counted it and xdist has sent it)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -282,7 +284,11 @@ class ReportsKeptOnlyWhereRead:
             return
         kept = stats[category]
         listed = getattr(reporter, "reportchars", "")
-        if self.worker or category == "":
+        if self.worker:
+            kept.pop()
+        elif self.timed:
+            return
+        elif category == "":
             kept.pop()
         elif (category == "passed" and not {"p", "P"} & set(listed)) or (category == "skipped" and "s" not in listed):
             kept[-1] = COUNTED
