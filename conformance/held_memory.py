@@ -4,7 +4,7 @@ Frameworks keep what they built: compiled XLA executables per shape, traced `tf.
 Keras models, ONNX Runtime sessions, oneDNN primitives, allocator pools. A run of tens of thousands
 of geometries would otherwise grow each process by every geometry it has seen. So every process that
 runs checks (an xdist worker, a framework's child process) measures its resident size after each
-check against one budget, `--conformance-recycle-above` (2 GiB by default):
+check against one budget, `--conformance-recycle-above` (1.5 GiB by default):
 
 1. over it, the process releases every cache it can: the harness's own (`on_release` registers
    them: built framework objects, baseline outputs, prepared data, which keep at most
@@ -15,12 +15,10 @@ check against one budget, `--conformance-recycle-above` (2 GiB by default):
    frees is growing: a framework's own bookkeeping, the allocator's fragments), the process is
    replaced before its next check, as long-running servers recycle a worker after N requests: a
    worker retires (conformance/isolation.py), a child exits after its reply
-   (conformance/adapters/child.py). A worker holds 1.1 to 1.5 GiB that no release lowers (0.86 GiB
-   the four frameworks loaded, 0.25 GiB the extended tier's 157,000 collected items, and what the
-   harness's own tests leave in the default run's workers), so the default budget leaves it 0.5 to
-   0.9 GiB of caches; a release costs the recompilation of what the next checks need, a replacement
-   a process start, the imports and the collection (about 20 s). At 1.5 GiB the default run
-   replaced 5 workers (two after about 45 checks) where 2 GiB replaces one: 0.88 of its wall time.
+   (conformance/adapters/child.py). A worker holds 1.1 to 1.2 GiB that no release lowers (0.86 GiB
+   the four frameworks loaded, 0.25 GiB the extended tier's 157,000 collected items), so the default
+   budget leaves it about 0.3 GiB of caches; a release costs the recompilation of what the next
+   checks need, a replacement a process start, the imports and the collection (about 20 s).
 
 The same holds for the data segment where the process has a limit on it (`--conformance-memory-limit`,
 RLIMIT_DATA): over half of it, what an allocator reserved and no release returns would make a later
@@ -54,7 +52,7 @@ V = TypeVar("V")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-RECYCLE_ABOVE = 2 << 30  # a worker holds 0.9 GiB with torch, TensorFlow, JAX and ONNX Runtime loaded
+RECYCLE_ABOVE = 3 << 29  # 1.5 GiB: a worker holds 0.9 GiB with torch, TensorFlow, JAX and ONNX Runtime loaded
 RECYCLE_VARIABLE = "CONFORMANCE_RECYCLE_ABOVE"  # how a child learns its parent's budget (bytes; 0: none)
 RELEASE_AT_MOST_EVERY = 100  # checks; over the budget again sooner, the process is replaced
 

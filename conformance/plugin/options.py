@@ -60,10 +60,10 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--conformance-recycle-above",
-        default="2G",
+        default="1.5G",
         metavar="SIZE",
         help="memory a worker or framework child may hold between checks; past it, it releases its caches "
-        "and, if still above, is replaced by a fresh process (default 2G; 'none')",
+        "and, if still above, is replaced by a fresh process (default 1.5G; 'none')",
     )
     group.addoption(
         "--conformance-crash-limit",
