@@ -3,9 +3,10 @@ as each library sees them, and the variables that change what they see.
 
 The same build of TensorFlow or torch takes different kernels on different CPUs: TensorFlow turns
 oneDNN on by default on x86 CPUs with neural-network instructions and hands it only the dtypes
-that CPU supports; torch sends bfloat16 convolutions to oneDNN where oneDNN runs AVX-512; oneDNN
-itself is capped by `ONEDNN_MAX_CPU_ISA`. A known divergence states which of these decides it
-(`runtime` in cases/expectations.toml), and every record carries them (`runtime`).
+that CPU supports; torch sends bfloat16 convolutions to oneDNN where oneDNN runs AVX-512, and
+float16 ones where it runs AVX512-FP16; oneDNN itself is capped by `ONEDNN_MAX_CPU_ISA`. A known
+divergence states which of these decides it (`runtime` in cases/expectations.toml), and every
+record carries them (`runtime`).
 
 Some facts the frameworks report themselves (TensorFlow's `IsMklEnabled`, torch's CPU capability
 and oneDNN dtype checks); the others are derived here from the CPU's flags by the frameworks' own

@@ -35,8 +35,8 @@ RECORDED = {
     AVX512: ("21e1a644024fc9971d58b6f22cd1afe519499ff800e69500198cb9810663c3fd", 818),
     AMX: ("f56d2ce17273e630693073c13e28e0b4efa07ad1a4563d6967c75f6a6fc5b506", 636),
     AMX_CAPPED: ("ea95cad9ec5cb0b2ef430e2481eeb4e05ae3c98747cad4675aebbf8ba9676b02", 589),
-    AMX_BFLOAT16: ("f3a8fd461f39d2c206a20bea42d0542b36dcc99e179b06948e2e3f8fab94255e", 5),
-    AMX_AS_ZEN4: ("0a4d82379869c4e6a240a9a76e4f75e88d228cd309bd53bd71264a8144e84510", 10),
+    AMX_BFLOAT16: ("754c7b0f6538d209b8f7e7213a8fe9032d1c8e13ffcc5ded5629f09cbc39d529", 14),
+    AMX_AS_ZEN4: ("7d089f9ad433ff8ee9eebb3a73ce479e82f572a3dc408e55fe20df6d010c737a", 37),
 }
 # Records of the AVX-512 run that were the harness's own failure, not a framework's: each with what removed its cause.
 HARNESS_FAULTS = {
@@ -115,18 +115,19 @@ def test_the_amx_machine_needs_each_level_and_dtype_its_entries_name(tmp_path: P
     which AMX tiles compute differently: an entry narrower or wider than the levels and dtypes its records
     need leaves them unexplained (a failure unexcused, or a conformant check taken in)."""
     text = (REPO / "cases" / "expectations.toml").read_text()
-    torch_entry, tf_entry = 'id = "torch-onednn-float16-padded-nan-tap"', 'id = "tf-onednn-padded-nan-tap"'
-    narrowed = {
-        (AMX, "torch.conv2d-cpu float16 mismatch"): (torch_entry, 'dtypes = ["float16"]', 'dtypes = ["bfloat16"]'),
-        (AMX, "keras-torch.Conv2D-cpu float16 mismatch"): (
-            torch_entry,
-            '"AVX512_CORE_FP16", "AVX512_CORE_AMX"]',
-            '"AVX512_CORE_FP16"]',
-        ),
-        (AMX, "tensorflow.conv2d-cpu float16 mismatch"): (
-            tf_entry,
+    torch16, torch_bf16 = 'id = "torch-onednn-float16-padded-nan-tap"', 'id = "torch-onednn-bfloat16-padded-nan-tap"'
+    tf32, tf16 = 'id = "tf-onednn-padded-nan-tap"', 'id = "tf-onednn-float16-padded-nan-tap"'
+    tf_bf16 = 'id = "tf-onednn-bfloat16-padded-nan-tap"'
+    fp16_and_amx = '["AVX512_CORE_FP16", "AVX512_CORE_AMX"]'
+    edited = {
+        # Narrower: a failure of that machine left unexcused.
+        (AMX, "torch.conv2d-cpu float16 mismatch"): (torch16, 'dtypes = ["float16"]', 'dtypes = ["bfloat16"]'),
+        (AMX, "keras-torch.Conv2D-cpu float16 mismatch"): (torch16, fp16_and_amx, '["AVX512_CORE_FP16"]'),
+        (AMX, "tensorflow.conv2d-cpu float16 mismatch"): (tf16, fp16_and_amx, '["AVX512_CORE_FP16"]'),
+        (AMX, "tensorflow.conv2d-cpu float32 mismatch"): (
+            tf32,
             '"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",',
-            '"AVX512_CORE_BF16",',  # the levels measured on the AVX-512 machine alone
+            '"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX_FP16",',
         ),
         # As it was before: bfloat16 alone, the only half type TensorFlow handed oneDNN on the AVX-512 machine.
         (AMX_CAPPED, "tensorflow.conv2d-cpu float16 error"): (
@@ -141,23 +142,30 @@ def test_the_amx_machine_needs_each_level_and_dtype_its_entries_name(tmp_path: P
         ),
         # bfloat16 skips the padding on oneDNN's AVX-512 levels (a Zen 4's among them) but not on AMX tiles.
         (AMX_AS_ZEN4, "torch.conv2d-cpu bfloat16 mismatch"): (
-            'id = "torch-onednn-bfloat16-padded-nan-tap"',
+            torch_bf16,
             '"AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16"]',
             '"AVX512_CORE_VNNI", "AVX512_CORE_FP16"]',
         ),
-        (AMX_BFLOAT16, "tensorflow.conv2d-cpu bfloat16 xpass"): (
-            tf_entry,
-            'dtypes = ["float32", "float16"]  #',
-            "#",  # every dtype, as it was: bfloat16 on AMX taken in, though it multiplies the padding there
+        (AMX_AS_ZEN4, "tensorflow.conv2d-cpu bfloat16 mismatch"): (
+            tf_bf16,
+            '"AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16"]',
+            '"AVX512_CORE_VNNI", "AVX512_CORE_FP16"]',
+        ),
+        # Wider: a conformant check of that machine taken in.
+        (AMX_BFLOAT16, "tensorflow.conv2d-cpu bfloat16 xpass"): (tf32, 'dtypes = ["float32"]  #', "#"),  # every dtype
+        (AMX_BFLOAT16, "torch.conv2d-cpu bfloat16 xpass"): (
+            torch_bf16,
+            '"AVX512_CORE_FP16"] }',
+            '"AVX512_CORE_FP16", "AVX512_CORE_AMX"] }',
         ),
         # float16 handed to a oneDNN that cannot run it aborts: an oracle against that baseline is no skip.
         (AMX_AS_ZEN4, "tensorflow.atrous_conv2d@equals-conv2d-cpu float16 xpass"): (
-            tf_entry,
-            "onednn_runs_dtype = true, ",
-            "",
+            tf16,
+            fp16_and_amx,
+            '["AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX"]',
         ),
     }
-    for (name, failure), (anchor, now, then) in narrowed.items():
+    for (name, failure), (anchor, now, then) in edited.items():
         left = _unexplained_with(text, anchor, now, then, EVIDENCE / name, tmp_path, corpus)
         assert any(what.startswith(failure) for what in left), f"{then!r}: {sorted(left)}"
 
