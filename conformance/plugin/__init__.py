@@ -272,7 +272,7 @@ class ReportsKeptOnlyWhereRead:
 
     def __init__(self, config: pytest.Config, worker: bool) -> None:
         self.config, self.worker = config, worker
-        self.timed = getattr(getattr(config, "option", None), "durations", None) is not None
+        self.timed = config.option.durations is not None  # (pytest's runner plugin registers --durations)
 
     @pytest.hookimpl(trylast=True)  # (after the reporter has counted it and xdist has sent it)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
