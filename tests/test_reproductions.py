@@ -234,9 +234,14 @@ def _passing_check(adapter: Adapter, cases: list[Case]) -> tuple[Case, str] | st
     records: dict[str, Record] = {}
     for case in cases:  # up to the first that passes: each check of a child's target is a round trip
         record = records[case.id] = run_check(case, target, "float32")
-        if record["outcome"] == "pass":
+        # An oracle passes where both formulations raise (TensorFlow's Conv3D at rate > 1 without
+        # oneDNN): that reproduction raises too, and has no bits to compare.
+        if record["outcome"] == "pass" and record["output_sha256"] is not None:
             return case, str(record["reproduction"])
-    # None passes: why (every record is here now).
+    # None passes with an output: why (every record is here now).
+    computed = [r for r in records.values() if r["outcome"] != "unsupported"]
+    if computed and all(r["outcome"] == "pass" for r in computed):
+        return f"each pass here is of two formulations that both raise: {computed[0]['message']}"
     if all(r["outcome"] == "unsupported" for r in records.values()):
         return f"unsupported on this machine: {records[cases[0].id]['message']}"
     known = [expectations.apply(r, KNOWN.entries) for r in records.values() if r["outcome"] != "unsupported"]
