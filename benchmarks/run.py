@@ -19,11 +19,15 @@ Sections:
               what each xdist worker holds (every worker collects everything).
   report      rendering 20,000- and 100,000-result reports: time, size, and the time until the page
               is drawn and answers in headless Chromium (needs chromium and chromedriver).
-  checkouts   the README's command (`pytest -n auto`: harness tests and cases) on two checkouts, --before
+  baseline    the README's command once, cold, on --baseline CHECKOUT (an issue's start), saved on its
+              own for a later `--only checkouts --baseline-from FILE` in the same session (opt-in).
+  checkouts   the README's command (`pytest -n auto`, each checkout's own) on two checkouts, --before
               (say `git worktree add --detach /tmp/main main`) and --after (this one), alternating: before,
-              after from an empty compilation cache, after again on that cache, before again. Wall
-              time ratios, the cache's size, whether both hold the same checks with the same
-              outcomes, and where each run's worker-seconds went (opt-in; about an hour on 2 cores).
+              after from an empty compilation cache, after again on that cache, before again; then,
+              warm, the project's whole test command on --after (`pytest -n auto tests cases`: the
+              harness's own tests too). Wall time ratios, the cache's size, whether both hold the same
+              checks with the same outcomes, and where each run's worker-seconds went (opt-in; about
+              an hour on 2 cores).
   large       the large tier itself, `pytest -m "large and cpu" -n auto`: checks, wall time, overhead
               ratio, peak memory of the controller, of each worker and of any process (opt-in: --only
               large; about 6 minutes on 2 cores).
@@ -74,6 +78,7 @@ SECTIONS = (
     "collection",
     "report",
     "ranks",
+    "baseline",
     "checkouts",
     "large",
     "shards",
@@ -462,17 +467,23 @@ def _junit_seconds(path: Path) -> dict[str, float]:
 
 
 def readme_run(
-    checkout: Path, scratch: Path, name: str, user_cache: Path, python: str = sys.executable
+    checkout: Path,
+    scratch: Path,
+    name: str,
+    user_cache: Path,
+    python: str = sys.executable,
+    paths: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The README's test command, `pytest -n auto` (harness tests and cases), in `checkout` with its
-    own package first on the import path and `user_cache` as the user's cache directory (where the
-    compilation cache lives by default, for the run and for the runs its tests start), and where
-    the time went, in worker-seconds."""
+    """The README's command, `pytest -n auto` (what it collects is the checkout's testpaths), or with
+    `paths` (say the harness's tests and cases), in `checkout` with its own package first on the
+    import path and `user_cache` as the user's cache directory (where the compilation cache lives
+    by default, for the run and for the runs its tests start), and where the time went, in
+    worker-seconds."""
     from conformance.record_files import open_results_json
 
     out = scratch / name
     out.mkdir(parents=True)
-    command = [python, "-m", "pytest", "-n", "auto", "-p", "no:cacheprovider", "-q"]
+    command = [python, "-m", "pytest", *paths, "-n", "auto", "-p", "no:cacheprovider", "-q"]
     command += ["--junitxml", str(out / "junit.xml"), "--conformance-json", str(out / "results.json")]
     command += ["--conformance-html", str(out / "index.html")]
     environment = {"PYTHONPATH": str(checkout), "XDG_CACHE_HOME": str(user_cache)}
@@ -518,6 +529,16 @@ def readme_run(
     }
 
 
+def section_baseline(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The README's command on one checkout (--baseline: an issue's start), once, cold. Saved on its
+    own, it lets `--only checkouts --baseline-from FILE` later in the same session on the same
+    machine give the ratio over it without running it again."""
+    if args.baseline is None:
+        raise SystemExit("the baseline section needs --baseline CHECKOUT")
+    python = args.before_python or sys.executable
+    return readme_run(args.baseline.resolve(), scratch, "baseline", scratch / "user-cache-baseline", python)
+
+
 def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The README's command on two checkouts of this repository (--before, --after), alternating on
     one machine: before, after, after again, before again. Each side gets one empty user cache
@@ -529,7 +550,11 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
     caches = {side: scratch / f"user-cache-{side}" for side in ("baseline", "before", "after")}
     pythons = {"before": args.before_python or sys.executable, "after": args.after_python or sys.executable}
     runs: dict[str, dict[str, Any]] = {}
-    if args.baseline is not None:
+    if args.baseline_from is not None:
+        saved = json.loads(args.baseline_from.read_text())
+        runs["baseline"] = {**saved["sections"]["baseline"], "saved_in": str(args.baseline_from)}
+        runs["baseline"]["saved_at"] = saved["created"]
+    elif args.baseline is not None:
         runs["baseline"] = readme_run(
             args.baseline.resolve(), scratch, "baseline", caches["baseline"], pythons["before"]
         )
@@ -538,6 +563,10 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
         "after_cold": readme_run(after, scratch, "after-cold", caches["after"], pythons["after"]),
         "after_warm": readme_run(after, scratch, "after-warm", caches["after"], pythons["after"]),
         "before_2": readme_run(before, scratch, "before-2", caches["before"], pythons["before"]),
+        # What CI runs: the harness's own tests as well, on what the after runs compiled.
+        "after_whole_warm": readme_run(
+            after, scratch, "after-whole-warm", caches["after"], pythons["after"], paths=("tests", "cases")
+        ),
     }
 
     cache_bytes = {side: sum(p.stat().st_size for p in caches[side].rglob("*") if p.is_file()) for side in caches}
@@ -575,6 +604,9 @@ def checkout_ratios(runs: dict[str, dict[str, Any]], before_kept_a_cache: bool) 
             "after_warm_over_before": wall["after_warm"] / before_wall,
             "before_runs_spread": abs(wall["before_1"] - wall["before_2"]) / before_wall,
         }
+    if "after_whole_warm" in wall:  # the harness's tests too, against the before side's warm or mean run
+        before_warm = wall["before_2"] if before_kept_a_cache else statistics.mean([wall["before_1"], wall["before_2"]])
+        ratios["after_whole_warm_over_before_warm"] = wall["after_whole_warm"] / before_warm
     if "baseline" in wall:
         ratios |= {
             "after_cold_over_baseline": wall["after_cold"] / wall["baseline"],
@@ -769,6 +801,12 @@ def main() -> int:
     parser.add_argument("--after", type=Path, default=ROOT, help="checkouts: the change (default: this checkout)")
     parser.add_argument(
         "--baseline", type=Path, default=None, help="checkouts: a third checkout run once, cold (an issue's start)"
+    )
+    parser.add_argument(
+        "--baseline-from",
+        type=Path,
+        default=None,
+        help="checkouts: the baseline run of an earlier `--only baseline` (same session and machine) instead",
     )
     parser.add_argument(
         "--before-python", default=None, help="checkouts: the baseline's interpreter, where its install differs"

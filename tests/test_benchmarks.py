@@ -74,15 +74,17 @@ def test_checkout_ratios_compare_cold_with_cold_where_both_sides_keep_a_cache() 
     from benchmarks.run import checkout_ratios
 
     walls = {"baseline": 1000.0, "before_1": 800.0, "after_cold": 600.0, "after_warm": 400.0, "before_2": 640.0}
+    walls["after_whole_warm"] = 560.0
     runs = {name: {"wall_s": wall} for name, wall in walls.items()}
     cached = checkout_ratios(runs, before_kept_a_cache=True)
     assert cached["after_cold_over_before"] == 0.75 and cached["after_warm_over_before_warm"] == 0.625
     assert cached["before_warm_speedup_over_cold"] == 1.25 and cached["warm_speedup_over_cold"] == 1.5
     assert cached["after_cold_over_baseline"] == 0.6 and "before_runs_spread" not in cached
+    assert cached["after_whole_warm_over_before_warm"] == 560 / 640
     # A before side without a cache ran cold twice: their mean is the baseline, their spread the drift.
     uncached = checkout_ratios({k: v for k, v in runs.items() if k != "baseline"}, before_kept_a_cache=False)
     assert uncached["after_cold_over_before"] == 600 / 720 and uncached["before_runs_spread"] == 160 / 720
-    assert "after_cold_over_baseline" not in uncached
+    assert "after_cold_over_baseline" not in uncached and uncached["after_whole_warm_over_before_warm"] == 560 / 720
 
 
 def test_a_runs_items_split_into_the_harness_tests_and_the_checks(tmp_path: Path) -> None:

@@ -216,7 +216,7 @@ def test_the_spaced_spelling_says_when_pytest_took_the_path_for_the_rootdir(tmp_
 
 
 def test_cases_runs_only_that_corpus_from_a_checkout_unless_the_tests_are_named(tmp_path: Path) -> None:
-    """In a checkout (testpaths = the harness's tests and cases/), `--cases mine/` collects mine/ only;
+    """In a project whose testpaths name its tests and cases/, `--cases mine/` collects mine/ only;
     naming tests/ as well collects both, and no `--cases` collects the testpaths as before."""
     project = tmp_path / "checkout"
     (project / "tests").mkdir(parents=True)

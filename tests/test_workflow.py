@@ -115,3 +115,20 @@ def test_an_adapter_importing_the_runner_breaks_the_layers(tmp_path: Path) -> No
     assert result.returncode != 0
     assert "3 broken" in result.stdout, result.stdout
     assert "conformance.adapters.numpy -> conformance.runner" in result.stdout
+
+
+def test_ci_runs_the_readme_s_test_command_and_a_bare_pytest_runs_the_cases_alone() -> None:
+    """`pytest -n auto` is the conformance run (pyproject's testpaths: cases/ alone), what a maintainer
+    waits for; the project's test command, the harness's tests with it, is the one the README names
+    for CI and the one .ci/run runs."""
+    import tomllib
+
+    readme = (REPO / "README.md").read_text()
+    named = re.search(r"The project's test command.*?```sh\n(.+?)\n```", readme, re.DOTALL)
+    assert named is not None, "the README names no test command"
+    command = named.group(1).strip()
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.startswith("pytest")]
+    assert ci == [command]
+    assert {"tests", "cases"} <= set(command.split())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["tool"]["pytest"]["ini_options"]["testpaths"] == ["cases"]

@@ -31,9 +31,9 @@ _roots_key = pytest.StashKey[list[Path]]()
 
 
 def set_roots(config: pytest.Config, requested: tuple[Path, ...]) -> None:
-    """The corpus: `--cases` paths, or the rootdir's cases/. `--cases` replaces the testpaths (the
-    harness's tests and cases/): `pytest --cases mine/` runs mine/ only, from the checkout too. Paths
-    named on the command line stay (`pytest tests --cases mine/` runs both)."""
+    """The corpus: `--cases` paths, or the rootdir's cases/. `--cases` replaces the testpaths (cases/
+    in a checkout): `pytest --cases mine/` runs mine/ only. Paths named on the command line stay
+    (`pytest tests --cases mine/` runs the harness's tests and mine/)."""
     default_root = Path(config.rootpath, "cases")
     config.stash[_roots_key] = list(requested) or [default_root]
     if requested:

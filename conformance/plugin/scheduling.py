@@ -1,6 +1,6 @@
 """How a run's items reach its xdist workers: no worker left idle while another holds a queue.
 
-A run of the suite's own directory (`pytest -n auto`) is two kinds of item: some thirty thousand
+The project's test command (`pytest -n auto tests cases`) runs two kinds of item: some thirty thousand
 checks of milliseconds each, and a few hundred other tests (the harness's own), many of which run
 a whole pytest or a browser for seconds to minutes. In collection order the other tests come as
 one block, and xdist hands each worker a contiguous share of the collection: one worker got every
