@@ -532,28 +532,41 @@ def readme_run(
 def section_baseline(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The README's command on one checkout (--baseline: an issue's start), once, cold. Saved on its
     own, it lets `--only checkouts --baseline-from FILE` later in the same session on the same
-    machine give the ratio over it without running it again."""
-    if args.baseline is None:
-        raise SystemExit("the baseline section needs --baseline CHECKOUT")
-    python = args.before_python or sys.executable
-    return readme_run(args.baseline.resolve(), scratch, "baseline", scratch / "user-cache-baseline", python)
+    machine give the ratio over it without running it again; in one invocation the checkouts
+    section takes it from here."""
+    python, cache = args.before_python or sys.executable, scratch / "user-cache-baseline"
+    args.baseline_run = readme_run(args.baseline.resolve(), scratch, "baseline", cache, python)
+    return dict(args.baseline_run)
+
+
+def saved_baseline(path: Path, machine: dict[str, Any]) -> dict[str, Any]:
+    """The baseline run in a results JSON written by `--only baseline` (or by a checkouts section that
+    ran one), marked with where and when it was measured; ValueError where it holds none."""
+    saved = json.loads(path.read_text())
+    sections = saved.get("sections", {})
+    run = sections.get("baseline") or sections.get("checkouts", {}).get("baseline")
+    if not isinstance(run, dict) or "wall_s" not in run:
+        raise ValueError(f"{path}: no baseline run (sections.baseline) in it")
+    if saved.get("machine") != machine:
+        print(f"warning: {path} was measured on {saved.get('machine')}, this is {machine}", file=sys.stderr)
+    return {**run, "saved_in": str(path), "saved_at": saved.get("created")}
 
 
 def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The README's command on two checkouts of this repository (--before, --after), alternating on
-    one machine: before, after, after again, before again. Each side gets one empty user cache
+    one machine: before, after, after again, before again; then the project's whole test command
+    (the harness's tests and cases) on the after side, warm. Each side gets one empty user cache
     directory (XDG_CACHE_HOME): its first run starts cold and its second re-runs on what the first
     compiled (a checkout without a persistent compilation cache keeps nothing there: both of its
     runs are cold, and their spread is the machine's drift). With --baseline, a third checkout (an
-    issue's starting point) runs once first, cold, for the ratio over the whole issue."""
+    issue's starting point) runs once first, cold, for the ratio over the whole issue, unless the
+    baseline section ran it already or --baseline-from read it from an earlier run."""
     before, after = args.before.resolve(), args.after.resolve()
     caches = {side: scratch / f"user-cache-{side}" for side in ("baseline", "before", "after")}
     pythons = {"before": args.before_python or sys.executable, "after": args.after_python or sys.executable}
     runs: dict[str, dict[str, Any]] = {}
-    if args.baseline_from is not None:
-        saved = json.loads(args.baseline_from.read_text())
-        runs["baseline"] = {**saved["sections"]["baseline"], "saved_in": str(args.baseline_from)}
-        runs["baseline"]["saved_at"] = saved["created"]
+    if args.baseline_run is not None:
+        runs["baseline"] = args.baseline_run
     elif args.baseline is not None:
         runs["baseline"] = readme_run(
             args.baseline.resolve(), scratch, "baseline", caches["baseline"], pythons["before"]
@@ -563,13 +576,13 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
         "after_cold": readme_run(after, scratch, "after-cold", caches["after"], pythons["after"]),
         "after_warm": readme_run(after, scratch, "after-warm", caches["after"], pythons["after"]),
         "before_2": readme_run(before, scratch, "before-2", caches["before"], pythons["before"]),
-        # What CI runs: the harness's own tests as well, on what the after runs compiled.
-        "after_whole_warm": readme_run(
-            after, scratch, "after-whole-warm", caches["after"], pythons["after"], paths=("tests", "cases")
-        ),
     }
-
+    # What the README's command compiled (the whole command's own runs add to it).
     cache_bytes = {side: sum(p.stat().st_size for p in caches[side].rglob("*") if p.is_file()) for side in caches}
+    # What CI runs: the harness's own tests as well, on what the after runs compiled.
+    runs["after_whole_warm"] = readme_run(
+        after, scratch, "after-whole-warm", caches["after"], pythons["after"], paths=("tests", "cases")
+    )
 
     def results(name: str) -> Path:
         return Path(runs[name]["results_path"])
@@ -817,10 +830,21 @@ def main() -> int:
     args = parser.parse_args()
     if "checkouts" in args.only and args.before is None:
         parser.error("the checkouts section needs --before CHECKOUT (e.g. `git worktree add --detach /tmp/main main`)")
+    if "baseline" in args.only and args.baseline is None:
+        parser.error("the baseline section needs --baseline CHECKOUT")
+    machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    args.baseline_run = None
+    if args.baseline_from is not None:
+        if args.baseline is not None or "checkouts" not in args.only:
+            parser.error("--baseline-from is for the checkouts section, instead of --baseline")
+        try:
+            args.baseline_run = saved_baseline(args.baseline_from, machine)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
     started = datetime.datetime.now(datetime.UTC)
     results: dict[str, Any] = {
         "created": started.isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine,
         "command": sys.argv,
         "sections": {},
     }

@@ -70,6 +70,34 @@ def test_the_checkouts_section_needs_the_other_checkout() -> None:
     assert result.returncode == 2 and "needs --before CHECKOUT" in result.stderr
 
 
+def test_a_baseline_needs_its_checkout_and_a_saved_one_must_hold_a_baseline_run(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "benchmarks/run.py", *args]
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    result = run("--only", "baseline")
+    assert result.returncode == 2 and "needs --baseline CHECKOUT" in result.stderr
+    (tmp_path / "other.json").write_text(json.dumps({"created": "x", "sections": {"reference": {}}}))
+    result = run("--only", "checkouts", "--before", str(tmp_path), "--baseline-from", str(tmp_path / "other.json"))
+    assert result.returncode == 2 and "no baseline run" in result.stderr
+    result = run("--only", "checkouts", "--before", str(tmp_path), "--baseline-from", "x.json", "--baseline", ".")
+    assert result.returncode == 2 and "instead of --baseline" in result.stderr
+
+
+def test_a_saved_baseline_is_read_from_either_section_and_says_where_it_came_from(tmp_path: Path) -> None:
+    from benchmarks.run import saved_baseline
+
+    machine = {"python": "3.11", "cpus": 2, "platform": "linux"}
+    alone = {"created": "t1", "machine": machine, "sections": {"baseline": {"wall_s": 1351.0}}}
+    within = {"created": "t2", "machine": machine, "sections": {"checkouts": {"baseline": {"wall_s": 900.0}}}}
+    (tmp_path / "alone.json").write_text(json.dumps(alone))
+    (tmp_path / "within.json").write_text(json.dumps(within))
+    assert saved_baseline(tmp_path / "alone.json", machine) == {
+        "wall_s": 1351.0, "saved_in": str(tmp_path / "alone.json"), "saved_at": "t1"
+    }  # fmt: skip
+    assert saved_baseline(tmp_path / "within.json", machine)["wall_s"] == 900.0
+
+
 def test_checkout_ratios_compare_cold_with_cold_where_both_sides_keep_a_cache() -> None:
     from benchmarks.run import checkout_ratios
 

@@ -238,15 +238,16 @@ def _passing_check(adapter: Adapter, cases: list[Case]) -> tuple[Case, str] | st
         # oneDNN): that reproduction raises too, and has no bits to compare.
         if record["outcome"] == "pass" and record["output_sha256"] is not None:
             return case, str(record["reproduction"])
-    # None passes with an output: why (every record is here now).
-    computed = [r for r in records.values() if r["outcome"] != "unsupported"]
-    if computed and all(r["outcome"] == "pass" for r in computed):
-        return f"each pass here is of two formulations that both raise: {computed[0]['message']}"
+    # None passes with an output: why (every record is here now). A pass here is an oracle's
+    # agreement that both formulations raise; the rest must be refusals or known divergences.
     if all(r["outcome"] == "unsupported" for r in records.values()):
         return f"unsupported on this machine: {records[cases[0].id]['message']}"
-    known = [expectations.apply(r, KNOWN.entries) for r in records.values() if r["outcome"] != "unsupported"]
-    if known and all(r["outcome"] == "xfail" for r in known):
-        return f"a known divergence on this machine: {known[0]['message']}"
+    agreements = [r for r in records.values() if r["outcome"] == "pass"]
+    others = [r for r in records.values() if r["outcome"] not in ("pass", "unsupported")]
+    known = [expectations.apply(r, KNOWN.entries) for r in others]
+    if all(r["outcome"] == "xfail" for r in known):
+        explained = [r["message"] for r in agreements + known]
+        return f"no pass with an output here; both formulations raise or a known divergence: {explained[0]}"
     raise AssertionError({case_id: (r["outcome"], r["message"]) for case_id, r in records.items()})
 
 

@@ -127,8 +127,12 @@ def test_ci_runs_the_readme_s_test_command_and_a_bare_pytest_runs_the_cases_alon
     named = re.search(r"The project's test command.*?```sh\n(.+?)\n```", readme, re.DOTALL)
     assert named is not None, "the README names no test command"
     command = named.group(1).strip()
-    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.startswith("pytest")]
+    lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    ci = [line for line in lines if re.match(r"(python3? -m )?pytest\b", line)]
     assert ci == [command]
     assert {"tests", "cases"} <= set(command.split())
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(REPO / "tox.ini")
+    assert "{posargs:tests cases}" in tox["testenv"]["commands"]  # tox -e py311: the same paths
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert pyproject["tool"]["pytest"]["ini_options"]["testpaths"] == ["cases"]

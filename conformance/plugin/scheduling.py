@@ -1,7 +1,7 @@
 """How a run's items reach its xdist workers: no worker left idle while another holds a queue.
 
 The project's test command (`pytest -n auto tests cases`) runs two kinds of item: some thirty thousand
-checks of milliseconds each, and a few hundred other tests (the harness's own), many of which run
+checks of milliseconds each, and about 1,200 other tests (the harness's own), many of which run
 a whole pytest or a browser for seconds to minutes. In collection order the other tests come as
 one block, and xdist hands each worker a contiguous share of the collection: one worker got every
 harness test (about 950 of its seconds) while the other finished its checks and then waited, since
