@@ -558,19 +558,13 @@ def section_checkouts(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
     (the harness's tests and cases) on the after side, warm. Each side gets one empty user cache
     directory (XDG_CACHE_HOME): its first run starts cold and its second re-runs on what the first
     compiled (a checkout without a persistent compilation cache keeps nothing there: both of its
-    runs are cold, and their spread is the machine's drift). With --baseline, a third checkout (an
-    issue's starting point) runs once first, cold, for the ratio over the whole issue, unless the
-    baseline section ran it already or --baseline-from read it from an earlier run."""
+    runs are cold, and their spread is the machine's drift). With --baseline, the baseline section
+    has run a third checkout (an issue's starting point) once first, cold, for the ratio over the
+    whole issue; --baseline-from reads that run from an earlier invocation instead."""
     before, after = args.before.resolve(), args.after.resolve()
-    caches = {side: scratch / f"user-cache-{side}" for side in ("baseline", "before", "after")}
+    caches = {side: scratch / f"user-cache-{side}" for side in ("before", "after")}
     pythons = {"before": args.before_python or sys.executable, "after": args.after_python or sys.executable}
-    runs: dict[str, dict[str, Any]] = {}
-    if args.baseline_run is not None:
-        runs["baseline"] = args.baseline_run
-    elif args.baseline is not None:
-        runs["baseline"] = readme_run(
-            args.baseline.resolve(), scratch, "baseline", caches["baseline"], pythons["before"]
-        )
+    runs: dict[str, dict[str, Any]] = {} if args.baseline_run is None else {"baseline": args.baseline_run}
     runs |= {
         "before_1": readme_run(before, scratch, "before-1", caches["before"], pythons["before"]),
         "after_cold": readme_run(after, scratch, "after-cold", caches["after"], pythons["after"]),
@@ -604,6 +598,8 @@ def checkout_ratios(runs: dict[str, dict[str, Any]], before_kept_a_cache: bool) 
     both before runs are cold, their mean is the baseline and their spread the machine's drift."""
     wall = {name: run["wall_s"] for name, run in runs.items()}
     ratios = {"warm_speedup_over_cold": wall["after_cold"] / wall["after_warm"]}
+    # What a warm after run is compared with: the before side's warm run, or its cold runs' mean.
+    before_warm = wall["before_2"] if before_kept_a_cache else statistics.mean([wall["before_1"], wall["before_2"]])
     if before_kept_a_cache:
         ratios |= {
             "after_cold_over_before": wall["after_cold"] / wall["before_1"],
@@ -611,14 +607,12 @@ def checkout_ratios(runs: dict[str, dict[str, Any]], before_kept_a_cache: bool) 
             "before_warm_speedup_over_cold": wall["before_1"] / wall["before_2"],
         }
     else:
-        before_wall = statistics.mean([wall["before_1"], wall["before_2"]])
         ratios |= {
-            "after_cold_over_before": wall["after_cold"] / before_wall,
-            "after_warm_over_before": wall["after_warm"] / before_wall,
-            "before_runs_spread": abs(wall["before_1"] - wall["before_2"]) / before_wall,
+            "after_cold_over_before": wall["after_cold"] / before_warm,
+            "after_warm_over_before": wall["after_warm"] / before_warm,
+            "before_runs_spread": abs(wall["before_1"] - wall["before_2"]) / before_warm,
         }
-    if "after_whole_warm" in wall:  # the harness's tests too, against the before side's warm or mean run
-        before_warm = wall["before_2"] if before_kept_a_cache else statistics.mean([wall["before_1"], wall["before_2"]])
+    if "after_whole_warm" in wall:  # the harness's tests too
         ratios["after_whole_warm_over_before_warm"] = wall["after_whole_warm"] / before_warm
     if "baseline" in wall:
         ratios |= {
@@ -832,6 +826,8 @@ def main() -> int:
         parser.error("the checkouts section needs --before CHECKOUT (e.g. `git worktree add --detach /tmp/main main`)")
     if "baseline" in args.only and args.baseline is None:
         parser.error("the baseline section needs --baseline CHECKOUT")
+    if "checkouts" in args.only and args.baseline is not None and "baseline" not in args.only:
+        args.only.append("baseline")  # (run before checkouts: SECTIONS' order)
     machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
     args.baseline_run = None
     if args.baseline_from is not None:
