@@ -126,3 +126,45 @@ def test_a_runs_items_split_into_the_harness_tests_and_the_checks(tmp_path: Path
         "</testsuite></testsuites>"
     )
     assert _junit_seconds(tmp_path / "junit.xml") == {"harness_tests": 3.5, "checks": 0.25}
+
+
+def test_a_cpu_profile_is_split_by_process_and_by_what_the_harness_was_doing() -> None:
+    """py-spy's raw records, one per stack: a worker's command line holds a newline (xdist's
+    `python -c "import sys\\nexec(...)"`), so records end at their count, not at a line's end."""
+    from benchmarks.cpu_profile import summarize
+
+    worker = 'process 1:"pytest cases";process 2:"python -c import sys\nexec(eval(sys.stdin.readline()))";'
+    serve = 'process 3:"python -c from conformance.adapters.child import serve\n serve()";'
+    child = 'process 1:"pytest cases";process 2:"python -c x";' + serve
+    protocol = "pytest_runtest_protocol (_pytest/runner.py:1);ConformanceItem.runtest (conformance/plugin/items.py:84);"
+    check = protocol + "guarded (conformance/plugin/items.py:178);run_check (conformance/runner.py:100);"
+    raw = "".join(
+        f"{stack} {count}\n"
+        for stack, count in [
+            ('process 1:"pytest cases";DSession.loop_once (xdist/dsession.py:154)', 8),
+            (worker + check + "FrameworkCall.run (conformance/adapters/base.py:286);conv (torch/nn.py:1)", 400),
+            (worker + check + "classify (conformance/compare.py:200);_classify_values (compare.py:300)", 20),
+            (worker + protocol + "settle (conformance/plugin/items.py:203)", 12),
+            (worker + "pytest_runtest_protocol (r.py:1);WorkerInteractor.sendevent (xdist/remote.py:126)", 4),
+            (worker + "pytest_runtest_protocol (r.py:1);CaptureManager.item_capture (capture.py:865)", 4),
+            (worker + "pytest_collection (main.py:1)", 2),
+            (worker + "_find_and_load (<frozen importlib._bootstrap>:1)", 6),
+            (worker + check + "make_record (conformance/check_records.py:56)", 1),
+            (child + "serve (conformance/adapters/child.py:375);_answer (conformance/adapters/child.py:352)", 16),
+            (child + "serve (conformance/adapters/child.py:375);read_message (conformance/adapters/child.py:147)", 8),
+        ]
+    )
+    summary = summarize(raw, rate=2.0)
+    assert summary["controller"] == {"total": 4.0, "all": 4.0}
+    assert summary["child"] == {"total": 12.0, "framework call": 8.0, "messages": 4.0}
+    assert summary["worker"] == {
+        "total": 224.5,  # 449 samples
+        "framework call": 200.0,
+        "harness: classify": 10.0,
+        "harness: settle": 6.0,
+        "imports": 3.0,
+        "xdist reports": 2.0,
+        "pytest items": 2.0,
+        "collection": 1.0,
+        "harness: (each under 0.5%)": 0.5,  # make_record: 1 sample of 449
+    }
