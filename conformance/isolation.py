@@ -33,13 +33,18 @@ results up to then are still on disk).
 
 A batch (one item that runs several checks, `--conformance-batch`) keeps a journal beside the
 state file: the checks it will run, then each record as it is finished. When its worker dies, the
-controller reports the check that was running as above, the finished ones from the journal, and
-the ones the batch never reached as not run: none is lost (`batch_remainder`).
+controller reports the check that was running as above and the finished ones from the journal
+(`batch_remainder`). The checks the batch never reached run on a fresh worker: the controller notes
+which of the batch's checks are reported (`note_reported`) and puts the batch back in the queue,
+and the batch, started again, runs only the others (`reported_before`). Each death reports at
+least the check that caused it, so a batch is queued again at most once per check. Under a
+scheduler that cannot requeue, the checks not reached are reported as not run: none is lost.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import hashlib
 import json
 import os
 import re
@@ -61,6 +66,7 @@ RETIRED_SUFFIX = ".retired.json"
 # measured (VmData; 0.89 GiB resident), rounded up.
 FRAMEWORKS_RESIDENT = 1 << 30
 BATCH_JOURNAL_SUFFIX = ".batch.jsonl"
+BATCHES_REPORTED_DIR = "batches-reported"  # per batch queued again: its checks already reported
 LOG_EXCERPT_LINES = 24
 LOADING = "loading the framework"
 PREPARING = "preparing the data and the reference"
@@ -327,15 +333,20 @@ def lost_check_record(state_dir: Path, worker_id: str, nodeid: str, limits: Limi
     return LostCheck(record, message, state.get("phase") == LOADING)
 
 
-def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) -> list[Record]:
-    """The rest of a batch whose worker died running `lost`: the records it had finished, then
-    every check it had not reached, as not run (an empty list for an item that was not a batch)."""
+class BatchRemainder(NamedTuple):
+    finished: list[Record]  # from the journal, as the worker wrote them
+    not_reached: list[Record]  # as not run, with why
+
+
+def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) -> BatchRemainder:
+    """The rest of a batch whose worker died running `lost`: the records it had finished, and every
+    check it had not reached, as not run (both empty for an item that was not a batch)."""
     finished: list[Record] = []
     planned: list[Record] = []
     try:
         lines = (state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}").read_text(encoding="utf-8").splitlines()
     except OSError:
-        return []
+        return BatchRemainder([], [])
     for number, line in enumerate(lines):
         try:
             entry = json.loads(line)
@@ -343,7 +354,7 @@ def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) 
             continue  # (a line torn by the death itself)
         if number == 0:
             if entry.get("nodeid") != nodeid:
-                return []  # the journal of an earlier batch of this worker
+                return BatchRemainder([], [])  # the journal of an earlier batch of this worker
             planned = entry["planned"]
         elif "record" in entry:
             finished.append(entry["record"])
@@ -356,7 +367,32 @@ def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) 
     for record in planned:
         if _check_key(record) not in done:
             not_reached.append({**record, "outcome": Outcome.SKIP.value, "message": reason})
-    return [*finished, *not_reached]
+    return BatchRemainder(finished, not_reached)
+
+
+def _reported_path(state_dir: Path, nodeid: str) -> Path:
+    return state_dir / BATCHES_REPORTED_DIR / (hashlib.sha256(nodeid.encode()).hexdigest()[:32] + ".json")
+
+
+def reported_before(state_dir: Path, nodeid: str) -> set[tuple[str, str, str]]:
+    """The checks (case, target, dtype) of batch `nodeid` that were reported before it was queued
+    again after its worker died: empty for a batch that runs for the first time."""
+    try:
+        keys = json.loads(_reported_path(state_dir, nodeid).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {(case, target, dtype) for case, target, dtype in keys}
+
+
+def note_reported(state_dir: Path, nodeid: str, records: list[Record]) -> None:
+    """Before batch `nodeid` is queued again: these of its checks are reported (with those of its
+    earlier runs), so that it runs only the others. Written whole before the batch can start again."""
+    keys = reported_before(state_dir, nodeid) | {_check_key(r) for r in records}
+    path = _reported_path(state_dir, nodeid)
+    path.parent.mkdir(exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(sorted(keys)), encoding="utf-8")
+    partial.replace(path)
 
 
 def retirement(state_dir: Path, worker_id: str) -> dict[str, Any] | None:

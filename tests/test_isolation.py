@@ -169,15 +169,15 @@ def test_the_default_memory_limit_is_shared_among_the_workers(tmp_path: Path) ->
 
 def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> None:
     """--conformance-batch case: one item per case x dtype runs numpy, then a segfault, then a hang.
-    The check that killed the worker is the one reported; the rest of its batch is finished or
-    reported as not run, and the next batch goes on in a new worker."""
+    The check that killed the worker is the one reported, with the checks its batch had finished;
+    the batch is queued again and runs the checks it had not reached, and only those, on a new worker."""
     corpus = {"faults.toml": "".join(CASE.format(n=n, size=6 + n) for n in range(3))}
     directory = write_project(tmp_path, ["Segfault", "NativeHang"], corpus)
     command = [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "1", "--conformance-batch=case",
-        "--conformance-target=numpy.*", "--conformance-target=faulty.*", f"--conformance-timeout={TIMEOUT_S}",
-        f"--conformance-load-timeout={LOAD_S}", "--conformance-crash-limit=1", "--expectations=none",
-        "--conformance-json=out/results.json", "--conformance-html=none",
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "1",
+        "--conformance-batch=case", "--conformance-target=numpy.*", "--conformance-target=faulty.*",
+        f"--conformance-timeout={TIMEOUT_S}", f"--conformance-load-timeout={LOAD_S}", "--conformance-crash-limit=1",
+        "--expectations=none", "--conformance-json=out/results.json", "--conformance-html=none",
         "-rf",  # (each failing check's own text, on request)
     ]  # fmt: skip
     finished = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True)
@@ -195,14 +195,28 @@ def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> N
         "faulty.segfault": ["crash", "skip", "skip"],
         "faulty.hang": ["skip", "skip", "timeout"],
     }
-    # The segfault's batch never reached its hang: reported as not run, and why.
-    (crashed,) = [case for (case, target), outcome in outcomes.items() if outcome == "crash"]
-    assert outcomes[(crashed, "faulty.hang")] == "skip" and outcomes[(crashed, "numpy.im2col")] == "pass"
-    (not_reached,) = [r for r in records if r["case"] == crashed and r["target"].startswith("faulty.hang")]
-    assert "its batch's worker died running faulty.segfault-cpu float32 (crash)" in not_reached["message"]
     assert "Segmentation fault" in next(r for r in records if r["outcome"] == "crash")["message"]
-    assert "the rest of its batch: 1 check(s) finished, 1 not run" in finished.stdout
+    (crashed,) = [case for (case, target), outcome in outcomes.items() if outcome == "crash"]
+    assert outcomes[(crashed, "numpy.im2col")] == "pass"  # finished before the segfault: reported once
+    # The segfault's batch had not reached its hang: queued again, it ran that check alone, which the
+    # hang's time limit ended in turn.
+    assert outcomes[(crashed, "faulty.hang")] == "timeout"
+    assert "the rest of its batch: 1 check(s) finished, 1 queued again on a fresh worker" in finished.stdout
     assert "3 items" in finished.stdout or "3 item" in finished.stdout  # one item per case x dtype
+
+
+def test_a_batch_queued_again_runs_only_the_checks_not_reported(tmp_path: Path) -> None:
+    from conformance.isolation import note_reported, reported_before
+
+    assert reported_before(tmp_path, "cases/a.toml::b[float32]") == set()
+    first = {"case": "a/b", "target": "torch.conv2d-cpu", "dtype": "float32"}
+    note_reported(tmp_path, "cases/a.toml::b[float32]", [first])
+    note_reported(tmp_path, "cases/a.toml::b[float32]", [{**first, "target": "jax.conv-cpu"}])  # a second death
+    assert reported_before(tmp_path, "cases/a.toml::b[float32]") == {
+        ("a/b", "torch.conv2d-cpu", "float32"),
+        ("a/b", "jax.conv-cpu", "float32"),
+    }
+    assert reported_before(tmp_path, "cases/a.toml::b[float64]") == set()  # another batch's
 
 
 def test_a_check_that_runs_out_of_memory_costs_only_itself(tmp_path: Path) -> None:

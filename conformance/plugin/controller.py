@@ -1,8 +1,9 @@
 """The controller: lives on the xdist controller only (or in the single process without xdist).
 
 It hands each worker the run's state directory, turns a worker's death into that check's `crash`
-or `timeout` record (and the rest of a batch from its journal), or, for a worker that retired short
-of memory, puts the check it had not started back in the queue; it writes every record to the
+or `timeout` record (and a batch's finished checks from its journal, queueing the batch again for
+the checks it did not reach), or, for a worker that retired short of memory, puts the check it had
+not started back in the queue; it writes every record to the
 stream as its report arrives (before the terminal says the check finished), and at the end writes
 the results JSON, the report and the summary, also when a signal stopped the run
 (conformance/lifetime.py). It holds no records: the stream is the store, sorted on disk at the end
@@ -140,7 +141,7 @@ class ResultCollector:
         if record is None:  # it died outside a framework call (e.g. collecting): say what is known
             report.longrepr = f"{report.longrepr}\n{message}"
             return
-        rest = isolation.batch_remainder(self.state_dir, worker, crashitem, record)
+        finished, not_reached = isolation.batch_remainder(self.state_dir, worker, crashitem, record)
         tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"], "stopped": False})
         tally["count"] += 1
         # A death while loading stops the target at once: every later check would load it the same way.
@@ -148,16 +149,22 @@ class ResultCollector:
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
         report.user_properties.append((RECORD_KEY, to_wire(record)))
-        for other in rest:  # (finished checks had their divergences applied in the worker)
-            if other["outcome"] == Outcome.SKIP:
-                expectations.apply(other, self.known.entries)
+        # The checks the batch did not reach run on a fresh worker (after the tally above is on disk).
+        queued_again = bool(not_reached) and self.config.getoption("dist", "no") in REQUEUEING_SCHEDULERS
+        if queued_again:
+            isolation.note_reported(self.state_dir, crashitem, [record, *finished])
+            sched.mark_test_pending(crashitem)
+        else:
+            for other in not_reached:
+                expectations.apply(other, self.known.entries)  # (finished ones had theirs applied in the worker)
+        for other in finished if queued_again else [*finished, *not_reached]:
             report.user_properties.append((RECORD_KEY, to_wire(other)))
         report.longrepr = terminal_safe(failure_text(record))
         report.user_properties.append((CHECK_KEY, True))  # (its detail is the summary's: plugin's terminal_summary)
-        if rest:
-            not_reached = sum(r["outcome"] == Outcome.SKIP for r in rest)
+        if finished or not_reached:
+            after = "queued again on a fresh worker" if queued_again else "not run"
             report.longrepr += (
-                f"\n\nthe rest of its batch: {len(rest) - not_reached} check(s) finished, {not_reached} not run"
+                f"\n\nthe rest of its batch: {len(finished)} check(s) finished, {len(not_reached)} {after}"
             )
         if record["outcome"] == Outcome.XFAIL:
             report.outcome = "skipped"

@@ -216,7 +216,8 @@ class BatchItem(pytest.Item):
     """One case x dtype through all its targets as one item (`--conformance-batch`; the default for
     the large tier): a pytest item costs more than a check of a small case itself. Each check keeps
     its own record, outcome, guard and time limit; a crash or timeout is reported on the check that
-    caused it, and the rest of the batch from its journal (conformance/isolation.py)."""
+    caused it, the checks finished before it from the batch's journal, and the batch is queued
+    again for the others (conformance/isolation.py)."""
 
     def __init__(self, *, case: Case, targets: list[Target], dtype: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -227,11 +228,16 @@ class BatchItem(pytest.Item):
 
     def runtest(self) -> None:
         state = run_state(self.config)
+        # Queued again after a worker died in it: the checks reported then are not run twice.
+        reported = isolation.reported_before(state.state_dir, self.nodeid)
+        targets = [t for t in self.targets if (self.case.qualified_id, t.id, self.dtype) not in reported]
+        if not targets:
+            raise pytest.skip.Exception("every check of this batch was reported before", _use_item_location=True)
         not_run = Verdict(Outcome.SKIP, "not run")
-        planned = [check_records.make_record(self.case, t, self.dtype, not_run) for t in self.targets]
+        planned = [check_records.make_record(self.case, t, self.dtype, not_run) for t in targets]
         worker_guard(self.config).batch_started(self.nodeid, planned)
         records = []
-        for target in self.targets:
+        for target in targets:
             started = time.time()
             check = conformance_check(self.config, self.case, target, self.dtype)
             unsupported = unsupported_record(self.config, self.case, target, self.dtype)
