@@ -34,11 +34,12 @@ results up to then are still on disk).
 A batch (one item that runs several checks, `--conformance-batch`) keeps a journal beside the
 state file: the checks it will run, then each record as it is finished. When its worker dies, the
 controller reports the check that was running as above and the finished ones from the journal
-(`batch_remainder`). The checks the batch never reached run on a fresh worker: the controller notes
+(`batch_remainder`). The checks the batch never reached run on another worker: the controller notes
 which of the batch's checks are reported (`note_reported`) and puts the batch back in the queue,
-and the batch, started again, runs only the others (`reported_before`). Each death reports at
-least the check that caused it, so a batch is queued again at most once per check. Under a
-scheduler that cannot requeue, the checks not reached are reported as not run: none is lost.
+and the batch, started again, runs only the others (`reported_before`); the controller reports
+them as not run if the run ends before the batch reports again. Each death reports at least the
+check that caused it, so a batch is queued again at most once per check. Under a scheduler that
+cannot requeue, the checks not reached are reported as not run: none is lost.
 """
 
 from __future__ import annotations

@@ -199,10 +199,33 @@ def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> N
     (crashed,) = [case for (case, target), outcome in outcomes.items() if outcome == "crash"]
     assert outcomes[(crashed, "numpy.im2col")] == "pass"  # finished before the segfault: reported once
     # The segfault's batch had not reached its hang: queued again, it ran that check alone, which the
-    # hang's time limit ended in turn.
+    # hang's time limit ended in turn. (With one worker it runs first: xdist puts an item queued again
+    # at the head of the queue, and the dead worker's other items behind it.)
     assert outcomes[(crashed, "faulty.hang")] == "timeout"
-    assert "the rest of its batch: 1 check(s) finished, 1 queued again on a fresh worker" in finished.stdout
+    assert "the rest of its batch: 1 check(s) finished, 1 queued again" in finished.stdout
     assert "3 items" in finished.stdout or "3 item" in finished.stdout  # one item per case x dtype
+
+
+def test_a_batch_queued_again_that_never_runs_again_still_reports_every_check(tmp_path: Path) -> None:
+    """No worker may be restarted (--max-worker-restart=0): the run ends at the segfault's crash,
+    before its batch, queued again, can run the hang, which is reported as not run, and why."""
+    corpus = {"faults.toml": CASE.format(n=0, size=6)}
+    directory = write_project(tmp_path, ["Segfault", "NativeHang"], corpus)
+    command = [
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "1", "--max-worker-restart=0",
+        "--conformance-batch=case",
+        "--conformance-target=numpy.*", "--conformance-target=faulty.*", f"--conformance-timeout={TIMEOUT_S}",
+        f"--conformance-load-timeout={LOAD_S}", "--expectations=none", "--conformance-json=out/results.json",
+        "--conformance-html=none",
+    ]  # fmt: skip
+    finished = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True)
+    assert finished.returncode == 1, finished.stdout[-4000:] + finished.stderr[-4000:]
+    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    outcomes = {r["target"].split("-")[0]: (r["outcome"], r["message"]) for r in records}
+    assert len(records) == len(outcomes) == 3, records
+    assert outcomes["numpy.im2col"][0] == "pass" and outcomes["faulty.segfault"][0] == "crash"
+    outcome, message = outcomes["faulty.hang"]
+    assert outcome == "skip" and "queued again, the run ended before it ran" in message, message
 
 
 def test_a_batch_queued_again_runs_only_the_checks_not_reported(tmp_path: Path) -> None:

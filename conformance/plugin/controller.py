@@ -33,7 +33,7 @@ from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
 from conformance.record_files import from_wire, to_wire
-from conformance.records import observed
+from conformance.records import Record, observed
 from conformance.results import ResultsWriter, atomic_write_text, read_stream, result_key
 from conformance.run_environment import base_environment
 
@@ -43,6 +43,12 @@ DESELECTED_KEY = "conformance_deselected"
 # xdist's schedulers that can put a check back in the queue (`mark_test_pending`): a worker out of
 # memory retires only under these.
 REQUEUEING_SCHEDULERS = ("load", "worksteal")
+
+
+def expectations_applied(records: list[Record], entries: list[expectations.Expectation]) -> list[Record]:
+    for record in records:
+        expectations.apply(record, entries)
+    return records
 
 
 def corpus(config: pytest.Config) -> expectations.Corpus:
@@ -118,6 +124,9 @@ class ResultCollector:
             config.add_cleanup(lifetime.stop_on_signals(lambda: lifetime.children_of(os.getpid()), self._stopped))
         self.retiring: dict[str, dict[str, Any]] = {}  # worker id -> why it retired, until its check is requeued
         self.retired: list[str] = []  # the checks after which a worker retired, out of memory
+        # A batch queued again after its worker died -> its checks not reached yet, as not run: reported
+        # so if the batch never reports again (the run stops first, or it dies before its first check).
+        self.queued_again: dict[str, list[Record]] = {}
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -138,8 +147,12 @@ class ResultCollector:
             report.outcome = REQUEUED  # type: ignore[assignment]
             return
         record, message, while_loading = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
+        deferred = self.queued_again.pop(crashitem, [])  # (a batch queued again: what it had still to run)
         if record is None:  # it died outside a framework call (e.g. collecting): say what is known
             report.longrepr = f"{report.longrepr}\n{message}"
+            for other in deferred:  # (queued again, it died again before its first check)
+                other["message"] += "; queued again, its next worker died before starting it"
+                report.user_properties.append((RECORD_KEY, to_wire(other)))
             return
         finished, not_reached = isolation.batch_remainder(self.state_dir, worker, crashitem, record)
         tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"], "stopped": False})
@@ -149,20 +162,20 @@ class ResultCollector:
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
         report.user_properties.append((RECORD_KEY, to_wire(record)))
-        # The checks the batch did not reach run on a fresh worker (after the tally above is on disk).
+        # The checks the batch did not reach run again on a worker (after the tally above is on disk).
         queued_again = bool(not_reached) and self.config.getoption("dist", "no") in REQUEUEING_SCHEDULERS
         if queued_again:
             isolation.note_reported(self.state_dir, crashitem, [record, *finished])
+            self.queued_again[crashitem] = expectations_applied(not_reached, self.known.entries)
             sched.mark_test_pending(crashitem)
         else:
-            for other in not_reached:
-                expectations.apply(other, self.known.entries)  # (finished ones had theirs applied in the worker)
+            expectations_applied(not_reached, self.known.entries)  # (finished ones had theirs applied in the worker)
         for other in finished if queued_again else [*finished, *not_reached]:
             report.user_properties.append((RECORD_KEY, to_wire(other)))
         report.longrepr = terminal_safe(failure_text(record))
         report.user_properties.append((CHECK_KEY, True))  # (its detail is the summary's: plugin's terminal_summary)
         if finished or not_reached:
-            after = "queued again on a fresh worker" if queued_again else "not run"
+            after = "queued again" if queued_again else "not run"
             report.longrepr += (
                 f"\n\nthe rest of its batch: {len(finished)} check(s) finished, {len(not_reached)} {after}"
             )
@@ -174,6 +187,8 @@ class ResultCollector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when not in ("call", "???"):  # "???": xdist's report for an item whose worker died
             return
+        if report.when == "call":
+            self.queued_again.pop(report.nodeid, None)  # (a batch queued again reported its checks itself)
         arrived = [value for key, value in report.user_properties if key == RECORD_KEY]
         for number, value in enumerate(arrived, start=1):
             self.writer.add_text(*from_wire(value), flush=number == len(arrived))
@@ -202,6 +217,11 @@ class ResultCollector:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        for left in self.queued_again.values():  # batches the run stopped before they ran again
+            for record in left:
+                record["message"] += "; queued again, the run ended before it ran"
+                self.writer.add_text(*from_wire(to_wire(record)))
+        self.queued_again.clear()
         if not self.writer.count and not self.writer.case_errors:
             return  # a run of the harness's own tests only: leave the last results alone
         try:
