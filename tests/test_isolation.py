@@ -228,7 +228,7 @@ def test_a_batch_queued_again_that_never_runs_again_still_reports_every_check(tm
     assert outcome == "skip" and "queued again, the run ended before it ran" in message, message
 
 
-def test_a_batch_queued_again_runs_only_the_checks_not_reported(tmp_path: Path) -> None:
+def test_the_checks_reported_before_a_batch_is_queued_again_accumulate_per_batch(tmp_path: Path) -> None:
     from conformance.isolation import note_reported, reported_before
 
     assert reported_before(tmp_path, "cases/a.toml::b[float32]") == set()
