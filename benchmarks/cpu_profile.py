@@ -102,9 +102,9 @@ def worker_category(frames: list[str]) -> str:
 
 def child_category(frames: list[str]) -> str:
     functions = [_function(frame) for frame in frames]
-    if "_answer" in functions:
-        return "imports" if "_find_and_load" in functions else "framework call"
-    return "imports" if "_find_and_load" in functions else "messages"
+    if "_find_and_load" in functions:
+        return "imports"
+    return "framework call" if "_answer" in functions else "messages"
 
 
 def summarize(raw: str, rate: float) -> dict[str, dict[str, float]]:

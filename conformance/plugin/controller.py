@@ -3,11 +3,12 @@
 It hands each worker the run's state directory, turns a worker's death into that check's `crash`
 or `timeout` record (and a batch's finished checks from its journal, queueing the batch again for
 the checks it did not reach), or, for a worker that retired short of memory, puts the check it had
-not started back in the queue; it writes every record to the
-stream as its report arrives (before the terminal says the check finished), and at the end writes
+not started back in the queue; it writes every record to the stream as its report arrives (before
+the terminal says the check finished), and at the end writes
 the results JSON, the report and the summary, also when a signal stopped the run
-(conformance/lifetime.py). It holds no records: the stream is the store, sorted on disk at the end
-and read back one record at a time (conformance/record_files.py).
+(conformance/lifetime.py). It holds no records (but for the unreached checks of a batch queued again,
+until it runs): the stream is the store, sorted on disk at the end and read back one record at a
+time (conformance/record_files.py).
 """
 
 from __future__ import annotations
@@ -43,12 +44,6 @@ DESELECTED_KEY = "conformance_deselected"
 # xdist's schedulers that can put a check back in the queue (`mark_test_pending`): a worker out of
 # memory retires only under these.
 REQUEUEING_SCHEDULERS = ("load", "worksteal")
-
-
-def expectations_applied(records: list[Record], entries: list[expectations.Expectation]) -> list[Record]:
-    for record in records:
-        expectations.apply(record, entries)
-    return records
 
 
 def corpus(config: pytest.Config) -> expectations.Corpus:
@@ -162,14 +157,14 @@ class ResultCollector:
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
         report.user_properties.append((RECORD_KEY, to_wire(record)))
+        for other in not_reached:  # (the finished ones had theirs applied in the worker)
+            expectations.apply(other, self.known.entries)
         # The checks the batch did not reach run again on a worker (after the tally above is on disk).
         queued_again = bool(not_reached) and self.config.getoption("dist", "no") in REQUEUEING_SCHEDULERS
         if queued_again:
             isolation.note_reported(self.state_dir, crashitem, [record, *finished])
-            self.queued_again[crashitem] = expectations_applied(not_reached, self.known.entries)
+            self.queued_again[crashitem] = not_reached
             sched.mark_test_pending(crashitem)
-        else:
-            expectations_applied(not_reached, self.known.entries)  # (finished ones had theirs applied in the worker)
         for other in finished if queued_again else [*finished, *not_reached]:
             report.user_properties.append((RECORD_KEY, to_wire(other)))
         report.longrepr = terminal_safe(failure_text(record))
@@ -220,7 +215,7 @@ class ResultCollector:
         for left in self.queued_again.values():  # batches the run stopped before they ran again
             for record in left:
                 record["message"] += "; queued again, the run ended before it ran"
-                self.writer.add_text(*from_wire(to_wire(record)))
+                self.writer.add(record)
         self.queued_again.clear()
         if not self.writer.count and not self.writer.case_errors:
             return  # a run of the harness's own tests only: leave the last results alone
