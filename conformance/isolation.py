@@ -39,7 +39,9 @@ which of the batch's checks are reported (`note_reported`) and puts the batch ba
 and the batch, started again, runs only the others (`reported_before`); the controller reports
 them as not run if the run ends before the batch reports again. Each death reports at least the
 check that caused it, so a batch is queued again at most once per check. Under a scheduler that
-cannot requeue, the checks not reached are reported as not run: none is lost.
+cannot requeue, the checks not reached are reported as not run: none is lost. When a stop kills
+the workers, the checks their batches had finished are reported from the journals
+(`finished_in_flight`), as a stopped run reports every check that finished before the stop.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import os
 import re
 import resource
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple, NoReturn
@@ -342,33 +345,57 @@ class BatchRemainder(NamedTuple):
 def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) -> BatchRemainder:
     """The rest of a batch whose worker died running `lost`: the records it had finished, and every
     check it had not reached, as not run (both empty for an item that was not a batch)."""
-    finished: list[Record] = []
-    planned: list[Record] = []
-    try:
-        lines = (state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}").read_text(encoding="utf-8").splitlines()
-    except OSError:
+    journal = _read_journal(state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}")
+    if journal is None or journal.nodeid != nodeid:  # (none, or an earlier batch of this worker's)
         return BatchRemainder([], [])
-    for number, line in enumerate(lines):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # (a line torn by the death itself)
-        if number == 0:
-            if entry.get("nodeid") != nodeid:
-                return BatchRemainder([], [])  # the journal of an earlier batch of this worker
-            planned = entry["planned"]
-        elif "record" in entry:
-            finished.append(entry["record"])
-    done = {_check_key(r) for r in finished} | {_check_key(lost)}
     reason = (
         f"not run: its batch's worker died running {lost['target']} {lost['dtype']} ({lost['outcome']}) before "
         "reaching it; --conformance-batch off runs each check as an item of its own"
     )
-    not_reached: list[Record] = []
-    for record in planned:
-        if _check_key(record) not in done:
-            not_reached.append({**record, "outcome": Outcome.SKIP.value, "message": reason})
-    return BatchRemainder(finished, not_reached)
+    return BatchRemainder(journal.finished, journal.unfinished([lost], reason))
+
+
+def finished_in_flight(state_dir: Path, last_reported: dict[str, str]) -> Iterator[tuple[str, list[Record]]]:
+    """When a stop has killed the workers: each batch that was running (its worker's journal names
+    it and `last_reported`, worker id -> the last item it reported, does not) and the checks it had
+    finished. A journal is emptied only when its worker starts its next batch, so one that names the
+    worker's last reported item belongs to a batch that ended."""
+    for path in sorted(state_dir.glob(f"*{BATCH_JOURNAL_SUFFIX}")):
+        journal = _read_journal(path)
+        if journal is not None and last_reported.get(path.name.removesuffix(BATCH_JOURNAL_SUFFIX)) != journal.nodeid:
+            yield journal.nodeid, journal.finished
+
+
+@dataclass(frozen=True)
+class _Journal:
+    nodeid: str
+    planned: list[Record]
+    finished: list[Record]
+
+    def unfinished(self, lost: list[Record], reason: str) -> list[Record]:
+        """The planned checks neither finished nor `lost`, as not run for `reason`."""
+        done = {_check_key(r) for r in [*self.finished, *lost]}
+        return [
+            {**r, "outcome": Outcome.SKIP.value, "message": reason} for r in self.planned if _check_key(r) not in done
+        ]
+
+
+def _read_journal(path: Path) -> _Journal | None:
+    """A batch journal (`WorkerGuard.batch_started`): None when there is none or it is empty."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue  # (a line torn by the death itself)
+    if not entries or "nodeid" not in entries[0]:
+        return None
+    finished = [entry["record"] for entry in entries[1:] if "record" in entry]
+    return _Journal(entries[0]["nodeid"], entries[0]["planned"], finished)
 
 
 def _reported_path(state_dir: Path, nodeid: str) -> Path:

@@ -435,6 +435,7 @@ def test_derivative_items_only_for_the_order_a_case_opts_into(tmp_path: Path) ->
     command = [
         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", f"--cases={path}",
         "-m", "cpu and torch", "--conformance-html=none", f"--conformance-json={tmp_path / 'r.json'}",
+        "--conformance-batch=off",  # (one item per check: the ids name the targets)
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=child_environment(), timeout=600)
     ids = [line for line in done.stdout.splitlines() if "::" in line]

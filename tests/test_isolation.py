@@ -401,12 +401,17 @@ def _processes_tagged(tag: str) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find a run's processes")
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_a_stopped_run_stops(tmp_path: Path, stop: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("stop", "batch"),
+    [(signal.SIGTERM, "off"), (signal.SIGINT, "off"), (signal.SIGKILL, "off"), (signal.SIGTERM, "case")],
+    ids=["SIGTERM", "SIGINT", "SIGKILL", "SIGTERM-batches"],
+)
+def test_a_stopped_run_stops(tmp_path: Path, stop: signal.Signals, batch: str) -> None:
     """SIGTERM (what CI systems and `timeout` send) or SIGINT to the pytest process alone, mid-run: its
     workers and their framework children end within seconds, and the results streamed so far are
     written, marked interrupted, with the signal. SIGKILL leaves no process either (each dies with
-    its parent), and the stream readable."""
+    its parent), and the stream readable. Batches that were running report the checks they had
+    finished (from their journals: none of them had reported)."""
     corpus = {"slow.toml": "".join(CASE.format(n=n, size=6) for n in range(40))}
     directory = write_project(tmp_path, ["Leisurely", "LingeringInChild", "GilHog"], corpus)
     tag = f"CONFORMANCE_TEST_RUN_TAG={uuid.uuid4().hex}"
@@ -417,12 +422,14 @@ def test_a_stopped_run_stops(tmp_path: Path, stop: signal.Signals) -> None:
     )
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "-m", "paced"]
     command += ["--expectations=none", "--conformance-json=out/results.json", "--conformance-html=out/index.html"]
+    command += [f"--conformance-batch={batch}"]
     run = subprocess.Popen(command, cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stream = directory / "out" / "results.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # a few checks done, both kinds of process running
         done = stream.read_text().count('"kind": "result"') if stream.exists() else 0
-        if done >= 2 and len(_processes_tagged(tag)) >= 5:  # controller, 2 workers, 2 children
+        # (a batch reports when it ends: a minute away, each in its child's call after its quick check)
+        if (done >= 2 or batch == "case") and len(_processes_tagged(tag)) >= 5:  # controller, 2 workers, 2 children
             time.sleep(1)  # (both workers into their children's calls)
             break
         time.sleep(0.2)
@@ -444,6 +451,8 @@ def test_a_stopped_run_stops(tmp_path: Path, stop: signal.Signals) -> None:
     document = json.loads((directory / "out" / "results.json").read_text())
     finished = document["interrupted"]["results"]
     assert document["interrupted"]["signal"] == stop.name and 2 <= finished < 80, document["interrupted"]
+    if batch == "case":  # each worker's quick check of the batch it was in, from the batch's journal
+        assert {r["target"] for r in document["results"]} == {"paced.leisurely-cpu"}, document["results"]
     assert len(document["results"]) == finished and {r["outcome"] for r in document["results"]} == {"pass"}
     assert f"stopped by {stop.name}: the {finished} check(s) finished before it" in output, output[-3000:]
     (drawn,) = embedded_data((directory / "out" / "index.html").read_text())["runs"]

@@ -82,7 +82,7 @@ def test_a_killed_run_leaves_every_finished_result_readable(killed_run: tuple[Pa
         f"slow/{case}"
         for line in stdout.splitlines()
         if "PASSED" in line
-        for case in re.findall(r"::(c\d+)\[paced\.slow-cpu-float32\]", line)
+        for case in re.findall(r"::(c\d+)\[", line)  # (a batch of its one check, or the check itself)
     }
     assert finished and finished <= recovered, sorted(finished - recovered)
 

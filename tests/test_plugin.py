@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -72,7 +73,7 @@ def test_results_json_and_invalid_cases(pytester: pytest.Pytester, corpus: Path,
 def test_ids_markers_and_keywords(pytester: pytest.Pytester, corpus: Path) -> None:
     result = pytester.runpytest_subprocess(
         "-p", "conformance.plugin", "--cases", str(corpus), "--collect-only", "-q", "-k", "mine and float32 and gpu",
-        "--conformance-gpu", "probe",
+        "--conformance-gpu", "probe", "--conformance-batch", "off",
     )  # fmt: skip
     result.stdout.fnmatch_lines(["*mine.toml::ok-rate2[[]torch.conv2d-gpu-defaults-float32[]]*"])
     assert "numpy.im2col" not in result.stdout.str()  # the numpy target has no GPU
@@ -103,8 +104,8 @@ def test_gpu_checks_without_a_gpu_driver_are_one_skip_per_target(
         )
         assert result.parseoutcomes()["skipped"] == len({r["target"] for r in gpu_records}) == 5
         assert all("no GPU on this machine" in r["message"] for r in gpu_records)
-    else:  # a driver: every check asks torch, which has no CUDA device here
-        assert result.parseoutcomes()["skipped"] == len(gpu_records)
+    else:  # a driver: every check asks torch, which has no CUDA device here (one batch per case x dtype)
+        assert result.parseoutcomes()["skipped"] == len({(r["case"], r["dtype"]) for r in gpu_records}) == 1
         assert all("no CUDA device visible to torch" in r["message"] for r in gpu_records)
 
 
@@ -211,19 +212,71 @@ def test_markers_select_during_collection_exactly_as_pytest_would(
     from _pytest.mark.expression import Expression
 
     compiled = Expression.compile(expression)
-    everything = {i for i in _collected(pytester, "--cases", str(corpus)) if "case-file-error" not in i}
+    cases = ("--cases", str(corpus), "--conformance-batch", "off")  # (one item per check: its id names its target)
+    everything = {i for i in _collected(pytester, *cases) if "case-file-error" not in i}
 
     def kept(nodeid: str) -> bool:
         markers = _markers_from_id(nodeid)
         return bool(compiled.evaluate(lambda name, **kw: name in markers))
 
     expected = {i for i in everything if kept(i)}
-    selected = _collected(pytester, "--cases", str(corpus), "-m", expression)
+    selected = _collected(pytester, *cases, "-m", expression)
     assert {i for i in selected if "case-file-error" not in i} == expected
 
 
+CHECKS_CONFTEST = """
+import json, re
+
+def pytest_collection_finish(session):
+    # The checks each selected item will run: a batch's, or the check of a single item.
+    checks = []
+    for item in session.items:
+        for target in getattr(item, "targets", None) or ([item.target] if hasattr(item, "case") else []):
+            checks.append([item.case.qualified_id, target.id, item.dtype])
+    (session.config.rootpath / "checks.json").write_text(json.dumps(sorted(checks)))
+"""
+
+
+def _checks_selected(pytester: pytest.Pytester, *args: str) -> tuple[list[list[str]], int, list[str]]:
+    """The checks a collection selects, how many checks it deselected, and the selected items' ids."""
+    result = pytester.runpytest("-p", "conformance.plugin", "--collect-only", "-q", "--conformance-gpu=probe", *args)
+    found = re.search(r"\((\d+) deselected\)", result.stdout.str())
+    checks = json.loads((pytester.path / "checks.json").read_text())
+    return checks, int(found.group(1)) if found else 0, [line for line in result.outlines if "::" in line]
+
+
+@pytest.mark.parametrize(
+    ("option", "expression", "batched"),
+    [
+        ("-m", "torch and cpu", True),
+        ("-m", "not (tensorflow or gpu)", True),
+        ("-m", "not (torch and jax)", False),  # a batch would carry both: its checks go one by one
+        ("-k", "float32 and not grad", True),
+        ("-k", "conv2d-cpu or DepthwiseConv2D", True),  # parts of targets' ids
+        ("-k", "plain and not numpy", True),
+        ("-k", "not batch", False),  # the batch's own name: its checks go one by one
+        ("-k", "torch and jax", False),  # no check has both
+    ],
+)
+def test_batches_select_the_checks_single_items_would(
+    pytester: pytest.Pytester, corpus: Path, option: str, expression: str, batched: bool
+) -> None:
+    """-m and -k select the same checks, and count the same checks deselected, whether the checks
+    run as batches (the default) or one item each, as pytest would judge each check's own item."""
+    pytester.makeconftest(CHECKS_CONFTEST)
+    single, single_deselected, _ = _checks_selected(
+        pytester, "--cases", str(corpus), option, expression, "--conformance-batch=off"
+    )
+    checks, deselected, ids = _checks_selected(pytester, "--cases", str(corpus), option, expression)
+    assert checks == single and deselected == single_deselected
+    assert any("[batch-" in i for i in ids) == batched, ids
+    assert checks or expression == "torch and jax"
+
+
 def test_conformance_target_collects_only_matching_targets(pytester: pytest.Pytester, corpus: Path) -> None:
-    items = _collected(pytester, "--cases", str(corpus), "--conformance-target", "torch.conv2d@*-cpu")
+    items = _collected(
+        pytester, "--cases", str(corpus), "--conformance-target", "torch.conv2d@*-cpu", "--conformance-batch", "off"
+    )
     targets = {i.split("[")[1].rsplit("-", 1)[0] for i in items if "ok-rate2" in i}
     assert targets and all(t.startswith("torch.conv2d@") and t.endswith("-cpu") for t in targets)
     assert "torch.conv2d@grad-input-cpu" not in targets  # ok-rate2 does not opt into derivatives

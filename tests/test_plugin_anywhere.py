@@ -129,11 +129,13 @@ def test_checks_that_m_rules_out_while_collecting_count_as_deselected(tmp_path: 
     corpus.mkdir()
     (corpus / "mine.toml").write_text(CORPUS)
     base = ["--cases", str(corpus), "--conformance-html=none", "--conformance-gpu=probe", "--expectations=none"]
-    every = pytest_run(tmp_path, *base, "--collect-only", "-q", "-p", "no:xdist").stdout
-    total = int(re.search(r"(\d+) tests? collected", every).group(1))  # type: ignore[union-attr]
+    every = pytest_run(tmp_path, *base, "--collect-only", "-q", "-p", "no:xdist", "--conformance-batch=off").stdout
+    total = int(re.search(r"(\d+) tests? collected", every).group(1))  # type: ignore[union-attr]  (checks)
     assert total > 10
-    for workers in ([], ["-n", "2"]):
-        result = pytest_run(tmp_path, *base, f"--conformance-json={tmp_path / 'r.json'}", "-m", "numpy", *workers)
+    # Checks, not items, in both modes: a batch's checks that -m rules out count one by one.
+    for workers, batch in (([], "off"), (["-n", "2"], "off"), (["-n", "2"], "case")):
+        json_option = f"--conformance-json={tmp_path / 'r.json'}"
+        result = pytest_run(tmp_path, *base, json_option, "-m", "numpy", f"--conformance-batch={batch}", *workers)
         counts = dict((name, int(n)) for n, name in re.findall(r"(\d+) (\w+)", result.stdout.splitlines()[-1]))
         assert counts.get("passed") == 2, result.stdout[-2000:]
         assert counts.get("deselected") == total - 2, (workers, counts, total)
@@ -271,7 +273,9 @@ def test_cases_of_other_ranks_reach_the_targets_of_their_rank_only(tmp_path: Pat
     from tests.test_cases import OTHER_RANKS
 
     (tmp_path / "ranks.toml").write_text(OTHER_RANKS)
-    collected = pytest_run(tmp_path, "--cases=ranks.toml", "--collect-only", "-q", "-m", "numpy or not numpy")
+    collected = pytest_run(
+        tmp_path, "--cases=ranks.toml", "--collect-only", "-q", "-m", "numpy or not numpy", "--conformance-batch=off"
+    )
     items = [line for line in collected.stdout.splitlines() if "::" in line]
     by_case = {name: [i for i in items if f"::{name}[" in i] for name in ("causal-1d", "volume-3d", "transposed-3d")}
     assert all(by_case.values()), collected.stdout

@@ -13,18 +13,23 @@ from typing import Any
 import pytest
 
 from conformance import composites
-from conformance.cases import NON_CASE_FILES, case_files, id_lines, load_file
+from conformance.adapters import Target
+from conformance.cases import NON_CASE_FILES, Case, case_files, id_lines, load_file
 from conformance.plugin import sharding
 from conformance.plugin.items import BatchItem, CompositeItem, ConformanceItem, NotRunChecks, invalid_item
 from conformance.plugin.options import settings
-from conformance.plugin.selection import case_targets as targets_for_case
 from conformance.plugin.selection import (
+    batch_keywords,
     collected_targets,
     collected_tiers,
     count_deselected,
+    item_keywords,
     item_markers,
+    keyword_names,
+    selected_by_keywords,
     selected_by_markers,
 )
+from conformance.plugin.selection import case_targets as targets_for_case
 from conformance.semantics import CONV
 
 _roots_key = pytest.StashKey[list[Path]]()
@@ -99,22 +104,65 @@ class CaseFile(pytest.File):
         candidates = collected_targets(self.config)
         tiers = collected_tiers(self.config)
         not_run = NotRunChecks(self.config)
-        # "case": every case's checks of one dtype as one item; "large": the large tier's only; "off": none.
-        batch = settings(self.config).batch
+        # "case": every case's checks of one dtype as one item (a pytest item costs more than a small
+        # case's check); "off": one item per check.
+        batched = settings(self.config).batch == "case"
+        file_keywords = keyword_names(self)
         for case in sharding.taken(self.config, [case for case in loaded.cases if case.tier in tiers]):
             case_targets = targets_for_case(self.config, case, candidates)
-            batched = batch in ("case", case.tier)
             for dtype in case.dtypes:
                 runnable = [target for target in case_targets if not not_run.add(case, target, dtype)]
                 if batched and runnable:
+                    runnable = self._selected_by_keywords(file_keywords, case, runnable, dtype)
                     name = f"{case.id}[batch-{dtype}]"
-                    yield BatchItem.from_parent(self, name=name, case=case, targets=runnable, dtype=dtype)
-                    continue
+                    if runnable and self._batch_selected(file_keywords, name, case, runnable, dtype):
+                        yield BatchItem.from_parent(self, name=name, case=case, targets=runnable, dtype=dtype)
+                        continue
                 for target in runnable:
                     yield ConformanceItem.from_parent(
-                        self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype
+                        self, name=check_name(case, target, dtype), case=case, target=target, dtype=dtype
                     )
         yield from not_run.items(self)
+
+    def _selected_by_keywords(
+        self, file_keywords: list[str], case: Case, targets: list[Target], dtype: str
+    ) -> list[Target]:
+        """The targets whose check -k selects, judged as the check's own item would be (pytest's
+        -k sees the batch only as a whole); the others are counted as deselected."""
+        if not self.config.getoption("keyword"):
+            return targets
+        kept = [
+            target
+            for target in targets
+            if selected_by_keywords(
+                self.config,
+                [
+                    *file_keywords,
+                    check_name(case, target, dtype),
+                    *item_keywords(case, target, dtype),
+                    *item_markers(case, target),
+                ],
+            )
+        ]
+        count_deselected(self.config, len(targets) - len(kept))
+        return kept
+
+    def _batch_selected(
+        self, file_keywords: list[str], name: str, case: Case, targets: list[Target], dtype: str
+    ) -> bool:
+        """Whether pytest's own -m and -k keep the batch of these (each selected) checks. A batch
+        carries the union of its checks' markers and keywords, which an expression with `not` can
+        reject (`-m "not (torch and gpu)"` and a batch of torch-cpu and jax-gpu checks): then its
+        checks are collected one item each, for pytest to judge one by one as it would have."""
+        markers = frozenset().union(*(item_markers(case, target) for target in targets))
+        return selected_by_markers(self.config, markers) and selected_by_keywords(
+            self.config, [*file_keywords, name, *batch_keywords(case, targets, dtype), *markers]
+        )
+
+
+def check_name(case: Case, target: Target, dtype: str) -> str:
+    """A check's item name: its id within the case file."""
+    return f"{case.id}[{target.id}-{dtype}]"
 
 
 class CompositesFile(pytest.File):
@@ -147,7 +195,7 @@ class CompositesFile(pytest.File):
                         continue
                     if not not_run.add(case, target, dtype):
                         yield CompositeItem.from_parent(
-                            self, name=f"{case.id}[{target.id}-{dtype}]", case=case, target=target, dtype=dtype,
+                            self, name=check_name(case, target, dtype), case=case, target=target, dtype=dtype,
                             composite=composite,
                         )  # fmt: skip
         yield from not_run.items(self)

@@ -122,6 +122,8 @@ class ResultCollector:
         # A batch queued again after its worker died -> its checks not reached yet, as not run: reported
         # so if the batch never reports again (the run stops first, or it dies before its first check).
         self.queued_again: dict[str, list[Record]] = {}
+        # Worker id -> the last item it reported: a stop tells a batch still running from one that ended.
+        self.last_reported: dict[str, str] = {}
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -184,6 +186,9 @@ class ResultCollector:
             return
         if report.when == "call":
             self.queued_again.pop(report.nodeid, None)  # (a batch queued again reported its checks itself)
+            node = getattr(report, "node", None)  # (xdist's worker; none without xdist)
+            if node is not None:
+                self.last_reported[node.gateway.id] = report.nodeid
         arrived = [value for key, value in report.user_properties if key == RECORD_KEY]
         for number, value in enumerate(arrived, start=1):
             self.writer.add_text(*from_wire(value), flush=number == len(arrived))
@@ -212,6 +217,8 @@ class ResultCollector:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.stopped_by is not None:  # the workers were killed: what their running batches had finished
+            self._write_batches_in_flight()
         for left in self.queued_again.values():  # batches the run stopped before they ran again
             for record in left:
                 record["message"] += "; queued again, the run ended before it ran"
@@ -227,6 +234,14 @@ class ResultCollector:
             # The killed run's finished results, drawn beside this run's report.
             self.recovered_report = self.html_path.with_name(f"{self.writer.preserved.stem}.html")
             report.write_report(read_stream(self.writer.preserved), self.recovered_report)
+
+    def _write_batches_in_flight(self) -> None:
+        for nodeid, finished in isolation.finished_in_flight(self.state_dir, self.last_reported):
+            for record in finished:  # (known divergences were applied in the worker)
+                self.writer.add(record)
+            if nodeid in self.queued_again:  # running again after a death: the rest stay not run
+                done = {result_key(r) for r in finished}
+                self.queued_again[nodeid] = [r for r in self.queued_again[nodeid] if result_key(r) not in done]
 
     def _write_results(self, session: pytest.Session) -> None:
         # One pass over the sorted records makes everything below: the stream is the store, and the

@@ -134,8 +134,8 @@ def add_options(parser: pytest.Parser) -> None:
         choices=("auto", "case", "off"),
         default="auto",
         help="case: run each case x dtype through all its targets as one item (each check still has its own "
-        "record, outcome, time limit and crash isolation; -k then selects whole batches); auto: so for the large "
-        "tier only; off: one item per check (default auto)",
+        "record, outcome, time limit and crash isolation; -m and -k select its checks as they would single "
+        "items); off: one item per check; auto: case (default auto)",
     )
     group.addoption(
         "--conformance-shard",
@@ -208,7 +208,7 @@ class Settings:
     fuzz_target_globs: tuple[str, ...]
     fuzz_seed: int
     workers: int  # xdist workers of this run (0: none)
-    batch: str  # which cases run as one item per case x dtype: "case" (all), "large" (that tier's), "off"
+    batch: str  # "case": one item per case x dtype (its checks inside); "off": one item per check
     shard: tuple[int, int] | None  # (K, N) of --conformance-shard
     durations_path: Path | None  # --conformance-durations
     profile: str  # --conformance-profile (conformance/profiles.py)
@@ -271,7 +271,7 @@ def _read(config: pytest.Config) -> Settings:
         fuzz_target_globs=tuple(config.getoption("conformance_fuzz_target")),
         fuzz_seed=config.getoption("conformance_fuzz_seed"),
         workers=int(workers or 0),
-        batch={"auto": "large"}.get(config.getoption("conformance_batch"), config.getoption("conformance_batch")),
+        batch="off" if config.getoption("conformance_batch") == "off" else "case",
         shard=_shard(config.getoption("conformance_shard")),
         durations_path=None if durations is None else invocation_path(config, durations),
         profile=_profile(config.getoption("conformance_profile")),

@@ -3,13 +3,15 @@
 Targets are the built-in adapters plus those of `pytest_conformance_adapters`; their frameworks'
 records (conformance/frameworks.py) give the `-m` markers. `-m` is applied while collecting, so a
 check it rules out is never made: collecting 100,000 items only for pytest to deselect them costs
-seconds and hundreds of MB per worker.
+seconds and hundreds of MB per worker. A batch applies `-m` and `-k` to each of its checks as the
+check's own item would have had them applied, so batching never changes what runs.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -135,6 +137,44 @@ def selected_by_markers(config: pytest.Config, markers: frozenset[str]) -> bool:
     return selected[markers]
 
 
+def selected_by_keywords(config: pytest.Config, names: Iterable[str]) -> bool:
+    """Whether -k selects an item whose keyword names (node names, extra keywords, markers) are
+    `names`, by pytest's own rule: a name in the expression matches any of them as a substring,
+    ignoring case. A batch applies it to each of its checks as the check's own item would have."""
+    expression = (config.getoption("keyword") or "").lstrip()
+    if not expression:
+        return True
+    if _keyword_expression_key not in config.stash:
+        try:
+            from _pytest.mark.expression import Expression
+
+            config.stash[_keyword_expression_key] = Expression.compile(expression)
+        except Exception:  # pytest reports a bad expression itself; collect everything
+            config.stash[_keyword_expression_key] = None
+    compiled = config.stash[_keyword_expression_key]
+    if compiled is None:
+        return True
+    lowered = [name.lower() for name in names]
+    # (call parameters are an error pytest reports itself: keep the item)
+    return bool(compiled.evaluate(lambda sub, **arguments: bool(arguments) or any(sub.lower() in n for n in lowered)))
+
+
+_keyword_expression_key = pytest.StashKey[Any]()
+
+
+def keyword_names(node: pytest.Item | pytest.Collector) -> list[str]:
+    """What -k matches on a node and its parents, as pytest's KeywordMatcher.from_item collects
+    it: the names in its chain (not the session's or its root directory's), their extra keywords
+    and their markers."""
+    chain = [
+        n
+        for n in node.listchain()
+        if not isinstance(n, pytest.Session)
+        and not (isinstance(n, pytest.Directory) and isinstance(n.parent, pytest.Session))
+    ]
+    return [n.name for n in chain] + list(node.listextrakeywords()) + [m.name for m in node.iter_markers()]
+
+
 _item_markers: dict[tuple[str, frameworks.Framework, str], frozenset[str]] = {}
 
 
@@ -149,6 +189,12 @@ def item_markers(case: Case, target: Target) -> frozenset[str]:
 def item_keywords(case: Case, target: Target, dtype: str) -> set[str]:
     """What -k matches beside the id: tags, dtype, op, precision mode, variant ("plain": none)."""
     return {*case.tags, dtype, target.adapter.op, target.precision, target.adapter.variant or "plain"}
+
+
+def batch_keywords(case: Case, targets: list[Target], dtype: str) -> set[str]:
+    """What -k matches on a batch beside its id: its checks' keywords and their targets' ids (a
+    check's own id names its target), so that a batch is selected whenever its checks are."""
+    return {target.id for target in targets}.union(*(item_keywords(case, t, dtype) for t in targets))
 
 
 def no_device_reason(config: pytest.Config, target: Target) -> str | None:
