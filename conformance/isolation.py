@@ -242,6 +242,12 @@ class WorkerGuard:
         """A check of the batch finished: its record, as the JSON text its report will carry."""
         self._journal_line('{"record": ' + record_text + "}")
 
+    def batch_ended(self) -> None:
+        """Every check of the batch finished; its report carries them all: a journal holds only a
+        batch that is running (so a stop does not take an ended batch's checks a second time)."""
+        self._journal_offset = 0
+        os.ftruncate(self._journal_fd, 0)
+
     def _journal(self, entry: dict[str, Any]) -> None:
         self._journal_line(json.dumps(entry))
 
@@ -355,15 +361,20 @@ def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) 
     return BatchRemainder(journal.finished, journal.unfinished([lost], reason))
 
 
-def finished_in_flight(state_dir: Path, last_reported: dict[str, str]) -> Iterator[tuple[str, list[Record]]]:
-    """When a stop has killed the workers: each batch that was running (its worker's journal names
-    it and `last_reported`, worker id -> the last item it reported, does not) and the checks it had
-    finished. A journal is emptied only when its worker starts its next batch, so one that names the
-    worker's last reported item belongs to a batch that ended."""
+def finished_in_flight(state_dir: Path) -> Iterator[tuple[str, list[Record]]]:
+    """When a stop has killed the workers: each batch that was running and the checks it had
+    finished. A journal holds a batch from its start until its last check ended
+    (`WorkerGuard.batch_ended`), or until the controller took it after its worker died
+    (`forget_journal`)."""
     for path in sorted(state_dir.glob(f"*{BATCH_JOURNAL_SUFFIX}")):
         journal = _read_journal(path)
-        if journal is not None and last_reported.get(path.name.removesuffix(BATCH_JOURNAL_SUFFIX)) != journal.nodeid:
+        if journal is not None:
             yield journal.nodeid, journal.finished
+
+
+def forget_journal(state_dir: Path, worker_id: str) -> None:
+    """A dead worker's journal, once the controller has reported what it held."""
+    (state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}").unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

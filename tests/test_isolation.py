@@ -242,6 +242,48 @@ def test_the_checks_reported_before_a_batch_is_queued_again_accumulate_per_batch
     assert reported_before(tmp_path, "cases/a.toml::b[float64]") == set()  # another batch's
 
 
+def test_a_stop_takes_the_finished_checks_of_running_batches_only(tmp_path: Path) -> None:
+    """A worker's journal holds its batch from the start until the batch ends (emptied then, as
+    WorkerGuard does) or until the controller has reported it after the worker died (removed)."""
+    from conformance.isolation import BATCH_JOURNAL_SUFFIX, finished_in_flight, forget_journal
+
+    def journal(worker: str, nodeid: str, finished: list[str]) -> None:  # as WorkerGuard writes it
+        planned = [{"case": "a/b", "target": t, "dtype": "float32"} for t in ("x-cpu", "y-cpu", "z-cpu")]
+        lines = [json.dumps({"nodeid": nodeid, "planned": planned})]
+        lines += [json.dumps({"record": {**planned[0], "target": t, "outcome": "pass"}}) for t in finished]
+        (tmp_path / f"{worker}{BATCH_JOURNAL_SUFFIX}").write_text("".join(f"{line}\n" for line in lines))
+
+    journal("gw0", "a.toml::b[batch-float32]", ["x-cpu", "y-cpu"])  # running
+    (tmp_path / f"gw1{BATCH_JOURNAL_SUFFIX}").write_text("")  # its batch ended
+    journal("gw2", "a.toml::d[batch-float32]", [])  # running, nothing finished yet
+    journal("gw3", "a.toml::e[batch-float32]", ["x-cpu"])  # its worker died: reported by the controller
+    forget_journal(tmp_path, "gw3")
+    found = dict(finished_in_flight(tmp_path))
+    assert {nodeid: [r["target"] for r in records] for nodeid, records in found.items()} == {
+        "a.toml::b[batch-float32]": ["x-cpu", "y-cpu"],
+        "a.toml::d[batch-float32]": [],
+    }
+
+
+def test_a_worker_journals_a_batch_only_while_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conformance import held_memory
+    from conformance.isolation import Limits, WorkerGuard, finished_in_flight
+
+    # (a guard sets this process's keeper and its children's budget: both restored afterwards)
+    monkeypatch.setattr(held_memory, "_this_process", held_memory._this_process)
+    monkeypatch.delenv(held_memory.RECYCLE_VARIABLE, raising=False)
+    guard = WorkerGuard(tmp_path, "gw0", Limits(None, None, None, 3))
+    planned = [{"case": "a/b", "target": t, "dtype": "float32", "outcome": "skip"} for t in ("x-cpu", "y-cpu")]
+    guard.batch_started("a.toml::b[batch-float32]", planned)
+    guard.batch_finished_check(json.dumps({**planned[0], "outcome": "pass"}))
+    assert [(nodeid, [r["outcome"] for r in records]) for nodeid, records in finished_in_flight(tmp_path)] == [
+        ("a.toml::b[batch-float32]", ["pass"])
+    ]
+    guard.batch_finished_check(json.dumps({**planned[1], "outcome": "pass"}))
+    guard.batch_ended()  # its report carries both: a stop now must not take them again
+    assert list(finished_in_flight(tmp_path)) == []
+
+
 def test_a_check_that_runs_out_of_memory_costs_only_itself(tmp_path: Path) -> None:
     """One worker: an oversized check runs out of memory and leaves its process unable to allocate,
     then small checks follow. The oversized one is an error, charged to it alone; the worker retires

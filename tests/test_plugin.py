@@ -251,6 +251,7 @@ def _checks_selected(pytester: pytest.Pytester, *args: str) -> tuple[list[list[s
         ("-m", "torch and cpu", True),
         ("-m", "not (tensorflow or gpu)", True),
         ("-m", "not (torch and jax)", False),  # a batch would carry both: its checks go one by one
+        ("-m", "torch or numpy(x=1)", True),  # call arguments: only a marker that has them
         ("-k", "float32 and not grad", True),
         ("-k", "conv2d-cpu or DepthwiseConv2D", True),  # parts of targets' ids
         ("-k", "plain and not numpy", True),

@@ -133,7 +133,7 @@ def test_checks_that_m_rules_out_while_collecting_count_as_deselected(tmp_path: 
     total = int(re.search(r"(\d+) tests? collected", every).group(1))  # type: ignore[union-attr]  (checks)
     assert total > 10
     # Checks, not items, in both modes: a batch's checks that -m rules out count one by one.
-    for workers, batch in (([], "off"), (["-n", "2"], "off"), (["-n", "2"], "case")):
+    for workers, batch in (([], "off"), ([], "case"), (["-n", "2"], "off"), (["-n", "2"], "case")):
         json_option = f"--conformance-json={tmp_path / 'r.json'}"
         result = pytest_run(tmp_path, *base, json_option, "-m", "numpy", f"--conformance-batch={batch}", *workers)
         counts = dict((name, int(n)) for n, name in re.findall(r"(\d+) (\w+)", result.stdout.splitlines()[-1]))

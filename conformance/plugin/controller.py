@@ -122,8 +122,6 @@ class ResultCollector:
         # A batch queued again after its worker died -> its checks not reached yet, as not run: reported
         # so if the batch never reports again (the run stops first, or it dies before its first check).
         self.queued_again: dict[str, list[Record]] = {}
-        # Worker id -> the last item it reported: a stop tells a batch still running from one that ended.
-        self.last_reported: dict[str, str] = {}
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -146,12 +144,14 @@ class ResultCollector:
         record, message, while_loading = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
         deferred = self.queued_again.pop(crashitem, [])  # (a batch queued again: what it had still to run)
         if record is None:  # it died outside a framework call (e.g. collecting): say what is known
+            isolation.forget_journal(self.state_dir, worker)
             report.longrepr = f"{report.longrepr}\n{message}"
             for other in deferred:  # (queued again, it died again before its first check)
                 other["message"] += "; queued again, its next worker died before starting it"
                 report.user_properties.append((RECORD_KEY, to_wire(other)))
             return
         finished, not_reached = isolation.batch_remainder(self.state_dir, worker, crashitem, record)
+        isolation.forget_journal(self.state_dir, worker)  # (reported here: a stop must not take it again)
         tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"], "stopped": False})
         tally["count"] += 1
         # A death while loading stops the target at once: every later check would load it the same way.
@@ -186,9 +186,6 @@ class ResultCollector:
             return
         if report.when == "call":
             self.queued_again.pop(report.nodeid, None)  # (a batch queued again reported its checks itself)
-            node = getattr(report, "node", None)  # (xdist's worker; none without xdist)
-            if node is not None:
-                self.last_reported[node.gateway.id] = report.nodeid
         arrived = [value for key, value in report.user_properties if key == RECORD_KEY]
         for number, value in enumerate(arrived, start=1):
             self.writer.add_text(*from_wire(value), flush=number == len(arrived))
@@ -236,7 +233,7 @@ class ResultCollector:
             report.write_report(read_stream(self.writer.preserved), self.recovered_report)
 
     def _write_batches_in_flight(self) -> None:
-        for nodeid, finished in isolation.finished_in_flight(self.state_dir, self.last_reported):
+        for nodeid, finished in isolation.finished_in_flight(self.state_dir):
             for record in finished:  # (known divergences were applied in the worker)
                 self.writer.add(record)
             if nodeid in self.queued_again:  # running again after a death: the rest stay not run

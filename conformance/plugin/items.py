@@ -25,7 +25,7 @@ from conformance.cases import Case, CaseError
 from conformance.compare import CONFORMANT, NOT_RUN, Outcome, Verdict
 from conformance.plugin import CASE_ERROR_KEY, RECORD_KEY, framework_warnings
 from conformance.plugin.options import settings
-from conformance.plugin.run_state import RETIRE_INPUT, run_state
+from conformance.plugin.run_state import RETIRE_INPUT, SINGLE_PROCESS_WORKER, run_state
 from conformance.plugin.selection import (
     batch_keywords,
     every_marker,
@@ -56,7 +56,7 @@ _guard_key = pytest.StashKey[isolation.WorkerGuard]()
 def worker_guard(config: pytest.Config) -> isolation.WorkerGuard:
     """This process's guard; without xdist the one process guards itself (a crash still ends the run)."""
     if _guard_key not in config.stash:
-        worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        worker = getattr(config, "workerinput", {}).get("workerid", SINGLE_PROCESS_WORKER)
         config.stash[_guard_key] = isolation.WorkerGuard(run_state(config).state_dir, worker, settings(config).limits)
     return config.stash[_guard_key]
 
@@ -252,6 +252,7 @@ class BatchItem(pytest.Item):
             worker_guard(self.config).batch_finished_check(wire[-1])
             self.user_properties.append((RECORD_KEY, wire))
             records.append(record)
+        worker_guard(self.config).batch_ended()
         failures = [r for r in records if failing(r)]
         if failures:
             raise ConformanceFailure(batch_failure_text(failures, len(records)))
@@ -266,6 +267,8 @@ class BatchItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ConformanceFailure):
             return terminal_safe(str(excinfo.value.args[0]))
+        if isinstance(excinfo.value, pytest.xfail.Exception):  # (no traceback: see ConformanceItem's)
+            return str(excinfo.value)
         return str(super().repr_failure(excinfo, style))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

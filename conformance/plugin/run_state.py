@@ -21,6 +21,7 @@ from conformance.plugin.options import is_worker, settings
 from conformance.plugin.selection import targets
 
 STATE_DIR_INPUT = "conformance_state_dir"  # the workerinput keys
+SINGLE_PROCESS_WORKER = "main"  # the worker id of a run without xdist (its state and journal files)
 RETIRE_INPUT = "conformance_retire"  # a worker out of memory may retire: xdist's scheduler can requeue
 CONTROLLER_PID_INPUT = "conformance_controller_pid"  # a worker on this host dies with its controller
 

@@ -116,8 +116,9 @@ def deselected(config: pytest.Config) -> int:
 
 
 def selected_by_markers(config: pytest.Config, markers: frozenset[str]) -> bool:
-    """Whether -m can select an item with these markers. pytest's own deselection still runs
-    afterwards: any doubt (a marker with arguments) keeps the item."""
+    """Whether -m selects an item with these markers, as pytest's MarkMatcher decides it: a name
+    with call arguments (`-m "numpy(x=1)"`) matches only a marker with them, and the markers given
+    here have none. pytest's own deselection still runs afterwards."""
     expression = settings(config).mark_expression
     if not expression:
         return True
@@ -133,7 +134,7 @@ def selected_by_markers(config: pytest.Config, markers: frozenset[str]) -> bool:
     if compiled is None:
         return True
     if markers not in selected:  # a few distinct marker sets, each evaluated once
-        selected[markers] = bool(compiled.evaluate(lambda name, **arguments: bool(arguments) or name in markers))
+        selected[markers] = bool(compiled.evaluate(lambda name, **arguments: not arguments and name in markers))
     return selected[markers]
 
 
