@@ -39,7 +39,9 @@ which of the batch's checks are reported (`note_reported`) and puts the batch ba
 and the batch, started again, runs only the others (`reported_before`); the controller reports
 them as not run if the run ends before the batch reports again. Each death reports at least the
 check that caused it, so a batch is queued again at most once per check. Under a scheduler that
-cannot requeue, the checks not reached are reported as not run: none is lost. When a stop kills
+cannot requeue, the checks not reached are reported as not run: none is lost. A death between two
+checks (the check the state file names is in the journal, finished, or the batch had ended) charges
+no check: the finished ones are reported as they finished. When a stop kills
 the workers, the checks their batches had finished are reported from the journals
 (`finished_in_flight`), as a stopped run reports every check that finished before the stop.
 """
@@ -70,6 +72,7 @@ RETIRED_SUFFIX = ".retired.json"
 # measured (VmData; 0.89 GiB resident), rounded up.
 FRAMEWORKS_RESIDENT = 1 << 30
 BATCH_JOURNAL_SUFFIX = ".batch.jsonl"
+BATCH_ENDED_LINE = '{"ended": true}'
 BATCHES_REPORTED_DIR = "batches-reported"  # per batch queued again: its checks already reported
 LOG_EXCERPT_LINES = 24
 LOADING = "loading the framework"
@@ -243,10 +246,9 @@ class WorkerGuard:
         self._journal_line('{"record": ' + record_text + "}")
 
     def batch_ended(self) -> None:
-        """Every check of the batch finished; its report carries them all: a journal holds only a
-        batch that is running (so a stop does not take an ended batch's checks a second time)."""
-        self._journal_offset = 0
-        os.ftruncate(self._journal_fd, 0)
+        """Every check of the batch finished, and its report will carry them all: a stop must not
+        take them from the journal a second time, nor a death before the report name a culprit."""
+        self._journal_line(BATCH_ENDED_LINE)
 
     def _journal(self, entry: dict[str, Any]) -> None:
         self._journal_line(json.dumps(entry))
@@ -346,6 +348,9 @@ def lost_check_record(state_dir: Path, worker_id: str, nodeid: str, limits: Limi
 class BatchRemainder(NamedTuple):
     finished: list[Record]  # from the journal, as the worker wrote them
     not_reached: list[Record]  # as not run, with why
+    # The check the state file names had finished (the death came between two checks, or after the
+    # last, before the report): it is among `finished`, and no check caused the death.
+    between_checks: bool = False
 
 
 def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) -> BatchRemainder:
@@ -354,6 +359,9 @@ def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) 
     journal = _read_journal(state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}")
     if journal is None or journal.nodeid != nodeid:  # (none, or an earlier batch of this worker's)
         return BatchRemainder([], [])
+    if journal.ended or _check_key(lost) in {_check_key(r) for r in journal.finished}:
+        reason = f"not run: its batch's worker died after {lost['target']} {lost['dtype']} finished, before reaching it"
+        return BatchRemainder(journal.finished, journal.unfinished([], reason), between_checks=True)
     reason = (
         f"not run: its batch's worker died running {lost['target']} {lost['dtype']} ({lost['outcome']}) before "
         "reaching it; --conformance-batch off runs each check as an item of its own"
@@ -363,12 +371,12 @@ def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) 
 
 def finished_in_flight(state_dir: Path) -> Iterator[tuple[str, list[Record]]]:
     """When a stop has killed the workers: each batch that was running and the checks it had
-    finished. A journal holds a batch from its start until its last check ended
+    finished. A journal is a batch's from its start until its last check ended
     (`WorkerGuard.batch_ended`), or until the controller took it after its worker died
     (`forget_journal`)."""
     for path in sorted(state_dir.glob(f"*{BATCH_JOURNAL_SUFFIX}")):
         journal = _read_journal(path)
-        if journal is not None:
+        if journal is not None and not journal.ended:
             yield journal.nodeid, journal.finished
 
 
@@ -382,6 +390,7 @@ class _Journal:
     nodeid: str
     planned: list[Record]
     finished: list[Record]
+    ended: bool  # every check finished (its report carries them)
 
     def unfinished(self, lost: list[Record], reason: str) -> list[Record]:
         """The planned checks neither finished nor `lost`, as not run for `reason`."""
@@ -406,7 +415,7 @@ def _read_journal(path: Path) -> _Journal | None:
     if not entries or "nodeid" not in entries[0]:
         return None
     finished = [entry["record"] for entry in entries[1:] if "record" in entry]
-    return _Journal(entries[0]["nodeid"], entries[0]["planned"], finished)
+    return _Journal(entries[0]["nodeid"], entries[0]["planned"], finished, any("ended" in e for e in entries[1:]))
 
 
 def _reported_path(state_dir: Path, nodeid: str) -> Path:

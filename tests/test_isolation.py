@@ -206,6 +206,44 @@ def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> N
     assert "3 items" in finished.stdout or "3 item" in finished.stdout  # one item per case x dtype
 
 
+DIE_BETWEEN_CHECKS = """
+
+import os, signal
+from conformance import isolation
+
+_journal_check = isolation.WorkerGuard.batch_finished_check
+
+
+def _die_after_numpy(self, record_text):  # a death in the harness's code between two checks
+    _journal_check(self, record_text)
+    if '"numpy.im2col-cpu"' in record_text:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+isolation.WorkerGuard.batch_finished_check = _die_after_numpy
+"""
+
+
+def test_a_batch_whose_worker_dies_between_checks_charges_no_check(tmp_path: Path) -> None:
+    """The worker dies after a check of its batch finished and before the next started: that check is
+    reported as it finished (not as the crash, nor twice), and the batch runs the others again."""
+    corpus = {"between.toml": "".join(CASE.format(n=n, size=6) for n in range(2))}
+    directory = write_project(tmp_path, ["Slow"], corpus)
+    with (directory / "conftest.py").open("a") as conftest:
+        conftest.write(DIE_BETWEEN_CHECKS)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "1", "--conformance-batch=case"]
+    command += ["--conformance-target=numpy.*", "--conformance-target=paced.*", "--expectations=none"]
+    command += ["--conformance-json=out/results.json", "--conformance-html=none"]
+    finished = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True)
+    output = finished.stdout + finished.stderr
+    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    outcomes = Counter((r["case"], r["target"], r["outcome"]) for r in records)
+    assert outcomes == Counter(
+        {(f"between/c{n}", target, "pass"): 1 for n in range(2) for target in ("numpy.im2col-cpu", "paced.slow-cpu")}
+    ), output[-4000:]
+    assert "its worker died between two checks of its batch, after numpy.im2col-cpu float32 had finished" in output
+
+
 def test_a_batch_queued_again_that_never_runs_again_still_reports_every_check(tmp_path: Path) -> None:
     """No worker may be restarted (--max-worker-restart=0): the run ends at the segfault's crash,
     before its batch, queued again, can run the hang, which is reported as not run, and why."""

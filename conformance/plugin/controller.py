@@ -150,8 +150,18 @@ class ResultCollector:
                 other["message"] += "; queued again, its next worker died before starting it"
                 report.user_properties.append((RECORD_KEY, to_wire(other)))
             return
-        finished, not_reached = isolation.batch_remainder(self.state_dir, worker, crashitem, record)
+        finished, not_reached, between_checks = isolation.batch_remainder(self.state_dir, worker, crashitem, record)
         isolation.forget_journal(self.state_dir, worker)  # (reported here: a stop must not take it again)
+        for other in not_reached:  # (the finished ones had theirs applied in the worker)
+            expectations.apply(other, self.known.entries)
+        if between_checks:  # the check it names had finished: none is charged with the death
+            after = self._report_the_rest(crashitem, report, sched, [], finished, not_reached)
+            report.longrepr = (
+                f"{report.longrepr}\n{message}\n\nits worker died between two checks of its batch, after "
+                f"{record['target']} {record['dtype']} had finished: no check is charged with it; "
+                f"{len(finished)} check(s) finished, {len(not_reached)} {after}"
+            )
+            return
         tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"], "stopped": False})
         tally["count"] += 1
         # A death while loading stops the target at once: every later check would load it the same way.
@@ -159,26 +169,37 @@ class ResultCollector:
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
         report.user_properties.append((RECORD_KEY, to_wire(record)))
-        for other in not_reached:  # (the finished ones had theirs applied in the worker)
-            expectations.apply(other, self.known.entries)
         # The checks the batch did not reach run again on a worker (after the tally above is on disk).
-        queued_again = bool(not_reached) and self.config.getoption("dist", "no") in REQUEUEING_SCHEDULERS
-        if queued_again:
-            isolation.note_reported(self.state_dir, crashitem, [record, *finished])
-            self.queued_again[crashitem] = not_reached
-            sched.mark_test_pending(crashitem)
-        for other in finished if queued_again else [*finished, *not_reached]:
-            report.user_properties.append((RECORD_KEY, to_wire(other)))
+        after = self._report_the_rest(crashitem, report, sched, [record], finished, not_reached)
         report.longrepr = terminal_safe(failure_text(record))
         report.user_properties.append((CHECK_KEY, True))  # (its detail is the summary's: plugin's terminal_summary)
         if finished or not_reached:
-            after = "queued again" if queued_again else "not run"
             report.longrepr += (
                 f"\n\nthe rest of its batch: {len(finished)} check(s) finished, {len(not_reached)} {after}"
             )
         if record["outcome"] == Outcome.XFAIL:
             report.outcome = "skipped"
             report.wasxfail = f"known divergence {record['expectation']['id']}"
+
+    def _report_the_rest(
+        self,
+        crashitem: str,
+        report: pytest.TestReport,
+        sched: Any,
+        lost: list[Record],
+        finished: list[Record],
+        not_reached: list[Record],
+    ) -> str:
+        """A dead batch's finished checks go with its crash report; those it did not reach are queued
+        again where the scheduler can (said: "queued again"), else reported as not run."""
+        queued_again = bool(not_reached) and self.config.getoption("dist", "no") in REQUEUEING_SCHEDULERS
+        if queued_again:
+            isolation.note_reported(self.state_dir, crashitem, [*lost, *finished])
+            self.queued_again[crashitem] = not_reached
+            sched.mark_test_pending(crashitem)
+        for other in finished if queued_again else [*finished, *not_reached]:
+            report.user_properties.append((RECORD_KEY, to_wire(other)))
+        return "queued again" if queued_again else "not run"
 
     @pytest.hookimpl(tryfirst=True)  # on disk before the terminal says it finished
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
