@@ -353,12 +353,16 @@ class BatchRemainder(NamedTuple):
     between_checks: bool = False
 
 
-def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record) -> BatchRemainder:
-    """The rest of a batch whose worker died running `lost`: the records it had finished, and every
-    check it had not reached, as not run (both empty for an item that was not a batch)."""
+def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record | None) -> BatchRemainder:
+    """The rest of a batch whose worker died running `lost` (None: outside any check): the records
+    it had finished, and every check it had not reached, as not run (both empty for an item that
+    was not a batch)."""
     journal = _read_journal(state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}")
     if journal is None or journal.nodeid != nodeid:  # (none, or an earlier batch of this worker's)
         return BatchRemainder([], [])
+    if lost is None:
+        reason = "not run: its batch's worker died outside any check (see the batch's crash) before reaching it"
+        return BatchRemainder(journal.finished, journal.unfinished([], reason))
     if journal.ended or _check_key(lost) in {_check_key(r) for r in journal.finished}:
         reason = f"not run: its batch's worker died after {lost['target']} {lost['dtype']} finished, before reaching it"
         return BatchRemainder(journal.finished, journal.unfinished([], reason), between_checks=True)

@@ -206,6 +206,21 @@ def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> N
     assert "3 items" in finished.stdout or "3 item" in finished.stdout  # one item per case x dtype
 
 
+def _batch_with_a_death(tmp_path: Path, name: str, death: str, **env: str) -> tuple[list[dict[str, Any]], str]:
+    """Two cases as batches of the NumPy target and Slow on one worker, with `death` appended to the
+    project's conftest: the run's records and its output."""
+    corpus = {f"{name}.toml": "".join(CASE.format(n=n, size=6) for n in range(2))}
+    directory = write_project(tmp_path, ["Slow"], corpus)
+    with (directory / "conftest.py").open("a") as conftest:
+        conftest.write(death)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "1", "--conformance-batch=case"]
+    command += ["--conformance-target=numpy.*", "--conformance-target=paced.*", "--expectations=none"]
+    command += ["--conformance-json=out/results.json", "--conformance-html=none"]
+    finished = subprocess.run(command, cwd=directory, env=child_environment(**env), capture_output=True, text=True)
+    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    return records, finished.stdout + finished.stderr
+
+
 DIE_BETWEEN_CHECKS = """
 
 import os, signal
@@ -227,21 +242,49 @@ isolation.WorkerGuard.batch_finished_check = _die_after_numpy
 def test_a_batch_whose_worker_dies_between_checks_charges_no_check(tmp_path: Path) -> None:
     """The worker dies after a check of its batch finished and before the next started: that check is
     reported as it finished (not as the crash, nor twice), and the batch runs the others again."""
-    corpus = {"between.toml": "".join(CASE.format(n=n, size=6) for n in range(2))}
-    directory = write_project(tmp_path, ["Slow"], corpus)
-    with (directory / "conftest.py").open("a") as conftest:
-        conftest.write(DIE_BETWEEN_CHECKS)
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "1", "--conformance-batch=case"]
-    command += ["--conformance-target=numpy.*", "--conformance-target=paced.*", "--expectations=none"]
-    command += ["--conformance-json=out/results.json", "--conformance-html=none"]
-    finished = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True)
-    output = finished.stdout + finished.stderr
-    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    records, output = _batch_with_a_death(tmp_path, "between", DIE_BETWEEN_CHECKS)
     outcomes = Counter((r["case"], r["target"], r["outcome"]) for r in records)
     assert outcomes == Counter(
         {(f"between/c{n}", target, "pass"): 1 for n in range(2) for target in ("numpy.im2col-cpu", "paced.slow-cpu")}
     ), output[-4000:]
     assert "its worker died between two checks of its batch, after numpy.im2col-cpu float32 had finished" in output
+
+
+DIE_STARTING_A_BATCH = """
+
+import os, signal
+from pathlib import Path
+from conformance import isolation
+
+_start_batch = isolation.WorkerGuard.batch_started
+
+
+def _die_once_starting(self, nodeid, planned):  # a death in the harness's code before the first check
+    _start_batch(self, nodeid, planned)
+    marker = Path(os.environ["CONFORMANCE_TEST_DIED"])
+    if not marker.exists():
+        marker.write_text(nodeid)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+isolation.WorkerGuard.batch_started = _die_once_starting
+"""
+
+
+def test_a_batch_whose_worker_dies_before_its_first_check_reports_every_check(tmp_path: Path) -> None:
+    """No check ran and none is charged: the batch's checks are reported as not run, with why."""
+    records, output = _batch_with_a_death(
+        tmp_path, "early", DIE_STARTING_A_BATCH, CONFORMANCE_TEST_DIED=str(tmp_path / "died")
+    )
+    outcomes = Counter((r["case"], r["target"], r["outcome"]) for r in records)
+    died_in = (tmp_path / "died").read_text().split("::")[1].split("[")[0]
+    expected = {
+        (f"early/c{n}", target, "skip" if f"c{n}" == died_in else "pass"): 1
+        for n in range(2)
+        for target in ("numpy.im2col-cpu", "paced.slow-cpu")
+    }
+    assert outcomes == Counter(expected), output[-4000:]
+    assert all("died outside any check" in r["message"] for r in records if r["outcome"] == "skip")
 
 
 def test_a_batch_queued_again_that_never_runs_again_still_reports_every_check(tmp_path: Path) -> None:
