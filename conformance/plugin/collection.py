@@ -154,6 +154,8 @@ class CaseFile(pytest.File):
         carries the union of its checks' markers and keywords, which an expression with `not` can
         reject (`-m "not (torch and gpu)"` and a batch of torch-cpu and jax-gpu checks): then its
         checks are collected one item each, for pytest to judge one by one as it would have."""
+        if not settings(self.config).mark_expression and not self.config.getoption("keyword"):
+            return True
         markers = frozenset().union(*(item_markers(case, target) for target in targets))
         return selected_by_markers(self.config, markers) and selected_by_keywords(
             self.config, [*file_keywords, name, *batch_keywords(case, targets, dtype), *markers]

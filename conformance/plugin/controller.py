@@ -143,24 +143,20 @@ class ResultCollector:
             return
         record, message, while_loading = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
         deferred = self.queued_again.pop(crashitem, [])  # (a batch queued again: what it had still to run)
-        if record is None:  # it died outside a framework call (e.g. collecting): say what is known
-            # A batch it had started: its checks are reported (not queued again: no check is charged
-            # with this death, so nothing would bound how often the batch could die again).
-            finished, not_reached, _ = isolation.batch_remainder(self.state_dir, worker, crashitem, None)
-            isolation.forget_journal(self.state_dir, worker)
-            report.longrepr = f"{report.longrepr}\n{message}"
-            for other in deferred:  # (queued again, it died again before its first check)
-                other["message"] += "; queued again, its next worker died before starting it"
-            for other in not_reached:
-                expectations.apply(other, self.known.entries)
-            # (a batch queued again plans only what it had left: its journal, if any, holds `deferred`)
-            for other in [*finished, *not_reached] if finished or not_reached else deferred:
-                report.user_properties.append((RECORD_KEY, to_wire(other)))
-            return
         finished, not_reached, between_checks = isolation.batch_remainder(self.state_dir, worker, crashitem, record)
         isolation.forget_journal(self.state_dir, worker)  # (reported here: a stop must not take it again)
         for other in not_reached:  # (the finished ones had theirs applied in the worker)
             expectations.apply(other, self.known.entries)
+        if record is None:  # it died outside a framework call (e.g. collecting): say what is known
+            # A batch it had started: its checks are reported (not queued again: no check is charged
+            # with this death, so nothing would bound how often the batch could die again).
+            report.longrepr = f"{report.longrepr}\n{message}"
+            for other in deferred:  # (queued again, it died again before its first check)
+                other["message"] += "; queued again, its next worker died before starting it"
+            # (a batch queued again plans only what it had left: its journal, if any, holds `deferred`)
+            for other in [*finished, *not_reached] if finished or not_reached else deferred:
+                report.user_properties.append((RECORD_KEY, to_wire(other)))
+            return
         if between_checks:  # the check it names had finished: none is charged with the death
             after = self._report_the_rest(crashitem, report, sched, [], finished, not_reached)
             report.longrepr = (

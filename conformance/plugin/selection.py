@@ -32,7 +32,7 @@ KINDS = {
 
 _targets_key = pytest.StashKey[list[Target]]()
 _no_gpu_key = pytest.StashKey[str | None]()
-_mark_expression_key = pytest.StashKey[tuple[Any, dict[frozenset[str], bool]]]()
+_mark_expression_key = pytest.StashKey[Any]()
 
 
 def targets(config: pytest.Config) -> list[Target]:
@@ -119,20 +119,10 @@ def selected_by_markers(config: pytest.Config, markers: frozenset[str]) -> bool:
     """Whether -m selects an item with these markers, as pytest's MarkMatcher decides it: a name
     with call arguments (`-m "numpy(x=1)"`) matches only a marker with them, and the markers given
     here have none. pytest's own deselection still runs afterwards."""
-    expression = settings(config).mark_expression
-    if not expression:
-        return True
-    if _mark_expression_key not in config.stash:
-        try:
-            from _pytest.mark.expression import Expression
-
-            compiled: Any = Expression.compile(expression)
-        except Exception:  # pytest reports a bad expression itself; collect everything
-            compiled = None
-        config.stash[_mark_expression_key] = (compiled, {})
-    compiled, selected = config.stash[_mark_expression_key]
+    compiled = _compiled(config, _mark_expression_key, settings(config).mark_expression)
     if compiled is None:
         return True
+    selected = config.stash.setdefault(_marker_sets_key, {})
     if markers not in selected:  # a few distinct marker sets, each evaluated once
         selected[markers] = bool(compiled.evaluate(lambda name, **arguments: not arguments and name in markers))
     return selected[markers]
@@ -142,17 +132,7 @@ def selected_by_keywords(config: pytest.Config, names: Iterable[str]) -> bool:
     """Whether -k selects an item whose keyword names (node names, extra keywords, markers) are
     `names`, by pytest's own rule: a name in the expression matches any of them as a substring,
     ignoring case. A batch applies it to each of its checks as the check's own item would have."""
-    expression = (config.getoption("keyword") or "").lstrip()
-    if not expression:
-        return True
-    if _keyword_expression_key not in config.stash:
-        try:
-            from _pytest.mark.expression import Expression
-
-            config.stash[_keyword_expression_key] = Expression.compile(expression)
-        except Exception:  # pytest reports a bad expression itself; collect everything
-            config.stash[_keyword_expression_key] = None
-    compiled = config.stash[_keyword_expression_key]
+    compiled = _compiled(config, _keyword_expression_key, config.getoption("keyword") or "")
     if compiled is None:
         return True
     lowered = [name.lower() for name in names]
@@ -160,7 +140,21 @@ def selected_by_keywords(config: pytest.Config, names: Iterable[str]) -> bool:
     return bool(compiled.evaluate(lambda sub, **arguments: bool(arguments) or any(sub.lower() in n for n in lowered)))
 
 
+def _compiled(config: pytest.Config, key: pytest.StashKey[Any], expression: str) -> Any:
+    """A -m or -k expression compiled once per run; None when there is none, or it is one pytest
+    will refuse itself (then nothing is ruled out while collecting)."""
+    if key not in config.stash:
+        try:
+            from _pytest.mark.expression import Expression
+
+            config.stash[key] = Expression.compile(expression.lstrip()) if expression.strip() else None
+        except Exception:
+            config.stash[key] = None
+    return config.stash[key]
+
+
 _keyword_expression_key = pytest.StashKey[Any]()
+_marker_sets_key = pytest.StashKey[dict[frozenset[str], bool]]()
 
 
 def keyword_names(node: pytest.Item | pytest.Collector) -> list[str]:
