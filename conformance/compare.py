@@ -216,6 +216,56 @@ class Expected:
     def index_names(self) -> str:
         return ", ".join(self.layout.lower())
 
+    @property
+    def judging(self) -> _Judging:
+        """What judging derives from the expected answer alone. Every target of a batch is judged
+        against one `Expected` (judging.expected_answer): for a small output (where NumPy's per-call
+        cost is most of a comparison) it is made once; a large one's would hold several times the
+        reference's memory between checks, and is made again each time."""
+        kept: _Judging | None = self.__dict__.get("_judging")
+        if kept is not None:
+            return kept
+        made = _Judging.of(self)
+        if made.bound.size <= KEEP_JUDGING_UP_TO:
+            object.__setattr__(self, "_judging", made)  # (not a field: equality and replace() ignore it)
+        return made
+
+
+KEEP_JUDGING_UP_TO = 1 << 16  # output elements
+
+
+@dataclass(frozen=True)
+class _Judging:
+    ordered_ref: np.ndarray  # the reference rounded to the case's format, as ordered bits (`ulp_distance`)
+    bound: np.ndarray  # per element; zeros for an exact check
+    ref_finite: np.ndarray
+    all_finite: bool
+    abs_ref: np.ndarray
+    ref_nonzero: np.ndarray
+    all_nonzero: bool  # (then a relative error needs no mask)
+    all_bounded: bool  # every bound above zero (then error/bound needs no mask)
+
+    @classmethod
+    def of(cls, expected: Expected) -> _Judging:
+        ref = expected.values
+        assert ref is not None and expected.abs_products is not None
+        fmt = expected.model.fmt
+        with np.errstate(over="ignore"):  # a reference beyond the format's range rounds to inf
+            ref_in_format = ref.astype(fmt.numpy_dtype)
+        ref_finite = np.isfinite(ref)
+        bound = np.zeros_like(ref) if expected.exact else expected.model.bound(ref, expected.abs_products)
+        ref_nonzero = ref != 0
+        return cls(
+            ordered_ref=_ordered_bits(ref_in_format),
+            bound=bound,
+            ref_finite=ref_finite,
+            all_finite=bool(ref_finite.all()),
+            abs_ref=np.abs(ref),
+            ref_nonzero=ref_nonzero,
+            all_nonzero=bool(ref_nonzero.all()),
+            all_bounded=bool((bound > 0).all()),
+        )
+
 
 def classify(expected: Expected, got: Any = None, raised: BaseException | None = None) -> Verdict:
     """One outcome for one target's answer. `got` is a NumPy array (after the adapter's layout fix)."""
@@ -276,18 +326,23 @@ def _classify_no_output(expected: Expected, got: Any, raised: BaseException | No
 
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Number of representable values between a and b in their (common) format; +0 and -0 are equal."""
-    bits = a.dtype.itemsize * 8
+    return _ulps_between(_ordered_bits(a), _ordered_bits(b))
+
+
+def _ordered_bits(x: np.ndarray) -> np.ndarray:
+    """A float format's bit patterns as integers in the order of the values (+0 and -0 both 0)."""
+    bits = x.dtype.itemsize * 8
     view = {16: np.int16, 32: np.int32, 64: np.int64}[bits]
     magnitude_mask = (1 << (bits - 1)) - 1
+    raw = np.ascontiguousarray(x).view(view).astype(np.int64)
+    signed: np.ndarray = np.where(raw < 0, -(raw & magnitude_mask), raw)
+    # (a 64-bit format's difference may overflow int64: it is taken in float64, rounded)
+    return signed.astype(np.float64) if bits == 64 else signed
 
-    def ordered(x: np.ndarray) -> np.ndarray:
-        raw = np.ascontiguousarray(x).view(view).astype(np.int64)
-        signed: np.ndarray = np.where(raw < 0, -(raw & magnitude_mask), raw)
-        # (a 64-bit format's difference may overflow int64: it is taken in float64, rounded)
-        return signed.astype(np.float64) if bits == 64 else signed
 
+def _ulps_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # Narrower formats' differences are exact in int64, converted once.
-    distance: np.ndarray = np.abs(ordered(a) - ordered(b)).astype(np.float64, copy=False)
+    distance: np.ndarray = np.abs(a - b).astype(np.float64, copy=False)
     return distance
 
 
@@ -295,21 +350,20 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
     ref = expected.values
     assert ref is not None and expected.abs_products is not None
     fmt = expected.model.fmt
+    judging = expected.judging
+    bound, ref_finite = judging.bound, judging.ref_finite
     got64 = got.astype(np.float64)
-    with np.errstate(over="ignore"):  # a reference beyond the format's range rounds to inf
-        ref_in_format = ref.astype(fmt.numpy_dtype)
     verdict = Verdict(Outcome.PASS, exact=expected.exact, got_shape=list(got.shape), got_dtype=got.dtype.name)
 
-    bound = np.zeros_like(ref) if expected.exact else expected.model.bound(ref, expected.abs_products)
-    ref_finite, got_finite = np.isfinite(ref), np.isfinite(got64)
+    got_finite = np.isfinite(got64)
     finite: np.ndarray | bool
-    if ref_finite.all() and got_finite.all():
+    if judging.all_finite and got_finite.all():
         # Every value finite (nearly every check): the masks below would all be true. The same
         # figures from fewer passes and temporaries over tensors of up to millions of elements.
         special_bad = None
         finite = True
         error = np.abs(got64 - ref)
-        ulps = ulp_distance(got, ref_in_format)
+        ulps = _ulps_between(_ordered_bits(got), judging.ordered_ref)
     else:
         # Non-finite values: NaN where the reference has NaN, the same infinity where it has one.
         # A finite reference within its bound of the format's overflow may come back as inf.
@@ -327,17 +381,28 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
         finite = ref_finite & got_finite
         error = np.zeros_like(ref)
         error[finite] = np.abs(got64[finite] - ref[finite])
-        ulps = np.where(finite, ulp_distance(got, ref_in_format), 0.0)
+        ulps = np.where(finite, _ulps_between(_ordered_bits(got), judging.ordered_ref), 0.0)
+    all_finite = finite is True
     with np.errstate(divide="ignore", invalid="ignore"):
-        relative = np.where(finite & (ref != 0), error / np.abs(ref), 0.0)
-    ratio = _ratio(error, bound, finite)
+        if all_finite and judging.all_nonzero:  # (the masks would all be true)
+            relative = error / judging.abs_ref
+        else:
+            relative = np.where(finite & judging.ref_nonzero, error / judging.abs_ref, 0.0)
+    if all_finite and judging.all_bounded:  # every ratio finite
+        ratio = error / bound
+        worst_ratio = float(ratio.max(initial=0.0))
+        if not math.isfinite(worst_ratio):  # (a quotient that overflowed: the worst finite one is due)
+            worst_ratio = _worst(ratio)
+    else:
+        ratio = _ratio(error, bound, finite)
+        worst_ratio = _worst(ratio)
 
     verdict.max_abs_error = float(error.max(initial=0.0))
     verdict.max_rel_error = float(relative.max(initial=0.0))
     verdict.max_ulp = float(ulps.max(initial=0.0))
-    verdict.error_ratio = None if expected.exact else _worst(ratio)
+    verdict.error_ratio = None if expected.exact else worst_ratio
     if not expected.exact:
-        verdict.bounds = {"dtype": _bound_facts(expected.model, ratio)}
+        verdict.bounds = {"dtype": _bound_facts(expected.model, worst_ratio)}
 
     if special_bad is not None and special_bad.any():
         index = tuple(int(i) for i in np.argwhere(special_bad)[0])
@@ -394,8 +459,8 @@ def _worst(ratio: np.ndarray) -> float:
     return float(finite_ratio.max(initial=0.0))
 
 
-def _bound_facts(model: ErrorModel, ratio: np.ndarray) -> dict[str, Any]:
-    facts: dict[str, Any] = {"kind": model.accumulation_gamma[1], "ratio": _worst(ratio)}
+def _bound_facts(model: ErrorModel, worst_ratio: float) -> dict[str, Any]:
+    facts: dict[str, Any] = {"kind": model.accumulation_gamma[1], "ratio": worst_ratio}
     if model.accumulation is not None:
         facts["accumulation"] = model.accumulation.name
     return facts
@@ -415,8 +480,8 @@ def _judge_contract(
     assert contract is not None and expected.abs_products is not None and verdict.bounds is not None
     bound = contract.bound(ref, expected.abs_products)
     ratio = _ratio(error, bound, finite)
-    verdict.bounds["contract"] = {"id": expected.contract_id, **_bound_facts(contract, ratio)}
     verdict.error_ratio = _worst(ratio)
+    verdict.bounds["contract"] = {"id": expected.contract_id, **_bound_facts(contract, verdict.error_ratio)}
     failing = ratio > 1.0
     if not failing.any():
         return

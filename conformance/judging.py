@@ -95,7 +95,25 @@ def with_contract(
     )
 
 
+# The last expected answer per TF32 bound: every target of a batch (a case x dtype) is judged against
+# the same one, and `Expected` keeps what judging derives from it (compare.Expected.judging).
+_last_expected: dict[tuple[Case, str, bool], tuple[Prepared, Expected]] = {}
+held_memory.on_release(_last_expected.clear)
+
+
 def expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) -> Expected:
+    key = (case, dtype, tf32_bound(target, dtype))
+    found = _last_expected.get(key)
+    if found is not None and found[0] is prepared:
+        return found[1]
+    expected = _expected_answer(case, dtype, target, prepared)
+    for other in [k for k in _last_expected if k[:2] != key[:2]]:  # (one case x dtype at a time)
+        del _last_expected[other]
+    _last_expected[key] = (prepared, expected)
+    return expected
+
+
+def _expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) -> Expected:
     model = error_model(case, dtype, target)
     no_output_axes = tuple(axis + 1 for axis in case.geometry.no_output_axes)
     exact = prepared.abs_products is not None and model.requires_exact(

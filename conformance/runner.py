@@ -171,10 +171,17 @@ def run_check(
 def unsupported_reason(case: Case, target: Target, dtype: str, memory_budget: tuple[int, str] | None) -> str | None:
     """Why the check cannot run, decided from its shapes and settings alone (nothing is imported or
     allocated), or None: the target's API cannot state it, or its estimate exceeds `memory_budget`."""
-    adapter = target.adapter
-    params = call_params(case, dtype)
-    reason = adapter.unsupported_reason(params)
-    if mismatch := adapter.mismatch(case.op, case.rank):  # (collection pairs them; this guards every other caller)
+    return _unsupported_reason(target.adapter, call_params(case, dtype), case.op, case.rank, memory_budget)
+
+
+# Shapes and settings alone decide it: a batch asks once before its guard and `run_check` again, and
+# the large tier's replicates of one geometry ask the same question hundreds of times.
+@lru_cache(maxsize=4096)
+def _unsupported_reason(
+    adapter: Any, params: CallParams, operation: str, rank: int, memory_budget: tuple[int, str] | None
+) -> str | None:
+    reason: str | None = adapter.unsupported_reason(params)
+    if mismatch := adapter.mismatch(operation, rank):  # (collection pairs them; this guards every other caller)
         reason = mismatch
     if not reason and memory_budget is not None:
         reason = _over_memory_budget(adapter, params, memory_budget)

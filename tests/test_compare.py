@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from conformance import reference
+from conformance import compare, reference
 from conformance.compare import ErrorModel, Expected, Outcome, classify, gamma, ulp_distance
 from conformance.dtypes import float_format
 
@@ -158,3 +160,40 @@ def test_a_small_output_maps_one_cell_per_pixel() -> None:
 
     result = error_map(np.arange(12.0).reshape(1, 3, 4, 1), "|error|")
     assert result["block"] == [1, 1] and result["values"][2][3] == 11.0 and result["quantity"] == "|error|"
+
+
+def _verdict_fields(expected: Expected, got: np.ndarray) -> dict[str, object]:
+    verdict = classify(expected, got)
+    return {k: v for k, v in vars(verdict).items() if k != "outcome"} | {"outcome": verdict.outcome}
+
+
+def test_the_unmasked_path_judges_as_the_masked_one() -> None:
+    """Where every reference value is nonzero and every bound positive (nearly every check),
+    judging skips the masks; the figures must be the masked path's exactly, pass or mismatch."""
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((2, 7, 6, 3)), rng.standard_normal((3, 3, 3, 2))
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        made = expected_for(x, w, dtype, rate=2, padding="SAME")
+        got = made.values.astype(made.model.fmt.numpy_dtype)
+        bad = got.copy()
+        bad[1, 3, 2, 1] = bad[1, 3, 2, 1] * 1.5 + 1
+        for output in (got, bad):
+            fast = _verdict_fields(dataclasses.replace(made), output)
+            assert made.judging.all_nonzero and made.judging.all_bounded  # (the unmasked path was taken)
+            masked = dataclasses.replace(made)
+            object.__setattr__(
+                masked, "_judging", dataclasses.replace(masked.judging, all_nonzero=False, all_bounded=False)
+            )
+            assert _verdict_fields(masked, output) == fast
+
+
+def test_a_large_output_keeps_no_judging_between_checks() -> None:
+    """What judging derives from a reference is kept for small outputs only: a large one's would
+    hold several times the reference's memory between the checks of a batch."""
+    rng = np.random.default_rng(12)
+    small = expected_for(rng.standard_normal((1, 8, 8, 2)), rng.standard_normal((3, 3, 2, 2)), "float32")
+    large = expected_for(rng.standard_normal((1, 140, 140, 4)), rng.standard_normal((3, 3, 4, 4)), "float32")
+    assert large.values.size > compare.KEEP_JUDGING_UP_TO >= small.values.size
+    assert small.judging is small.judging
+    assert large.judging is not large.judging
+    assert classify(large, large.values.astype(np.float32)).outcome is Outcome.PASS
