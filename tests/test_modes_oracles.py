@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conformance import judging, reference, runner
+from conformance import judging, machine, reference, runner
 from conformance.adapters import ADAPTERS, Adapter, ConvCall, Target, Unsupported
 from conformance.adapters.base import ProcessDied
 from conformance.adapters.oracles import zero_inserted_kernel
@@ -218,31 +218,67 @@ def test_every_mode_and_oracle_runs_its_framework_and_reproduces(name: str, case
     np.testing.assert_array_equal(got, call_output)
 
 
-def test_onednn_variants_run_in_their_own_process(cases: dict[str, Any]) -> None:
+def test_onednn_variants_run_in_their_own_process_unless_this_one_is_already_so(cases: dict[str, Any]) -> None:
+    """The variant whose setting differs from this process's TensorFlow runs in a child; the one
+    this process already is runs here (a child would import TensorFlow again for the same thing)."""
     pytest.importorskip("tensorflow")
-    for name, flag in (("tensorflow.conv2d@onednn-on", "1"), ("tensorflow.conv2d@onednn-off", "0")):
-        adapter = _real(name)
+    from conformance.adapters import child
+    from conformance.adapters.tensorflow import onednn_enabled
+
+    variants = {"1": _real("tensorflow.conv2d@onednn-on"), "0": _real("tensorflow.conv2d@onednn-off")}
+    for flag, adapter in variants.items():
         assert adapter.devices == ("cpu",)
         assert _check(cases["plain"], adapter)["outcome"] == "pass"
-        environment = adapter.environment()
-        assert environment["flags"]["TF_ENABLE_ONEDNN_OPTS"] == flag
-        assert environment["flags"]["onednn_enabled"] is (flag == "1")
-    # A dead child is reported on the check that ran in it and the next check starts a new one; its
-    # sibling (the other oneDNN setting) is not touched.
-    from conformance.adapters import child
-
+        assert adapter.environment()["flags"]["onednn_enabled"] is (flag == "1")
+    here = "1" if onednn_enabled() else "0"
+    elsewhere = "0" if here == "1" else "1"
+    assert variants[here].runs_here() and not variants[elsewhere].runs_here()
+    assert variants[elsewhere].environment()["flags"]["TF_ENABLE_ONEDNN_OPTS"] == elsewhere
     by_setting = {key[1]: found for key, found in child.children().items() if key[0] == "tensorflow"}
-    off, on = by_setting[(("TF_ENABLE_ONEDNN_OPTS", "0"),)], by_setting[(("TF_ENABLE_ONEDNN_OPTS", "1"),)]
-    off.process.kill()
+    assert (("TF_ENABLE_ONEDNN_OPTS", here),) not in by_setting
+    # A dead child is reported on the check that ran in it and the next check starts a new one.
+    by_setting[(("TF_ENABLE_ONEDNN_OPTS", elsewhere),)].process.kill()
     call = ConvCall(
         x=judging.prepare(cases["plain"], "float32").data.x, w=judging.prepare(cases["plain"], "float32").data.w,
         rate=(2, 2), stride=(1, 1), padding="SAME", geometry=cases["plain"].geometry, groups=1, dtype="float32",
     )  # fmt: skip
-    with pytest.raises(ProcessDied, match=r"TF_ENABLE_ONEDNN_OPTS=0 process died \(exit signal SIGKILL\)"):
-        _real("tensorflow.conv2d@onednn-off").run(call, "cpu", "strict")
-    assert on.alive() and child.children()[("tensorflow", (("TF_ENABLE_ONEDNN_OPTS", "1"),))] is on
-    assert _check(cases["plain"], _real("tensorflow.conv2d@onednn-off"))["outcome"] == "pass"
-    assert _check(cases["plain"], _real("tensorflow.conv2d@onednn-on"))["outcome"] == "pass"
+    with pytest.raises(ProcessDied, match=rf"TF_ENABLE_ONEDNN_OPTS={elsewhere} process died \(exit signal SIGKILL\)"):
+        variants[elsewhere].run(call, "cpu", "strict")
+    for adapter in variants.values():
+        assert _check(cases["plain"], adapter)["outcome"] == "pass"
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_which_onednn_variant_needs_a_child_follows_this_process_setting(setting: str) -> None:
+    """Whatever the CPU's default, a process started with TF_ENABLE_ONEDNN_OPTS set runs that
+    variant itself and the other in a child, and both compute."""
+    pytest.importorskip("tensorflow")
+    script = (
+        "import numpy as np\n"
+        "from conformance.adapters import ADAPTERS, child\n"
+        "from conformance.adapters.base import ConvCall\n"
+        "from conformance.semantics import geometry\n"
+        "variants = {flag: next(a for a in ADAPTERS if a.name == f'tensorflow.conv2d@onednn-{name}')\n"
+        "            for flag, name in (('1', 'on'), ('0', 'off'))}\n"
+        "x, w = np.ones((1, 5, 5, 1), np.float32), np.ones((3, 3, 1, 1), np.float32)\n"
+        "call = ConvCall(x=x, w=w, rate=(2, 2), stride=(1, 1), padding='SAME', groups=1, dtype='float32',\n"
+        "                geometry=geometry('SAME', (5, 5), (3, 3), (2, 2), (1, 1)))\n"
+        "for flag, adapter in variants.items():\n"
+        "    adapter.check_available('cpu')\n"
+        "    assert adapter.run(call, 'cpu', 'strict')[0, 2, 2, 0] == 9.0\n"
+        "    assert adapter.environment()['flags']['onednn_enabled'] is (flag == '1')\n"
+        "print(sorted(f for f, a in variants.items() if a.runs_here()),\n"
+        "      sorted(dict(key[1])['TF_ENABLE_ONEDNN_OPTS'] for key in child.children()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=child_environment(TF_ENABLE_ONEDNN_OPTS=setting),
+    )
+    assert done.returncode == 0, done.stderr
+    other = "0" if setting == "1" else "1"
+    assert done.stdout.split("\n")[-2] == f"['{setting}'] ['{other}']"
 
 
 def test_a_child_that_dies_in_the_call_is_a_crash_not_an_error(cases: dict[str, Any]) -> None:
@@ -306,12 +342,17 @@ def test_a_child_unpickles_each_adapter_once_and_its_requests_share_it() -> None
 
 def test_a_child_target_never_loads_its_framework_in_the_parent() -> None:
     pytest.importorskip("tensorflow")
+    # (the variant this machine's TensorFlow is not: the other runs in the parent, by design)
+    on = machine.this_cpu().tensorflow_onednn_default()
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") is not None:
+        on = os.environ["TF_ENABLE_ONEDNN_OPTS"].strip().lower() in ("1", "true")
+    other = "off" if on else "on"
     script = (
         "import sys\n"
         "from conformance.adapters import ADAPTERS\n"
-        "adapter = next(a for a in ADAPTERS if a.name == 'tensorflow.conv2d@onednn-on')\n"
+        f"adapter = next(a for a in ADAPTERS if a.name == 'tensorflow.conv2d@onednn-{other}')\n"
         "adapter.check_available('cpu')\n"
-        "assert adapter.environment()['flags']['onednn_enabled'] is True\n"
+        f"assert adapter.environment()['flags']['onednn_enabled'] is {other == 'on'}\n"
         "assert 'tensorflow' not in sys.modules, 'the parent imported TensorFlow'\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_environment())
@@ -328,8 +369,12 @@ def test_a_child_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
         "print(next(iter(child.children().values())).process.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
+    # (oneDNN on in the parent: the onednn-off variant runs in a child whatever the CPU's default)
     parent = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=child_environment()
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_environment(TF_ENABLE_ONEDNN_OPTS="1"),
     )
     assert parent.stdout is not None
     pid = int(parent.stdout.readline())

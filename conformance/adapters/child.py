@@ -27,6 +27,7 @@ import signal
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO, Any, Literal
 
@@ -282,22 +283,47 @@ def children() -> dict[ChildKey, Child]:
 
 
 class InChildProcess(Wrapper):
-    """`inner` run in a child process started with `environment` (variables read once, at import)."""
+    """`inner` run in a child process started with `environment` (variables read once, at import).
+
+    `already_here`, where given, is asked once per process: whether this process already runs
+    `inner` as `environment` asks (the setting the variables choose is the one this process's
+    framework has), loading the framework here only to confirm a yes. Then `inner` runs here: a
+    second process would load the same framework to compute the same thing. The reproduction still
+    sets the variables."""
 
     own_environment = True
 
-    def __init__(self, inner: Adapter, variant: str, environment: dict[str, str], devices: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        inner: Adapter,
+        variant: str,
+        environment: dict[str, str],
+        devices: tuple[str, ...],
+        already_here: Callable[[], bool] | None = None,
+    ) -> None:
         super().__init__(inner, variant)
         self.devices, self.runs_models = devices, inner.runs_models
         self.child_environment = dict(environment)
+        self.already_here = already_here
+        self._here: bool | None = None if already_here is not None else False
 
     def _ask(self, message: Request) -> Any:
         return ask(self.framework, self.child_environment, message)
+
+    def runs_here(self) -> bool:
+        """Whether this process computes `inner` itself (`already_here`, asked once)."""
+        if self._here is None:
+            assert self.already_here is not None
+            self._here = self.already_here()
+        return self._here
 
     def check_available(self, device: str) -> None:
         missing = self.framework.missing()
         if missing:  # known from package metadata: no process is started to learn it
             raise Unavailable(missing)
+        if self.runs_here():
+            self.inner.check_available(device)
+            return
         try:
             self._confirm_available(device)
         except ProcessDied:  # it died between checks (no check of this one's doing): once more, in a new one
@@ -312,10 +338,14 @@ class InChildProcess(Wrapper):
             running.available.add((self.inner, device))
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        if self.runs_here():
+            return self.inner.run(call, device, precision)
         result: np.ndarray = self._ask(Run(self.inner, call, device, precision))
         return result
 
     def run_model(self, composite: Composite, dtype: str, device: str, precision: str) -> np.ndarray:
+        if self.runs_here():
+            return self.inner.run_model(composite, dtype, device, precision)
         result: np.ndarray = self._ask(RunModel(self.inner, composite, dtype, device, precision))
         return result
 
@@ -331,10 +361,14 @@ class InChildProcess(Wrapper):
         return self._after_settings(self.inner.model_reproduction(composite, dtype, device, precision))
 
     def environment(self) -> dict[str, Any]:
+        if self.runs_here():
+            return self.inner.environment()
         info: dict[str, Any] = self._ask(Describe(self.inner))
         return info
 
     def runtime_facts(self) -> dict[str, FactValue]:
+        if self.runs_here():
+            return self.inner.runtime_facts()
         facts: dict[str, FactValue] = self._ask(Describe(self.inner, "runtime_facts"))
         return facts
 

@@ -21,7 +21,7 @@ run the eager call in a child process started with `TF_ENABLE_ONEDNN_OPTS` set (
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -91,6 +91,29 @@ def onednn_enabled() -> bool | None:
     except ImportError:
         return None
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _onednn_already(flag: str) -> Callable[[], bool]:
+    """Whether this process's TensorFlow has oneDNN as TF_ENABLE_ONEDNN_OPTS=`flag` would set it.
+    The variable's only effect is the switch TensorFlow reports, whose default follows the CPU: on a
+    machine whose default is off the onednn-off variant is this process's own conv2d, and a child
+    would import TensorFlow again to compute the same thing (onednn-on likewise where the default is
+    on). Foreseen from this process's variable and the CPU's default (machine.py) without importing
+    TensorFlow, and confirmed by TensorFlow's own answer before a yes; unknown: a child."""
+    wanted = flag == "1"
+
+    def already() -> bool:
+        set_here = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+        if set_here is None:
+            foreseen = machine.this_cpu().tensorflow_onednn_default()
+        else:
+            foreseen = set_here.strip().lower() in ("1", "true")
+        if foreseen is not wanted:
+            return False  # (a child, and no TensorFlow here on its account)
+        _tf()  # (loaded as every target here loads it: defaults and compilation cache first)
+        return onednn_enabled() is wanted
+
+    return already
 
 
 def runtime_facts() -> dict[str, FactValue]:
@@ -474,7 +497,9 @@ ADAPTERS = (
     AsLayer(DEPTHWISE_CONV2D),
     # oneDNN is TensorFlow's CPU library: these run on the CPU only.
     *(
-        InChildProcess(CONV2D, variant, {"TF_ENABLE_ONEDNN_OPTS": flag}, devices=("cpu",))
+        InChildProcess(
+            CONV2D, variant, {"TF_ENABLE_ONEDNN_OPTS": flag}, devices=("cpu",), already_here=_onednn_already(flag)
+        )
         for variant, flag in ONEDNN_VARIANTS.items()
     ),
     oracles.Against(ATROUS_CONV2D, CONV2D, "equals-conv2d"),
