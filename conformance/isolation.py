@@ -269,22 +269,21 @@ class WorkerGuard:
         """The crash tally of a target the controller has stopped, or None (re-read only when it changed,
         looked at no more often than every BROKEN_LOOK_EVERY_S: a batch asks before each of its checks)."""
         now = time.monotonic()
-        if now - self._broken_looked_at < BROKEN_LOOK_EVERY_S:
-            tally = self._broken.get(target)
-            return tally if tally and tally["stopped"] else None
-        self._broken_looked_at = now
-        try:
-            mtime = self.broken_path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-        if mtime != self._broken_mtime:
-            try:
-                self._broken = json.loads(self.broken_path.read_text(encoding="utf-8"))
-                self._broken_mtime = mtime
-            except (OSError, ValueError):
-                return None  # mid-replace; the next item reads it
+        if now - self._broken_looked_at >= BROKEN_LOOK_EVERY_S:
+            self._broken_looked_at = now
+            self._reread_broken()
         tally = self._broken.get(target)
         return tally if tally and tally["stopped"] else None
+
+    def _reread_broken(self) -> None:
+        """The stopped targets' file, where it changed (mid-replace: the next look reads it)."""
+        try:
+            mtime = self.broken_path.stat().st_mtime_ns
+            if mtime != self._broken_mtime:
+                self._broken = json.loads(self.broken_path.read_text(encoding="utf-8"))
+                self._broken_mtime = mtime
+        except (OSError, ValueError):
+            pass
 
 
 def memory_hint(limits: Limits) -> str:

@@ -343,9 +343,7 @@ def test_a_child_unpickles_each_adapter_once_and_its_requests_share_it() -> None
 def test_a_child_target_never_loads_its_framework_in_the_parent() -> None:
     pytest.importorskip("tensorflow")
     # (the variant this machine's TensorFlow is not: the other runs in the parent, by design)
-    on = machine.this_cpu().tensorflow_onednn_default()
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") is not None:
-        on = os.environ["TF_ENABLE_ONEDNN_OPTS"].strip().lower() in ("1", "true")
+    on = machine.predicted_facts("tensorflow", machine.this_cpu(), os.environ)["onednn_enabled"]
     other = "off" if on else "on"
     script = (
         "import sys\n"

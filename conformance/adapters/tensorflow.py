@@ -98,17 +98,13 @@ def _onednn_already(flag: str) -> Callable[[], bool]:
     The variable's only effect is the switch TensorFlow reports, whose default follows the CPU: on a
     machine whose default is off the onednn-off variant is this process's own conv2d, and a child
     would import TensorFlow again to compute the same thing (onednn-on likewise where the default is
-    on). Foreseen from this process's variable and the CPU's default (machine.py) without importing
-    TensorFlow, and confirmed by TensorFlow's own answer before a yes; unknown: a child."""
+    on). Foreseen by TensorFlow's rule (machine.predicted_facts: this process's variable, else the
+    CPU's default) without importing TensorFlow, and confirmed by TensorFlow's own answer before a
+    yes; unknown: a child."""
     wanted = flag == "1"
 
     def already() -> bool:
-        set_here = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
-        if set_here is None:
-            foreseen = machine.this_cpu().tensorflow_onednn_default()
-        else:
-            foreseen = set_here.strip().lower() in ("1", "true")
-        if foreseen is not wanted:
+        if machine.predicted_facts(TENSORFLOW.name, machine.this_cpu(), os.environ)["onednn_enabled"] is not wanted:
             return False  # (a child, and no TensorFlow here on its account)
         _tf()  # (loaded as every target here loads it: defaults and compilation cache first)
         return onednn_enabled() is wanted
