@@ -65,6 +65,16 @@ def make_record(
     tangents: derivatives.Tangents | None = None,
 ) -> Record:
     record = _check_fields(case, target, dtype).copy()  # (an update keeps each field where it stands)
+    if reproduction:
+        record["reproduction"] = full_reproduction(case, dtype, reproduction, target.adapter.quantity, tangents)
+    if prepared is not None:
+        record["input_sha256"], record["kernel_sha256"] = prepared.data.x_hash, prepared.data.w_hash
+    return judged(record, verdict, duration_s, output_hash)
+
+
+def judged(record: Record, verdict: Verdict, duration_s: float = 0.0, output_hash: str | None = None) -> Record:
+    """`record` (in place) with `verdict`, the check's duration and its output's hash: a check's one
+    record, made before its framework call (`make_record`, for fault isolation), is finished here."""
     record.update(
         {
             "outcome": verdict.outcome.value,
@@ -79,11 +89,6 @@ def make_record(
             "worst": verdict.worst,
             "error_map": verdict.error_map,
             "message": verdict.message,
-            "reproduction": full_reproduction(case, dtype, reproduction, target.adapter.quantity, tangents)
-            if reproduction
-            else "",
-            "input_sha256": prepared.data.x_hash if prepared else None,
-            "kernel_sha256": prepared.data.w_hash if prepared else None,
             "output_sha256": output_hash,
             "duration_s": round(duration_s, 6),
         }
@@ -91,8 +96,8 @@ def make_record(
     return record
 
 
-# A check's record is made up to four times (planned, before loading, before the call, after it),
-# and half its fields are the case's, the target's and the dtype's alone: those are made once, in
+# A check's record is made up to three times (planned, before loading, before the call; the last is
+# finished by `judged`), and half its fields are the case's, the target's and the dtype's alone: those are made once, in
 # the record's field order (what the check fills in stands empty). Records share their lists:
 # nothing changes a record's lists in place.
 def geometry_fields(case: Case) -> Record:
@@ -164,7 +169,6 @@ def _check_fields(case: Case, target: Target, dtype: str) -> Record:
     }
 
 
-@lru_cache(maxsize=64)  # a check's record is made twice (before the call, after it) with the same source
 def full_reproduction(
     case: Case, dtype: str, call_source: str, quantity: str = OUTPUT, tangents: derivatives.Tangents | None = None
 ) -> str:

@@ -64,12 +64,16 @@ class Expectation:
         )
 
     def matches(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+        return (
+            _matches_target(self, record["target"])
+            and self.matches_check(record["case"], record["target"], record["dtype"])
+            and self.holds_for(record, environ)
+        )
+
+    def holds_for(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+        """Whether the record meets every condition beyond the case, target and dtype globs."""
         if self.outcomes == (Outcome.CONTRACT,) and not (record.get("bounds") or {}).get("contract"):
             return False  # a broken accumulation contract: only checks a contract judged can show it, or its fix
-        if not _matches_target(self, record["target"]) or not self.matches_check(
-            record["case"], record["target"], record["dtype"]
-        ):
-            return False
         return next(self._misses(record, environ), None) is None
 
     def unmet(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
@@ -219,6 +223,10 @@ def unmatched_globs(entries: Iterable[Expectation], case_ids: list[str], target_
 # (entries list, target) -> the entries whose target globs take the target, in file order: a worker
 # applies the same entries to every record it makes, and most entries name a few targets.
 _taking: dict[tuple[int, int, str], tuple[Sequence[Expectation], list[Expectation]]] = {}
+# (entries list, case) -> the entries whose case globs take the case: a batch's checks (a case x
+# dtype through every target) share it, and globs are most of what matching a record costs.
+_taking_case: dict[tuple[int, int, str], tuple[Sequence[Expectation], frozenset[Expectation]]] = {}
+_TAKING_CASE_KEPT = 64  # cases; a batch asks for one
 
 
 def _entries_taking(entries: Iterable[Expectation], target: str) -> Iterable[Expectation]:
@@ -231,15 +239,30 @@ def _entries_taking(entries: Iterable[Expectation], target: str) -> Iterable[Exp
     return found[1]
 
 
+def _entries_naming(entries: Iterable[Expectation], case: str, target: str, dtype: str) -> list[Expectation]:
+    """The entries whose case, target and dtype globs take this check (`matches_check`), in file order."""
+    taking = _entries_taking(entries, target)
+    if not isinstance(entries, list | tuple):
+        return [e for e in taking if e.matches_check(case, target, dtype)]
+    key = (id(entries), len(entries), case)
+    found = _taking_case.get(key)
+    if found is None or found[0] is not entries:
+        if len(_taking_case) >= _TAKING_CASE_KEPT:
+            _taking_case.clear()
+        by_case = frozenset(e for e in entries if any(fnmatch.fnmatchcase(case, g) for g in e.cases))
+        found = _taking_case[key] = (entries, by_case)
+    return [e for e in taking if e in found[1] and (not e.dtypes or dtype in e.dtypes)]
+
+
 def apply(record: Record, entries: Iterable[Expectation], environ: Mapping[str, str] | None = None) -> Record:
     """Turn a matched failure into xfail and a matched success into xpass (in place; returns the record)."""
     environ = os.environ if environ is None else environ
-    taking = _entries_taking(entries, record["target"])
-    entry = next((e for e in taking if e.matches(record, environ)), None)
+    named = _entries_naming(entries, record["case"], record["target"], record["dtype"])
+    entry = next((e for e in named if e.holds_for(record, environ)), None)
     observed = Outcome(record["outcome"])
     if entry is None:
         if observed not in CONFORMANT and observed not in NOT_RUN:
-            _note_near_miss(record, taking, environ)
+            _note_near_miss(record, named, environ)
         return record
     record["expectation"] = {**entry.summary(), "strict": entry.strict}
     if observed in NOT_RUN:
@@ -264,11 +287,10 @@ def apply(record: Record, entries: Iterable[Expectation], environ: Mapping[str, 
     return record
 
 
-def _note_near_miss(record: Record, taking: Iterable[Expectation], environ: Mapping[str, str]) -> None:
-    """A failure no entry excuses: the entry that names its case, target and dtype and misses it by
-    the fewest conditions, and those conditions (a machine whose facts the entry did not foresee,
-    or a new geometry), so that a red run says which entry to look at."""
-    named = [e for e in taking if e.matches_check(record["case"], record["target"], record["dtype"])]
+def _note_near_miss(record: Record, named: Iterable[Expectation], environ: Mapping[str, str]) -> None:
+    """A failure no entry excuses: of the entries that name its case, target and dtype, the one that
+    misses it by the fewest conditions, and those conditions (a machine whose facts the entry did not
+    foresee, or a new geometry), so that a red run says which entry to look at."""
     misses = [(entry, entry.unmet(record, environ)) for entry in named]
     misses = [(entry, unmet) for entry, unmet in misses if unmet]
     if misses:

@@ -66,13 +66,12 @@ from conformance import held_memory
 from conformance.adapters.modes import gpu_driver_present
 from conformance.compare import Outcome
 from conformance.cost import format_size
+from conformance.record_files import scratch_json
 from conformance.records import Record
 
 BROKEN_TARGETS_FILE = "broken-targets.json"
 # A target stopped by another worker's crashes is noticed within this: a batch asks before each check.
 BROKEN_LOOK_EVERY_S = 0.25
-# The state is written twice per check and holds no cycles to look for.
-_STATE_ENCODER = json.JSONEncoder(check_circular=False)
 RETIRED_SUFFIX = ".retired.json"
 # A worker's data segment with torch, TensorFlow, JAX and ONNX Runtime loaded and run once: 0.58 GiB
 # measured (VmData; 0.89 GiB resident), rounded up.
@@ -211,7 +210,7 @@ class WorkerGuard:
             self._write_state()
 
     def _write_state(self) -> None:
-        data = _STATE_ENCODER.encode(self._state).encode()
+        data = scratch_json(self._state)
         os.pwrite(self._state_fd, data, 0)
         os.ftruncate(self._state_fd, len(data))
 
@@ -250,18 +249,18 @@ class WorkerGuard:
 
     def batch_finished_check(self, record_text: str) -> None:
         """A check of the batch finished: its record, as the JSON text its report will carry."""
-        self._journal_line('{"record": ' + record_text + "}")
+        self._journal_line(f'{{"record": {record_text}}}'.encode())
 
     def batch_ended(self) -> None:
         """Every check of the batch finished, and its report will carry them all: a stop must not
         take them from the journal a second time, nor a death before the report name a culprit."""
-        self._journal_line(BATCH_ENDED_LINE)
+        self._journal_line(BATCH_ENDED_LINE.encode())
 
     def _journal(self, entry: dict[str, Any]) -> None:
-        self._journal_line(json.dumps(entry))
+        self._journal_line(scratch_json(entry))
 
-    def _journal_line(self, line: str) -> None:
-        data = (line + "\n").encode()
+    def _journal_line(self, line: bytes) -> None:
+        data = line + b"\n"
         os.pwrite(self._journal_fd, data, self._journal_offset)
         self._journal_offset += len(data)
 

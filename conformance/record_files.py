@@ -37,6 +37,11 @@ try:  # a third of json.loads' time on records; optional, for the same dicts (re
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - the suite runs without it (e.g. a GPU image without it)
     _fast_loads = None
+_fast_dumps: Callable[[Any], bytes] | None
+try:
+    from orjson import dumps as _fast_dumps
+except ImportError:  # pragma: no cover
+    _fast_dumps = None
 
 
 def parse_record(text: str | bytes) -> dict[str, Any]:
@@ -57,6 +62,19 @@ def record_text(record: Mapping[str, Any]) -> str:
     """A record's JSON text, as every file of results holds it (NaN and infinities are never bare
     numbers in a record: `worst` spells them as strings)."""
     return _RECORD_ENCODER.encode(record)
+
+
+def scratch_json(value: Any) -> bytes:
+    """JSON for the files only the suite's own processes read back, a worker's state and its batch's
+    journal, written before every check: orjson's where it is installed (15x faster than json on a
+    record; compact and UTF-8), json's for what orjson refuses (a lone surrogate, as in
+    `parse_record`). What a record says to anyone else is `record_text`'s."""
+    if _fast_dumps is not None:
+        try:
+            return _fast_dumps(value)
+        except TypeError:  # (orjson.JSONEncodeError is one)
+            pass
+    return json.dumps(value).encode()
 
 
 # json.dumps(record, allow_nan=False)'s text from one encoder: dumps makes an encoder per call for

@@ -17,12 +17,15 @@ from conformance import contracts as accumulation_contracts
 from conformance import cost, derivatives, held_memory, judging, machine, timing
 from conformance.adapters.base import OUTPUT, QUANTITIES, CallParams, ConvCall, Target
 from conformance.cases import Case
-from conformance.check_records import full_reproduction, make_record
+from conformance.check_records import full_reproduction, judged, make_record
 from conformance.compare import Outcome, Verdict, classify
 from conformance.judging import Prepared, prepare
 from conformance.machine import FactValue
 from conformance.records import Record
 from conformance.refusals import REFUSALS, Unavailable, Unsupported, refusal_verdict
+
+# What a check's record says until its framework call returns: a death in it is reported so.
+DIED_IN_CALL = Verdict(Outcome.CRASH, "the process died during the framework call")
 
 # Frameworks that have run at least once in this process, for the environment block.
 _loaded_adapters: dict[str, Any] = {}
@@ -89,7 +92,8 @@ def run_check(
     """Run one check and return its result record (builtin types only: it crosses processes).
 
     `before_call` gets the record as it stands right before the framework runs (its outcome says
-    `crash`): fault isolation keeps it, so a check that kills its process is still reported in full;
+    `crash`): fault isolation writes it out, so a check that kills its process is still reported in
+    full. It is the check's one record, finished in place after the call: what keeps it copies it;
     `after_load` is told when the framework is loaded (a death before that is the build's, not the case's).
     With `repeat` > 1 the framework is called that many times on the same data, and a target whose
     outputs are not bitwise identical is `nondeterministic` (unless it already failed otherwise).
@@ -105,6 +109,7 @@ def run_check(
     output_hash: str | None = None
     tangents: derivatives.Tangents | None = None
     facts: dict[str, FactValue] = {}
+    record: Record | None = None  # made once, right before the framework call, and finished after it
     reason = unsupported_reason(case, target, dtype, memory_budget)
     if reason:
         verdict = Verdict(Outcome.UNSUPPORTED, reason)
@@ -117,9 +122,9 @@ def run_check(
             prepared = prepare(case, dtype)
             call, tangents = conv_call(case, dtype, adapter.quantity, prepared)
             reproduction = adapter.reproduction(call, target.device, target.precision)
+            record = make_record(case, target, dtype, DIED_IN_CALL, prepared, reproduction, tangents=tangents)
             if before_call is not None:
-                crashed = Verdict(Outcome.CRASH, "the process died during the framework call")
-                before_call(make_record(case, target, dtype, crashed, prepared, reproduction, tangents=tangents))
+                before_call(record)  # (fault isolation writes it out now: it is finished below)
             raised: Exception | None = None
             got = None
             try:
@@ -161,7 +166,10 @@ def run_check(
         except REFUSALS as exc:
             verdict = refusal_verdict(exc)
     duration = time.perf_counter() - started
-    record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash, tangents)
+    if record is None:
+        record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash, tangents)
+    else:
+        judged(record, verdict, duration, output_hash)
     record.update(timing.since(spent_before))
     if facts:
         record["runtime"] = machine.check_facts(facts, dtype)

@@ -75,6 +75,28 @@ def test_a_matching_failure_is_xfail_and_keeps_what_was_observed(entries: list[e
     assert result["expectation"]["link"].endswith("/100237")
 
 
+def test_apply_takes_the_entry_matches_takes_whatever_it_kept_for_earlier_cases(
+    entries: list[expectations.Expectation],
+) -> None:
+    """`apply` keeps, per case, the entries whose case globs take it (a batch's checks share them):
+    over more cases than it keeps, twice over, and for every target, dtype and `expect`, it takes
+    the first entry that `matches` takes, and none where none does."""
+    environ = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    cases = [f"depthwise/stride{n}" for n in range(2 * expectations._TAKING_CASE_KEPT)]
+    cases += ["depthwise/rate2", "basics/a"]
+    taken = []
+    for case in cases * 2:
+        for target in ("tensorflow.depthwise_conv2d-cpu", "tensorflow.conv2d-cpu", "torch.conv2d-gpu"):
+            for dtype in ("float32", "float64"):
+                for expect in ("reference", "no-valid-output"):
+                    checked = record(case=case, target=target, dtype=dtype, expect=expect)
+                    wanted = next((e.id for e in entries if e.matches(checked, environ)), None)
+                    applied = expectations.apply(dict(checked), entries, environ)
+                    assert applied.get("expectation", {}).get("id") == wanted, checked
+                    taken.append(wanted)
+    assert {"tf-depthwise", "onednn-empty", None} <= set(taken)
+
+
 def test_a_matching_pass_is_xpass_and_says_what_to_do(entries: list[expectations.Expectation]) -> None:
     result = expectations.apply(record(outcome="pass", message=""), entries, environ={})
     assert result["outcome"] == "xpass"

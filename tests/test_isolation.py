@@ -196,6 +196,11 @@ def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> N
         "faulty.hang": ["skip", "skip", "timeout"],
     }
     assert "Segmentation fault" in next(r for r in records if r["outcome"] == "crash")["message"]
+    # The check's one record, as fault isolation wrote it out right before the call: the data's
+    # hashes and the reproduction, not the bare fields a record starts with.
+    for died in (r for r in records if r["outcome"] in ("crash", "timeout")):
+        assert died["input_sha256"] and died["kernel_sha256"], died
+        assert "# fault injection: tests/fault_adapters.py" in died["reproduction"], died["reproduction"]
     (crashed,) = [case for (case, target), outcome in outcomes.items() if outcome == "crash"]
     assert outcomes[(crashed, "numpy.im2col")] == "pass"  # finished before the segfault: reported once
     # The segfault's batch had not reached its hang: queued again, it ran that check alone, which the

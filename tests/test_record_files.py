@@ -126,6 +126,18 @@ def test_records_travel_as_key_and_text_and_read_back_alike_with_or_without_orjs
         record_files.from_wire({"case": "x"})
 
 
+def test_a_worker_s_own_files_read_back_what_it_wrote_with_or_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's state and batch journal (`scratch_json`): orjson's text where it can, json's for
+    what orjson refuses (a lone surrogate), and either reads back as the same value."""
+    plain = {"record": {**_records(1)[0], "message": "\u2260 \U0001f600", "worst": {"got": "nan"}}, "limit_s": 1.5}
+    odd = {"record": {**plain["record"], "message": "OSError: '/tmp/\udcff.so'"}}
+    for value in (plain, odd):
+        assert record_files.parse_record(record_files.scratch_json(value)) == value
+        assert json.loads(record_files.scratch_json(value)) == value
+    monkeypatch.setattr(record_files, "_fast_dumps", None)
+    assert record_files.scratch_json(plain) == json.dumps(plain).encode()
+
+
 def test_a_spill_sorts_as_records_arrive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The controller's spill: records added one at a time, chunks written as they fill, one merge at the end."""
     monkeypatch.setattr(record_files, "CHUNK", 50)

@@ -46,6 +46,12 @@ OUT_OF_MEMORY = re.compile(r"MemoryError|out of memory|can't allocate|ResourceEx
 Check = Callable[[Callable[[Record], None], Callable[[], None]], Record]
 
 
+# What a check's record says before its framework call (the controller replaces outcome and message
+# with what the log says, should the process die), and a batch's checks before they run.
+DIED_BEFORE_CALL = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
+PLANNED = Verdict(Outcome.SKIP, "not run")
+
+
 class ConformanceFailure(Exception):
     pass
 
@@ -162,10 +168,13 @@ def guarded(
     dtype: str,
     check: Check,
     unsupported: Record | None = None,
+    planned: Record | None = None,
 ) -> Record:
     """`check` under the worker guard: noted before it starts (so a crash or hang is reported as
     this check's), with its time limit, and not run at all for a target stopped by crashes. A check
-    already settled as `unsupported` runs nothing, so it is returned as it is, unguarded."""
+    already settled as `unsupported` runs nothing, so it is returned as it is, unguarded. `planned`:
+    the check's record as its batch planned it, which the guard notes in place of a new one (a death
+    before the framework call is reported with the case's fields, its outcome and message from the log)."""
     guard = worker_guard(config)
     broken = guard.broken(target.id)
     if broken is not None:
@@ -178,8 +187,7 @@ def guarded(
     if unsupported is not None:
         return unsupported
     # A broken build may die importing its framework, long before the call itself.
-    dead = Verdict(Outcome.CRASH, "the process died before the framework call (loading it, or preparing data)")
-    guard.starting(nodeid, check_records.make_record(case, target, dtype, dead))
+    guard.starting(nodeid, planned or check_records.make_record(case, target, dtype, DIED_BEFORE_CALL))
     try:
         with framework_warnings.recorded() as seen:
             record = check(guard.progress, guard.loaded)
@@ -237,15 +245,14 @@ class BatchItem(pytest.Item):
         # Queued again after a worker died in it: the checks reported then are not run twice.
         reported = isolation.reported_before(state.state_dir, self.nodeid)
         targets = [t for t in self.targets if (self.case.qualified_id, t.id, self.dtype) not in reported]
-        not_run = Verdict(Outcome.SKIP, "not run")
-        planned = [check_records.make_record(self.case, t, self.dtype, not_run) for t in targets]
+        planned = [check_records.make_record(self.case, t, self.dtype, PLANNED) for t in targets]
         worker_guard(self.config).batch_started(self.nodeid, planned)
         records = []
-        for target in targets:
+        for target, plan in zip(targets, planned, strict=True):
             started = time.time()
             check = conformance_check(self.config, self.case, target, self.dtype)
             unsupported = unsupported_record(self.config, self.case, target, self.dtype)
-            record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check, unsupported)
+            record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check, unsupported, plan)
             count_checks(self.config, 1, started)
             settle(record, self.case, state.known.entries)
             wire = to_wire(record)
