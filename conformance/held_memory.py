@@ -204,8 +204,12 @@ def _release_frameworks() -> None:
     """The frameworks' own caches, of those this process has imported (none is imported here)."""
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()  # compiled executables and traces, per function and shape
-    if "keras" in sys.modules:
-        sys.modules["keras"].backend.clear_session()  # Keras' global graph state and name counters
+    if "keras" in sys.modules:  # Keras' global graph state and name counters
+        clear_session = sys.modules["keras"].backend.clear_session
+        try:  # (without its own full garbage collection: `release` makes one right after this)
+            clear_session(free_memory=False)
+        except TypeError:  # an older Keras, without the argument
+            clear_session()
     if "tensorflow" in sys.modules:
         from tensorflow.python.eager import context  # (already imported: tensorflow is)
 

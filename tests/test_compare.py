@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from conformance import compare, reference
 from conformance.compare import ErrorModel, Expected, Outcome, classify, gamma, ulp_distance
@@ -185,6 +186,42 @@ def test_the_unmasked_path_judges_as_the_masked_one() -> None:
                 masked, "_judging", dataclasses.replace(masked.judging, all_nonzero=False, all_bounded=False)
             )
             assert _verdict_fields(masked, output) == fast
+
+
+def test_an_answer_equal_to_the_reference_is_judged_as_the_general_path_judges_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer equal to the reference at every element skips the general path's passes: every
+    figure of its verdict must be the general path's exactly (exact checks, a contract, signed zeros
+    and infinities equal to the reference's), and an answer one ulp off must take the general path."""
+    rng = np.random.default_rng(13)
+    x, w = rng.standard_normal((2, 7, 6, 3)), rng.standard_normal((3, 3, 3, 2))
+    integers = rng.integers(-3, 4, (1, 6, 6, 2)).astype(np.float64), rng.integers(-2, 3, (3, 3, 2, 2)).astype(float)
+    made = []
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        rounded = expected_for(x, w, dtype, rate=2, padding="SAME")  # (made representable: an answer can equal it)
+        fmt = rounded.model.fmt.numpy_dtype
+        made.append(dataclasses.replace(rounded, values=rounded.values.astype(fmt).astype(np.float64)))
+    exact = expected_for(*integers, "float32")
+    assert exact.exact
+    made.append(exact)
+    made.append(dataclasses.replace(made[2], contract=dataclasses.replace(made[2].model, scale=0.5), contract_id="c"))
+    special = made[3].values.copy()
+    special[0, 0, 0, 0], special[0, 1, 1, 1], special[1, 2, 2, 0] = np.inf, -np.inf, 0.0
+    made.append(dataclasses.replace(made[3], values=special))
+    for expected in made:
+        equal = expected.values.astype(expected.model.fmt.numpy_dtype)
+        assert np.array_equal(equal.astype(np.float64), expected.values)
+        signed_zeros = np.where(equal == 0, -equal, equal)  # (-0.0 for +0.0 and back: still equal)
+        off = equal.copy()
+        off.view(f"u{off.itemsize}").reshape(-1)[5] += 1  # (one ulp further from zero)
+        answers = (equal, signed_zeros, off)
+        fast = [_verdict_fields(dataclasses.replace(expected), answer) for answer in answers]
+        with monkeypatch.context() as patched:
+            patched.setattr(compare, "_identical", lambda *_: None)
+            general = [_verdict_fields(dataclasses.replace(expected), answer) for answer in answers]
+        assert fast == general, expected.model.fmt.name
+        assert fast[0]["max_abs_error"] == 0.0 < fast[2]["max_abs_error"]
 
 
 def test_a_large_output_keeps_no_judging_between_checks() -> None:
