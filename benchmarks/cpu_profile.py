@@ -128,7 +128,7 @@ def summarize(raw: str, rate: float) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--raw", type=Path, required=True, help="py-spy's raw profile: written, or read if no command")
-    parser.add_argument("--rate", type=float, default=40.0, help="samples per second (default 40)")
+    parser.add_argument("--rate", type=int, default=40, help="samples per second (default 40)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     parser.add_argument("command", nargs="*", help="the run to profile (after --)")
     args = parser.parse_args(argv)
