@@ -326,23 +326,32 @@ def _classify_no_output(expected: Expected, got: Any, raised: BaseException | No
 
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Number of representable values between a and b in their (common) format; +0 and -0 are equal."""
-    return _ulps_between(_ordered_bits(a), _ordered_bits(b))
+    return _ulps_between(_ordered_bits(a), _ordered_bits(b), wide=a.dtype.itemsize == 8)
 
 
 def _ordered_bits(x: np.ndarray) -> np.ndarray:
-    """A float format's bit patterns as integers in the order of the values (+0 and -0 both 0)."""
+    """A float format's bit patterns as int64, in the order of the values (+0 and -0 both 0)."""
     bits = x.dtype.itemsize * 8
     view = {16: np.int16, 32: np.int32, 64: np.int64}[bits]
     magnitude_mask = (1 << (bits - 1)) - 1
     raw = np.ascontiguousarray(x).view(view).astype(np.int64)
     signed: np.ndarray = np.where(raw < 0, -(raw & magnitude_mask), raw)
-    # (a 64-bit format's difference may overflow int64: it is taken in float64, rounded)
-    return signed.astype(np.float64) if bits == 64 else signed
+    return signed
 
 
-def _ulps_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # Narrower formats' differences are exact in int64, converted once.
-    distance: np.ndarray = np.abs(a - b).astype(np.float64, copy=False)
+def _ulps_between(a: np.ndarray, b: np.ndarray, *, wide: bool) -> np.ndarray:
+    """|a - b| of ordered bits, as float64 (exact up to 2^53 ulps). Narrower formats' differences are
+    exact in int64; so are a 64-bit format's of one sign, where float64 would round the bits
+    themselves (about 2^62) to 1024s. Across zero its difference may pass int64's range: there it is
+    |a| + |b| in float64, rounded (no check is that close to being right). `wide`: a 64-bit format."""
+    difference = np.subtract(a, b)  # (wraps where a 64-bit format's values lie far apart across zero)
+    distance: np.ndarray = np.abs(difference).astype(np.float64)
+    if not wide:
+        return distance
+    across_zero = (a ^ b) < 0
+    if across_zero.any():
+        far = np.abs(a.astype(np.float64)) + np.abs(b.astype(np.float64))
+        distance = np.where(across_zero, far, distance)
     return distance
 
 
@@ -365,7 +374,7 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
         special_bad = None
         finite = True
         error = np.abs(got64 - ref)
-        ulps = _ulps_between(_ordered_bits(got), judging.ordered_ref)
+        ulps = _ulps_between(_ordered_bits(got), judging.ordered_ref, wide=got.dtype.itemsize == 8)
     else:
         # Non-finite values: NaN where the reference has NaN, the same infinity where it has one.
         # A finite reference within its bound of the format's overflow may come back as inf.
@@ -383,7 +392,8 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
         finite = ref_finite & got_finite
         error = np.zeros_like(ref)
         error[finite] = np.abs(got64[finite] - ref[finite])
-        ulps = np.where(finite, _ulps_between(_ordered_bits(got), judging.ordered_ref), 0.0)
+        ulps = _ulps_between(_ordered_bits(got), judging.ordered_ref, wide=got.dtype.itemsize == 8)
+        ulps = np.where(finite, ulps, 0.0)
     all_finite = finite is True
     with np.errstate(divide="ignore", invalid="ignore"):
         if all_finite and judging.all_nonzero:  # (the masks would all be true)

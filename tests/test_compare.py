@@ -141,6 +141,18 @@ def test_ulp_distance() -> None:
     np.testing.assert_array_equal(ulp_distance(-tiny, tiny), [2])
 
 
+def test_a_double_s_ulp_distance_is_counted_not_rounded() -> None:
+    """float64's ordered bits are about 2^62: a distance of a few ulps is exact, not rounded to 1024s;
+    across zero it may pass int64's range without wrapping."""
+    one = np.float64(1.0)
+    a = np.array([one, 4.0, -0.0, 5e-324, np.finfo(np.float64).max, -3.0])
+    b = np.array([np.nextafter(one, 2.0), np.nextafter(np.nextafter(4.0, 0.0), 0.0), 0.0, -5e-324, -1.0, -3.0])
+    distance = ulp_distance(a, b)
+    np.testing.assert_array_equal(distance[:4], [1, 2, 0, 2])
+    assert distance[4] == float(np.array(np.finfo(np.float64).max).view(np.int64)) + float(np.array(1.0).view(np.int64))
+    assert distance[5] == 0
+
+
 def test_error_map_keeps_one_bad_pixel_visible_after_pooling() -> None:
     from conformance.error_maps import ERROR_MAP_MAX_SIDE, error_map
 
