@@ -96,9 +96,9 @@ def judged(record: Record, verdict: Verdict, duration_s: float = 0.0, output_has
     return record
 
 
-# A check's record is made up to three times (planned, before loading, before the call; the last is
-# finished by `judged`), and half its fields are the case's, the target's and the dtype's alone: those are made once, in
-# the record's field order (what the check fills in stands empty). Records share their lists:
+# A check's record is made twice (planned; before the call, finished after it by `judged`), and
+# half its fields are the case's, the target's and the dtype's alone: those are made once, in the
+# record's field order (what the check fills in stands empty). Records share their lists:
 # nothing changes a record's lists in place.
 def geometry_fields(case: Case) -> Record:
     """What a record states of the case's geometry, as the record writes it (tuples as lists): the

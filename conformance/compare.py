@@ -343,7 +343,8 @@ def _ulps_between(a: np.ndarray, b: np.ndarray, *, wide: bool) -> np.ndarray:
     """|a - b| of ordered bits, as float64 (exact up to 2^53 ulps). Narrower formats' differences are
     exact in int64; so are a 64-bit format's of one sign, where float64 would round the bits
     themselves (about 2^62) to 1024s. Across zero its difference may pass int64's range: there it is
-    |a| + |b| in float64, rounded (no check is that close to being right). `wide`: a 64-bit format."""
+    |a| + |b| in float64, rounded (an answer that far off is wrong beyond what rounding blurs).
+    `wide`: a 64-bit format."""
     difference = np.subtract(a, b)  # (wraps where a 64-bit format's values lie far apart across zero)
     distance: np.ndarray = np.abs(difference).astype(np.float64)
     if not wide:
@@ -402,14 +403,12 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
             relative = np.where(finite & judging.ref_nonzero, error / judging.abs_ref, 0.0)
     ratio: np.ndarray | None = None  # (an exact check is judged on its error alone)
     worst_ratio = 0.0
-    if expected.exact:
-        pass
-    elif all_finite and judging.all_bounded:  # every ratio finite
+    if not expected.exact and all_finite and judging.all_bounded:  # every ratio finite
         ratio = error / bound
         worst_ratio = float(ratio.max(initial=0.0))
         if not math.isfinite(worst_ratio):  # (a quotient that overflowed: the worst finite one is due)
             worst_ratio = _worst(ratio)
-    else:
+    elif not expected.exact:
         ratio = _ratio(error, bound, finite)
         worst_ratio = _worst(ratio)
 
@@ -427,7 +426,7 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
         verdict.error_map = error_map(
             np.where(special_bad, np.inf, ratio), "error/bound (inf: NaN/Inf differs)", expected.layout
         )
-        verdict.worst = _element(index, ref, got64, bound)
+        verdict.worst = _element(index, ref, got64, bound[index])
         verdict.message = (
             f"{int(special_bad.sum())} element(s) differ in NaN/Inf: first at {list(index)} ({expected.index_names}): "
             f"expected {ref[index]!r}, got {got64[index]!r}"
@@ -437,7 +436,7 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
     worst_flat = int(np.argmax(judged)) if ref.size else 0
     index = tuple(int(i) for i in np.unravel_index(worst_flat, ref.shape)) if ref.size else ()
     if ref.size:
-        verdict.worst = _element(index, ref, got64, bound)
+        verdict.worst = _element(index, ref, got64, bound[index])
     failing = judged > 0 if ratio is None else judged > 1.0
     if failing.any():
         verdict.outcome = Outcome.MISMATCH
@@ -475,9 +474,9 @@ def _identical(expected: Expected, got64: np.ndarray, verdict: Verdict) -> Verdi
         return None
     verdict.max_abs_error = verdict.max_rel_error = verdict.max_ulp = 0.0
     first = (0,) * ref.ndim  # (where the general path's argmax of all-zero errors points)
+    # (the bound is elementwise: the general path's bound[first] computed alone)
     bound = 0.0 if expected.exact else expected.model.bound(ref[first], expected.abs_products[first])
-    verdict.worst = _element((), np.asarray(ref[first]), np.asarray(got64[first]), np.asarray(bound))
-    verdict.worst["index"] = list(first)
+    verdict.worst = _element(first, ref, got64, bound)
     if expected.exact:
         return verdict
     verdict.error_ratio = 0.0
@@ -528,7 +527,7 @@ def _judge_contract(
         return
     index = tuple(int(i) for i in np.unravel_index(int(np.argmax(ratio)), ref.shape))
     verdict.outcome = Outcome.CONTRACT
-    verdict.worst = _element(index, ref, got64, bound)
+    verdict.worst = _element(index, ref, got64, bound[index])
     verdict.error_map = error_map(ratio, "error/contract bound", expected.layout)
     verdict.message = (
         f"{int(failing.sum())} of {ref.size} elements beyond contract {expected.contract_id} "
@@ -539,12 +538,12 @@ def _judge_contract(
     )
 
 
-def _element(index: tuple[int, ...], ref: np.ndarray, got: np.ndarray, bound: np.ndarray) -> dict[str, Any]:
+def _element(index: tuple[int, ...], ref: np.ndarray, got: np.ndarray, bound_there: Any) -> dict[str, Any]:
     return {
         "index": list(index),
         "expected": _json_float(ref[index]),
         "got": _json_float(got[index]),
-        "bound": _json_float(bound[index]),
+        "bound": _json_float(bound_there),
     }
 
 
