@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,16 @@ import pytest
 from tests.projects import REPO, child_environment
 
 
+def kit_environment(**extra: str) -> dict[str, str]:
+    """The kit runs `$PYTHON -m pytest` (python3 on the device image): here, the interpreter running
+    these tests, whatever `python3` is first on PATH (one without pytest-xdist refuses `-n`)."""
+    return child_environment(PYTHON=sys.executable, **extra)
+
+
 def test_the_gpu_kit_runs_end_to_end_with_the_gpu_pointed_at_the_cpu(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "gpu"
-    env = child_environment(CONFORMANCE_GPU_STAND_IN="cpu", CONFORMANCE_GPU_KIT_WORKERS="1")
+    env = kit_environment(CONFORMANCE_GPU_STAND_IN="cpu", CONFORMANCE_GPU_KIT_WORKERS="1")
     finished = subprocess.run(
         # One family of the documents' cases (336 GPU records): every step of the kit, in seconds.
         [str(REPO / "benchmarks" / "gpu" / "run.sh"), str(out), "-k", "documents and tf-4x4 and not hvp and not grad"],
@@ -46,7 +53,7 @@ def test_a_kit_run_the_budget_stops_still_reports_what_finished(tmp_path: Path) 
     results streamed so far still make the report and the account, which says the run was cut."""
     pytest.importorskip("torch")
     out = tmp_path / "gpu"
-    env = child_environment(
+    env = kit_environment(
         CONFORMANCE_GPU_STAND_IN="cpu", CONFORMANCE_GPU_KIT_WORKERS="1", CONFORMANCE_GPU_KIT_BUDGET_S="12"
     )
     finished = subprocess.run(
