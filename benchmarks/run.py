@@ -198,8 +198,9 @@ def pytest_run(
 
     out = scratch / name
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *arguments]
-    command += ["--conformance-json", str(out / "results.json")]
-    command += ["--conformance-html", str(out / "index.html") if html else "none"]
+    # (`--option=PATH`: a path after a space is one pytest reads as a test path, pytest-dev/pytest#8846)
+    command += [f"--conformance-json={out / 'results.json'}"]
+    command += [f"--conformance-html={out / 'index.html' if html else 'none'}"]
     process = measured_process(command, environment=environment)
     opened = open_results_json(out / "results.json")
     assert opened is not None, f"{out / 'results.json'}: not a results file\n{process['output'][-3000:]}"
@@ -484,8 +485,8 @@ def readme_run(
     out = scratch / name
     out.mkdir(parents=True)
     command = [python, "-m", "pytest", *paths, "-n", "auto", "-p", "no:cacheprovider", "-q"]
-    command += ["--junitxml", str(out / "junit.xml"), "--conformance-json", str(out / "results.json")]
-    command += ["--conformance-html", str(out / "index.html")]
+    command += ["--junitxml", str(out / "junit.xml"), f"--conformance-json={out / 'results.json'}"]
+    command += [f"--conformance-html={out / 'index.html'}"]
     environment = {"PYTHONPATH": str(checkout), "XDG_CACHE_HOME": str(user_cache)}
     process = measured_process(command, cwd=checkout, environment=environment)
     summary = re.findall(r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?)", process["output"][-3000:])

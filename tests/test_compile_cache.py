@@ -72,7 +72,7 @@ dtypes = ["float32", "float64"]
 def run_jax(project: Path, cache: Path, in_front: Path | None = None) -> None:
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--cases", "cases"]
     command += ["--conformance-target", "jax.conv_general_dilated*-cpu", "--conformance-html", "none"]
-    command += ["--conformance-json", "results.json", "--conformance-cache", str(cache)]
+    command += ["--conformance-json", "results.json", f"--conformance-cache={cache}"]
     environment = child_environment()
     if in_front is not None:
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(in_front), environment.get("PYTHONPATH")]))

@@ -23,7 +23,7 @@ def run_with_history(directory: Path, name: str, store: Path, *, broken: bool) -
         env["BREAK_VICTIM"] = "1"
     command = [sys.executable, "-m", "pytest", "-p", "conformance.plugin", "-p", "no:cacheprovider", "-m", "numpy"]
     command += ["--cases", "mycases", "--conformance-json", f"{name}.json", "--conformance-html", f"{name}.html"]
-    command += ["--conformance-history", str(store)]
+    command += [f"--conformance-history={store}"]  # (=: outside the run's directory, pytest-dev/pytest#8846)
     return subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 

@@ -53,7 +53,7 @@ def test_each_mistake_is_named_precisely(entry: dict[str, Any]) -> None:
 def test_a_run_over_the_whole_corpus_reports_every_mistake_and_runs_every_valid_case(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "-m", "numpy"]
-    command += ["--cases", str(CORPUS), "--conformance-json", str(out), "--conformance-html", "none"]
+    command += ["--cases", str(CORPUS), f"--conformance-json={out}", "--conformance-html", "none"]
     command += ["--expectations", "none", "-q", "--tb=short"]
     env = child_environment()
     finished = subprocess.run(

@@ -217,6 +217,29 @@ def test_the_spaced_spelling_says_when_pytest_took_the_path_for_the_rootdir(tmp_
     assert "pytest-dev/pytest#8846" not in joined.stdout and f"rootdir: {project}" in joined.stdout
 
 
+def test_a_spaced_path_the_run_writes_outside_its_directory_is_refused(tmp_path: Path) -> None:
+    """`--conformance-cache PATH` (with a space) outside the directory pytest runs in: once PATH
+    exists pytest takes it for a test path and loses the project's configuration (pytest-dev/pytest#8846),
+    and the run creates it, so a worker started later would collect other tests. Refused with the
+    spelling that works, whether PATH exists yet or not; `=` runs, and so does a path inside."""
+    project = tmp_path / "project"
+    (project / "cases").mkdir(parents=True)
+    (project / "pytest.ini").write_text("[pytest]\ntestpaths = cases\n")
+    (project / "cases" / "mine.toml").write_text(CORPUS)
+    (project / "test_other.py").write_text("def test_other():\n    pass\n")
+    cache = tmp_path / "cache"
+    for exists in (False, True):
+        if exists:
+            cache.mkdir()
+        refused = pytest_run(project, "--collect-only", "-q", "--conformance-cache", str(cache))
+        assert refused.returncode == 4, refused.stdout + refused.stderr
+        assert f"write --conformance-cache={cache}" in refused.stderr and "pytest-dev/pytest#8846" in refused.stderr
+    for spelling in ([f"--conformance-cache={cache}"], ["--conformance-json", "out/results.json"]):
+        collected = pytest_run(project, "--collect-only", "-q", *spelling)
+        assert collected.returncode == 0, collected.stdout + collected.stderr
+        assert "mine.toml" in collected.stdout and "test_other" not in collected.stdout
+
+
 def test_cases_runs_only_that_corpus_from_a_checkout_unless_the_tests_are_named(tmp_path: Path) -> None:
     """In a project whose testpaths name its tests and cases/, `--cases mine/` collects mine/ only;
     naming tests/ as well collects both, and no `--cases` collects the testpaths as before."""

@@ -45,7 +45,7 @@ export PYTHONUNBUFFERED=1
 # the budget stops still has its results (the report then says it was interrupted).
 timeout --signal=TERM --kill-after=20 "$BUDGET_S" "$PYTHON" -m pytest cases -p conformance.plugin \
     -p no:cacheprovider -q -n "$WORKERS" -m "gpu and (torch or jax or onnxruntime)" \
-    --conformance-json "$OUT/results.json" --conformance-html none "$@" >"$OUT/pytest.log" 2>&1
+    --conformance-json="$OUT/results.json" --conformance-html=none "$@" >"$OUT/pytest.log" 2>&1
 status=$?
 echo "$status" >"$OUT/pytest.status"
 results="$OUT/results.json"

@@ -87,6 +87,8 @@ def _holds_a_corpus(folder: Path) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's DSession reads --max-worker-restart
 def pytest_configure(config: pytest.Config) -> None:
+    # (before `active`: such a path may have cost the run the rootdir whose cases/ makes it active)
+    options.refuse_spaced_paths_outside(config)
     if not active(config):
         return
     from conformance import lifetime, native

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -242,6 +243,32 @@ def invocation_path(config: pytest.Config, option: str) -> Path:
 
 def _optional_path(config: pytest.Config, option: str | None) -> Path | None:
     return None if option is None else invocation_path(config, option)
+
+
+# Options naming a path the run writes. pytest looks for its configuration file before any plugin's
+# options exist, and reads a value after a space as a test path (pytest-dev/pytest#8846): outside the
+# directory pytest runs in, that path takes the place of this project's pyproject.toml (its testpaths
+# among it) as soon as it exists. The run creates it, so even a first run is split: a worker started
+# later, to replace one, reads another configuration and collects other tests (xdist then stops).
+WRITTEN_PATH_OPTIONS = ("--conformance-json", "--conformance-html", "--conformance-cache", "--conformance-history")
+
+
+def refuse_spaced_paths_outside(config: pytest.Config) -> None:
+    """A UsageError for `--option PATH` (with a space) of WRITTEN_PATH_OPTIONS where PATH lies outside
+    the directory pytest runs in; `--option=PATH` is one token, which pytest leaves alone."""
+    args = [str(arg) for arg in config.invocation_params.args]
+    here = Path(config.invocation_params.dir).resolve()
+    for option, value in itertools.pairwise(args):
+        if option not in WRITTEN_PATH_OPTIONS or value == "none":
+            continue
+        path = Path(value).expanduser()
+        if not (path if path.is_absolute() else here / path).resolve().is_relative_to(here):
+            raise pytest.UsageError(
+                f"{option} {value}: write {option}={value}. pytest reads a value after a space as a test path "
+                "while it looks for its configuration file, before this plugin's options exist "
+                "(pytest-dev/pytest#8846); outside the directory pytest runs in, that path replaces this "
+                "project's configuration once it exists, and this run creates it"
+            )
 
 
 def _read(config: pytest.Config) -> Settings:
