@@ -57,11 +57,13 @@ class Expectation:
 
     def matches_check(self, case: str, target: str, dtype: str) -> bool:
         """The static part: case, target and dtype (what `validate` can check without running)."""
-        return (
-            any(fnmatch.fnmatchcase(case, g) for g in self.cases)
-            and any(fnmatch.fnmatchcase(target, g) for g in self.targets)
-            and (not self.dtypes or dtype in self.dtypes)
-        )
+        return self.takes_case(case) and _matches_target(self, target) and self.takes_dtype(dtype)
+
+    def takes_case(self, case: str) -> bool:
+        return any(fnmatch.fnmatchcase(case, g) for g in self.cases)
+
+    def takes_dtype(self, dtype: str) -> bool:
+        return not self.dtypes or dtype in self.dtypes
 
     def matches(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
         return (
@@ -249,9 +251,8 @@ def _entries_naming(entries: Iterable[Expectation], case: str, target: str, dtyp
     if found is None or found[0] is not entries:
         if len(_taking_case) >= _TAKING_CASE_KEPT:
             _taking_case.clear()
-        by_case = frozenset(e for e in entries if any(fnmatch.fnmatchcase(case, g) for g in e.cases))
-        found = _taking_case[key] = (entries, by_case)
-    return [e for e in taking if e in found[1] and (not e.dtypes or dtype in e.dtypes)]
+        found = _taking_case[key] = (entries, frozenset(e for e in entries if e.takes_case(case)))
+    return [e for e in taking if e in found[1] and e.takes_dtype(dtype)]
 
 
 def apply(record: Record, entries: Iterable[Expectation], environ: Mapping[str, str] | None = None) -> Record:

@@ -253,22 +253,25 @@ def _optional_path(config: pytest.Config, option: str | None) -> Path | None:
 WRITTEN_PATH_OPTIONS = ("--conformance-json", "--conformance-html", "--conformance-cache", "--conformance-history")
 
 
+def spaced_values(config: pytest.Config, option: str) -> list[str]:
+    """The values given to `option` on the command line after a space (`--option VALUE`), in order."""
+    args = [str(arg) for arg in config.invocation_params.args]
+    return [value for given, value in itertools.pairwise(args) if given == option]
+
+
 def refuse_spaced_paths_outside(config: pytest.Config) -> None:
     """A UsageError for `--option PATH` (with a space) of WRITTEN_PATH_OPTIONS where PATH lies outside
     the directory pytest runs in; `--option=PATH` is one token, which pytest leaves alone."""
-    args = [str(arg) for arg in config.invocation_params.args]
     here = Path(config.invocation_params.dir).resolve()
-    for option, value in itertools.pairwise(args):
-        if option not in WRITTEN_PATH_OPTIONS or value == "none":
-            continue
-        path = Path(value).expanduser()
-        if not (path if path.is_absolute() else here / path).resolve().is_relative_to(here):
-            raise pytest.UsageError(
-                f"{option} {value}: write {option}={value}. pytest reads a value after a space as a test path "
-                "while it looks for its configuration file, before this plugin's options exist "
-                "(pytest-dev/pytest#8846); outside the directory pytest runs in, that path replaces this "
-                "project's configuration once it exists, and this run creates it"
-            )
+    for option in WRITTEN_PATH_OPTIONS:
+        for value in spaced_values(config, option):
+            if value != "none" and not invocation_path(config, value).resolve().is_relative_to(here):
+                raise pytest.UsageError(
+                    f"{option} {value}: write {option}={value}. pytest reads a value after a space as a test "
+                    "path while it looks for its configuration file, before this plugin's options exist "
+                    "(pytest-dev/pytest#8846); outside the directory pytest runs in, that path replaces this "
+                    "project's configuration once it exists, and this run creates it"
+                )
 
 
 def _read(config: pytest.Config) -> Settings:

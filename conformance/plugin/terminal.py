@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from conformance.overview import BUCKETS, Overview
+from conformance.plugin.options import spaced_values
 
 # Terminal control characters and bidirectional overrides in case text or framework messages could
 # clear the screen, recolour it or reorder what a reader sees ("Trojan source"): shown escaped.
@@ -191,8 +192,7 @@ def spaced_cases_notice(config: pytest.Config) -> str | None:
     """pytest settles the rootdir and its configuration file before any plugin loads, so in
     `--cases PATH` (with a space) it takes PATH for a test path (pytest-dev/pytest#8846): the rootdir
     becomes PATH's, and the configuration of where pytest was run may be lost. Says so when it was."""
-    args = list(config.invocation_params.args)
-    spaced = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--cases"]
+    spaced = spaced_values(config, "--cases")
     if not spaced:
         return None
     try:
@@ -221,7 +221,6 @@ def wants_each_failure(config: pytest.Config) -> bool:
     default -r is fE, so only a -r on the command line counts)."""
     if config.option.verbose > 0:
         return True
-    args = list(config.invocation_params.args)
-    given = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "-r"]
-    given += [arg[2:] for arg in args if arg.startswith("-r") and not arg.startswith("--")]
+    given = spaced_values(config, "-r")
+    given += [arg[2:] for arg in map(str, config.invocation_params.args) if arg.startswith("-r") and arg[:2] != "--"]
     return any(char in chars for chars in given for char in "faA")
