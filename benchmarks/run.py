@@ -134,8 +134,10 @@ def measured_process(command: list[str], cwd: Path = ROOT, environment: dict[str
             env={**os.environ, **(environment or {})},
         )
         output = Path(log.name).read_text(errors="replace")
+    ended_at = time.time()  # (the helper exits right after the command: a run's end, as its records' clocks read it)
     code, wall, rss = result.stdout.split()
-    return {"exit": int(code), "wall_s": float(wall), "peak_rss_bytes": int(rss), "output": output}
+    figures = {"exit": int(code), "wall_s": float(wall), "peak_rss_bytes": int(rss), "output": output}
+    return {**figures, "ended_at": ended_at}
 
 
 def collected(output: str) -> int:
@@ -213,6 +215,8 @@ def pytest_run(
     processes = header["environment"].get("processes", {})
     workers = {k: v for k, v in processes.items() if k not in ("controller", "main")} or processes
     bare = {kind: sum(p.get(kind, 0.0) for p in workers.values()) for kind in timing.KINDS}
+    first_check = min(p.get("first_check_at", 0.0) for p in workers.values())
+    last_check = max(p.get("last_check_at", 0.0) for p in workers.values())
     from conformance.plugin.items import failing
 
     outcomes: dict[str, int] = {}
@@ -236,8 +240,11 @@ def pytest_run(
         "load_s_per_worker_max": max((p.get(timing.LOAD, 0.0) for p in workers.values()), default=0.0),
         # From the first check's start to the last one's end in any worker: no interpreter start, no
         # collection, no report writing.
-        "checks_phase_s": max(p.get("last_check_at", 0.0) for p in workers.values())
-        - min(p.get("first_check_at", 0.0) for p in workers.values()),
+        "checks_phase_s": last_check - first_check,
+        # Before it (interpreters, imports, collection) and after it (the workers' ends, the results
+        # and the report written): wall time with at most one process busy (the controller, at the end).
+        "before_first_check_s": first_check - (process["ended_at"] - process["wall_s"]),
+        "after_last_check_s": process["ended_at"] - last_check,
         "peak_rss_bytes_per_worker": {k: p.get("peak_rss_bytes") for k, p in workers.items()},
         "peak_rss_bytes_controller": (processes.get("controller") or {}).get("peak_rss_bytes"),
         # The largest of every process the run started (controller, workers, their child processes).

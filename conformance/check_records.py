@@ -64,7 +64,7 @@ def make_record(
     output_hash: str | None = None,
     tangents: derivatives.Tangents | None = None,
 ) -> Record:
-    record = _check_fields(case, target, dtype).copy()  # (an update keeps each field where it stands)
+    record = _check_fields(case, target, dtype)
     if reproduction:
         record["reproduction"] = full_reproduction(case, dtype, reproduction, target.adapter.quantity, tangents)
     if prepared is not None:
@@ -96,10 +96,11 @@ def judged(record: Record, verdict: Verdict, duration_s: float = 0.0, output_has
     return record
 
 
-# A check's record is made twice (planned; before the call, finished after it by `judged`), and
-# half its fields are the case's, the target's and the dtype's alone: those are made once, in the
-# record's field order (what the check fills in stands empty). Records share their lists:
-# nothing changes a record's lists in place.
+# Half a check's record is the case's, the target's and the dtype's alone: those fields are made once
+# per case and once per target, and a record is the target's template (every field in the record's
+# order, what the check fills in standing empty) updated with the case's (an update keeps each field
+# where it stands). The large tier's replicates differ only in the case's fields. Records share their
+# lists: nothing changes a record's lists in place.
 def geometry_fields(case: Case) -> Record:
     """What a record states of the case's geometry, as the record writes it (tuples as lists): the
     fields that decide which program a framework builds (conformance/plugin/sharding.py keys on them)."""
@@ -117,39 +118,70 @@ def geometry_fields(case: Case) -> Record:
     }
 
 
-@lru_cache(maxsize=64)
 def _check_fields(case: Case, target: Target, dtype: str) -> Record:
-    geo = case.geometry
+    """A new record of the check, every field in place, the verdict's empty."""
+    fields = _case_fields(case)
+    record = _target_template(target, dtype, "output_padding" in fields).copy()
+    record.update(fields)
+    return record
+
+
+@lru_cache(maxsize=16)  # a case's checks run back to back
+def _case_fields(case: Case) -> Record:
     geometry = geometry_fields(case)
     return {
         "case": case.qualified_id,
         "case_file": case.file,
-        "target": target.id,
-        "framework": target.adapter.framework.name,
-        "framework_version": target.adapter.version(),
-        **_backend_version(target),
-        **_profile(),
-        "op": target.adapter.op,
-        "variant": target.adapter.variant,
-        "quantity": target.adapter.quantity,
-        "baseline": target.adapter.baseline.name if target.adapter.baseline is not None else None,
-        "device": target.device,
-        "precision": target.precision,
-        "dtype": dtype,
-        "outcome": "",
         "input_shape": geometry["input_shape"],
         "kernel_shape": geometry["kernel_shape"],
         "output_shape": list(case.output_shape),
-        "got_shape": None,
-        "got_dtype": None,
         "rate": geometry["rate"],
         "stride": geometry["stride"],
         "padding": geometry["padding"],
-        "pads": [list(p) for p in geo.pads],
+        "pads": [list(p) for p in case.geometry.pads],
         "groups": geometry["groups"],
         "operation": geometry["operation"],
         **({"output_padding": geometry["output_padding"]} if "output_padding" in geometry else {}),
         "expect": "no-valid-output" if case.expects_no_output else case.expect_kind,
+        "description": case.description,
+        "tags": list(case.tags),
+    }
+
+
+@lru_cache(maxsize=512)
+def _target_template(target: Target, dtype: str, output_padding: bool) -> Record:
+    """The record's fields in order: the target's and dtype's filled in, the case's (`_case_fields`,
+    with or without an output padding) and the verdict's empty (never changed: records are its copies)."""
+    adapter = target.adapter
+    return {
+        "case": "",
+        "case_file": "",
+        "target": target.id,
+        "framework": adapter.framework.name,
+        "framework_version": adapter.version(),
+        **_backend_version(target),
+        **_profile(),
+        "op": adapter.op,
+        "variant": adapter.variant,
+        "quantity": adapter.quantity,
+        "baseline": adapter.baseline.name if adapter.baseline is not None else None,
+        "device": target.device,
+        "precision": target.precision,
+        "dtype": dtype,
+        "outcome": "",
+        "input_shape": [],
+        "kernel_shape": [],
+        "output_shape": [],
+        "got_shape": None,
+        "got_dtype": None,
+        "rate": [],
+        "stride": [],
+        "padding": "",
+        "pads": [],
+        "groups": 0,
+        "operation": "",
+        **({"output_padding": []} if output_padding else {}),
+        "expect": "",
         "exact": False,
         "max_abs_error": None,
         "max_rel_error": None,
@@ -163,8 +195,8 @@ def _check_fields(case: Case, target: Target, dtype: str) -> Record:
         "input_sha256": None,
         "kernel_sha256": None,
         "output_sha256": None,
-        "description": case.description,
-        "tags": list(case.tags),
+        "description": "",
+        "tags": [],
         "duration_s": None,
     }
 

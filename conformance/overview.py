@@ -216,7 +216,11 @@ class Overview:
             target = self.targets[record["target"]] = _Target(record["framework"], operation, kind_of(record))
         bucket = bucket_of(record)
         target.tally.add(record, bucket)
-        target.by_rank.setdefault(rank_of(record), Tally()).add(record, bucket)
+        rank = rank_of(record)
+        by_rank = target.by_rank.get(rank)
+        if by_rank is None:  # (not setdefault: it would make a Tally per record, a third of this)
+            by_rank = target.by_rank[rank] = Tally()
+        by_rank.add(record, bucket)
         if bucket in ("skip", "unsupported"):
             target.not_run_reasons[(record.get("message") or bucket).split("\n", 1)[0]] += 1
         for warning in record.get("warnings") or ():

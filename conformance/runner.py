@@ -31,6 +31,7 @@ DIED_IN_CALL = Verdict(Outcome.CRASH, "the process died during the framework cal
 _loaded_adapters: dict[str, Any] = {}
 
 
+@lru_cache(maxsize=64)  # a case's targets ask back to back (Case hashes by identity)
 def call_params(case: Case, dtype: str) -> CallParams:
     return CallParams(
         input_shape=case.input_shape,
@@ -179,11 +180,17 @@ def run_check(
 def unsupported_reason(case: Case, target: Target, dtype: str, memory_budget: tuple[int, str] | None) -> str | None:
     """Why the check cannot run, decided from its shapes and settings alone (nothing is imported or
     allocated), or None: the target's API cannot state it, or its estimate exceeds `memory_budget`."""
-    return _unsupported_reason(target.adapter, call_params(case, dtype), case.op, case.rank, memory_budget)
+    return _case_unsupported_reason(case, target.adapter, dtype, memory_budget)
 
 
-# Shapes and settings alone decide it: a batch asks once before its guard and `run_check` again, and
-# the large tier's replicates of one geometry ask the same question hundreds of times.
+# A batch asks before its guard and `run_check` again: keyed by identity, no call's fields hashed.
+@lru_cache(maxsize=256)
+def _case_unsupported_reason(case: Case, adapter: Any, dtype: str, memory_budget: tuple[int, str] | None) -> str | None:
+    return _unsupported_reason(adapter, call_params(case, dtype), case.op, case.rank, memory_budget)
+
+
+# Shapes and settings alone decide it: the large tier's replicates of one geometry ask the same
+# question hundreds of times.
 @lru_cache(maxsize=4096)
 def _unsupported_reason(
     adapter: Any, params: CallParams, operation: str, rank: int, memory_budget: tuple[int, str] | None

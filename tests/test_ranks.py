@@ -136,3 +136,23 @@ def test_every_new_rank_call_passes_and_its_flipped_kernel_fails(
     assert right["outcome"] == "pass", (case.id, right["message"])
     wrong = runner.run_check(case, Target(flipped, "cpu", "strict"), "float32")
     assert wrong["outcome"] == "mismatch" and wrong["exact"], (case.id, wrong["outcome"], wrong["message"])
+
+
+def test_the_overview_tallies_one_target_s_checks_per_rank() -> None:
+    """One target (JAX's, ONNX Runtime's) serves every rank: the summary's operation rows count each
+    rank's checks apart, a rank whose checks ran nothing has no row, and a failing rank comes first."""
+    from conformance.overview import Overview
+
+    def record(shape: list[int], outcome: str, ratio: float | None = None) -> dict[str, object]:
+        return {"case": f"c{shape}", "target": "jax.conv-cpu", "framework": "jax", "dtype": "float32",
+                "input_shape": shape, "outcome": outcome, "error_ratio": ratio, "message": ""}  # fmt: skip
+
+    outcomes = [([1, 5, 2], "pass", 0.5), ([1, 5, 2], "pass", 0.25), ([1, 5, 5, 2], "pass", 0.1)]
+    outcomes += [([1, 5, 5, 2], "mismatch", 3.0), ([1, 5, 5, 5, 2], "unsupported", None)]
+    overview = Overview().add_all(record(shape, outcome, ratio) for shape, outcome, ratio in outcomes)
+    rows = {key: (dict(tally.counts), tally.worst_ratio) for key, tally in overview.groups("operation").items()}
+    assert rows == {
+        ("jax", "conv 2-D"): ({"conformant": 1, "failing": 1}, 3.0),
+        ("jax", "conv 1-D"): ({"conformant": 2}, 0.5),
+    }
+    assert list(rows) == [("jax", "conv 2-D"), ("jax", "conv 1-D")]

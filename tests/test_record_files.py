@@ -234,3 +234,54 @@ def test_a_very_large_report_keeps_details_for_failing_cells_only(
     assert failed["r"] == 12.3456789 and "rp" in failed and model["strings"][failed["m"]] == "off"
     assert all(cell == {"o": "skip"} for (case, _), cell in cells.items() if case != "c1")
     assert len(columns) == 2
+    # Each cell in its target's column.
+    placed = {(case, columns[int(n)]["target"]): cell["o"] for (case, n), cell in cells.items() if int(n) in columns}
+    assert placed == {("c1", "torch.conv2d-cpu"): "pass", ("c1", "jax.conv-cpu"): "mismatch"} | {
+        (f"c{n}", "torch.conv2d-cpu"): "skip" for n in range(2, 12)
+    }
+
+
+# A check's record, field by field in the order every results file writes them (`_check_fields`).
+RECORD_FIELDS = (
+    "case", "case_file", "target", "framework", "framework_version", "op", "variant", "quantity", "baseline",
+    "device", "precision", "dtype", "outcome", "input_shape", "kernel_shape", "output_shape", "got_shape",
+    "got_dtype", "rate", "stride", "padding", "pads", "groups", "operation", "expect", "exact", "max_abs_error",
+    "max_rel_error", "max_ulp", "error_ratio", "bounds", "worst", "error_map", "message", "reproduction",
+    "input_sha256", "kernel_sha256", "output_sha256", "description", "tags", "duration_s",
+)  # fmt: skip
+
+
+def test_a_check_s_record_has_its_case_s_and_target_s_fields_in_one_order() -> None:
+    """Records are made from a template per target and the case's fields: every case and target
+    gives the same field order (a transposed case's output padding after its operation, a Keras
+    target's backend version after its framework's), the case's own values, and a record changed
+    in place changes no later one."""
+    from conformance.adapters import all_targets
+    from conformance.cases import load_file
+    from conformance.check_records import make_record
+    from conformance.compare import Outcome, Verdict
+
+    root = Path(__file__).resolve().parent.parent / "cases"
+    cases = [load_file(root / name, root).cases[i] for name in ("basics.toml", "conv_transpose.toml") for i in (0, 1)]
+    verdict = Verdict(Outcome.SKIP, "not run")
+    for case in cases:
+        transposed = case.op != "conv"
+        targets = [t for t in all_targets() if not t.adapter.mismatch(case.op, case.rank)]
+        assert any(t.adapter.framework.backend for t in targets), "a front-end's target belongs here"
+        for target in targets:
+            record = make_record(case, target, "float32", verdict)
+            expected = list(RECORD_FIELDS)
+            if target.adapter.framework.backend:
+                expected.insert(expected.index("framework_version") + 1, "backend_version")
+            if transposed:
+                expected.insert(expected.index("operation") + 1, "output_padding")
+                assert record["output_padding"] == list(case.geometry.output_padding)  # type: ignore[attr-defined]
+            assert list(record) == expected, (case.qualified_id, target.id)
+            assert (record["case"], record["case_file"], record["target"]) == (case.qualified_id, case.file, target.id)
+            assert record["input_shape"] == list(case.input_shape) and record["output_shape"] == list(case.output_shape)
+            assert record["pads"] == [list(p) for p in case.geometry.pads] and record["tags"] == list(case.tags)
+            assert (record["operation"], record["description"]) == (case.op, case.description)
+            # (as a check fills its record in: fields the verdict does not set, and a known divergence's)
+            record["reproduction"], record["input_sha256"], record["expectation"] = "changed", "changed", {}
+            again = make_record(case, target, "float32", verdict)
+            assert (again["reproduction"], again["input_sha256"], "expectation" in again) == ("", None, False)

@@ -268,15 +268,15 @@ class ResultCollector:
         # One pass over the sorted records makes everything below: the stream is the store, and the
         # records are read back once, one at a time.
         state = run_state(session.config)
-        counts = results.Summary()
         ran: set[str] = set()
         known = expectations.StatusTally(self.known.entries, corpus(session.config))
         kept = contracts.Tally(c.summary() for c in state.contracts.entries)
         page = report.ReportData(self.writer.count, self.writer.spill_directory) if self.html_path else None
-        # (The report's page tallies the same overview; without a page, this pass makes it.)
+        # (The report's page tallies the same overview and counts; without a page, this pass makes them.)
         self.glance = page.overview if page is not None else Overview()
-        consumers = [counts.add, known.add, kept.add, lambda record: ran.add(record["framework"])]
-        consumers += [self.glance.add] if page is None else []
+        counts = page.summary if page is not None else results.Summary()
+        consumers = [known.add, kept.add, lambda record: ran.add(record["framework"])]
+        consumers += [counts.add, self.glance.add] if page is None else []
         failing: list[history.Key] = []
         if self.history_path is not None:
             consumers.append(lambda r: failing.append(result_key(r)) if history.failing(observed(r)) else None)

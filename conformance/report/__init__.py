@@ -140,7 +140,7 @@ class ReportData:
         self.overview = Overview()
         self.summary = Summary()
         self.messages = _Strings()
-        self._group: list[Mapping[str, Any]] = []  # the current case's records
+        self._group: list[tuple[int, Mapping[str, Any]]] = []  # the current case's records, by column number
         self._missing: list[str] = []  # CASE_FIELDS its records have not given yet
         directory = directory or scratch_directory()
         descriptor, name = tempfile.mkstemp(dir=directory, prefix=".report-rows-", suffix=".json")
@@ -149,29 +149,30 @@ class ReportData:
         self._first_row = True
 
     def add(self, record: Mapping[str, Any]) -> None:
-        if not self._group or record["case"] != self._group[0]["case"]:
-            if self._group and record["case"] < self._group[0]["case"]:  # (cases come in order, each once)
+        if not self._group or record["case"] != self._group[0][1]["case"]:
+            if self._group and record["case"] < self._group[0][1]["case"]:  # (cases come in order, each once)
                 raise OutOfOrder(f"records out of case order at {record['case']!r}: sort them first (sort_records)")
             if self._group:
                 self._write_group()
             self.cases[record["case"]] = {"id": record["case"]}
             self._missing = list(CASE_FIELDS)
-        self._group.append(record)
+        key = _column_key(record)
+        column = self.columns.get(key)
+        if column is None:
+            column = self.columns[key] = {**_column(record), "n": len(self.columns)}
+        self._group.append((column["n"], record))
         if self._missing:  # a skipped record lacks hashes: take them from any record that has them
             case = self.cases[record["case"]]
             for name in self._missing:
                 if record.get(name) is not None:
                     case[name] = record[name]
             self._missing = [name for name in self._missing if case.get(name) in (None, "")]
-        key = _column_key(record)
-        if key not in self.columns:
-            self.columns[key] = {**_column(record), "n": len(self.columns)}
         self.overview.add(record)
         self.summary.add(record)
 
     def _write_group(self) -> None:
         assert self._rows is not None, "the report's rows are already written"
-        for row in _rows(self._group, self.columns, self.messages, self.brief):
+        for row in _rows(self._group, self.messages, self.brief):
             self._rows.write(("" if self._first_row else ",") + json.dumps(row, separators=(",", ":"), allow_nan=False))
             self._first_row = False
         self._group = []
@@ -252,16 +253,17 @@ def write_data(document: dict[str, Any], emit: Callable[[str], object]) -> None:
     report_data(document).emit(document, emit)
 
 
-def _rows(
-    group: list[Mapping[str, Any]], columns: Mapping[str, dict[str, Any]], messages: _Strings, brief: bool
-) -> list[dict[str, Any]]:
-    """One case's rows, by dtype. `brief`: conformant and not-run cells without their details."""
+def _rows(group: list[tuple[int, Mapping[str, Any]]], messages: _Strings, brief: bool) -> list[dict[str, Any]]:
+    """One case's rows, by dtype, from its records and their columns' numbers. `brief`: conformant
+    and not-run cells without their details."""
     rows: dict[str, dict[str, Any]] = {}
     tensors: dict[str, _Strings] = {}
-    for record in group:
-        row = rows.setdefault(record["dtype"], {"case": record["case"], "dtype": record["dtype"], "cells": {}})
+    for column, record in group:
+        row = rows.get(record["dtype"])
+        if row is None:
+            row = rows[record["dtype"]] = {"case": record["case"], "dtype": record["dtype"], "cells": {}}
         if brief and record["outcome"] in _BRIEF_OUTCOMES:
-            row["cells"][columns[_column_key(record)]["n"]] = _brief_cell(record, messages)
+            row["cells"][column] = _brief_cell(record, messages)
             continue
         cell = {
             "o": record["outcome"],
@@ -274,7 +276,7 @@ def _rows(
         for short, name in _CELL_FIELDS:
             if record.get(name) is not None:
                 cell[short] = record[name]
-        row["cells"][columns[_column_key(record)]["n"]] = cell
+        row["cells"][column] = cell
     for dtype, row in rows.items():
         row["rd"] = tensors[dtype].table if dtype in tensors else []
     return [rows[dtype] for dtype in sorted(rows)]
