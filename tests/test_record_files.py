@@ -108,8 +108,8 @@ def test_merge_streams_and_chooses_like_the_rules_say(tmp_path: Path, monkeypatc
 def test_records_travel_as_key_and_text_and_read_back_alike_with_or_without_orjson(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A worker sends (key, text); the text is the record's JSON as every results file holds it,
-    and it parses back to the same record whichever parser is installed."""
+    """A worker sends (key, text) pairs, a report's all in one string; the text is the record's JSON
+    as every results file holds it, and it parses back to the same record whichever parser is installed."""
     record = {
         **_records(1)[0],
         "worst": {"index": [0, 1, 2, 3], "expected": 0.1, "got": "nan"},
@@ -117,13 +117,21 @@ def test_records_travel_as_key_and_text_and_read_back_alike_with_or_without_orjs
         # Non-ASCII, and a lone surrogate: an OSError's path decoded with surrogateescape.
         "message": "OSError: [Errno 2] '/tmp/\udcff.so' \u2260 \U0001f600",
     }
-    key, text = record_files.from_wire(record_files.to_wire(record))
+    # A report's records as one string, in order: keys that JSON escapes (a case file named with a
+    # newline, an edition's non-ASCII) and texts of every length, the empty batch too.
+    others = [{**r, "case": "odd\nsuite/c\u00e9", "framework_version": "2.0 [\u2260]"} for r in _records(3, seed=1)]
+    sent = [record_files.wire_record(r) for r in [record, *others]]
+    wire = record_files.to_wire(sent)
+    assert isinstance(wire, str) and record_files.from_wire(wire) == sent
+    assert record_files.from_wire(record_files.to_wire([])) == []
+    [(key, text), *_] = record_files.from_wire(wire)
     assert key == record_key(record) and text == json.dumps(record, allow_nan=False)
     assert record_files.parse_record(text) == record
     monkeypatch.setattr(record_files, "_fast_loads", None)
     assert record_files.parse_record(text) == record
-    with pytest.raises(AssertionError, match="not a record on the wire"):
-        record_files.from_wire({"case": "x"})
+    for torn in ({"case": "x"}, wire[:-1], wire + "}"):
+        with pytest.raises(AssertionError, match="not records on the wire"):
+            record_files.from_wire(torn)
 
 
 def test_a_worker_s_own_files_read_back_what_it_wrote_with_or_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:

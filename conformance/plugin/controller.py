@@ -33,7 +33,7 @@ from conformance.plugin.run_state import CONTROLLER_PID_INPUT, RETIRE_INPUT, STA
 from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
-from conformance.record_files import from_wire, to_wire
+from conformance.record_files import from_wire, to_wire, wire_record
 from conformance.records import Record, observed
 from conformance.results import ResultsWriter, atomic_write_text, read_stream, result_key
 from conformance.run_environment import base_environment
@@ -154,8 +154,8 @@ class ResultCollector:
             for other in deferred:  # (queued again, it died again before its first check)
                 other["message"] += "; queued again, its next worker died before starting it"
             # (a batch queued again plans only what it had left: its journal, if any, holds `deferred`)
-            for other in [*finished, *not_reached] if finished or not_reached else deferred:
-                report.user_properties.append((RECORD_KEY, to_wire(other)))
+            reported = [*finished, *not_reached] if finished or not_reached else deferred
+            report.user_properties.append((RECORD_KEY, to_wire(wire_record(other) for other in reported)))
             return
         if between_checks:  # the check it names had finished: none is charged with the death
             after = self._report_the_rest(crashitem, report, sched, [], finished, not_reached)
@@ -171,7 +171,7 @@ class ResultCollector:
         tally["stopped"] = tally["stopped"] or while_loading or tally["count"] >= self.limits.crash_limit
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
-        report.user_properties.append((RECORD_KEY, to_wire(record)))
+        report.user_properties.append((RECORD_KEY, to_wire([wire_record(record)])))
         # The checks the batch did not reach run again on a worker (after the tally above is on disk).
         after = self._report_the_rest(crashitem, report, sched, [record], finished, not_reached)
         report.longrepr = terminal_safe(failure_text(record))
@@ -200,8 +200,8 @@ class ResultCollector:
             isolation.note_reported(self.state_dir, crashitem, [*lost, *finished])
             self.queued_again[crashitem] = not_reached
             sched.mark_test_pending(crashitem)
-        for other in finished if queued_again else [*finished, *not_reached]:
-            report.user_properties.append((RECORD_KEY, to_wire(other)))
+        reported = finished if queued_again else [*finished, *not_reached]
+        report.user_properties.append((RECORD_KEY, to_wire(wire_record(other) for other in reported)))
         return "queued again" if queued_again else "not run"
 
     @pytest.hookimpl(tryfirst=True)  # on disk before the terminal says it finished
@@ -210,9 +210,9 @@ class ResultCollector:
             return
         if report.when == "call":
             self.queued_again.pop(report.nodeid, None)  # (a batch queued again reported its checks itself)
-        arrived = [value for key, value in report.user_properties if key == RECORD_KEY]
-        for number, value in enumerate(arrived, start=1):
-            self.writer.add_text(*from_wire(value), flush=number == len(arrived))
+        arrived = [record for key, value in report.user_properties if key == RECORD_KEY for record in from_wire(value)]
+        for number, (record_key, text) in enumerate(arrived, start=1):
+            self.writer.add_text(record_key, text, flush=number == len(arrived))
         for key, value in report.user_properties:
             if key == CASE_ERROR_KEY:
                 assert isinstance(value, dict), f"not a case error: {value!r}"

@@ -36,7 +36,7 @@ from conformance.plugin.selection import (
 )
 from conformance.plugin.terminal import failure_text, terminal_safe
 from conformance.plugin.usage import count_checks, process_usage
-from conformance.record_files import to_wire
+from conformance.record_files import WireRecord, to_wire, wire_record
 from conformance.records import Record
 
 # How the frameworks word an allocation failure (NumPy/Python, PyTorch, TensorFlow, XLA).
@@ -97,7 +97,7 @@ class ConformanceItem(pytest.Item):
         record = self._guarded(self._check)
         count_checks(self.config, 1, started)
         settle(record, self.case, run_state(self.config).known.entries)
-        self.user_properties.append((RECORD_KEY, to_wire(record)))
+        self.user_properties.append((RECORD_KEY, to_wire([wire_record(record)])))
         outcome = Outcome(record["outcome"])
         if outcome in NOT_RUN:
             # Report the skip at the case's line in its file, not inside the plugin.
@@ -248,17 +248,22 @@ class BatchItem(pytest.Item):
         planned = [check_records.make_record(self.case, t, self.dtype, PLANNED) for t in targets]
         worker_guard(self.config).batch_started(self.nodeid, planned)
         records = []
-        for target, plan in zip(targets, planned, strict=True):
-            started = time.time()
-            check = conformance_check(self.config, self.case, target, self.dtype)
-            unsupported = unsupported_record(self.config, self.case, target, self.dtype)
-            record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check, unsupported, plan)
-            count_checks(self.config, 1, started)
-            settle(record, self.case, state.known.entries)
-            wire = to_wire(record)
-            worker_guard(self.config).batch_finished_check(wire[-1])
-            self.user_properties.append((RECORD_KEY, wire))
-            records.append(record)
+        sent: list[WireRecord] = []
+        try:
+            for target, plan in zip(targets, planned, strict=True):
+                started = time.time()
+                check = conformance_check(self.config, self.case, target, self.dtype)
+                unsupported = unsupported_record(self.config, self.case, target, self.dtype)
+                record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check, unsupported, plan)
+                count_checks(self.config, 1, started)
+                settle(record, self.case, state.known.entries)
+                wired = wire_record(record)
+                worker_guard(self.config).batch_finished_check(wired[1])
+                sent.append(wired)
+                records.append(record)
+        finally:  # (whatever stopped the batch, what it finished goes with its report)
+            if sent:
+                self.user_properties.append((RECORD_KEY, to_wire(sent)))
         worker_guard(self.config).batch_ended()
         failures = [r for r in records if failing(r)]
         if failures:
@@ -321,10 +326,12 @@ class NotRunItem(pytest.Item):
         reason = no_device_reason(self.config, self.target) or "not run"
         entries = run_state(self.config).known.entries
         count_checks(self.config, len(self.checks), time.time())
+        sent = []
         for case, dtype in self.checks:
             record = check_records.make_record(case, self.target, dtype, Verdict(Outcome.SKIP, reason))
             expectations.apply(record, entries)
-            self.user_properties.append((RECORD_KEY, to_wire(record)))
+            sent.append(wire_record(record))
+        self.user_properties.append((RECORD_KEY, to_wire(sent)))
         raise pytest.skip.Exception(f"{self.target.id}: {len(self.checks)} check(s) not run: {reason}")
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
