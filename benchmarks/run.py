@@ -29,8 +29,9 @@ Sections:
               checks with the same outcomes, and where each run's worker-seconds went (opt-in; about
               an hour on 2 cores).
   large       the large tier itself, `pytest -m "large and cpu" -n auto`: checks, wall time, overhead
-              ratio, peak memory of the controller, of each worker and of any process (opt-in: --only
-              large; about 6 minutes on 2 cores).
+              ratio, the seconds before its first check and after its last (the controller's end,
+              the workers idle), peak memory of the controller, of each worker and of any process
+              (opt-in: --only large; about 7 minutes on 2 cores).
   shards      the large tier as 3 shards one after another (--conformance-shard K/3), merged: the
               merge against the unsharded run (same checks, outcomes, output hashes) and the cost
               of splitting (opt-in; reuses the large section's run when both are asked for).
