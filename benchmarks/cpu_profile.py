@@ -19,7 +19,7 @@ A worker's samples are put in one category each:
   framework's availability check), a child's round trip included;
 - `harness: <function>`: the rest of a check, by the function the runner (`run_check`), the item's
   guard or the item itself called, e.g. `classify` (judging), `BoundedCache.__call__` (data and
-  reference), `make_record`, `settle` (known divergences), `to_wire`; those under 0.5% of the
+  reference), `make_record`, `settle` (known divergences), `wire_record`; those under 0.5% of the
   process kind's samples together as `harness: (each under 0.5%)`;
 - `pytest items`, with `xdist reports` apart: the item protocol around the checks;
 - `outside items` (the worker's loop between items, its start and end).
