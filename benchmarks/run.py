@@ -141,6 +141,16 @@ def measured_process(command: list[str], cwd: Path = ROOT, environment: dict[str
     return {**figures, "ended_at": ended_at}
 
 
+def retirements(processes: dict[str, Any]) -> dict[str, Any]:
+    """The workers a run replaced for holding more than their memory budget, by the check after which
+    each retired (its replacement imports and compiles again: about 25 s on 2 cores, which two runs'
+    wall times then differ by), and how often a process released its caches to stay under it."""
+    return {
+        "workers_retired": [p["retired"] for p in processes.values() if p.get("retired")],
+        "cache_releases": sum(int(p.get("releases") or 0) for p in processes.values()),
+    }
+
+
 def collected(output: str) -> int:
     found = re.search(r"(\d+)(?:/\d+)? tests? collected", output)
     return int(found.group(1)) if found else 0
@@ -208,12 +218,14 @@ def pytest_run(
     opened = open_results_json(out / "results.json")
     assert opened is not None, f"{out / 'results.json'}: not a results file\n{process['output'][-3000:]}"
     header, records = opened
+    processes = header["environment"].get("processes", {})
+    replaced = retirements(processes)
     print(
         f"  {name}: exit {process['exit']}, {process['wall_s']:.0f} s,"
-        f" peak {process['peak_rss_bytes'] / 2**30:.2f} GiB in any process",
+        f" peak {process['peak_rss_bytes'] / 2**30:.2f} GiB in any process,"
+        f" {len(replaced['workers_retired'])} worker(s) replaced",
         flush=True,
     )
-    processes = header["environment"].get("processes", {})
     workers = {k: v for k, v in processes.items() if k not in ("controller", "main")} or processes
     bare = {kind: sum(p.get(kind, 0.0) for p in workers.values()) for kind in timing.KINDS}
     first_check = min(p.get("first_check_at", 0.0) for p in workers.values())
@@ -246,6 +258,7 @@ def pytest_run(
         # and the report written): wall time with at most one process busy (the controller, at the end).
         "before_first_check_s": first_check - (process["ended_at"] - process["wall_s"]),
         "after_last_check_s": process["ended_at"] - last_check,
+        **replaced,
         "peak_rss_bytes_per_worker": {k: p.get("peak_rss_bytes") for k, p in workers.items()},
         "peak_rss_bytes_controller": (processes.get("controller") or {}).get("peak_rss_bytes"),
         # The largest of every process the run started (controller, workers, their child processes).
@@ -500,7 +513,8 @@ def readme_run(
     summary = re.findall(r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?)", process["output"][-3000:])
     opened = open_results_json(out / "results.json")
     assert opened is not None, f"{name}: no results file\n{process['output'][-3000:]}"
-    _, records = opened
+    header, records = opened
+    replaced = retirements(header["environment"].get("processes", {}))
     framework_s: dict[str, float] = {}
     kinds = dict.fromkeys(timing.KINDS, 0.0)
     check_seconds = 0.0
@@ -523,13 +537,15 @@ def readme_run(
         "check_items_beyond_their_checks": items["checks"] - check_seconds,
     }
     where["start_collection_idle_and_end"] = worker_seconds - sum(where.values())
-    print(f"  {name}: exit {process['exit']}, {process['wall_s']:.0f} s", flush=True)
+    retired = len(replaced["workers_retired"])
+    print(f"  {name}: exit {process['exit']}, {process['wall_s']:.0f} s, {retired} worker(s) replaced", flush=True)
     return {
         "command": " ".join(command[2:]),
         "checkout": str(checkout),
         "exit": process["exit"],
         "wall_s": process["wall_s"],
         "workers": workers,
+        **replaced,
         "pytest_counts": {word: int(n) for n, word in summary},
         "worker_seconds": worker_seconds,
         "where_worker_seconds": {k: round(v, 1) for k, v in where.items()},

@@ -115,6 +115,23 @@ def test_checkout_ratios_compare_cold_with_cold_where_both_sides_keep_a_cache() 
     assert "after_cold_over_baseline" not in uncached and uncached["after_whole_warm_over_before_warm"] == 560 / 720
 
 
+def test_a_run_says_which_workers_it_replaced_and_how_often_caches_were_released() -> None:
+    from benchmarks.run import retirements
+
+    # As the controller writes them: a retired worker's usage carries the check after which it retired.
+    processes = {
+        "gw0": {"checks": 900, "releases": 4, "retired": "large/a torch.conv2d-cpu float32 (it held 1.6 GiB)"},
+        "gw1": {"checks": 1000, "releases": 5},
+        "gw2": {"checks": 100, "releases": 0},
+        "controller": {"checks": 0, "releases": 0},
+    }
+    assert retirements(processes) == {
+        "workers_retired": ["large/a torch.conv2d-cpu float32 (it held 1.6 GiB)"],
+        "cache_releases": 9,
+    }
+    assert retirements({}) == {"workers_retired": [], "cache_releases": 0}
+
+
 def test_a_runs_items_split_into_the_harness_tests_and_the_checks(tmp_path: Path) -> None:
     from benchmarks.run import _junit_seconds
 
