@@ -312,7 +312,9 @@ class _Base64Gzip:
 
     def __init__(self, handle: IO[str]) -> None:
         self.handle = handle
-        self.compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+        # wbits 31: a gzip member. Level 6, zlib's default: on the large tier's 34 MB of data, half
+        # level 9's time (0.6 against 1.25 s, at the run's end) for a page 3% larger.
+        self.compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
         self.pending = b""
 
     def write(self, text: str) -> None:
