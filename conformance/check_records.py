@@ -128,20 +128,13 @@ def _check_fields(case: Case, target: Target, dtype: str) -> Record:
 
 @lru_cache(maxsize=16)  # a case's checks run back to back
 def _case_fields(case: Case) -> Record:
-    geometry = geometry_fields(case)
+    # (in any order: the template's decides where each lands)
     return {
         "case": case.qualified_id,
         "case_file": case.file,
-        "input_shape": geometry["input_shape"],
-        "kernel_shape": geometry["kernel_shape"],
+        **geometry_fields(case),
         "output_shape": list(case.output_shape),
-        "rate": geometry["rate"],
-        "stride": geometry["stride"],
-        "padding": geometry["padding"],
         "pads": [list(p) for p in case.geometry.pads],
-        "groups": geometry["groups"],
-        "operation": geometry["operation"],
-        **({"output_padding": geometry["output_padding"]} if "output_padding" in geometry else {}),
         "expect": "no-valid-output" if case.expects_no_output else case.expect_kind,
         "description": case.description,
         "tags": list(case.tags),

@@ -66,11 +66,7 @@ class Expectation:
         return not self.dtypes or dtype in self.dtypes
 
     def matches(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
-        return (
-            _matches_target(self, record["target"])
-            and self.matches_check(record["case"], record["target"], record["dtype"])
-            and self.holds_for(record, environ)
-        )
+        return self.matches_check(record["case"], record["target"], record["dtype"]) and self.holds_for(record, environ)
 
     def holds_for(self, record: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
         """Whether the record meets every condition beyond the case, target and dtype globs."""

@@ -222,5 +222,5 @@ def wants_each_failure(config: pytest.Config) -> bool:
     if config.option.verbose > 0:
         return True
     given = spaced_values(config, "-r")
-    given += [arg[2:] for arg in map(str, config.invocation_params.args) if arg.startswith("-r") and arg[:2] != "--"]
+    given += [arg[2:] for arg in map(str, config.invocation_params.args) if arg.startswith("-r")]
     return any(char in chars for chars in given for char in "faA")
