@@ -125,10 +125,18 @@ def test_records_travel_as_key_and_text_and_read_back_alike_with_or_without_orjs
     assert isinstance(wire, str) and record_files.from_wire(wire) == sent
     assert record_files.from_wire(record_files.to_wire([])) == []
     [(key, text), *_] = record_files.from_wire(wire)
+    # (a lone surrogate: orjson refuses it, json writes it)
     assert key == record_key(record) and text == json.dumps(record, allow_nan=False)
     assert record_files.parse_record(text) == record
+    plain = {**record, "message": "\u2260 \U0001f600"}
+    fast = record_files.record_text(plain)
+    if record_files._fast_dumps is not None:  # (orjson: compact, UTF-8)
+        assert fast == record_files._fast_dumps(plain).decode() and "\u2260" in fast
+    monkeypatch.setattr(record_files, "_fast_dumps", None)
+    assert record_files.record_text(plain) == json.dumps(plain, allow_nan=False)
+    assert json.loads(fast) == record_files.parse_record(fast) == plain
     monkeypatch.setattr(record_files, "_fast_loads", None)
-    assert record_files.parse_record(text) == record
+    assert record_files.parse_record(text) == record and record_files.parse_record(fast) == plain
     for torn in ({"case": "x"}, wire[:-1], wire + "}"):
         with pytest.raises(AssertionError, match="not records on the wire"):
             record_files.from_wire(torn)
