@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -125,13 +126,7 @@ class ErrorModel:
     @property
     def accumulation_gamma(self) -> tuple[float, str]:
         """The accumulation's relative-error constant, and which analysis gives it."""
-        steps, u = self.rounding_steps, self.unit_roundoff
-        worst = gamma(steps, u)
-        if self.random_data:
-            likely = probabilistic_gamma(steps, u)
-            if not math.isfinite(worst) or worst > LOOSENESS_LIMIT * likely:
-                return likely, PROBABILISTIC
-        return worst, WORST_CASE
+        return _accumulation_gamma(self.rounding_steps, self.unit_roundoff, self.random_data)
 
     @property
     def rule(self) -> str:
@@ -174,6 +169,16 @@ class ErrorModel:
             if np.abs(x).max(initial=0.0) > limit or np.abs(w).max(initial=0.0) > limit:
                 return False
         return bool(abs_products.max(initial=0.0) <= 2.0**bits)
+
+
+@lru_cache(maxsize=256)  # (every verdict states it; a run has a few dozen accumulation lengths)
+def _accumulation_gamma(steps: int, u: float, random_data: bool) -> tuple[float, str]:
+    worst = gamma(steps, u)
+    if random_data:
+        likely = probabilistic_gamma(steps, u)
+        if not math.isfinite(worst) or worst > LOOSENESS_LIMIT * likely:
+            return likely, PROBABILISTIC
+    return worst, WORST_CASE
 
 
 def _integer_valued(a: np.ndarray) -> bool:
@@ -361,7 +366,7 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
     assert ref is not None and expected.abs_products is not None
     fmt = expected.model.fmt
     got64 = got.astype(np.float64)
-    verdict = Verdict(Outcome.PASS, exact=expected.exact, got_shape=list(got.shape), got_dtype=got.dtype.name)
+    verdict = Verdict(Outcome.PASS, exact=expected.exact, got_shape=list(got.shape), got_dtype=_dtype_name(got.dtype))
     if (identical := _identical(expected, got64, verdict)) is not None:
         return identical
     judging = expected.judging
@@ -396,10 +401,10 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
         ulps = _ulps_between(_ordered_bits(got), judging.ordered_ref, wide=got.dtype.itemsize == 8)
         ulps = np.where(finite, ulps, 0.0)
     all_finite = finite is True
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if all_finite and judging.all_nonzero:  # (the masks would all be true)
-            relative = error / judging.abs_ref
-        else:
+    if all_finite and judging.all_nonzero:  # (the masks would all be true, and no quotient divides by zero)
+        relative = error / judging.abs_ref
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
             relative = np.where(finite & judging.ref_nonzero, error / judging.abs_ref, 0.0)
     ratio: np.ndarray | None = None  # (an exact check is judged on its error alone)
     worst_ratio = 0.0
@@ -470,7 +475,7 @@ def _identical(expected: Expected, got64: np.ndarray, verdict: Verdict) -> Verdi
     instead of the dozen passes the general path makes over tensors of up to millions of elements."""
     ref = expected.values
     assert ref is not None and expected.abs_products is not None
-    if not ref.size or not np.array_equal(got64, ref):
+    if not ref.size or got64.shape != ref.shape or not (got64 == ref).all():  # (np.array_equal, less its overhead)
         return None
     verdict.max_abs_error = verdict.max_rel_error = verdict.max_ulp = 0.0
     first = (0,) * ref.ndim  # (where the general path's argmax of all-zero errors points)
@@ -550,4 +555,9 @@ def _element(index: tuple[int, ...], ref: np.ndarray, got: np.ndarray, bound_the
 def _json_float(value: Any) -> float | str:
     """JSON has no NaN/Inf: keep them as the strings Python prints."""
     value = float(value)
-    return value if np.isfinite(value) else repr(value)
+    return value if math.isfinite(value) else repr(value)
+
+
+@lru_cache(maxsize=32)
+def _dtype_name(dtype: np.dtype[Any]) -> str:
+    return dtype.name  # (computed in Python by NumPy on every access: a tenth of a verdict on a small output)

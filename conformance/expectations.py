@@ -84,8 +84,7 @@ class Expectation:
         if self.expect and record.get("expect") != self.expect:
             yield f"`expect` is {self.expect}, the case expects {record.get('expect')}"
         if self.where:
-            names = sweeps.record_variables(record)
-            yield from (f"`where` {c.text!r} does not hold" for c in self.where if names is None or not c.holds(names))
+            yield from _where_misses(self, sweeps.record_variables(record))
         for name in ("device", "precision"):
             wanted = getattr(self, name)
             if wanted and record.get(name) != wanted:
@@ -186,6 +185,26 @@ def load(path: Path, label: str | None = None) -> LoadedExpectations:
             )
         )
     return LoadedExpectations(entries, errors)
+
+
+# (entry, geometry's names) -> the entry's `where` conditions that do not hold there. The names of a
+# geometry are one object per process (sweeps.record_variables), and a large run's records share a
+# few dozen geometries: evaluating the expressions was most of what settling a record cost.
+_where_missed: dict[tuple[int, int], tuple[Expectation, Mapping[str, Any], tuple[str, ...]]] = {}
+_WHERE_MISSED_KEPT = 4096
+
+
+def _where_misses(entry: Expectation, names: Mapping[str, Any] | None) -> tuple[str, ...]:
+    if names is None:
+        return tuple(f"`where` {c.text!r} does not hold" for c in entry.where)
+    key = (id(entry), id(names))
+    found = _where_missed.get(key)
+    if found is None or found[0] is not entry or found[1] is not names:  # (both kept alive: ids not reused)
+        if len(_where_missed) >= _WHERE_MISSED_KEPT:
+            _where_missed.clear()
+        misses = tuple(f"`where` {c.text!r} does not hold" for c in entry.where if not c.holds(names))
+        found = _where_missed[key] = (entry, names, misses)
+    return found[2]
 
 
 def _version(name: str, record: Mapping[str, Any]) -> str | None:
