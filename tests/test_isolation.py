@@ -211,10 +211,13 @@ def test_a_batch_whose_worker_dies_loses_none_of_its_checks(tmp_path: Path) -> N
     assert "3 items" in finished.stdout or "3 item" in finished.stdout  # one item per case x dtype
 
 
-def _batch_with_a_death(tmp_path: Path, name: str, death: str, **env: str) -> tuple[list[dict[str, Any]], str]:
+def _batch_with_a_death(
+    tmp_path: Path, name: str, death: str, replicates: bool = False, **env: str
+) -> tuple[list[dict[str, Any]], str]:
     """Two cases as batches of the NumPy target and Slow on one worker, with `death` appended to the
-    project's conftest: the run's records and its output."""
-    corpus = {f"{name}.toml": "".join(CASE.format(n=n, size=6) for n in range(2))}
+    project's conftest: the run's records and its output. Two sizes, or with `replicates` one: then
+    the two cases differ only in their data and share one batch."""
+    corpus = {f"{name}.toml": "".join(CASE.format(n=n, size=6 if replicates else 6 + n) for n in range(2))}
     directory = write_project(tmp_path, ["Slow"], corpus)
     with (directory / "conftest.py").open("a") as conftest:
         conftest.write(death)
@@ -244,15 +247,18 @@ isolation.WorkerGuard.batch_finished_check = _die_after_numpy
 """
 
 
-def test_a_batch_whose_worker_dies_between_checks_charges_no_check(tmp_path: Path) -> None:
+@pytest.mark.parametrize("replicates", [False, True])
+def test_a_batch_whose_worker_dies_between_checks_charges_no_check(tmp_path: Path, replicates: bool) -> None:
     """The worker dies after a check of its batch finished and before the next started: that check is
-    reported as it finished (not as the crash, nor twice), and the batch runs the others again."""
-    records, output = _batch_with_a_death(tmp_path, "between", DIE_BETWEEN_CHECKS)
+    reported as it finished (not as the crash, nor twice), and the batch runs the others again. A
+    batch of two replicates dies twice (after each case's NumPy check) and still reports every check once."""
+    records, output = _batch_with_a_death(tmp_path, "between", DIE_BETWEEN_CHECKS, replicates)
     outcomes = Counter((r["case"], r["target"], r["outcome"]) for r in records)
     assert outcomes == Counter(
         {(f"between/c{n}", target, "pass"): 1 for n in range(2) for target in ("numpy.im2col-cpu", "paced.slow-cpu")}
     ), output[-4000:]
     assert "its worker died between two checks of its batch, after numpy.im2col-cpu float32 had finished" in output
+    assert ("c0[batch-float32+1]" in output) == replicates  # (the crash names the batch)
 
 
 DIE_STARTING_A_BATCH = """
@@ -368,6 +374,32 @@ def test_a_worker_journals_a_batch_only_while_it_runs(tmp_path: Path, monkeypatc
     guard.batch_finished_check(json.dumps({**planned[1], "outcome": "pass"}))
     guard.batch_ended()  # its report carries both: a stop now must not take them again
     assert list(finished_in_flight(tmp_path)) == []
+
+
+def test_the_state_file_reads_back_as_the_last_state_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shorter state is padded with spaces rather than truncated, up to a bound: the file always
+    parses as the last record noted, after a longer one, a far longer one, and in a replaced worker."""
+    from conformance import held_memory
+    from conformance.isolation import STATE_PADDING_MOST, Limits, WorkerGuard, lost_check_record
+
+    monkeypatch.setattr(held_memory, "_this_process", held_memory._this_process)
+    monkeypatch.delenv(held_memory.RECYCLE_VARIABLE, raising=False)
+    limits = Limits(None, None, None, 3)
+    guard = WorkerGuard(tmp_path, "gw0", limits)
+    state = tmp_path / "gw0.json"
+    for message in ("m" * 100, "m" * 10, "m" * (3 * STATE_PADDING_MOST), "", "m" * 5):
+        record = {"case": "a/b", "target": "x-cpu", "dtype": "float32", "outcome": "crash", "message": message}
+        guard.starting("a.toml::b[x-cpu-float32]", record)
+        guard.finished()
+        assert json.loads(state.read_text())["record"] == record
+        lost = lost_check_record(tmp_path, "gw0", "a.toml::b[x-cpu-float32]", limits)
+        assert lost.record is not None and lost.record["case"] == "a/b"
+    assert state.stat().st_size < STATE_PADDING_MOST  # (the far longer one was truncated away)
+    replaced = WorkerGuard(tmp_path, "gw0", limits)  # a fresh worker of the same id: the old state until it writes
+    assert json.loads(state.read_text())["record"]["message"] == "m" * 5
+    replaced.starting("a.toml::c[x-cpu-float32]", {"case": "a/c", "target": "x-cpu"})
+    replaced.finished()
+    assert json.loads(state.read_text())["record"] == {"case": "a/c", "target": "x-cpu"}
 
 
 def test_a_check_that_runs_out_of_memory_costs_only_itself(tmp_path: Path) -> None:

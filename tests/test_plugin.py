@@ -190,7 +190,14 @@ def test_the_large_tier_is_collected_only_when_asked_for(pytester: pytest.Pytest
     cases = ["--cases", str(corpus)]
     assert not {i for i in _collected(pytester, *cases) if "big.toml" in i}
     large = {i for i in _collected(pytester, *cases, "-m", "large and numpy") if "case-file-error" not in i}
-    assert len(large) == 8 and all("big.toml::draws-r" in i and "-d" in i for i in large)  # 2 rates x 4 draws
+    # 2 rates x 4 draws: each rate's draws (replicates of one geometry) one batch
+    assert {i.split("/")[-1] for i in large} == {f"big.toml::draws-r{rate}-d0[batch-float32+3]" for rate in (1, 2)}
+    one_each = {i for i in _collected(pytester, *cases, "-m", "large and numpy", "-k", "draws")}
+    assert len(one_each) == 8 and all("big.toml::draws-r" in i and "-d" in i for i in one_each)  # (-k: a case's own)
+    pytester.makeconftest(CHECKS_CONFTEST)  # the batches hold every check that single items would
+    batched, _, _ = _checks_selected(pytester, *cases, "-m", "large and numpy")
+    single, _, _ = _checks_selected(pytester, *cases, "-m", "large and numpy", "--conformance-batch=off")
+    assert batched == single and len({check[0] for check in single if "big/" in check[0]}) == 8
     assert _collected(pytester, *cases, "--conformance-tier", "large", "-m", "numpy") >= large
     default_tier = _collected(pytester, *cases, "-m", "not large and numpy")
     assert default_tier and not {i for i in default_tier if "big.toml" in i}  # (big.toml is collected first)
@@ -231,8 +238,10 @@ def pytest_collection_finish(session):
     # The checks each selected item will run: a batch's, or the check of a single item.
     checks = []
     for item in session.items:
-        for target in getattr(item, "targets", None) or ([item.target] if hasattr(item, "case") else []):
-            checks.append([item.case.qualified_id, target.id, item.dtype])
+        cases = getattr(item, "cases", None) or ([item.case] if hasattr(item, "case") else [])
+        for case in cases:
+            for target in getattr(item, "targets", None) or [item.target]:
+                checks.append([case.qualified_id, target.id, item.dtype])
     (session.config.rootpath / "checks.json").write_text(json.dumps(sorted(checks)))
 """
 

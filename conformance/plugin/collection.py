@@ -105,9 +105,10 @@ class CaseFile(pytest.File):
         tiers = collected_tiers(self.config)
         not_run = NotRunChecks(self.config)
         # "case": every case's checks of one dtype as one item (a pytest item costs more than a small
-        # case's check); "off": one item per check.
+        # case's check), the replicates of one geometry a few cases to an item; "off": one item per check.
         batched = settings(self.config).batch == "case"
         file_keywords = keyword_names(self)
+        replicates = _Replicates(self)
         for case in sharding.taken(self.config, [case for case in loaded.cases if case.tier in tiers]):
             case_targets = targets_for_case(self.config, case, candidates)
             for dtype in case.dtypes:
@@ -116,12 +117,13 @@ class CaseFile(pytest.File):
                     runnable = self._selected_by_keywords(file_keywords, case, runnable, dtype)
                     name = f"{case.id}[batch-{dtype}]"
                     if runnable and self._batch_selected(file_keywords, name, case, runnable, dtype):
-                        yield BatchItem.from_parent(self, name=name, case=case, targets=runnable, dtype=dtype)
+                        yield from replicates.add(case, runnable, dtype)
                         continue
                 for target in runnable:
                     yield ConformanceItem.from_parent(
                         self, name=check_name(case, target, dtype), case=case, target=target, dtype=dtype
                     )
+        yield from replicates.flush()
         yield from not_run.items(self)
 
     def _selected_by_keywords(
@@ -160,6 +162,52 @@ class CaseFile(pytest.File):
         return selected_by_markers(self.config, markers) and selected_by_keywords(
             self.config, [*file_keywords, name, *batch_keywords(case, targets, dtype), *markers]
         )
+
+
+# Replicates of one geometry (a sweep's `replicates`, the large tier's 130 draws of each) through the
+# same targets share an item, up to this many cases: pytest's and xdist's work per item and its report
+# (about 5 ms on 2 cores) is a tenth of a large-tier case's harness work, and a batch of this many
+# still leaves hundreds of items for the workers to share and steal.
+REPLICATES_PER_BATCH = 10
+
+
+class _Replicates:
+    """Consecutive batches of one file that only their data tells apart (one geometry, tags and tier,
+    the same targets, per dtype) gathered into one `BatchItem`, in collection order. With -k, every
+    case stays an item of its own: -k may name a case, and a batch's checks are selected as their
+    own items would be."""
+
+    def __init__(self, parent: CaseFile) -> None:
+        self.parent = parent
+        self.most = 1 if parent.config.getoption("keyword") else REPLICATES_PER_BATCH
+        self.geometry: tuple[Any, ...] | None = None
+        self.pending: dict[str, tuple[list[Case], list[Target]]] = {}  # per dtype, in the order they came
+
+    def add(self, case: Case, targets: list[Target], dtype: str) -> Iterator[BatchItem]:
+        """`case`'s batch of `dtype`, joined to the one before it where it can; the batches that are
+        complete, in their order."""
+        geometry = (sharding.unit_of_case(case), case.tags, case.tier)
+        if geometry != self.geometry:
+            yield from self.flush()
+            self.geometry = geometry
+        pending = self.pending.get(dtype)
+        if pending is not None and (pending[1] != targets or len(pending[0]) >= self.most):
+            yield self._item(dtype, *self.pending.pop(dtype))
+            pending = None
+        if pending is None:
+            self.pending[dtype] = ([case], targets)
+        else:
+            pending[0].append(case)
+
+    def flush(self) -> Iterator[BatchItem]:
+        for dtype, (cases, targets) in self.pending.items():
+            yield self._item(dtype, cases, targets)
+        self.pending.clear()
+
+    def _item(self, dtype: str, cases: list[Case], targets: list[Target]) -> BatchItem:
+        more = f"+{len(cases) - 1}" if len(cases) > 1 else ""
+        name = f"{cases[0].id}[batch-{dtype}{more}]"
+        return BatchItem.from_parent(self.parent, name=name, cases=cases, targets=targets, dtype=dtype)
 
 
 def check_name(case: Case, target: Target, dtype: str) -> str:

@@ -229,34 +229,41 @@ def failing(record: Record) -> bool:
 
 class BatchItem(pytest.Item):
     """One case x dtype through all its targets as one item (`--conformance-batch`, the default): a
-    pytest item costs more than a check of a small case itself. Each check keeps
-    its own record, outcome, guard and time limit; a crash or timeout is reported on the check that
-    caused it, the checks finished before it from the batch's journal, and the batch is queued
-    again for the others (conformance/isolation.py)."""
+    pytest item costs more than a check of a small case itself. Replicates of one geometry (cases
+    that differ only in their data, through the same targets) come a few to an item
+    (collection.REPLICATES_PER_BATCH). Each check keeps its own record, outcome, guard and time
+    limit; a crash or timeout is reported on the check that caused it, the checks finished before it
+    from the batch's journal, and the batch is queued again for the others (conformance/isolation.py)."""
 
-    def __init__(self, *, case: Case, targets: list[Target], dtype: str, **kwargs: Any) -> None:
+    def __init__(self, *, cases: list[Case], targets: list[Target], dtype: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.case, self.targets, self.dtype = case, targets, dtype
-        _carry_markers(self, {m for target in targets for m in item_markers(case, target)})
-        self.extra_keyword_matches.update(batch_keywords(case, targets, dtype))
+        self.cases, self.targets, self.dtype = cases, targets, dtype
+        self.case = cases[0]  # (the batch's place in its file; its replicates share tags, tier and targets)
+        _carry_markers(self, {m for target in targets for m in item_markers(self.case, target)})
+        self.extra_keyword_matches.update(batch_keywords(self.case, targets, dtype))
 
     def runtest(self) -> None:
         state = run_state(self.config)
         # Queued again after a worker died in it: the checks reported then are not run twice.
         reported = isolation.reported_before(state.state_dir, self.nodeid)
-        targets = [t for t in self.targets if (self.case.qualified_id, t.id, self.dtype) not in reported]
-        planned = [check_records.make_record(self.case, t, self.dtype, PLANNED) for t in targets]
+        checks = [
+            (case, target)
+            for case in self.cases
+            for target in self.targets
+            if (case.qualified_id, target.id, self.dtype) not in reported
+        ]
+        planned = [check_records.make_record(case, t, self.dtype, PLANNED) for case, t in checks]
         worker_guard(self.config).batch_started(self.nodeid, planned)
         records = []
         sent: list[WireRecord] = []
         try:
-            for target, plan in zip(targets, planned, strict=True):
+            for (case, target), plan in zip(checks, planned, strict=True):
                 started = time.time()
-                check = conformance_check(self.config, self.case, target, self.dtype)
-                unsupported = unsupported_record(self.config, self.case, target, self.dtype)
-                record = guarded(self.config, self.nodeid, self.case, target, self.dtype, check, unsupported, plan)
+                check = conformance_check(self.config, case, target, self.dtype)
+                unsupported = unsupported_record(self.config, case, target, self.dtype)
+                record = guarded(self.config, self.nodeid, case, target, self.dtype, check, unsupported, plan)
                 count_checks(self.config, 1, started)
-                settle(record, self.case, state.known.entries)
+                settle(record, case, state.known.entries)
                 wired = wire_record(record)
                 worker_guard(self.config).batch_finished_check(wired[1])
                 sent.append(wired)
@@ -285,7 +292,9 @@ class BatchItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         line = self.case.line - 1 if self.case.line else None
-        return self.path, line, f"{self.case.qualified_id} {self.dtype}: {len(self.targets)} checks"
+        cases = f" and {len(self.cases) - 1} replicate(s)" if len(self.cases) > 1 else ""
+        checks = len(self.cases) * len(self.targets)
+        return self.path, line, f"{self.case.qualified_id}{cases} {self.dtype}: {checks} checks"
 
 
 def batch_failure_text(failures: list[Record], checks: int) -> str:
