@@ -37,11 +37,12 @@ try:  # a third of json.loads' time on records; optional, for the same dicts (re
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - the suite runs without it (e.g. a GPU image without it)
     _fast_loads = None
-_fast_dumps: Callable[[Any], bytes] | None
+_fast_dumps: Callable[..., bytes] | None
 try:
+    from orjson import OPT_NON_STR_KEYS as _NON_STR_KEYS
     from orjson import dumps as _fast_dumps
 except ImportError:  # pragma: no cover
-    _fast_dumps = None
+    _fast_dumps, _NON_STR_KEYS = None, 0
 
 
 def parse_record(text: str | bytes) -> dict[str, Any]:
@@ -82,6 +83,18 @@ def scratch_json(value: Any) -> bytes:
         except TypeError:  # (orjson.JSONEncodeError is one)
             pass
     return json.dumps(value).encode()
+
+
+def compact_json(value: Any) -> str:
+    """`json.dumps(value, separators=(",", ":"), allow_nan=False)`'s value, from orjson where it is
+    installed (a report's rows: a large run's end writes one per case and dtype); integer keys are
+    written as strings, as json writes them."""
+    if _fast_dumps is not None:
+        try:
+            return _fast_dumps(value, option=_NON_STR_KEYS).decode()
+        except TypeError:  # (orjson.JSONEncodeError is one)
+            pass
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 # json.dumps(record, allow_nan=False)'s text from one encoder: dumps makes an encoder per call for

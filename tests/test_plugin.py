@@ -518,3 +518,27 @@ def test_a_worker_that_is_gone_leaves_no_copy_of_the_collection_in_the_controlle
     assert scheduler.node2collection[alive] is copies[alive]
     share_the_collection(config, Node())  # type: ignore[arg-type]  # (a node it never had)
     assert len(scheduler.node2collection) == 3
+
+
+def test_a_value_made_while_the_run_goes_on_is_the_value_or_its_error() -> None:
+    """The controller reads the corpus in a thread while its workers run (`_Later`): asked for at
+    the end, it is what the function returns, or the error it raised, raised where it is asked for."""
+    import threading
+
+    from conformance.plugin.controller import _Later
+
+    made_in: list[str] = []
+
+    def make() -> dict[str, int]:
+        made_in.append(threading.current_thread().name)
+        return {"cases": 3}
+
+    assert _Later(make).result() == {"cases": 3} and made_in[-1] == "conformance-corpus"
+    assert _Later(make, now=True).result() == {"cases": 3} and made_in[-1] == threading.current_thread().name
+
+    def broken() -> dict[str, int]:
+        raise ValueError("cases/x.toml: not TOML")
+
+    later = _Later(broken)
+    with pytest.raises(ValueError, match="not TOML"):
+        later.result()

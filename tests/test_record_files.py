@@ -301,3 +301,15 @@ def test_a_check_s_record_has_its_case_s_and_target_s_fields_in_one_order() -> N
             record["reproduction"], record["input_sha256"], record["expectation"] = "changed", "changed", {}
             again = make_record(case, target, "float32", verdict)
             assert (again["reproduction"], again["input_sha256"], "expectation" in again) == ("", None, False)
+
+
+def test_a_report_row_s_compact_json_is_json_s_from_either_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compact_json` (a report's rows): orjson's text where it is installed, integer keys written
+    as json writes them; the same value parsed back as json's compact text."""
+    value = {"cells": {0: {"o": "pass", "r": 0.25}, 12: {"m": 3}}, "rd": ["\u2260"], "x": [1e-310, 1e16, None]}
+    text = record_files.compact_json(value)
+    assert json.loads(text) == json.loads(json.dumps(value)) and ", " not in text
+    if record_files._fast_dumps is not None:
+        assert text == record_files._fast_dumps(value, option=record_files._NON_STR_KEYS).decode()
+    monkeypatch.setattr(record_files, "_fast_dumps", None)
+    assert record_files.compact_json(value) == json.dumps(value, separators=(",", ":"), allow_nan=False)

@@ -17,8 +17,9 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -44,6 +45,7 @@ DESELECTED_KEY = "conformance_deselected"
 # xdist's schedulers that can put a check back in the queue (`mark_test_pending`): a worker out of
 # memory retires only under these.
 REQUEUEING_SCHEDULERS = ("load", "worksteal")
+T = TypeVar("T")
 
 
 def corpus(config: pytest.Config) -> expectations.Corpus:
@@ -62,6 +64,35 @@ def corpus(config: pytest.Config) -> expectations.Corpus:
         for case in load_file(path, root).cases
     }
     return expectations.Corpus(case_dtypes, tuple(t.id for t in targets(config)))
+
+
+class _Later(Generic[T]):
+    """A value made in a thread of its own while the run goes on (or made when asked, `now` being
+    true); `result` waits for it, and raises what making it raised."""
+
+    def __init__(self, make: Callable[[], T], now: bool = False) -> None:
+        self._make = make
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if not now:
+            self._thread = threading.Thread(target=self._run, name="conformance-corpus", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._make()
+        except BaseException as exc:  # (raised in the thread that asks for it)
+            self._error = exc
+
+    def result(self) -> T:
+        if self._thread is None:
+            return self._make()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 def tolerate_a_dead_worker(node: Any) -> None:
@@ -114,6 +145,8 @@ class ResultCollector:
         self.recovered_report: Path | None = None
         self.deselected_reported = False
         self.stopped_by: str | None = None  # the signal that stopped the run
+        self.written_early = False  # the results were written before xdist ended its workers
+        self.failed_early: Exception | None = None
         if threading.current_thread() is threading.main_thread():  # (signal handlers live there only)
             # The controller's children are its workers (it starts no framework process of its own).
             config.add_cleanup(lifetime.stop_on_signals(lambda: lifetime.children_of(os.getpid()), self._stopped))
@@ -122,6 +155,9 @@ class ResultCollector:
         # A batch queued again after its worker died -> its checks not reached yet, as not run: reported
         # so if the batch never reports again (the run stops first, or it dies before its first check).
         self.queued_again: dict[str, list[Record]] = {}
+        # The corpus (every case file read again, the large tier's sweeps expanded: seconds) is only
+        # needed at the end; a controller of xdist workers, which runs no check, reads it meanwhile.
+        self.corpus = _Later(lambda: corpus(config), now=not options.workers)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -138,6 +174,7 @@ class ResultCollector:
         """A worker died running `crashitem`: report it as a crash or timeout record of its own."""
         worker = report.node.gateway.id
         if self.retiring.pop(worker, None) is not None:  # it ended itself before starting this check
+            self._requeue_after_retirement(worker, crashitem, report)
             sched.mark_test_pending(crashitem)
             report.outcome = REQUEUED  # type: ignore[assignment]
             return
@@ -183,6 +220,21 @@ class ResultCollector:
         if record["outcome"] == Outcome.XFAIL:
             report.outcome = "skipped"
             report.wasxfail = f"known divergence {record['expectation']['id']}"
+
+    def _requeue_after_retirement(self, worker: str, crashitem: str, report: pytest.TestReport) -> None:
+        """A worker that retired between two checks of a batch: the checks it finished go with this
+        report, and the batch, queued again, runs only the others (each retirement follows a finished
+        check, so the batch gets through). Nothing, if it retired before the item began."""
+        finished, not_reached, _ = isolation.batch_remainder(self.state_dir, worker, crashitem, None)
+        isolation.forget_journal(self.state_dir, worker)
+        if not finished:
+            return
+        isolation.note_reported(self.state_dir, crashitem, finished)
+        for other in not_reached:  # (reported so only if the run ends before the batch runs again)
+            other["message"] = "not run: its batch's worker retired (memory) before reaching it"
+            expectations.apply(other, self.known.entries)
+        self.queued_again[crashitem] = not_reached
+        report.user_properties.append((RECORD_KEY, to_wire(wire_record(other) for other in finished)))
 
     def _report_the_rest(
         self,
@@ -236,8 +288,28 @@ class ResultCollector:
             self.deselected_reported = True
             report_deselected(self.config, int(output[DESELECTED_KEY]), before_collection_report=False)
 
-    @pytest.hookimpl(trylast=True)
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """The results and the report. A run that ended normally (every worker finished and said so)
+        has them written before xdist waits for its workers' processes to exit (seconds: each
+        unloads its frameworks), which the results do not need; a run that was stopped, after it has
+        ended them (`pytest_sessionfinish_after_the_workers`), so that their batches' journals are read whole."""
+        self.written_early = self.stopped_by is None and session.exitstatus != pytest.ExitCode.INTERRUPTED
+        if self.written_early:
+            try:
+                self._write_everything(session)
+            except Exception as exc:  # (raised once xdist has ended its workers)
+                self.failed_early = exc
+
+    # (a second implementation of the hook: pytest takes a method as one only if its name says pytest_)
+    @pytest.hookimpl(trylast=True, specname="pytest_sessionfinish")
+    def pytest_sessionfinish_after_the_workers(self, session: pytest.Session) -> None:
+        if self.failed_early is not None:
+            raise self.failed_early
+        if not self.written_early:
+            self._write_everything(session)
+
+    def _write_everything(self, session: pytest.Session) -> None:
         if self.stopped_by is not None:  # the workers were killed: what their running batches had finished
             self._write_batches_in_flight()
         for left in self.queued_again.values():  # batches the run stopped before they ran again
@@ -269,7 +341,7 @@ class ResultCollector:
         # records are read back once, one at a time.
         state = run_state(session.config)
         ran: set[str] = set()
-        known = expectations.StatusTally(self.known.entries, corpus(session.config))
+        known = expectations.StatusTally(self.known.entries, self.corpus.result())
         kept = contracts.Tally(c.summary() for c in state.contracts.entries)
         page = report.ReportData(self.writer.count, self.writer.spill_directory) if self.html_path else None
         # (The report's page tallies the same overview and counts; without a page, this pass makes them.)

@@ -207,7 +207,9 @@ def guarded(
 
 def retire_if_short_of_memory(config: pytest.Config) -> None:
     """Before a worker's next check: a worker whose last check ran out of memory, or left it holding
-    more than half its limit, ends here, and a fresh one runs this check (conformance/isolation.py)."""
+    more than half its limit, ends here, and a fresh one runs this check (conformance/isolation.py).
+    Between two checks of a batch, the batch's finished checks are reported from its journal and the
+    batch is queued again for the others."""
     guard = config.stash.get(_guard_key, None)
     if guard is not None and guard.exhausted_by is not None and config.workerinput.get(RETIRE_INPUT):  # type: ignore[attr-defined]
         guard.retire(process_usage(config))
@@ -268,6 +270,8 @@ class BatchItem(pytest.Item):
                 worker_guard(self.config).batch_finished_check(wired[1])
                 sent.append(wired)
                 records.append(record)
+                if len(records) < len(checks):  # (the journal holds every finished check: the rest run elsewhere)
+                    retire_if_short_of_memory(self.config)
         finally:  # (whatever stopped the batch, what it finished goes with its report)
             if sent:
                 self.user_properties.append((RECORD_KEY, to_wire(sent)))

@@ -22,7 +22,7 @@ from typing import IO, Any
 from conformance import frameworks
 from conformance.merging import runs_of
 from conformance.overview import Overview
-from conformance.record_files import RecordFile, scratch_directory, sort_records
+from conformance.record_files import RecordFile, compact_json, scratch_directory, sort_records
 from conformance.records import edition
 from conformance.results import Summary, atomic_write
 
@@ -173,7 +173,7 @@ class ReportData:
     def _write_group(self) -> None:
         assert self._rows is not None, "the report's rows are already written"
         for row in _rows(self._group, self.messages, self.brief):
-            self._rows.write(("" if self._first_row else ",") + json.dumps(row, separators=(",", ":"), allow_nan=False))
+            self._rows.write(("" if self._first_row else ",") + compact_json(row))
             self._first_row = False
         self._group = []
 
