@@ -134,9 +134,10 @@ def add_options(parser: pytest.Parser) -> None:
         "--conformance-batch",
         choices=("auto", "case", "off"),
         default="auto",
-        help="case: run each case x dtype through all its targets as one item (each check still has its own "
-        "record, outcome, time limit and crash isolation; -m and -k select its checks as they would single "
-        "items); off: one item per check; auto: case (default auto)",
+        help="case: run each case x dtype through all its targets as one item, cases that differ only in their "
+        "data (a geometry's replicates) up to ten to an item (each check still has its own record, outcome, "
+        "time limit and crash isolation; -m and -k select its checks as they would single items); off: one "
+        "item per check; auto: case (default auto)",
     )
     group.addoption(
         "--conformance-shard",
