@@ -59,42 +59,40 @@ def parse_record(text: str | bytes) -> dict[str, Any]:
     return record
 
 
+def _orjson(value: Any, option: int = 0) -> bytes | None:
+    """orjson's JSON of `value`, or None where orjson is not installed or refuses it (a lone
+    surrogate, an integer beyond 64 bits): the caller then asks json."""
+    if _fast_dumps is None:
+        return None
+    try:
+        return _fast_dumps(value, option=option)
+    except TypeError:  # (orjson.JSONEncodeError is one)
+        return None
+
+
 def record_text(record: Mapping[str, Any]) -> str:
     """A record's JSON text, as every file of results holds it, made once per check in its worker:
     orjson's where it is installed (compact, UTF-8; a tenth of json's 30 us on a large-tier record),
-    json's for what orjson refuses (a lone surrogate, an integer beyond 64 bits). Both parse to the
-    same record. NaN and infinities are never numbers in a record (`worst` spells them as strings;
-    the figures are maxima over finite values): were one to slip in, json would refuse it and
-    orjson write null, no figure rather than a false one."""
-    if _fast_dumps is not None:
-        try:
-            return _fast_dumps(record).decode()
-        except TypeError:  # (orjson.JSONEncodeError is one)
-            pass
-    return _RECORD_ENCODER.encode(record)
+    json's for what orjson refuses. Both parse to the same record. NaN and infinities are never
+    numbers in a record (`worst` spells them as strings; the figures are maxima over finite values):
+    were one to slip in, json would refuse it and orjson write null, no figure rather than a false one."""
+    fast = _orjson(record)
+    return fast.decode() if fast is not None else _RECORD_ENCODER.encode(record)
 
 
 def scratch_json(value: Any) -> bytes:
     """JSON for the files only the suite's own processes read back, a worker's state and its batch's
     journal, written before every check: as `record_text`, in bytes."""
-    if _fast_dumps is not None:
-        try:
-            return _fast_dumps(value)
-        except TypeError:  # (orjson.JSONEncodeError is one)
-            pass
-    return json.dumps(value).encode()
+    fast = _orjson(value)
+    return fast if fast is not None else json.dumps(value).encode()
 
 
 def compact_json(value: Any) -> str:
     """`json.dumps(value, separators=(",", ":"), allow_nan=False)`'s value, from orjson where it is
     installed (a report's rows: a large run's end writes one per case and dtype); integer keys are
     written as strings, as json writes them."""
-    if _fast_dumps is not None:
-        try:
-            return _fast_dumps(value, option=_NON_STR_KEYS).decode()
-        except TypeError:  # (orjson.JSONEncodeError is one)
-            pass
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    fast = _orjson(value, _NON_STR_KEYS)
+    return fast.decode() if fast is not None else json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 # json.dumps(record, allow_nan=False)'s text from one encoder: dumps makes an encoder per call for

@@ -535,6 +535,7 @@ def test_a_value_made_while_the_run_goes_on_is_the_value_or_its_error() -> None:
 
     assert _Later(make).result() == {"cases": 3} and made_in[-1] == "conformance-corpus"
     assert _Later(make, now=True).result() == {"cases": 3} and made_in[-1] == threading.current_thread().name
+    assert _Later(lambda: None).result() is None  # (a value of None is a value)
 
     def broken() -> dict[str, int]:
         raise ValueError("cases/x.toml: not TOML")

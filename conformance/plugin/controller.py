@@ -72,7 +72,7 @@ class _Later(Generic[T]):
 
     def __init__(self, make: Callable[[], T], now: bool = False) -> None:
         self._make = make
-        self._value: T | None = None
+        self._value: list[T] = []  # (empty until made: T itself may be None)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if not now:
@@ -81,7 +81,7 @@ class _Later(Generic[T]):
 
     def _run(self) -> None:
         try:
-            self._value = self._make()
+            self._value.append(self._make())
         except BaseException as exc:  # (raised in the thread that asks for it)
             self._error = exc
 
@@ -91,8 +91,7 @@ class _Later(Generic[T]):
         self._thread.join()
         if self._error is not None:
             raise self._error
-        assert self._value is not None
-        return self._value
+        return self._value[0]
 
 
 def tolerate_a_dead_worker(node: Any) -> None:
