@@ -74,14 +74,20 @@ def _statm_pages() -> list[bytes] | None:
 
 def resident() -> int | None:
     """This process's resident size now; None where /proc has none."""
-    fields = _statm_pages()
-    return int(fields[1]) * _PAGE if fields and len(fields) > 5 else None
+    return resident_and_data()[0]
 
 
 def data_segment() -> int | None:
     """This process's data segment and stack now (what RLIMIT_DATA caps); None where /proc has none."""
+    return resident_and_data()[1]
+
+
+def resident_and_data() -> tuple[int | None, int | None]:
+    """`resident()` and `data_segment()` from one read (every check asks for both)."""
     fields = _statm_pages()
-    return int(fields[5]) * _PAGE if fields and len(fields) > 5 else None
+    if not fields or len(fields) <= 5:
+        return None, None
+    return int(fields[1]) * _PAGE, int(fields[5]) * _PAGE
 
 
 def data_budget() -> int | None:
@@ -277,11 +283,12 @@ class Keeper:
         return None
 
     def _judge(self) -> str | None:
-        self.carried = held = resident()
+        held, data = resident_and_data()
+        self.carried = held
         if held is None:
             return None
         self.left_most = max(self.left_most, held)
-        over = self._over(held, data_segment())
+        over = self._over(held, data)
         if over is None:
             return None
         self.carried = None
@@ -292,8 +299,8 @@ class Keeper:
         self.release_caches()
         self.releases += 1
         self.released_after = self.checks
-        after = resident()
-        still = self._over(after, data_segment())
+        after, data = resident_and_data()
+        still = self._over(after, data)
         if still is None:
             self.carried = after
             return None

@@ -81,7 +81,9 @@ BATCH_JOURNAL_SUFFIX = ".batch.jsonl"
 BATCH_ENDED_LINE = '{"ended": true}'
 BATCHES_REPORTED_DIR = "batches-reported"  # per batch queued again: its checks already reported
 LOG_EXCERPT_LINES = 24
-STATE_PADDING_MOST = 4096  # bytes of spaces after a state shorter than the one before it; beyond, truncated
+# Bytes of spaces after a state shorter than the one before it; beyond, truncated. A check's state
+# right before its call (with its reproduction) is several KiB longer than the next check's first.
+STATE_PADDING_MOST = 1 << 16
 LOADING = "loading the framework"
 PREPARING = "preparing the data and the reference"
 

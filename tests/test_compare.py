@@ -200,6 +200,49 @@ def test_the_unmasked_path_judges_as_the_masked_one() -> None:
             assert _verdict_fields(masked, output) == fast
 
 
+def test_an_answer_within_its_bound_is_judged_as_the_general_path_judges_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every figure of the within-bound path's verdict must be the general path's exactly (every
+    format, a contract kept and one broken); an answer beyond the bound, NaN or Inf anywhere, or a
+    reference with a zero must take the general path, which says why."""
+    rng = np.random.default_rng(17)
+    x, w = rng.standard_normal((2, 7, 6, 3)), rng.standard_normal((3, 3, 3, 2))
+    made = [
+        expected_for(x, w, dtype, rate=2, padding="SAME") for dtype in ("float16", "bfloat16", "float32", "float64")
+    ]
+    made.append(dataclasses.replace(made[2], contract=dataclasses.replace(made[2].model, scale=1e-6), contract_id="c"))
+    made.append(dataclasses.replace(made[2], contract=dataclasses.replace(made[2].model, scale=0.5), contract_id="c"))
+    zero = made[2].values.copy()
+    zero[0, 1, 1, 0] = 0.0
+    made.append(dataclasses.replace(made[2], values=zero))
+    taken: list[bool] = []
+    within_bound = compare._within_bound
+
+    def noting(*args: object) -> compare.Verdict | None:
+        verdict = within_bound(*args)  # type: ignore[arg-type]
+        taken.append(verdict is not None)
+        return verdict
+
+    monkeypatch.setattr(compare, "_within_bound", noting)
+    for expected in made:
+        fmt = expected.model.fmt.numpy_dtype
+        near = expected.values * (1 + rng.uniform(-1, 1, expected.values.shape) * 4 * expected.model.fmt.unit_roundoff)
+        near = near.astype(fmt)
+        answers = [near]
+        beyond = expected.values[1, 2, 3, 1] + 4 * expected.judging.bound[1, 2, 3, 1] + 1
+        for value in (np.nan, np.inf, beyond):
+            bad = near.copy()
+            bad[1, 2, 3, 1] = value
+            answers.append(bad)
+        taken.clear()
+        fast = [_verdict_fields(dataclasses.replace(expected), answer) for answer in answers]
+        assert taken == ([] if expected.values is zero else [True, False, False, False])  # (none: a zero)
+        with monkeypatch.context() as patched:
+            patched.setattr(compare, "_within_bound", lambda *_: None)
+            general = [_verdict_fields(dataclasses.replace(expected), answer) for answer in answers]
+        assert fast == general, expected.model.fmt.name
+        assert [v["outcome"] for v in general] == ["contract" if expected is made[4] else "pass"] + ["mismatch"] * 3
+
+
 def test_an_answer_equal_to_the_reference_is_judged_as_the_general_path_judges_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

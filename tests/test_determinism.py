@@ -125,3 +125,17 @@ def test_repeat_run_of_the_real_frameworks(tmp_path: Path) -> None:
     jitter = [r for r in records if r["target"] == "faulty.jitter-cpu" and r["expect"] != "no-valid-output"]
     assert jitter and all("not bitwise reproducible" in r["message"] for r in jitter)
     assert any(r["framework"] == "numpy" and r["outcome"] == "pass" for r in records)
+
+
+def test_an_output_hash_is_the_one_earlier_results_carry() -> None:
+    """Diffs compare output hashes across runs and harness versions: the hash of the output's dtype,
+    shape and bits (C order) must stay what earlier results files hold, whatever the array's strides
+    or format (the values below are from the harness before its hash stopped copying the output)."""
+    import ml_dtypes
+
+    from conformance.judging import output_hash
+
+    assert output_hash(np.arange(6, dtype=np.float32).reshape(2, 3).T) == "af77613a63fcfaf1"  # (not contiguous)
+    assert output_hash(np.float64(-0.0)) == "b52eaece297e2e0a"  # (rank 0)
+    assert output_hash(np.arange(4).astype(ml_dtypes.bfloat16)) == "c1a973eded7e1099"
+    assert output_hash(None) is None

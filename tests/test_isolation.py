@@ -438,7 +438,7 @@ def test_a_process_over_its_budget_releases_its_caches_before_it_is_replaced(mon
         released.append(held["now"])
         held["now"] = held.pop("after_release", held["now"])
 
-    monkeypatch.setattr(held_memory, "resident", lambda: held["now"])
+    monkeypatch.setattr(held_memory, "resident_and_data", lambda: (held["now"], 0))
     keeper = held_memory.Keeper(3 << 29, release_caches=release)
     assert keeper.after_check() is None and not released  # 1 GiB of 1.5: nothing to do
     held.update(now=2 << 30, after_release=1 << 30)
@@ -462,8 +462,8 @@ def test_a_process_whose_data_segment_passes_half_its_limit_is_replaced(monkeypa
     over half the limit, a release first, then replacement; a later large check would fail to
     allocate (in TensorFlow's Cast, with a segmentation fault)."""
     segment = {"now": 3 << 30}
-    monkeypatch.setattr(held_memory, "resident", lambda: 1 << 30)  # well within the resident budget
-    monkeypatch.setattr(held_memory, "data_segment", lambda: segment["now"])
+    # well within the resident budget
+    monkeypatch.setattr(held_memory, "resident_and_data", lambda: (1 << 30, segment["now"]))
     keeper = held_memory.Keeper(3 << 29, data_limit=4 << 30, release_caches=lambda: None)
     assert keeper.after_check() is None  # 3 GiB of an 8 GiB limit
     segment["now"] = 5 << 30

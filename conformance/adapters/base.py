@@ -71,7 +71,7 @@ class ConvCall:
         values only through `bindings`). Every field takes part, so a field added later is not missed."""
         return tuple(
             (value.shape, value.dtype.str) if isinstance(value, np.ndarray) else value
-            for value in (getattr(self, f.name) for f in fields(self))
+            for value in map(self.__getattribute__, _CALL_FIELDS)
         )
 
     def bindings(self) -> dict[str, np.ndarray]:
@@ -82,6 +82,9 @@ class ConvCall:
         tensors["vw"] = self.direction_kernel
         return {name: array.astype(np.float64) for name, array in tensors.items() if array is not None}
 
+
+# (Once: `fields` walks the class on every call, and every check asks for a signature.)
+_CALL_FIELDS = tuple(f.name for f in fields(ConvCall))
 
 OUTPUT = "output"  # what a forward target computes
 # What a derivative target computes -> the derivative order a case opts into to get it.
@@ -207,9 +210,14 @@ _programs: OrderedDict[tuple[Any, ...], Program] = OrderedDict()
 PROGRAMS_KEPT = 1024
 
 
+# The last call's program, by the identity of its adapter and call.
+_last_program: list[tuple[Adapter, ConvCall, str, str, Program] | None] = [None]
+
+
 @held_memory.on_release
 def forget_programs() -> None:
     _programs.clear()
+    _last_program[0] = None
 
 
 class FrameworkCall(Adapter):
@@ -275,12 +283,16 @@ class FrameworkCall(Adapter):
         """`describe`, made once per call signature: checks of one geometry on other data (the large
         tier draws each geometry 130 times) share the program, its source and its cache keys, which
         cost more than a small case's call (tests/test_reproductions.py checks that the data never shows)."""
+        last = _last_program[0]
+        if last is not None and last[0] is self and last[1] is call and last[2:4] == (device, precision):
+            return last[4]  # (a check asks twice, for its reproduction and its run: the key costs a signature)
         key = (self, call.signature(), device, precision)
         found = _programs.get(key)
         if found is None:
             found = _programs[key] = self.describe(call, device, precision)
             if len(_programs) > PROGRAMS_KEPT:
                 _programs.popitem(last=False)
+        _last_program[0] = (self, call, device, precision, found)
         return found
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:

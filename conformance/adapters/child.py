@@ -20,6 +20,7 @@ exits: the next check starts a fresh one. `tallies()` counts both, per kind of c
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -351,8 +352,11 @@ class InChildProcess(Wrapper):
 
     def _after_settings(self, source: str) -> str:
         """`source` after the variables this process was started with (they must come before the import)."""
-        settings = Program(tuple(SetEnv(name, value) for name, value in self.child_environment.items()))
-        return "\n".join(part for part in (settings.source(), source) if part)
+        return "\n".join(part for part in (self._settings_source, source) if part)
+
+    @functools.cached_property
+    def _settings_source(self) -> str:  # (every check's reproduction starts with it)
+        return Program(tuple(SetEnv(name, value) for name, value in self.child_environment.items())).source()
 
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
         return self._after_settings(self.inner.reproduction(call, device, precision))
