@@ -6,7 +6,8 @@
 - The controller turns SIGTERM and SIGINT (`stop_on_signals`) into a stop: it kills its workers at
   once (its child processes; their framework children follow them), then unwinds as pytest does
   on Ctrl-C, so the results streamed so far are written, marked as interrupted, with the signal.
-- A process that has loaded the frameworks ends without collecting its heap (`end_without_collecting`).
+- A process that has loaded the frameworks ends without collecting its heap (`end_without_collecting`),
+  and a worker without finalizing it (`exit_without_finalizing`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import atexit
 import contextlib
 import ctypes
 import gc
+import logging
 import os
 import signal
 import sys
@@ -45,6 +47,33 @@ def end_without_collecting() -> None:
     every run, while xdist waited for it to exit. Exit only: nothing the harness writes waits for a
     collection, as each file is flushed as it is written and closed when done."""
     atexit.register(gc.freeze)
+
+
+@cache  # (registered once per process)
+def exit_without_finalizing() -> None:
+    """A worker's end skips Python's finalization: once the atexit handlers registered after this one
+    have run (the harness's own), its streams are flushed and it exits at once. Tearing down the
+    modules of TensorFlow, JAX and torch took a worker a second at the end of every run, and xdist waits
+    for its workers to exit. Nothing it wrote waits for that (every file is flushed as it is written),
+    its framework children die with it (`die_with_parent`), and xdist has its reports and its
+    `workerfinished` by then (a worker's exit status is not read)."""
+
+    def exit_now() -> None:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
+
+    atexit.register(exit_now)
+
+
+def collect_no_more() -> None:
+    """A worker's checks are done: what it holds now lives until it exits. pytest's end collects the
+    whole heap several times (its unraisable- and thread-exception plugins), which with the frameworks
+    loaded kept a worker busy for a second while the controller wrote the results; moved to the
+    generation the collector never visits (`gc.freeze`), the heap is not visited again."""
+    gc.freeze()
 
 
 def children_of(pid: int) -> list[int]:

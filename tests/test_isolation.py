@@ -704,23 +704,28 @@ def test_xdist_s_rescheduling_onto_a_worker_that_died_too_loses_nothing() -> Non
 
 
 def test_a_run_s_processes_end_without_collecting_their_heaps(tmp_path: Path) -> None:
-    """The controller and each worker freeze their heaps at exit (conformance/lifetime.py), so that
-    Python's finalization does not collect them once more: the handler the project's conftest
-    registers before the plugin configures runs after the plugin's and sees what it froze."""
+    """The controller freezes its heap at exit (conformance/lifetime.py), so that Python's
+    finalization does not collect it once more: the handler the project's conftest registers before
+    the plugin configures runs after the plugin's and sees what it froze. A worker freezes its heap
+    after its last check (pytest's end collects it several times) and exits without finalizing:
+    that handler never runs there, and its unconfigure already sees the heap frozen."""
     directory = write_project(tmp_path, ["Slow"], {"one.toml": CASE.format(n=1, size=6)})
     seen = tmp_path / "frozen.txt"
     with (directory / "conftest.py").open("a") as conftest:
         conftest.write(
             "\nimport atexit, gc, os\n"
-            "def _frozen() -> None:\n"
+            "def _note(when: str) -> None:\n"
             f"    with open({str(seen)!r}, 'a') as out:\n"
-            "        out.write(f\"{os.environ.get('PYTEST_XDIST_WORKER', 'controller')} {gc.get_freeze_count()}\\n\")\n"
-            "atexit.register(_frozen)\n"
+            "        who = os.environ.get('PYTEST_XDIST_WORKER', 'controller')\n"
+            "        out.write(f'{when} {who} {gc.get_freeze_count()}\\n')\n"
+            "atexit.register(_note, 'exit')\n"
+            "def pytest_unconfigure(config) -> None:\n"
+            "    _note('unconfigure')\n"
         )
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "1", "-m", "paced"]
     command += ["--expectations=none", "--conformance-json=out/results.json", "--conformance-html=none"]
     done = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    frozen = dict(line.split() for line in seen.read_text().splitlines())
-    assert set(frozen) == {"controller", "gw0"}
-    assert all(int(count) > 10_000 for count in frozen.values()), frozen
+    frozen = {(when, who): int(count) for when, who, count in (line.split() for line in seen.read_text().splitlines())}
+    assert set(frozen) == {("unconfigure", "controller"), ("exit", "controller"), ("unconfigure", "gw0")}, frozen
+    assert frozen["exit", "controller"] > 10_000 and frozen["unconfigure", "gw0"] > 10_000, frozen

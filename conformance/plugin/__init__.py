@@ -101,6 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
     collection.set_roots(config, settings.cases)
     run_state.start(config)
     if options.is_worker(config):
+        lifetime.exit_without_finalizing()
         controller_pid = int(config.workerinput.get(run_state.CONTROLLER_PID_INPUT, 0))  # type: ignore[attr-defined]
         if controller_pid and os.getppid() == controller_pid:  # (a worker on another host has no such parent)
             lifetime.die_with_parent(controller_pid)
@@ -309,10 +310,11 @@ COUNTED = _Counted()
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if active(config) and options.is_worker(config):
-        from conformance import runner
+        from conformance import lifetime, runner
         from conformance.plugin import controller, selection, usage
 
         config.workeroutput[controller.ENV_KEY] = json.dumps(runner.loaded_environments())  # type: ignore[attr-defined]
         config.workeroutput[controller.USAGE_KEY] = json.dumps(usage.process_usage(config))  # type: ignore[attr-defined]
         natively = config.stash.get(_natively_deselected_key, [0])[0]
         config.workeroutput[controller.DESELECTED_KEY] = selection.deselected(config) + natively  # type: ignore[attr-defined]
+        lifetime.collect_no_more()  # (after the last check: pytest collects the heap several times at its end)
