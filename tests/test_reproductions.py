@@ -314,6 +314,30 @@ def test_a_description_depends_on_the_call_never_on_its_data(adapter: Adapter, c
     assert compared, f"no case here reaches {adapter.name}"
 
 
+def test_a_check_s_program_is_looked_up_once_and_not_held_past_its_run(
+    cases: list[Case], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check asks for its program twice, for its reproduction and its run: the second finds it by
+    the call's identity without a signature, another call (even of the same signature) looks it up,
+    and the run lets the call go (a large case's tensors are not held until the next check)."""
+    from conformance.adapters import base
+    from conformance.adapters.numpy import NumpyIm2col
+
+    adapter = next(a for a in ADAPTERS if isinstance(a, NumpyIm2col))
+    case = next(c for c in cases if not adapter.mismatch(c.op, c.rank))
+    call, other = _adapter_call(case, adapter), _other_data(_adapter_call(case, adapter))
+    signatures: list[ConvCall] = []
+    signature = ConvCall.signature
+    monkeypatch.setattr(ConvCall, "signature", lambda self: signatures.append(self) or signature(self))
+    source = adapter.reproduction(call, "cpu", "strict")
+    assert signatures == [call]
+    assert adapter.program(call, "cpu", "strict").source() == source and signatures == [call]
+    assert adapter.program(other, "cpu", "strict").source() == source and signatures == [call, other]
+    adapter.reproduction(call, "cpu", "strict")
+    adapter.run(call, "cpu", "strict")
+    assert signatures == [call, other, call] and base._last_program[0] is None
+
+
 SHARED_GEOMETRY = """
 [defaults]
 dtypes = ["float32"]

@@ -210,7 +210,8 @@ _programs: OrderedDict[tuple[Any, ...], Program] = OrderedDict()
 PROGRAMS_KEPT = 1024
 
 
-# The last call's program, by the identity of its adapter and call.
+# The program of the call whose reproduction was last asked for, until it runs: by the identity of
+# its adapter and call.
 _last_program: list[tuple[Adapter, ConvCall, str, str, Program] | None] = [None]
 
 
@@ -296,8 +297,12 @@ class FrameworkCall(Adapter):
         return found
 
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
-        self.refuse(call)
-        return self.to_numpy(self.program(call, device, precision).run(call.bindings()))
+        try:
+            self.refuse(call)
+            program = self.program(call, device, precision)
+        finally:
+            _last_program[0] = None  # (its call's tensors are not held past their check)
+        return self.to_numpy(program.run(call.bindings()))
 
     def reproduction(self, call: ConvCall, device: str, precision: str) -> str:
         return self.program(call, device, precision).source()
