@@ -253,3 +253,23 @@ def test_a_case_of_another_rank_says_which_axes_disagree(
     first = OTHER_RANKS[: OTHER_RANKS.index('[[case]]\nid = "volume-3d"')]
     _, error = only_error(tmp_path, first.replace(*change))
     assert error.field == field and words in error.message, error
+
+
+def test_cases_of_one_geometry_share_it_and_any_case_has_its_own(tmp_path: Path) -> None:
+    """A geometry is resolved once per distinct settings and shared (the large tier draws each one
+    130 times); a case whose settings do not hash (made in code, with lists) still gets its own, the
+    same; another setting, another geometry."""
+    import dataclasses
+
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[[case]]\nid = "a"\ndtypes = ["float32"]\nrate = 2\npadding = [[1, 2], [0, 1]]\n'
+        'input = { generator = "uniform", seed = 1, shape = [1, 9, 9, 1] }\n'
+        'kernel = { generator = "uniform", seed = 2, shape = [3, 3, 1, 1] }\n'
+    )
+    (case,) = load_file(path).cases
+    replicate = dataclasses.replace(case, id="b", input_spec={**case.input_spec, "seed": 3})
+    assert replicate.geometry is case.geometry
+    listed = dataclasses.replace(case, id="c", padding=[[1, 2], [0, 1]])  # type: ignore[arg-type]
+    assert listed.geometry == case.geometry and listed.geometry is not case.geometry
+    assert dataclasses.replace(case, id="d", rate=(1, 1)).geometry != case.geometry

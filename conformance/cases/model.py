@@ -96,9 +96,10 @@ class Case:
     def geometry(self) -> AnyGeometry:
         """The case's op's geometry: a `Geometry`, or a `TransposedGeometry` for conv_transpose."""
         spatial = (self.padding, self.input_shape[1:-1], self.kernel_shape[:-2], self.rate, self.stride)
-        if self.transposed:
-            return transposed_geometry(*spatial, self.output_padding)
-        return geometry(*spatial)
+        try:
+            return _shared_geometry(self.transposed, *spatial, self.output_padding)
+        except TypeError:  # (settings that do not hash: made for this case alone)
+            return _shared_geometry.__wrapped__(self.transposed, *spatial, self.output_padding)
 
     @property
     def output_channels(self) -> int:
@@ -158,3 +159,20 @@ def materialize(case: Case, dtype: str) -> CaseData:
 
 
 held_memory.on_release(stored_array.cache_clear)
+
+
+# One geometry per distinct settings, shared by the cases that state them (geometries are frozen): a
+# sweep's replicates (the large tier draws each of its geometries 130 times) resolve theirs once.
+@lru_cache(maxsize=4096)
+def _shared_geometry(
+    transposed: bool,
+    padding: Any,
+    input_size: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    rate: tuple[int, ...],
+    stride: tuple[int, ...],
+    output_padding: Any,
+) -> AnyGeometry:
+    if transposed:
+        return transposed_geometry(padding, input_size, kernel_size, rate, stride, output_padding)
+    return geometry(padding, input_size, kernel_size, rate, stride)

@@ -20,6 +20,7 @@ from conformance.plugin.items import BatchItem, CompositeItem, ConformanceItem, 
 from conformance.plugin.options import settings
 from conformance.plugin.selection import (
     batch_keywords,
+    batch_markers,
     collected_targets,
     collected_tiers,
     count_deselected,
@@ -156,10 +157,14 @@ class CaseFile(pytest.File):
         carries the union of its checks' markers and keywords, which an expression with `not` can
         reject (`-m "not (torch and gpu)"` and a batch of torch-cpu and jax-gpu checks): then its
         checks are collected one item each, for pytest to judge one by one as it would have."""
-        if not settings(self.config).mark_expression and not self.config.getoption("keyword"):
+        keyword = self.config.getoption("keyword")
+        if not settings(self.config).mark_expression and not keyword:
             return True
-        markers = frozenset().union(*(item_markers(case, target) for target in targets))
-        return selected_by_markers(self.config, markers) and selected_by_keywords(
+        markers = batch_markers(case, targets)
+        if not selected_by_markers(self.config, markers):
+            return False
+        # (the keywords only for -k: a large tier's batch has 53 checks, and -m alone is the common case)
+        return not keyword or selected_by_keywords(
             self.config, [*file_keywords, name, *batch_keywords(case, targets, dtype), *markers]
         )
 
