@@ -384,13 +384,13 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
 
     got_finite = np.isfinite(got64)
     finite: np.ndarray | bool
+    ulps = _answer_ulps(got, judging)
     if judging.all_finite and got_finite.all():
         # Every value finite (nearly every check): the masks below would all be true. The same
         # figures from fewer passes and temporaries over tensors of up to millions of elements.
         special_bad = None
         finite = True
         error = np.abs(got64 - ref)
-        ulps = _ulps_between(_ordered_bits(got), judging.ordered_ref, wide=got.dtype.itemsize == 8)
     else:
         # Non-finite values: NaN where the reference has NaN, the same infinity where it has one.
         # A finite reference within its bound of the format's overflow may come back as inf.
@@ -408,7 +408,6 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
         finite = ref_finite & got_finite
         error = np.zeros_like(ref)
         error[finite] = np.abs(got64[finite] - ref[finite])
-        ulps = _ulps_between(_ordered_bits(got), judging.ordered_ref, wide=got.dtype.itemsize == 8)
         ulps = np.where(finite, ulps, 0.0)
     all_finite = finite is True
     if all_finite and judging.all_nonzero:  # (the masks would all be true, and no quotient divides by zero)
@@ -427,12 +426,7 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
         ratio = _ratio(error, bound, finite)
         worst_ratio = _worst(ratio)
 
-    verdict.max_abs_error = float(error.max(initial=0.0))
-    verdict.max_rel_error = float(relative.max(initial=0.0))
-    verdict.max_ulp = float(ulps.max(initial=0.0))
-    verdict.error_ratio = None if expected.exact else worst_ratio
-    if not expected.exact:
-        verdict.bounds = {"dtype": _bound_facts(expected.model, worst_ratio)}
+    _set_figures(verdict, expected, error, relative, ulps, worst_ratio)
 
     if special_bad is not None and special_bad.any():
         index = tuple(int(i) for i in np.argwhere(special_bad)[0])
@@ -493,17 +487,35 @@ def _within_bound(
     worst_ratio = float(ratio.item(worst_flat))
     if not worst_ratio <= 1.0:  # (NaN, Inf, or beyond the bound: the general path says which and where)
         return None
-    verdict.max_abs_error = float(error.max())
-    verdict.max_rel_error = float((error / judging.abs_ref).max())
-    ulps = _ulps_between(_ordered_bits(got), judging.ordered_ref, wide=got.dtype.itemsize == 8)
-    verdict.max_ulp = float(ulps.max())
-    verdict.error_ratio = worst_ratio
-    verdict.bounds = {"dtype": _bound_facts(expected.model, worst_ratio)}
+    _set_figures(verdict, expected, error, error / judging.abs_ref, _answer_ulps(got, judging), worst_ratio)
     index = tuple(int(i) for i in np.unravel_index(worst_flat, ref.shape))
     verdict.worst = _element(index, ref, got64, judging.bound[index])
     if expected.contract is not None:
         _judge_contract(expected, verdict, ref, got64, error, True)
     return verdict
+
+
+def _answer_ulps(got: np.ndarray, judging: _Judging) -> np.ndarray:
+    """Each element's distance from the reference rounded to the answer's format, in ulps."""
+    return _ulps_between(_ordered_bits(got), judging.ordered_ref, wide=got.dtype.itemsize == 8)
+
+
+def _set_figures(
+    verdict: Verdict,
+    expected: Expected,
+    error: np.ndarray,
+    relative: np.ndarray,
+    ulps: np.ndarray,
+    worst_ratio: float,
+) -> None:
+    """A verdict's maxima (zeros stand where a value is not finite) and, unless the check is exact,
+    its worst error/bound ratio."""
+    verdict.max_abs_error = float(error.max(initial=0.0))
+    verdict.max_rel_error = float(relative.max(initial=0.0))
+    verdict.max_ulp = float(ulps.max(initial=0.0))
+    verdict.error_ratio = None if expected.exact else worst_ratio
+    if not expected.exact:
+        verdict.bounds = {"dtype": _bound_facts(expected.model, worst_ratio)}
 
 
 def _identical(expected: Expected, got64: np.ndarray, verdict: Verdict) -> Verdict | None:

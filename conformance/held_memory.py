@@ -77,13 +77,9 @@ def resident() -> int | None:
     return resident_and_data()[0]
 
 
-def data_segment() -> int | None:
-    """This process's data segment and stack now (what RLIMIT_DATA caps); None where /proc has none."""
-    return resident_and_data()[1]
-
-
 def resident_and_data() -> tuple[int | None, int | None]:
-    """`resident()` and `data_segment()` from one read (every check asks for both)."""
+    """`resident()`, and the data segment and stack now (what RLIMIT_DATA caps), from one read (every
+    check asks for both); None where /proc has none."""
     fields = _statm_pages()
     if not fields or len(fields) <= 5:
         return None, None

@@ -90,7 +90,7 @@ def scratch_json(value: Any) -> bytes:
 def compact_json(value: Any) -> str:
     """`json.dumps(value, separators=(",", ":"), allow_nan=False)`'s value, from orjson where it is
     installed (a report's rows: a large run's end writes one per case and dtype); integer keys are
-    written as strings, as json writes them."""
+    written as strings, as json writes them, and a NaN, which no record holds, as null (`record_text`)."""
     fast = _orjson(value, _NON_STR_KEYS)
     return fast.decode() if fast is not None else json.dumps(value, separators=(",", ":"), allow_nan=False)
 

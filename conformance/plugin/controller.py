@@ -233,7 +233,7 @@ class ResultCollector:
             other["message"] = "not run: its batch's worker retired (memory) before reaching it"
             expectations.apply(other, self.known.entries)
         self.queued_again[crashitem] = not_reached
-        report.user_properties.append((RECORD_KEY, to_wire(wire_record(other) for other in finished)))
+        report.user_properties.append((RECORD_KEY, to_wire(wire_record(record) for record in finished)))
 
     def _report_the_rest(
         self,
