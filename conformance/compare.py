@@ -37,6 +37,7 @@ Exact-integer data whose every partial sum is representable must match bit for b
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property, lru_cache
@@ -493,6 +494,124 @@ def _within_bound(
     if expected.contract is not None:
         _judge_contract(expected, verdict, ref, got64, error, True)
     return verdict
+
+
+def classify_together(expected: Sequence[Expected], answers: Sequence[Any]) -> list[Verdict]:
+    """`classify` of each (expected answer, answer) pair, with the same verdicts. Answers of one shape
+    and dtype, each against a plain reference (`_Judging.plain`) with no contract and no exactness
+    due, are judged as one stacked array: for a small output a check's judging is mostly NumPy's
+    per-call cost, which this pays once for the group (one target's draws of one geometry, say).
+    Whatever that pass does not find within its bound at every element (NaN, Inf, beyond the bound)
+    and every other pair is judged alone, by `classify`."""
+    verdicts: list[Verdict | None] = [None] * len(expected)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, (want, got) in enumerate(zip(expected, answers, strict=True)):
+        if _stackable(want, got):
+            groups.setdefault((got.shape, got.dtype), []).append(i)
+    for rows in groups.values():
+        if len(rows) > 1:
+            judged = _within_bound_together([expected[i] for i in rows], [answers[i] for i in rows])
+            for i, verdict in zip(rows, judged, strict=True):
+                verdicts[i] = verdict
+    return [classify(want, got) if v is None else v for want, got, v in zip(expected, answers, verdicts, strict=True)]
+
+
+def _stackable(expected: Expected, got: Any) -> bool:
+    return (
+        isinstance(got, np.ndarray)
+        and expected.values is not None
+        and not expected.exact
+        and expected.contract is None
+        and got.shape == expected.output_shape
+        and got.dtype == expected.model.fmt.numpy_dtype
+        and expected.judging.plain
+    )
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    """The references of a group and what judging derives from them, one row per expected answer."""
+
+    members: tuple[Expected, ...]  # (held: the memo below compares them by identity)
+    values: np.ndarray
+    bound: np.ndarray
+    abs_ref: np.ndarray
+    ordered_ref: np.ndarray
+
+    @classmethod
+    def of(cls, expected: tuple[Expected, ...]) -> _Stacked:
+        judgings = [e.judging for e in expected]
+        rows = len(expected)
+        return cls(
+            members=expected,
+            values=np.stack([e.values for e in expected]).reshape(rows, -1),  # type: ignore[misc]
+            bound=np.stack([j.bound for j in judgings]).reshape(rows, -1),
+            abs_ref=np.stack([j.abs_ref for j in judgings]).reshape(rows, -1),
+            ordered_ref=np.stack([j.ordered_ref for j in judgings]).reshape(rows, -1),
+        )
+
+
+# The last group's stacked references: a batch's targets are judged, one after another, against the
+# same draws (their expected answers are shared: judging.expected_answer).
+_last_stacked: list[_Stacked] = []
+
+
+def _stacked(expected: list[Expected]) -> _Stacked:
+    kept = _last_stacked[0] if _last_stacked else None
+    if (
+        kept is not None
+        and len(kept.members) == len(expected)
+        and all(a is b for a, b in zip(kept.members, expected, strict=True))
+    ):
+        return kept
+    made = _Stacked.of(tuple(expected))
+    _last_stacked[:] = [made]
+    return made
+
+
+def forget_stacked() -> None:
+    """Let the last group's stacked references go (a process releasing its caches)."""
+    _last_stacked.clear()
+
+
+def _within_bound_together(expected: list[Expected], answers: list[np.ndarray]) -> list[Verdict | None]:
+    """`_within_bound` of each row of stacked answers of one shape and dtype: its verdict where the
+    answer is finite and within its bound at every element, else None (`classify` says why)."""
+    stacked = _stacked(expected)
+    rows = len(expected)
+    shape = answers[0].shape
+    got = np.stack(answers).reshape(rows, -1)
+    got64 = got.astype(np.float64)
+    error = np.abs(got64 - stacked.values)
+    ratio = error / stacked.bound
+    worst_flat = ratio.argmax(axis=1)  # (per row, the first NaN where there is one)
+    worst_ratio = ratio[np.arange(rows), worst_flat]
+    max_abs = error.max(axis=1)
+    max_rel = (error / stacked.abs_ref).max(axis=1)
+    max_ulp = _ulps_between(_ordered_bits(got), stacked.ordered_ref, wide=got.dtype.itemsize == 8).max(axis=1)
+    got_dtype = _dtype_name(got.dtype)
+    verdicts: list[Verdict | None] = []
+    for row, want in enumerate(expected):
+        ratio_here = float(worst_ratio[row])
+        if not ratio_here <= 1.0:  # (NaN, Inf, or beyond the bound: the general path says which and where)
+            verdicts.append(None)
+            continue
+        flat = int(worst_flat[row])
+        verdict = Verdict(Outcome.PASS, got_shape=list(shape), got_dtype=got_dtype)
+        verdict.max_abs_error = float(max_abs[row])
+        verdict.max_rel_error = float(max_rel[row])
+        verdict.max_ulp = float(max_ulp[row])
+        verdict.error_ratio = ratio_here
+        verdict.bounds = {"dtype": _bound_facts(want.model, ratio_here)}
+        index = tuple(int(i) for i in np.unravel_index(flat, shape))
+        verdict.worst = {
+            "index": list(index),
+            "expected": _json_float(stacked.values[row, flat]),
+            "got": _json_float(got64[row, flat]),
+            "bound": _json_float(stacked.bound[row, flat]),
+        }
+        verdicts.append(verdict)
+    return verdicts
 
 
 def _answer_ulps(got: np.ndarray, judging: _Judging) -> np.ndarray:

@@ -86,6 +86,9 @@ LOG_EXCERPT_LINES = 24
 STATE_PADDING_MOST = 1 << 16
 LOADING = "loading the framework"
 PREPARING = "preparing the data and the reference"
+# A batch's target has answered every check it was given, and the answers are being judged together
+# (plugin/items.py): a death now is the harness's, between checks; those not yet in the journal run again.
+ANSWERED = "judging its answers (the framework calls had returned)"
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,12 @@ class WorkerGuard:
     def finished(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
+    def answered(self) -> None:
+        """A batch's checks of one target have all returned, and are judged together next: no check
+        is in flight (`ANSWERED`)."""
+        self._state["phase"] = ANSWERED
+        self._write_state()
+
     def ran_out_of_memory(self, check: str) -> None:
         """`check` (case, target, dtype) failed to allocate: this process retires before its next check."""
         self.exhausted_by = check
@@ -306,18 +315,22 @@ def memory_hint(limits: Limits) -> str:
     return f" (each worker may use {format_size(limits.memory_bytes)}: --conformance-memory-limit)"
 
 
+# The runner's frame that calls the framework (a batch's checks call it through `call_check`).
+_RUNNER_FRAME = re.compile(r" in (?:run|call)_check$", re.M)
+
+
 def _excerpt(log: str) -> str:
     """The fatal error line and the stack of the thread that ran the check, innermost frame first,
     down to the harness's call (the pytest and xdist frames below it say nothing about the fault)."""
     blocks = re.split(r"\n(?=(?:Current thread|Thread) 0x)", log.strip())
     header = [line for line in blocks[0].splitlines() if not re.match(r"(Current thread|Thread) 0x", line)]
     stacks = [b for b in blocks if re.match(r"(Current thread|Thread) 0x", b)]
-    # The checking thread is the one inside run_check; a fatal signal names it "Current thread".
-    chosen = next((b for b in stacks if "run_check" in b), stacks[0] if stacks else "")
+    # The checking thread is the one inside the runner's check; a fatal signal names it "Current thread".
+    chosen = next((b for b in stacks if _RUNNER_FRAME.search(b)), stacks[0] if stacks else "")
     frames = []
     for line in chosen.splitlines()[1:]:
         frames.append(line)
-        if "in run_check" in line:
+        if _RUNNER_FRAME.search(line):
             break
     lines = [*header, *frames[:LOG_EXCERPT_LINES]]
     return "\n".join(line.rstrip() for line in lines if line.strip())
@@ -327,6 +340,7 @@ class LostCheck(NamedTuple):
     record: Record | None  # None when the state file is not about this item
     message: str
     while_loading: bool  # died before the framework call: importing it, not this case, is at fault
+    answered: bool = False  # died judging a batch's answers: its framework call had returned (`ANSWERED`)
 
 
 def lost_check_record(state_dir: Path, worker_id: str, nodeid: str, limits: Limits) -> LostCheck:
@@ -368,7 +382,7 @@ def lost_check_record(state_dir: Path, worker_id: str, nodeid: str, limits: Limi
     record["outcome"], record["message"] = outcome.value, message
     if outcome == Outcome.TIMEOUT:
         record["duration_s"] = state.get("limit_s") or limits.timeout_s
-    return LostCheck(record, message, state.get("phase") == LOADING)
+    return LostCheck(record, message, state.get("phase") == LOADING, state.get("phase") == ANSWERED)
 
 
 class BatchRemainder(NamedTuple):
@@ -379,16 +393,23 @@ class BatchRemainder(NamedTuple):
     between_checks: bool = False
 
 
-def batch_remainder(state_dir: Path, worker_id: str, nodeid: str, lost: Record | None) -> BatchRemainder:
-    """The rest of a batch whose worker died running `lost` (None: outside any check): the records
-    it had finished, and every check it had not reached, as not run (both empty for an item that
-    was not a batch)."""
+def batch_remainder(
+    state_dir: Path, worker_id: str, nodeid: str, lost: Record | None, answered: bool = False
+) -> BatchRemainder:
+    """The rest of a batch whose worker died running `lost` (None: outside any check; `answered`:
+    judging its target's answers, `ANSWERED`): the records it had finished, and every check it had
+    not reached, as not run (both empty for an item that was not a batch)."""
     journal = _read_journal(state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}")
     if journal is None or journal.nodeid != nodeid:  # (none, or an earlier batch of this worker's)
         return BatchRemainder([], [])
     if lost is None:
         reason = "not run: its batch's worker died outside any check (see the batch's crash) before reaching it"
         return BatchRemainder(journal.finished, journal.unfinished([], reason))
+    if answered:  # (the answers not in the journal yet are asked again)
+        reason = (
+            f"not run: its batch's worker died judging {lost['target']} {lost['dtype']}'s answers, before reporting it"
+        )
+        return BatchRemainder(journal.finished, journal.unfinished([], reason), between_checks=True)
     if journal.ended or _check_key(lost) in {_check_key(r) for r in journal.finished}:
         reason = f"not run: its batch's worker died after {lost['target']} {lost['dtype']} finished, before reaching it"
         return BatchRemainder(journal.finished, journal.unfinished([], reason), between_checks=True)

@@ -16,7 +16,7 @@ from conformance import contracts as accumulation_contracts
 from conformance import derivatives, held_memory, reference, timing
 from conformance.adapters.base import OUTPUT, Target
 from conformance.cases import Case, CaseData, materialize
-from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify
+from conformance.compare import ErrorModel, Expected, Outcome, Verdict, classify, forget_stacked
 from conformance.dtypes import float_format
 from conformance.exception_text import exception_text
 from conformance.semantics import TransposedGeometry
@@ -95,21 +95,21 @@ def with_contract(
     )
 
 
-# The last expected answer per TF32 bound: every target of a batch (a case x dtype) is judged against
-# the same one, and `Expected` keeps what judging derives from it (compare.Expected.judging).
-_last_expected: dict[tuple[Case, str, bool], tuple[Prepared, Expected]] = {}
-held_memory.on_release(_last_expected.clear)
+# The expected answers of the last few (case, dtype)s, per TF32 bound: a batch judges each of its
+# targets against the same ones (target by target, each through the batch's draws), and `Expected`
+# keeps what judging derives from it (compare.Expected.judging), as the group's stack keeps theirs.
+_expected: held_memory.BoundedEntries[tuple[Prepared, Expected]] = held_memory.BoundedEntries(16)
+held_memory.on_release(forget_stacked)
 
 
 def expected_answer(case: Case, dtype: str, target: Target, prepared: Prepared) -> Expected:
     key = (case, dtype, tf32_bound(target, dtype))
-    found = _last_expected.get(key)
-    if found is not None and found[0] is prepared:
-        return found[1]
+    if key in _expected:
+        kept_for, expected = _expected[key]
+        if kept_for is prepared:
+            return expected
     expected = _expected_answer(case, dtype, target, prepared)
-    for other in [k for k in _last_expected if k[:2] != key[:2]]:  # (one case x dtype at a time)
-        del _last_expected[other]
-    _last_expected[key] = (prepared, expected)
+    _expected[key] = (prepared, expected)
     return expected
 
 

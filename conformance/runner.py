@@ -6,8 +6,8 @@ Independent of pytest: the plugin, the CLI and the harness's own tests all call 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -18,7 +18,7 @@ from conformance import cost, derivatives, held_memory, judging, machine, timing
 from conformance.adapters.base import OUTPUT, QUANTITIES, CallParams, ConvCall, Target
 from conformance.cases import Case
 from conformance.check_records import full_reproduction, judged, make_record
-from conformance.compare import Outcome, Verdict, classify
+from conformance.compare import Outcome, Verdict, classify, classify_together
 from conformance.judging import Prepared, prepare
 from conformance.machine import FactValue
 from conformance.records import Record
@@ -80,6 +80,22 @@ def reproduction_of(case: Case, target: Target, dtype: str) -> str:
     return full_reproduction(case, dtype, source, adapter.quantity, tangents)
 
 
+@dataclass
+class Answered:
+    """A check whose framework call returned an answer that may be judged with others (`judge_answers`):
+    its record as it stood before the call, and what finishing it needs."""
+
+    case: Case
+    target: Target
+    dtype: str
+    record: Record
+    prepared: Prepared
+    got: np.ndarray
+    called_s: float  # from the check's start until the answer came back
+    spent: Record  # what loading, the framework and the reference took in that time (`timing.since`)
+    facts: dict[str, FactValue]
+
+
 def run_check(
     case: Case,
     target: Target,
@@ -102,6 +118,23 @@ def run_check(
     `memory_budget`: what the check may allocate and where that figure comes from; a check whose
     estimate (conformance/cost.py) exceeds it is `unsupported` before anything is allocated.
     """
+    called = call_check(case, target, dtype, before_call, repeat, after_load, contracts, memory_budget)
+    return called if not isinstance(called, Answered) else judge_answers([called], contracts)[0]
+
+
+def call_check(
+    case: Case,
+    target: Target,
+    dtype: str,
+    before_call: Callable[[Record], None] | None = None,
+    repeat: int = 1,
+    after_load: Callable[[], None] | None = None,
+    contracts: accumulation_contracts.Contracts = accumulation_contracts.NONE,
+    memory_budget: tuple[int, str] | None = None,
+) -> Record | Answered:
+    """`run_check` up to its framework call's answer: the finished record, or, for an answer that
+    `judge_answers` may judge with others (a forward output of a target with no baseline, called
+    once), the check as `Answered`. What the check spends after the call is its judging alone."""
     started = time.perf_counter()
     spent_before = timing.totals()
     adapter = target.adapter
@@ -137,6 +170,11 @@ def run_check(
                 raised = exc
             _loaded_adapters.setdefault(adapter.name if adapter.own_environment else adapter.framework.name, adapter)
             facts = runtime_facts(adapter)
+            judged_later = raised is None and tangents is None and adapter.baseline is None and repeat == 1
+            if judged_later and isinstance(got, np.ndarray) and prepared.reference is not None:
+                called_s = time.perf_counter() - started
+                spent = timing.since(spent_before)
+                return Answered(case, target, dtype, record, prepared, got, called_s, spent, facts)
             if tangents is not None:
                 expected = derivatives.expected(
                     case,
@@ -175,6 +213,31 @@ def run_check(
     if facts:
         record["runtime"] = machine.check_facts(facts, dtype)
     return record
+
+
+def judge_answers(
+    answers: Sequence[Answered], contracts: accumulation_contracts.Contracts = accumulation_contracts.NONE
+) -> list[Record]:
+    """The records of checks whose answers came back (`call_check`), judged together where they can be
+    (`compare.classify_together`: one target's draws of one geometry, say); each check's duration is
+    its time until its answer plus its share of the judging."""
+    began = time.perf_counter()
+    expected = [
+        judging.with_contract(
+            judging.expected_answer(a.case, a.dtype, a.target, a.prepared), a.target, a.dtype, contracts
+        )
+        for a in answers
+    ]
+    verdicts = classify_together(expected, [a.got for a in answers])
+    share = (time.perf_counter() - began) / max(len(answers), 1)
+    records = []
+    for answered, verdict in zip(answers, verdicts, strict=True):
+        record = judged(answered.record, verdict, answered.called_s + share, judging.output_hash(answered.got))
+        record.update(answered.spent)
+        if answered.facts:
+            record["runtime"] = machine.check_facts(answered.facts, answered.dtype)
+        records.append(record)
+    return records
 
 
 def unsupported_reason(case: Case, target: Target, dtype: str, memory_budget: tuple[int, str] | None) -> str | None:
@@ -242,8 +305,9 @@ def runtime_facts(adapter: Any) -> dict[str, FactValue]:
 
 
 # The primary call's output per (case, dtype, baseline target): every oracle of a framework judges
-# against the same one, and a case's items run back to back, so a few entries are enough.
-_baseline_outputs: held_memory.BoundedEntries[np.ndarray | Exception] = held_memory.BoundedEntries(8)
+# against the same one, and a batch runs its targets one after another through its draws (at most
+# collection.REPLICATES_PER_BATCH cases), so a few more entries than that are enough.
+_baseline_outputs: held_memory.BoundedEntries[np.ndarray | Exception] = held_memory.BoundedEntries(16)
 
 
 def _baseline_output(case: Case, dtype: str, baseline: Any, call: ConvCall, target: Target) -> np.ndarray | Exception:

@@ -289,3 +289,73 @@ def test_a_large_output_keeps_no_judging_between_checks() -> None:
     assert small.judging is small.judging
     assert large.judging is not large.judging
     assert classify(large, large.values.astype(np.float32)).outcome is Outcome.PASS
+
+
+def test_answers_judged_together_get_the_verdicts_each_gets_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`classify_together` (one target's answers to a batch's draws, as one stacked array) must give
+    every check the verdict `classify` gives it alone, figure for figure: answers within their
+    bounds in every format, equal to the reference, beyond the bound, NaN or Inf, against a reference
+    with a zero, an exact check, a contract, a wrong shape or dtype, an exception's None. Those that
+    can be stacked are judged in one pass; the others, and any the pass finds beyond the bound, alone."""
+    rng = np.random.default_rng(23)
+    groups: list[tuple[list[Expected], list[np.ndarray]]] = []
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        draws = [
+            expected_for(
+                rng.standard_normal((2, 7, 6, 3)), rng.standard_normal((3, 3, 3, 2)), dtype, rate=2, padding="SAME"
+            )
+            for _ in range(6)
+        ]
+        fmt = draws[0].model.fmt
+        answers: list[np.ndarray] = []
+        for i, expected in enumerate(draws):
+            noise = 1 + rng.uniform(-1, 1, expected.values.shape) * 4 * fmt.unit_roundoff
+            near = (expected.values * noise).astype(fmt.numpy_dtype)
+            if i == 1:
+                near = expected.values.astype(fmt.numpy_dtype)  # (the reference rounded: may equal it)
+            if i == 2:
+                near[1, 2, 3, 1] = expected.values[1, 2, 3, 1] + 4 * expected.judging.bound[1, 2, 3, 1] + 1
+            if i == 3:
+                near[0, 1, 1, 0] = np.nan
+            if i == 4:
+                near[1, 0, 0, 1] = np.inf
+            answers.append(near)
+        groups.append((draws, answers))
+    draws, answers = groups[2]  # (float32)
+    zero = draws[0].values.copy()
+    zero[0, 1, 1, 0] = 0.0
+    integers = rng.integers(-3, 4, (2, 7, 6, 3)).astype(np.float64), rng.integers(-2, 3, (3, 3, 3, 2)).astype(float)
+    exact = expected_for(*integers, "float32", rate=2, padding="SAME")
+    assert exact.exact
+    odd = [
+        dataclasses.replace(draws[0], values=zero),
+        exact,
+        dataclasses.replace(draws[5], contract=dataclasses.replace(draws[5].model, scale=0.5), contract_id="c"),
+        draws[5],
+        draws[5],
+        draws[1],
+    ]
+    odd_answers = [
+        answers[0],
+        exact.values.astype(np.float32),
+        answers[5],
+        answers[5][:, :-1],
+        answers[5].astype(np.float64),
+        answers[1],  # (stacked with the six)
+    ]
+    groups.append((draws + odd, answers + odd_answers))
+    stacked: list[int] = []
+    together = compare._within_bound_together
+
+    def noting(expected: list[Expected], got: list[np.ndarray]) -> list[compare.Verdict | None]:
+        stacked.append(len(expected))
+        return together(expected, got)
+
+    monkeypatch.setattr(compare, "_within_bound_together", noting)
+    for expected, answers in groups:
+        stacked.clear()
+        alone = [vars(classify(e, a)) for e, a in zip(expected, answers, strict=True)]
+        assert [vars(v) for v in compare.classify_together(expected, answers)] == alone
+        assert stacked == [6 if len(expected) == 6 else 7]  # (the zero, exact, contract, misshapen stand alone)
+        outcomes = [v["outcome"] for v in alone]
+        assert outcomes[:2] == [Outcome.PASS] * 2 and outcomes[2:5] == [Outcome.MISMATCH] * 3

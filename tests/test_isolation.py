@@ -251,13 +251,17 @@ isolation.WorkerGuard.batch_finished_check = _die_after_numpy
 def test_a_batch_whose_worker_dies_between_checks_charges_no_check(tmp_path: Path, replicates: bool) -> None:
     """The worker dies after a check of its batch finished and before the next started: that check is
     reported as it finished (not as the crash, nor twice), and the batch runs the others again. A
-    batch of two replicates dies twice (after each case's NumPy check) and still reports every check once."""
+    batch of two replicates dies twice (after each case's NumPy check) and still reports every check
+    once: the first time while its NumPy answers, judged together, were being written down (the
+    second answer, not yet in the journal, is asked again), the second time after its last one."""
     records, output = _batch_with_a_death(tmp_path, "between", DIE_BETWEEN_CHECKS, replicates)
     outcomes = Counter((r["case"], r["target"], r["outcome"]) for r in records)
     assert outcomes == Counter(
         {(f"between/c{n}", target, "pass"): 1 for n in range(2) for target in ("numpy.im2col-cpu", "paced.slow-cpu")}
     ), output[-4000:]
     assert "its worker died between two checks of its batch, after numpy.im2col-cpu float32 had finished" in output
+    judging = "its worker died between two checks of its batch, judging numpy.im2col-cpu float32's answers"
+    assert (judging in output) == replicates, output[-4000:]
     assert ("c0[batch-float32+1]" in output) == replicates  # (the crash names the batch)
 
 

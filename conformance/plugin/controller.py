@@ -177,9 +177,12 @@ class ResultCollector:
             sched.mark_test_pending(crashitem)
             report.outcome = REQUEUED  # type: ignore[assignment]
             return
-        record, message, while_loading = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
+        lost = isolation.lost_check_record(self.state_dir, worker, crashitem, self.limits)
+        record, message = lost.record, lost.message
         deferred = self.queued_again.pop(crashitem, [])  # (a batch queued again: what it had still to run)
-        finished, not_reached, between_checks = isolation.batch_remainder(self.state_dir, worker, crashitem, record)
+        finished, not_reached, between_checks = isolation.batch_remainder(
+            self.state_dir, worker, crashitem, record, lost.answered
+        )
         isolation.forget_journal(self.state_dir, worker)  # (reported here: a stop must not take it again)
         for other in not_reached:  # (the finished ones had theirs applied in the worker)
             expectations.apply(other, self.known.entries)
@@ -195,16 +198,17 @@ class ResultCollector:
             return
         if between_checks:  # the check it names had finished: none is charged with the death
             after = self._report_the_rest(crashitem, report, sched, [], finished, not_reached)
+            check = f"{record['target']} {record['dtype']}"
+            when = f"judging {check}'s answers" if lost.answered else f"after {check} had finished"
             report.longrepr = (
-                f"{report.longrepr}\n{message}\n\nits worker died between two checks of its batch, after "
-                f"{record['target']} {record['dtype']} had finished: no check is charged with it; "
-                f"{len(finished)} check(s) finished, {len(not_reached)} {after}"
+                f"{report.longrepr}\n{message}\n\nits worker died between two checks of its batch, {when}: "
+                f"no check is charged with it; {len(finished)} check(s) finished, {len(not_reached)} {after}"
             )
             return
         tally = self.lost_checks.setdefault(record["target"], {"count": 0, "first": record["case"], "stopped": False})
         tally["count"] += 1
         # A death while loading stops the target at once: every later check would load it the same way.
-        tally["stopped"] = tally["stopped"] or while_loading or tally["count"] >= self.limits.crash_limit
+        tally["stopped"] = tally["stopped"] or lost.while_loading or tally["count"] >= self.limits.crash_limit
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
         report.user_properties.append((RECORD_KEY, to_wire([wire_record(record)])))

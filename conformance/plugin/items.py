@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -42,8 +42,10 @@ from conformance.records import Record
 # How the frameworks word an allocation failure (NumPy/Python, PyTorch, TensorFlow, XLA).
 OUT_OF_MEMORY = re.compile(r"MemoryError|out of memory|can't allocate|ResourceExhausted|RESOURCE_EXHAUSTED", re.I)
 
-# The hooks a check gives fault isolation: the record right before the framework call, and "loaded".
-Check = Callable[[Callable[[Record], None], Callable[[], None]], Record]
+# A check given the hooks of fault isolation (the record right before the framework call, and
+# "loaded"): its record, or for a batch's check whose answer is judged with others, the answer.
+Finished = TypeVar("Finished", bound=Record | runner.Answered)
+Check = Callable[[Callable[[Record], None], Callable[[], None]], Finished]
 
 
 # What a check's record says before its framework call (the controller replaces outcome and message
@@ -113,7 +115,7 @@ class ConformanceItem(pytest.Item):
     def _check(self, before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record:
         return conformance_check(self.config, self.case, self.target, self.dtype)(before_call, after_load)
 
-    def _guarded(self, check: Check) -> Record:
+    def _guarded(self, check: Check[Record]) -> Record:
         unsupported = self._unsupported()
         return guarded(self.config, self.nodeid, self.case, self.target, self.dtype, check, unsupported)
 
@@ -137,22 +139,36 @@ class ConformanceItem(pytest.Item):
         )
 
 
-def conformance_check(config: pytest.Config, case: Case, target: Target, dtype: str) -> Check:
+def conformance_check(config: pytest.Config, case: Case, target: Target, dtype: str) -> Check[Record]:
     """One case x target x dtype check, ready for `guarded`."""
 
     def check(before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record:
         return runner.run_check(
-            case,
-            target,
-            dtype,
-            before_call=before_call,
-            after_load=after_load,
-            repeat=settings(config).repeat_for(target.device),
-            contracts=run_state(config).contracts,
-            memory_budget=settings(config).limits.check_budget(),
+            case, target, dtype, before_call, after_load=after_load, **_check_settings(config, target)
         )
 
     return check
+
+
+def answering_check(config: pytest.Config, case: Case, target: Target, dtype: str) -> Check[Record | runner.Answered]:
+    """`conformance_check` whose answer, where it may be judged with others, comes back unjudged
+    (`runner.call_check`; `runner.judge_answers` judges it)."""
+
+    def check(before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record | runner.Answered:
+        return runner.call_check(
+            case, target, dtype, before_call, after_load=after_load, **_check_settings(config, target)
+        )
+
+    return check
+
+
+def _check_settings(config: pytest.Config, target: Target) -> dict[str, Any]:
+    options = settings(config)
+    return {
+        "repeat": options.repeat_for(target.device),
+        "contracts": run_state(config).contracts,
+        "memory_budget": options.limits.check_budget(),
+    }
 
 
 def unsupported_record(config: pytest.Config, case: Case, target: Target, dtype: str) -> Record | None:
@@ -166,10 +182,10 @@ def guarded(
     case: Case,
     target: Target,
     dtype: str,
-    check: Check,
+    check: Check[Finished],
     unsupported: Record | None = None,
     planned: Record | None = None,
-) -> Record:
+) -> Finished | Record:
     """`check` under the worker guard: noted before it starts (so a crash or hang is reported as
     this check's), with its time limit, and not run at all for a target stopped by crashes. A check
     already settled as `unsupported` runs nothing, so it is returned as it is, unguarded. `planned`:
@@ -188,21 +204,32 @@ def guarded(
         return unsupported
     # A broken build may die importing its framework, long before the call itself.
     guard.starting(nodeid, planned or check_records.make_record(case, target, dtype, DIED_BEFORE_CALL))
+    result: Finished | Record
     try:
         with framework_warnings.recorded() as seen:
-            record = check(guard.progress, guard.loaded)
+            result = check(guard.progress, guard.loaded)
         if seen:
-            record["warnings"] = seen
+            (result.record if isinstance(result, runner.Answered) else result)["warnings"] = seen
     except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
-        record = check_records.harness_error_record(case, target, dtype, exc)
+        result = check_records.harness_error_record(case, target, dtype, exc)
     finally:
         guard.finished()
     checked = f"{case.qualified_id} {target.id} {dtype}"
+    record = result.record if isinstance(result, runner.Answered) else result  # (an answer raised nothing)
     if record["outcome"] == Outcome.ERROR and OUT_OF_MEMORY.search(record["message"] or ""):
         record["message"] += isolation.memory_hint(guard.limits)
         guard.ran_out_of_memory(checked)
     guard.note_memory_held(checked)
-    return record
+    return result
+
+
+def judged_together(config: pytest.Config, answers: list[runner.Answered]) -> list[Record]:
+    """The records of a batch's answered checks, judged together (`runner.judge_answers`); should the
+    harness fail at it, each check reports that failure, as `guarded` does for one."""
+    try:
+        return runner.judge_answers(answers, run_state(config).contracts)
+    except Exception as exc:
+        return [check_records.harness_error_record(a.case, a.target, a.dtype, exc) for a in answers]
 
 
 def retire_if_short_of_memory(config: pytest.Config) -> None:
@@ -210,9 +237,14 @@ def retire_if_short_of_memory(config: pytest.Config) -> None:
     more than half its limit, ends here, and a fresh one runs this check (conformance/isolation.py).
     Between two checks of a batch, the batch's finished checks are reported from its journal and the
     batch is queued again for the others."""
+    if short_of_memory(config):
+        worker_guard(config).retire(process_usage(config))
+
+
+def short_of_memory(config: pytest.Config) -> bool:
+    """Whether this worker retires before its next check (`retire_if_short_of_memory`)."""
     guard = config.stash.get(_guard_key, None)
-    if guard is not None and guard.exhausted_by is not None and config.workerinput.get(RETIRE_INPUT):  # type: ignore[attr-defined]
-        guard.retire(process_usage(config))
+    return guard is not None and guard.exhausted_by is not None and bool(config.workerinput.get(RETIRE_INPUT))  # type: ignore[attr-defined]
 
 
 def settle(record: Record, case: Case, entries: list[expectations.Expectation]) -> None:
@@ -248,28 +280,27 @@ class BatchItem(pytest.Item):
         state = run_state(self.config)
         # Queued again after a worker died in it: the checks reported then are not run twice.
         reported = isolation.reported_before(state.state_dir, self.nodeid)
+        # Target by target, each through the batch's draws: one target's answers are judged together.
         checks = [
             (case, target)
-            for case in self.cases
             for target in self.targets
+            for case in self.cases
             if (case.qualified_id, target.id, self.dtype) not in reported
         ]
         planned = [check_records.make_record(case, t, self.dtype, PLANNED) for case, t in checks]
         worker_guard(self.config).batch_started(self.nodeid, planned)
-        records = []
+        records: list[Record] = []
         sent: list[WireRecord] = []
         try:
-            for (case, target), plan in zip(checks, planned, strict=True):
-                started = time.time()
-                check = conformance_check(self.config, case, target, self.dtype)
-                unsupported = unsupported_record(self.config, case, target, self.dtype)
-                record = guarded(self.config, self.nodeid, case, target, self.dtype, check, unsupported, plan)
-                count_checks(self.config, 1, started)
-                settle(record, case, state.known.entries)
-                wired = wire_record(record)
-                worker_guard(self.config).batch_finished_check(wired[1])
-                sent.append(wired)
-                records.append(record)
+            while len(records) < len(checks):
+                start, target = len(records), checks[len(records)][1]
+                end = next((i for i in range(start, len(checks)) if checks[i][1] is not target), len(checks))
+                for case, record in self._run_target(checks[start:end], planned[start:end]):
+                    settle(record, case, state.known.entries)
+                    wired = wire_record(record)
+                    worker_guard(self.config).batch_finished_check(wired[1])
+                    sent.append(wired)
+                    records.append(record)
                 if len(records) < len(checks):  # (the journal holds every finished check: the rest run elsewhere)
                     retire_if_short_of_memory(self.config)
         finally:  # (whatever stopped the batch, what it finished goes with its report)
@@ -286,6 +317,28 @@ class BatchItem(pytest.Item):
             shown = ", ".join(f"{r['target']} {r['expectation']['id']} ({r['observed_outcome']})" for r in known[:3])
             more = f" and {len(known) - 3} more" if len(known) > 3 else ""
             raise pytest.xfail.Exception(f"{len(known)} of {len(records)} checks are known divergences: {shown}{more}")
+
+    def _run_target(self, checks: list[tuple[Case, Target]], planned: list[Record]) -> list[tuple[Case, Record]]:
+        """One target's checks of the batch (or the first of them, up to one that leaves this worker
+        short of memory), each guarded on its own; the answers judged together once the last has come
+        back (a death among them leaves those answered before it unjudged: not in the journal, they
+        run again with the checks the batch did not reach)."""
+        finished: list[tuple[Case, Record | runner.Answered]] = []
+        for (case, target), plan in zip(checks, planned, strict=True):
+            started = time.time()
+            check = answering_check(self.config, case, target, self.dtype)
+            unsupported = unsupported_record(self.config, case, target, self.dtype)
+            finished.append(
+                (case, guarded(self.config, self.nodeid, case, target, self.dtype, check, unsupported, plan))
+            )
+            count_checks(self.config, 1, started)
+            if short_of_memory(self.config):  # (it retires once these are judged and in the journal)
+                break
+        answers = [result for _, result in finished if isinstance(result, runner.Answered)]
+        if len(answers) > 1:  # (a lone answer is judged as part of its check, as a check's item judges it)
+            worker_guard(self.config).answered()
+        judged = iter(judged_together(self.config, answers) if answers else [])
+        return [(case, next(judged) if isinstance(result, runner.Answered) else result) for case, result in finished]
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ConformanceFailure):
