@@ -126,7 +126,7 @@ def _check_fields(case: Case, target: Target, dtype: str) -> Record:
     return record
 
 
-@lru_cache(maxsize=16)  # a case's checks run back to back
+@lru_cache(maxsize=16)  # a batch's checks (its draws through its targets) run back to back
 def _case_fields(case: Case) -> Record:
     # (in any order: the template's decides where each lands)
     return {
@@ -202,7 +202,7 @@ def full_reproduction(
     return _tensors_source(case, dtype, quantity, tangents) + call_source
 
 
-@lru_cache(maxsize=16)  # every target of a case shares it: a case's checks run back to back
+@lru_cache(maxsize=16)  # every target of a case shares it: a batch's checks run back to back
 def _tensors_source(case: Case, dtype: str, quantity: str, tangents: derivatives.Tangents | None) -> str:
     lines = ["import numpy as np"]
     tensors: list[tuple[str, Mapping[str, Any], tuple[int, ...]]] = [

@@ -497,10 +497,10 @@ def _within_bound(
 
 
 def classify_together(expected: Sequence[Expected], answers: Sequence[Any]) -> list[Verdict]:
-    """`classify` of each (expected answer, answer) pair, with the same verdicts. Answers of one shape
-    and dtype, each against a plain reference (`_Judging.plain`) with no contract and no exactness
-    due, are judged as one stacked array: for a small output a check's judging is mostly NumPy's
-    per-call cost, which this pays once for the group (one target's draws of one geometry, say).
+    """`classify` of each (expected answer, answer) pair, with the same verdicts. Small answers of one
+    shape and dtype, each against a plain reference (`_Judging.plain`) with no contract and no
+    exactness due, are judged as one stacked array: for a small output a check's judging is mostly
+    NumPy's per-call cost, which this pays once for the group (one target's draws of one geometry).
     Whatever that pass does not find within its bound at every element (NaN, Inf, beyond the bound)
     and every other pair is judged alone, by `classify`."""
     verdicts: list[Verdict | None] = [None] * len(expected)
@@ -517,9 +517,12 @@ def classify_together(expected: Sequence[Expected], answers: Sequence[Any]) -> l
 
 
 def _stackable(expected: Expected, got: Any) -> bool:
+    """Whether a pair may be judged in a stack: a small output (a large one's judging costs its
+    elements, not NumPy's calls, and a stack of them would hold several references at once)."""
     return (
         isinstance(got, np.ndarray)
         and expected.values is not None
+        and expected.values.size <= KEEP_JUDGING_UP_TO
         and not expected.exact
         and expected.contract is None
         and got.shape == expected.output_shape

@@ -39,9 +39,12 @@ which of the batch's checks are reported (`note_reported`) and puts the batch ba
 and the batch, started again, runs only the others (`reported_before`); the controller reports
 them as not run if the run ends before the batch reports again. Each death reports at least the
 check that caused it, so a batch is queued again at most once per check. Under a scheduler that
-cannot requeue, the checks not reached are reported as not run: none is lost. A death between two
-checks (the check the state file names is in the journal, finished, or the batch had ended) charges
-no check: the finished ones are reported as they finished. When a stop kills
+cannot requeue, the checks not reached are reported as not run: none is lost. A batch judges each
+target's answers together once the last has come back (plugin/items.py): a check is in the journal
+once judged, so a death among a target's calls leaves the answers before it to run again with the
+checks not reached. A death between two checks (the check the state file names is in the journal,
+finished, or the batch had ended) or while a target's answers are judged (`ANSWERED`) charges no
+check: the finished ones are reported as they finished. When a stop kills
 the workers, the checks their batches had finished are reported from the journals
 (`finished_in_flight`), as a stopped run reports every check that finished before the stop.
 """

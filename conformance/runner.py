@@ -31,7 +31,7 @@ DIED_IN_CALL = Verdict(Outcome.CRASH, "the process died during the framework cal
 _loaded_adapters: dict[str, Any] = {}
 
 
-@lru_cache(maxsize=64)  # a case's targets ask back to back (Case hashes by identity)
+@lru_cache(maxsize=64)  # a batch's targets ask back to back (Case hashes by identity)
 def call_params(case: Case, dtype: str) -> CallParams:
     return CallParams(
         input_shape=case.input_shape,

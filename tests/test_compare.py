@@ -359,3 +359,15 @@ def test_answers_judged_together_get_the_verdicts_each_gets_alone(monkeypatch: p
         assert stacked == [6 if len(expected) == 6 else 7]  # (the zero, exact, contract, misshapen stand alone)
         outcomes = [v["outcome"] for v in alone]
         assert outcomes[:2] == [Outcome.PASS] * 2 and outcomes[2:5] == [Outcome.MISMATCH] * 3
+
+
+def test_large_answers_are_judged_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack of large outputs would hold several references' judging at once, for no gain (their
+    judging costs their elements, not NumPy's calls): each is judged alone."""
+    rng = np.random.default_rng(29)
+    large = expected_for(rng.standard_normal((1, 140, 140, 4)), rng.standard_normal((3, 3, 4, 4)), "float32")
+    assert large.values.size > compare.KEEP_JUDGING_UP_TO
+    monkeypatch.setattr(compare, "_within_bound_together", lambda *_: pytest.fail("stacked"))
+    answer = large.values.astype(np.float32)
+    verdicts = compare.classify_together([large, large], [answer, answer])
+    assert [vars(v) for v in verdicts] == [vars(classify(large, answer))] * 2

@@ -204,8 +204,8 @@ class Wrapper(Adapter):
         return self.inner.runtime_facts()
 
 
-# Programs of recent calls, by adapter (hashed by identity) and call signature: small; a case's
-# targets run back to back, so the oldest go first.
+# Programs of recent calls, by adapter (hashed by identity) and call signature: small; a batch's
+# checks run back to back, so the oldest go first.
 _programs: OrderedDict[tuple[Any, ...], Program] = OrderedDict()
 PROGRAMS_KEPT = 1024
 
