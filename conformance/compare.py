@@ -385,7 +385,7 @@ def _classify_values(expected: Expected, got: np.ndarray) -> Verdict:
 
     got_finite = np.isfinite(got64)
     finite: np.ndarray | bool
-    ulps = _answer_ulps(got, judging)
+    ulps = _answer_ulps(got, judging.ordered_ref)
     if judging.all_finite and got_finite.all():
         # Every value finite (nearly every check): the masks below would all be true. The same
         # figures from fewer passes and temporaries over tensors of up to millions of elements.
@@ -488,7 +488,7 @@ def _within_bound(
     worst_ratio = float(ratio.item(worst_flat))
     if not worst_ratio <= 1.0:  # (NaN, Inf, or beyond the bound: the general path says which and where)
         return None
-    _set_figures(verdict, expected, error, error / judging.abs_ref, _answer_ulps(got, judging), worst_ratio)
+    _set_figures(verdict, expected, error, error / judging.abs_ref, _answer_ulps(got, judging.ordered_ref), worst_ratio)
     index = tuple(int(i) for i in np.unravel_index(worst_flat, ref.shape))
     verdict.worst = _element(index, ref, got64, judging.bound[index])
     if expected.contract is not None:
@@ -591,7 +591,7 @@ def _within_bound_together(expected: list[Expected], answers: list[np.ndarray]) 
     worst_ratio = ratio[np.arange(rows), worst_flat]
     max_abs = error.max(axis=1)
     max_rel = (error / stacked.abs_ref).max(axis=1)
-    max_ulp = _ulps_between(_ordered_bits(got), stacked.ordered_ref, wide=got.dtype.itemsize == 8).max(axis=1)
+    max_ulp = _answer_ulps(got, stacked.ordered_ref).max(axis=1)
     got_dtype = _dtype_name(got.dtype)
     verdicts: list[Verdict | None] = []
     for row, want in enumerate(expected):
@@ -607,19 +607,16 @@ def _within_bound_together(expected: list[Expected], answers: list[np.ndarray]) 
         verdict.error_ratio = ratio_here
         verdict.bounds = {"dtype": _bound_facts(want.model, ratio_here)}
         index = tuple(int(i) for i in np.unravel_index(flat, shape))
-        verdict.worst = {
-            "index": list(index),
-            "expected": _json_float(stacked.values[row, flat]),
-            "got": _json_float(got64[row, flat]),
-            "bound": _json_float(stacked.bound[row, flat]),
-        }
+        ref_here, got_here = stacked.values[row].reshape(shape), got64[row].reshape(shape)
+        verdict.worst = _element(index, ref_here, got_here, stacked.bound[row, flat])
         verdicts.append(verdict)
     return verdicts
 
 
-def _answer_ulps(got: np.ndarray, judging: _Judging) -> np.ndarray:
-    """Each element's distance from the reference rounded to the answer's format, in ulps."""
-    return _ulps_between(_ordered_bits(got), judging.ordered_ref, wide=got.dtype.itemsize == 8)
+def _answer_ulps(got: np.ndarray, ordered_ref: np.ndarray) -> np.ndarray:
+    """Each element's distance from the reference rounded to the answer's format (`ordered_ref`: its
+    ordered bits, `_Judging.ordered_ref`), in ulps."""
+    return _ulps_between(_ordered_bits(got), ordered_ref, wide=got.dtype.itemsize == 8)
 
 
 def _set_figures(

@@ -209,18 +209,22 @@ def guarded(
         with framework_warnings.recorded() as seen:
             result = check(guard.progress, guard.loaded)
         if seen:
-            (result.record if isinstance(result, runner.Answered) else result)["warnings"] = seen
+            _record_of(result)["warnings"] = seen
     except Exception as exc:  # the harness's own failure: report it on this check, lose nothing
         result = check_records.harness_error_record(case, target, dtype, exc)
     finally:
         guard.finished()
     checked = f"{case.qualified_id} {target.id} {dtype}"
-    record = result.record if isinstance(result, runner.Answered) else result  # (an answer raised nothing)
+    record = _record_of(result)  # (an answer's record says it died in the call: it raised nothing)
     if record["outcome"] == Outcome.ERROR and OUT_OF_MEMORY.search(record["message"] or ""):
         record["message"] += isolation.memory_hint(guard.limits)
         guard.ran_out_of_memory(checked)
     guard.note_memory_held(checked)
     return result
+
+
+def _record_of(result: Record | runner.Answered) -> Record:
+    return result.record if isinstance(result, runner.Answered) else result
 
 
 def judged_together(config: pytest.Config, answers: list[runner.Answered]) -> list[Record]:
@@ -337,7 +341,7 @@ class BatchItem(pytest.Item):
         answers = [result for _, result in finished if isinstance(result, runner.Answered)]
         if len(answers) > 1:  # (a lone answer is judged as part of its check, as a check's item judges it)
             worker_guard(self.config).answered()
-        judged = iter(judged_together(self.config, answers) if answers else [])
+        judged = iter(judged_together(self.config, answers))
         return [(case, next(judged) if isinstance(result, runner.Answered) else result) for case, result in finished]
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
