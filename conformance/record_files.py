@@ -139,16 +139,18 @@ def from_wire(value: object) -> list[WireRecord]:
 class RecordFile:
     """Records as JSON lines, in `record_key` order: iterable again and again, never held.
 
-    `lines` is where the records start and how their lines are written: a file of bare lines (a
-    sorted store), or the `"results": [` block of a results JSON (`results.write_json`'s layout:
-    one record per line, commas at the ends, `]` on a line of its own after the last).
+    `lines` is where the records start and how their lines are written: the `"results": [` block of
+    a results JSON (`results.write_json`'s layout: one record per line, indented, commas at the
+    ends), in a sorted store alone (`block`: the file is that block and nothing else, so a results
+    JSON copies it as it is) or followed by the JSON's `]`.
     """
 
-    def __init__(self, path: Path, count: int, start: int = 0, *, owned: bool = False) -> None:
+    def __init__(self, path: Path, count: int, start: int = 0, *, owned: bool = False, block: bool = False) -> None:
         self.path = path
         self.count = count
         self.start = start  # byte offset of the first record's line
         self.owned = owned  # a temporary store, removed by `discard`
+        self.block = block  # the whole file is the results block (`RESULTS_BLOCK_INDENT`, a newline after the last)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for line in self.lines():
@@ -305,18 +307,24 @@ def fold_into_store(
 
 
 def _write_store(directory: Path, name: str, lines: Iterable[str], count: int | None = None) -> RecordFile:
+    """The records' lines as a results JSON's block (`RecordFile.block`): the JSON made of them at a
+    run's end copies the store's bytes instead of reading and writing each line again."""
     descriptor, path = tempfile.mkstemp(dir=directory, prefix=f".{name}-", suffix=".jsonl")
     written = 0
+    separator = ",\n" + RESULTS_BLOCK_INDENT
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         lines = iter(lines)
         while block := list(islice(lines, 1000)):  # (one write per line costs more than the line)
-            handle.write("\n".join(block) + "\n")
+            handle.write((separator if written else RESULTS_BLOCK_INDENT) + separator.join(block))
             written += len(block)
+        if written:
+            handle.write("\n")
     assert count is None or count == written, f"stored {written} records of {count}"
-    return RecordFile(Path(path), written, owned=True)
+    return RecordFile(Path(path), written, owned=True, block=True)
 
 
 RESULTS_OPENING = '"results": ['
+RESULTS_BLOCK_INDENT = "  "  # (each record's line in a results JSON: `results.write_json`)
 
 
 def open_results_json(path: Path) -> tuple[dict[str, Any], RecordFile] | None:

@@ -22,6 +22,7 @@ from typing import IO, Any, TypeVar
 
 from conformance import __version__
 from conformance.record_files import (
+    RESULTS_BLOCK_INDENT,
     RESULTS_OPENING,
     RecordFile,
     SortedSpill,
@@ -56,9 +57,15 @@ def write_json(document: dict[str, Any], handle: IO[str]) -> int:
     opening += ("," if opening != "{" else "") + "\n " + RESULTS_OPENING
     handle.write(opening)
     records = document.get("results", [])
+    if isinstance(records, RecordFile) and records.block:  # (a sorted store is this block already)
+        handle.write("\n")
+        with records.path.open(encoding="utf-8") as block:
+            shutil.copyfileobj(block, handle, 1 << 20)
+        handle.write(" ]\n}\n")
+        return len(opening.encode("utf-8")) + 1
     lines = records.lines() if isinstance(records, RecordFile) else (json.dumps(r, allow_nan=False) for r in records)
     for number, line in enumerate(lines):
-        handle.write(("," if number else "") + "\n  " + line)
+        handle.write(("," if number else "") + "\n" + RESULTS_BLOCK_INDENT + line)
     handle.write("\n ]\n}\n")
     return len(opening.encode("utf-8")) + 1
 

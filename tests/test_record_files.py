@@ -86,6 +86,23 @@ def test_the_writer_s_json_comes_from_its_spill_sorted(tmp_path: Path, monkeypat
     assert [(r["case"], r["dtype"]) for r in model["rows"]] == sorted({(r["case"], r["dtype"]) for r in records})
 
 
+@pytest.mark.parametrize("count", [0, 1, 2500])
+def test_a_sorted_store_is_copied_into_the_json_as_the_lines_it_holds(tmp_path: Path, count: int) -> None:
+    """A run's end writes its sorted store as the results block, and the JSON copies its bytes: the
+    same file as writing the store's records one line at a time (blocks of 1,000 lines meet)."""
+    records = _records(count, seed=2)
+    store = sort_records(records, tmp_path)
+    assert store.block and list(store) == sorted(records, key=record_key)
+    files = {}
+    for block in (True, False):
+        store.block = block
+        files[block] = tmp_path / f"block-{block}.json"
+        atomic_write(files[block], lambda handle: write_json({"summary": {"total": count}, "results": store}, handle))
+    assert files[True].read_bytes() == files[False].read_bytes()
+    header, stored = open_results_json(files[True])  # type: ignore[misc]
+    assert header == {"summary": {"total": count}} and list(stored) == sorted(records, key=record_key)
+
+
 def test_merge_streams_and_chooses_like_the_rules_say(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(record_files, "CHUNK", 5)
     base = {"case": "c", "dtype": "float32", "framework": "torch", "framework_version": "1.0"}
