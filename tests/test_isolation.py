@@ -4,6 +4,7 @@ finishes. Real processes, real signals; the faulty adapters come from tests/faul
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conformance import held_memory, isolation
+from conformance import held_memory, isolation, lifetime
 from conformance.adapters.modes import gpu_driver_present
 from conformance.report import embedded_data
 from conformance.results import read_stream
@@ -705,6 +706,23 @@ def test_xdist_s_rescheduling_onto_a_worker_that_died_too_loses_nothing() -> Non
     assert scheduler.remove_node(second) == items[pending_on_second[0]]  # type: ignore[arg-type]
     handed_on = set(scheduler.pending) | set(scheduler.node2pending[third])  # type: ignore[index]
     assert set(pending_on_second[1:]) <= handed_on, "what the second worker never received is run elsewhere"
+
+
+def test_the_end_s_pass_runs_without_the_collector_and_leaves_it_as_it_was() -> None:
+    """The controller's pass over a run's records makes no reference cycles: the collector is off for
+    it (`lifetime.collecting_nothing`), back on after it, even if the pass raised, and left off where it was off."""
+    assert gc.isenabled()
+    with pytest.raises(ValueError), lifetime.collecting_nothing():
+        assert not gc.isenabled()
+        raise ValueError("the pass failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with lifetime.collecting_nothing():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_a_run_s_processes_end_without_collecting_their_heaps(tmp_path: Path) -> None:

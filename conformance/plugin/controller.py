@@ -323,7 +323,8 @@ class ResultCollector:
         if not self.writer.count and not self.writer.case_errors:
             return  # a run of the harness's own tests only: leave the last results alone
         try:
-            self._write_results(session)
+            with lifetime.collecting_nothing():
+                self._write_results(session)
         finally:
             self.writer.close()  # (its spill directory: the sorted store and the report's rows lived there)
         if self.writer.preserved is not None and self.html_path is not None:
