@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import sysconfig
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +28,25 @@ def _where(filename: str, lineno: int) -> str:
     return f"{filename}:{lineno}"
 
 
-@contextmanager
-def recorded() -> Iterator[list[dict[str, Any]]]:
-    """The distinct framework warnings (category, place, first message) raised inside the block."""
-    found: list[dict[str, Any]] = []
-    with warnings.catch_warnings(record=True) as caught:  # the filters in force (pytest's, the config's) apply
+class recorded:  # (lower case: it is used as a function was, `with framework_warnings.recorded() as seen:`)
+    """The distinct framework warnings (category, place, first message) raised inside the block. A
+    class, not a generator: every check enters one, and a generator's context manager costs as much again."""
+
+    __slots__ = ("catching", "caught", "found")
+
+    def __init__(self) -> None:
+        self.catching = warnings.catch_warnings(record=True)  # the filters in force (pytest's, the config's) apply
+        self.found: list[dict[str, Any]] = []
+
+    def __enter__(self) -> list[dict[str, Any]]:
+        self.caught: list[warnings.WarningMessage] = self.catching.__enter__()
+        return self.found
+
+    def __exit__(self, *exc_info: Any) -> None:
         try:
-            yield found
+            _sort(self.caught, self.found)  # (inside the block still, as the harness's own are issued again)
         finally:
-            _sort(caught, found)
+            self.catching.__exit__(*exc_info)
 
 
 def _sort(caught: list[warnings.WarningMessage], found: list[dict[str, Any]]) -> None:
