@@ -554,21 +554,19 @@ class _Stacked:
         )
 
 
-# The last group's stacked references: a batch's targets are judged, one after another, against the
-# same draws (their expected answers are shared: judging.expected_answer).
+# The last groups' stacked references: a batch's targets are judged, one after another, against the
+# same draws (their expected answers are shared: judging.expected_answer), and its equivalence
+# oracles against the same primary outputs (judging.against_baseline): a stack of each.
 _last_stacked: list[_Stacked] = []
+KEEP_STACKS = 4
 
 
 def _stacked(expected: list[Expected]) -> _Stacked:
-    kept = _last_stacked[0] if _last_stacked else None
-    if (
-        kept is not None
-        and len(kept.members) == len(expected)
-        and all(a is b for a, b in zip(kept.members, expected, strict=True))
-    ):
-        return kept
+    for kept in _last_stacked:
+        if len(kept.members) == len(expected) and all(a is b for a, b in zip(kept.members, expected, strict=True)):
+            return kept
     made = _Stacked.of(tuple(expected))
-    _last_stacked[:] = [made]
+    _last_stacked[:] = [*_last_stacked[1 - KEEP_STACKS :], made]
     return made
 
 

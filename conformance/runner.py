@@ -94,6 +94,9 @@ class Answered:
     called_s: float  # from the check's start until the answer came back
     spent: Record  # what loading, the framework and the reference took in that time (`timing.since`)
     facts: dict[str, FactValue]
+    # An equivalence oracle's: the primary formulation's output on the same data (or what it raised), and its name.
+    base: np.ndarray | Exception | None = None
+    baseline_name: str = ""
 
 
 def run_check(
@@ -170,11 +173,15 @@ def call_check(
                 raised = exc
             _loaded_adapters.setdefault(adapter.name if adapter.own_environment else adapter.framework.name, adapter)
             facts = runtime_facts(adapter)
-            judged_later = raised is None and tangents is None and adapter.baseline is None and repeat == 1
+            judged_later = raised is None and tangents is None and repeat == 1
             if judged_later and isinstance(got, np.ndarray) and prepared.reference is not None:
+                base, baseline_name = None, ""
+                if adapter.baseline is not None:
+                    base = _baseline_output(case, dtype, adapter.baseline, call, target)
+                    baseline_name = _baseline_name(adapter)
                 called_s = time.perf_counter() - started
                 spent = timing.since(spent_before)
-                return Answered(case, target, dtype, record, prepared, got, called_s, spent, facts)
+                return Answered(case, target, dtype, record, prepared, got, called_s, spent, facts, base, baseline_name)
             if tangents is not None:
                 expected = derivatives.expected(
                     case,
@@ -189,10 +196,7 @@ def call_check(
             expected = judging.with_contract(expected, target, dtype, contracts)
             if adapter.baseline is not None and expected.values is not None:
                 base = _baseline_output(case, dtype, adapter.baseline, call, target)
-                baseline_name = adapter.baseline.name + (
-                    f" on {adapter.baseline_device}" if adapter.baseline_device else ""
-                )
-                verdict = judging.judge_against_baseline(baseline_name, base, expected, got, raised)
+                verdict = judging.judge_against_baseline(_baseline_name(adapter), base, expected, got, raised)
             else:
                 verdict = classify(expected, got, raised)
             output_hash = judging.output_hash(got)
@@ -219,8 +223,9 @@ def judge_answers(
     answers: Sequence[Answered], contracts: accumulation_contracts.Contracts = accumulation_contracts.NONE
 ) -> list[Record]:
     """The records of checks whose answers came back (`call_check`), judged together where they can be
-    (`compare.classify_together`: one target's draws of one geometry, say); each check's duration is
-    its time until its answer plus its share of the judging."""
+    (`compare.classify_together`: one target's draws of one geometry, say; an oracle's answers against
+    its primary formulation's, `judging.against_baseline`); each check's duration is its time until
+    its answer plus its share of the judging."""
     began = time.perf_counter()
     expected = [
         judging.with_contract(
@@ -228,7 +233,22 @@ def judge_answers(
         )
         for a in answers
     ]
-    verdicts = classify_together(expected, [a.got for a in answers])
+    # What each answer is held to: the reference, or for an oracle its primary formulation's output
+    # (None where that cannot bound it, a primary call that raised or misshaped: judged alone).
+    held_to = [
+        want if a.base is None else judging.against_baseline(a.base, want)
+        for a, want in zip(answers, expected, strict=True)
+    ]
+    stacked = [(a, held) for a, held in zip(answers, held_to, strict=True) if held is not None]
+    together = iter(classify_together([held for _, held in stacked], [a.got for a, _ in stacked]))
+    verdicts = []
+    for a, want, held in zip(answers, expected, held_to, strict=True):
+        if a.base is None:
+            verdicts.append(next(together))
+        elif held is None:
+            verdicts.append(judging.judge_against_baseline(a.baseline_name, a.base, want, a.got, None))
+        else:
+            verdicts.append(judging.said_against_baseline(next(together), a.baseline_name))
     share = (time.perf_counter() - began) / max(len(answers), 1)
     records = []
     for answered, verdict in zip(answers, verdicts, strict=True):
@@ -322,6 +342,11 @@ def _baseline_output(case: Case, dtype: str, baseline: Any, call: ConvCall, targ
         except Exception as exc:
             _baseline_outputs[key] = exc
     return _baseline_outputs[key]
+
+
+def _baseline_name(adapter: Any) -> str:
+    """An equivalence oracle's primary formulation, as its verdicts name it."""
+    return str(adapter.baseline.name) + (f" on {adapter.baseline_device}" if adapter.baseline_device else "")
 
 
 def _repeated_call_differences(adapter: Any, call: ConvCall, target: Target, first: Any, repeat: int) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conformance import judging, machine, reference, runner
+from conformance import compare, judging, machine, reference, runner
 from conformance.adapters import ADAPTERS, Adapter, ConvCall, Target, Unsupported
 from conformance.adapters.base import ProcessDied
 from conformance.adapters.oracles import zero_inserted_kernel
@@ -121,6 +121,44 @@ def test_one_formulation_raising_is_a_divergence(cases: dict[str, Any]) -> None:
     assert record["outcome"] == "shape" and "fake.conv raised" in record["message"]
     both = _check(cases["plain"], _oracle(refusing, raises=True))
     assert both["outcome"] == "pass" and "both formulations raise" in both["message"]
+
+
+JUDGED_FIELDS = ("message", "max_abs_error", "max_rel_error", "max_ulp", "error_ratio", "worst", "bounds")
+
+
+def test_an_oracle_s_answers_judged_together_get_the_verdicts_each_gets_alone(
+    cases: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch judges an oracle target's answers together (`runner.judge_answers`, one stack against
+    its primary formulation's outputs): each record must say what the oracle's check says alone,
+    bitwise equal, within twice the bound, beyond it, against a primary that raised or misshaped."""
+    stacked: list[int] = []
+    together = compare._within_bound_together
+    monkeypatch.setattr(compare, "_within_bound_together", lambda e, g: stacked.append(len(e)) or together(e, g))
+    wrong_primary, refusing = Truth(), Truth()
+    wrong_primary.offset, refusing.raises = 1.0, True
+    oracles = [
+        (_oracle(wrong_primary, offset=1.0), True),
+        (_oracle(Truth(), offset=1e-3), True),  # (beyond the bound: judged again, alone)
+        (_oracle(Truth(), offset=1e-7), True),
+        (_oracle(refusing), False),
+        (_oracle(MisShapen()), True),  # (its input's shape is the plain draws' output's: misshapen on one)
+    ]
+    for oracle, stackable in oracles:
+        target = Target(oracle, "cpu", "strict")
+        draws = [cases["plain"], cases["valid"], cases["plain"]]
+        answered = [runner.call_check(case, target, "float32") for case in draws]
+        assert all(isinstance(a, runner.Answered) and a.base is not None for a in answered)
+        stacked.clear()
+        records = runner.judge_answers(answered)  # type: ignore[arg-type]
+        assert stacked == ([2] if stackable else []), oracle  # (the two draws of one shape)
+        for a, record in zip(answered, records, strict=True):
+            assert isinstance(a, runner.Answered)
+            expected = judging.expected_answer(a.case, a.dtype, a.target, a.prepared)
+            alone = judging.judge_against_baseline(a.baseline_name, a.base, expected, a.got, None)  # type: ignore[arg-type]
+            assert {k: record[k] for k in JUDGED_FIELDS} == {k: getattr(alone, k) for k in JUDGED_FIELDS}
+            assert record["outcome"] == alone.outcome.value
+            assert record["output_sha256"] == judging.output_hash(a.got)
 
 
 class MisShapen(Truth):
