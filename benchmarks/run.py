@@ -29,9 +29,10 @@ Sections:
               checks with the same outcomes, and where each run's worker-seconds went (opt-in; about
               an hour on 2 cores).
   large       the large tier itself, `pytest -m "large and cpu" -n auto`: checks, wall time, overhead
-              ratio, the seconds before its first check and after its last (the controller's end,
-              the workers idle), peak memory of the controller, of each worker and of any process
-              (opt-in: --only large; about 7 minutes on 2 cores).
+              ratio and the same cost per record (milliseconds beyond the frameworks, which the
+              frameworks' own speed does not move), the seconds before its first check and after
+              its last (the controller's end, the workers idle), peak memory of the controller, of
+              each worker and of any process (opt-in: --only large; about 7 minutes on 2 cores).
   shards      the large tier as 3 shards one after another (--conformance-shard K/3), merged: the
               merge against the unsharded run (same checks, outcomes, output hashes) and the cost
               of splitting (opt-in; reuses the large section's run when both are asked for).
@@ -401,6 +402,9 @@ def _large_figures(run: dict[str, Any]) -> dict[str, Any]:
         **run,
         "checks": run["records"],
         "overhead_ratio": run["wall_s"] * run["workers"] / run["bare_s"],
+        # The same cost per record: unlike the ratio, it does not move when the frameworks' own calls
+        # get faster or slower (from one machine, or one session, to the next).
+        "harness_ms_per_record": (run["wall_s"] * run["workers"] - run["bare_s"]) / max(run["records"], 1) * 1e3,
         "peak_rss_gib_per_worker": max(rss) / 2**30 if rss else None,
         "peak_rss_gib_controller": (run["peak_rss_bytes_controller"] or 0) / 2**30,
         "peak_rss_gib_any_process": run["peak_rss_bytes_all"] / 2**30,

@@ -132,6 +132,22 @@ def test_a_run_says_which_workers_it_replaced_and_how_often_caches_were_released
     assert retirements({}) == {"workers_retired": [], "cache_releases": 0}
 
 
+def test_a_large_run_s_harness_cost_is_given_per_record_as_well_as_as_a_ratio() -> None:
+    """The overhead ratio divides by the frameworks' time; the cost per record does not, so two
+    machines (or sessions) whose frameworks differ in speed compare on it."""
+    from benchmarks.run import _large_figures
+
+    run = {"wall_s": 100.0, "workers": 2, "bare_s": 150.0, "records": 1000, "peak_rss_bytes_per_worker": {}}
+    run |= {"peak_rss_bytes_controller": None, "peak_rss_bytes_all": 2**30}
+    figures = _large_figures(run)
+    assert figures["overhead_ratio"] == pytest.approx(200 / 150)
+    assert figures["harness_ms_per_record"] == pytest.approx(50.0)  # (200 - 150) worker-seconds / 1000 records
+    faster_frameworks = _large_figures(run | {"wall_s": 90.0, "bare_s": 130.0})
+    assert faster_frameworks["harness_ms_per_record"] == figures["harness_ms_per_record"]
+    assert faster_frameworks["overhead_ratio"] > figures["overhead_ratio"]
+    assert _large_figures(run | {"records": 0})["harness_ms_per_record"] == pytest.approx(50_000.0)
+
+
 def test_a_runs_items_split_into_the_harness_tests_and_the_checks(tmp_path: Path) -> None:
     from benchmarks.run import _junit_seconds
 
