@@ -136,8 +136,9 @@ def call_check(
     memory_budget: tuple[int, str] | None = None,
 ) -> Record | Answered:
     """`run_check` up to its framework call's answer: the finished record, or, for an answer that
-    `judge_answers` may judge with others (a forward output of a target with no baseline, called
-    once), the check as `Answered`. What the check spends after the call is its judging alone."""
+    `judge_answers` may judge with others (a forward output called once; an equivalence oracle's
+    with its primary formulation's output), the check as `Answered`. What the check spends after
+    the call is its judging alone."""
     started = time.perf_counter()
     spent_before = timing.totals()
     adapter = target.adapter
@@ -243,12 +244,11 @@ def judge_answers(
     together = iter(classify_together([held for _, held in stacked], [a.got for a, _ in stacked]))
     verdicts = []
     for a, want, held in zip(answers, expected, held_to, strict=True):
-        if a.base is None:
-            verdicts.append(next(together))
-        elif held is None:
+        if held is None and a.base is not None:  # (None only for an oracle's: `held_to`)
             verdicts.append(judging.judge_against_baseline(a.baseline_name, a.base, want, a.got, None))
         else:
-            verdicts.append(judging.said_against_baseline(next(together), a.baseline_name))
+            verdict = next(together)
+            verdicts.append(verdict if a.base is None else judging.said_against_baseline(verdict, a.baseline_name))
     share = (time.perf_counter() - began) / max(len(answers), 1)
     records = []
     for answered, verdict in zip(answers, verdicts, strict=True):
