@@ -222,6 +222,7 @@ class WorkerGuard:
             self._state["phase"] = PREPARING
             self._loaded.add(self._state["record"]["target"])
             self._write_state()
+            held_memory.keep_for_good()
 
     def _write_state(self) -> None:
         data = scratch_json(self._state)

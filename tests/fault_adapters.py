@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import os
 import re
 import time
@@ -201,6 +202,18 @@ class GilHog(Leisurely):
     def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
         re.match(r"(a+)+$", "a" * int(os.environ.get("CONFORMANCE_TEST_GIL_HOG", "12")) + "b")
         return super().run(call, device, precision)
+
+
+class ReportsFrozen(FaultAdapter):
+    """Right; its environment block says how many objects its process has frozen (conformance/held_memory.py)."""
+
+    op = "reports-frozen"
+
+    def run(self, call: ConvCall, device: str, precision: str) -> np.ndarray:
+        return reference.conv_resolved(call.x, call.w, call.geometry, call.groups)
+
+    def environment(self) -> dict[str, Any]:
+        return {"version": "fault injection", "frozen": gc.get_freeze_count()}
 
 
 class LingeringInChild(InChildProcess):

@@ -3,6 +3,8 @@ other caches (conformance/held_memory.py)."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,3 +89,44 @@ def test_a_bounded_cache_keeps_values_not_exceptions_and_is_released() -> None:
     square.cache_clear()
     square("a", 3)
     assert calls == [3, -1, -1, 3]
+
+
+class _Node:
+    """An object in a reference cycle: only the collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_what_a_framework_s_load_leaves_is_frozen_until_a_release_collects_it() -> None:
+    """After a load (`keep_for_good`) the collector no longer visits what the process held, not even
+    a cycle that was garbage already; a release gives it back to the collector, frees that cycle, and
+    freezes what is still alive again."""
+    gc.unfreeze()  # (what this test process froze before is the collector's again)
+    try:
+        cycle = weakref.ref(_Node())
+        held = _Node()
+        held_memory.keep_for_good()
+        assert gc.get_freeze_count() > 0
+        gc.collect()
+        assert cycle() is not None, "a frozen cycle is not visited by a collection"
+        held_memory.release()
+        assert cycle() is None, "a release collects what was frozen"
+        assert gc.get_freeze_count() > 0, "what a release leaves alive is frozen again"
+        gc.unfreeze()
+        held_memory.release()
+        assert gc.get_freeze_count() == 0, "a process that froze nothing has nothing frozen after a release"
+        assert held.me is held
+    finally:
+        gc.unfreeze()
+
+
+def test_a_framework_child_freezes_what_its_framework_s_load_leaves() -> None:
+    """A framework child freezes its heap once its framework is loaded (`CheckAvailable`), as a worker
+    does (conformance/isolation.py): its calls' collections do not walk the framework's objects."""
+    from conformance.adapters.child import InChildProcess
+    from tests.fault_adapters import ReportsFrozen
+
+    adapter = InChildProcess(ReportsFrozen(), "in-child", {"CONFORMANCE_TEST_CHILD": "frozen"}, devices=("cpu",))
+    adapter.check_available("cpu")
+    assert adapter.environment()["frozen"] > 1000

@@ -751,3 +751,27 @@ def test_a_run_s_processes_end_without_collecting_their_heaps(tmp_path: Path) ->
     frozen = {(when, who): int(count) for when, who, count in (line.split() for line in seen.read_text().splitlines())}
     assert set(frozen) == {("unconfigure", "controller"), ("exit", "controller"), ("unconfigure", "gw0")}, frozen
     assert frozen["exit", "controller"] > 10_000 and frozen["unconfigure", "gw0"] > 10_000, frozen
+
+
+def test_a_worker_freezes_what_a_target_s_first_load_leaves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a target has loaded in a worker (`WorkerGuard.loaded`), what the worker holds is frozen
+    (held_memory.keep_for_good): once per target, not at every check."""
+    from conformance import held_memory
+    from conformance.isolation import Limits, WorkerGuard
+
+    monkeypatch.setattr(held_memory, "_this_process", held_memory._this_process)
+    monkeypatch.delenv(held_memory.RECYCLE_VARIABLE, raising=False)
+    guard = WorkerGuard(tmp_path, "gw0", Limits(None, None, None, 3))
+    record = {"case": "a/b", "target": "x-cpu", "dtype": "float32", "outcome": "crash"}
+    gc.unfreeze()
+    try:
+        frozen = []
+        for _ in range(2):
+            guard.starting("a.toml::b[x-cpu-float32]", record)
+            guard.loaded()
+            guard.finished()
+            frozen.append(gc.get_freeze_count())
+            gc.unfreeze()
+        assert frozen[0] > 1000 and frozen[1] == 0, frozen
+    finally:
+        gc.unfreeze()

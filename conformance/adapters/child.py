@@ -411,6 +411,8 @@ def serve() -> None:
     keeper = held_memory.keeper(held_memory.limit_from_environment())
     while (message := read_message(requests)) is not None:
         reply = _answer(message)
+        if isinstance(message, CheckAvailable):  # (the framework is loaded: `Run` follows)
+            held_memory.keep_for_good()
         ran = isinstance(message, Run | RunModel)
         retiring = keeper.after_check() if ran else None
         carried = keeper.carried if ran else held_memory.resident()  # (the keeper has just read it)
