@@ -63,8 +63,11 @@ def make_record(
     duration_s: float = 0.0,
     output_hash: str | None = None,
     tangents: derivatives.Tangents | None = None,
+    planned: Record | None = None,
 ) -> Record:
-    record = _check_fields(case, target, dtype)
+    """A check's record. `planned`: the record a batch made of the check before running it (this
+    function's, with a verdict to come), finished in place rather than made again."""
+    record = _check_fields(case, target, dtype) if planned is None else planned
     if reproduction:
         record["reproduction"] = full_reproduction(case, dtype, reproduction, target.adapter.quantity, tangents)
     if prepared is not None:

@@ -239,12 +239,10 @@ def release() -> None:
 
 def keep_for_good() -> None:
     """A framework has just loaded: what the process holds now (its modules, types, registries) lives
-    until the process exits, and moves to the generation the collector never visits (`gc.freeze`). A
+    until the process exits, and moves to the generation the collector never visits (`gc.freeze`): a
     full collection that the checks' allocations set off walked every object TensorFlow, JAX and
-    torch had made, 0.2 s each time in a worker, and cycles through a framework's objects made its calls
-    slower as well: the large tier took 5% less wall time in a worker frozen this way. What is frozen
-    with it (a cache, a cycle that was garbage already) is the collector's again at the next `release`,
-    so memory stays bounded as before."""
+    torch had made, 0.2 s each time in a worker. What is frozen with it (a cache, a cycle that was
+    garbage already) is the collector's again at the next `release`, so memory stays bounded as before."""
     gc.freeze()
 
 

@@ -55,6 +55,7 @@ import faulthandler
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import resource
@@ -84,9 +85,8 @@ BATCH_JOURNAL_SUFFIX = ".batch.jsonl"
 BATCH_ENDED_LINE = '{"ended": true}'
 BATCHES_REPORTED_DIR = "batches-reported"  # per batch queued again: its checks already reported
 LOG_EXCERPT_LINES = 24
-# Bytes of spaces after a state shorter than the one before it; beyond, truncated. A check's state
-# right before its call (with its reproduction) is several KiB longer than the next check's first.
-STATE_PADDING_MOST = 1 << 16
+# A mapped file's smallest size; it doubles to fit (a state is a few KiB, a batch's journal up to a few MiB).
+MAPPED_FILE_LEAST = 1 << 16
 LOADING = "loading the framework"
 PREPARING = "preparing the data and the reference"
 # A batch's target has answered every check it was given, and the answers are being judged together
@@ -150,15 +150,60 @@ def default_memory_limit(workers: int) -> int | None:
     return int(memory * 0.8) // max(1, workers)
 
 
+class MappedFile:
+    """A file a worker writes many times a check, through a shared mapping: a write is a copy into
+    the page cache, not a system call (a `pwrite` cost 3 to 5 us in a worker between framework calls,
+    three times a check). What a process wrote stays in the file when it dies, as with `write`. The
+    file is longer than what it holds: spaces follow, which JSON allows after a value and a reader
+    of lines skips as a line that does not parse. It is not mapped until the first write: until
+    then it holds what an earlier process of the same name left in it."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._map: mmap.mmap | None = None
+        self._end = 0  # what it holds: the bytes before this
+
+    def replace(self, data: bytes) -> None:
+        """The file holds `data` alone."""
+        self._fit(len(data))
+        assert self._map is not None
+        self._map[: len(data)] = data
+        if len(data) < self._end:
+            self._map[len(data) : self._end] = b" " * (self._end - len(data))
+        self._end = len(data)
+
+    def append(self, data: bytes) -> None:
+        self._fit(self._end + len(data))
+        assert self._map is not None
+        self._map[self._end : self._end + len(data)] = data
+        self._end += len(data)
+
+    def _fit(self, size: int) -> None:
+        if self._map is not None and size <= len(self._map):
+            return
+        if self._map is None:  # the first write: whatever an earlier process left is blanked
+            held = os.fstat(self._fd).st_size
+            os.pwrite(self._fd, b" " * held, 0)
+            self._end = 0
+        else:
+            held = len(self._map)
+            self._map.close()
+        length = max(MAPPED_FILE_LEAST, held)
+        while length < size:
+            length *= 2
+        if length > held:  # (grown with spaces, never with the zero bytes of ftruncate: a reader parses it at any time)
+            os.pwrite(self._fd, b" " * (length - held), held)
+        self._map = mmap.mmap(self._fd, length)
+
+
 class WorkerGuard:
     """Lives in the process that runs checks: notes each call, arms the time limit, caps memory."""
 
     def __init__(self, state_dir: Path, worker_id: str, limits: Limits) -> None:
         self.limits = limits
         self.state_path = state_dir / f"{worker_id}.json"
-        # Kept open and overwritten in place: two writes per check, and opening a file costs more than writing it.
-        self._state_fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT, 0o644)
-        self._state_size = os.fstat(self._state_fd).st_size  # (a replaced worker's state stays until the first write)
+        # (a replaced worker's state stays until the first write)
+        self._state_file = MappedFile(self.state_path)
         self.broken_path = state_dir / BROKEN_TARGETS_FILE
         self._broken: dict[str, Any] = {}
         self._broken_mtime: float | None = None
@@ -167,12 +212,12 @@ class WorkerGuard:
         self.log: IO[bytes] = (state_dir / f"{worker_id}.log").open("ab", buffering=0)
         self._faulthandler_ours = False
         self._state: dict[str, Any] = {}
-        self._journal_fd = os.open(state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}", os.O_WRONLY | os.O_CREAT, 0o644)
-        self._journal_offset = 0
+        self._journal_file = MappedFile(state_dir / f"{worker_id}{BATCH_JOURNAL_SUFFIX}")
         # Targets this process has already loaded. Per target, not per framework: an adapter may load
         # more than its framework (a device context, a child process), and a target that hangs while
         # loading must be told from one that hangs later, whatever ran before it in this worker.
         self._loaded: set[str] = set()
+        self._pid = os.getpid()  # (asked once: a system call costs microseconds between framework calls)
         self.exhausted_by: str | None = None  # the check that ran out of memory in this process
         if limits.memory_bytes is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_DATA)
@@ -198,7 +243,7 @@ class WorkerGuard:
             limit += self.limits.load_timeout_s
         self._state = {
             "nodeid": nodeid,
-            "pid": os.getpid(),
+            "pid": self._pid,
             "log_offset": self.log.tell(),
             "record": record,
             "phase": LOADING if loading else PREPARING,
@@ -225,16 +270,7 @@ class WorkerGuard:
             held_memory.keep_for_good()
 
     def _write_state(self) -> None:
-        data = scratch_json(self._state)
-        # A shorter state is padded with spaces (JSON allows them after the value), not truncated:
-        # one system call per write instead of two, twice a check.
-        shorter_by = self._state_size - len(data)
-        if 0 < shorter_by <= STATE_PADDING_MOST:
-            data += b" " * shorter_by
-        os.pwrite(self._state_fd, data, 0)
-        if shorter_by > STATE_PADDING_MOST:
-            os.ftruncate(self._state_fd, len(data))
-        self._state_size = len(data)
+        self._state_file.replace(scratch_json(self._state))
 
     def _arm(self, limit: float | None) -> None:
         self._write_state()
@@ -271,9 +307,7 @@ class WorkerGuard:
 
     def batch_started(self, nodeid: str, planned: list[Record]) -> None:
         """A batch item starts: its checks (as not-run records) open the journal."""
-        self._journal_offset = 0
-        os.ftruncate(self._journal_fd, 0)
-        self._journal({"nodeid": nodeid, "planned": planned})
+        self._journal_file.replace(scratch_json({"nodeid": nodeid, "planned": planned}) + b"\n")
 
     def batch_finished_check(self, record_text: str) -> None:
         """A check of the batch finished: its record, as the JSON text its report will carry."""
@@ -284,13 +318,8 @@ class WorkerGuard:
         take them from the journal a second time, nor a death before the report name a culprit."""
         self._journal_line(BATCH_ENDED_LINE.encode())
 
-    def _journal(self, entry: dict[str, Any]) -> None:
-        self._journal_line(scratch_json(entry))
-
     def _journal_line(self, line: bytes) -> None:
-        data = line + b"\n"
-        os.pwrite(self._journal_fd, data, self._journal_offset)
-        self._journal_offset += len(data)
+        self._journal_file.append(line + b"\n")
 
     def broken(self, target: str) -> dict[str, Any] | None:
         """The crash tally of a target the controller has stopped, or None (re-read only when it changed,

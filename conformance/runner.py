@@ -134,11 +134,13 @@ def call_check(
     after_load: Callable[[], None] | None = None,
     contracts: accumulation_contracts.Contracts = accumulation_contracts.NONE,
     memory_budget: tuple[int, str] | None = None,
+    planned: Record | None = None,
 ) -> Record | Answered:
     """`run_check` up to its framework call's answer: the finished record, or, for an answer that
     `judge_answers` may judge with others (a forward output called once; an equivalence oracle's
     with its primary formulation's output), the check as `Answered`. What the check spends after
-    the call is its judging alone."""
+    the call is its judging alone. `planned`: the check's record as its batch planned it, which
+    becomes its record (`check_records.make_record`)."""
     started = time.perf_counter()
     spent_before = timing.totals()
     adapter = target.adapter
@@ -160,7 +162,9 @@ def call_check(
             prepared = prepare(case, dtype)
             call, tangents = conv_call(case, dtype, adapter.quantity, prepared)
             reproduction = adapter.reproduction(call, target.device, target.precision)
-            record = make_record(case, target, dtype, DIED_IN_CALL, prepared, reproduction, tangents=tangents)
+            record = make_record(
+                case, target, dtype, DIED_IN_CALL, prepared, reproduction, tangents=tangents, planned=planned
+            )
             if before_call is not None:
                 before_call(record)  # (fault isolation writes it out now: it is finished below)
             raised: Exception | None = None
@@ -211,7 +215,9 @@ def call_check(
             verdict = refusal_verdict(exc)
     duration = time.perf_counter() - started
     if record is None:
-        record = make_record(case, target, dtype, verdict, prepared, reproduction, duration, output_hash, tangents)
+        record = make_record(
+            case, target, dtype, verdict, prepared, reproduction, duration, output_hash, tangents, planned
+        )
     else:
         judged(record, verdict, duration, output_hash)
     record.update(timing.since(spent_before))
@@ -287,16 +293,21 @@ def _unsupported_reason(
 
 
 def unsupported_record(
-    case: Case, target: Target, dtype: str, memory_budget: tuple[int, str] | None = None
+    case: Case,
+    target: Target,
+    dtype: str,
+    memory_budget: tuple[int, str] | None = None,
+    planned: Record | None = None,
 ) -> Record | None:
     """The record `run_check` would return for a check `unsupported_reason` settles, or None: such a
-    check runs nothing, so it needs no fault isolation (a third of the large tier)."""
+    check runs nothing, so it needs no fault isolation (a third of the large tier). `planned`: as
+    `call_check`'s, left as it is when the check is supported."""
     started = time.perf_counter()
     reason = unsupported_reason(case, target, dtype, memory_budget)
     if not reason:
         return None
     verdict = Verdict(Outcome.UNSUPPORTED, reason)
-    record = make_record(case, target, dtype, verdict, duration_s=time.perf_counter() - started)
+    record = make_record(case, target, dtype, verdict, duration_s=time.perf_counter() - started, planned=planned)
     record.update(timing.NOTHING_SPENT)
     return record
 

@@ -379,32 +379,36 @@ def test_a_worker_journals_a_batch_only_while_it_runs(tmp_path: Path, monkeypatc
     guard.batch_finished_check(json.dumps({**planned[1], "outcome": "pass"}))
     guard.batch_ended()  # its report carries both: a stop now must not take them again
     assert list(finished_in_flight(tmp_path)) == []
+    # A shorter batch after a longer one (its journal written over the last one's in place).
+    guard.batch_started("a.toml::c[batch-float32]", planned[:1])
+    assert [(nodeid, records) for nodeid, records in finished_in_flight(tmp_path)] == [("a.toml::c[batch-float32]", [])]
 
 
 def test_the_state_file_reads_back_as_the_last_state_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A shorter state is padded with spaces rather than truncated, up to a bound: the file always
-    parses as the last record noted, after a longer one, a far longer one, and in a replaced worker."""
+    """The state file (`isolation.MappedFile`) always parses as the last record noted: after a longer
+    one, a far longer one, and in a replaced worker, whose first write blanks what the last one left."""
     from conformance import held_memory
-    from conformance.isolation import STATE_PADDING_MOST, Limits, WorkerGuard, lost_check_record
+    from conformance.isolation import MAPPED_FILE_LEAST, Limits, WorkerGuard, lost_check_record
 
     monkeypatch.setattr(held_memory, "_this_process", held_memory._this_process)
     monkeypatch.delenv(held_memory.RECYCLE_VARIABLE, raising=False)
     limits = Limits(None, None, None, 3)
     guard = WorkerGuard(tmp_path, "gw0", limits)
     state = tmp_path / "gw0.json"
-    for message in ("m" * 100, "m" * 10, "m" * (3 * STATE_PADDING_MOST), "", "m" * 5):
+    for message in ("m" * 100, "m" * 10, "m" * (3 * MAPPED_FILE_LEAST), "", "m" * 5):
         record = {"case": "a/b", "target": "x-cpu", "dtype": "float32", "outcome": "crash", "message": message}
         guard.starting("a.toml::b[x-cpu-float32]", record)
         guard.finished()
         assert json.loads(state.read_text())["record"] == record
         lost = lost_check_record(tmp_path, "gw0", "a.toml::b[x-cpu-float32]", limits)
         assert lost.record is not None and lost.record["case"] == "a/b"
-    assert state.stat().st_size < STATE_PADDING_MOST  # (the far longer one was truncated away)
+    assert state.stat().st_size == 4 * MAPPED_FILE_LEAST  # (doubled to fit the far longer one, no further)
     replaced = WorkerGuard(tmp_path, "gw0", limits)  # a fresh worker of the same id: the old state until it writes
     assert json.loads(state.read_text())["record"]["message"] == "m" * 5
     replaced.starting("a.toml::c[x-cpu-float32]", {"case": "a/c", "target": "x-cpu"})
     replaced.finished()
     assert json.loads(state.read_text())["record"] == {"case": "a/c", "target": "x-cpu"}
+    assert state.stat().st_size == 4 * MAPPED_FILE_LEAST  # (what it held past the new state is blanked: it parses)
 
 
 def test_a_check_that_runs_out_of_memory_costs_only_itself(tmp_path: Path) -> None:

@@ -123,6 +123,39 @@ def test_one_formulation_raising_is_a_divergence(cases: dict[str, Any]) -> None:
     assert both["outcome"] == "pass" and "both formulations raise" in both["message"]
 
 
+class Refused(Truth):
+    """`Truth`, for a framework whose API cannot state any geometry: every check is unsupported."""
+
+    def unsupported_reason(self, call_params: Any) -> str | None:
+        return "this framework's API cannot state the geometry"
+
+
+def test_a_batch_s_planned_record_becomes_the_check_s_record_as_a_new_one_would_be(cases: dict[str, Any]) -> None:
+    """A batch makes each check's record before running it (its journal's plan); the check finishes
+    that record in place (`planned`) rather than making another, and it is the record the check makes
+    alone: the same fields in the same order, with the same values (but the time each took)."""
+    from conformance import timing
+    from conformance.check_records import make_record
+    from conformance.compare import Outcome, Verdict
+
+    volatile = {"duration_s", *timing.KINDS}
+    for adapter in (Truth(), Refused()):
+        target = Target(adapter, "cpu", "strict")
+        alone = runner.run_check(cases["plain"], target, "float32")
+        plan = make_record(cases["plain"], target, "float32", Verdict(Outcome.SKIP, "not run"))
+        settled = runner.unsupported_record(cases["plain"], target, "float32", None, plan)
+        if settled is None:
+            answered = runner.call_check(cases["plain"], target, "float32", planned=plan)
+            assert isinstance(answered, runner.Answered)
+            settled = runner.judge_answers([answered])[0]
+        assert settled is plan, "the planned record is the check's record, not a copy"
+        assert list(settled) == list(alone)
+        assert {k: v for k, v in settled.items() if k not in volatile} == {
+            k: v for k, v in alone.items() if k not in volatile
+        }
+        assert settled["outcome"] == ("pass" if type(adapter) is Truth else "unsupported")
+
+
 JUDGED_FIELDS = ("message", "max_abs_error", "max_rel_error", "max_ulp", "error_ratio", "worst", "bounds")
 
 

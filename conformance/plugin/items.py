@@ -150,13 +150,16 @@ def conformance_check(config: pytest.Config, case: Case, target: Target, dtype: 
     return check
 
 
-def answering_check(config: pytest.Config, case: Case, target: Target, dtype: str) -> Check[Record | runner.Answered]:
+def answering_check(
+    config: pytest.Config, case: Case, target: Target, dtype: str, planned: Record | None = None
+) -> Check[Record | runner.Answered]:
     """`conformance_check` whose answer, where it may be judged with others, comes back unjudged
-    (`runner.call_check`; `runner.judge_answers` judges it)."""
+    (`runner.call_check`; `runner.judge_answers` judges it); `planned`: its batch's record of it,
+    which becomes its record."""
 
     def check(before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record | runner.Answered:
         return runner.call_check(
-            case, target, dtype, before_call, after_load=after_load, **_check_settings(config, target)
+            case, target, dtype, before_call, after_load=after_load, planned=planned, **_check_settings(config, target)
         )
 
     return check
@@ -171,9 +174,11 @@ def _check_settings(config: pytest.Config, target: Target) -> dict[str, Any]:
     }
 
 
-def unsupported_record(config: pytest.Config, case: Case, target: Target, dtype: str) -> Record | None:
+def unsupported_record(
+    config: pytest.Config, case: Case, target: Target, dtype: str, planned: Record | None = None
+) -> Record | None:
     """The record of a conv check its shapes and settings leave unsupported (`runner.unsupported_record`)."""
-    return runner.unsupported_record(case, target, dtype, settings(config).limits.check_budget())
+    return runner.unsupported_record(case, target, dtype, settings(config).limits.check_budget(), planned)
 
 
 def guarded(
@@ -330,8 +335,8 @@ class BatchItem(pytest.Item):
         finished: list[tuple[Case, Record | runner.Answered]] = []
         for (case, target), plan in zip(checks, planned, strict=True):
             started = time.time()
-            check = answering_check(self.config, case, target, self.dtype)
-            unsupported = unsupported_record(self.config, case, target, self.dtype)
+            check = answering_check(self.config, case, target, self.dtype, plan)
+            unsupported = unsupported_record(self.config, case, target, self.dtype, plan)
             finished.append(
                 (case, guarded(self.config, self.nodeid, case, target, self.dtype, check, unsupported, plan))
             )
