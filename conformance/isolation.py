@@ -160,7 +160,7 @@ class MappedFile:
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        self._map: mmap.mmap | None = None
+        self._map: mmap.mmap | _WrittenThrough | None = None
         self._end = 0  # what it holds: the bytes before this
 
     def replace(self, data: bytes) -> None:
@@ -193,7 +193,26 @@ class MappedFile:
             length *= 2
         if length > held:  # (grown with spaces, never with the zero bytes of ftruncate: a reader parses it at any time)
             os.pwrite(self._fd, b" " * (length - held), held)
-        self._map = mmap.mmap(self._fd, length)
+        try:
+            self._map = mmap.mmap(self._fd, length)
+        except OSError:  # a file system without shared writable mappings (some network and FUSE ones)
+            self._map = _WrittenThrough(self._fd, length)
+
+
+class _WrittenThrough:
+    """What `MappedFile` needs of a mapping, by `pwrite`, where the file cannot be mapped."""
+
+    def __init__(self, fd: int, length: int) -> None:
+        self._fd, self._length = fd, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __setitem__(self, where: slice, data: bytes) -> None:
+        os.pwrite(self._fd, data, where.start or 0)
+
+    def close(self) -> None:
+        pass
 
 
 class WorkerGuard:

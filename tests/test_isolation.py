@@ -362,8 +362,24 @@ def test_a_stop_takes_the_finished_checks_of_running_batches_only(tmp_path: Path
     }
 
 
-def test_a_worker_journals_a_batch_only_while_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _unmappable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system without shared writable mappings: `MappedFile` writes through instead."""
+    import mmap
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+
+
+@pytest.mark.parametrize("mappable", [True, False])
+def test_a_worker_journals_a_batch_only_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mappable: bool
+) -> None:
     from conformance import held_memory
+
+    if not mappable:
+        _unmappable(monkeypatch)
     from conformance.isolation import Limits, WorkerGuard, finished_in_flight
 
     # (a guard sets this process's keeper and its children's budget: both restored afterwards)
@@ -384,10 +400,17 @@ def test_a_worker_journals_a_batch_only_while_it_runs(tmp_path: Path, monkeypatc
     assert [(nodeid, records) for nodeid, records in finished_in_flight(tmp_path)] == [("a.toml::c[batch-float32]", [])]
 
 
-def test_the_state_file_reads_back_as_the_last_state_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mappable", [True, False])
+def test_the_state_file_reads_back_as_the_last_state_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mappable: bool
+) -> None:
     """The state file (`isolation.MappedFile`) always parses as the last record noted: after a longer
-    one, a far longer one, and in a replaced worker, whose first write blanks what the last one left."""
+    one, a far longer one, and in a replaced worker, whose first write blanks what the last one left;
+    on a file system that cannot map it too."""
     from conformance import held_memory
+
+    if not mappable:
+        _unmappable(monkeypatch)
     from conformance.isolation import MAPPED_FILE_LEAST, Limits, WorkerGuard, lost_check_record
 
     monkeypatch.setattr(held_memory, "_this_process", held_memory._this_process)
