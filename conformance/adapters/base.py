@@ -15,6 +15,7 @@ reproduction. Execution modes, oracles, derivatives, device comparisons and chil
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, fields
@@ -416,7 +417,7 @@ class Target:
     device: str
     precision: str
 
-    @property
+    @functools.cached_property  # (a check asks for it several times; its fields never change)
     def id(self) -> str:
         suffix = "" if self.precision == "strict" else f"-{self.precision}"
         return f"{self.adapter.name}-{self.device}{suffix}"
