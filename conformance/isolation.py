@@ -243,6 +243,7 @@ class WorkerGuard:
             cap = limits.memory_bytes if hard == resource.RLIM_INFINITY else min(limits.memory_bytes, hard)
             resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
         self.keeper = held_memory.keeper(limits.recycle_above)  # (after the limit: it keeps half of it too)
+        held_memory.collect_young_less_often()
         held_memory.pass_to_children(limits.recycle_above)
 
     def starting(self, nodeid: str, record: Record) -> None:

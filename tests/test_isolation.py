@@ -780,6 +780,23 @@ def test_a_run_s_processes_end_without_collecting_their_heaps(tmp_path: Path) ->
     assert frozen["exit", "controller"] > 10_000 and frozen["unconfigure", "gw0"] > 10_000, frozen
 
 
+def test_a_worker_collects_its_young_generation_less_often(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that runs checks (its guard made) collects its young generation every
+    `YOUNG_COLLECTION_EVERY` allocations instead of Python's 700; the older thresholds stay."""
+    from conformance import held_memory
+    from conformance.isolation import Limits, WorkerGuard
+
+    monkeypatch.setattr(held_memory, "_this_process", held_memory._this_process)
+    monkeypatch.delenv(held_memory.RECYCLE_VARIABLE, raising=False)
+    was = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        WorkerGuard(tmp_path, "gw0", Limits(None, None, None, 3))
+        assert gc.get_threshold() == (held_memory.YOUNG_COLLECTION_EVERY, 10, 10)
+    finally:
+        gc.set_threshold(*was)
+
+
 def test_a_worker_freezes_what_a_target_s_first_load_leaves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once a target has loaded in a worker (`WorkerGuard.loaded`), what the worker holds is frozen
     (held_memory.keep_for_good): once per target, not at every check."""
