@@ -610,12 +610,7 @@ def _within_bound_together(expected: list[Expected], answers: list[np.ndarray]) 
         verdict.max_ulp = max_ulp[row]
         verdict.error_ratio = ratio_here
         verdict.bounds = {"dtype": _bound_facts(want.model, ratio_here)}
-        verdict.worst = {
-            "index": worst_index[row],
-            "expected": _json_float(worst_ref[row]),
-            "got": _json_float(worst_got[row]),
-            "bound": _json_float(worst_bound[row]),
-        }
+        verdict.worst = _worst_element(worst_index[row], worst_ref[row], worst_got[row], worst_bound[row])
         verdicts.append(verdict)
     return verdicts
 
@@ -720,12 +715,12 @@ def _judge_contract(
 
 
 def _element(index: tuple[int, ...], ref: np.ndarray, got: np.ndarray, bound_there: Any) -> dict[str, Any]:
-    return {
-        "index": list(index),
-        "expected": _json_float(ref[index]),
-        "got": _json_float(got[index]),
-        "bound": _json_float(bound_there),
-    }
+    return _worst_element(list(index), ref[index], got[index], bound_there)
+
+
+def _worst_element(index: list[int], expected: Any, got: Any, bound: Any) -> dict[str, Any]:
+    """A verdict's `worst`: where, what was expected and got there, and the bound there."""
+    return {"index": index, "expected": _json_float(expected), "got": _json_float(got), "bound": _json_float(bound)}
 
 
 def _json_float(value: Any) -> float | str:
