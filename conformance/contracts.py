@@ -148,6 +148,15 @@ class Tally:
         worst = seen["worst_ratio"]
         worst[record["dtype"]] = max(worst.get(record["dtype"], 0.0), judged["ratio"])
 
+    def merge(self, later: Tally) -> None:
+        """What `later` saw (the same contracts, the records after this one's)."""
+        for contract, row in later.rows.items():
+            seen, theirs = self.rows[contract]["run"], row["run"]
+            seen["checks"] += theirs["checks"]
+            seen["broken"] += theirs["broken"]
+            for dtype, ratio in theirs["worst_ratio"].items():
+                seen["worst_ratio"][dtype] = max(seen["worst_ratio"].get(dtype, 0.0), ratio)
+
     def result(self) -> list[dict[str, Any]]:
         return list(self.rows.values())
 

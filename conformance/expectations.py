@@ -379,6 +379,15 @@ class StatusTally:
             ]
         return self._candidates[key]
 
+    def merge(self, later: StatusTally) -> None:
+        """What `later` counted (the same entries, the records after this one's)."""
+        for entry_id, counts in later.buckets.items():
+            bucket = self.buckets[entry_id]
+            for name, count in counts.items():
+                bucket[name] += count
+            for outcome, dtypes in later.dtypes[entry_id].items():
+                self.dtypes[entry_id][outcome] |= dtypes
+
     def statuses(self) -> list[dict[str, Any]]:
         result = []
         for entry in self.entries:

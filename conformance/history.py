@@ -128,6 +128,21 @@ def failing(text: str) -> bool:
     return found not in CONFORMANT and found not in NOT_RUN
 
 
+class FailingChecks:
+    """The keys of a run's failing checks, in order, from its records one at a time (a pass's fold:
+    conformance/record_passes.py): the report asks the history since when each has failed."""
+
+    def __init__(self) -> None:
+        self.keys: list[Key] = []
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        if failing(observed(record)):
+            self.keys.append(result_key(record))
+
+    def merge(self, later: FailingChecks) -> None:
+        self.keys += later.keys
+
+
 def _in_sql(values: Iterable[str]) -> str:
     # Outcome names are the suite's own constants ([a-z-]), so they are written into the SQL as literals.
     return "(" + ", ".join(f"'{v}'" for v in sorted(values)) + ")"

@@ -201,6 +201,20 @@ class _Target:
     def ran_nothing(self) -> bool:
         return self.tally.ran_nothing
 
+    def merge(self, later: _Target) -> None:
+        self.tally.merge(later.tally)
+        for rank, tally in later.by_rank.items():
+            if rank in self.by_rank:
+                self.by_rank[rank].merge(tally)
+            else:
+                self.by_rank[rank] = tally
+        self.not_run_reasons.update(later.not_run_reasons)
+        for key, warning in later.warnings.items():
+            if key in self.warnings:
+                self.warnings[key]["checks"] += warning["checks"]
+            else:
+                self.warnings[key] = warning
+
 
 class Overview:
     def __init__(self) -> None:
@@ -249,6 +263,31 @@ class Overview:
             group.targets.add(record["target"])
             group.dtypes.add(record["dtype"])
             self.failure_count += 1
+
+    def merge(self, later: Overview) -> None:
+        """What `later` made of the records after this one's (a part of a pass, conformance/record_passes.py):
+        as if this one had been handed them, firsts included (each example is the first check of its kind)."""
+        for name, target in later.targets.items():
+            if name in self.targets:
+                self.targets[name].merge(target)
+            else:
+                self.targets[name] = target
+        self.failure_count += later.failure_count
+        for key, group in later.causes.items():
+            mine = self.causes.get(key)
+            if mine is None:
+                self.causes[key] = group
+                continue
+            mine.count += group.count
+            mine.targets |= group.targets
+            mine.dtypes |= group.dtypes
+        for framework, entries in later.known.items():
+            known = self.known.setdefault(framework, {})
+            for entry_id, entry in entries.items():
+                if entry_id in known:
+                    known[entry_id]["checks"] += entry["checks"]
+                else:
+                    known[entry_id] = entry
 
     def add_all(self, records: Iterable[Mapping[str, Any]]) -> Overview:
         for record in records:

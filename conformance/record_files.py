@@ -9,6 +9,7 @@ a `RecordFile`, which any number of readers iterate, each holding one record at 
 from __future__ import annotations
 
 import atexit
+import bisect
 import heapq
 import json
 import os
@@ -16,6 +17,7 @@ import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
@@ -48,15 +50,20 @@ except ImportError:  # pragma: no cover
 def parse_record(text: str | bytes) -> dict[str, Any]:
     """A record from its JSON text (orjson where it is installed: reading records back is most of
     what a large run's end, `merge`, `diff` and `report` do)."""
+    record: dict[str, Any] = parse_json(text)
+    return record
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON text's value, by orjson where it is installed and takes it."""
     if _fast_loads is not None:
         try:
-            return _fast_loads(text)  # type: ignore[no-any-return]
+            return _fast_loads(text)
         except ValueError:
             # orjson refuses a lone surrogate ("\udcff": an OS path or message decoded with
             # surrogateescape), which json.dumps writes and json.loads reads.
             pass
-    record: dict[str, Any] = json.loads(text)
-    return record
+    return json.loads(text)
 
 
 def _orjson(value: Any, option: int = 0) -> bytes | None:
@@ -192,14 +199,16 @@ class SortedSpill:
 
     Whoever adds a record says its key and JSON text, so nothing is parsed or serialised here:
     the controller spills workers' records as they come (their text is what the worker wrote),
-    and only the chunks' merge is left for the end of the run.
+    and only the chunks' merge is left for the end of the run. Each chunk keeps its blocks' first
+    keys, so a run of cases (`between`) is read without reading the chunks' other blocks: a run's
+    end is a pass in parts, each part a run of cases (`case_bounds`; conformance/record_passes.py).
     """
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory  # (made when the first chunk is written; by default the scratch directory)
         self.count = 0
         self._buffer: list[tuple[tuple[str, ...], int, str]] = []
-        self._chunks: list[Path] = []
+        self._chunks: list[_Chunk] = []
 
     def add(self, key: tuple[str, ...], text: str) -> None:
         self._buffer.append((key, self.count, text))
@@ -215,18 +224,49 @@ class SortedSpill:
 
     def lines(self) -> Iterator[str]:
         """Every record's text in order (once: the chunks are removed as the merge ends)."""
+        try:
+            yield from self.between(None, None)
+        finally:
+            self.discard()
+
+    def between(self, low: str | None, high: str | None) -> Iterator[str]:
+        """The texts, in order, of the records whose case is from `low` (None: the first) up to
+        `high`, not included (None: past the last). The chunks stay: other parts read them too."""
         self._buffer.sort()
+        start = 0 if low is None else bisect.bisect_left(self._buffer, ((low,),))
+        end = len(self._buffer) if high is None else bisect.bisect_left(self._buffer, ((high,),))
         handles: list[IO[bytes]] = []
         try:
             for chunk in self._chunks:
-                handles.append(chunk.open("rb"))
-            merged = heapq.merge(*(_read_chunk(handle) for handle in handles), iter(self._buffer))
-            for *_, text in merged:
+                handles.append(chunk.path.open("rb"))
+            ranges = [
+                _read_chunk(handle, chunk, low, high) for handle, chunk in zip(handles, self._chunks, strict=True)
+            ]
+            for *_, text in heapq.merge(*ranges, iter(self._buffer[start:end])):
                 yield text
         finally:
             for handle in handles:
                 handle.close()
-            self.discard()
+
+    def case_bounds(self, parts: int) -> list[str]:
+        """Up to `parts - 1` cases, in order, that cut the records into runs of whole cases about
+        equal in number: each starts a part (`between`). Fewer where a case is larger than a part."""
+        self._buffer.sort()
+        # (each block's first key stands for its records; the buffer, for blocks of its own)
+        samples = [sample for chunk in self._chunks for sample in zip(chunk.firsts, chunk.sizes, strict=True)]
+        buffered = len(self._buffer)
+        samples += [(self._buffer[i][0], min(CHUNK_BLOCK, buffered - i)) for i in range(0, buffered, CHUNK_BLOCK)]
+        samples.sort()
+        total = sum(size for _, size in samples)
+        bounds: list[str] = []
+        seen = 0
+        for first, size in samples:
+            if seen >= total * (len(bounds) + 1) / parts and first[0] > (bounds[-1] if bounds else samples[0][0][0]):
+                bounds.append(first[0])
+                if len(bounds) == parts - 1:
+                    break
+            seen += size
+        return bounds
 
     def store(self, name: str = "records") -> RecordFile:
         """The records, in order, as a store in the same directory (removed by its `discard`)."""
@@ -234,7 +274,7 @@ class SortedSpill:
 
     def discard(self) -> None:
         for chunk in self._chunks:
-            chunk.unlink(missing_ok=True)
+            chunk.path.unlink(missing_ok=True)
         self._chunks, self._buffer = [], []
 
 
@@ -259,23 +299,52 @@ def sort_records(
 CHUNK_BLOCK = 500
 
 
-def _write_chunk(buffer: list[tuple[tuple[str, ...], int, str]], directory: Path) -> Path:
+@dataclass(frozen=True)
+class _Chunk:
+    """A sorted chunk on disk, pickled in blocks, and where each block starts: its first key, its
+    size and its byte offset."""
+
+    path: Path
+    firsts: list[tuple[str, ...]]
+    sizes: list[int]
+    offsets: list[int]
+
+
+def _write_chunk(buffer: list[tuple[tuple[str, ...], int, str]], directory: Path) -> _Chunk:
     """A sorted chunk, pickled in blocks: read back without parsing any JSON (keys are tuples)."""
     buffer.sort()
     descriptor, name = tempfile.mkstemp(dir=directory, prefix=".chunk-", suffix=".pickle")
+    chunk = _Chunk(Path(name), [], [], [])
     with os.fdopen(descriptor, "wb") as handle:
         for start in range(0, len(buffer), CHUNK_BLOCK):
-            pickle.dump(buffer[start : start + CHUNK_BLOCK], handle, protocol=pickle.HIGHEST_PROTOCOL)
-    return Path(name)
+            block = buffer[start : start + CHUNK_BLOCK]
+            chunk.firsts.append(block[0][0])
+            chunk.sizes.append(len(block))
+            chunk.offsets.append(handle.tell())
+            pickle.dump(block, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return chunk
 
 
-def _read_chunk(handle: IO[bytes]) -> Iterator[tuple[tuple[str, ...], int, str]]:
+def _read_chunk(
+    handle: IO[bytes], chunk: _Chunk, low: str | None, high: str | None
+) -> Iterator[tuple[tuple[str, ...], int, str]]:
+    """A chunk's entries whose case is from `low` up to `high` (not included), from the block that
+    may hold the first of them."""
+    first_block = 0 if low is None else max(0, bisect.bisect_left(chunk.firsts, (low,)) - 1)
+    if first_block >= len(chunk.offsets):
+        return
+    handle.seek(chunk.offsets[first_block])
     while True:
         try:
             block = pickle.load(handle)
         except EOFError:
             return
-        yield from block
+        for entry in block:
+            case = entry[0][0]
+            if high is not None and case >= high:
+                return
+            if low is None or case >= low:
+                yield entry
 
 
 def store_sorted(records: Iterable[Mapping[str, Any]], name: str = "records") -> RecordFile:
@@ -312,15 +381,45 @@ def _write_store(directory: Path, name: str, lines: Iterable[str], count: int | 
     descriptor, path = tempfile.mkstemp(dir=directory, prefix=f".{name}-", suffix=".jsonl")
     written = 0
     separator = ",\n" + RESULTS_BLOCK_INDENT
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        lines = iter(lines)
-        while block := list(islice(lines, 1000)):  # (one write per line costs more than the line)
-            handle.write((separator if written else RESULTS_BLOCK_INDENT) + separator.join(block))
-            written += len(block)
-        if written:
-            handle.write("\n")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            lines = iter(lines)
+            while block := list(islice(lines, 1000)):  # (one write per line costs more than the line)
+                handle.write((separator if written else RESULTS_BLOCK_INDENT) + separator.join(block))
+                written += len(block)
+            if written:
+                handle.write("\n")
+    except BaseException:  # (what made the lines raised, or the pass was stopped)
+        Path(path).unlink(missing_ok=True)
+        raise
     assert count is None or count == written, f"stored {written} records of {count}"
     return RecordFile(Path(path), written, owned=True, block=True)
+
+
+def copy_bytes(source: IO[bytes], target: IO[Any]) -> None:
+    """The rest of `source` written at `target`'s position (a binary or text file, flushed first),
+    copied by the kernel where it can: a large run's results JSON copies its 400 MB store, which
+    decoding and encoding again took 0.3 s of. `target`'s own `tell` is not to be trusted after."""
+    target.flush()
+    for kernel_copy in (_copy_file_range, _sendfile):
+        copied = 0
+        try:
+            while step := kernel_copy(source.fileno(), target.fileno()):
+                copied += step
+            return
+        except OSError:
+            if copied:  # (partly copied: not a missing system call, a real error)
+                raise
+    # (no kernel copy between these files: through this process)
+    shutil.copyfileobj(source, getattr(target, "buffer", target), 1 << 20)
+
+
+def _copy_file_range(source: int, target: int) -> int:
+    return os.copy_file_range(source, target, 1 << 30)
+
+
+def _sendfile(source: int, target: int) -> int:
+    return os.sendfile(target, source, None, 1 << 30)
 
 
 RESULTS_OPENING = '"results": ['

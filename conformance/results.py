@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -26,12 +26,14 @@ from conformance.record_files import (
     RESULTS_OPENING,
     RecordFile,
     SortedSpill,
-    fold_into_store,
+    copy_bytes,
     open_results_json,
     record_key,
     record_text,
+    scratch_directory,
     sort_records,
 )
+from conformance.record_passes import Fold, fold_in_parts
 from conformance.run_environment import base_environment
 
 _T = TypeVar("_T")
@@ -59,8 +61,8 @@ def write_json(document: dict[str, Any], handle: IO[str]) -> int:
     records = document.get("results", [])
     if isinstance(records, RecordFile) and records.block:  # (a sorted store is this block already)
         handle.write("\n")
-        with records.path.open(encoding="utf-8") as block:
-            shutil.copyfileobj(block, handle, 1 << 20)
+        with records.path.open("rb") as block:
+            copy_bytes(block, handle)
         handle.write(" ]\n}\n")
         return len(opening.encode("utf-8")) + 1
     lines = records.lines() if isinstance(records, RecordFile) else (json.dumps(r, allow_nan=False) for r in records)
@@ -105,6 +107,10 @@ class Summary:
     def add(self, record: Mapping[str, Any]) -> None:
         key = (record["target"], record["outcome"])
         self.counts[key] = self.counts.get(key, 0) + 1
+
+    def merge(self, later: Summary) -> None:
+        for key, count in later.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + count
 
     def as_dict(self) -> dict[str, Any]:
         by_target: dict[str, Counter[str]] = {}
@@ -193,10 +199,11 @@ class ResultsWriter:
             self._open_stream()
             self._write_line({"kind": "case_error", **error})
 
-    def sorted_records(self, consumers: Iterable[Callable[[dict[str, Any]], object]] = ()) -> RecordFile:
+    def sorted_records(self, folds: Sequence[Fold] = (), parts: int | None = 1) -> RecordFile:
         """The records added so far, in results order, in a store beside the JSON (discard it after),
-        each handed to every one of `consumers` on the way: a run's end reads its records once."""
-        return fold_into_store(self._spill.lines(), list(consumers), self.spill_directory, self._spill.count)
+        each handed to every one of `folds` on the way: a run's end reads its records once, in up
+        to `parts` parts (None: one per usable core; conformance/record_passes.py)."""
+        return fold_in_parts(self._spill, folds, self.spill_directory or scratch_directory(), parts)
 
     def finish(
         self,
@@ -217,7 +224,7 @@ class ResultsWriter:
         a run stopped before its end (by a signal), as a stream cut off by a kill is marked."""
         if records is None:
             counts = Summary()
-            ordered = self.sorted_records([counts.add])
+            ordered = self.sorted_records([counts])
             summary = counts.as_dict()
         else:
             ordered = records

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -35,7 +35,8 @@ from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
 from conformance.record_files import from_wire, to_wire, wire_record
-from conformance.records import Record, observed
+from conformance.record_passes import Fold
+from conformance.records import Record
 from conformance.results import ResultsWriter, atomic_write_text, read_stream, result_key
 from conformance.run_environment import base_environment
 
@@ -123,6 +124,19 @@ def share_the_collection(config: pytest.Config, node: Any) -> None:
     shared = getattr(scheduler, "collection", None)
     if isinstance(collections, dict) and node in collections and shared is not None:
         collections[node] = shared
+
+
+class FrameworksThatRan:
+    """The frameworks a run's records come from (a pass's fold: conformance/record_passes.py)."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        self.names.add(record["framework"])
+
+    def merge(self, later: FrameworksThatRan) -> None:
+        self.names |= later.names
 
 
 class ResultCollector:
@@ -344,24 +358,26 @@ class ResultCollector:
         # One pass over the sorted records makes everything below: the stream is the store, and the
         # records are read back once, one at a time.
         state = run_state(session.config)
-        ran: set[str] = set()
+        ran = FrameworksThatRan()
         known = expectations.StatusTally(self.known.entries, self.corpus.result())
         kept = contracts.Tally(c.summary() for c in state.contracts.entries)
+        failing = history.FailingChecks()
+        folds: list[Fold] = [known, kept, ran, *([failing] if self.history_path is not None else [])]
         page = report.ReportData(self.writer.count, self.writer.spill_directory) if self.html_path else None
-        # (The report's page tallies the same overview and counts; without a page, this pass makes them.)
-        self.glance = page.overview if page is not None else Overview()
-        counts = page.summary if page is not None else results.Summary()
-        consumers = [known.add, kept.add, lambda record: ran.add(record["framework"])]
-        consumers += [counts.add, self.glance.add] if page is None else []
-        failing: list[history.Key] = []
-        if self.history_path is not None:
-            consumers.append(lambda r: failing.append(result_key(r)) if history.failing(observed(r)) else None)
-        records = self.writer.sorted_records(consumers + ([page.add] if page is not None else []))
+        if page is not None:  # (the report's page tallies the same overview and counts)
+            folds.append(page)
+            self.glance, counts = page.overview, page.summary
+        else:
+            self.glance, counts = Overview(), results.Summary()
+            folds += [self.glance, counts]
+        # A controller of workers ends in parts, one per core (its workers are done). A process that
+        # ran checks itself holds the frameworks' threads, whose locks a forked part could meet: one part.
+        records = self.writer.sorted_records(folds, parts=None if self.processes else 1)
         environment = base_environment()
         self.frameworks.update({k: v for k, v in runner.loaded_environments().items() if k not in self.frameworks})
         # Only frameworks that produced results: harness tests in the same process run fake adapters.
         # Keys are frameworks, or targets that run with settings of their own ("tensorflow.conv2d@onednn-on").
-        environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k.split(".")[0] in ran}
+        environment["frameworks"] = {k: v for k, v in sorted(self.frameworks.items()) if k.split(".")[0] in ran.names}
         # Without xdist this process ran the checks; with it, the controller only gathered results.
         own = "controller" if self.processes else "main"
         environment["processes"] = {**self.processes, own: process_usage(session.config)}
@@ -377,7 +393,7 @@ class ResultCollector:
         )  # fmt: skip
         records.discard()
         if self.history_path is not None:
-            self._add_to_history(self.history_path, failing)
+            self._add_to_history(self.history_path, failing.keys)
         if page is not None and self.html_path is not None:
             page.write(self.document, self.html_path)
 

@@ -15,14 +15,14 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from conformance import frameworks
 from conformance.merging import runs_of
 from conformance.overview import Overview
-from conformance.record_files import RecordFile, compact_json, scratch_directory, sort_records
+from conformance.record_files import RecordFile, compact_json, parse_json, scratch_directory, sort_records
 from conformance.records import edition
 from conformance.results import Summary, atomic_write
 
@@ -129,7 +129,11 @@ class ReportData:
 
     `total` (the number of records to come) decides whether conformant and not-run cells keep
     their details (`FULL_DETAIL_RESULTS`). The rows file goes in `directory` (the controller's:
-    its run's spill directory beside the results, not a temporary directory that may be in memory).
+    its run's spill directory beside the results, not a temporary directory that may be in memory),
+    made when the first case ends.
+
+    A part of a pass made in another process is `merge`d: it pickles with its rows flushed to its
+    own file, which the merging process reads and numbers again.
     """
 
     def __init__(self, total: int, directory: Path | None = None) -> None:
@@ -142,11 +146,11 @@ class ReportData:
         self.messages = _Strings()
         self._group: list[tuple[int, Mapping[str, Any]]] = []  # the current case's records, by column number
         self._missing: list[str] = []  # CASE_FIELDS its records have not given yet
-        directory = directory or scratch_directory()
-        descriptor, name = tempfile.mkstemp(dir=directory, prefix=".report-rows-", suffix=".json")
-        self._rows_path = Path(name)
-        self._rows: IO[str] | None = os.fdopen(descriptor, "w", encoding="utf-8")
+        self._directory = directory
+        self._rows_path: Path | None = None  # (no file before the first row: a forked part makes its own)
+        self._rows: IO[str] | None = None
         self._first_row = True
+        self._emitted = False
 
     def add(self, record: Mapping[str, Any]) -> None:
         if not self._group or record["case"] != self._group[0][1]["case"]:
@@ -171,20 +175,63 @@ class ReportData:
         self.summary.add(record)
 
     def _write_group(self) -> None:
-        assert self._rows is not None, "the report's rows are already written"
-        for row in _rows(self._group, self.messages, self.brief):
+        self._write_rows(_rows(self._group, self.messages, self.brief))
+        self._group = []
+
+    def _write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        assert not self._emitted, "the report's rows are already written"
+        if self._rows is None:
+            descriptor, name = tempfile.mkstemp(
+                dir=self._directory or scratch_directory(), prefix=".report-rows-", suffix=".json"
+            )
+            self._rows_path = Path(name)
+            self._rows = os.fdopen(descriptor, "w", encoding="utf-8")
+        for row in rows:
             self._rows.write(("" if self._first_row else ",") + compact_json(row))
             self._first_row = False
-        self._group = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A part's report, for the process that merges it: its rows stay in its file, flushed."""
+        if self._rows is not None:
+            self._rows.flush()
+        return {**self.__dict__, "_rows": None}
+
+    def merge(self, later: ReportData) -> None:
+        """The report of the records after this one's, made in another process (a part of a pass,
+        conformance/record_passes.py), as if this one had been handed them: `later`'s columns and
+        messages take this one's numbers where they are already numbered, and the next ones in
+        the order `later` numbered them, as one pass would have."""
+        self.overview.merge(later.overview)
+        self.summary.merge(later.summary)
+        if not later.cases:
+            return
+        if self._group:  # (its messages are numbered before any of `later`'s)
+            assert next(iter(later.cases)) > self._group[0][1]["case"], "a part's cases follow the cases before it"
+            self._write_group()
+        numbers: dict[int, int] = {}
+        for column in sorted(later.columns.values(), key=lambda c: int(c["n"])):
+            mine = self.columns.get(column["key"])
+            if mine is None:
+                mine = self.columns[column["key"]] = {**column, "n": len(self.columns)}
+            numbers[column["n"]] = mine["n"]
+        messages = [self.messages(text) for text in later.messages.table]
+        if later._rows_path is not None:
+            self._write_rows(_renumbered(later._rows_path.read_text(encoding="utf-8"), numbers, messages))
+            later._rows_path.unlink(missing_ok=True)
+        self.cases.update(later.cases)
+        self._group = [(numbers[column], record) for column, record in later._group]
+        self._missing = later._missing
 
     def emit(self, document: Mapping[str, Any], emit: Callable[[str], object]) -> None:
         """The data model as JSON text, in pieces: the header (from `document`: its runs,
         expectations, contracts and conflicts), the rows, the strings. Once: the rows are moved out."""
         if self._group:
             self._write_group()
-        assert self._rows is not None, "the report's data can be emitted once"
-        self._rows.close()
-        self._rows = None
+        assert not self._emitted, "the report's data can be emitted once"
+        self._emitted = True
+        if self._rows is not None:
+            self._rows.close()
+            self._rows = None
         header = {
             "title": document.get("title") or "Dilated convolution conformance",
             "created": document.get("created"),
@@ -202,19 +249,21 @@ class ReportData:
         }
         opening = json.dumps(header, separators=(",", ":"), allow_nan=False)
         emit(opening[:-1] + ',"rows":[')
-        try:
-            with self._rows_path.open(encoding="utf-8") as rows:
-                while piece := rows.read(1 << 20):
-                    emit(piece)
-        finally:
-            self._rows_path.unlink(missing_ok=True)
+        if self._rows_path is not None:
+            try:
+                with self._rows_path.open(encoding="utf-8") as rows:
+                    while piece := rows.read(1 << 20):
+                        emit(piece)
+            finally:
+                self._rows_path.unlink(missing_ok=True)
         emit('],"strings":' + json.dumps(self.messages.table, separators=(",", ":")) + "}")
 
     def discard(self) -> None:
         if self._rows is not None:
             self._rows.close()
             self._rows = None
-        self._rows_path.unlink(missing_ok=True)
+        if self._rows_path is not None:
+            self._rows_path.unlink(missing_ok=True)
 
     def write(self, document: Mapping[str, Any], path: Path) -> None:
         """The report file: atomically, the data compressed as it is emitted."""
@@ -280,6 +329,19 @@ def _rows(group: list[tuple[int, Mapping[str, Any]]], messages: _Strings, brief:
     for dtype, row in rows.items():
         row["rd"] = tensors[dtype].table if dtype in tensors else []
     return [rows[dtype] for dtype in sorted(rows)]
+
+
+def _renumbered(rows_text: str, columns: Mapping[int, int], messages: Sequence[int]) -> Iterator[dict[str, Any]]:
+    """A part's rows (their JSON, comma-separated) with their cells' columns and messages numbered
+    as the merging report numbers them."""
+    for row in parse_json(f"[{rows_text}]"):
+        cells = {}
+        for column, cell in row["cells"].items():
+            if "m" in cell:
+                cell["m"] = messages[cell["m"]]
+            cells[columns[int(column)]] = cell
+        row["cells"] = cells
+        yield row
 
 
 def _brief_cell(record: Mapping[str, Any], messages: _Strings) -> dict[str, Any]:
