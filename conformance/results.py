@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -216,12 +217,15 @@ class ResultsWriter:
         *,
         keep_spill: bool = False,
         interrupted: dict[str, Any] | None = None,
+        alongside: Callable[[dict[str, Any]], object] | None = None,
     ) -> dict[str, Any]:
         """Write the results JSON and close the stream. `records` (with their `summary`) from
         `sorted_records`; by default they are sorted and summarised here. The document returned
         reads its records from the JSON just written. The spill directory is removed, unless
         `keep_spill` (the caller still has scratch files there, and calls `close`). `interrupted`:
-        a run stopped before its end (by a signal), as a stream cut off by a kill is marked."""
+        a run stopped before its end (by a signal), as a stream cut off by a kill is marked.
+        `alongside` is called with the document (its records still the store's) while the JSON
+        is written in a thread: its copy and its fsync wait on the kernel, not on this process."""
         if records is None:
             counts = Summary()
             ordered = self.sorted_records([counts])
@@ -242,7 +246,13 @@ class ResultsWriter:
         }
         if interrupted is not None:
             document["interrupted"] = interrupted
-        start = atomic_write_returning(self.json_path, lambda handle: write_json(document, handle))
+        if alongside is None:
+            start = atomic_write_returning(self.json_path, lambda handle: write_json(document, handle))
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="conformance-results") as pool:
+                written = pool.submit(atomic_write_returning, self.json_path, lambda h: write_json(document, h))
+                alongside(document)  # (if it raises, the JSON is still written whole first)
+                start = written.result()
         if records is None:
             ordered.discard()
         document["results"] = RecordFile(self.json_path, len(ordered), start)

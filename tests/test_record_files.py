@@ -7,11 +7,13 @@ import json
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conformance import record_files
+from conformance import record_files, results
 from conformance.merging import merge
 from conformance.record_files import open_results_json, record_key, sort_records
 from conformance.report import embedded_data, write_report
@@ -84,6 +86,37 @@ def test_the_writer_s_json_comes_from_its_spill_sorted(tmp_path: Path, monkeypat
     checks = {(r["case"], r["target"], r["dtype"]) for r in records}  # (random ids repeat: one cell each)
     assert sum(len(row["cells"]) for row in model["rows"]) == len(checks)
     assert [(r["case"], r["dtype"]) for r in model["rows"]] == sorted({(r["case"], r["dtype"]) for r in records})
+
+
+def test_what_goes_alongside_the_results_json_runs_while_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's end writes its report while the results JSON is written in a thread (its copy and
+    fsync wait on the kernel); if the report fails, the JSON is still written whole first."""
+    records = _records(300, seed=4)
+    report_begun = threading.Event()
+    real_write_json = results.write_json
+
+    def write_json_once_the_report_has_begun(document: dict[str, Any], handle: Any) -> int:
+        assert report_begun.wait(10), "the results JSON was written before the report began"
+        return real_write_json(document, handle)
+
+    monkeypatch.setattr(results, "write_json", write_json_once_the_report_has_begun)
+    seen: list[dict[str, Any]] = []
+
+    def alongside(document: dict[str, Any]) -> None:
+        seen.append(dict(document))
+        report_begun.set()
+        raise RuntimeError("the report failed")
+
+    writer = ResultsWriter(tmp_path / "results.json")
+    for record in records:
+        writer.add(record)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="the report failed"):
+        writer.finish({"cpu": "test"}, ["test"], alongside=alongside)
+    assert seen[0]["environment"] == {"cpu": "test"} and seen[0]["summary"]["total"] == 300
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["results"] == sorted(records, key=record_key)
 
 
 @pytest.mark.parametrize("count", [0, 1, 2500])

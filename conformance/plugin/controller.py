@@ -13,6 +13,7 @@ time (conformance/record_files.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -387,14 +388,19 @@ class ResultCollector:
         if session.exitstatus == pytest.ExitCode.INTERRUPTED:  # what had finished when it stopped
             interrupted = {"stream": self.writer.stream_path.name, "results": self.writer.count, "torn_lines": 0}
             interrupted["signal"] = self.stopped_by or "KeyboardInterrupt"
+        # The report is written while the results JSON is (which waits on the kernel), unless the
+        # report shows the history, which reads that JSON first.
+        alongside = None
+        if page is not None and self.html_path is not None and self.history_path is None:
+            alongside = functools.partial(page.write, path=self.html_path)
         self.document = self.writer.finish(
             environment, command, known.statuses(), kept.result(), records, counts.as_dict(), keep_spill=True,
-            interrupted=interrupted,
+            interrupted=interrupted, alongside=alongside,
         )  # fmt: skip
         records.discard()
         if self.history_path is not None:
             self._add_to_history(self.history_path, failing.keys)
-        if page is not None and self.html_path is not None:
+        if page is not None and self.html_path is not None and alongside is None:
             page.write(self.document, self.html_path)
 
     def _add_to_history(self, path: Path, failing: list[history.Key]) -> None:
