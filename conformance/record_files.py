@@ -407,7 +407,7 @@ def copy_bytes(source: IO[bytes], target: IO[Any]) -> None:
             while step := kernel_copy(source.fileno(), target.fileno()):
                 copied += step
             return
-        except OSError:
+        except (OSError, AttributeError):  # (AttributeError: no such call on this system)
             if copied:  # (partly copied: not a missing system call, a real error)
                 raise
     # (no kernel copy between these files: through this process)

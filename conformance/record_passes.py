@@ -66,25 +66,30 @@ def fold_in_parts(spill: SortedSpill, folds: Sequence[Fold], directory: Path, pa
         return fold_into_store(spill.lines(), [fold.add for fold in folds], directory, spill.count)
     ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
     forked: list[_ForkedPart] = []
+    stores: list[RecordFile] = []  # (this part's, then a later one's until appended: removed if the pass stops)
     try:
         for number, (low, high) in enumerate(ranges[1:], start=1):
             forked.append(_fork_part(spill, folds, directory, low, high, number))
-        store = fold_into_store(spill.between(*ranges[0]), [fold.add for fold in folds], directory)
+        stores.append(fold_into_store(spill.between(*ranges[0]), [fold.add for fold in folds], directory))
         for part, (low, high) in zip(forked, ranges[1:], strict=True):
             made = part.result()
             if made is None:  # its process failed: fold its records here, in their turn
-                more = fold_into_store(spill.between(low, high), [fold.add for fold in folds], directory)
+                stores.append(fold_into_store(spill.between(low, high), [fold.add for fold in folds], directory))
             else:
-                more, theirs = made
-                for fold, later in zip(folds, theirs, strict=True):
+                stores.append(made[0])
+                for fold, later in zip(folds, made[1], strict=True):
                     fold.merge(later)
-            append_store(store, more)
+            append_store(stores[0], stores.pop())
+    except BaseException:
+        for store in stores:
+            store.discard()
+        raise
     finally:
         for part in forked:
             part.end()
         spill.discard()
-    assert store.count == spill.count or not spill.count, f"stored {store.count} records of {spill.count}"
-    return store
+    assert stores[0].count == spill.count, f"stored {stores[0].count} records of {spill.count}"
+    return stores[0]
 
 
 def append_store(store: RecordFile, more: RecordFile) -> None:

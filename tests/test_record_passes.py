@@ -197,25 +197,32 @@ def test_a_part_whose_process_fails_is_folded_again_in_its_turn(tmp_path: Path, 
 
 
 class _StopsTheParent:
-    def __init__(self) -> None:
+    """A fold that stops the pass in the process that made it (how a stop signal unwinds the
+    controller: conformance/lifetime.py), while folding its own part or while merging another's."""
+
+    def __init__(self, when: str) -> None:
         self.maker = os.getpid()
+        self.when = when
 
     def add(self, record: Mapping[str, Any]) -> None:
-        if os.getpid() == self.maker:
-            raise KeyboardInterrupt  # (how a stop signal unwinds the controller: conformance/lifetime.py)
+        if os.getpid() == self.maker and self.when == "folding":
+            raise KeyboardInterrupt
 
     def merge(self, later: _StopsTheParent) -> None:
-        pass
+        raise KeyboardInterrupt
 
 
 @pytest.mark.usefixtures("small_chunks")
-def test_a_stopped_pass_leaves_no_process_and_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("when", ["folding", "merging"])
+def test_a_stopped_pass_leaves_no_process_and_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
     forked: list[Any] = []
     real_fork = record_passes._fork_part
     monkeypatch.setattr(record_passes, "_fork_part", lambda *a: forked.append(part := real_fork(*a)) or part)
     spill = _spilled(_records(2000, seed=3), tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        record_passes.fold_in_parts(spill, [_StopsTheParent()], tmp_path, parts=3)
+        record_passes.fold_in_parts(spill, [_StopsTheParent(when)], tmp_path, parts=3)
     assert len(forked) == 2
     for part in forked:
         with pytest.raises(ChildProcessError):  # killed and reaped
@@ -239,7 +246,7 @@ def test_a_small_pass_is_one_part_and_a_large_one_a_part_per_core(
     assert len(forked) == 1
 
 
-@pytest.mark.parametrize("kernel", ["copy_file_range", "sendfile", "neither"])
+@pytest.mark.parametrize("kernel", ["copy_file_range", "sendfile", "neither", "no copy_file_range here"])
 def test_a_store_is_copied_into_the_results_json_as_it_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
 ) -> None:
@@ -249,8 +256,11 @@ def test_a_store_is_copied_into_the_results_json_as_it_is(
     def refused(source: int, target: int) -> int:
         raise OSError("not between these files")
 
+    def missing(source: int, target: int) -> int:
+        raise AttributeError("module 'os' has no attribute 'copy_file_range'")  # (macOS)
+
     if kernel != "copy_file_range":
-        monkeypatch.setattr(record_files, "_copy_file_range", refused)
+        monkeypatch.setattr(record_files, "_copy_file_range", missing if kernel.startswith("no") else refused)
     if kernel == "neither":
         monkeypatch.setattr(record_files, "_sendfile", refused)
     records = sorted(_records(300, seed=5), key=record_key)
