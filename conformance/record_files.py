@@ -50,20 +50,15 @@ except ImportError:  # pragma: no cover
 def parse_record(text: str | bytes) -> dict[str, Any]:
     """A record from its JSON text (orjson where it is installed: reading records back is most of
     what a large run's end, `merge`, `diff` and `report` do)."""
-    record: dict[str, Any] = parse_json(text)
-    return record
-
-
-def parse_json(text: str | bytes) -> Any:
-    """JSON text's value, by orjson where it is installed and takes it."""
     if _fast_loads is not None:
         try:
-            return _fast_loads(text)
+            return _fast_loads(text)  # type: ignore[no-any-return]
         except ValueError:
             # orjson refuses a lone surrogate ("\udcff": an OS path or message decoded with
             # surrogateescape), which json.dumps writes and json.loads reads.
             pass
-    return json.loads(text)
+    record: dict[str, Any] = json.loads(text)
+    return record
 
 
 def _orjson(value: Any, option: int = 0) -> bytes | None:

@@ -275,3 +275,22 @@ def test_a_store_is_copied_into_the_results_json_as_it_is(
         write_json(document, handle)
     assert json.loads((tmp_path / "results.json").read_text()) == {**document, "results": records}
     empty.discard()
+
+
+@pytest.mark.parametrize("piece", [7, 64, 1 << 20])
+def test_a_part_s_rows_are_read_back_one_at_a_time_whatever_the_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    """A part's rows file (compact rows, comma-separated) is read back row by row in pieces
+    (`report.ROWS_PIECE`), however the pieces cut it: inside strings, between rows, at a comma."""
+    monkeypatch.setattr(report, "ROWS_PIECE", piece)
+    rows = [
+        {"case": f"c{n}", "dtype": "float32", "cells": {n: {"o": "pass", "m": n, "w": '{"}],\\ é \u2260'}}, "rd": []}
+        for n in range(40)
+    ]
+    path = tmp_path / "rows.json"
+    path.write_text(",".join(record_files.compact_json(row) for row in rows), encoding="utf-8")
+    assert list(report._written_rows(path)) == json.loads(f"[{path.read_text(encoding='utf-8')}]")
+    path.write_text(path.read_text(encoding="utf-8")[:-5], encoding="utf-8")  # a torn last row
+    with pytest.raises(AssertionError, match="not rows"):
+        list(report._written_rows(path))

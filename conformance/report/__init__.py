@@ -22,7 +22,7 @@ from typing import IO, Any
 from conformance import frameworks
 from conformance.merging import runs_of
 from conformance.overview import Overview
-from conformance.record_files import RecordFile, compact_json, parse_json, scratch_directory, sort_records
+from conformance.record_files import RecordFile, compact_json, scratch_directory, sort_records
 from conformance.records import edition
 from conformance.results import Summary, atomic_write
 
@@ -216,7 +216,7 @@ class ReportData:
             numbers[column["n"]] = mine["n"]
         messages = [self.messages(text) for text in later.messages.table]
         if later._rows_path is not None:
-            self._write_rows(_renumbered(later._rows_path.read_text(encoding="utf-8"), numbers, messages))
+            self._write_rows(_renumbered(_written_rows(later._rows_path), numbers, messages))
             later._rows_path.unlink(missing_ok=True)
         self.cases.update(later.cases)
         self._group = [(numbers[column], record) for column, record in later._group]
@@ -331,10 +331,36 @@ def _rows(group: list[tuple[int, Mapping[str, Any]]], messages: _Strings, brief:
     return [rows[dtype] for dtype in sorted(rows)]
 
 
-def _renumbered(rows_text: str, columns: Mapping[int, int], messages: Sequence[int]) -> Iterator[dict[str, Any]]:
-    """A part's rows (their JSON, comma-separated) with their cells' columns and messages numbered
-    as the merging report numbers them."""
-    for row in parse_json(f"[{rows_text}]"):
+ROWS_PIECE = 1 << 20  # characters of a rows file read at a time
+
+
+def _written_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """A rows file's rows (compact JSON objects, comma-separated), read one at a time: a part's
+    rows are as many as its records' cases and dtypes."""
+    decoder = json.JSONDecoder()
+    with path.open(encoding="utf-8") as handle:
+        buffer, position = "", 0
+        while True:
+            piece = handle.read(ROWS_PIECE)
+            buffer, position = buffer[position:] + piece, 0
+            while True:
+                while position < len(buffer) and buffer[position] == ",":
+                    position += 1
+                try:
+                    row, position = decoder.raw_decode(buffer, position)
+                except ValueError:  # (the piece ended inside a row, or there is none left)
+                    break
+                yield row
+            if not piece:
+                assert position == len(buffer), f"{path}: not rows at {buffer[position : position + 80]!r}"
+                return
+
+
+def _renumbered(
+    rows: Iterable[dict[str, Any]], columns: Mapping[int, int], messages: Sequence[int]
+) -> Iterator[dict[str, Any]]:
+    """A part's rows with their cells' columns and messages numbered as the merging report numbers them."""
+    for row in rows:
         cells = {}
         for column, cell in row["cells"].items():
             if "m" in cell:
