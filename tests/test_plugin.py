@@ -543,3 +543,45 @@ def test_a_value_made_while_the_run_goes_on_is_the_value_or_its_error() -> None:
     later = _Later(broken)
     with pytest.raises(ValueError, match="not TOML"):
         later.result()
+
+
+VALID_CASES = CORPUS.split('[[case]]\nid = "broken"')[0]  # (an invalid case fails the run)
+HYPOTHESIS_PROBE = """
+import sys
+
+def pytest_unconfigure(config):
+    who = getattr(config, "workerinput", {}).get("workerid", "controller")
+    (config.rootpath / f"hypothesis-{who}").write_text(str("hypothesis" in sys.modules))
+"""
+
+
+def test_hypothesis_is_not_imported_to_summarize_a_run_that_never_used_it(
+    pytester: pytest.Pytester, corpus: Path
+) -> None:
+    """Hypothesis' pytest plugin imports Hypothesis for its terminal summary (0.13 s in the controller
+    and in each worker); a run of cases alone has nothing for it to say, and leaves it out."""
+    pytester.makeconftest(HYPOTHESIS_PROBE)
+    (corpus / "mine.toml").write_text(VALID_CASES)
+    result, _ = run(pytester, corpus, "-n", "2", "-p", "hypothesispytest")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    probes = {path.name: path.read_text() for path in pytester.path.glob("hypothesis-*")}
+    assert probes == dict.fromkeys(("hypothesis-controller", "hypothesis-gw0", "hypothesis-gw1"), "False"), probes
+
+
+@pytest.mark.parametrize("why", ["statistics", "a failure"])
+def test_hypothesis_summarizes_a_run_it_may_have_something_to_say_about(
+    pytester: pytest.Pytester, corpus: Path, why: str
+) -> None:
+    """Statistics asked for, or a failing test (a failing property-based test's examples travel on
+    its report): Hypothesis' summary runs as it would without the suite."""
+    pytester.makeconftest(HYPOTHESIS_PROBE)
+    (corpus / "mine.toml").write_text(VALID_CASES)
+    arguments = ["-p", "conformance.plugin", "-p", "hypothesispytest", "--cases", str(corpus)]
+    if why == "statistics":
+        arguments.append("--hypothesis-show-statistics")
+    else:
+        arguments.append(str(pytester.makepyfile(test_fails="def test_fails():\n    assert False\n")))
+    result = pytester.runpytest_subprocess(*arguments)
+    assert result.ret == (1 if why == "a failure" else 0), result.stdout.str()[-3000:]
+    assert (pytester.path / "hypothesis-controller").read_text() == "True"  # (a failure: its summary imported it)
+    assert ("Hypothesis Statistics" in result.stdout.str()) == (why == "statistics")

@@ -307,9 +307,13 @@ class _Counted:
 COUNTED = _Counted()
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(trylast=True)  # (the terminal reporter summarizes after every sessionfinish)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
+    if active(config):
+        from conformance.plugin.terminal import leave_out_an_empty_hypothesis_summary
+
+        leave_out_an_empty_hypothesis_summary(config)
     if active(config) and options.is_worker(config):
         from conformance import lifetime, runner
         from conformance.plugin import controller, selection, usage

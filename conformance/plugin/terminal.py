@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,23 @@ def wants_each_failure(config: pytest.Config) -> bool:
     given = spaced_values(config, "-r")
     given += [arg[2:] for arg in map(str, config.invocation_params.args) if arg.startswith("-r")]
     return any(char in chars for chars in given for char in "faA")
+
+
+HYPOTHESIS_PLUGIN = "hypothesispytest"  # (Hypothesis' pytest plugin, by its entry point's name)
+
+
+def leave_out_an_empty_hypothesis_summary(config: pytest.Config) -> None:
+    """Unregister Hypothesis' pytest plugin before the terminal summary where it has nothing to say.
+    Its summary imports Hypothesis to look for observability files (and Hypothesis, through its
+    entry points, trio): 0.13 s at the end of the controller and of each worker, the controller's
+    on the run's last stretch, though no case is a property-based test (not yet reported upstream;
+    the plugin otherwise defers that import until a test uses Hypothesis or an option names it,
+    HypothesisWorks/hypothesis#3159). It has something to say only where Hypothesis is imported
+    already (a test used it in this process, or an option such as --hypothesis-show-statistics
+    was given) or where a test failed (a failing property-based test's examples travel on its
+    report to the controller)."""
+    if config.pluginmanager.get_plugin(HYPOTHESIS_PLUGIN) is None or "hypothesis" in sys.modules:
+        return
+    if getattr(config.pluginmanager.get_plugin("terminalreporter"), "stats", {}).get("failed"):
+        return
+    config.pluginmanager.unregister(name=HYPOTHESIS_PLUGIN)
