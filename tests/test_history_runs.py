@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     clean = run_with_history(directory, "clean", store, broken=False)
     assert clean.returncode == 0, clean.stdout[-2000:]
     assert f"conformance: added to the history {store} (1 run(s))" in clean.stdout
+    time.sleep(1)  # (a run's time is to the second, and two of these runs can fit in one)
     broken = run_with_history(directory, "broken", store, broken=True)
     assert broken.returncode == 1, broken.stdout[-2000:]  # the broken case fails the run
     assert "(2 run(s))" in broken.stdout

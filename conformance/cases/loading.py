@@ -58,11 +58,12 @@ def _nested_shape(values: Any, where: str) -> tuple[int, ...]:
     return (len(values), *shapes.pop())
 
 
-def load_file(path: Path, root: Path | None = None) -> LoadResult:
-    """Every valid case in one file, and an error for everything else."""
+def load_file(path: Path, root: Path | None = None, raw_bytes: bytes | None = None) -> LoadResult:
+    """Every valid case in one file, and an error for everything else. `raw_bytes`: the file's
+    bytes, read already (conformance/cases/load_cache.py keys its entry on the bytes it loads)."""
     label = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
     try:
-        raw_bytes = path.read_bytes()
+        raw_bytes = path.read_bytes() if raw_bytes is None else raw_bytes
     except OSError as exc:
         return LoadResult([], [CaseError(label, f"cannot read the file: {exc.strerror or exc}")])
     try:

@@ -83,6 +83,10 @@ class Case:
     def qualified_id(self) -> str:
         return f"{self.suite}/{self.id}"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its geometry, which unpickled would be a copy: cases share one per geometry."""
+        return {name: value for name, value in self.__dict__.items() if name != "geometry"}
+
     @property
     def rank(self) -> int:
         """The number of spatial axes."""

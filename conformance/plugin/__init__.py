@@ -92,13 +92,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if not active(config):
         return
     from conformance import lifetime, native
-    from conformance.plugin import collection, controller, run_state, selection
+    from conformance.plugin import controller, run_state, selection
 
     lifetime.end_without_collecting()  # (controller and workers: their exit need not collect the heap)
     native.guard()  # a framework dropped from sys.modules is never imported again (corrupted) in this process
     selection.register_markers(config)
     settings = options.settings(config)
-    collection.set_roots(config, settings.cases)
+    options.set_corpus_roots(config, settings.cases)
     run_state.start(config)
     if options.is_worker(config):
         lifetime.exit_without_finalizing()

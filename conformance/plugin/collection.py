@@ -14,10 +14,12 @@ import pytest
 
 from conformance import composites
 from conformance.adapters import Target
-from conformance.cases import NON_CASE_FILES, Case, case_files, id_lines, load_file
+from conformance.cases import NON_CASE_FILES, Case, case_files, id_lines
+from conformance.cases.load_cache import load_file_kept
 from conformance.plugin import sharding
 from conformance.plugin.items import BatchItem, CompositeItem, ConformanceItem, NotRunChecks, invalid_item
-from conformance.plugin.options import settings
+from conformance.plugin.options import corpus_roots, settings
+from conformance.plugin.run_state import kept_cases_directory
 from conformance.plugin.selection import (
     batch_keywords,
     batch_markers,
@@ -33,24 +35,6 @@ from conformance.plugin.selection import (
 from conformance.plugin.selection import case_targets as targets_for_case
 from conformance.semantics import CONV
 
-_roots_key = pytest.StashKey[list[Path]]()
-
-
-def set_roots(config: pytest.Config, requested: tuple[Path, ...]) -> None:
-    """The corpus: `--cases` paths, or the rootdir's cases/. `--cases` replaces the testpaths (cases/
-    in a checkout): `pytest --cases mine/` runs mine/ only. Paths named on the command line stay
-    (`pytest tests --cases mine/` runs the harness's tests and mine/)."""
-    default_root = Path(config.rootpath, "cases")
-    config.stash[_roots_key] = list(requested) or [default_root]
-    if requested:
-        kept = [] if config.args_source == pytest.Config.ArgsSource.TESTPATHS else list(config.args)
-        config.args[:] = kept + [str(p) for p in requested if str(p) not in kept]
-
-
-def roots(config: pytest.Config) -> list[Path]:
-    return config.stash[_roots_key]
-
-
 TIER_SWITCHES = {"extended": "--conformance-tier extended", "large": "-m large, or --conformance-tier large"}
 
 
@@ -62,9 +46,9 @@ def tiers_left_out(config: pytest.Config) -> str | None:
         return None
     collected = collected_tiers(config)
     left: dict[str, int] = {}
-    for path, root in dict(case_files(roots(config))).items():
+    for path, root in dict(case_files(corpus_roots(config))).items():
         if path.name != composites.FILE_NAME:
-            for case in load_file(path, root).cases:
+            for case in load_file_kept(path, root.parent, kept_cases_directory()).cases:  # (labelled as collected)
                 if case.tier not in collected:
                     left[case.tier] = left.get(case.tier, 0) + 1
     if not left:
@@ -74,7 +58,7 @@ def tiers_left_out(config: pytest.Config) -> str | None:
 
 
 def _root_of(config: pytest.Config, path: Path) -> Path | None:
-    for root in roots(config):
+    for root in corpus_roots(config):
         if path.resolve() == root or path.resolve().is_relative_to(root):
             return root
     return None
@@ -99,7 +83,7 @@ class CaseFile(pytest.File):
         self.root = root
 
     def collect(self) -> Iterator[pytest.Item]:
-        loaded = load_file(self.path, self.root.parent)
+        loaded = load_file_kept(self.path, self.root.parent, kept_cases_directory())
         for error in loaded.errors:
             yield invalid_item(self, error)
         candidates = collected_targets(self.config)

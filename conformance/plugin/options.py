@@ -223,6 +223,24 @@ class Settings:
         return max(1, max(self.repeat, self.gpu_repeat) if device == "gpu" else self.repeat)
 
 
+_roots_key = pytest.StashKey[list[Path]]()
+
+
+def set_corpus_roots(config: pytest.Config, requested: tuple[Path, ...]) -> None:
+    """The corpus: `--cases` paths, or the rootdir's cases/. `--cases` replaces the testpaths (cases/
+    in a checkout): `pytest --cases mine/` runs mine/ only. Paths named on the command line stay
+    (`pytest tests --cases mine/` runs the harness's tests and mine/)."""
+    default_root = Path(config.rootpath, "cases")
+    config.stash[_roots_key] = list(requested) or [default_root]
+    if requested:
+        kept = [] if config.args_source == pytest.Config.ArgsSource.TESTPATHS else list(config.args)
+        config.args[:] = kept + [str(p) for p in requested if str(p) not in kept]
+
+
+def corpus_roots(config: pytest.Config) -> list[Path]:
+    return config.stash[_roots_key]
+
+
 def is_worker(config: pytest.Config) -> bool:
     """An xdist worker (it has workerinput); the controller and a run without xdist have none."""
     return hasattr(config, "workerinput")

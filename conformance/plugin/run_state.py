@@ -83,6 +83,14 @@ def start(config: pytest.Config) -> RunState:
     return state
 
 
+def kept_cases_directory() -> Path | None:
+    """Where this run's processes keep the case files they loaded (conformance/cases/load_cache.py):
+    beside the compiled programs, under the root the run names (`start`); None outside a run."""
+    root = os.environ.get(compile_cache.ROOT_VARIABLE)
+    return Path(root) / KEPT_CASES if root else None
+
+
+KEPT_CASES = "loaded-cases"
 STATE_PREFIX = "conformance-run-"
 OWNER_FILE = "owner"  # "<host> <pid>" of the process that made the directory
 
