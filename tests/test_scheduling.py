@@ -31,76 +31,13 @@ def test_each_share_starts_with_its_modules_and_is_filled_with_checks() -> None:
     assert items == [*a, *checks[:10], *b, *c, *checks[10:]]
 
 
-def test_nothing_moves_without_two_workers_or_without_both_kinds_and_costs() -> None:
+def test_nothing_moves_without_two_workers_or_without_both_kinds() -> None:
     checks = [fake(f"cases/c.toml::check{i}") for i in range(4)]
     tests = [fake("tests/test_a.py::test_0")]
     for items, workers in (([*tests, *checks], 1), (list(checks), 2), (list(tests), 2)):
         before = list(items)
         scheduling.spread(items, lambda item: item.nodeid.startswith("cases/"), workers=workers)
         assert items == before
-
-
-def units_of(costs: dict[str, tuple[float, int]]) -> tuple[list[pytest.Item], dict[str, float], dict[str, str]]:
-    """Checks of units named by `costs` (unit: (cost of each check, checks)), in that order; each
-    check's cost and unit by nodeid."""
-    checks, cost, unit = [], {}, {}
-    for name, (each, count) in costs.items():
-        for i in range(count):
-            nodeid = f"cases/c.toml::{name}{i}"
-            checks.append(fake(nodeid))
-            cost[nodeid], unit[nodeid] = each, name
-    return checks, cost, unit
-
-
-def spread_checks(items: list[pytest.Item], cost: dict[str, float], unit: dict[str, str], workers: int = 2) -> None:
-    scheduling.spread(
-        items,
-        lambda item: item.nodeid.startswith("cases/"),
-        workers=workers,
-        cost=lambda item: cost[item.nodeid],
-        unit=lambda item: unit[item.nodeid],
-    )
-
-
-def each(name: str, count: int = 4) -> list[str]:
-    return [f"{name}{i}" for i in range(count)]
-
-
-def names(items: list[pytest.Item]) -> list[str]:
-    return [item.nodeid.removeprefix("cases/c.toml::") for item in items]
-
-
-def test_checks_are_dealt_costliest_first_and_each_share_ends_on_its_cheapest() -> None:
-    """Longest processing time first, a unit at a time: b (5 a check) to the first share, c (3) to
-    the second, which has less work, d (2) to the second again (6 against 20), a (1) to the first,
-    the only one with room. Each share runs its costliest unit first, so the run ends on a and d; in
-    collection order the second share would have ended on d and c, and the first on b."""
-    checks, cost, unit = units_of({"a": (1, 4), "b": (5, 4), "c": (3, 4), "d": (2, 4)})
-    items = list(checks)
-    spread_checks(items, cost, unit)
-    first_share, second_share = [*each("b"), *each("a")], [*each("c"), *each("d")]
-    assert names(items) == [*first_share, *second_share]
-
-
-def test_a_unit_is_split_only_where_its_share_fills_up() -> None:
-    """14 checks in two shares of 7: b (5 a check) to the first share, x (4) to the second, which it
-    fills, and x's last check to the first, before the cheap y, which has room only there."""
-    checks, cost, unit = units_of({"b": (5, 2), "x": (4, 8), "y": (1, 4)})
-    items = list(checks)
-    spread_checks(items, cost, unit)
-    x = [f"x{i}" for i in range(8)]
-    assert names(items) == ["b0", "b1", x[7], "y0", "y1", "y2", "y3", *x[:7]]
-
-
-def test_the_harness_tests_open_each_share_and_the_checks_fill_it_by_cost() -> None:
-    checks, cost, unit = units_of({"cheap": (1, 4), "dear": (9, 4)})
-    a = [fake(f"tests/test_a.py::test_{i}") for i in range(3)]
-    b = [fake(f"tests/test_b.py::test_{i}") for i in range(3)]
-    items = [*a, *b, *checks]
-    spread_checks(items, cost, unit)
-    # 14 items: shares of 7, each a module and 4 checks; dear fills the first, cheap the second.
-    tests_of = {n: [f"tests/test_{n}.py::test_{i}" for i in range(3)] for n in ("a", "b")}
-    assert names(items) == [*tests_of["a"], *each("dear"), *tests_of["b"], *each("cheap")]
 
 
 def config(dist: str, args: tuple[str, ...] = (), addopts: tuple[str, ...] = ()) -> Any:
@@ -197,29 +134,3 @@ def test_collecting_the_harness_tests_loads_no_framework() -> None:
     )
     last_line = finished.stdout.strip().splitlines()[-1]
     assert last_line == "0 []", finished.stdout[-2000:] + finished.stderr[-2000:]
-
-
-# Six geometries, each one item (one dtype): rate 1, 2, 3 by stride 1, 2.
-STRIDES_AND_RATES = SWEEP.replace('padding = ["VALID", "SAME"]', 'padding = ["SAME"]').replace(
-    "kernel_size = 3\n", 'kernel_size = 3\ndtypes = ["float32"]\n'
-)
-
-
-def test_a_run_deals_its_geometries_by_the_framework_calls_they_make(tmp_path: Path) -> None:
-    """A real collection for two workers: tf.nn.atrous_conv2d has no stride, so a geometry of stride 2
-    makes fewer framework calls than one of stride 1 (known without importing anything). The
-    geometries of stride 1 are dealt first, two to the first share and one to the second, and each
-    share ends on stride 2; in collection order the strides alternate (rate 1 stride 1, rate 1
-    stride 2, ...), and the first share ended on stride 1."""
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tmp_path / "conftest.py").write_text(ORDER_HOOK.replace('os.environ.get("PYTEST_XDIST_WORKER")', '"gw0"'))
-    (tmp_path / "cases").mkdir()
-    (tmp_path / "cases" / "g.toml").write_text(STRIDES_AND_RATES)
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--co", "-n", "2", "cases"]
-    command += ["--conformance-target", "numpy.*", "--conformance-target", "tensorflow.atrous_conv2d-cpu"]
-    command += ["--conformance-html", "none", "--conformance-json", "results.json", "--expectations", "none"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=child_environment(), timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    order = (tmp_path / "order").read_text().splitlines()
-    strides = [int(nodeid.split("-s")[1][0]) for nodeid in order]
-    assert strides == [1, 1, 2, 1, 2, 2], order

@@ -170,11 +170,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             items.append(InvalidCaseItem.from_parent(session, name=name, path=path, nodeid=nodeid, error=error))
     if settings.workers > 1:  # (the same order in every worker: xdist checks that they collected alike)
         from conformance.plugin import scheduling
-        from conformance.plugin.items import BatchItem, ConformanceItem, NotRunItem, framework_calls, program_unit
+        from conformance.plugin.items import BatchItem, ConformanceItem, NotRunItem
 
         checks = (ConformanceItem, BatchItem, NotRunItem, FuzzItem, InvalidCaseItem)
-        estimate = framework_calls(config)
-        scheduling.spread(items, lambda item: isinstance(item, checks), settings.workers, estimate, program_unit)
+        scheduling.spread(items, lambda item: isinstance(item, checks), settings.workers)
 
 
 _natively_deselected_key = pytest.StashKey[list[int]]()

@@ -11,7 +11,6 @@ crashed too often is skipped. Records travel to the controller on the item's rep
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +34,6 @@ from conformance.plugin.selection import (
     no_device_reason,
     targets,
 )
-from conformance.plugin.sharding import unit_of_case
 from conformance.plugin.terminal import failure_text, terminal_safe
 from conformance.plugin.usage import count_checks, process_usage
 from conformance.record_files import WireRecord, to_wire, wire_record
@@ -501,46 +499,3 @@ class InvalidCaseItem(pytest.Item):
 def invalid_item(parent: pytest.Collector, error: CaseError, kind: str = "case-file-error") -> InvalidCaseItem:
     name = terminal_safe(f"{error.case or '(file)'}[{kind}]")
     return InvalidCaseItem.from_parent(parent, name=name, error=error)
-
-
-def program_unit(item: pytest.Item) -> str:
-    """What an item shares compiled programs with (plugin/scheduling.py keeps them together): its
-    case's geometry (plugin/sharding.py's unit), or the item alone."""
-    case = getattr(item, "case", None)
-    return _unit_of(case) if isinstance(case, Case) else item.nodeid
-
-
-@functools.lru_cache(maxsize=4096)  # (a Case hashes by identity: a batch's dtypes share its first case)
-def _unit_of(case: Case) -> str:
-    return unit_of_case(case)
-
-
-def framework_calls(config: pytest.Config) -> Callable[[pytest.Item], float]:
-    """An item's framework calls, estimated before it runs (what plugin/scheduling.py orders a run's
-    checks by): the checks whose target's API states them (`runner.unsupported_reason`, from shapes
-    and settings alone). Neither a refusal the framework states only when called nor the memory
-    budget is foreseen: an estimate of the budget's costs 30 us a geometry and target, a tenth of a
-    second of every worker's start. A batch's replicates share one geometry, so its first case
-    answers for all. An item that calls no framework (checks not run here, an invalid case) costs
-    nothing; the fuzzer, an example per target at most."""
-    supported: dict[tuple[str, str, str], bool] = {}  # (geometry, target, dtype): the large tier asks 37,000 times
-
-    def runs(case: Case, target: Target, dtype: str, unit: str) -> bool:
-        key = (unit, target.id, dtype)
-        if key not in supported:
-            supported[key] = runner.unsupported_reason(case, target, dtype, None) is None
-        return supported[key]
-
-    def estimate(item: pytest.Item) -> float:
-        if isinstance(item, BatchItem):
-            unit = _unit_of(item.case)
-            return float(len(item.cases) * sum(runs(item.case, target, item.dtype, unit) for target in item.targets))
-        if isinstance(item, CompositeItem):
-            return 1.0
-        if isinstance(item, ConformanceItem):
-            return float(runs(item.case, item.target, item.dtype, _unit_of(item.case)))
-        if isinstance(item, FuzzItem):
-            return float(settings(config).fuzz_examples * len(targets(config)))
-        return 0.0
-
-    return estimate
