@@ -227,6 +227,7 @@ def test_a_run_keeps_what_it_loaded_beside_its_compiled_programs_and_sees_an_edi
     (project / "pytest.ini").write_text("[pytest]\n")
     (project / "cases" / "m.toml").write_text(FROM_A_FILE.replace('{ file = "weights.npz", key = "k" }', KERNEL))
     first = run_numpy(project, f"--conformance-cache={cache}")
+    assert {r["case_file"] for r in first} == {"cases/m.toml"}  # (labelled under the root's parent, as ever)
     assert len(list((cache / KEPT_CASES).glob("loader-*/*.pickle"))) == 1
     (project / "cases" / "m.toml").write_text(FROM_A_FILE.replace("seed = 1", "seed = 7").replace(FILE_KERNEL, KERNEL))
     edited = run_numpy(project, f"--conformance-cache={cache}")

@@ -14,7 +14,7 @@ import pytest
 
 from conformance import composites
 from conformance.adapters import Target
-from conformance.cases import NON_CASE_FILES, Case, case_files, id_lines
+from conformance.cases import NON_CASE_FILES, Case, LoadResult, case_files, id_lines
 from conformance.cases.load_cache import load_file_kept
 from conformance.plugin import sharding
 from conformance.plugin.items import BatchItem, CompositeItem, ConformanceItem, NotRunChecks, invalid_item
@@ -48,13 +48,20 @@ def tiers_left_out(config: pytest.Config) -> str | None:
     left: dict[str, int] = {}
     for path, root in dict(case_files(corpus_roots(config))).items():
         if path.name != composites.FILE_NAME:
-            for case in load_file_kept(path, root.parent, kept_cases_directory()).cases:  # (labelled as collected)
+            for case in load_case_file(path, root).cases:
                 if case.tier not in collected:
                     left[case.tier] = left.get(case.tier, 0) + 1
     if not left:
         return None
     named = "; ".join(f"{count} case(s) of tier {tier} ({TIER_SWITCHES[tier]})" for tier, count in sorted(left.items()))
     return f"not run, of a tier this run leaves out: {named}"
+
+
+def load_case_file(path: Path, root: Path) -> LoadResult:
+    """A corpus file under `root`, its cases and errors labelled by their path under the root's
+    parent, and kept between runs (conformance/cases/load_cache.py): every process of a run that
+    loads it (the workers' collection, the controller's corpus) reads the one entry."""
+    return load_file_kept(path, root.parent, kept_cases_directory())
 
 
 def _root_of(config: pytest.Config, path: Path) -> Path | None:
@@ -83,7 +90,7 @@ class CaseFile(pytest.File):
         self.root = root
 
     def collect(self) -> Iterator[pytest.Item]:
-        loaded = load_file_kept(self.path, self.root.parent, kept_cases_directory())
+        loaded = load_case_file(self.path, self.root)
         for error in loaded.errors:
             yield invalid_item(self, error)
         candidates = collected_targets(self.config)

@@ -26,19 +26,12 @@ import pytest
 
 from conformance import contracts, expectations, history, isolation, lifetime, report, results, runner
 from conformance.cases import case_files
-from conformance.cases.load_cache import load_file_kept
 from conformance.compare import Outcome
 from conformance.overview import Overview
 from conformance.plugin import CASE_ERROR_KEY, CHECK_KEY, RECORD_KEY, REQUEUED
-from conformance.plugin.collection import tiers_left_out
+from conformance.plugin.collection import load_case_file, tiers_left_out
 from conformance.plugin.options import corpus_roots, settings
-from conformance.plugin.run_state import (
-    CONTROLLER_PID_INPUT,
-    RETIRE_INPUT,
-    STATE_DIR_INPUT,
-    kept_cases_directory,
-    run_state,
-)
+from conformance.plugin.run_state import CONTROLLER_PID_INPUT, RETIRE_INPUT, STATE_DIR_INPUT, run_state
 from conformance.plugin.selection import targets
 from conformance.plugin.terminal import failure_text, report_deselected, terminal_safe, write_summary
 from conformance.plugin.usage import process_usage
@@ -70,7 +63,7 @@ def corpus(config: pytest.Config) -> expectations.Corpus:
     case_dtypes = {
         case.qualified_id: tuple(case.dtypes)
         for path, root in dict(case_files(searched)).items()
-        for case in load_file_kept(path, root.parent, kept_cases_directory()).cases  # (labelled as collected)
+        for case in load_case_file(path, root).cases
     }
     return expectations.Corpus(case_dtypes, tuple(t.id for t in targets(config)))
 
