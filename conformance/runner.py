@@ -19,6 +19,7 @@ from conformance.adapters.base import OUTPUT, QUANTITIES, CallParams, ConvCall, 
 from conformance.cases import Case
 from conformance.check_records import full_reproduction, judged, make_record
 from conformance.compare import Outcome, Verdict, classify, classify_together
+from conformance.exception_text import exception_text
 from conformance.judging import Prepared, prepare
 from conformance.machine import FactValue
 from conformance.records import Record
@@ -80,6 +81,16 @@ def reproduction_of(case: Case, target: Target, dtype: str) -> str:
     return full_reproduction(case, dtype, source, adapter.quantity, tangents)
 
 
+def with_reproduction(record: Record, case: Case, target: Target, dtype: str) -> Record:
+    """`record` (in place) with the reproduction its check left out (`call_check` without
+    `reproduce`). One that cannot be written says why, as a comment: the record is reported anyway."""
+    try:
+        record["reproduction"] = reproduction_of(case, target, dtype)
+    except Exception as exc:
+        record["reproduction"] = f"# the reproduction could not be written: {exception_text(exc)}\n"
+    return record
+
+
 @dataclass
 class Answered:
     """A check whose framework call returned an answer that may be judged with others (`judge_answers`):
@@ -135,12 +146,14 @@ def call_check(
     contracts: accumulation_contracts.Contracts = accumulation_contracts.NONE,
     memory_budget: tuple[int, str] | None = None,
     planned: Record | None = None,
+    reproduce: bool = True,
 ) -> Record | Answered:
     """`run_check` up to its framework call's answer: the finished record, or, for an answer that
     `judge_answers` may judge with others (a forward output called once; an equivalence oracle's
     with its primary formulation's output), the check as `Answered`. What the check spends after
     the call is its judging alone. `planned`: the check's record as its batch planned it, which
-    becomes its record (`check_records.make_record`)."""
+    becomes its record (`check_records.make_record`). Without `reproduce` the record has no
+    reproduction: `with_reproduction` adds it where its outcome keeps one."""
     started = time.perf_counter()
     spent_before = timing.totals()
     adapter = target.adapter
@@ -161,7 +174,7 @@ def call_check(
                 after_load()
             prepared = prepare(case, dtype)
             call, tangents = conv_call(case, dtype, adapter.quantity, prepared)
-            reproduction = adapter.reproduction(call, target.device, target.precision)
+            reproduction = adapter.reproduction(call, target.device, target.precision) if reproduce else ""
             record = make_record(
                 case, target, dtype, DIED_IN_CALL, prepared, reproduction, tangents=tangents, planned=planned
             )

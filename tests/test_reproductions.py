@@ -506,6 +506,57 @@ def test_routine_large_tier_records_are_lean_and_reproduce_writes_what_they_left
     assert unknown.returncode == 2 and b"no target" in unknown.stderr
 
 
+def test_a_large_tier_check_whose_worker_died_keeps_its_reproduction(tmp_path: Path) -> None:
+    """A large-tier check makes its reproduction only once its outcome keeps one: a crash's, which
+    its worker could not report, is made by the controller, the same as a failure's in the worker."""
+    from tests.projects import child_environment, write_project
+
+    directory = write_project(tmp_path, ["Segfault", "StrideRateBug"], {"large.toml": LARGE_TIER})
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "large", "-n", "2"]
+    command += ["--conformance-target=numpy.*", "--conformance-target=faulty.*", "--conformance-crash-limit=2"]
+    command += ["--expectations=none", "--conformance-json=out/results.json", "--conformance-html=none"]
+    run = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True, timeout=600)
+    assert (directory / "out" / "results.json").exists(), run.stdout[-3000:]
+    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    crashed = [r for r in records if r["outcome"] == "crash"]
+    failed = [r for r in records if r["outcome"] == "mismatch"]
+    assert len(crashed) == 2 and failed, run.stdout[-3000:]
+    for record in crashed + failed:
+        fault = "Segfault" if record["outcome"] == "crash" else "StrideRateBug"
+        assert f"# case {record['case']} (cases/large.toml), dtype {record['dtype']}" in record["reproduction"]
+        assert record["reproduction"].endswith(f"# fault injection: tests/fault_adapters.py, {fault}")
+    assert all(r["reproduction"] == "" for r in records if r["outcome"] in ("pass", "skip"))
+
+
+def test_a_check_told_not_to_reproduce_makes_its_reproduction_only_when_asked(
+    cases: list[Case], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`call_check(reproduce=False)` (a large-tier batch's) calls the framework with no reproduction
+    made; `with_reproduction` adds the one it would have carried, or says why it cannot."""
+    from conformance import check_records, runner
+    from conformance.adapters import all_targets
+
+    target = next(t for t in all_targets() if t.id == "numpy.im2col-cpu")
+    case = cases[0]
+    called = runner.call_check(case, target, "float32", reproduce=False)
+    record = runner.judge_answers([called])[0] if isinstance(called, runner.Answered) else called
+    assert record["outcome"] == "pass" and record["reproduction"] == "" and record["input_sha256"]
+    assert not check_records.wants_reproduction(record)  # (routine: none kept)
+    record["outcome"] = "mismatch"
+    assert check_records.wants_reproduction(record)
+    assert (
+        runner.with_reproduction(record, case, target, "float32")["reproduction"]
+        == run_check(case, target, "float32")["reproduction"]
+    )
+
+    def fails(*args: Any) -> str:
+        raise ValueError("no source")
+
+    monkeypatch.setattr(runner, "reproduction_of", fails)
+    written = runner.with_reproduction(dict(record), case, target, "float32")["reproduction"]
+    assert written == "# the reproduction could not be written: ValueError: no source\n"
+
+
 @pytest.mark.parametrize("name", ["numpy.im2col-cpu", "torch.conv2d@grad-kernel-cpu"])
 def test_reproduce_writes_what_a_record_holds(name: str, cases: list[Case]) -> None:
     """`reproduction_of` (the reproduce command) and a run's record agree, derivatives included."""

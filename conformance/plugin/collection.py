@@ -64,6 +64,14 @@ def load_case_file(path: Path, root: Path) -> LoadResult:
     return load_file_kept(path, root.parent, kept_cases_directory())
 
 
+def case_named(config: pytest.Config, label: str, case_id: str) -> Case | None:
+    """The case `case_id` of the corpus file its records label `label` (`load_case_file`), or None."""
+    for path, root in case_files(list(corpus_roots(config))):
+        if path.is_relative_to(root.parent) and str(path.relative_to(root.parent)) == label:
+            return next((case for case in load_case_file(path, root).cases if case.qualified_id == case_id), None)
+    return None
+
+
 def _root_of(config: pytest.Config, path: Path) -> Path | None:
     for root in corpus_roots(config):
         if path.resolve() == root or path.resolve().is_relative_to(root):

@@ -24,12 +24,12 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from conformance import contracts, expectations, history, isolation, lifetime, report, results, runner
+from conformance import check_records, contracts, expectations, history, isolation, lifetime, report, results, runner
 from conformance.cases import case_files
 from conformance.compare import Outcome
 from conformance.overview import Overview
 from conformance.plugin import CASE_ERROR_KEY, CHECK_KEY, RECORD_KEY, REQUEUED
-from conformance.plugin.collection import load_case_file, tiers_left_out
+from conformance.plugin.collection import case_named, load_case_file, tiers_left_out
 from conformance.plugin.options import corpus_roots, settings
 from conformance.plugin.run_state import CONTROLLER_PID_INPUT, RETIRE_INPUT, STATE_DIR_INPUT, run_state
 from conformance.plugin.selection import targets
@@ -226,6 +226,8 @@ class ResultCollector:
         tally["stopped"] = tally["stopped"] or lost.while_loading or tally["count"] >= self.limits.crash_limit
         atomic_write_text(self.state_dir / isolation.BROKEN_TARGETS_FILE, json.dumps(self.lost_checks))
         expectations.apply(record, self.known.entries)
+        if check_records.wants_reproduction(record):  # (a large-tier check's worker made none before its call)
+            self._add_reproduction(record)
         report.user_properties.append((RECORD_KEY, to_wire([wire_record(record)])))
         # The checks the batch did not reach run again on a worker (after the tally above is on disk).
         after = self._report_the_rest(crashitem, report, sched, [record], finished, not_reached)
@@ -238,6 +240,12 @@ class ResultCollector:
         if record["outcome"] == Outcome.XFAIL:
             report.outcome = "skipped"
             report.wasxfail = f"known divergence {record['expectation']['id']}"
+
+    def _add_reproduction(self, record: Record) -> None:
+        case = case_named(self.config, record["case_file"], record["case"])
+        target = next((t for t in targets(self.config) if t.id == record["target"]), None)
+        if case is not None and target is not None:
+            runner.with_reproduction(record, case, target, record["dtype"])
 
     def _requeue_after_retirement(self, worker: str, crashitem: str, report: pytest.TestReport) -> None:
         """A worker that retired between two checks of a batch: the checks it finished go with this

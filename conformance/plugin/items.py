@@ -98,7 +98,7 @@ class ConformanceItem(pytest.Item):
         started = time.time()
         record = self._guarded(self._check)
         count_checks(self.config, 1, started)
-        settle(record, self.case, run_state(self.config).known.entries)
+        settle(record, self.case, self.target, run_state(self.config).known.entries)
         self.user_properties.append((RECORD_KEY, to_wire([wire_record(record)])))
         outcome = Outcome(record["outcome"])
         if outcome in NOT_RUN:
@@ -155,12 +155,15 @@ def answering_check(
 ) -> Check[Record | runner.Answered]:
     """`conformance_check` whose answer, where it may be judged with others, comes back unjudged
     (`runner.call_check`; `runner.judge_answers` judges it); `planned`: its batch's record of it,
-    which becomes its record."""
+    which becomes its record. A large-tier check makes its reproduction only once its outcome keeps
+    one (`settle`; a crash's, the controller)."""
+    reproduce = not check_records.reproduction_deferred(case)
 
     def check(before_call: Callable[[Record], None], after_load: Callable[[], None]) -> Record | runner.Answered:
         return runner.call_check(
-            case, target, dtype, before_call, after_load=after_load, planned=planned, **_check_settings(config, target)
-        )
+            case, target, dtype, before_call, after_load=after_load, planned=planned, reproduce=reproduce,
+            **_check_settings(config, target),
+        )  # fmt: skip
 
     return check
 
@@ -256,10 +259,13 @@ def short_of_memory(config: pytest.Config) -> bool:
     return guard is not None and guard.exhausted_by is not None and bool(config.workerinput.get(RETIRE_INPUT))  # type: ignore[attr-defined]
 
 
-def settle(record: Record, case: Case, entries: list[expectations.Expectation]) -> None:
-    """A finished check's record as it is reported: known divergences applied, then lean if routine."""
+def settle(record: Record, case: Case, target: Target, entries: list[expectations.Expectation]) -> None:
+    """A finished check's record as it is reported: known divergences applied, then lean if routine,
+    or with the reproduction a batch's check left out if not (`answering_check`)."""
     expectations.apply(record, entries)
     check_records.lean(record, case)
+    if check_records.wants_reproduction(record):
+        runner.with_reproduction(record, case, target, record["dtype"])
 
 
 def failing(record: Record) -> bool:
@@ -305,7 +311,7 @@ class BatchItem(pytest.Item):
                 start, target = len(records), checks[len(records)][1]
                 end = next((i for i in range(start, len(checks)) if checks[i][1] is not target), len(checks))
                 for case, record in self._run_target(checks[start:end], planned[start:end]):
-                    settle(record, case, state.known.entries)
+                    settle(record, case, target, state.known.entries)
                     wired = wire_record(record)
                     worker_guard(self.config).batch_finished_check(wired[1])
                     sent.append(wired)
