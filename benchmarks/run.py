@@ -35,7 +35,8 @@ Sections:
               each worker and of any process (opt-in: --only large; about 7 minutes on 2 cores).
   shards      the large tier as 3 shards one after another (--conformance-shard K/3), merged: the
               merge against the unsharded run (same checks, outcomes, output hashes) and the cost
-              of splitting (opt-in; reuses the large section's run when both are asked for).
+              of splitting, against the mean of the unsharded run before the shards and again after
+              them (opt-in; reuses the large section's run as the first when both are asked for).
   extended    the extended tier as a new user runs it, `pytest cases -n auto --conformance-tier extended`,
               every process sampled (benchmarks/process_memory.py): exit, wall time, records, peak
               and held memory per kind of process (worker, each kind of framework child), how often
@@ -449,7 +450,11 @@ def _same_checks(first: Path, second: Path) -> dict[str, Any]:
 
 def section_shards(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The large tier as 3 shards, one after another, merged: identical to the unsharded run, and
-    what splitting costs (each shard starts, imports and collects on its own)."""
+    what splitting costs (each shard starts, imports and collects on its own). The unsharded run
+    is made again after the shards, and the shards are compared with the two runs' mean: a shared
+    machine's speed drifts over the quarter of an hour this takes (by a sixth, one session), and a
+    drift that goes one way over it cancels, where against the first run alone it was counted as
+    the shards' cost."""
     whole = getattr(args, "large_run", None) or _large_figures(
         pytest_run(["cases/", "-m", args.large_mark, "-n", args.workers], scratch, "large")
     )
@@ -464,16 +469,21 @@ def section_shards(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         )
         for k in (1, 2, 3)
     ]
+    again = pytest_run(["cases/", "-m", args.large_mark, "-n", args.workers], scratch, "large-again")
     merged = scratch / "shards-merged.json"
     merge = measured_process(
         [sys.executable, "-m", "conformance", "merge", *(s["results_path"] for s in shards), "-o", str(merged)]
     )
     assert merge["exit"] == 0, merge["output"][-3000:]
+    unsharded = (whole["wall_s"] + again["wall_s"]) / 2
     return {
-        "unsharded_wall_s": whole["wall_s"],
+        "unsharded_wall_s": unsharded,
+        "unsharded_walls_s": [whole["wall_s"], again["wall_s"]],  # (before and after the shards)
         "shard_wall_s": [s["wall_s"] for s in shards],
         "shard_records": [s["records"] for s in shards],
-        "sequential_over_unsharded": sum(s["wall_s"] for s in shards) / whole["wall_s"],
+        "sequential_over_unsharded": sum(s["wall_s"] for s in shards) / unsharded,
+        # (against the first unsharded run alone, as this section compared before it ran one again)
+        "sequential_over_first_unsharded": sum(s["wall_s"] for s in shards) / whole["wall_s"],
         "merge_wall_s": merge["wall_s"],
         "merge_peak_rss_gib": merge["peak_rss_bytes"] / 2**30,
         "merged_vs_unsharded": _same_checks(Path(whole["results_path"]), merged),
