@@ -478,22 +478,30 @@ stride = [1, 2]
 """
 
 
-def test_routine_large_tier_records_are_lean_and_reproduce_writes_what_they_left_out(tmp_path: Path) -> None:
-    """A large-tier check that passes (or was not run) leaves its reproduction out of its record;
-    a failing one keeps it. `python -m conformance reproduce` writes a lean record's."""
+def _run_large_tier(directory: Path, adapters: list[str], *options: str) -> tuple[list[Record], str]:
+    """LARGE_TIER through NumPy's targets and the given fault adapters, in a project of its own:
+    the run's records, and its output."""
     from tests.projects import child_environment, write_project
 
-    directory = write_project(tmp_path, ["StrideRateBug"], {"large.toml": LARGE_TIER})
+    write_project(directory, adapters, {"large.toml": LARGE_TIER})
     # --conformance-target: the other targets are never collected (-k would also select the checks).
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "large"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "large", *options]
     command += ["--conformance-target=numpy.*", "--conformance-target=faulty.*"]
     command += ["--expectations=none", "--conformance-json=out/results.json", "--conformance-html=none"]
     run = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True, timeout=600)
     assert (directory / "out" / "results.json").exists(), run.stdout[-3000:]
-    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    records: list[Record] = json.loads((directory / "out" / "results.json").read_text())["results"]
+    return records, run.stdout[-3000:]
+
+
+def test_routine_large_tier_records_are_lean_and_reproduce_writes_what_they_left_out(tmp_path: Path) -> None:
+    """A large-tier check that passes (or was not run) leaves its reproduction out of its record;
+    a failing one keeps it. `python -m conformance reproduce` writes a lean record's."""
+    records, output = _run_large_tier(tmp_path, ["StrideRateBug"])
+    directory = tmp_path
     passed = [r for r in records if r["outcome"] == "pass"]
     failed = [r for r in records if r["outcome"] == "mismatch"]
-    assert passed and failed, run.stdout[-3000:]
+    assert passed and failed, output
     assert all(r["reproduction"] == "" for r in passed)
     assert all(r["reproduction"] and r["target"] == "faulty.stride_rate_bug-cpu" for r in failed)
 
@@ -509,18 +517,10 @@ def test_routine_large_tier_records_are_lean_and_reproduce_writes_what_they_left
 def test_a_large_tier_check_whose_worker_died_keeps_its_reproduction(tmp_path: Path) -> None:
     """A large-tier check makes its reproduction only once its outcome keeps one: a crash's, which
     its worker could not report, is made by the controller, the same as a failure's in the worker."""
-    from tests.projects import child_environment, write_project
-
-    directory = write_project(tmp_path, ["Segfault", "StrideRateBug"], {"large.toml": LARGE_TIER})
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "large", "-n", "2"]
-    command += ["--conformance-target=numpy.*", "--conformance-target=faulty.*", "--conformance-crash-limit=2"]
-    command += ["--expectations=none", "--conformance-json=out/results.json", "--conformance-html=none"]
-    run = subprocess.run(command, cwd=directory, env=child_environment(), capture_output=True, text=True, timeout=600)
-    assert (directory / "out" / "results.json").exists(), run.stdout[-3000:]
-    records = json.loads((directory / "out" / "results.json").read_text())["results"]
+    records, output = _run_large_tier(tmp_path, ["Segfault", "StrideRateBug"], "-n", "2", "--conformance-crash-limit=2")
     crashed = [r for r in records if r["outcome"] == "crash"]
     failed = [r for r in records if r["outcome"] == "mismatch"]
-    assert len(crashed) == 2 and failed, run.stdout[-3000:]
+    assert len(crashed) == 2 and failed, output
     for record in crashed + failed:
         fault = "Segfault" if record["outcome"] == "crash" else "StrideRateBug"
         assert f"# case {record['case']} (cases/large.toml), dtype {record['dtype']}" in record["reproduction"]
